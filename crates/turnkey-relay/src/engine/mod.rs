@@ -1,0 +1,462 @@
+//! The sans-IO TURN engine (RFC 8656 over RFC 8489).
+//!
+//! The engine is handed the time and the bytes a client or a peer sent, and returns what to send
+//! where ([`Transmit`]); it never touches a socket, a thread or the clock. Relay sockets are bound
+//! by the driver through the [`RelayPorts`] capability the engine is handed per call. One engine
+//! serves one shard; state shared between shards (quotas, drain flag, revocations) lives in
+//! [`Shared`] and is touched only on the control path.
+
+mod allocation;
+mod handlers;
+mod limiter;
+mod message;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use turnkey_auth::{NonceKey, RevocationSet, SecretRing};
+
+use crate::metrics::{Direction, DropReason, RelayMetrics, ShardStats};
+use crate::policy::PeerPolicy;
+use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
+
+use allocation::Allocation;
+use limiter::ReplyLimiter;
+
+/// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, metrics flush).
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Bytes the driver must leave free before a peer's payload (room for a ChannelData header).
+pub const PEER_HEADROOM: usize = 4;
+/// Bytes the driver must leave free after a peer's payload (room for stream padding).
+pub const PEER_TAILROOM: usize = 3;
+
+/// Everything the engine needs to decide; built once by the binary.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The REALM of long-term credentials.
+    pub realm: String,
+    /// Accepted secrets (TURN REST).
+    pub secrets: SecretRing,
+    /// Key of the stateless nonces.
+    pub nonce_key: NonceKey,
+    /// How long a nonce stays fresh before 438.
+    pub nonce_lifetime: Duration,
+    /// Lifetime given when a client asks for less or nothing (RFC: 600 s).
+    pub default_lifetime: Duration,
+    /// Longest allocation lifetime granted (default 3600 s).
+    pub max_lifetime: Duration,
+    /// Permission lifetime (RFC: 300 s).
+    pub permission_lifetime: Duration,
+    /// Channel binding lifetime (RFC: 600 s).
+    pub channel_lifetime: Duration,
+    /// Allocations one userid may hold at once (486 past it).
+    pub max_allocations_per_user: u32,
+    /// Allocations this relay holds at once (508 past it).
+    pub max_allocations: u32,
+    /// Permissions per allocation.
+    pub max_permissions: usize,
+    /// Channels per allocation.
+    pub max_channels: usize,
+    /// Per-allocation bandwidth cap in bytes per second, both directions together (0: none).
+    pub bandwidth_limit: u64,
+    /// Where relayed traffic may go.
+    pub policy: PeerPolicy,
+    /// Whether IPv4 / IPv6 relay addresses can be allocated.
+    pub relay_v4: bool,
+    /// See `relay_v4`.
+    pub relay_v6: bool,
+    /// Accept channel numbers up to 0x7FFF (RFC 5766 clients such as coturn 4.6's uclient).
+    pub rfc5766_channel_numbers: bool,
+    /// Unauthenticated replies per second per source IP (0: unlimited).
+    pub unauth_replies_per_sec: u32,
+    /// SOFTWARE attribute on responses (none by default: replies to strangers stay small).
+    pub software: Option<String>,
+}
+
+impl EngineConfig {
+    /// A configuration with the documented defaults.
+    pub fn new(realm: impl Into<String>, secrets: SecretRing, policy: PeerPolicy) -> Self {
+        Self {
+            realm: realm.into(),
+            nonce_key: NonceKey::derive(&secrets),
+            secrets,
+            nonce_lifetime: Duration::from_secs(600),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            max_allocations_per_user: 100,
+            max_allocations: 50_000,
+            max_permissions: 64,
+            max_channels: 64,
+            bandwidth_limit: 0,
+            policy,
+            relay_v4: true,
+            relay_v6: false,
+            rfc5766_channel_numbers: false,
+            unauth_replies_per_sec: 50,
+            software: None,
+        }
+    }
+
+    fn max_channel(&self) -> u16 {
+        if self.rfc5766_channel_numbers {
+            ChannelNumber::MAX_RFC5766
+        } else {
+            ChannelNumber::MAX_RFC8656
+        }
+    }
+}
+
+/// State shared by every shard of one relay: quotas, the drain flag, revocations.
+#[derive(Debug, Default)]
+pub struct Shared {
+    users: Mutex<HashMap<Box<str>, u32>>,
+    total: AtomicU32,
+    draining: AtomicBool,
+    /// Usernames the issuer revoked.
+    pub revocations: RevocationSet,
+}
+
+impl Shared {
+    /// Shared state consulting `revocations`.
+    pub fn new(revocations: RevocationSet) -> Self {
+        Self { revocations, ..Self::default() }
+    }
+
+    /// Live allocations across all shards.
+    pub fn allocations(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Stop accepting new allocations (live ones keep working).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the relay is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Reserves one allocation for `userid`; the error is the STUN code to answer.
+    fn reserve(&self, userid: &str, per_user: u32, total: u32) -> Result<(), u16> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let n = users.get(userid).copied().unwrap_or(0);
+        if n >= per_user {
+            return Err(486);
+        }
+        if self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t < total).then_some(t + 1)).is_err() {
+            return Err(508);
+        }
+        users.insert(userid.into(), n + 1);
+        Ok(())
+    }
+
+    fn release(&self, userid: &str) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = users.get_mut(userid) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(userid);
+            }
+        }
+        self.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A relay socket the driver bound for an allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayBinding {
+    /// The driver's handle for the socket.
+    pub handle: RelayHandle,
+    /// The address to advertise in XOR-RELAYED-ADDRESS (the external address behind 1:1 NAT).
+    pub advertised: SocketAddr,
+}
+
+/// The driver's side of relay sockets, handed to the engine on each call that may need it.
+pub trait RelayPorts {
+    /// Binds a relay socket of the given family (an even port when asked); `None` when no port
+    /// is free (the engine answers 508).
+    fn bind(&mut self, ipv6: bool, even_port: bool) -> Option<RelayBinding>;
+    /// Closes a relay socket whose allocation ended.
+    fn release(&mut self, handle: RelayHandle);
+}
+
+/// What the engine wants sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transmit<'a> {
+    /// To a client over its 5-tuple.
+    Client {
+        /// The client's 5-tuple.
+        to: FiveTuple,
+        /// The bytes (a STUN message or ChannelData).
+        data: Cow<'a, [u8]>,
+    },
+    /// To a peer from an allocation's relay socket.
+    Peer {
+        /// The relay socket to send from.
+        relay: RelayHandle,
+        /// The peer.
+        to: PeerAddr,
+        /// The payload.
+        data: Cow<'a, [u8]>,
+    },
+}
+
+/// One shard's TURN engine.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    metrics: RelayMetrics,
+    stats: ShardStats,
+    allocs: Vec<Option<Allocation>>,
+    free: Vec<usize>,
+    by_tuple: HashMap<FiveTuple, usize>,
+    by_relay: HashMap<RelayHandle, usize>,
+    limiter: ReplyLimiter,
+    next_sweep: Instant,
+    seen_revocations: u64,
+    reported_permissions: i64,
+    reported_channels: i64,
+}
+
+impl Engine {
+    /// A new shard engine starting at `now`.
+    pub fn new(cfg: Arc<EngineConfig>, shared: Arc<Shared>, metrics: RelayMetrics, now: Instant) -> Self {
+        let limiter = ReplyLimiter::new(cfg.unauth_replies_per_sec);
+        let seen_revocations = shared.revocations.generation();
+        Self {
+            cfg,
+            shared,
+            metrics,
+            stats: ShardStats::default(),
+            allocs: Vec::new(),
+            free: Vec::new(),
+            by_tuple: HashMap::new(),
+            by_relay: HashMap::new(),
+            limiter,
+            next_sweep: now + SWEEP_INTERVAL,
+            seen_revocations,
+            reported_permissions: 0,
+            reported_channels: 0,
+        }
+    }
+
+    /// Handles a datagram or stream frame from a client. `buf` is exactly one STUN message or one
+    /// ChannelData message (for UDP: one datagram, trailing ChannelData padding allowed).
+    pub fn handle_client<'a>(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        buf: &'a [u8],
+        ports: &mut dyn RelayPorts,
+    ) -> Option<Transmit<'a>> {
+        match buf.first() {
+            Some(b) if b & 0xC0 == 0x40 => self.channel_data(now.mono, from, buf),
+            Some(b) if b & 0xC0 == 0 => self.handle_stun(now, from, buf, ports),
+            _ => {
+                self.stats.dropped(DropReason::Malformed);
+                None
+            }
+        }
+    }
+
+    /// Handles a datagram a peer sent to a relay socket. The payload is
+    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]`, and `buf` has [`PEER_TAILROOM`] spare bytes after
+    /// it, so a ChannelData answer is built in place without copying.
+    pub fn handle_peer<'a>(
+        &mut self,
+        now: Now,
+        relay: RelayHandle,
+        from: PeerAddr,
+        buf: &'a mut [u8],
+        len: usize,
+    ) -> Option<Transmit<'a>> {
+        let Some(&idx) = self.by_relay.get(&relay) else {
+            self.stats.dropped(DropReason::NoAllocation);
+            return None;
+        };
+        let Some(a) = self.allocs[idx].as_mut() else {
+            return None;
+        };
+        if !a.permitted(from.0.ip(), now.mono) {
+            self.stats.dropped(DropReason::NoPermission);
+            return None;
+        }
+        if !a.bucket.take(len, now.mono) {
+            self.stats.dropped(DropReason::RateCap);
+            return None;
+        }
+        a.bytes_relayed += len as u64;
+        let to = a.tuple;
+        self.stats.relayed(Direction::PeerToClient, to.transport, len);
+        if let Some(ch) = a.channel_for_peer(from, now.mono) {
+            let number = ch.number.0;
+            if buf.len() < PEER_HEADROOM + len + PEER_TAILROOM || len > usize::from(u16::MAX) {
+                return None;
+            }
+            buf[0..2].copy_from_slice(&number.to_be_bytes());
+            buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            let mut total = PEER_HEADROOM + len;
+            if to.transport.is_stream() {
+                let padded = (total + 3) & !3;
+                buf[total..padded].fill(0);
+                total = padded;
+            }
+            return Some(Transmit::Client { to, data: Cow::Borrowed(&buf[..total]) });
+        }
+        let payload = &buf[PEER_HEADROOM..PEER_HEADROOM + len];
+        let data = handlers::data_indication(from, payload);
+        Some(Transmit::Client { to, data: Cow::Owned(data) })
+    }
+
+    /// A stream client's connection closed: its allocation ends at once.
+    pub fn client_closed(&mut self, tuple: FiveTuple, ports: &mut dyn RelayPorts) {
+        if let Some(&idx) = self.by_tuple.get(&tuple) {
+            self.remove(idx, ports);
+        }
+    }
+
+    /// When the engine next wants [`Engine::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// Expires allocations, permissions and channels, ends revoked or expired credentials'
+    /// allocations, and flushes metrics. Cheap to call early.
+    pub fn handle_timeout(&mut self, now: Now, ports: &mut dyn RelayPorts) {
+        if now.mono < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now.mono + SWEEP_INTERVAL;
+        let generation = self.shared.revocations.generation();
+        let check_revoked = generation != self.seen_revocations;
+        self.seen_revocations = generation;
+        let unix = now.unix();
+        let (mut perms, mut chans) = (0i64, 0i64);
+        for idx in 0..self.allocs.len() {
+            let Some(a) = self.allocs[idx].as_mut() else { continue };
+            let ended = a.expires <= now.mono
+                || a.cred_expiry <= unix
+                || (check_revoked && self.shared.revocations.is_revoked(&a.username));
+            if ended {
+                self.remove(idx, ports);
+                continue;
+            }
+            a.prune(now.mono);
+            perms += a.permissions.len() as i64;
+            chans += a.live_channels(now.mono) as i64;
+        }
+        self.metrics.permissions.add(perms - self.reported_permissions);
+        self.metrics.channels.add(chans - self.reported_channels);
+        self.reported_permissions = perms;
+        self.reported_channels = chans;
+        self.stats.flush(&self.metrics);
+    }
+
+    /// Live allocations in this shard.
+    pub fn allocation_count(&self) -> usize {
+        self.by_tuple.len()
+    }
+
+    /// Payload bytes relayed by this shard's live allocations, by userid (usage accounting).
+    pub fn usage_by_user(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.allocs.iter().flatten().map(|a| (&*a.userid, a.bytes_relayed))
+    }
+
+    /// Ends every allocation (shutdown).
+    pub fn close_all(&mut self, ports: &mut dyn RelayPorts) {
+        for idx in 0..self.allocs.len() {
+            if self.allocs[idx].is_some() {
+                self.remove(idx, ports);
+            }
+        }
+        self.stats.flush(&self.metrics);
+        self.metrics.permissions.sub(self.reported_permissions);
+        self.metrics.channels.sub(self.reported_channels);
+        self.reported_permissions = 0;
+        self.reported_channels = 0;
+    }
+
+    /// Counts a packet the driver could not deliver.
+    #[inline]
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.stats.dropped(reason);
+    }
+
+    /// The per-shard counters not yet flushed (tests).
+    pub fn pending_stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    fn channel_data<'a>(&mut self, now: Instant, from: FiveTuple, buf: &'a [u8]) -> Option<Transmit<'a>> {
+        if buf.len() < 4 {
+            self.stats.dropped(DropReason::Malformed);
+            return None;
+        }
+        let number = ChannelNumber(u16::from_be_bytes([buf[0], buf[1]]));
+        let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+        if 4 + len > buf.len() {
+            self.stats.dropped(DropReason::Malformed);
+            return None;
+        }
+        let Some(&idx) = self.by_tuple.get(&from) else {
+            self.stats.dropped(DropReason::NoAllocation);
+            return None;
+        };
+        let a = self.allocs[idx].as_mut()?;
+        let Some(peer) = a.channel(number, now).map(|c| c.peer) else {
+            self.stats.dropped(DropReason::NoAllocation);
+            return None;
+        };
+        if !a.permitted(peer.0.ip(), now) {
+            self.stats.dropped(DropReason::NoPermission);
+            return None;
+        }
+        if !a.bucket.take(len, now) {
+            self.stats.dropped(DropReason::RateCap);
+            return None;
+        }
+        a.bytes_relayed += len as u64;
+        let relay = a.relay;
+        self.stats.relayed(Direction::ClientToPeer, from.transport, len);
+        Some(Transmit::Peer { relay, to: peer, data: Cow::Borrowed(&buf[4..4 + len]) })
+    }
+
+    fn insert(&mut self, a: Allocation) -> usize {
+        let (tuple, relay) = (a.tuple, a.relay);
+        self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).inc();
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.allocs[i] = Some(a);
+                i
+            }
+            None => {
+                self.allocs.push(Some(a));
+                self.allocs.len() - 1
+            }
+        };
+        self.by_tuple.insert(tuple, idx);
+        self.by_relay.insert(relay, idx);
+        idx
+    }
+
+    fn remove(&mut self, idx: usize, ports: &mut dyn RelayPorts) {
+        let Some(a) = self.allocs[idx].take() else { return };
+        self.by_tuple.remove(&a.tuple);
+        self.by_relay.remove(&a.relay);
+        ports.release(a.relay);
+        self.shared.release(&a.userid);
+        self.metrics.allocations.with_label_values(&[a.tuple.transport.as_str()]).dec();
+        self.free.push(idx);
+        tracing::debug!(client = %a.tuple.client, relay = %a.relay_addr, "allocation ended");
+    }
+}

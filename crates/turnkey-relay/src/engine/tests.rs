@@ -1,0 +1,806 @@
+//! Engine tests with time driven by hand: no sockets, no sleeps.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stun::attributes::*;
+use stun::error_code::ErrorCodeAttribute;
+use stun::integrity::MessageIntegrity;
+use stun::message::*;
+use stun::textattrs::TextAttribute;
+use stun::xoraddr::XorMappedAddress;
+use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
+
+use super::*;
+use crate::policy::{PeerPolicy, PeerRule};
+use crate::types::{ClientAddr, Transport};
+
+const REALM: &str = "turnkey.test";
+const SECRET: &str = "engine-test-secret-not-real";
+const T0_UNIX: u64 = 1_800_000_000;
+
+#[derive(Default)]
+struct FakePorts {
+    next: u32,
+    live: HashMap<u32, SocketAddr>,
+    released: Vec<u32>,
+    exhausted: bool,
+}
+
+impl RelayPorts for FakePorts {
+    fn bind(&mut self, ipv6: bool, even: bool) -> Option<RelayBinding> {
+        if self.exhausted {
+            return None;
+        }
+        self.next += 1;
+        let mut port = 50_000 + self.next as u16 * 2;
+        if !even {
+            port += 1;
+        }
+        let ip = if ipv6 { "2001:4860::10" } else { "8.8.4.4" };
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        self.live.insert(self.next, addr);
+        Some(RelayBinding { handle: RelayHandle(self.next), advertised: addr })
+    }
+    fn release(&mut self, h: RelayHandle) {
+        self.live.remove(&h.0);
+        self.released.push(h.0);
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    ports: FakePorts,
+    now: Now,
+    shared: Arc<Shared>,
+    ring: SecretRing,
+    metrics: RelayMetrics,
+}
+
+fn cfg_with(f: impl FnOnce(&mut EngineConfig)) -> EngineConfig {
+    let ring = SecretRing::new(vec![Secret::new(SECRET)]).unwrap();
+    let mut c = EngineConfig::new(REALM, ring, PeerPolicy::new(vec![], vec![], vec![]));
+    c.unauth_replies_per_sec = 0;
+    c.relay_v6 = true;
+    f(&mut c);
+    c
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(f: impl FnOnce(&mut EngineConfig)) -> Self {
+        let cfg = cfg_with(f);
+        let ring = cfg.secrets.clone();
+        let shared = Arc::new(Shared::new(RevocationSet::new()));
+        let metrics = RelayMetrics::unregistered();
+        let now = Now::new(Instant::now(), Duration::from_secs(T0_UNIX));
+        let engine = Engine::new(Arc::new(cfg), shared.clone(), metrics.clone(), now.mono);
+        Self { engine, ports: FakePorts::default(), now, shared, ring, metrics }
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now = self.now.advance(Duration::from_secs(secs));
+        self.engine.handle_timeout(self.now, &mut self.ports);
+    }
+
+    /// Sends `bytes` from `tuple`; returns the reply to the client, decoded.
+    fn send(&mut self, tuple: FiveTuple, bytes: &[u8]) -> Option<Message> {
+        match self.engine.handle_client(self.now, tuple, bytes, &mut self.ports)? {
+            Transmit::Client { to, data } => {
+                assert_eq!(to, tuple);
+                Some(decode(&data))
+            }
+            Transmit::Peer { .. } => panic!("unexpected peer transmit"),
+        }
+    }
+
+    fn creds(&self, user: &str, ttl: u64) -> (String, String) {
+        let c = self.ring.mint(user, UnixTime(self.now.unix().0), ttl).unwrap();
+        (c.username, c.password)
+    }
+
+    fn nonce(&mut self, tuple: FiveTuple) -> String {
+        let r = self.send(tuple, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], None)).unwrap();
+        assert_eq!(code(&r), Some(401));
+        text(&r, ATTR_NONCE)
+    }
+
+    /// Performs the 401 dance and an authenticated Allocate.
+    fn allocate(&mut self, tuple: FiveTuple, user: &str) -> (Message, Auth) {
+        let (u, p) = self.creds(user, 3600);
+        let auth = Auth { user: u, pass: p, nonce: self.nonce(tuple) };
+        let r = self.send(tuple, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&auth))).unwrap();
+        (r, auth)
+    }
+
+    /// The same credentials with a nonce that is fresh now.
+    fn renew(&self, tuple: FiveTuple, a: Auth) -> Auth {
+        Auth { nonce: self.engine.cfg.nonce_key.issue(self.now.unix(), tuple.client.0), ..a }
+    }
+
+    fn relay_handle(&self, tuple: FiveTuple) -> RelayHandle {
+        let idx = self.engine.by_tuple[&tuple];
+        self.engine.allocs[idx].as_ref().unwrap().relay
+    }
+}
+
+#[derive(Clone)]
+struct Auth {
+    user: String,
+    pass: String,
+    nonce: String,
+}
+
+enum Attr {
+    Transport(u8),
+    Lifetime(u32),
+    Peer(SocketAddr),
+    Channel(u16),
+    Data(Vec<u8>),
+    Family(u8),
+    Raw(u16, Vec<u8>),
+}
+
+fn tuple(s: &str) -> FiveTuple {
+    FiveTuple { transport: Transport::Udp, client: ClientAddr(s.parse().unwrap()), server: "192.0.2.10:3478".parse().unwrap() }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn build(typ: MessageType, attrs: &[Attr], auth: Option<&Auth>, after_mi: &[Attr]) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_type(typ);
+    m.new_transaction_id().unwrap();
+    m.write_header();
+    let put = |m: &mut Message, a: &Attr| match a {
+        Attr::Transport(p) => m.add(ATTR_REQUESTED_TRANSPORT, &[*p, 0, 0, 0]),
+        Attr::Lifetime(l) => m.add(ATTR_LIFETIME, &l.to_be_bytes()),
+        Attr::Peer(p) => XorMappedAddress { ip: p.ip(), port: p.port() }.add_to_as(m, ATTR_XOR_PEER_ADDRESS).unwrap(),
+        Attr::Channel(c) => m.add(ATTR_CHANNEL_NUMBER, &[(c >> 8) as u8, *c as u8, 0, 0]),
+        Attr::Data(d) => m.add(ATTR_DATA, d),
+        Attr::Family(f) => m.add(ATTR_REQUESTED_ADDRESS_FAMILY, &[*f, 0, 0, 0]),
+        Attr::Raw(t, v) => m.add(AttrType(*t), v),
+    };
+    for a in attrs {
+        put(&mut m, a);
+    }
+    if let Some(auth) = auth {
+        TextAttribute::new(ATTR_USERNAME, auth.user.clone()).add_to(&mut m).unwrap();
+        TextAttribute::new(ATTR_REALM, REALM.into()).add_to(&mut m).unwrap();
+        TextAttribute::new(ATTR_NONCE, auth.nonce.clone()).add_to(&mut m).unwrap();
+        MessageIntegrity::new_long_term_integrity(auth.user.clone(), REALM.into(), auth.pass.clone()).add_to(&mut m).unwrap();
+    }
+    for a in after_mi {
+        put(&mut m, a);
+    }
+    m.raw
+}
+
+fn request(method: Method, attrs: &[Attr], auth: Option<&Auth>) -> Vec<u8> {
+    build(MessageType::new(method, CLASS_REQUEST), attrs, auth, &[])
+}
+
+fn decode(b: &[u8]) -> Message {
+    let mut m = Message::new();
+    m.raw = b.to_vec();
+    m.decode().unwrap();
+    m
+}
+
+fn code(m: &Message) -> Option<u16> {
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).ok().map(|_| e.code.0)
+}
+
+fn text(m: &Message, t: AttrType) -> String {
+    String::from_utf8(m.get(t).unwrap()).unwrap()
+}
+
+fn xor(m: &Message, t: AttrType) -> SocketAddr {
+    let mut x = XorMappedAddress::default();
+    x.get_from_as(m, t).unwrap();
+    SocketAddr::new(x.ip, x.port)
+}
+
+fn lifetime(m: &Message) -> u32 {
+    let v = m.get(ATTR_LIFETIME).unwrap();
+    u32::from_be_bytes([v[0], v[1], v[2], v[3]])
+}
+
+fn verify_mi(m: &Message, a: &Auth) -> bool {
+    let key = turnkey_auth::long_term_key(&a.user, REALM, &a.pass);
+    let mut copy = m.clone();
+    MessageIntegrity(key.to_vec()).check(&mut copy).is_ok()
+}
+
+const PEER: &str = "8.8.8.8:40000";
+
+fn with_permission(h: &mut Harness, t: FiveTuple) -> Auth {
+    let (r, a) = h.allocate(t, "alice");
+    assert!(r.typ.class == CLASS_SUCCESS_RESPONSE, "{r}");
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr(PEER))], Some(&a))).unwrap();
+    assert_eq!(r.typ, MessageType::new(METHOD_CREATE_PERMISSION, CLASS_SUCCESS_RESPONSE));
+    a
+}
+
+fn bind_channel(h: &mut Harness, t: FiveTuple, a: &Auth, ch: u16, peer: &str) -> Option<u16> {
+    let r = h.send(t, &request(METHOD_CHANNEL_BIND, &[Attr::Channel(ch), Attr::Peer(addr(peer))], Some(a))).unwrap();
+    code(&r)
+}
+
+fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![(ch >> 8) as u8, ch as u8, (payload.len() >> 8) as u8, payload.len() as u8];
+    v.extend_from_slice(payload);
+    v
+}
+
+fn from_peer(h: &mut Harness, relay: RelayHandle, peer: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+    buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
+    match h.engine.handle_peer(h.now, relay, PeerAddr(addr(peer)), &mut buf, payload.len())? {
+        Transmit::Client { data, .. } => Some(data.into_owned()),
+        Transmit::Peer { .. } => panic!("peer to peer"),
+    }
+}
+
+#[test]
+fn binding_reflects_the_client_address() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let r = h.send(t, &request(METHOD_BINDING, &[], None)).unwrap();
+    assert_eq!(r.typ, BINDING_SUCCESS);
+    assert_eq!(xor(&r, ATTR_XORMAPPED_ADDRESS), t.client.0);
+    assert!(r.contains(ATTR_FINGERPRINT));
+}
+
+#[test]
+fn unauthenticated_allocate_gets_401_with_realm_and_nonce_and_no_software() {
+    let mut h = Harness::new();
+    let r = h.send(tuple("203.0.113.5:5555"), &request(METHOD_ALLOCATE, &[Attr::Transport(17)], None)).unwrap();
+    assert_eq!(code(&r), Some(401));
+    assert_eq!(text(&r, ATTR_REALM), REALM);
+    assert!(!text(&r, ATTR_NONCE).is_empty());
+    assert!(!r.contains(ATTR_SOFTWARE));
+    assert!(!r.contains(ATTR_MESSAGE_INTEGRITY));
+}
+
+#[test]
+fn allocate_succeeds_with_integrity_and_fingerprint() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (r, a) = h.allocate(t, "alice");
+    assert_eq!(r.typ, MessageType::new(METHOD_ALLOCATE, CLASS_SUCCESS_RESPONSE));
+    assert_eq!(xor(&r, ATTR_XOR_RELAYED_ADDRESS).ip().to_string(), "8.8.4.4");
+    assert_eq!(xor(&r, ATTR_XORMAPPED_ADDRESS), t.client.0);
+    assert_eq!(lifetime(&r), 600);
+    assert!(verify_mi(&r, &a));
+    assert!(r.contains(ATTR_FINGERPRINT));
+    assert_eq!(h.shared.allocations(), 1);
+    assert_eq!(h.metrics.allocation_attempts.with_label_values(&["success"]).get(), 1);
+}
+
+#[test]
+fn bad_credentials_get_401_never_400() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let nonce = h.nonce(t);
+    let (u, p) = h.creds("alice", 3600);
+    let other = SecretRing::new(vec![Secret::new("some-other-secret")]).unwrap();
+    let foreign = other.mint("alice", h.now.unix(), 3600).unwrap();
+    let expired = h.ring.mint("alice", UnixTime(T0_UNIX - 7200), 3600).unwrap();
+    let cases = [
+        Auth { user: u.clone(), pass: "wrong".into(), nonce: nonce.clone() },
+        Auth { user: "alice".into(), pass: p.clone(), nonce: nonce.clone() },
+        Auth { user: foreign.username, pass: foreign.password, nonce: nonce.clone() },
+        Auth { user: expired.username, pass: expired.password, nonce: nonce.clone() },
+    ];
+    for a in &cases {
+        let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(a))).unwrap();
+        assert_eq!(code(&r), Some(401), "user {}", a.user);
+        assert!(r.contains(ATTR_NONCE) && r.contains(ATTR_REALM));
+    }
+    assert_eq!(h.shared.allocations(), 0);
+}
+
+#[test]
+fn stale_and_forged_nonces_get_438_with_a_fresh_nonce() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let nonce = h.nonce(t);
+    let (u, p) = h.creds("alice", 7200);
+    let forged = Auth { user: u.clone(), pass: p.clone(), nonce: "0000000000000000aaaaaaaaaaaaaaaaaaaaaaaa".into() };
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&forged))).unwrap();
+    assert_eq!(code(&r), Some(438));
+    h.advance(601);
+    let stale = Auth { user: u, pass: p, nonce: nonce.clone() };
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&stale))).unwrap();
+    assert_eq!(code(&r), Some(438));
+    assert_ne!(text(&r, ATTR_NONCE), nonce);
+    // A nonce issued to another client address is not accepted either.
+    let other = tuple("203.0.113.6:5555");
+    let r = h.send(other, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&Auth { nonce, ..stale }))).unwrap();
+    assert_eq!(code(&r), Some(438));
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_same_answer_and_others_get_437() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let req = request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a));
+    let first = h.engine.handle_client(h.now, t, &req, &mut h.ports).unwrap();
+    let second = h.engine.handle_client(h.now, t, &req, &mut h.ports).unwrap();
+    assert_eq!(first, second);
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a))).unwrap();
+    assert_eq!(code(&r), Some(437));
+    assert_eq!(h.ports.live.len(), 1);
+}
+
+#[test]
+fn requests_for_unknown_five_tuples_get_437() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    for (method, attrs) in [
+        (METHOD_REFRESH, vec![Attr::Lifetime(600)]),
+        (METHOD_CREATE_PERMISSION, vec![Attr::Peer(addr(PEER))]),
+        (METHOD_CHANNEL_BIND, vec![Attr::Channel(0x4000), Attr::Peer(addr(PEER))]),
+    ] {
+        let r = h.send(t, &request(method, &attrs, Some(&a))).unwrap();
+        assert_eq!(code(&r), Some(437));
+    }
+}
+
+#[test]
+fn refresh_caps_lifetime_and_zero_deletes() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(100_000)], Some(&a))).unwrap();
+    assert_eq!(lifetime(&r), 3600);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(0)], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(lifetime(&r), 0);
+    assert_eq!(h.ports.released.len(), 1);
+    assert_eq!(h.shared.allocations(), 0);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(600)], Some(&a))).unwrap();
+    assert_eq!(code(&r), Some(437));
+}
+
+#[test]
+fn allocation_expires_when_its_lifetime_ends() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    h.allocate(t, "alice");
+    h.advance(599);
+    assert_eq!(h.shared.allocations(), 1);
+    h.advance(2);
+    assert_eq!(h.shared.allocations(), 0);
+    assert_eq!(h.ports.released, vec![1]);
+}
+
+#[test]
+fn credential_expiry_and_revocation_tear_down_allocations() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("shortlived", 60);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    h.advance(61);
+    assert_eq!(h.shared.allocations(), 0, "expired credential ends the allocation");
+
+    let t2 = tuple("203.0.113.6:5555");
+    let (_, a2) = h.allocate(t2, "bob");
+    assert_eq!(h.shared.allocations(), 1);
+    h.shared.revocations.revoke(&a2.user, UnixTime(T0_UNIX + 10_000));
+    // The next request on the allocation is refused at once, and the sweep ends it.
+    let r = h.send(t2, &request(METHOD_REFRESH, &[Attr::Lifetime(600)], Some(&a2))).unwrap();
+    assert_eq!(code(&r), Some(401));
+    h.advance(1);
+    assert_eq!(h.shared.allocations(), 0);
+    let a3 = Auth { nonce: h.nonce(t2), ..a2 };
+    let r = h.send(t2, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a3))).unwrap();
+    assert_eq!(code(&r), Some(401));
+    assert!(h.metrics.auth_failures.with_label_values(&["revoked"]).get() >= 2);
+}
+
+#[test]
+fn create_permission_is_atomic_and_denies_special_addresses() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    for denied in ["127.0.0.1:80", "10.0.0.1:80", "169.254.169.254:80", "0.0.0.0:80"] {
+        let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr(denied))], Some(&a))).unwrap();
+        assert_eq!(code(&r), Some(403), "{denied}");
+    }
+    let r = h
+        .send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr(PEER)), Attr::Peer(addr("127.0.0.1:9"))], Some(&a)))
+        .unwrap();
+    assert_eq!(code(&r), Some(403));
+    // Nothing was installed: the public peer's data is dropped.
+    let relay = h.relay_handle(t);
+    assert!(from_peer(&mut h, relay, PEER, b"hello").is_none());
+    // Family mismatch: an IPv6 peer on an IPv4 relay.
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[2606:4700::1111]:80"))], Some(&a))).unwrap();
+    assert_eq!(code(&r), Some(443));
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[], Some(&a))).unwrap();
+    assert_eq!(code(&r), Some(400));
+}
+
+#[test]
+fn operator_allow_rule_opens_loopback() {
+    let mut h = Harness::with(|c| {
+        c.policy = PeerPolicy::new(vec!["127.0.0.1/32".parse::<PeerRule>().unwrap()], vec![], vec![]);
+    });
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("127.0.0.1:9"))], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+}
+
+#[test]
+fn channel_bind_range_and_rebinding_rules() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(3600)], Some(&a))).unwrap();
+    assert_eq!(lifetime(&r), 3600);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x3FFF, PEER), Some(400));
+    assert_eq!(bind_channel(&mut h, t, &a, 0x5000, PEER), Some(400));
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, PEER), None);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, PEER), None, "refresh");
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, "8.8.8.8:40001"), Some(400), "number taken");
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), Some(400), "peer taken");
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4FFF, "1.1.1.1:3"), None);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4002, "127.0.0.1:3"), Some(403));
+    // After expiry the number stays reserved for the cooldown.
+    h.advance(601);
+    let a = h.renew(t, a);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, "8.8.8.8:40001"), Some(400));
+    h.advance(300);
+    let a = h.renew(t, a);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, "8.8.8.8:40001"), None);
+}
+
+#[test]
+fn rfc5766_compat_setting_widens_channel_range() {
+    let mut h = Harness::with(|c| c.rfc5766_channel_numbers = true);
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x7FFF, PEER), None);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x8000, PEER), Some(400));
+}
+
+#[test]
+fn channel_data_flows_both_ways_without_copies() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), None);
+    let cd = channel_data(0x4001, b"ping");
+    match h.engine.handle_client(h.now, t, &cd, &mut h.ports).unwrap() {
+        Transmit::Peer { to, data, .. } => {
+            assert_eq!(to, PeerAddr(addr(PEER)));
+            assert!(matches!(data, Cow::Borrowed(_)));
+            assert_eq!(&*data, b"ping");
+        }
+        other => panic!("{other:?}"),
+    }
+    let relay = h.relay_handle(t);
+    let back = from_peer(&mut h, relay, PEER, b"pong!").unwrap();
+    assert_eq!(back, channel_data(0x4001, b"pong!"));
+    // Unknown channel and lying length are dropped.
+    assert!(h.engine.handle_client(h.now, t, &channel_data(0x4002, b"x"), &mut h.ports).is_none());
+    let mut liar = channel_data(0x4001, b"abc");
+    liar[3] = 200;
+    assert!(h.engine.handle_client(h.now, t, &liar, &mut h.ports).is_none());
+    assert_eq!(h.engine.pending_stats().drops(DropReason::Malformed), 1);
+    h.advance(1);
+    let c2p = h.metrics.relayed_bytes.with_label_values(&["client_to_peer", "udp"]).get();
+    let p2c = h.metrics.relayed_bytes.with_label_values(&["peer_to_client", "udp"]).get();
+    assert_eq!((c2p, p2c), (4, 5));
+}
+
+#[test]
+fn stream_channel_data_is_padded() {
+    let mut h = Harness::new();
+    let mut t = tuple("203.0.113.5:5555");
+    t.transport = Transport::Tcp;
+    let a = with_permission(&mut h, t);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), None);
+    let relay = h.relay_handle(t);
+    let back = from_peer(&mut h, relay, PEER, b"pong!").unwrap();
+    assert_eq!(back.len(), 12);
+    assert_eq!(&back[..9], &channel_data(0x4001, b"pong!")[..]);
+}
+
+#[test]
+fn send_and_data_indications() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let _a = with_permission(&mut h, t);
+    let send = build(MessageType::new(METHOD_SEND, CLASS_INDICATION), &[Attr::Peer(addr(PEER)), Attr::Data(b"hi".to_vec())], None, &[]);
+    match h.engine.handle_client(h.now, t, &send, &mut h.ports).unwrap() {
+        Transmit::Peer { to, data, .. } => assert_eq!((to.0, &*data), (addr(PEER), &b"hi"[..])),
+        other => panic!("{other:?}"),
+    }
+    // No permission for this peer: dropped silently.
+    let send = build(MessageType::new(METHOD_SEND, CLASS_INDICATION), &[Attr::Peer(addr("1.1.1.1:1")), Attr::Data(b"hi".to_vec())], None, &[]);
+    assert!(h.engine.handle_client(h.now, t, &send, &mut h.ports).is_none());
+    let relay = h.relay_handle(t);
+    let ind = decode(&from_peer(&mut h, relay, PEER, b"data!").unwrap());
+    assert_eq!(ind.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    assert_eq!(xor(&ind, ATTR_XOR_PEER_ADDRESS), addr(PEER));
+    assert_eq!(ind.get(ATTR_DATA).unwrap(), b"data!");
+    // Peers without permission are dropped.
+    assert!(from_peer(&mut h, relay, "1.1.1.1:5", b"x").is_none());
+}
+
+#[test]
+fn permissions_expire_after_300_seconds() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(3600)], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let relay = h.relay_handle(t);
+    h.advance(299);
+    assert!(from_peer(&mut h, relay, PEER, b"x").is_some());
+    h.advance(2);
+    assert!(from_peer(&mut h, relay, PEER, b"x").is_none());
+}
+
+#[test]
+fn quotas_give_486_and_508() {
+    let mut h = Harness::with(|c| {
+        c.max_allocations_per_user = 2;
+        c.max_allocations = 3;
+    });
+    for i in 0..2 {
+        let (r, _) = h.allocate(tuple(&format!("203.0.113.5:{}", 1000 + i)), "alice");
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    }
+    // A fresh username for the same userid does not reset the quota.
+    let (r, _) = h.allocate(tuple("203.0.113.5:1002"), "alice");
+    assert_eq!(code(&r), Some(486));
+    let (r, _) = h.allocate(tuple("203.0.113.5:1003"), "bob");
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let (r, _) = h.allocate(tuple("203.0.113.5:1004"), "carol");
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(h.metrics.allocation_attempts.with_label_values(&["486"]).get(), 1);
+
+    let mut h = Harness::new();
+    h.ports.exhausted = true;
+    let (r, _) = h.allocate(tuple("203.0.113.5:1000"), "alice");
+    assert_eq!(code(&r), Some(508));
+    assert_eq!(h.shared.allocations(), 0, "a failed bind releases the quota");
+}
+
+#[test]
+fn allocate_attribute_errors() {
+    let mut h = Harness::with(|c| c.relay_v6 = false);
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let cases: Vec<(Vec<Attr>, u16)> = vec![
+        (vec![], 400),
+        (vec![Attr::Transport(6)], 442),
+        (vec![Attr::Transport(17), Attr::Family(2)], 440),
+        (vec![Attr::Transport(17), Attr::Family(3)], 440),
+        (vec![Attr::Transport(17), Attr::Raw(0x0022, vec![0; 8])], 508),
+        (vec![Attr::Transport(17), Attr::Raw(0x0022, vec![0; 8]), Attr::Family(1)], 400),
+        (vec![Attr::Transport(17), Attr::Raw(0x0031, vec![1, 2, 3, 4])], 420),
+    ];
+    for (attrs, want) in cases {
+        let r = h.send(t, &request(METHOD_ALLOCATE, &attrs, Some(&a))).unwrap();
+        assert_eq!(code(&r), Some(want));
+        if want == 420 {
+            assert_eq!(r.get(ATTR_UNKNOWN_ATTRIBUTES).unwrap(), vec![0x00, 0x31]);
+        }
+    }
+    // Comprehension-optional unknown attributes are ignored.
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Raw(0x8123, vec![0; 4])], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+}
+
+#[test]
+fn ipv6_allocations() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Family(2)], Some(&a))).unwrap();
+    assert!(xor(&r, ATTR_XOR_RELAYED_ADDRESS).is_ipv6());
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[2606:4700::1111]:80"))], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[::ffff:127.0.0.1]:80"))], Some(&a))).unwrap();
+    assert_eq!(code(&r), Some(403));
+}
+
+#[test]
+fn wrong_credentials_on_an_allocation_get_441() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    let (u, p) = h.creds("mallory", 3600);
+    let m = Auth { user: u, pass: p, nonce: a.nonce.clone() };
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(600)], Some(&m))).unwrap();
+    assert_eq!(code(&r), Some(441));
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let req = build(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST), &[], Some(&a), &[Attr::Transport(17)]);
+    let r = h.send(t, &req).unwrap();
+    assert_eq!(code(&r), Some(400), "REQUESTED-TRANSPORT after MI must not count");
+}
+
+#[test]
+fn bad_fingerprint_responses_and_garbage_are_dropped() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let mut m = Message::new();
+    m.set_type(BINDING_REQUEST);
+    m.new_transaction_id().unwrap();
+    m.write_header();
+    stun::fingerprint::FINGERPRINT.add_to(&mut m).unwrap();
+    let mut bad = m.raw.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert!(h.send(t, &m.raw).is_some());
+    assert!(h.send(t, &bad).is_none());
+    assert!(h.send(t, &build(BINDING_SUCCESS, &[], None, &[])).is_none(), "responses are never answered");
+    let mut trailing = request(METHOD_BINDING, &[], None);
+    trailing.push(0);
+    assert!(h.send(t, &trailing).is_none());
+    let mut not4 = request(METHOD_BINDING, &[], None);
+    not4[3] = 2;
+    not4.truncate(22);
+    assert!(h.send(t, &not4).is_none());
+    assert!(h.send(t, &[0xFF; 40]).is_none());
+    assert!(h.send(t, &[]).is_none());
+}
+
+#[test]
+fn draining_refuses_new_allocations() {
+    let mut h = Harness::new();
+    h.shared.start_draining();
+    let (r, _) = h.allocate(tuple("203.0.113.5:1000"), "alice");
+    assert_eq!(code(&r), Some(508));
+}
+
+#[test]
+fn bandwidth_cap_drops_excess() {
+    let mut h = Harness::with(|c| c.bandwidth_limit = 1000);
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), None);
+    let cd = channel_data(0x4001, &[0u8; 400]);
+    let sent = (0..10).filter(|_| h.engine.handle_client(h.now, t, &cd, &mut h.ports).is_some()).count();
+    assert_eq!(sent, 2);
+    assert_eq!(h.engine.pending_stats().drops(DropReason::RateCap), 8);
+}
+
+#[test]
+fn unauthenticated_replies_are_rate_limited_per_ip() {
+    let mut h = Harness::with(|c| c.unauth_replies_per_sec = 5);
+    let req = request(METHOD_ALLOCATE, &[Attr::Transport(17)], None);
+    let answered = (0..100).filter(|i| h.send(tuple(&format!("203.0.113.5:{}", 1000 + i)), &req).is_some()).count();
+    assert_eq!(answered, 10);
+    assert!(h.send(tuple("203.0.113.77:1000"), &req).is_some(), "other IPs unaffected");
+}
+
+#[test]
+fn unauthenticated_flood_creates_no_state() {
+    let mut h = Harness::new();
+    let req = request(METHOD_ALLOCATE, &[Attr::Transport(17)], None);
+    for i in 0..5000u32 {
+        let t = tuple(&format!("203.0.{}.{}:{}", (i >> 8) & 255, i & 255, 1024 + (i % 60000)));
+        h.send(t, &req);
+    }
+    assert_eq!(h.engine.allocs.len(), 0);
+    assert!(h.engine.by_tuple.is_empty());
+}
+
+mod rfc5769 {
+    use super::super::message::{integrity_matches, parse};
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    // RFC 5769 §2.1: sample request, short-term password "VOkJxbRl1RmTxUk/WvJxBt".
+    const REQUEST: &str = "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e207465737420636c69656e74002400046e0001ff80290008932ff9b151263b36000600096576746a3a68367659202020000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a280280004e57a3bcf";
+    // §2.2: IPv4 response.
+    const RESPONSE_V4: &str = "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220002000080001a147e112a643000800142b91f599fd9e90c38c7489f92af9ba53f06be7d780280004c07d4c96";
+    // §2.3: IPv6 response.
+    const RESPONSE_V6: &str = "010100482112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220002000140002a1470113a9faa5d3f179bc25f4b5bed2b9d900080014a382954e4be67bf11784c97c8292c275bfe3ed4180280004c8fb0b4c";
+    // §2.4: request with long-term authentication.
+    const LONG_TERM: &str = "000100602112a44278ad3433c6ad72c029da412e00060012e3839ee38388e383aae38383e382afe382b900000015001c662f2f3439396b39353464364f4c33346f4c394653547679363473410014000b6578616d706c652e6f72670000080014f67024656dd64a3e02b8e0712e85c9a28ca89666";
+
+    #[test]
+    fn sample_request_integrity_and_fingerprint() {
+        let raw = hex(REQUEST);
+        let p = parse(&raw).expect("valid vector");
+        let mi = p.mi_offset.unwrap();
+        assert!(integrity_matches(&raw, mi, b"VOkJxbRl1RmTxUk/WvJxBt"));
+        assert!(!integrity_matches(&raw, mi, b"VOkJxbRl1RmTxUk/WvJxBT"));
+        let mut bad = raw.clone();
+        bad[30] ^= 1;
+        assert!(parse(&bad).is_err(), "fingerprint catches corruption");
+    }
+
+    #[test]
+    fn sample_responses_parse_and_verify() {
+        for v in [RESPONSE_V4, RESPONSE_V6] {
+            let raw = hex(v);
+            let p = parse(&raw).expect("valid vector");
+            assert!(integrity_matches(&raw, p.mi_offset.unwrap(), b"VOkJxbRl1RmTxUk/WvJxBt"));
+        }
+        let raw = hex(RESPONSE_V4);
+        let p = parse(&raw).unwrap();
+        let v = p.msg.get(stun::attributes::ATTR_XORMAPPED_ADDRESS).unwrap();
+        let addr = super::super::handlers::decode_xor(&v, &p.msg.transaction_id.0).unwrap();
+        assert_eq!(addr, "192.0.2.1:32853".parse().unwrap());
+        let raw = hex(RESPONSE_V6);
+        let p = parse(&raw).unwrap();
+        let v = p.msg.get(stun::attributes::ATTR_XORMAPPED_ADDRESS).unwrap();
+        let addr = super::super::handlers::decode_xor(&v, &p.msg.transaction_id.0).unwrap();
+        assert_eq!(addr, "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap());
+    }
+
+    #[test]
+    fn long_term_request_verifies_with_the_md5_key() {
+        let raw = hex(LONG_TERM);
+        let p = parse(&raw).expect("valid vector");
+        let key = turnkey_auth::long_term_key("\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}", "example.org", "TheMatrIX");
+        assert!(integrity_matches(&raw, p.mi_offset.unwrap(), &key));
+    }
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut h = Harness::new();
+            let t = tuple("203.0.113.5:5555");
+            let _ = h.engine.handle_client(h.now, t, &bytes, &mut h.ports);
+            let mut buf = vec![0u8; PEER_HEADROOM + bytes.len() + PEER_TAILROOM];
+            let _ = h.engine.handle_peer(h.now, RelayHandle(1), PeerAddr(addr(PEER)), &mut buf, bytes.len());
+        }
+
+        #[test]
+        fn mutated_valid_messages_never_panic(idx in 0usize..200, val in any::<u8>(), cut in 0usize..200) {
+            let mut h = Harness::new();
+            let t = tuple("203.0.113.5:5555");
+            let (_, a) = h.allocate(t, "alice");
+            let mut req = request(METHOD_CHANNEL_BIND, &[Attr::Channel(0x4000), Attr::Peer(addr(PEER))], Some(&a));
+            let i = idx % req.len();
+            req[i] = val;
+            let _ = h.engine.handle_client(h.now, t, &req, &mut h.ports);
+            req.truncate(cut.min(req.len()));
+            let _ = h.engine.handle_client(h.now, t, &req, &mut h.ports);
+            let _ = h.engine.handle_client(h.now, t, &channel_data(0x4000, &req), &mut h.ports);
+        }
+    }
+}

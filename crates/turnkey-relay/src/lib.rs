@@ -1,0 +1,22 @@
+//! # turnkey-relay: the TURN relay
+//!
+//! Owns the sans-IO TURN engine ([`engine`]: allocations, permissions, channels, lifetimes, quotas,
+//! peer policy), its drivers ([`udp`]: client-facing sockets sharded across cores with
+//! SO_REUSEPORT, relay sockets), the relay's metrics ([`metrics`]) and the [`run`] entry point.
+//!
+//! It must not import axum or the issuer: credentials reach it through `turnkey-auth`
+//! (secret ring, nonces, revocation set) and nothing else.
+
+pub mod engine;
+mod error;
+pub mod framing;
+pub mod metrics;
+pub mod policy;
+pub mod types;
+
+pub use error::RelayError;
+pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+mod server;
+pub mod udp;
+
+pub use server::{run, BoundSockets, RelayConfig};

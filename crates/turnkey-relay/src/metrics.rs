@@ -1,0 +1,245 @@
+//! The relay's Prometheus metrics, defined once and registered into a registry the binary passes in
+//! (never global statics). Hot-path counters are accumulated per shard and flushed about once a
+//! second (see [`ShardStats`]), so relayed traffic moves the counters while it flows.
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::types::Transport;
+
+/// Every metric the relay exports.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    /// Live allocations by transport.
+    pub allocations: IntGaugeVec,
+    /// Allocate requests by result (`success` or the error code).
+    pub allocation_attempts: IntCounterVec,
+    /// Authentication failures by reason.
+    pub auth_failures: IntCounterVec,
+    /// Live permissions.
+    pub permissions: IntGauge,
+    /// Live channel bindings.
+    pub channels: IntGauge,
+    /// Relayed payload bytes by direction and client transport.
+    pub relayed_bytes: IntCounterVec,
+    /// Relayed packets by direction and client transport.
+    pub relayed_packets: IntCounterVec,
+    /// Packets dropped by reason.
+    pub dropped_packets: IntCounterVec,
+    /// Peer-policy denials by path (`create_permission`, `channel_bind`, `send`).
+    pub peer_denied: IntCounterVec,
+    /// Client connections live (TCP/TLS).
+    pub connections: IntGaugeVec,
+    /// Client connections closed by transport and reason.
+    pub connections_closed: IntCounterVec,
+    /// Number of data-path shards.
+    pub shards: IntGauge,
+}
+
+/// Why a packet was dropped (metric label values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// No permission installed for the peer.
+    NoPermission,
+    /// The peer policy refused the address.
+    DeniedPeer,
+    /// The allocation's bandwidth cap was exceeded.
+    RateCap,
+    /// A connection's outbound queue was full, or a socket send would block.
+    QueueFull,
+    /// Not a valid STUN message or ChannelData.
+    Malformed,
+    /// No allocation or channel for the packet.
+    NoAllocation,
+    /// An unauthenticated reply suppressed by the per-IP limiter.
+    ReplyLimited,
+}
+
+impl DropReason {
+    /// All reasons, in label order.
+    pub const ALL: [DropReason; 7] = [
+        Self::NoPermission,
+        Self::DeniedPeer,
+        Self::RateCap,
+        Self::QueueFull,
+        Self::Malformed,
+        Self::NoAllocation,
+        Self::ReplyLimited,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoPermission => "no_permission",
+            Self::DeniedPeer => "denied_peer",
+            Self::RateCap => "rate_cap",
+            Self::QueueFull => "queue_full",
+            Self::Malformed => "malformed",
+            Self::NoAllocation => "no_allocation",
+            Self::ReplyLimited => "reply_limited",
+        }
+    }
+}
+
+impl RelayMetrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            allocations: IntGaugeVec::new(
+                Opts::new("turnkey_relay_allocations", "Live allocations by client transport."),
+                &["transport"],
+            )?,
+            allocation_attempts: IntCounterVec::new(
+                Opts::new("turnkey_relay_allocation_attempts_total", "Allocate requests by result."),
+                &["result"],
+            )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new("turnkey_relay_auth_failures_total", "Authentication failures by reason."),
+                &["reason"],
+            )?,
+            permissions: IntGauge::new("turnkey_relay_permissions", "Live permissions.")?,
+            channels: IntGauge::new("turnkey_relay_channels", "Live channel bindings.")?,
+            relayed_bytes: IntCounterVec::new(
+                Opts::new(
+                    "turnkey_relay_relayed_bytes_total",
+                    "Relayed payload bytes by direction (client_to_peer, peer_to_client) and client transport.",
+                ),
+                &["direction", "transport"],
+            )?,
+            relayed_packets: IntCounterVec::new(
+                Opts::new(
+                    "turnkey_relay_relayed_packets_total",
+                    "Relayed packets by direction and client transport.",
+                ),
+                &["direction", "transport"],
+            )?,
+            dropped_packets: IntCounterVec::new(
+                Opts::new("turnkey_relay_dropped_packets_total", "Packets dropped by reason."),
+                &["reason"],
+            )?,
+            peer_denied: IntCounterVec::new(
+                Opts::new("turnkey_relay_peer_denied_total", "Peer-policy denials by request path."),
+                &["path"],
+            )?,
+            connections: IntGaugeVec::new(
+                Opts::new("turnkey_relay_connections", "Live TCP/TLS client connections."),
+                &["transport"],
+            )?,
+            connections_closed: IntCounterVec::new(
+                Opts::new("turnkey_relay_connections_closed_total", "Closed TCP/TLS client connections by reason."),
+                &["transport", "reason"],
+            )?,
+            shards: IntGauge::new("turnkey_relay_shards", "Data-path shards (one per core).")?,
+        };
+        registry.register(Box::new(m.allocations.clone()))?;
+        registry.register(Box::new(m.allocation_attempts.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.permissions.clone()))?;
+        registry.register(Box::new(m.channels.clone()))?;
+        registry.register(Box::new(m.relayed_bytes.clone()))?;
+        registry.register(Box::new(m.relayed_packets.clone()))?;
+        registry.register(Box::new(m.dropped_packets.clone()))?;
+        registry.register(Box::new(m.peer_denied.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.connections_closed.clone()))?;
+        registry.register(Box::new(m.shards.clone()))?;
+        // Make the zero values visible from the first scrape.
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+            m.allocations.with_label_values(&[t.as_str()]);
+            for d in Direction::ALL {
+                m.relayed_bytes.with_label_values(&[d.as_str(), t.as_str()]);
+                m.relayed_packets.with_label_values(&[d.as_str(), t.as_str()]);
+            }
+        }
+        for r in DropReason::ALL {
+            m.dropped_packets.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// Metrics registered into a private registry (tests and tools).
+    pub fn unregistered() -> Self {
+        match Self::new(&Registry::new()) {
+            Ok(m) => m,
+            Err(e) => unreachable!("a fresh registry cannot hold duplicates: {e}"),
+        }
+    }
+}
+
+/// Direction of relayed traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client through the relay to a peer.
+    ClientToPeer,
+    /// From a peer through the relay to the client.
+    PeerToClient,
+}
+
+impl Direction {
+    /// Both directions.
+    pub const ALL: [Direction; 2] = [Self::ClientToPeer, Self::PeerToClient];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientToPeer => "client_to_peer",
+            Self::PeerToClient => "peer_to_client",
+        }
+    }
+}
+
+/// Per-shard counters for the data path: plain integers, flushed into [`RelayMetrics`].
+#[derive(Debug, Default, Clone)]
+pub struct ShardStats {
+    bytes: [[u64; 3]; 2],
+    packets: [[u64; 3]; 2],
+    drops: [u64; 7],
+}
+
+fn tidx(t: Transport) -> usize {
+    match t {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+    }
+}
+
+impl ShardStats {
+    /// Counts one relayed packet of `len` payload bytes.
+    #[inline]
+    pub fn relayed(&mut self, dir: Direction, t: Transport, len: usize) {
+        let d = dir as usize;
+        self.bytes[d][tidx(t)] += len as u64;
+        self.packets[d][tidx(t)] += 1;
+    }
+
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn dropped(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+
+    /// How many packets were dropped for `r` since the last flush.
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    /// Adds the counts into `m` and resets them.
+    pub fn flush(&mut self, m: &RelayMetrics) {
+        for dir in Direction::ALL {
+            for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
+                let (b, p) = (self.bytes[dir as usize][tidx(t)], self.packets[dir as usize][tidx(t)]);
+                if p > 0 {
+                    m.relayed_bytes.with_label_values(&[dir.as_str(), t.as_str()]).inc_by(b);
+                    m.relayed_packets.with_label_values(&[dir.as_str(), t.as_str()]).inc_by(p);
+                }
+            }
+        }
+        for r in DropReason::ALL {
+            let n = self.drops[r as usize];
+            if n > 0 {
+                m.dropped_packets.with_label_values(&[r.as_str()]).inc_by(n);
+            }
+        }
+        *self = Self::default();
+    }
+}

@@ -1,0 +1,237 @@
+//! The UDP data path of one shard: client-facing sockets (one per listening address, each bound
+//! with SO_REUSEPORT so the kernel spreads clients over shards), relay sockets bound on demand,
+//! and the tasks that move datagrams between them and the engine.
+//!
+//! A shard is one thread running a current-thread tokio runtime; its engine lives in a
+//! `RefCell` that is borrowed only between awaits, so the data path takes no lock. On the
+//! ChannelData path a datagram is received into a reusable buffer, handed to the engine, and the
+//! borrowed slice it returns is sent: no heap allocation and no syscall besides the two.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::rc::{Rc, Weak};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::engine::{Engine, RelayBinding, RelayPorts, Transmit, PEER_HEADROOM, PEER_TAILROOM};
+use crate::metrics::DropReason;
+use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+
+/// Receive buffer size: larger than any UDP datagram, so nothing is ever truncated.
+pub(crate) const RECV_BUF: usize = 65_536;
+/// Kernel socket buffer for client-facing sockets.
+pub(crate) const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
+/// Kernel socket buffer for relay sockets.
+const RELAY_SOCKET_BUFFER: usize = 1 << 20;
+/// Random ports tried before an Allocate gets 508.
+const BIND_ATTEMPTS: usize = 64;
+
+/// Where relay sockets are bound and what is advertised.
+#[derive(Debug, Clone)]
+pub struct RelayAddrs {
+    /// IPv4 address relay sockets bind to (None: no IPv4 relays).
+    pub v4: Option<IpAddr>,
+    /// IPv6 address relay sockets bind to (None: no IPv6 relays).
+    pub v6: Option<IpAddr>,
+    /// IPv4 address advertised instead of `v4` (1:1 NAT).
+    pub external_v4: Option<IpAddr>,
+    /// IPv6 address advertised instead of `v6`.
+    pub external_v6: Option<IpAddr>,
+    /// Port range for relay sockets.
+    pub ports: RangeInclusive<u16>,
+}
+
+/// Binds `n` UDP sockets on `addr` with SO_REUSEPORT (the kernel hashes each client to one of
+/// them). With port 0 the first socket picks the port and the rest join it.
+pub fn bind_udp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let first = bind_reuseport(addr)?;
+    let actual = first.local_addr()?;
+    let mut out = vec![first];
+    for _ in 1..n.max(1) {
+        out.push(bind_reuseport(actual)?);
+    }
+    Ok(out)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    set_buffers(&s, CLIENT_SOCKET_BUFFER);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn set_buffers(s: &Socket, size: usize) {
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(size);
+    let _ = s.set_send_buffer_size(size);
+}
+
+/// One shard's engine and its relay sockets, shared by the shard's tasks.
+pub(crate) struct ShardState {
+    pub engine: Engine,
+    pub ports: Ports,
+    pub clients: ClientSockets,
+}
+
+/// The shard's client-facing UDP sockets, by local address.
+#[derive(Default)]
+pub(crate) struct ClientSockets {
+    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+}
+
+impl ClientSockets {
+    pub fn add_udp(&mut self, local: SocketAddr, s: Rc<UdpSocket>) {
+        self.udp.push((local, s));
+    }
+
+    /// Sends to a client; a full socket buffer drops the datagram.
+    pub fn send(&self, to: FiveTuple, data: &[u8]) -> Result<(), DropReason> {
+        match to.transport {
+            Transport::Udp => {
+                let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
+                    return Err(DropReason::NoAllocation);
+                };
+                s.try_send_to(data, to.client.0).map(|_| ()).map_err(|_| DropReason::QueueFull)
+            }
+            Transport::Tcp | Transport::Tls => Err(DropReason::NoAllocation),
+        }
+    }
+}
+
+/// Relay sockets of one shard; the engine binds and releases them through [`RelayPorts`].
+pub(crate) struct Ports {
+    addrs: RelayAddrs,
+    next: u32,
+    sockets: HashMap<u32, (Rc<UdpSocket>, JoinHandle<()>)>,
+    shard: Weak<RefCell<ShardState>>,
+}
+
+impl Ports {
+    pub fn new(addrs: RelayAddrs) -> Self {
+        Self { addrs, next: 0, sockets: HashMap::new(), shard: Weak::new() }
+    }
+
+    pub fn set_shard(&mut self, shard: Weak<RefCell<ShardState>>) {
+        self.shard = shard;
+    }
+
+    /// Sends from a relay socket to a peer.
+    #[inline]
+    pub fn send(&self, relay: RelayHandle, to: PeerAddr, data: &[u8]) -> Result<(), DropReason> {
+        let Some((s, _)) = self.sockets.get(&relay.0) else {
+            return Err(DropReason::NoAllocation);
+        };
+        s.try_send_to(data, to.0).map(|_| ()).map_err(|_| DropReason::QueueFull)
+    }
+
+    fn bind_socket(&self, ip: IpAddr, even: bool) -> Option<std::net::UdpSocket> {
+        let (lo, hi) = (*self.addrs.ports.start(), *self.addrs.ports.end());
+        for _ in 0..BIND_ATTEMPTS {
+            let mut port = rand::Rng::gen_range(&mut rand::thread_rng(), lo..=hi);
+            if even {
+                port &= !1;
+                if port < lo {
+                    continue;
+                }
+            }
+            let addr = SocketAddr::new(ip, port);
+            let Ok(s) = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)) else {
+                return None;
+            };
+            if addr.is_ipv6() && s.set_only_v6(true).is_err() {
+                return None;
+            }
+            set_buffers(&s, RELAY_SOCKET_BUFFER);
+            if s.set_nonblocking(true).is_ok() && s.bind(&addr.into()).is_ok() {
+                return Some(s.into());
+            }
+        }
+        None
+    }
+}
+
+impl RelayPorts for Ports {
+    fn bind(&mut self, ipv6: bool, even_port: bool) -> Option<RelayBinding> {
+        let (ip, external) = if ipv6 {
+            (self.addrs.v6?, self.addrs.external_v6)
+        } else {
+            (self.addrs.v4?, self.addrs.external_v4)
+        };
+        let std_socket = self.bind_socket(ip, even_port)?;
+        let local = std_socket.local_addr().ok()?;
+        let socket = Rc::new(UdpSocket::from_std(std_socket).ok()?);
+        self.next = self.next.wrapping_add(1);
+        let handle = RelayHandle(self.next);
+        let task = tokio::task::spawn_local(peer_loop(self.shard.clone(), socket.clone(), handle));
+        self.sockets.insert(handle.0, (socket, task));
+        let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
+        Some(RelayBinding { handle, advertised })
+    }
+
+    fn release(&mut self, handle: RelayHandle) {
+        if let Some((_, task)) = self.sockets.remove(&handle.0) {
+            task.abort();
+        }
+    }
+}
+
+/// Receives from clients on one client-facing socket until the shard stops.
+pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, socket: Rc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors surface here on some systems; they concern one peer only.
+                tracing::trace!(error = %e, "udp recv error");
+                continue;
+            }
+        };
+        let tuple = FiveTuple { transport: Transport::Udp, client: ClientAddr(from), server: local };
+        let st = &mut *shard.borrow_mut();
+        let now = Now::system();
+        let ShardState { engine, ports, clients } = st;
+        let out = engine.handle_client(now, tuple, &buf[..n], ports);
+        let result = match out {
+            Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
+            Some(Transmit::Client { to, data }) => clients.send(to, &data),
+            None => Ok(()),
+        };
+        if let Err(reason) = result {
+            engine.count_drop(reason);
+        }
+    }
+}
+
+/// Receives from peers on one relay socket, for the life of its allocation.
+async fn peer_loop(shard: Weak<RefCell<ShardState>>, socket: Rc<UdpSocket>, handle: RelayHandle) {
+    let mut buf = vec![0u8; PEER_HEADROOM + RECV_BUF + PEER_TAILROOM];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + RECV_BUF]).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::trace!(error = %e, "relay recv error");
+                continue;
+            }
+        };
+        let Some(shard) = shard.upgrade() else { return };
+        let st = &mut *shard.borrow_mut();
+        let now = Now::system();
+        let ShardState { engine, clients, .. } = st;
+        if let Some(Transmit::Client { to, data }) = engine.handle_peer(now, handle, PeerAddr(from), &mut buf, n) {
+            if let Err(reason) = clients.send(to, &data) {
+                engine.count_drop(reason);
+            }
+        }
+    }
+}

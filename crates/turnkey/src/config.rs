@@ -1,0 +1,369 @@
+//! Typed, strict configuration: a TOML file (`--config`), then `TURNKEY_*` environment variables,
+//! then flags, each overriding the one before. Unknown keys are errors, and every error in a file is
+//! reported at once (unknown keys and invalid values together), so an operator fixes a config in
+//! one round.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+use turnkey_relay::policy::PeerRule;
+
+/// The configuration file's shape. Every field is optional: the embedded default needs none.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the secret, keys, revocations and usage are kept.
+    pub data_dir: Option<PathBuf>,
+    /// REALM of long-term credentials.
+    pub realm: Option<String>,
+    /// Shared secrets, newest first (prefer `secret_file`).
+    pub secrets: Option<Vec<String>>,
+    /// A file holding one secret per line, newest first.
+    pub secret_file: Option<PathBuf>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// Data-path shards (default: one per core).
+    pub shards: Option<usize>,
+    /// Relay settings.
+    #[serde(default)]
+    pub relay: RelayFile,
+    /// Metrics listener.
+    #[serde(default)]
+    pub metrics: MetricsFile,
+}
+
+/// `[relay]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    /// UDP listening addresses.
+    pub udp: Option<Vec<String>>,
+    /// Addresses relay sockets bind to (at most one IPv4 and one IPv6).
+    pub relay_ip: Option<Vec<String>>,
+    /// `LO-HI`.
+    pub relay_ports: Option<String>,
+    /// Addresses advertised instead of the relay IPs (1:1 NAT).
+    pub external_ip: Option<Vec<String>>,
+    /// Peer allow rules (CIDR, optionally with ports).
+    pub allow_peer: Option<Vec<String>>,
+    /// Peer deny rules.
+    pub deny_peer: Option<Vec<String>>,
+    /// Allocations per userid.
+    pub max_allocations_per_user: Option<u32>,
+    /// Allocations in total.
+    pub max_allocations: Option<u32>,
+    /// Permissions per allocation.
+    pub max_permissions: Option<usize>,
+    /// Channels per allocation.
+    pub max_channels: Option<usize>,
+    /// Per-allocation bandwidth cap in bytes per second (0: none).
+    pub bandwidth_limit: Option<u64>,
+    /// Longest allocation lifetime in seconds.
+    pub max_lifetime: Option<u64>,
+    /// Nonce lifetime in seconds.
+    pub nonce_lifetime: Option<u64>,
+    /// Unauthenticated replies per second per source IP.
+    pub unauth_replies_per_sec: Option<u32>,
+    /// Accept RFC 5766 channel numbers (0x4000-0x7FFF).
+    pub rfc5766_channel_numbers: Option<bool>,
+    /// SOFTWARE attribute value (none by default).
+    pub software: Option<String>,
+    /// Seconds live allocations are served after SIGTERM.
+    pub drain_grace: Option<u64>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// Listening address of `/metrics` ("off" disables it).
+    pub listen: Option<String>,
+}
+
+/// Loads and strictly parses a config file; every unknown key is listed in one error.
+pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    parse_file(&text).with_context(|| format!("invalid config {}", path.display()))
+}
+
+/// Parses config text (see [`load_file`]).
+pub fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
+    let de = toml::Deserializer::new(text);
+    let mut unknown = Vec::new();
+    let lenient: Result<Lenient, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+    let mut errors: Vec<String> = unknown.iter().map(|k| format!("unknown key `{k}`")).collect();
+    match toml::from_str::<FileConfig>(text) {
+        Ok(cfg) if errors.is_empty() => return Ok(cfg),
+        Ok(_) => {}
+        Err(e) => {
+            if lenient.is_err() || errors.is_empty() {
+                errors.push(e.message().to_owned());
+            }
+        }
+    }
+    bail!("{}", errors.join("; "))
+}
+
+/// The same shape without `deny_unknown_fields`, to collect every unknown key in one pass.
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct Lenient {
+    data_dir: Option<PathBuf>,
+    realm: Option<String>,
+    secrets: Option<Vec<String>>,
+    secret_file: Option<PathBuf>,
+    log_format: Option<String>,
+    shards: Option<usize>,
+    #[serde(default)]
+    relay: Option<LenientRelay>,
+    #[serde(default)]
+    metrics: Option<LenientMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct LenientRelay {
+    udp: Option<Vec<String>>,
+    relay_ip: Option<Vec<String>>,
+    relay_ports: Option<String>,
+    external_ip: Option<Vec<String>>,
+    allow_peer: Option<Vec<String>>,
+    deny_peer: Option<Vec<String>>,
+    max_allocations_per_user: Option<u32>,
+    max_allocations: Option<u32>,
+    max_permissions: Option<usize>,
+    max_channels: Option<usize>,
+    bandwidth_limit: Option<u64>,
+    max_lifetime: Option<u64>,
+    nonce_lifetime: Option<u64>,
+    unauth_replies_per_sec: Option<u32>,
+    rfc5766_channel_numbers: Option<bool>,
+    software: Option<String>,
+    drain_grace: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct LenientMetrics {
+    listen: Option<String>,
+}
+
+/// Validated settings the binary runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub realm: String,
+    pub secrets: Vec<String>,
+    pub secret_file: Option<PathBuf>,
+    pub log_json: bool,
+    pub shards: usize,
+    pub udp: Vec<SocketAddr>,
+    pub udp_is_default: bool,
+    pub relay_v4: Option<IpAddr>,
+    pub relay_v6: Option<IpAddr>,
+    pub relay_ports: RangeInclusive<u16>,
+    pub external_v4: Option<IpAddr>,
+    pub external_v6: Option<IpAddr>,
+    pub allow_peer: Vec<PeerRule>,
+    pub deny_peer: Vec<PeerRule>,
+    pub max_allocations_per_user: u32,
+    pub max_allocations: u32,
+    pub max_permissions: usize,
+    pub max_channels: usize,
+    pub bandwidth_limit: u64,
+    pub max_lifetime: Duration,
+    pub nonce_lifetime: Duration,
+    pub unauth_replies_per_sec: u32,
+    pub rfc5766_channel_numbers: bool,
+    pub software: Option<String>,
+    pub drain_grace: Duration,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Default UDP listeners.
+pub const DEFAULT_UDP: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
+/// Default metrics listener.
+pub const DEFAULT_METRICS: &str = "0.0.0.0:9641";
+
+/// Validates a merged file config, collecting every error.
+pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
+    let mut errors = Vec::new();
+    let r = &f.relay;
+    let mut addrs = |key: &str, list: &[String]| -> Vec<SocketAddr> {
+        list.iter()
+            .filter_map(|s| match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    errors.push(format!("{key}: `{s}` is not an IP:port address"));
+                    None
+                }
+            })
+            .collect()
+    };
+    let udp_is_default = r.udp.is_none();
+    let udp_list: Vec<String> = r.udp.clone().unwrap_or_else(|| DEFAULT_UDP.iter().map(|s| s.to_string()).collect());
+    let udp = addrs("relay.udp", &udp_list);
+    let mut ips = |key: &str, list: &[String]| -> (Option<IpAddr>, Option<IpAddr>) {
+        let (mut v4, mut v6) = (None, None);
+        for s in list {
+            match s.parse::<IpAddr>() {
+                Ok(ip @ IpAddr::V4(_)) if v4.is_none() => v4 = Some(ip),
+                Ok(ip @ IpAddr::V6(_)) if v6.is_none() => v6 = Some(ip),
+                Ok(_) => errors.push(format!("{key}: at most one IPv4 and one IPv6 address")),
+                Err(_) => errors.push(format!("{key}: `{s}` is not an IP address")),
+            }
+        }
+        (v4, v6)
+    };
+    let (relay_v4, relay_v6) = ips("relay.relay_ip", r.relay_ip.as_deref().unwrap_or_default());
+    let (external_v4, external_v6) = ips("relay.external_ip", r.external_ip.as_deref().unwrap_or_default());
+    let relay_ports = match parse_port_range(r.relay_ports.as_deref().unwrap_or("49152-65535")) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(format!("relay.relay_ports: {e}"));
+            49152..=65535
+        }
+    };
+    let mut rules = |key: &str, list: &[String]| -> Vec<PeerRule> {
+        list.iter()
+            .filter_map(|s| match s.parse::<PeerRule>() {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    errors.push(format!("{key}: `{s}`: {e}"));
+                    None
+                }
+            })
+            .collect()
+    };
+    let allow_peer = rules("relay.allow_peer", r.allow_peer.as_deref().unwrap_or_default());
+    let deny_peer = rules("relay.deny_peer", r.deny_peer.as_deref().unwrap_or_default());
+    let log_json = match f.log_format.as_deref().unwrap_or("text") {
+        "text" => false,
+        "json" => true,
+        other => {
+            errors.push(format!("log_format: `{other}` is not `text` or `json`"));
+            false
+        }
+    };
+    let metrics = match f.metrics.listen.as_deref().unwrap_or(DEFAULT_METRICS) {
+        "off" => None,
+        s => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!("metrics.listen: `{s}` is not an IP:port address or `off`"));
+                None
+            }
+        },
+    };
+    let realm = f.realm.clone().unwrap_or_else(|| "turnkey".to_owned());
+    if realm.is_empty() || realm.len() > 127 {
+        errors.push("realm: must be 1 to 127 characters".to_owned());
+    }
+    let max_lifetime = r.max_lifetime.unwrap_or(3600);
+    if max_lifetime == 0 {
+        errors.push("relay.max_lifetime: must be at least 1 second".to_owned());
+    }
+    if f.shards == Some(0) {
+        errors.push("shards: must be at least 1 (omit it for one per core)".to_owned());
+    }
+    if let Some(secrets) = &f.secrets {
+        if secrets.iter().any(|s| s.trim().is_empty()) {
+            errors.push("secrets: secrets must not be empty".to_owned());
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
+    }
+    Ok(Settings {
+        data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from("./turnkey-data")),
+        realm,
+        secrets: f.secrets.clone().unwrap_or_default(),
+        secret_file: f.secret_file.clone(),
+        log_json,
+        shards: f.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        udp,
+        udp_is_default,
+        relay_v4,
+        relay_v6,
+        relay_ports,
+        external_v4,
+        external_v6,
+        allow_peer,
+        deny_peer,
+        max_allocations_per_user: r.max_allocations_per_user.unwrap_or(100),
+        max_allocations: r.max_allocations.unwrap_or(50_000),
+        max_permissions: r.max_permissions.unwrap_or(64),
+        max_channels: r.max_channels.unwrap_or(64),
+        bandwidth_limit: r.bandwidth_limit.unwrap_or(0),
+        max_lifetime: Duration::from_secs(max_lifetime),
+        nonce_lifetime: Duration::from_secs(r.nonce_lifetime.unwrap_or(600).max(1)),
+        unauth_replies_per_sec: r.unauth_replies_per_sec.unwrap_or(50),
+        rfc5766_channel_numbers: r.rfc5766_channel_numbers.unwrap_or(false),
+        software: r.software.clone(),
+        drain_grace: Duration::from_secs(r.drain_grace.unwrap_or(30)),
+        metrics,
+    })
+}
+
+/// Parses `LO-HI` (inclusive, LO <= HI, not 0).
+pub fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("`{s}` is not LO-HI"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("`{lo}` is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("`{hi}` is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("`{s}`: need 1 <= LO <= HI"));
+    }
+    Ok(lo..=hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_embedded_default() {
+        let s = validate(&parse_file("").unwrap()).unwrap();
+        assert_eq!(s.udp.len(), 2);
+        assert_eq!(s.relay_ports, 49152..=65535);
+        assert_eq!(s.max_lifetime, Duration::from_secs(3600));
+        assert!(s.allow_peer.is_empty());
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_at_once() {
+        let err = parse_file("bogus = 1\n[relay]\nudpp = []\nmax_allocations = 3\n[nope]\nx = 1\n").unwrap_err();
+        let msg = format!("{err:#}");
+        for k in ["bogus", "relay.udpp", "nope"] {
+            assert!(msg.contains(k), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_at_once() {
+        let f = parse_file(
+            "log_format = \"xml\"\n[relay]\nudp = [\"nope\"]\nrelay_ports = \"9-1\"\nallow_peer = [\"300.0.0.0/8\"]\nrelay_ip = [\"x\"]\n",
+        )
+        .unwrap();
+        let msg = format!("{:#}", validate(&f).unwrap_err());
+        for part in ["log_format", "relay.udp", "relay.relay_ports", "relay.allow_peer", "relay.relay_ip"] {
+            assert!(msg.contains(part), "{part} missing in {msg}");
+        }
+    }
+
+    #[test]
+    fn type_errors_are_reported() {
+        assert!(parse_file("[relay]\nmax_allocations = \"many\"\n").is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("1000-2000").unwrap(), 1000..=2000);
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("2000-1000").is_err());
+        assert!(parse_port_range("abc").is_err());
+    }
+}
