@@ -64,13 +64,7 @@ impl NonceKey {
     }
 
     /// Checks a nonce received from `client` at `now`; `lifetime_secs` is how long a nonce stays fresh.
-    pub fn check(
-        &self,
-        nonce: &[u8],
-        now: UnixTime,
-        client: SocketAddr,
-        lifetime_secs: u64,
-    ) -> NonceStatus {
+    pub fn check(&self, nonce: &[u8], now: UnixTime, client: SocketAddr, lifetime_secs: u64) -> NonceStatus {
         if nonce.len() != NONCE_LEN {
             return NonceStatus::Forged;
         }
@@ -85,8 +79,7 @@ impl NonceKey {
         if !bool::from(expected[..MAC_BYTES].ct_eq(&mac)) {
             return NonceStatus::Forged;
         }
-        if ts > now.0.saturating_add(FUTURE_SKEW_SECS) || now.0.saturating_sub(ts) >= lifetime_secs
-        {
+        if ts > now.0.saturating_add(FUTURE_SKEW_SECS) || now.0.saturating_sub(ts) >= lifetime_secs {
             return NonceStatus::Stale;
         }
         NonceStatus::Valid
@@ -150,51 +143,25 @@ mod tests {
         let c = addr("192.0.2.1:5000");
         let n = key().issue(UnixTime(1000), c);
         assert_eq!(n.len(), NONCE_LEN);
-        assert_eq!(
-            key().check(n.as_bytes(), UnixTime(1000), c, 600),
-            NonceStatus::Valid
-        );
-        assert_eq!(
-            key().check(n.as_bytes(), UnixTime(1599), c, 600),
-            NonceStatus::Valid
-        );
-        assert_eq!(
-            key().check(n.as_bytes(), UnixTime(1600), c, 600),
-            NonceStatus::Stale
-        );
+        assert_eq!(key().check(n.as_bytes(), UnixTime(1000), c, 600), NonceStatus::Valid);
+        assert_eq!(key().check(n.as_bytes(), UnixTime(1599), c, 600), NonceStatus::Valid);
+        assert_eq!(key().check(n.as_bytes(), UnixTime(1600), c, 600), NonceStatus::Stale);
     }
 
     #[test]
     fn bound_to_client_address_and_key() {
         let n = key().issue(UnixTime(1000), addr("192.0.2.1:5000"));
-        assert_eq!(
-            key().check(n.as_bytes(), UnixTime(1000), addr("192.0.2.1:5001"), 600),
-            NonceStatus::Forged
-        );
-        assert_eq!(
-            key().check(
-                n.as_bytes(),
-                UnixTime(1000),
-                addr("[2001:db8::1]:5000"),
-                600
-            ),
-            NonceStatus::Forged
-        );
+        assert_eq!(key().check(n.as_bytes(), UnixTime(1000), addr("192.0.2.1:5001"), 600), NonceStatus::Forged);
+        assert_eq!(key().check(n.as_bytes(), UnixTime(1000), addr("[2001:db8::1]:5000"), 600), NonceStatus::Forged);
         let other = NonceKey::new([8; 32]);
-        assert_eq!(
-            other.check(n.as_bytes(), UnixTime(1000), addr("192.0.2.1:5000"), 600),
-            NonceStatus::Forged
-        );
+        assert_eq!(other.check(n.as_bytes(), UnixTime(1000), addr("192.0.2.1:5000"), 600), NonceStatus::Forged);
     }
 
     #[test]
     fn far_future_nonce_is_stale() {
         let c = addr("192.0.2.1:5000");
         let n = key().issue(UnixTime(10_000), c);
-        assert_eq!(
-            key().check(n.as_bytes(), UnixTime(1000), c, 600),
-            NonceStatus::Stale
-        );
+        assert_eq!(key().check(n.as_bytes(), UnixTime(1000), c, 600), NonceStatus::Stale);
     }
 
     proptest! {

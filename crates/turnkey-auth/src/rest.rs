@@ -21,10 +21,7 @@ pub struct Credential {
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("Credential").field("username", &self.username).field("password", &"<redacted>").finish()
     }
 }
 
@@ -53,13 +50,8 @@ impl<'a> RestUsername<'a> {
         if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
             return Err(AuthError::MalformedUsername);
         }
-        let expiry = expiry
-            .parse::<u64>()
-            .map_err(|_| AuthError::MalformedUsername)?;
-        Ok(Self {
-            expiry: UnixTime(expiry),
-            userid,
-        })
+        let expiry = expiry.parse::<u64>().map_err(|_| AuthError::MalformedUsername)?;
+        Ok(Self { expiry: UnixTime(expiry), userid })
     }
 
     /// When the credential stops working.
@@ -128,20 +120,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in [
-            "",
-            ":user",
-            "abc:user",
-            "-5:user",
-            " 17:user",
-            "99999999999999999999999:u",
-            "1e9:u",
-        ] {
-            assert_eq!(
-                RestUsername::parse(bad).unwrap_err(),
-                AuthError::MalformedUsername,
-                "{bad}"
-            );
+        for bad in ["", ":user", "abc:user", "-5:user", " 17:user", "99999999999999999999999:u", "1e9:u"] {
+            assert_eq!(RestUsername::parse(bad).unwrap_err(), AuthError::MalformedUsername, "{bad}");
         }
         let long = format!("1:{}", "x".repeat(600));
         assert!(RestUsername::parse(&long).is_err());
@@ -159,11 +139,7 @@ mod tests {
     fn long_term_key_is_md5_of_user_realm_password() {
         // RFC 5769 §2.4's credentials (after SASLprep); the digest was computed independently with
         // Python's hashlib. The relay's tests check the RFC's MESSAGE-INTEGRITY with this key.
-        let key = long_term_key(
-            "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}",
-            "example.org",
-            "TheMatrIX",
-        );
+        let key = long_term_key("\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}", "example.org", "TheMatrIX");
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "e8ca7ad59d5eb0518e312911d2dab2a9");
     }

@@ -31,11 +31,7 @@ impl RevocationSet {
     /// Revokes `username` until `expiry` (after which it could not authenticate anyway).
     /// Returns `true` if it was not revoked before.
     pub fn revoke(&self, username: &str, expiry: UnixTime) -> bool {
-        let mut map = self
-            .inner
-            .entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.entries.write().unwrap_or_else(|p| p.into_inner());
         let new = map.insert(username.to_owned(), expiry).is_none();
         self.inner.generation.fetch_add(1, Ordering::Release);
         new
@@ -54,11 +50,7 @@ impl RevocationSet {
 
     /// Drops entries whose credential has expired by `now`; returns how many were dropped.
     pub fn purge_expired(&self, now: UnixTime) -> usize {
-        let mut map = self
-            .inner
-            .entries
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = self.inner.entries.write().unwrap_or_else(|p| p.into_inner());
         let before = map.len();
         map.retain(|_, exp| *exp > now);
         before - map.len()
@@ -72,11 +64,7 @@ impl RevocationSet {
 
     /// How many usernames are revoked.
     pub fn len(&self) -> usize {
-        self.inner
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inner.entries.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether nothing is revoked.

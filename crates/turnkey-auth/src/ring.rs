@@ -51,19 +51,11 @@ impl SecretRing {
     }
 
     /// Mints a credential for `userid` valid for `ttl_secs` from `now`, signed with the newest secret.
-    pub fn mint(
-        &self,
-        userid: &str,
-        now: UnixTime,
-        ttl_secs: u64,
-    ) -> Result<Credential, AuthError> {
+    pub fn mint(&self, userid: &str, now: UnixTime, ttl_secs: u64) -> Result<Credential, AuthError> {
         if ttl_secs == 0 {
             return Err(AuthError::InvalidTtl(ttl_secs));
         }
-        let expiry = now
-            .0
-            .checked_add(ttl_secs)
-            .ok_or(AuthError::InvalidTtl(ttl_secs))?;
+        let expiry = now.0.checked_add(ttl_secs).ok_or(AuthError::InvalidTtl(ttl_secs))?;
         let username = format!("{expiry}:{userid}");
         let password = rest::password(self.newest(), &username);
         Ok(Credential { username, password })
@@ -72,9 +64,7 @@ impl SecretRing {
     /// The password each configured secret gives `username`, newest first. The relay derives the
     /// long-term keys from these and accepts a message whose integrity matches any of them.
     pub fn passwords<'a>(&'a self, username: &'a str) -> impl Iterator<Item = String> + 'a {
-        self.secrets
-            .iter()
-            .map(move |s| rest::password(s, username))
+        self.secrets.iter().map(move |s| rest::password(s, username))
     }
 
     /// Checks a username/password pair as a TURN server in `use-auth-secret` mode would: the
@@ -87,9 +77,7 @@ impl SecretRing {
     ) -> Result<rest::RestUsername<'a>, AuthError> {
         let parsed = rest::RestUsername::parse(username)?;
         parsed.check_expiry(now)?;
-        let ok = self
-            .passwords(username)
-            .any(|p| crate::nonce::ct_eq(p.as_bytes(), password.as_bytes()));
+        let ok = self.passwords(username).any(|p| crate::nonce::ct_eq(p.as_bytes(), password.as_bytes()));
         if ok {
             Ok(parsed)
         } else {
@@ -110,10 +98,7 @@ mod tests {
     #[test]
     fn empty_rings_and_secrets_are_refused() {
         assert_eq!(SecretRing::new(vec![]).unwrap_err(), AuthError::NoSecret);
-        assert_eq!(
-            SecretRing::new(vec![Secret::new("")]).unwrap_err(),
-            AuthError::NoSecret
-        );
+        assert_eq!(SecretRing::new(vec![Secret::new("")]).unwrap_err(), AuthError::NoSecret);
     }
 
     #[test]
@@ -125,10 +110,7 @@ mod tests {
     #[test]
     fn zero_and_overflowing_ttl_refused() {
         let r = ring(&["k"]);
-        assert_eq!(
-            r.mint("u", UnixTime(10), 0).unwrap_err(),
-            AuthError::InvalidTtl(0)
-        );
+        assert_eq!(r.mint("u", UnixTime(10), 0).unwrap_err(), AuthError::InvalidTtl(0));
         assert!(r.mint("u", UnixTime(u64::MAX), 5).is_err());
     }
 

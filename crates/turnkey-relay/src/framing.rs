@@ -175,18 +175,11 @@ impl StreamDecoder {
         let buffered = self.buf.len();
         let needed = buffered.saturating_add(bytes.len());
         if needed > self.limit {
-            return Err(self.fail(FramingError::BufferFull {
-                buffered,
-                pushed: bytes.len(),
-                limit: self.limit,
-            }));
+            return Err(self.fail(FramingError::BufferFull { buffered, pushed: bytes.len(), limit: self.limit }));
         }
         if needed > self.buf.capacity() {
             const INITIAL: usize = 2048;
-            let target = needed
-                .max(self.buf.capacity().saturating_mul(2))
-                .max(INITIAL)
-                .min(self.limit);
+            let target = needed.max(self.buf.capacity().saturating_mul(2)).max(INITIAL).min(self.limit);
             self.buf.reserve_exact(target - buffered);
         }
         self.buf.extend_from_slice(bytes);
@@ -207,10 +200,7 @@ impl StreamDecoder {
         };
         let begin = self.start;
         self.start += header.total;
-        let message = self
-            .buf
-            .get(begin..begin + header.message_len)
-            .unwrap_or_default();
+        let message = self.buf.get(begin..begin + header.message_len).unwrap_or_default();
         Ok(Some(match header.kind {
             Kind::Stun => Frame::Stun(message),
             Kind::ChannelData(channel) => Frame::ChannelData {
@@ -263,19 +253,12 @@ impl StreamDecoder {
 ///
 /// Fails without writing if `channel` is outside 0x4000..=0x7FFF or `payload` is longer than
 /// 65535 bytes (a 16-bit length cannot say more, and a wrong length would desync the stream).
-pub fn encode_channel_data_stream(
-    channel: u16,
-    payload: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), FramingError> {
+pub fn encode_channel_data_stream(channel: u16, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FramingError> {
     if channel >> 14 != 0b01 {
         return Err(FramingError::InvalidChannel(channel));
     }
     let Ok(len) = u16::try_from(payload.len()) else {
-        return Err(FramingError::TooLarge {
-            length: payload.len(),
-            max: usize::from(u16::MAX),
-        });
+        return Err(FramingError::TooLarge { length: payload.len(), max: usize::from(u16::MAX) });
     };
     let padding = padding(payload.len());
     out.reserve(CHANNEL_DATA_HEADER_LEN + payload.len() + padding);
@@ -290,9 +273,8 @@ pub fn encode_channel_data_stream(
 // Internals
 
 /// HTTP request prefixes that would otherwise parse as ChannelData headers.
-const HTTP_METHODS: [&[u8; 4]; 10] = [
-    b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE", b"CONN", b"PATC", b"TRAC", b"PRI ",
-];
+const HTTP_METHODS: [&[u8; 4]; 10] =
+    [b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE", b"CONN", b"PATC", b"TRAC", b"PRI "];
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -343,11 +325,7 @@ fn parse_header(avail: &[u8], max_frame: usize) -> Result<Option<Header>, Framin
                 return Ok(None);
             };
             let message_len = STUN_HEADER_LEN + usize::from(length);
-            Ok((avail.len() >= message_len).then_some(Header {
-                kind: Kind::Stun,
-                message_len,
-                total: message_len,
-            }))
+            Ok((avail.len() >= message_len).then_some(Header { kind: Kind::Stun, message_len, total: message_len }))
         }
         0b01 => {
             let (Some(length), Some(head)) = (length, avail.first_chunk::<4>()) else {
@@ -360,11 +338,7 @@ fn parse_header(avail: &[u8], max_frame: usize) -> Result<Option<Header>, Framin
             let channel = u16::from_be_bytes([head[0], head[1]]);
             let message_len = CHANNEL_DATA_HEADER_LEN + usize::from(length);
             let total = message_len + padding(usize::from(length));
-            Ok((avail.len() >= total).then_some(Header {
-                kind: Kind::ChannelData(channel),
-                message_len,
-                total,
-            }))
+            Ok((avail.len() >= total).then_some(Header { kind: Kind::ChannelData(channel), message_len, total }))
         }
         _ => Err(FramingError::NotStunOrChannelData { first_byte: first }),
     }
@@ -373,10 +347,7 @@ fn parse_header(avail: &[u8], max_frame: usize) -> Result<Option<Header>, Framin
 fn check_max(length: u16, max_frame: usize) -> Result<(), FramingError> {
     let length = usize::from(length);
     if length > max_frame {
-        return Err(FramingError::TooLarge {
-            length,
-            max: max_frame,
-        });
+        return Err(FramingError::TooLarge { length, max: max_frame });
     }
     Ok(())
 }
@@ -406,11 +377,7 @@ mod tests {
     fn own(f: Frame<'_>) -> Owned {
         match f {
             Frame::Stun(m) => Owned::Stun(m.to_vec()),
-            Frame::ChannelData {
-                channel,
-                data,
-                message,
-            } => {
+            Frame::ChannelData { channel, data, message } => {
                 assert_eq!(&message[4..], data);
                 assert_eq!(message[..2], channel.to_be_bytes());
                 Owned::Chan(channel, data.to_vec())
@@ -500,14 +467,7 @@ mod tests {
         assert_eq!(d.next_frame().unwrap(), None);
         d.push(&bytes[9..]).unwrap();
         let f = d.next_frame().unwrap().unwrap();
-        assert_eq!(
-            f,
-            Frame::ChannelData {
-                channel: 0x4000,
-                data: b"abcde",
-                message: b"\x40\x00\x00\x05abcde"
-            }
-        );
+        assert_eq!(f, Frame::ChannelData { channel: 0x4000, data: b"abcde", message: b"\x40\x00\x00\x05abcde" });
         assert_eq!(f.as_bytes(), b"\x40\x00\x00\x05abcde");
         assert_eq!(d.next_frame().unwrap(), None);
         assert_eq!(d.buffered(), 0);
@@ -546,25 +506,14 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_promptly() {
-        let tls_client_hello = [
-            0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0, 0,
-        ];
-        assert_eq!(
-            error_at(&tls_client_hello, 65535),
-            Some((2, FramingError::TlsRecord))
-        );
+        let tls_client_hello =
+            [0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(error_at(&tls_client_hello, 65535), Some((2, FramingError::TlsRecord)));
         // A 0x16 that is not followed by 0x03 fails on the cookie, by byte 8.
         let fake = [0x16, 0x00, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x43, 0, 0, 0, 0];
-        assert_eq!(
-            error_at(&fake, 65535),
-            Some((8, FramingError::BadMagicCookie))
-        );
+        assert_eq!(error_at(&fake, 65535), Some((8, FramingError::BadMagicCookie)));
         let bad_cookie = [0x00, 0x01, 0x00, 0x08, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0];
-        assert_eq!(
-            error_at(&bad_cookie, 65535),
-            Some((5, FramingError::BadMagicCookie))
-        );
+        assert_eq!(error_at(&bad_cookie, 65535), Some((5, FramingError::BadMagicCookie)));
         for method in HTTP_METHODS {
             let mut req = method.to_vec();
             req.extend_from_slice(b"/ HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -587,23 +536,11 @@ mod tests {
         );
         assert_eq!(
             error_at(&[0x00, 0x01, 0x05, 0xe0], 1500),
-            Some((
-                4,
-                FramingError::TooLarge {
-                    length: 1504,
-                    max: 1500
-                }
-            ))
+            Some((4, FramingError::TooLarge { length: 1504, max: 1500 }))
         );
         assert_eq!(
             error_at(&[0x40, 0x00, 0xff, 0xff], 1500),
-            Some((
-                4,
-                FramingError::TooLarge {
-                    length: 65535,
-                    max: 1500
-                }
-            ))
+            Some((4, FramingError::TooLarge { length: 65535, max: 1500 }))
         );
     }
 
@@ -632,9 +569,7 @@ mod tests {
         }
         d.push(&chunk[..539]).unwrap();
         let f = d.next_frame().unwrap().unwrap();
-        assert!(
-            matches!(f, Frame::ChannelData { channel: 0x4000, data, .. } if data.len() == 65535)
-        );
+        assert!(matches!(f, Frame::ChannelData { channel: 0x4000, data, .. } if data.len() == 65535));
         assert_eq!(d.next_frame().unwrap(), None);
     }
 
@@ -653,14 +588,7 @@ mod tests {
         // Pushing beyond the limit without draining fails.
         let mut d = StreamDecoder::with_max_read(100, 50);
         let err = d.push(&[0x40; 171]).unwrap_err();
-        assert_eq!(
-            err,
-            FramingError::BufferFull {
-                buffered: 0,
-                pushed: 171,
-                limit: 170
-            }
-        );
+        assert_eq!(err, FramingError::BufferFull { buffered: 0, pushed: 171, limit: 170 });
     }
 
     #[test]
@@ -687,20 +615,11 @@ mod tests {
     #[test]
     fn encoder_rejects_what_it_cannot_frame() {
         let mut out = Vec::new();
-        assert_eq!(
-            encode_channel_data_stream(0x3fff, b"x", &mut out),
-            Err(FramingError::InvalidChannel(0x3fff))
-        );
-        assert_eq!(
-            encode_channel_data_stream(0x8000, b"x", &mut out),
-            Err(FramingError::InvalidChannel(0x8000))
-        );
+        assert_eq!(encode_channel_data_stream(0x3fff, b"x", &mut out), Err(FramingError::InvalidChannel(0x3fff)));
+        assert_eq!(encode_channel_data_stream(0x8000, b"x", &mut out), Err(FramingError::InvalidChannel(0x8000)));
         assert_eq!(
             encode_channel_data_stream(0x4000, &[0; 65536], &mut out),
-            Err(FramingError::TooLarge {
-                length: 65536,
-                max: 65535
-            })
+            Err(FramingError::TooLarge { length: 65536, max: 65535 })
         );
         assert!(out.is_empty());
         encode_channel_data_stream(0x4000, &[0; 65535], &mut out).unwrap();
@@ -709,19 +628,13 @@ mod tests {
 
     fn arb_frame() -> impl Strategy<Value = Owned> {
         prop_oneof![
-            (0u16..0x4000, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-                |(t, mut body)| {
-                    body.truncate(body.len() / 4 * 4);
-                    // 0x16 0x03 is rejected as TLS.
-                    let t = if t == 0x1603 { 0x0001 } else { t };
-                    Owned::Stun(stun(t, &body))
-                }
-            ),
-            (
-                0x4000u16..=0x7fff,
-                proptest::collection::vec(any::<u8>(), 0..300)
-            )
-                .prop_map(|(c, d)| Owned::Chan(c, d)),
+            (0u16..0x4000, proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(t, mut body)| {
+                body.truncate(body.len() / 4 * 4);
+                // 0x16 0x03 is rejected as TLS.
+                let t = if t == 0x1603 { 0x0001 } else { t };
+                Owned::Stun(stun(t, &body))
+            }),
+            (0x4000u16..=0x7fff, proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(c, d)| Owned::Chan(c, d)),
         ]
     }
 

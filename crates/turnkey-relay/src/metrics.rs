@@ -106,10 +106,7 @@ impl RelayMetrics {
                 &["direction", "transport"],
             )?,
             relayed_packets: IntCounterVec::new(
-                Opts::new(
-                    "turnkey_relay_relayed_packets_total",
-                    "Relayed packets by direction and client transport.",
-                ),
+                Opts::new("turnkey_relay_relayed_packets_total", "Relayed packets by direction and client transport."),
                 &["direction", "transport"],
             )?,
             dropped_packets: IntCounterVec::new(

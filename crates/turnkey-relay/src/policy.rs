@@ -141,17 +141,10 @@ impl PeerRule {
     pub fn new(net: IpNet, ports: Option<(u16, u16)>) -> Result<Self, PolicyError> {
         if let Some((first, last)) = ports {
             if first > last {
-                return Err(PolicyError::EmptyPortRange {
-                    rule: format!("{net}:{first}-{last}"),
-                    first,
-                    last,
-                });
+                return Err(PolicyError::EmptyPortRange { rule: format!("{net}:{first}-{last}"), first, last });
             }
         }
-        Ok(Self {
-            net: net.trunc(),
-            ports,
-        })
+        Ok(Self { net: net.trunc(), ports })
     }
 
     /// The network this rule covers.
@@ -183,10 +176,7 @@ impl PeerRule {
             if v6.prefix_len() >= 96 {
                 if let Some(v4) = v6.network().to_ipv4_mapped() {
                     if let Ok(net) = Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                        return Self {
-                            net: IpNet::V4(net),
-                            ports: self.ports,
-                        };
+                        return Self { net: IpNet::V4(net), ports: self.ports };
                     }
                 }
             }
@@ -218,12 +208,7 @@ impl FromStr for PeerRule {
                 "" => parse_net(rule, inside)?,
                 _ => match len_part.strip_prefix('/') {
                     Some(len) if !inside.contains('/') => parse_net_parts(rule, inside, Some(len))?,
-                    _ => {
-                        return Err(PolicyError::Malformed {
-                            rule: rule.into(),
-                            detail: "unexpected text after `]`",
-                        })
-                    }
+                    _ => return Err(PolicyError::Malformed { rule: rule.into(), detail: "unexpected text after `]`" }),
                 },
             };
             if !net.addr().is_ipv6() {
@@ -264,13 +249,7 @@ impl fmt::Display for PeerRule {
         match (self.net, self.ports) {
             (net, None) => write!(f, "{net}"),
             (IpNet::V4(net), Some(ports)) => write!(f, "{net}:{}", DisplayPorts(ports)),
-            (IpNet::V6(net), Some(ports)) => write!(
-                f,
-                "[{}]/{}:{}",
-                net.addr(),
-                net.prefix_len(),
-                DisplayPorts(ports)
-            ),
+            (IpNet::V6(net), Some(ports)) => write!(f, "[{}]/{}:{}", net.addr(), net.prefix_len(), DisplayPorts(ports)),
         }
     }
 }
@@ -289,10 +268,7 @@ impl From<SocketAddr> for ServiceAddr {
     /// A bound socket address; `0.0.0.0` and `[::]` become wildcards.
     fn from(addr: SocketAddr) -> Self {
         let ip = addr.ip().to_canonical();
-        Self {
-            ip: (!ip.is_unspecified()).then_some(ip),
-            port: addr.port(),
-        }
+        Self { ip: (!ip.is_unspecified()).then_some(ip), port: addr.port() }
     }
 }
 
@@ -380,9 +356,7 @@ impl PeerPolicy {
         let service = service
             .into_iter()
             .map(|s| {
-                let ip =
-                    s.ip.map(|ip| ip.to_canonical())
-                        .filter(|ip| !ip.is_unspecified());
+                let ip = s.ip.map(|ip| ip.to_canonical()).filter(|ip| !ip.is_unspecified());
                 ServiceAddr { ip, port: s.port }
             })
             .collect();
@@ -421,10 +395,7 @@ impl PeerPolicy {
         if is_service {
             return Verdict::Deny(DenyReason::ServicePort);
         }
-        if forms
-            .iter()
-            .any(|ip| inner.deny.iter().any(|r| r.matches(ip, port)))
-        {
+        if forms.iter().any(|ip| inner.deny.iter().any(|r| r.matches(ip, port))) {
             return Verdict::Deny(DenyReason::OperatorRule);
         }
         let allowed = |ip: IpAddr| inner.allow.iter().any(|r| r.matches(ip, port));
@@ -472,9 +443,7 @@ pub fn is_special_purpose(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => is_special_purpose_v4(v4),
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            SPECIAL_PURPOSE_V6
-                .iter()
-                .any(|&(net, len)| (bits ^ u128::from(net)) & mask128(len) == 0)
+            SPECIAL_PURPOSE_V6.iter().any(|&(net, len)| (bits ^ u128::from(net)) & mask128(len) == 0)
         }
     }
 }
@@ -555,11 +524,7 @@ struct Forms {
 
 impl Forms {
     fn of(ip: IpAddr) -> Self {
-        let mut forms = Forms {
-            primary: ip,
-            embedded: [Ipv4Addr::UNSPECIFIED; 4],
-            n: 0,
-        };
+        let mut forms = Forms { primary: ip, embedded: [Ipv4Addr::UNSPECIFIED; 4], n: 0 };
         let v6 = match ip {
             IpAddr::V4(_) => return forms,
             IpAddr::V6(v6) => v6,
@@ -617,23 +582,17 @@ impl Forms {
 
 fn is_special_purpose_v4(ip: Ipv4Addr) -> bool {
     let bits = u32::from(ip);
-    SPECIAL_PURPOSE_V4
-        .iter()
-        .any(|&(net, len)| (bits ^ u32::from(net)) & mask32(len) == 0)
+    SPECIAL_PURPOSE_V4.iter().any(|&(net, len)| (bits ^ u32::from(net)) & mask32(len) == 0)
 }
 
 #[inline]
 fn mask32(len: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(len.min(32)))
-        .unwrap_or(0)
+    u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
 }
 
 #[inline]
 fn mask128(len: u8) -> u128 {
-    u128::MAX
-        .checked_shl(128 - u32::from(len.min(128)))
-        .unwrap_or(0)
+    u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0)
 }
 
 struct DisplayPorts((u16, u16));
@@ -658,10 +617,7 @@ fn parse_net(rule: &str, s: &str) -> Result<IpNet, PolicyError> {
 }
 
 fn parse_net_parts(rule: &str, addr: &str, len: Option<&str>) -> Result<IpNet, PolicyError> {
-    let ip: IpAddr = addr.parse().map_err(|_| PolicyError::InvalidAddress {
-        rule: rule.into(),
-        addr: addr.into(),
-    })?;
+    let ip: IpAddr = addr.parse().map_err(|_| PolicyError::InvalidAddress { rule: rule.into(), addr: addr.into() })?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
@@ -669,24 +625,15 @@ fn parse_net_parts(rule: &str, addr: &str, len: Option<&str>) -> Result<IpNet, P
             .parse::<u8>()
             .ok()
             .filter(|l| *l <= max && !len.starts_with('+'))
-            .ok_or_else(|| PolicyError::InvalidPrefixLength {
-                rule: rule.into(),
-                len: len.into(),
-            })?,
+            .ok_or_else(|| PolicyError::InvalidPrefixLength { rule: rule.into(), len: len.into() })?,
     };
     let net = match ip {
         IpAddr::V4(v4) => Ipv4Net::new(v4, len).map(IpNet::V4),
         IpAddr::V6(v6) => Ipv6Net::new(v6, len).map(IpNet::V6),
     }
-    .map_err(|_| PolicyError::InvalidPrefixLength {
-        rule: rule.into(),
-        len: len.to_string(),
-    })?;
+    .map_err(|_| PolicyError::InvalidPrefixLength { rule: rule.into(), len: len.to_string() })?;
     if net.trunc() != net {
-        return Err(PolicyError::HostBitsSet {
-            rule: rule.into(),
-            network: net.trunc().to_string(),
-        });
+        return Err(PolicyError::HostBitsSet { rule: rule.into(), network: net.trunc().to_string() });
     }
     Ok(net)
 }
@@ -697,10 +644,7 @@ fn parse_ports(rule: &str, s: &str) -> Result<(u16, u16), PolicyError> {
         p.parse::<u16>()
             .ok()
             .filter(|_| !p.starts_with('+'))
-            .ok_or_else(|| PolicyError::InvalidPort {
-                rule: rule.into(),
-                port: p.into(),
-            })
+            .ok_or_else(|| PolicyError::InvalidPort { rule: rule.into(), port: p.into() })
     };
     let (first, last) = match s.split_once('-') {
         Some((a, b)) => (port(a)?, port(b)?),
@@ -710,11 +654,7 @@ fn parse_ports(rule: &str, s: &str) -> Result<(u16, u16), PolicyError> {
         }
     };
     if first > last {
-        return Err(PolicyError::EmptyPortRange {
-            rule: rule.into(),
-            first,
-            last,
-        });
+        return Err(PolicyError::EmptyPortRange { rule: rule.into(), first, last });
     }
     Ok((first, last))
 }
@@ -756,23 +696,13 @@ mod tests {
 
     #[test]
     fn lists_match_security_md() {
-        let v4: Vec<IpNet> = SECURITY_MD_V4
-            .split(", ")
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let ours: Vec<IpNet> = SPECIAL_PURPOSE_V4
-            .iter()
-            .map(|&(a, l)| IpNet::V4(Ipv4Net::new(a, l).unwrap()))
-            .collect();
+        let v4: Vec<IpNet> = SECURITY_MD_V4.split(", ").map(|s| s.parse().unwrap()).collect();
+        let ours: Vec<IpNet> =
+            SPECIAL_PURPOSE_V4.iter().map(|&(a, l)| IpNet::V4(Ipv4Net::new(a, l).unwrap())).collect();
         assert_eq!(v4, ours);
-        let v6: Vec<IpNet> = SECURITY_MD_V6
-            .split(", ")
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let ours: Vec<IpNet> = SPECIAL_PURPOSE_V6
-            .iter()
-            .map(|&(a, l)| IpNet::V6(Ipv6Net::new(a, l).unwrap()))
-            .collect();
+        let v6: Vec<IpNet> = SECURITY_MD_V6.split(", ").map(|s| s.parse().unwrap()).collect();
+        let ours: Vec<IpNet> =
+            SPECIAL_PURPOSE_V6.iter().map(|&(a, l)| IpNet::V6(Ipv6Net::new(a, l).unwrap())).collect();
         assert_eq!(v6, ours);
         for net in v4.iter().chain(&v6) {
             assert_eq!(net.trunc(), *net, "{net} has host bits set");
@@ -795,10 +725,7 @@ mod tests {
             let after = u32::from(net.broadcast()).wrapping_add(1);
             let after = Ipv4Addr::from(after);
             if !is_special_purpose_v4(after) {
-                assert!(
-                    p.permits(SocketAddr::new(IpAddr::V4(after), 3478)),
-                    "{after}"
-                );
+                assert!(p.permits(SocketAddr::new(IpAddr::V4(after), 3478)), "{after}");
             }
         }
     }
@@ -818,10 +745,7 @@ mod tests {
             let after = Ipv6Addr::from(after);
             let mapped_or_embedded = after.to_ipv4_mapped().is_some();
             if !is_special_purpose(IpAddr::V6(after)) && !mapped_or_embedded {
-                assert!(
-                    p.permits(SocketAddr::new(IpAddr::V6(after), 3478)),
-                    "{after}"
-                );
+                assert!(p.permits(SocketAddr::new(IpAddr::V6(after), 3478)), "{after}");
             }
         }
     }
@@ -866,18 +790,13 @@ mod tests {
 
     #[test]
     fn embedded_extraction() {
-        let v4 = |s: &str| -> Vec<Ipv4Addr> {
-            Forms::of(s.parse::<IpAddr>().unwrap()).embedded().to_vec()
-        };
+        let v4 = |s: &str| -> Vec<Ipv4Addr> { Forms::of(s.parse::<IpAddr>().unwrap()).embedded().to_vec() };
         let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(v4("::127.0.0.1"), [a("127.0.0.1")]);
         assert_eq!(v4("::"), [a("0.0.0.0")]);
         assert_eq!(v4("64:ff9b::a00:1"), [a("10.0.0.1")]);
         assert_eq!(v4("2002:c0a8:101::1"), [a("192.168.1.1")]);
-        assert_eq!(
-            v4("2001:0:4136:e378:8000:63bf:f5ff:fffe"),
-            [a("65.54.227.120"), a("10.0.0.1")]
-        );
+        assert_eq!(v4("2001:0:4136:e378:8000:63bf:f5ff:fffe"), [a("65.54.227.120"), a("10.0.0.1")]);
         // RFC 6052 §2.4 examples, transplanted into 64:ff9b:1::/48 (192.0.2.33 = c000:221).
         // /48: 64:ff9b:1:c000:2:2100:: ; /56 64:ff9b:1:00c0:0:221:: ; /64 64:ff9b:1:0:c0:2:2100:0
         assert_eq!(v4("64:ff9b:1:c000:2:2100::")[0], a("192.0.2.33"));
@@ -894,28 +813,14 @@ mod tests {
         assert!(p.permits(sa("127.0.0.1:5000")));
         assert!(p.permits(sa("[::ffff:127.0.0.1]:5000")));
         assert!(!p.permits(sa("127.0.0.2:5000")), "only the /32 is reopened");
-        assert_eq!(
-            p.check(sa("127.0.0.1:3478")),
-            Verdict::Deny(DenyReason::ServicePort)
-        );
-        assert_eq!(
-            p.check(sa("[::ffff:127.0.0.1]:3478")),
-            Verdict::Deny(DenyReason::ServicePort)
-        );
+        assert_eq!(p.check(sa("127.0.0.1:3478")), Verdict::Deny(DenyReason::ServicePort));
+        assert_eq!(p.check(sa("[::ffff:127.0.0.1]:3478")), Verdict::Deny(DenyReason::ServicePort));
         // Wildcard service port: denied on every address, public ones included.
         for peer in ["127.0.0.1:9090", "8.8.8.8:9090", "[2606:4700::1111]:9090"] {
-            assert_eq!(
-                p.check(sa(peer)),
-                Verdict::Deny(DenyReason::ServicePort),
-                "{peer}"
-            );
+            assert_eq!(p.check(sa(peer)), Verdict::Deny(DenyReason::ServicePort), "{peer}");
         }
         // The allow rule does not reopen re-encoded loopback: those IPv6 forms stay denied.
-        for peer in [
-            "[::127.0.0.1]:5000",
-            "[64:ff9b::7f00:1]:5000",
-            "[2002:7f00:1::]:5000",
-        ] {
+        for peer in ["[::127.0.0.1]:5000", "[64:ff9b::7f00:1]:5000", "[2002:7f00:1::]:5000"] {
             assert!(!p.permits(sa(peer)), "{peer}");
         }
     }
@@ -925,24 +830,11 @@ mod tests {
         // A public service address reached via 6to4 while the operator allows 6to4.
         let p = policy(&["2002::/16"], &[], &["198.51.100.7:3478"]);
         let six_to_four = "[2002:c633:6407::1]:3478"; // 198.51.100.7
-        assert_eq!(
-            p.check(sa(six_to_four)),
-            Verdict::Deny(DenyReason::ServicePort)
-        );
+        assert_eq!(p.check(sa(six_to_four)), Verdict::Deny(DenyReason::ServicePort));
         let p = policy(&[], &[], &["[::]:443"]);
-        assert_eq!(
-            p.check(sa("1.1.1.1:443")),
-            Verdict::Deny(DenyReason::ServicePort)
-        );
+        assert_eq!(p.check(sa("1.1.1.1:443")), Verdict::Deny(DenyReason::ServicePort));
         let p = policy(&[], &[], &[]);
-        let wildcard = PeerPolicy::new(
-            vec![],
-            vec![],
-            vec![ServiceAddr {
-                ip: None,
-                port: 3478,
-            }],
-        );
+        let wildcard = PeerPolicy::new(vec![], vec![], vec![ServiceAddr { ip: None, port: 3478 }]);
         assert!(p.permits(sa("1.1.1.1:3478")));
         assert!(!wildcard.permits(sa("1.1.1.1:3478")));
     }
@@ -967,29 +859,16 @@ mod tests {
 
     #[test]
     fn deny_beats_allow() {
-        let p = policy(
-            &["10.0.0.0/8", "127.0.0.1"],
-            &["10.9.0.0/16", "8.8.8.8:53", "[2606:4700::]/32"],
-            &[],
-        );
+        let p = policy(&["10.0.0.0/8", "127.0.0.1"], &["10.9.0.0/16", "8.8.8.8:53", "[2606:4700::]/32"], &[]);
         let cases = [
             ("10.1.0.1:80", Verdict::Allow),
             ("10.9.0.1:80", Verdict::Deny(DenyReason::OperatorRule)),
-            (
-                "[::ffff:10.9.0.1]:80",
-                Verdict::Deny(DenyReason::OperatorRule),
-            ),
+            ("[::ffff:10.9.0.1]:80", Verdict::Deny(DenyReason::OperatorRule)),
             ("8.8.8.8:53", Verdict::Deny(DenyReason::OperatorRule)),
             ("8.8.8.8:54", Verdict::Allow),
-            (
-                "[2606:4700::1111]:443",
-                Verdict::Deny(DenyReason::OperatorRule),
-            ),
+            ("[2606:4700::1111]:443", Verdict::Deny(DenyReason::OperatorRule)),
             // Deny rules see embedded addresses too (6to4 of 8.8.8.8 with port 53).
-            (
-                "[2002:808:808::]:53",
-                Verdict::Deny(DenyReason::OperatorRule),
-            ),
+            ("[2002:808:808::]:53", Verdict::Deny(DenyReason::OperatorRule)),
         ];
         for (peer, want) in cases {
             assert_eq!(p.check(sa(peer)), want, "{peer}");
@@ -998,11 +877,7 @@ mod tests {
 
     #[test]
     fn wrapper_allow_does_not_reopen_embedded_private() {
-        let p = policy(
-            &["2002::/16", "64:ff9b::/96", "2001::/32", "::/96"],
-            &[],
-            &[],
-        );
+        let p = policy(&["2002::/16", "64:ff9b::/96", "2001::/32", "::/96"], &[], &[]);
         let cases = [
             ("[2002:808:808::1]:80", Verdict::Allow),
             ("[2002:c0a8:101::1]:80", DENY_EMBEDDED),
@@ -1081,70 +956,24 @@ mod tests {
         let err = |s: &str| s.parse::<PeerRule>().unwrap_err();
         assert_eq!(err(""), PolicyError::Empty);
         assert_eq!(err("   "), PolicyError::Empty);
-        assert!(matches!(
-            err("10.0.0.256"),
-            PolicyError::InvalidAddress { .. }
-        ));
-        assert!(matches!(
-            err("localhost"),
-            PolicyError::InvalidAddress { .. }
-        ));
-        assert!(matches!(
-            err("10.0.0.0/33"),
-            PolicyError::InvalidPrefixLength { .. }
-        ));
-        assert!(matches!(
-            err("10.0.0.0/"),
-            PolicyError::InvalidPrefixLength { .. }
-        ));
-        assert!(matches!(
-            err("10.0.0.0/+8"),
-            PolicyError::InvalidPrefixLength { .. }
-        ));
-        assert!(matches!(
-            err("::/129"),
-            PolicyError::InvalidPrefixLength { .. }
-        ));
+        assert!(matches!(err("10.0.0.256"), PolicyError::InvalidAddress { .. }));
+        assert!(matches!(err("localhost"), PolicyError::InvalidAddress { .. }));
+        assert!(matches!(err("10.0.0.0/33"), PolicyError::InvalidPrefixLength { .. }));
+        assert!(matches!(err("10.0.0.0/"), PolicyError::InvalidPrefixLength { .. }));
+        assert!(matches!(err("10.0.0.0/+8"), PolicyError::InvalidPrefixLength { .. }));
+        assert!(matches!(err("::/129"), PolicyError::InvalidPrefixLength { .. }));
         assert!(matches!(err("10.0.0.0:"), PolicyError::InvalidPort { .. }));
-        assert!(matches!(
-            err("10.0.0.0:65536"),
-            PolicyError::InvalidPort { .. }
-        ));
-        assert!(matches!(
-            err("10.0.0.0:1-"),
-            PolicyError::InvalidPort { .. }
-        ));
-        assert!(matches!(
-            err("10.0.0.0:+1"),
-            PolicyError::InvalidPort { .. }
-        ));
-        assert!(matches!(
-            err("10.0.0.0:5-4"),
-            PolicyError::EmptyPortRange {
-                first: 5,
-                last: 4,
-                ..
-            }
-        ));
+        assert!(matches!(err("10.0.0.0:65536"), PolicyError::InvalidPort { .. }));
+        assert!(matches!(err("10.0.0.0:1-"), PolicyError::InvalidPort { .. }));
+        assert!(matches!(err("10.0.0.0:+1"), PolicyError::InvalidPort { .. }));
+        assert!(matches!(err("10.0.0.0:5-4"), PolicyError::EmptyPortRange { first: 5, last: 4, .. }));
         assert!(matches!(err("[::1"), PolicyError::UnclosedBracket { .. }));
         assert!(matches!(err("[::1]x"), PolicyError::Malformed { .. }));
         assert!(matches!(err("[::1/64]/64"), PolicyError::Malformed { .. }));
-        assert!(matches!(
-            err("[10.0.0.1]:80"),
-            PolicyError::Malformed { .. }
-        ));
-        assert!(matches!(
-            err("[::1]:80:90"),
-            PolicyError::InvalidPort { .. }
-        ));
+        assert!(matches!(err("[10.0.0.1]:80"), PolicyError::Malformed { .. }));
+        assert!(matches!(err("[::1]:80:90"), PolicyError::InvalidPort { .. }));
         let e = err("10.0.0.1/8");
-        assert_eq!(
-            e,
-            PolicyError::HostBitsSet {
-                rule: "10.0.0.1/8".into(),
-                network: "10.0.0.0/8".into()
-            }
-        );
+        assert_eq!(e, PolicyError::HostBitsSet { rule: "10.0.0.1/8".into(), network: "10.0.0.0/8".into() });
         assert_eq!(
             e.to_string(),
             "peer rule `10.0.0.1/8`: host bits are set after the prefix; did you mean `10.0.0.0/8`?"
@@ -1154,16 +983,7 @@ mod tests {
     #[test]
     fn deny_reason_labels_are_stable() {
         let labels: Vec<&str> = DenyReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(
-            labels,
-            [
-                "port_0",
-                "service_port",
-                "operator_rule",
-                "special_purpose",
-                "embedded_special_purpose"
-            ]
-        );
+        assert_eq!(labels, ["port_0", "service_port", "operator_rule", "special_purpose", "embedded_special_purpose"]);
     }
 
     #[test]
@@ -1174,20 +994,18 @@ mod tests {
 
     fn arb_rule() -> impl Strategy<Value = PeerRule> {
         let net = prop_oneof![
-            (any::<u32>(), 0u8..=32).prop_map(|(a, l)| {
-                IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc())
-            }),
-            (any::<u128>(), 0u8..=128).prop_map(|(a, l)| {
-                IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), l).unwrap().trunc())
-            }),
+            (any::<u32>(), 0u8..=32)
+                .prop_map(|(a, l)| { IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc()) }),
+            (any::<u128>(), 0u8..=128)
+                .prop_map(|(a, l)| { IpNet::V6(Ipv6Net::new(Ipv6Addr::from(a), l).unwrap().trunc()) }),
             // Rules written in IPv4-mapped form.
             (any::<u32>(), 96u8..=128).prop_map(|(a, l)| {
                 let mapped = Ipv4Addr::from(a).to_ipv6_mapped();
                 IpNet::V6(Ipv6Net::new(mapped, l).unwrap().trunc())
             }),
         ];
-        let ports = proptest::option::of((any::<u16>(), any::<u16>()))
-            .prop_map(|p| p.map(|(a, b)| (a.min(b), a.max(b))));
+        let ports =
+            proptest::option::of((any::<u16>(), any::<u16>())).prop_map(|p| p.map(|(a, b)| (a.min(b), a.max(b))));
         (net, ports).prop_map(|(n, p)| PeerRule::new(n, p).unwrap())
     }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::metrics::RelayMetrics;
 use crate::types::Now;
-use crate::udp::{client_loop, ClientSockets, Ports, RelayAddrs, ShardState};
+use crate::udp::{client_loop, ClientSockets, Ports, RelayAddrs, Reservations, ShardState};
 use crate::RelayError;
 
 /// Everything `run` needs besides sockets.
@@ -40,8 +40,8 @@ impl BoundSockets {
         let shards = shards.max(1);
         let mut out = BoundSockets { udp: (0..shards).map(|_| Vec::new()).collect() };
         for addr in udp {
-            let socks =
-                crate::udp::bind_udp_shards(*addr, shards).map_err(|source| RelayError::Bind { addr: *addr, source })?;
+            let socks = crate::udp::bind_udp_shards(*addr, shards)
+                .map_err(|source| RelayError::Bind { addr: *addr, source })?;
             for (i, s) in socks.into_iter().enumerate() {
                 out.udp[i].push(s);
             }
@@ -69,13 +69,18 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     metrics.shards.set(sockets.udp.len() as i64);
     let mut threads = Vec::new();
+    let reservations = Reservations::default();
     for (i, udp) in sockets.udp.into_iter().enumerate() {
         let (engine_cfg, shared, metrics, cfg, stop) =
             (engine_cfg.clone(), shared.clone(), metrics.clone(), cfg.clone(), stop_rx.clone());
+        let reservations = reservations.clone();
         let t = std::thread::Builder::new().name(format!("turnkey-shard-{i}")).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, shard_main(engine_cfg, shared, metrics, cfg.relay.clone(), udp, stop))
+            local.block_on(
+                &rt,
+                shard_main(engine_cfg, shared, metrics, Ports::new(cfg.relay.clone(), reservations), udp, stop),
+            )
         })?;
         threads.push(t);
     }
@@ -88,7 +93,10 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || {
-        threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("shard panicked")))).collect::<Vec<_>>()
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("shard panicked"))))
+            .collect::<Vec<_>>()
     })
     .await
     .map_err(|e| RelayError::Io(std::io::Error::other(e)))?;
@@ -103,13 +111,13 @@ async fn shard_main(
     cfg: Arc<EngineConfig>,
     shared: Arc<Shared>,
     metrics: RelayMetrics,
-    relay: RelayAddrs,
+    ports: Ports,
     udp: Vec<std::net::UdpSocket>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let now = Now::system();
     let engine = Engine::new(cfg, shared, metrics, now.mono);
-    let state = Rc::new(RefCell::new(ShardState { engine, ports: Ports::new(relay), clients: ClientSockets::default() }));
+    let state = Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }));
     state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
     let mut tasks = Vec::new();
     for s in udp {

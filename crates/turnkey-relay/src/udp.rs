@@ -13,12 +13,14 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::rc::{Rc, Weak};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::engine::{Engine, RelayBinding, RelayPorts, Transmit, PEER_HEADROOM, PEER_TAILROOM};
+use crate::engine::{Engine, PortRequest, RelayBinding, RelayPorts, Transmit, PEER_HEADROOM, PEER_TAILROOM};
 use crate::metrics::DropReason;
 use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 
@@ -108,17 +110,48 @@ impl ClientSockets {
     }
 }
 
+/// How long a reserved port (EVEN-PORT with the R bit) is held for its RESERVATION-TOKEN.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Ports held for RESERVATION-TOKENs, shared by every shard: the Allocate that redeems a token
+/// may arrive on any shard, so the held socket moves to whichever shard asks first.
+#[derive(Debug, Default, Clone)]
+pub struct Reservations {
+    inner: Arc<Mutex<HashMap<u64, (std::net::UdpSocket, Instant)>>>,
+}
+
+impl Reservations {
+    fn hold(&self, socket: std::net::UdpSocket, now: Instant) -> u64 {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (_, at)| now.duration_since(*at) < RESERVATION_LIFETIME);
+        loop {
+            let token: u64 = rand::random();
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(token) {
+                e.insert((socket, now));
+                return token;
+            }
+        }
+    }
+
+    fn take(&self, token: u64, now: Instant) -> Option<std::net::UdpSocket> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (socket, at) = map.remove(&token)?;
+        (now.duration_since(at) < RESERVATION_LIFETIME).then_some(socket)
+    }
+}
+
 /// Relay sockets of one shard; the engine binds and releases them through [`RelayPorts`].
 pub(crate) struct Ports {
     addrs: RelayAddrs,
+    reservations: Reservations,
     next: u32,
     sockets: HashMap<u32, (Rc<UdpSocket>, JoinHandle<()>)>,
     shard: Weak<RefCell<ShardState>>,
 }
 
 impl Ports {
-    pub fn new(addrs: RelayAddrs) -> Self {
-        Self { addrs, next: 0, sockets: HashMap::new(), shard: Weak::new() }
+    pub fn new(addrs: RelayAddrs, reservations: Reservations) -> Self {
+        Self { addrs, reservations, next: 0, sockets: HashMap::new(), shard: Weak::new() }
     }
 
     pub fn set_shard(&mut self, shard: Weak<RefCell<ShardState>>) {
@@ -134,48 +167,71 @@ impl Ports {
         s.try_send_to(data, to.0).map(|_| ()).map_err(|_| DropReason::QueueFull)
     }
 
-    fn bind_socket(&self, ip: IpAddr, even: bool) -> Option<std::net::UdpSocket> {
+    /// Binds a relay socket (and, for `EvenReserveNext`, the next port too).
+    fn bind_socket(
+        &self,
+        ip: IpAddr,
+        request: PortRequest,
+    ) -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
         let (lo, hi) = (*self.addrs.ports.start(), *self.addrs.ports.end());
         for _ in 0..BIND_ATTEMPTS {
             let mut port = rand::Rng::gen_range(&mut rand::thread_rng(), lo..=hi);
+            let even = matches!(request, PortRequest::Even | PortRequest::EvenReserveNext);
             if even {
                 port &= !1;
                 if port < lo {
                     continue;
                 }
             }
-            let addr = SocketAddr::new(ip, port);
-            let Ok(s) = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)) else {
-                return None;
-            };
-            if addr.is_ipv6() && s.set_only_v6(true).is_err() {
-                return None;
+            let Some(s) = bind_relay(SocketAddr::new(ip, port)) else { continue };
+            if request != PortRequest::EvenReserveNext {
+                return Some((s, None));
             }
-            set_buffers(&s, RELAY_SOCKET_BUFFER);
-            if s.set_nonblocking(true).is_ok() && s.bind(&addr.into()).is_ok() {
-                return Some(s.into());
+            if port < hi {
+                if let Some(next) = bind_relay(SocketAddr::new(ip, port + 1)) {
+                    return Some((s, Some(next)));
+                }
             }
         }
         None
     }
-}
 
-impl RelayPorts for Ports {
-    fn bind(&mut self, ipv6: bool, even_port: bool) -> Option<RelayBinding> {
-        let (ip, external) = if ipv6 {
-            (self.addrs.v6?, self.addrs.external_v6)
-        } else {
-            (self.addrs.v4?, self.addrs.external_v4)
-        };
-        let std_socket = self.bind_socket(ip, even_port)?;
+    fn install(&mut self, std_socket: std::net::UdpSocket) -> Option<(RelayHandle, SocketAddr)> {
         let local = std_socket.local_addr().ok()?;
         let socket = Rc::new(UdpSocket::from_std(std_socket).ok()?);
         self.next = self.next.wrapping_add(1);
         let handle = RelayHandle(self.next);
         let task = tokio::task::spawn_local(peer_loop(self.shard.clone(), socket.clone(), handle));
         self.sockets.insert(handle.0, (socket, task));
-        let advertised = SocketAddr::new(external.unwrap_or(local.ip()), local.port());
-        Some(RelayBinding { handle, advertised })
+        let external = if local.is_ipv6() { self.addrs.external_v6 } else { self.addrs.external_v4 };
+        Some((handle, SocketAddr::new(external.unwrap_or(local.ip()), local.port())))
+    }
+}
+
+fn bind_relay(addr: SocketAddr) -> Option<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true).ok()?;
+    }
+    set_buffers(&s, RELAY_SOCKET_BUFFER);
+    s.set_nonblocking(true).ok()?;
+    s.bind(&addr.into()).ok()?;
+    Some(s.into())
+}
+
+impl RelayPorts for Ports {
+    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
+        let now = Instant::now();
+        let (socket, next) = match request {
+            PortRequest::Reserved(token) => (self.reservations.take(token, now)?, None),
+            _ => {
+                let ip = if ipv6 { self.addrs.v6? } else { self.addrs.v4? };
+                self.bind_socket(ip, request)?
+            }
+        };
+        let (handle, advertised) = self.install(socket)?;
+        let reservation = next.map(|n| self.reservations.hold(n, now));
+        Some(RelayBinding { handle, advertised, reservation })
     }
 
     fn release(&mut self, handle: RelayHandle) {

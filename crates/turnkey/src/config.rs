@@ -95,7 +95,7 @@ pub fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
     let de = toml::Deserializer::new(text);
     let mut unknown = Vec::new();
     let lenient: Result<Lenient, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-    let mut errors: Vec<String> = unknown.iter().map(|k| format!("unknown key `{k}`")).collect();
+    let mut errors: Vec<String> = unknown.iter().map(|k| format!("unknown key `{}`", k.replace(".?", "").replace("?.", ""))).collect();
     match toml::from_str::<FileConfig>(text) {
         Ok(cfg) if errors.is_empty() => return Ok(cfg),
         Ok(_) => {}

@@ -106,7 +106,13 @@ impl Allocation {
         for (i, c) in self.channels.iter().enumerate() {
             let reserved = c.expires + CHANNEL_COOLDOWN > now;
             if c.number == number {
-                return if c.peer == peer { BindCheck::Refresh(i) } else if reserved { BindCheck::Conflict } else { continue };
+                return if c.peer == peer {
+                    BindCheck::Refresh(i)
+                } else if reserved {
+                    BindCheck::Conflict
+                } else {
+                    continue;
+                };
             }
             if c.peer == peer && reserved {
                 return BindCheck::Conflict;

@@ -6,15 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use stun::attributes::{
-    AttrType, ATTR_CHANNEL_NUMBER, ATTR_DATA, ATTR_EVEN_PORT, ATTR_LIFETIME, ATTR_NONCE,
-    ATTR_REALM, ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_REQUESTED_TRANSPORT, ATTR_RESERVATION_TOKEN,
-    ATTR_SOFTWARE, ATTR_USERNAME, ATTR_XORMAPPED_ADDRESS, ATTR_XOR_PEER_ADDRESS,
-    ATTR_XOR_RELAYED_ADDRESS,
+    AttrType, ATTR_CHANNEL_NUMBER, ATTR_DATA, ATTR_EVEN_PORT, ATTR_LIFETIME, ATTR_NONCE, ATTR_REALM,
+    ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_REQUESTED_TRANSPORT, ATTR_RESERVATION_TOKEN, ATTR_SOFTWARE, ATTR_USERNAME,
+    ATTR_XORMAPPED_ADDRESS, ATTR_XOR_PEER_ADDRESS, ATTR_XOR_RELAYED_ADDRESS,
 };
 use stun::message::{
-    Message, MessageType, CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST,
-    CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
-    METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH, METHOD_SEND, MAGIC_COOKIE,
+    Message, MessageType, CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, MAGIC_COOKIE,
+    METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH,
+    METHOD_SEND,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
@@ -23,7 +22,7 @@ use turnkey_auth::{long_term_key, NonceStatus, RestUsername, UnixTime};
 
 use super::allocation::{Allocation, BindCheck, Channel, TokenBucket};
 use super::message::{self, add, add_error, finish, response, Parsed};
-use super::{Engine, RelayPorts, Transmit};
+use super::{Engine, PortRequest, RelayPorts, Transmit};
 use crate::metrics::{Direction, DropReason};
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr};
 
@@ -193,6 +192,10 @@ impl Engine {
             Outcome::Drop => return None,
         };
         let result = self.allocate_authenticated(now, from, m, &auth, existing, ports);
+        if let Err(code) = result {
+            let attrs: Vec<u16> = m.attributes.0.iter().map(|a| a.typ.0).collect();
+            tracing::debug!(client = %from.client, code, ?attrs, "allocate refused");
+        }
         self.attempt(match &result {
             Ok(_) => "success",
             Err(code) => code_label(*code),
@@ -227,27 +230,33 @@ impl Engine {
             return Err(442);
         }
         let even = m.get(ATTR_EVEN_PORT).ok();
-        let token = m.contains(ATTR_RESERVATION_TOKEN);
+        let token = m.get(ATTR_RESERVATION_TOKEN).ok();
         let family = m.get(ATTR_REQUESTED_ADDRESS_FAMILY).ok();
-        if token && (even.is_some() || family.is_some()) {
+        if token.is_some() && (even.is_some() || family.is_some()) {
             return Err(400);
         }
-        if token {
-            // No reservation was ever handed out, so none can be redeemed.
-            return Err(508);
-        }
+        let request = match (&token, &even) {
+            (Some(t), _) => {
+                let t: [u8; 8] = t.as_slice().try_into().map_err(|_| 400u16)?;
+                PortRequest::Reserved(u64::from_be_bytes(t))
+            }
+            (None, Some(e)) if e.len() != 1 => return Err(400),
+            (None, Some(e)) if e[0] & 0x80 != 0 => PortRequest::EvenReserveNext,
+            (None, Some(_)) => PortRequest::Even,
+            (None, None) => PortRequest::Any,
+        };
         let ipv6 = match family.as_deref() {
             None => false,
             Some([1, ..]) => false,
             Some([2, ..]) => true,
             Some(_) => return Err(440),
         };
-        if (ipv6 && !self.cfg.relay_v6) || (!ipv6 && !self.cfg.relay_v4) {
+        if token.is_none() && ((ipv6 && !self.cfg.relay_v6) || (!ipv6 && !self.cfg.relay_v4)) {
             return Err(440);
         }
         let lifetime = self.granted_lifetime(lifetime_attr(m)?);
         self.shared.reserve(&auth.userid, self.cfg.max_allocations_per_user, self.cfg.max_allocations)?;
-        let Some(binding) = ports.bind(ipv6, even.is_some()) else {
+        let Some(binding) = ports.bind(ipv6, request) else {
             self.shared.release(&auth.userid);
             return Err(508);
         };
@@ -255,6 +264,9 @@ impl Engine {
         add_xor(&mut r, ATTR_XOR_RELAYED_ADDRESS, binding.advertised);
         add_lifetime(&mut r, lifetime);
         add_xor(&mut r, ATTR_XORMAPPED_ADDRESS, from.client.0);
+        if let Some(token) = binding.reservation {
+            r.add(ATTR_RESERVATION_TOKEN, &token.to_be_bytes());
+        }
         self.add_software(&mut r);
         let bytes = finish(r, Some(&auth.key));
         let a = Allocation {

@@ -7,9 +7,7 @@
 
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
-use stun::attributes::{
-    AttrType, ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY,
-};
+use stun::attributes::{AttrType, ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY};
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::{fingerprint_value, FINGERPRINT};
 use stun::integrity::MessageIntegrity;
@@ -41,7 +39,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, Malformed> {
     }
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
     let cookie = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    if cookie != MAGIC_COOKIE || len % 4 != 0 || HEADER + len != buf.len() {
+    if cookie != MAGIC_COOKIE || !len.is_multiple_of(4) || HEADER + len != buf.len() {
         return Err(Malformed::Framing);
     }
     // Walk the attributes: every length is checked before use.
@@ -141,12 +139,7 @@ pub(crate) fn is_known_required(t: AttrType) -> bool {
 
 /// The unknown comprehension-required attributes of `msg` (for a 420 answer).
 pub(crate) fn unknown_required(msg: &Message) -> Vec<AttrType> {
-    msg.attributes
-        .0
-        .iter()
-        .map(|a| a.typ)
-        .filter(|t| t.required() && !is_known_required(*t))
-        .collect()
+    msg.attributes.0.iter().map(|a| a.typ).filter(|t| t.required() && !is_known_required(*t)).collect()
 }
 
 /// The standard reason phrase of a TURN/STUN error code.
@@ -188,10 +181,7 @@ pub(crate) fn add(m: &mut Message, setter: &dyn Setter) {
 
 /// Adds ERROR-CODE with the standard reason.
 pub(crate) fn add_error(m: &mut Message, code: u16) {
-    add(
-        m,
-        &ErrorCodeAttribute { code: ErrorCode(code), reason: reason(code).as_bytes().to_vec() },
-    );
+    add(m, &ErrorCodeAttribute { code: ErrorCode(code), reason: reason(code).as_bytes().to_vec() });
 }
 
 /// Finishes a message: MESSAGE-INTEGRITY with `key` (when the request was authenticated) and

@@ -178,13 +178,28 @@ pub struct RelayBinding {
     pub handle: RelayHandle,
     /// The address to advertise in XOR-RELAYED-ADDRESS (the external address behind 1:1 NAT).
     pub advertised: SocketAddr,
+    /// With [`PortRequest::EvenReserveNext`]: the RESERVATION-TOKEN of the held next port.
+    pub reservation: Option<u64>,
+}
+
+/// Which relay port an Allocate asks for (RFC 8656 §14.6 EVEN-PORT, §14.9 RESERVATION-TOKEN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRequest {
+    /// Any port in the range.
+    Any,
+    /// An even port.
+    Even,
+    /// An even port, and hold the next (odd) one for a later Allocate with the returned token.
+    EvenReserveNext,
+    /// The port held under this RESERVATION-TOKEN (its family is the reservation's).
+    Reserved(u64),
 }
 
 /// The driver's side of relay sockets, handed to the engine on each call that may need it.
 pub trait RelayPorts {
-    /// Binds a relay socket of the given family (an even port when asked); `None` when no port
-    /// is free (the engine answers 508).
-    fn bind(&mut self, ipv6: bool, even_port: bool) -> Option<RelayBinding>;
+    /// Binds a relay socket of the given family as `request` asks; `None` when no port is free
+    /// or the reservation is unknown (the engine answers 508).
+    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding>;
     /// Closes a relay socket whose allocation ended.
     fn release(&mut self, handle: RelayHandle);
 }
@@ -284,9 +299,7 @@ impl Engine {
             self.stats.dropped(DropReason::NoAllocation);
             return None;
         };
-        let Some(a) = self.allocs[idx].as_mut() else {
-            return None;
-        };
+        let a = self.allocs[idx].as_mut()?;
         if !a.permitted(from.0.ip(), now.mono) {
             self.stats.dropped(DropReason::NoPermission);
             return None;

@@ -27,22 +27,29 @@ struct FakePorts {
     live: HashMap<u32, SocketAddr>,
     released: Vec<u32>,
     exhausted: bool,
+    reserved: HashMap<u64, SocketAddr>,
 }
 
 impl RelayPorts for FakePorts {
-    fn bind(&mut self, ipv6: bool, even: bool) -> Option<RelayBinding> {
+    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
         if self.exhausted {
             return None;
         }
         self.next += 1;
-        let mut port = 50_000 + self.next as u16 * 2;
-        if !even {
-            port += 1;
-        }
         let ip = if ipv6 { "2001:4860::10" } else { "8.8.4.4" };
-        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        let even = SocketAddr::new(ip.parse().unwrap(), 50_000 + self.next as u16 * 2);
+        let (addr, reservation) = match request {
+            PortRequest::Reserved(t) => (self.reserved.remove(&t)?, None),
+            PortRequest::EvenReserveNext => {
+                let token = 0x1122_3344_5566_7700 + u64::from(self.next);
+                self.reserved.insert(token, SocketAddr::new(even.ip(), even.port() + 1));
+                (even, Some(token))
+            }
+            PortRequest::Even => (even, None),
+            PortRequest::Any => (SocketAddr::new(even.ip(), even.port() + 1), None),
+        };
         self.live.insert(self.next, addr);
-        Some(RelayBinding { handle: RelayHandle(self.next), advertised: addr })
+        Some(RelayBinding { handle: RelayHandle(self.next), advertised: addr, reservation })
     }
     fn release(&mut self, h: RelayHandle) {
         self.live.remove(&h.0);
@@ -147,7 +154,11 @@ enum Attr {
 }
 
 fn tuple(s: &str) -> FiveTuple {
-    FiveTuple { transport: Transport::Udp, client: ClientAddr(s.parse().unwrap()), server: "192.0.2.10:3478".parse().unwrap() }
+    FiveTuple {
+        transport: Transport::Udp,
+        client: ClientAddr(s.parse().unwrap()),
+        server: "192.0.2.10:3478".parse().unwrap(),
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -175,7 +186,9 @@ fn build(typ: MessageType, attrs: &[Attr], auth: Option<&Auth>, after_mi: &[Attr
         TextAttribute::new(ATTR_USERNAME, auth.user.clone()).add_to(&mut m).unwrap();
         TextAttribute::new(ATTR_REALM, REALM.into()).add_to(&mut m).unwrap();
         TextAttribute::new(ATTR_NONCE, auth.nonce.clone()).add_to(&mut m).unwrap();
-        MessageIntegrity::new_long_term_integrity(auth.user.clone(), REALM.into(), auth.pass.clone()).add_to(&mut m).unwrap();
+        MessageIntegrity::new_long_term_integrity(auth.user.clone(), REALM.into(), auth.pass.clone())
+            .add_to(&mut m)
+            .unwrap();
     }
     for a in after_mi {
         put(&mut m, a);
@@ -424,14 +437,18 @@ fn create_permission_is_atomic_and_denies_special_addresses() {
         assert_eq!(code(&r), Some(403), "{denied}");
     }
     let r = h
-        .send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr(PEER)), Attr::Peer(addr("127.0.0.1:9"))], Some(&a)))
+        .send(
+            t,
+            &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr(PEER)), Attr::Peer(addr("127.0.0.1:9"))], Some(&a)),
+        )
         .unwrap();
     assert_eq!(code(&r), Some(403));
     // Nothing was installed: the public peer's data is dropped.
     let relay = h.relay_handle(t);
     assert!(from_peer(&mut h, relay, PEER, b"hello").is_none());
     // Family mismatch: an IPv6 peer on an IPv4 relay.
-    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[2606:4700::1111]:80"))], Some(&a))).unwrap();
+    let r =
+        h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[2606:4700::1111]:80"))], Some(&a))).unwrap();
     assert_eq!(code(&r), Some(443));
     let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[], Some(&a))).unwrap();
     assert_eq!(code(&r), Some(400));
@@ -529,13 +546,23 @@ fn send_and_data_indications() {
     let mut h = Harness::new();
     let t = tuple("203.0.113.5:5555");
     let _a = with_permission(&mut h, t);
-    let send = build(MessageType::new(METHOD_SEND, CLASS_INDICATION), &[Attr::Peer(addr(PEER)), Attr::Data(b"hi".to_vec())], None, &[]);
+    let send = build(
+        MessageType::new(METHOD_SEND, CLASS_INDICATION),
+        &[Attr::Peer(addr(PEER)), Attr::Data(b"hi".to_vec())],
+        None,
+        &[],
+    );
     match h.engine.handle_client(h.now, t, &send, &mut h.ports).unwrap() {
         Transmit::Peer { to, data, .. } => assert_eq!((to.0, &*data), (addr(PEER), &b"hi"[..])),
         other => panic!("{other:?}"),
     }
     // No permission for this peer: dropped silently.
-    let send = build(MessageType::new(METHOD_SEND, CLASS_INDICATION), &[Attr::Peer(addr("1.1.1.1:1")), Attr::Data(b"hi".to_vec())], None, &[]);
+    let send = build(
+        MessageType::new(METHOD_SEND, CLASS_INDICATION),
+        &[Attr::Peer(addr("1.1.1.1:1")), Attr::Data(b"hi".to_vec())],
+        None,
+        &[],
+    );
     assert!(h.engine.handle_client(h.now, t, &send, &mut h.ports).is_none());
     let relay = h.relay_handle(t);
     let ind = decode(&from_peer(&mut h, relay, PEER, b"data!").unwrap());
@@ -598,6 +625,8 @@ fn allocate_attribute_errors() {
         (vec![Attr::Transport(17), Attr::Family(2)], 440),
         (vec![Attr::Transport(17), Attr::Family(3)], 440),
         (vec![Attr::Transport(17), Attr::Raw(0x0022, vec![0; 8])], 508),
+        (vec![Attr::Transport(17), Attr::Raw(0x0022, vec![0; 4])], 400),
+        (vec![Attr::Transport(17), Attr::Raw(0x0018, vec![0x80, 0, 0, 0])], 400),
         (vec![Attr::Transport(17), Attr::Raw(0x0022, vec![0; 8]), Attr::Family(1)], 400),
         (vec![Attr::Transport(17), Attr::Raw(0x0031, vec![1, 2, 3, 4])], 420),
     ];
@@ -609,8 +638,32 @@ fn allocate_attribute_errors() {
         }
     }
     // Comprehension-optional unknown attributes are ignored.
-    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Raw(0x8123, vec![0; 4])], Some(&a))).unwrap();
+    let r =
+        h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Raw(0x8123, vec![0; 4])], Some(&a))).unwrap();
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+}
+
+#[test]
+fn even_port_reservation_is_redeemed_once() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let r =
+        h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Raw(0x0018, vec![0x80])], Some(&a))).unwrap();
+    let port = xor(&r, ATTR_XOR_RELAYED_ADDRESS).port();
+    assert_eq!(port % 2, 0);
+    let token = r.get(ATTR_RESERVATION_TOKEN).unwrap();
+    let t2 = tuple("203.0.113.5:5556");
+    let a2 = h.renew(t2, a.clone());
+    let redeem = request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Raw(0x0022, token.clone())], Some(&a2));
+    let r2 = h.send(t2, &redeem).unwrap();
+    assert_eq!(xor(&r2, ATTR_XOR_RELAYED_ADDRESS).port(), port + 1);
+    let t3 = tuple("203.0.113.5:5557");
+    let a3 = h.renew(t3, a);
+    let r3 =
+        h.send(t3, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Raw(0x0022, token)], Some(&a3))).unwrap();
+    assert_eq!(code(&r3), Some(508), "a token is used once");
 }
 
 #[test]
@@ -621,9 +674,11 @@ fn ipv6_allocations() {
     let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
     let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17), Attr::Family(2)], Some(&a))).unwrap();
     assert!(xor(&r, ATTR_XOR_RELAYED_ADDRESS).is_ipv6());
-    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[2606:4700::1111]:80"))], Some(&a))).unwrap();
+    let r =
+        h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[2606:4700::1111]:80"))], Some(&a))).unwrap();
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
-    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[::ffff:127.0.0.1]:80"))], Some(&a))).unwrap();
+    let r =
+        h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("[::ffff:127.0.0.1]:80"))], Some(&a))).unwrap();
     assert_eq!(code(&r), Some(403));
 }
 
@@ -768,7 +823,8 @@ mod rfc5769 {
     fn long_term_request_verifies_with_the_md5_key() {
         let raw = hex(LONG_TERM);
         let p = parse(&raw).expect("valid vector");
-        let key = turnkey_auth::long_term_key("\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}", "example.org", "TheMatrIX");
+        let key =
+            turnkey_auth::long_term_key("\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}", "example.org", "TheMatrIX");
         assert!(integrity_matches(&raw, p.mi_offset.unwrap(), &key));
     }
 }

@@ -1,0 +1,113 @@
+//! The data directory: created on first start (0700), holding the generated secret (0600).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+/// File name of the generated secret inside the data directory.
+pub const SECRET_FILE: &str = "secret";
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn ensure(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        set_mode(dir, 0o700)?;
+    }
+    Ok(())
+}
+
+/// Reads the data directory's secret, generating a random one (0600) on first use.
+/// Returns the secret and whether it was generated now.
+pub fn secret(dir: &Path) -> anyhow::Result<(String, bool)> {
+    let path = dir.join(SECRET_FILE);
+    if path.exists() {
+        let s = read_secrets(&path)?;
+        let first = s.into_iter().next().with_context(|| format!("{} is empty", path.display()))?;
+        return Ok((first, false));
+    }
+    ensure(dir)?;
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
+    let secret = URL_SAFE_NO_PAD.encode(bytes);
+    write_private(&path, format!("{secret}\n").as_bytes())?;
+    Ok((secret, true))
+}
+
+/// Reads one secret per line (blank lines and `#` comments skipped), newest first.
+pub fn read_secrets(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read secret file {}", path.display()))?;
+    let secrets: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+    anyhow::ensure!(!secrets.is_empty(), "secret file {} holds no secret", path.display());
+    Ok(secrets)
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    {
+        let mut f = open_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn open_private(path: &Path) -> anyhow::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn open_private(path: &Path) -> anyhow::Result<fs::File> {
+    fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_generated_once_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (a, fresh) = secret(&data).unwrap();
+        assert!(fresh);
+        assert!(a.len() >= 43);
+        let (b, fresh) = secret(&data).unwrap();
+        assert!(!fresh);
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(data.join(SECRET_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            let mode = fs::metadata(&data).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `turnkey serve` and `turnkey creds`: wiring only.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
+use turnkey_relay::engine::{EngineConfig, Shared};
+use turnkey_relay::metrics::RelayMetrics;
+use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
+use turnkey_relay::udp::RelayAddrs;
+use turnkey_relay::{BoundSockets, RelayConfig};
+
+use crate::cli::{CredsArgs, ServeArgs};
+use crate::config::{self, Settings};
+use crate::datadir;
+
+/// Runs the relay until SIGTERM/SIGINT, then drains.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = config::validate(&args.load()?)?;
+    init_logging(settings.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run(settings))
+}
+
+/// Prints a credential minted with the configured secret.
+pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
+    let settings = config::validate(&args.common.load()?)?;
+    let (ring, _) = secret_ring(&settings)?;
+    let now = UnixTime(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs());
+    let c = ring.mint(&args.user, now, args.ttl)?;
+    let out = serde_json::json!({
+        "username": c.username,
+        "credential": c.password,
+        "ttl": args.ttl,
+        "realm": settings.realm,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    datadir::ensure(&s.data_dir)?;
+    let (ring, generated) = secret_ring(&s)?;
+    if generated {
+        tracing::info!(path = %s.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
+    }
+    let sockets = bind_udp(&s)?;
+    let udp_addrs = sockets.udp_addrs();
+
+    let registry = Registry::new();
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    let relay_metrics = RelayMetrics::new(&registry)?;
+    let metrics_listener = match s.metrics {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?)
+        }
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let mut service: Vec<ServiceAddr> = udp_addrs.iter().map(|a| ServiceAddr::from(*a)).collect();
+    service.extend(metrics_addr.map(ServiceAddr::from));
+    let policy = PeerPolicy::new(s.allow_peer.clone(), s.deny_peer.clone(), service);
+
+    let relay_v4 = match (s.relay_v4, s.relay_v6) {
+        (None, None) => Some(detect_ipv4()),
+        (v4, _) => v4,
+    };
+    let mut engine = EngineConfig::new(s.realm.clone(), ring, policy);
+    engine.max_lifetime = s.max_lifetime;
+    engine.nonce_lifetime = s.nonce_lifetime;
+    engine.max_allocations_per_user = s.max_allocations_per_user;
+    engine.max_allocations = s.max_allocations;
+    engine.max_permissions = s.max_permissions;
+    engine.max_channels = s.max_channels;
+    engine.bandwidth_limit = s.bandwidth_limit;
+    engine.rfc5766_channel_numbers = s.rfc5766_channel_numbers;
+    engine.unauth_replies_per_sec = s.unauth_replies_per_sec;
+    engine.software.clone_from(&s.software);
+    engine.relay_v4 = relay_v4.is_some();
+    engine.relay_v6 = s.relay_v6.is_some();
+    let relay_cfg = RelayConfig {
+        engine,
+        relay: RelayAddrs {
+            v4: relay_v4,
+            v6: s.relay_v6,
+            external_v4: s.external_v4,
+            external_v6: s.external_v6,
+            ports: s.relay_ports.clone(),
+        },
+        drain_grace: s.drain_grace,
+    };
+    let shared = Arc::new(Shared::new(RevocationSet::new()));
+
+    let (stop_http_tx, stop_http_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_http_rx.clone())));
+
+    let udp_list: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
+    println!(
+        "turnkey listening udp={} metrics={} relay={} shards={}",
+        udp_list.join(","),
+        metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        relay_v4.or(s.relay_v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        sockets.udp.len(),
+    );
+    println!(
+        "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`, then use turn:{}?transport=udp",
+        s.data_dir.display(),
+        udp_addrs.first().map_or_else(|| "HOST:3478".to_owned(), ToString::to_string),
+    );
+
+    turnkey_relay::run(relay_cfg, sockets, relay_metrics, shared, shutdown_signal()).await?;
+    let _ = stop_http_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+fn bind_udp(s: &Settings) -> anyhow::Result<BoundSockets> {
+    let mut addrs = Vec::new();
+    for a in &s.udp {
+        // The default [::]:3478 is skipped on hosts without IPv6; explicit addresses must bind.
+        if s.udp_is_default && a.is_ipv6() && UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_err() {
+            tracing::warn!(addr = %a, "IPv6 unavailable, not listening on it");
+            continue;
+        }
+        addrs.push(*a);
+    }
+    Ok(BoundSockets::bind(&addrs, s.shards)?)
+}
+
+/// The secret ring: inline secrets, else the secret file, else the data directory's generated one.
+fn secret_ring(s: &Settings) -> anyhow::Result<(SecretRing, bool)> {
+    let (secrets, generated) = if !s.secrets.is_empty() {
+        (s.secrets.clone(), false)
+    } else if let Some(path) = &s.secret_file {
+        (datadir::read_secrets(path)?, false)
+    } else {
+        let (one, generated) = datadir::secret(&s.data_dir)?;
+        (vec![one], generated)
+    };
+    let ring = SecretRing::new(secrets.iter().map(|x| Secret::new(x.trim().as_bytes())).collect())?;
+    Ok((ring, generated))
+}
+
+/// The address the kernel would use to reach the internet (no packet is sent), else loopback.
+fn detect_ipv4() -> IpAddr {
+    let probe = || -> std::io::Result<IpAddr> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("203.0.113.1:9")?;
+        Ok(s.local_addr()?.ip())
+    };
+    match probe() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut buf = Vec::new();
+                let enc = TextEncoder::new();
+                if enc.encode(&registry.gather(), &mut buf).is_err() {
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "text/plain")],
+                        Vec::new(),
+                    );
+                }
+                (axum::http::StatusCode::OK, [("content-type", prometheus::TEXT_FORMAT)], buf)
+            }
+        }),
+    );
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGTERM handler");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    // Give the log line a moment; the drain itself is bounded by drain_grace.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TURNKEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
