@@ -1,1 +1,55 @@
+//! # turnkey-issuer: the TURN credential issuer
+//!
+//! This crate owns:
+//! - the Cloudflare-compatible TURN credential API (`/v1/turn/keys/{id}/credentials/...`:
+//!   generate-ice-servers, generate, revoke) with per-key bearer tokens ([`KeyStore`]);
+//! - the browser-facing endpoints (`/api/turn-credentials`, `/api/turn/credentials`) with their
+//!   per-client rate limit and exact-origin CORS;
+//! - revocation persistence ([`RevocationStore`]) into the [`turnkey_auth::RevocationSet`] that
+//!   the relay consults;
+//! - the Cloudflare upstream client ([`UpstreamClient`]: cache, refresh, retries, circuit
+//!   breaker) and the fallback/merge policy;
+//! - `/healthz`, `/readyz`, `/openapi.yaml`, and the issuer metrics ([`IssuerMetrics`]).
+//!
+//! It must not import the relay engine (`turnkey-relay`) nor bind sockets itself: the binary
+//! hands [`serve`] an already bound listener, and the relay's readiness arrives through the
+//! [`RelayStatus`] trait. Credentials are minted by `turnkey-auth`; time comes from the
+//! [`Clock`] in the state, never from the system clock inside handlers.
+//!
+//! Entry points for the binary: [`IssuerState::new`] from [`IssuerDeps`], [`router`], [`serve`],
+//! [`run_maintenance`], [`ensure_default_key`], and the `keys_*` functions for
+//! `turnkey keys create|list|delete`.
 
+mod api;
+mod app;
+mod body;
+mod cli;
+mod config;
+mod error;
+mod files;
+mod ice;
+mod issue;
+mod keys;
+mod metrics;
+mod ratelimit;
+mod revocations;
+mod router;
+mod state;
+mod upstream;
+
+pub use body::CredentialRequest;
+pub use cli::{keys_create, keys_delete, keys_list};
+pub use config::{
+    AdvertiseConfig, AppConfig, Endpoint, IssuerConfig, RateLimitConfig, UpstreamConfig, UpstreamMode, ABSOLUTE_MAX_TTL,
+};
+pub use error::{ApiError, Error, UpstreamFailure};
+pub use ice::{
+    sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, MAX_CUSTOM_ID_LEN,
+};
+pub use keys::{ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, TokenCheck};
+pub use metrics::IssuerMetrics;
+pub use ratelimit::{client_ip, RateLimiter, Verdict};
+pub use revocations::{RevocationStore, Revoked};
+pub use router::{router, run_maintenance, serve, OPENAPI_YAML};
+pub use state::{system_clock, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
+pub use upstream::UpstreamClient;

@@ -23,8 +23,63 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print a TURN REST username/credential pair as JSON.
     Creds(CredsArgs),
-    /// Validate a config file (and the flags/variables given with it), reporting every error.
+    /// Validate a config file, reporting every error at once.
     CheckConfig(CheckArgs),
+    /// Run the credential issuer alone (relays run elsewhere, sharing the secret).
+    Issuer(Box<IssuerArgs>),
+    /// Manage TURN keys (tenants) in the data directory.
+    Keys(KeysArgs),
+}
+
+/// `turnkey issuer`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct IssuerArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Issuer HTTP listener (default 0.0.0.0:8080).
+    #[arg(long, env = "TURNKEY_HTTP")]
+    pub http: Option<String>,
+    /// Host name put in advertised TURN/STUN URLs.
+    #[arg(long, env = "TURNKEY_PUBLIC_HOST")]
+    pub public_host: Option<String>,
+    /// Prometheus listener (`off` to disable; default 0.0.0.0:9641).
+    #[arg(long, env = "TURNKEY_METRICS")]
+    pub metrics: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "TURNKEY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// `turnkey keys`.
+#[derive(Debug, Args, Clone)]
+pub struct KeysArgs {
+    /// Data directory holding `keys/`.
+    #[arg(long, env = "TURNKEY_DATA_DIR", default_value = "./turnkey-data", global = true)]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+/// `turnkey keys create|list|delete`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum KeysAction {
+    /// Create a key; prints `{"id": ..., "token": ...}` once.
+    Create {
+        /// Largest TTL this key may ask for, in seconds.
+        #[arg(long)]
+        max_ttl: Option<u64>,
+        /// Monthly relayed-bandwidth cap in bytes.
+        #[arg(long)]
+        monthly_bandwidth_bytes: Option<u64>,
+    },
+    /// List keys (never tokens), one JSON object per line.
+    List,
+    /// Delete a key.
+    Delete {
+        /// The key id.
+        id: String,
+    },
 }
 
 /// Settings shared by every subcommand that reads the config.
@@ -94,6 +149,12 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "TURNKEY_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Issuer HTTP listener (`off` to disable; default 0.0.0.0:8080).
+    #[arg(long, env = "TURNKEY_HTTP")]
+    pub http: Option<String>,
+    /// Host name put in advertised TURN/STUN URLs (default localhost).
+    #[arg(long, env = "TURNKEY_PUBLIC_HOST")]
+    pub public_host: Option<String>,
 }
 
 /// `turnkey creds`.
@@ -169,6 +230,24 @@ impl ServeArgs {
         set(&mut f.metrics.listen, &self.metrics);
         set(&mut f.shards, &self.shards);
         set(&mut f.log_format, &self.log_format);
+        set(&mut f.http, &self.http);
+        if let Some(h) = &self.public_host {
+            f.issuer.public_host.clone_from(h);
+        }
+        Ok(f)
+    }
+}
+
+impl IssuerArgs {
+    /// The file config with every flag of `issuer` applied.
+    pub fn load(&self) -> anyhow::Result<FileConfig> {
+        let mut f = self.common.load()?;
+        set(&mut f.http, &self.http);
+        set(&mut f.metrics.listen, &self.metrics);
+        set(&mut f.log_format, &self.log_format);
+        if let Some(h) = &self.public_host {
+            f.issuer.public_host.clone_from(h);
+        }
         Ok(f)
     }
 }

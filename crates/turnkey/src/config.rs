@@ -28,6 +28,11 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Data-path shards (default: one per core).
     pub shards: Option<usize>,
+    /// HTTP listener of the credential issuer ("off" disables it; default 0.0.0.0:8080).
+    pub http: Option<String>,
+    /// The credential issuer (`[issuer]`, see docs/issuer.md).
+    #[serde(default)]
+    pub issuer: turnkey_issuer::IssuerConfig,
     /// Relay settings.
     #[serde(default)]
     pub relay: RelayFile,
@@ -95,7 +100,8 @@ pub fn parse_file(text: &str) -> anyhow::Result<FileConfig> {
     let de = toml::Deserializer::new(text);
     let mut unknown = Vec::new();
     let lenient: Result<Lenient, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-    let mut errors: Vec<String> = unknown.iter().map(|k| format!("unknown key `{}`", k.replace(".?", "").replace("?.", ""))).collect();
+    let mut errors: Vec<String> =
+        unknown.iter().map(|k| format!("unknown key `{}`", k.replace(".?", "").replace("?.", ""))).collect();
     match toml::from_str::<FileConfig>(text) {
         Ok(cfg) if errors.is_empty() => return Ok(cfg),
         Ok(_) => {}
@@ -118,6 +124,9 @@ struct Lenient {
     secret_file: Option<PathBuf>,
     log_format: Option<String>,
     shards: Option<usize>,
+    http: Option<String>,
+    // Checked strictly by its own type (first error only).
+    issuer: Option<toml::Value>,
     #[serde(default)]
     relay: Option<LenientRelay>,
     #[serde(default)]
@@ -182,10 +191,16 @@ pub struct Settings {
     pub software: Option<String>,
     pub drain_grace: Duration,
     pub metrics: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub issuer: turnkey_issuer::IssuerConfig,
+    /// Whether `[issuer.advertise]` was configured (else the actual listeners are advertised).
+    pub advertise_explicit: bool,
 }
 
 /// Default UDP listeners.
 pub const DEFAULT_UDP: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
+/// Default issuer listener.
+pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 /// Default metrics listener.
 pub const DEFAULT_METRICS: &str = "0.0.0.0:9641";
 
@@ -259,6 +274,19 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
             }
         },
     };
+    let http = match f.http.as_deref().unwrap_or(DEFAULT_HTTP) {
+        "off" => None,
+        s => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!("http: `{s}` is not an IP:port address or `off`"));
+                None
+            }
+        },
+    };
+    if let Err(e) = f.issuer.validate() {
+        errors.push(format!("issuer: {e}"));
+    }
     let realm = f.realm.clone().unwrap_or_else(|| "turnkey".to_owned());
     if realm.is_empty() || realm.len() > 127 {
         errors.push("realm: must be 1 to 127 characters".to_owned());
@@ -306,6 +334,9 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
         software: r.software.clone(),
         drain_grace: Duration::from_secs(r.drain_grace.unwrap_or(30)),
         metrics,
+        http,
+        advertise_explicit: f.issuer.advertise != turnkey_issuer::AdvertiseConfig::default(),
+        issuer: f.issuer.clone(),
     })
 }
 

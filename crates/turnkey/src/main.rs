@@ -16,6 +16,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::serve(*args),
         Command::Creds(args) => serve::creds(args),
         Command::CheckConfig(args) => check_config(&args.file),
+        Command::Issuer(args) => serve::issuer(*args),
+        Command::Keys(args) => keys(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -24,6 +26,21 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {
+    use cli::KeysAction;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    match args.action {
+        KeysAction::Create { max_ttl, monthly_bandwidth_bytes } => {
+            datadir::ensure(&args.data_dir)?;
+            let opts = turnkey_issuer::KeyOptions { max_ttl, monthly_bandwidth_bytes };
+            println!("{}", turnkey_issuer::keys_create(&args.data_dir, opts, now)?.trim_end());
+        }
+        KeysAction::List => print!("{}", turnkey_issuer::keys_list(&args.data_dir)?),
+        KeysAction::Delete { id } => turnkey_issuer::keys_delete(&args.data_dir, &id)?,
+    }
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {

@@ -13,7 +13,9 @@ use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
 
-use crate::cli::{CredsArgs, ServeArgs};
+use turnkey_issuer::{AdvertiseConfig, Endpoint, FixedRelayStatus, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
+
+use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::{self, Settings};
 use crate::datadir;
 
@@ -44,6 +46,7 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
 async fn run(s: Settings) -> anyhow::Result<()> {
     datadir::ensure(&s.data_dir)?;
     let (ring, generated) = secret_ring(&s)?;
+    let ring_for_issuer = ring.clone();
     if generated {
         tracing::info!(path = %s.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
     }
@@ -63,6 +66,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 
     let mut service: Vec<ServiceAddr> = udp_addrs.iter().map(|a| ServiceAddr::from(*a)).collect();
     service.extend(metrics_addr.map(ServiceAddr::from));
+    service.extend(s.http.map(ServiceAddr::from));
     let policy = PeerPolicy::new(s.allow_peer.clone(), s.deny_peer.clone(), service);
 
     let relay_v4 = match (s.relay_v4, s.relay_v6) {
@@ -93,15 +97,31 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         },
         drain_grace: s.drain_grace,
     };
-    let shared = Arc::new(Shared::new(RevocationSet::new()));
+    let revocations = RevocationSet::new();
+    let shared = Arc::new(Shared::new(revocations.clone()));
+    let max_allocations = s.max_allocations;
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::watch::channel(false);
     let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_http_rx.clone())));
+    let mut issuer_cfg = s.issuer.clone();
+    if !s.advertise_explicit {
+        // Advertise exactly the listeners this process has.
+        let mut ports: Vec<u16> = udp_addrs.iter().map(SocketAddr::port).collect();
+        ports.dedup();
+        let eps: Vec<Endpoint> = ports.into_iter().map(Endpoint::port).collect();
+        issuer_cfg.advertise =
+            AdvertiseConfig { stun: eps.clone(), turn_udp: eps, turn_tcp: vec![], turns_tls: vec![] };
+    }
+    let relay_status: Arc<dyn RelayStatus> = Arc::new(LocalRelay { shared: shared.clone(), max_allocations });
+    let issuer =
+        start_issuer(&s, issuer_cfg, ring_for_issuer, revocations, relay_status, &registry, stop_http_rx.clone())
+            .await?;
 
     let udp_list: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
     println!(
-        "turnkey listening udp={} metrics={} relay={} shards={}",
+        "turnkey listening udp={} http={} metrics={} relay={} shards={}",
         udp_list.join(","),
+        issuer.as_ref().map_or_else(|| "off".to_owned(), |i| i.addr.to_string()),
         metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         relay_v4.or(s.relay_v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
         sockets.udp.len(),
@@ -112,12 +132,124 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         udp_addrs.first().map_or_else(|| "HOST:3478".to_owned(), ToString::to_string),
     );
 
+    if let Some(i) = &issuer {
+        println!("turnkey: or ask the issuer: {}", i.hint);
+    }
+
     turnkey_relay::run(relay_cfg, sockets, relay_metrics, shared, shutdown_signal()).await?;
     let _ = stop_http_tx.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    if let Some(i) = issuer {
+        i.stop().await;
+    }
     Ok(())
+}
+
+/// `turnkey issuer`: the issuer alone, for deployments with separate relay processes.
+pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
+    let s = config::validate(&args.load()?)?;
+    init_logging(s.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        datadir::ensure(&s.data_dir)?;
+        let (ring, _) = secret_ring(&s)?;
+        let registry = Registry::new();
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let metrics_task = match s.metrics {
+            Some(addr) => {
+                let l =
+                    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?;
+                Some(tokio::spawn(serve_metrics(l, registry.clone(), stop_rx.clone())))
+            }
+            None => None,
+        };
+        let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
+        let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, &registry, stop_rx)
+            .await?
+            .context("`turnkey issuer` needs an HTTP listener (--http)")?;
+        println!("turnkey issuer listening http={}", issuer.addr);
+        println!("turnkey: {}", issuer.hint);
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+        issuer.stop().await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
+        Ok(())
+    })
+}
+
+/// The relay's readiness as the issuer sees it: up, not draining, below capacity.
+struct LocalRelay {
+    shared: Arc<Shared>,
+    max_allocations: u32,
+}
+
+impl RelayStatus for LocalRelay {
+    fn ready(&self) -> bool {
+        !self.shared.is_draining() && self.shared.allocations() < self.max_allocations
+    }
+}
+
+/// A running issuer.
+struct RunningIssuer {
+    addr: SocketAddr,
+    hint: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    maintenance: tokio::task::JoinHandle<()>,
+}
+
+impl RunningIssuer {
+    async fn stop(self) {
+        self.maintenance.abort();
+        match self.server.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "issuer failed"),
+            Err(e) => tracing::error!(error = %e, "issuer task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+async fn start_issuer(
+    s: &Settings,
+    config: IssuerConfig,
+    secrets: SecretRing,
+    revocations: RevocationSet,
+    relay: Arc<dyn RelayStatus>,
+    registry: &Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<RunningIssuer>> {
+    let Some(addr) = s.http else { return Ok(None) };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let default_key = turnkey_issuer::ensure_default_key(&s.data_dir, now)?;
+    if default_key.created {
+        tracing::info!(key_id = %default_key.id, "created the default TURN key");
+    }
+    let state = IssuerState::new(IssuerDeps {
+        config,
+        data_dir: s.data_dir.clone(),
+        secrets,
+        revocations,
+        relay,
+        registry: registry.clone(),
+        clock: turnkey_issuer::system_clock(),
+        app_key: Some(default_key.id.clone()),
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
+    let addr = listener.local_addr()?;
+    let maintenance = tokio::spawn(turnkey_issuer::run_maintenance(state.clone(), Duration::from_secs(5)));
+    let server = tokio::spawn(turnkey_issuer::serve(listener, turnkey_issuer::router(state), async move {
+        let _ = stop.wait_for(|v| *v).await;
+    }));
+    let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
+    let hint = format!(
+        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
+        default_key.id
+    );
+    Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
 }
 
 fn bind_udp(s: &Settings) -> anyhow::Result<BoundSockets> {

@@ -1,0 +1,345 @@
+//! [`IssuerConfig`]: every setting of the issuer. The `turnkey` binary embeds it under `[issuer]`
+//! in its TOML file; unknown keys are refused at every level, and every field has a default, so an
+//! empty `[issuer]` table is a valid configuration.
+//!
+//! ```toml
+//! [issuer]
+//! public_host = "turn.example.com"
+//! default_ttl = 86400
+//! max_ttl = 172800
+//! max_body_bytes = 16384
+//!
+//! [issuer.advertise]            # what the credential responses list, in this order
+//! stun = [{ port = 3478 }]
+//! turn_udp = [{ port = 3478 }, { port = 443, host = "turn2.example.com" }]
+//! turn_tcp = [{ port = 3478 }]
+//! turns_tls = [{ port = 5349 }]
+//!
+//! [issuer.app]                  # browser-facing /api/... endpoints
+//! key = "0123456789abcdef0123456789abcdef"
+//! allowed_origins = ["https://app.example.com"]
+//! allow_credentials = false
+//! rate_limit = { requests = 10, window_secs = 300, max_clients = 65536 }
+//! trusted_proxies = ["10.0.0.0/8"]
+//!
+//! [issuer.upstream]             # optional: Cloudflare as fallback or merged
+//! mode = "fallback"             # or "merge"
+//! base_url = "https://rtc.live.cloudflare.com/v1/turn"
+//! key_id = "..."
+//! token_file = "/run/secrets/cloudflare-turn-token"   # or token_env = "CF_TURN_TOKEN"
+//! ```
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The largest TTL the Cloudflare API accepts (48 h); `max_ttl` may be lower, never higher.
+pub const ABSOLUTE_MAX_TTL: u64 = 172_800;
+
+/// The issuer's configuration (`[issuer]` in the binary's TOML file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerConfig {
+    /// Host name (or IP literal) put in the advertised URLs when an entry names no host.
+    pub public_host: String,
+    /// The listeners put in credential responses, per transport.
+    pub advertise: AdvertiseConfig,
+    /// TTL in seconds when a request names none (default 86400).
+    pub default_ttl: u64,
+    /// Largest TTL a request may ask for (default and upper bound 172800). A key's own
+    /// `max_ttl` may lower it further.
+    pub max_ttl: u64,
+    /// Largest accepted request body in bytes (default 16384); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most revocations kept at once (default 100000); beyond it revoke answers 503.
+    pub max_revocations: usize,
+    /// The browser-facing endpoints.
+    pub app: AppConfig,
+    /// Cloudflare as upstream; absent means no upstream.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+impl Default for IssuerConfig {
+    fn default() -> Self {
+        Self {
+            public_host: "localhost".to_owned(),
+            advertise: AdvertiseConfig::default(),
+            default_ttl: 86_400,
+            max_ttl: ABSOLUTE_MAX_TTL,
+            max_body_bytes: 16 * 1024,
+            max_revocations: 100_000,
+            app: AppConfig::default(),
+            upstream: None,
+        }
+    }
+}
+
+/// One advertised listener: a port and, optionally, a host other than `public_host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// Host name or IP literal (IPv6 without brackets); `public_host` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// An endpoint on `public_host`.
+    pub fn port(port: u16) -> Self {
+        Self { host: None, port }
+    }
+}
+
+/// The listeners advertised in credential responses. Order in the answer: the STUN entry (all
+/// `stun` URLs), then one TURN entry with the `turn_udp`, `turn_tcp` and `turns_tls` URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdvertiseConfig {
+    /// `stun:` URLs (default port 3478).
+    pub stun: Vec<Endpoint>,
+    /// `turn:...?transport=udp` URLs (default port 3478).
+    pub turn_udp: Vec<Endpoint>,
+    /// `turn:...?transport=tcp` URLs (default port 3478).
+    pub turn_tcp: Vec<Endpoint>,
+    /// `turns:...?transport=tcp` URLs (TURN over TLS, default port 5349).
+    pub turns_tls: Vec<Endpoint>,
+}
+
+impl Default for AdvertiseConfig {
+    fn default() -> Self {
+        Self {
+            stun: vec![Endpoint::port(3478)],
+            turn_udp: vec![Endpoint::port(3478)],
+            turn_tcp: vec![Endpoint::port(3478)],
+            turns_tls: vec![Endpoint::port(5349)],
+        }
+    }
+}
+
+/// The browser-facing endpoints (`/api/turn-credentials`, `/api/turn/credentials`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    /// The key id these endpoints issue for. When absent the binary passes the default key
+    /// (see `IssuerDeps::app_key`); with neither, the endpoints answer 503 with `fallback: true`.
+    pub key: Option<String>,
+    /// Exact origins (`scheme://host[:port]`) allowed to call from a browser. Requests whose
+    /// `Origin` is neither listed nor the issuer's own origin are refused with 403.
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` to allowed origins (never with `*`: the
+    /// issuer always echoes the one exact origin).
+    pub allow_credentials: bool,
+    /// Per-client-IP rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs). Empty: the header is ignored.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A fixed-window limit per client (IPv4 address or IPv6 /64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests allowed per window (default 10). 0 disables the limit.
+    pub requests: u32,
+    /// Window length in seconds (default 300).
+    pub window_secs: u64,
+    /// Most clients tracked at once (default 65536); when full, new clients are refused (429)
+    /// until windows expire, so memory stays bounded.
+    pub max_clients: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { requests: 10, window_secs: 300, max_clients: 65_536 }
+    }
+}
+
+/// How upstream credentials are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// Serve upstream credentials only when the local relays cannot (not ready, or the key's
+    /// bandwidth cap is reached).
+    #[default]
+    Fallback,
+    /// Append the upstream ICE servers after the local ones (array shape only); when the local
+    /// relays cannot serve, the upstream servers alone.
+    Merge,
+}
+
+/// The Cloudflare TURN API used as upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `fallback` (default) or `merge`.
+    pub mode: UpstreamMode,
+    /// Base URL up to `/v1/turn` (default `https://rtc.live.cloudflare.com/v1/turn`).
+    pub base_url: String,
+    /// The upstream TURN key id.
+    pub key_id: String,
+    /// File holding the upstream API token (surrounding whitespace trimmed).
+    pub token_file: Option<PathBuf>,
+    /// Name of an environment variable holding the token (used when `token_file` is absent).
+    pub token_env: Option<String>,
+    /// TTL asked of the upstream, seconds (default 86400).
+    pub ttl: u64,
+    /// Timeout of one upstream try, milliseconds (default 5000).
+    pub timeout_ms: u64,
+    /// Tries per upstream fetch, the first included (default 3).
+    pub retries: u32,
+    /// Backoff before the second try, milliseconds; doubled before each further try (default 1000).
+    pub backoff_base_ms: u64,
+    /// A cached upstream credential is reused until this many seconds before it expires
+    /// (default 3600).
+    pub refresh_threshold_secs: u64,
+    /// Consecutive failed fetches that open the circuit (default 5).
+    pub circuit_failure_threshold: u32,
+    /// Seconds the circuit stays open before one probe is let through (default 30).
+    pub circuit_cooldown_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            mode: UpstreamMode::Fallback,
+            base_url: "https://rtc.live.cloudflare.com/v1/turn".to_owned(),
+            key_id: String::new(),
+            token_file: None,
+            token_env: None,
+            ttl: 86_400,
+            timeout_ms: 5_000,
+            retries: 3,
+            backoff_base_ms: 1_000,
+            refresh_threshold_secs: 3_600,
+            circuit_failure_threshold: 5,
+            circuit_cooldown_secs: 30,
+        }
+    }
+}
+
+impl IssuerConfig {
+    /// Checks the settings that serde cannot: TTL bounds, non-empty advertised lists, origins,
+    /// upstream completeness.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if self.max_ttl == 0 || self.max_ttl > ABSOLUTE_MAX_TTL {
+            return bad("max_ttl must be between 1 and 172800");
+        }
+        if self.default_ttl == 0 || self.default_ttl > self.max_ttl {
+            return bad("default_ttl must be between 1 and max_ttl");
+        }
+        if self.public_host.trim().is_empty() {
+            return bad("public_host must not be empty");
+        }
+        let a = &self.advertise;
+        if a.turn_udp.is_empty() && a.turn_tcp.is_empty() && a.turns_tls.is_empty() {
+            return bad("advertise must list at least one TURN listener");
+        }
+        if self.max_body_bytes == 0 {
+            return bad("max_body_bytes must be positive");
+        }
+        for o in &self.app.allowed_origins {
+            if o == "*" || o.ends_with('/') || !(o.starts_with("https://") || o.starts_with("http://")) {
+                return bad("app.allowed_origins must be exact origins like https://app.example.com (no '*', no path)");
+            }
+        }
+        if self.app.rate_limit.requests > 0 && self.app.rate_limit.window_secs == 0 {
+            return bad("app.rate_limit.window_secs must be positive");
+        }
+        if let Some(key) = &self.app.key {
+            if !crate::keys::is_valid_key_id(key) {
+                return bad("app.key must be a key id (32 hex characters)");
+            }
+        }
+        if let Some(u) = &self.upstream {
+            if u.key_id.is_empty() {
+                return bad("upstream.key_id is required");
+            }
+            if u.token_file.is_none() && u.token_env.is_none() {
+                return bad("upstream needs token_file or token_env");
+            }
+            if !(u.base_url.starts_with("https://") || u.base_url.starts_with("http://")) {
+                return bad("upstream.base_url must be an http(s) URL");
+            }
+            if u.retries == 0 {
+                return bad("upstream.retries must be at least 1");
+            }
+            if u.ttl == 0 || u.ttl > ABSOLUTE_MAX_TTL || u.refresh_threshold_secs >= u.ttl {
+                return bad("upstream.ttl must be 1..=172800 and above refresh_threshold_secs");
+            }
+            if u.circuit_failure_threshold == 0 {
+                return bad("upstream.circuit_failure_threshold must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table_is_the_default_and_valid() {
+        let c: IssuerConfig = toml::from_str("").unwrap();
+        assert_eq!(c, IssuerConfig::default());
+        c.validate().unwrap();
+        assert_eq!(c.default_ttl, 86_400);
+        assert_eq!(c.app.rate_limit.requests, 10);
+        assert_eq!(c.app.rate_limit.window_secs, 300);
+        assert_eq!(c.advertise.turns_tls, vec![Endpoint::port(5349)]);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let src = r#"
+            public_host = "turn.example.com"
+            max_ttl = 3600
+            default_ttl = 600
+            [advertise]
+            stun = [{ port = 3478 }]
+            turn_udp = [{ port = 3478 }, { port = 443, host = "turn2.example.com" }]
+            [app]
+            key = "0123456789abcdef0123456789abcdef"
+            allowed_origins = ["https://app.example.com"]
+            trusted_proxies = ["10.0.0.0/8", "::1/128"]
+            rate_limit = { requests = 5, window_secs = 60 }
+            [upstream]
+            mode = "merge"
+            key_id = "abc"
+            token_env = "CF_TOKEN"
+            retries = 2
+        "#;
+        let c: IssuerConfig = toml::from_str(src).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.advertise.turn_udp[1].host.as_deref(), Some("turn2.example.com"));
+        assert_eq!(c.app.rate_limit.max_clients, 65_536);
+        let u = c.upstream.unwrap();
+        assert_eq!(u.mode, UpstreamMode::Merge);
+        assert_eq!(u.refresh_threshold_secs, 3600);
+        assert_eq!(u.backoff_base_ms, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<IssuerConfig>("typo = 1").is_err());
+        assert!(toml::from_str::<IssuerConfig>("[app]\norigins = []").is_err());
+        assert!(toml::from_str::<IssuerConfig>("[upstream]\nmode = \"both\"").is_err());
+        for src in [
+            "max_ttl = 172801",
+            "default_ttl = 0",
+            "max_ttl = 100\ndefault_ttl = 200",
+            "[app]\nallowed_origins = [\"*\"]",
+            "[app]\nkey = \"not-hex\"",
+            "[upstream]\nkey_id = \"k\"",
+        ] {
+            let c: IssuerConfig = toml::from_str(src).unwrap();
+            assert!(c.validate().is_err(), "{src}");
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! TURN keys (tenants): one JSON file per key in `<data_dir>/keys/`, `0600`.
+//!
+//! A key file `<id>.json` holds `{"id", "token_sha256", "max_ttl", "monthly_bandwidth_bytes",
+//! "created"}`: the token itself is shown once by [`KeyStore::create`] and never stored (except for
+//! the embedded default key, whose token is written to `<id>.token`, `0600`, so the operator can
+//! read it). Only the SHA-256 of a token is held in memory and compared in constant time.
+//!
+//! A running server sees keys created or deleted by another process (`turnkey keys create`):
+//! every authentication stats the key's file and re-reads it when its mtime or size changed, and
+//! [`KeyStore::reload`] rescans the whole directory.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::Error;
+use crate::files::{create_private_dir, hex, unhex32, write_private};
+
+/// What is known about a key (never its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    /// 32 lowercase hex characters.
+    pub id: String,
+    /// Lowers the issuer's `max_ttl` for this key.
+    #[serde(default)]
+    pub max_ttl: Option<u64>,
+    /// Monthly relayed-bytes cap (enforced by the bandwidth accounting; stored here).
+    #[serde(default)]
+    pub monthly_bandwidth_bytes: Option<u64>,
+    /// Creation time, Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+}
+
+/// A freshly created key: the only moment its token is visible.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct NewKey {
+    /// The key id.
+    pub id: String,
+    /// The API token (43 base64url characters, 256 random bits).
+    pub token: String,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("id", &self.id).field("token", &"<redacted>").finish()
+    }
+}
+
+/// The key the embedded default uses, as [`ensure_default_key`] found or created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultKey {
+    /// The key id.
+    pub id: String,
+    /// Where its token is (`<data_dir>/keys/<id>.token`), when that file exists.
+    pub token_path: Option<PathBuf>,
+    /// Whether it was created by this call.
+    pub created: bool,
+}
+
+/// Options for a new key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// See [`KeyInfo::max_ttl`].
+    pub max_ttl: Option<u64>,
+    /// See [`KeyInfo::monthly_bandwidth_bytes`].
+    pub monthly_bandwidth_bytes: Option<u64>,
+}
+
+/// Outcome of checking a bearer token against a key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The token belongs to the key.
+    Valid(KeyInfo),
+    /// The token belongs to another existing key.
+    OtherKey,
+    /// The token belongs to no key, or the key does not exist.
+    Invalid,
+}
+
+/// The key directory and an in-memory cache of it. Cloning shares the cache.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+    cache: Arc<RwLock<HashMap<String, Cached>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    info: KeyInfo,
+    hash: [u8; 32],
+    stamp: (Option<SystemTime>, u64),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    #[serde(flatten)]
+    info: KeyInfo,
+    token_sha256: String,
+}
+
+/// Whether `id` is a key id: exactly 32 lowercase hex characters.
+pub fn is_valid_key_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Creates the embedded default key on first start (no key in `<data_dir>/keys/`), writing its
+/// token to `<data_dir>/keys/<id>.token` (0600). On later starts returns the oldest key that has a
+/// token file, else the oldest key.
+pub fn ensure_default_key(data_dir: &Path, now_unix: u64) -> Result<DefaultKey, Error> {
+    let store = KeyStore::open(data_dir)?;
+    let mut keys = store.list()?;
+    if keys.is_empty() {
+        let new = store.create(KeyOptions::default(), now_unix)?;
+        let path = store.token_path(&new.id);
+        write_private(&path, format!("{}\n", new.token).as_bytes())?;
+        return Ok(DefaultKey { id: new.id, token_path: Some(path), created: true });
+    }
+    keys.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    let with_token = keys.iter().find(|k| store.token_path(&k.id).exists());
+    let (key, token_path) = match with_token {
+        Some(k) => (k, Some(store.token_path(&k.id))),
+        None => (&keys[0], None),
+    };
+    Ok(DefaultKey { id: key.id.clone(), token_path, created: false })
+}
+
+impl KeyStore {
+    /// Opens (creating it, 0700) `<data_dir>/keys/` and loads every key.
+    pub fn open(data_dir: &Path) -> Result<Self, Error> {
+        let dir = data_dir.join("keys");
+        create_private_dir(&dir)?;
+        let store = Self { dir, cache: Arc::default() };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Creates a key; the returned token is shown once and only its hash is stored.
+    pub fn create(&self, opts: KeyOptions, now_unix: u64) -> Result<NewKey, Error> {
+        let mut rng = rand::thread_rng();
+        let mut id_bytes = [0u8; 16];
+        rng.fill_bytes(&mut id_bytes);
+        let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut token_bytes = [0u8; 32];
+        rng.fill_bytes(&mut token_bytes);
+        let token = URL_SAFE_NO_PAD.encode(token_bytes);
+        let file = KeyFile {
+            info: KeyInfo {
+                id: id.clone(),
+                max_ttl: opts.max_ttl,
+                monthly_bandwidth_bytes: opts.monthly_bandwidth_bytes,
+                created: now_unix,
+            },
+            token_sha256: hex(&token_hash(&token)),
+        };
+        let json = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::Malformed { path: id.clone(), message: e.to_string() })?;
+        write_private(&self.key_path(&id), &json)?;
+        self.refresh(&id)?;
+        Ok(NewKey { id, token })
+    }
+
+    /// Every key, sorted by id (rescans the directory first).
+    pub fn list(&self) -> Result<Vec<KeyInfo>, Error> {
+        self.reload()?;
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<KeyInfo> = cache.values().map(|c| c.info.clone()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    /// Deletes a key (and its token file, if any). `Err(NoSuchKey)` when it does not exist.
+    pub fn delete(&self, id: &str) -> Result<(), Error> {
+        if !is_valid_key_id(id) {
+            return Err(Error::InvalidKeyId);
+        }
+        let path = self.key_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NoSuchKey(id.to_owned())),
+            Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+        let _ = fs::remove_file(self.token_path(id));
+        self.write_cache().remove(id);
+        Ok(())
+    }
+
+    /// Rescans the directory: new and changed key files are (re)read, vanished ones dropped.
+    /// A malformed key file is skipped with a warning (it must not take the other keys down).
+    pub fn reload(&self) -> Result<(), Error> {
+        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
+        let mut seen = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if !is_valid_key_id(id) {
+                continue;
+            }
+            seen.push(id.to_owned());
+            if let Err(e) = self.refresh(id) {
+                tracing::warn!(key = id, error = %e, "skipping unreadable key file");
+            }
+        }
+        self.write_cache().retain(|id, _| seen.contains(id));
+        Ok(())
+    }
+
+    /// Checks `token` against key `id`, picking up changes to that key's file first.
+    pub fn check_token(&self, id: &str, token: &str) -> TokenCheck {
+        let hash = token_hash(token);
+        if is_valid_key_id(id) {
+            if let Err(e) = self.refresh(id) {
+                tracing::warn!(key = id, error = %e, "cannot read key file");
+            }
+        }
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.get(id) {
+            if bool::from(c.hash.ct_eq(&hash)) {
+                return TokenCheck::Valid(c.info.clone());
+            }
+        }
+        // Which other key (if any) the token belongs to. The hash of a 256-bit random token
+        // reveals nothing useful through timing, and the loop visits every key regardless.
+        let mut other = false;
+        for c in cache.values() {
+            other |= bool::from(c.hash.ct_eq(&hash));
+        }
+        if other {
+            TokenCheck::OtherKey
+        } else {
+            TokenCheck::Invalid
+        }
+    }
+
+    /// Whether key `id` exists (as of its file now).
+    pub fn get(&self, id: &str) -> Option<KeyInfo> {
+        if !is_valid_key_id(id) {
+            return None;
+        }
+        let _ = self.refresh(id);
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.get(id).map(|c| c.info.clone())
+    }
+
+    /// The token file of the embedded default key.
+    pub fn token_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.token"))
+    }
+
+    fn key_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Cached>> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads one key file if its mtime or size changed; forgets the key if the file is gone.
+    fn refresh(&self, id: &str) -> Result<(), Error> {
+        let path = self.key_path(id);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.write_cache().remove(id);
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        let stamp = (meta.modified().ok(), meta.len());
+        {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            if cache.get(id).is_some_and(|c| c.stamp == stamp) {
+                return Ok(());
+            }
+        }
+        let malformed = |message: String| Error::Malformed { path: path.display().to_string(), message };
+        let bytes = fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
+        if file.info.id != id {
+            return Err(malformed("id does not match the file name".into()));
+        }
+        let hash =
+            unhex32(&file.token_sha256).ok_or_else(|| malformed("token_sha256 is not 64 hex characters".into()))?;
+        self.write_cache().insert(id.to_owned(), Cached { info: file.info, hash, stamp });
+        Ok(())
+    }
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_check_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let a = store.create(KeyOptions::default(), 1).unwrap();
+        let b = store.create(KeyOptions::default(), 2).unwrap();
+        assert!(is_valid_key_id(&a.id));
+        assert!(a.token.len() >= 43);
+        assert!(matches!(store.check_token(&a.id, &a.token), TokenCheck::Valid(_)));
+        assert_eq!(store.check_token(&a.id, &b.token), TokenCheck::OtherKey);
+        assert_eq!(store.check_token(&a.id, "nope"), TokenCheck::Invalid);
+        assert_eq!(store.check_token("zz", &a.token), TokenCheck::OtherKey);
+        // The token is not on disk.
+        let on_disk = fs::read_to_string(dir.path().join("keys").join(format!("{}.json", a.id))).unwrap();
+        assert!(!on_disk.contains(&a.token));
+        store.delete(&a.id).unwrap();
+        assert_eq!(store.check_token(&a.id, &a.token), TokenCheck::Invalid);
+        assert!(matches!(store.delete(&a.id), Err(Error::NoSuchKey(_))));
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = ensure_default_key(dir.path(), 5).unwrap();
+        assert!(d.created);
+        let token_path = d.token_path.clone().unwrap();
+        let mode = fs::metadata(&token_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let key_file = dir.path().join("keys").join(format!("{}.json", d.id));
+        assert_eq!(fs::metadata(key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        // Second start: same key, not created again.
+        let again = ensure_default_key(dir.path(), 6).unwrap();
+        assert_eq!(again.id, d.id);
+        assert!(!again.created);
+        let token = fs::read_to_string(token_path).unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        assert!(matches!(store.check_token(&d.id, token.trim()), TokenCheck::Valid(_)));
+    }
+
+    #[test]
+    fn another_process_creating_and_deleting_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = KeyStore::open(dir.path()).unwrap();
+        let cli = KeyStore::open(dir.path()).unwrap();
+        let k = cli.create(KeyOptions::default(), 1).unwrap();
+        assert!(matches!(running.check_token(&k.id, &k.token), TokenCheck::Valid(_)));
+        cli.delete(&k.id).unwrap();
+        assert_eq!(running.check_token(&k.id, &k.token), TokenCheck::Invalid);
+        // A malformed file is skipped, not fatal.
+        fs::write(dir.path().join("keys").join(format!("{}.json", "a".repeat(32))), "{").unwrap();
+        running.reload().unwrap();
+        assert!(running.list().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,166 @@
+//! [`IssuerState`]: what the router's handlers share, built from [`IssuerDeps`] (what the binary
+//! or a test hands in: configuration, data directory, secrets, the shared revocation set, the
+//! relay's status, the metrics registry and the clock).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use turnkey_auth::{RevocationSet, SecretRing, UnixTime};
+
+use crate::config::IssuerConfig;
+use crate::error::Error;
+use crate::ice::Advertised;
+use crate::keys::KeyStore;
+use crate::metrics::IssuerMetrics;
+use crate::ratelimit::RateLimiter;
+use crate::revocations::RevocationStore;
+use crate::upstream::UpstreamClient;
+
+/// Whether the local relays can serve new allocations. The binary implements it over its relay;
+/// with relays in other processes it reflects their shared health.
+pub trait RelayStatus: Send + Sync + 'static {
+    /// Relay up, not draining, not at capacity.
+    fn ready(&self) -> bool;
+
+    /// Whether key `key_id` has used up its monthly bandwidth cap (then the upstream, if any,
+    /// serves it, else the app endpoints answer 429 "Bandwidth limit reached"). Default: never.
+    fn bandwidth_exhausted(&self, key_id: &str) -> bool {
+        let _ = key_id;
+        false
+    }
+}
+
+/// A [`RelayStatus`] that is always the same (tests, or an issuer with no relay: `false`).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedRelayStatus(pub bool);
+
+impl RelayStatus for FixedRelayStatus {
+    fn ready(&self) -> bool {
+        self.0
+    }
+}
+
+/// The clock, as a function: handlers read the time only through it.
+pub type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| UnixTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())))
+}
+
+/// What the issuer is built from.
+pub struct IssuerDeps {
+    /// The `[issuer]` configuration (validated by [`IssuerState::new`]).
+    pub config: IssuerConfig,
+    /// The data directory (`keys/`, `revocations.json`).
+    pub data_dir: PathBuf,
+    /// The TURN REST secrets the relay accepts (newest signs).
+    pub secrets: SecretRing,
+    /// The revocation set shared with the relay.
+    pub revocations: RevocationSet,
+    /// The relay's readiness.
+    pub relay: Arc<dyn RelayStatus>,
+    /// Where the issuer's metrics are registered.
+    pub registry: prometheus::Registry,
+    /// The clock ([`system_clock`] in production).
+    pub clock: Clock,
+    /// The key the app endpoints issue for when `config.app.key` is unset (the binary passes
+    /// the embedded default key's id).
+    pub app_key: Option<String>,
+}
+
+impl std::fmt::Debug for IssuerDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerDeps")
+            .field("data_dir", &self.data_dir)
+            .field("app_key", &self.app_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shared state of the router. Cloning is cheap.
+#[derive(Clone)]
+pub struct IssuerState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for IssuerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerState").finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    pub config: IssuerConfig,
+    pub advertised: Advertised,
+    pub secrets: SecretRing,
+    pub keys: KeyStore,
+    pub revocations: RevocationStore,
+    pub relay: Arc<dyn RelayStatus>,
+    pub upstream: Option<UpstreamClient>,
+    pub metrics: IssuerMetrics,
+    pub limiter: RateLimiter,
+    pub clock: Clock,
+    pub app_key: Option<String>,
+}
+
+impl IssuerState {
+    /// Validates the configuration, opens the key store, loads persisted revocations into the
+    /// shared set, reads the upstream token and registers the metrics.
+    pub fn new(deps: IssuerDeps) -> Result<Self, Error> {
+        deps.config.validate()?;
+        let now = (deps.clock)();
+        let keys = KeyStore::open(&deps.data_dir)?;
+        let revocations = RevocationStore::load(&deps.data_dir, deps.revocations, now, deps.config.max_revocations)?;
+        let metrics = IssuerMetrics::register(&deps.registry)?;
+        let upstream = match &deps.config.upstream {
+            Some(u) => Some(UpstreamClient::new(u.clone(), metrics.clone())?),
+            None => None,
+        };
+        let app_key = deps.config.app.key.clone().or(deps.app_key);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                advertised: Advertised::new(&deps.config.public_host, &deps.config.advertise),
+                limiter: RateLimiter::new(deps.config.app.rate_limit.clone()),
+                config: deps.config,
+                secrets: deps.secrets,
+                keys,
+                revocations,
+                relay: deps.relay,
+                upstream,
+                metrics,
+                clock: deps.clock,
+                app_key,
+            }),
+        })
+    }
+
+    /// The key store (for `turnkey keys ...` against a running state, or tests).
+    pub fn keys(&self) -> &KeyStore {
+        &self.inner.keys
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &IssuerMetrics {
+        &self.inner.metrics
+    }
+
+    /// The current time per the state's clock.
+    pub fn now(&self) -> UnixTime {
+        (self.inner.clock)()
+    }
+
+    /// Periodic housekeeping: rescans the key directory, drops expired revocations (rewriting the
+    /// file) and finished rate-limit windows. [`crate::run_maintenance`] calls it in a loop.
+    pub fn maintain(&self) {
+        let now = self.now();
+        if let Err(e) = self.inner.keys.reload() {
+            tracing::warn!(error = %e, "key reload failed");
+        }
+        if let Err(e) = self.inner.revocations.purge(now) {
+            tracing::warn!(error = %e, "revocation purge failed");
+        }
+        self.inner.limiter.purge(now);
+    }
+}

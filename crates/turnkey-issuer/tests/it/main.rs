@@ -1,0 +1,11 @@
+//! Integration tests: the real router served on 127.0.0.1:0, driven over HTTP, with a local
+//! double of Cloudflare's TURN API as upstream.
+
+// Test code: helpers outside `#[test]` functions panic on purpose when something is off.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod app;
+mod cloudflare_double;
+mod harness;
+mod upstream;
