@@ -1,1 +1,282 @@
+//! Harness for end-to-end tests: starts the real `turnkey` binary on loopback with port 0,
+//! reads the addresses it bound from its ready line, and finds the external tools the tests drive
+//! (coturn's `turnutils_uclient`, Python with `aioice`, ...).
+//!
+//! A test that needs a tool calls [`require`]: when the tool is missing it fails under `CI=true`
+//! (the test command installs every tool) and is skipped with a printed reason elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `turnkey` binary built next to this test (`cargo build` runs before the tests).
+pub fn bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TURNKEY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/turnkey
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let p = profile_dir.join("turnkey");
+    assert!(p.exists(), "{} missing: build it first (`cargo build -p turnkey`)", p.display());
+    p
+}
+
+/// Whether `tool` is runnable; fails under CI=true when it is not, else prints why the test skips.
+pub fn require(tool: &str) -> bool {
+    let found = match tool {
+        "aioice" => Command::new("python3").args(["-c", "import aioice"]).output().is_ok_and(|o| o.status.success()),
+        t => Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()),
+    };
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("required tool `{tool}` is missing (the test command installs it; CI must not skip)");
+        }
+        eprintln!("SKIP: `{tool}` not installed (run the README's test command to install it)");
+    }
+    found
+}
+
+/// A running `turnkey serve`.
+#[derive(Debug)]
+pub struct Turnkey {
+    pub child: Child,
+    pub data_dir: tempfile::TempDir,
+    pub addrs: HashMap<String, String>,
+    pub stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Turnkey {
+    /// Starts `turnkey serve` on loopback with port 0 everywhere, relaying on 127.0.0.1, and the
+    /// extra `args` (tests that relay to a loopback echo peer pass `--allow-peer 127.0.0.1`).
+    pub fn serve(args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        Self::serve_in(data_dir, args)
+    }
+
+    /// Like [`Turnkey::serve`] with a given data directory (restart tests).
+    pub fn serve_in(data_dir: tempfile::TempDir, args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--udp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--relay-ip", "127.0.0.1", "--public-host", "127.0.0.1", "--shards", "2"])
+            .args(args)
+            .env("TURNKEY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn turnkey");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[turnkey] {line}");
+                let _ = etx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut addrs = HashMap::new();
+        while Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("turnkey listening ") => {
+                    for kv in line["turnkey listening ".len()..].split_whitespace() {
+                        if let Some((k, v)) = kv.split_once('=') {
+                            addrs.insert(k.to_owned(), v.to_owned());
+                        }
+                    }
+                    break;
+                }
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        assert!(!addrs.is_empty(), "turnkey did not report its listeners; status {:?}", child.try_wait());
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Self { child, data_dir, addrs, stderr_lines: erx }
+    }
+
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.addrs[key].split(',').next().unwrap().parse().unwrap()
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.addr("udp")
+    }
+
+    /// The generated secret.
+    pub fn secret(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("secret")).unwrap().trim().to_owned()
+    }
+
+    /// `turnkey creds` against this instance's data directory.
+    pub fn creds(&self, user: &str, ttl: u64) -> (String, String) {
+        let out = Command::new(bin())
+            .args(["creds", "--user", user, "--ttl", &ttl.to_string(), "--data-dir"])
+            .arg(self.data_dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["username"].as_str().unwrap().to_owned(), v["credential"].as_str().unwrap().to_owned())
+    }
+
+    /// GET http://<metrics>/metrics.
+    pub fn metrics(&self) -> String {
+        http(self.addr("metrics"), "GET", "/metrics", &[], None).1
+    }
+
+    /// The sum of a metric's samples whose labels contain every `label="value"` given.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+
+    /// The default TURN key's id and token.
+    pub fn default_key(&self) -> (String, String) {
+        let dir = self.data_dir.path().join("keys");
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "token") {
+                let id = p.file_stem().unwrap().to_string_lossy().into_owned();
+                return (id, std::fs::read_to_string(&p).unwrap().trim().to_owned());
+            }
+        }
+        panic!("no default key in {}", dir.display());
+    }
+
+    /// Sends a signal and waits for exit (bounded).
+    pub fn signal_and_wait(&mut self, sig: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        signal(&self.child, sig);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The child's resident memory in KiB (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Turnkey {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends signal `sig` (e.g. "TERM", "KILL") with kill(1).
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    assert!(st.success());
+}
+
+/// The sum of matching samples in Prometheus text.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A minimal HTTP/1.1 client for loopback tests: returns (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let b = body.unwrap_or("");
+    if body.is_some() {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(b);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Runs a command with a timeout; returns its output (the child is killed at the deadline).
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} timed out after {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `tests/py/turn_client.py` with `args`; returns its JSON output.
+pub fn aioice(args: &[&str]) -> serde_json::Value {
+    let script = root().join("tests/py/turn_client.py");
+    let out = run_with_timeout(Command::new("python3").arg(script).args(args), Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "aioice failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("bad JSON {stdout}: {e}"))
+}

@@ -398,3 +398,29 @@ mod tests {
         assert!(parse_port_range("abc").is_err());
     }
 }
+
+#[cfg(test)]
+mod deploy_examples {
+    use super::*;
+
+    /// Every example config shipped in `deploy/` parses and validates.
+    #[test]
+    fn every_deploy_example_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let mut seen = 0;
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "toml") {
+                    let f = load_file(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                    validate(&f).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 2, "expected example configs in deploy/");
+    }
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: installs the real peers it needs, checks formatting and lints, builds the
+# binary the end-to-end tests start, and runs every test (unit, property, fuzz-style, end-to-end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-tools.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}"
+else
+  cargo test --workspace --locked --no-fail-fast
+fi

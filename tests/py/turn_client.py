@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Drives a TURN server with aioice's TURN client (an implementation nobody in this project wrote).
+
+Prints one JSON object on stdout. Modes:
+  relay    allocate, send --count messages through the relay to a UDP echo peer on loopback
+           (aioice binds a channel), and count the echoes that come back through the relay
+  authfail expect the allocation to be refused; report the STUN error code
+  revoke   like relay, then POST the revoke URL, wait, and check that the live allocation
+           stopped relaying and that a new allocation is refused
+"""
+import argparse
+import asyncio
+import json
+import ssl
+import sys
+import time
+import urllib.request
+
+import aioice.stun
+import aioice.turn
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.received = 0
+        self.peers = set()
+
+    def datagram_received(self, data, addr):
+        self.received += 1
+        self.peers.add(addr)
+        self.transport.sendto(data, addr)
+
+
+class Collector(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.queue = asyncio.Queue()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.queue.put_nowait((data, addr))
+
+    def error_received(self, exc):
+        print(f"error_received: {exc!r}", file=sys.stderr)
+
+
+async def allocate(args):
+    ssl_ctx = None
+    if args.transport == "tls":
+        ssl_ctx = ssl.create_default_context(cafile=args.ca) if args.ca else ssl.create_default_context()
+        if not args.ca:
+            ssl_ctx.check_hostname = False
+            ssl_ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ssl_ctx.check_hostname = False
+    host, port = args.server.rsplit(":", 1)
+    return await aioice.turn.create_turn_endpoint(
+        Collector,
+        server_addr=(host, int(port)),
+        username=args.user,
+        password=args.password,
+        ssl=ssl_ctx,
+        transport="tcp" if args.transport in ("tcp", "tls") else "udp",
+    )
+
+
+async def exchange(transport, protocol, echo_addr, count, size, timeout=5.0):
+    received = 0
+    payload_bytes = 0
+    deadline = time.monotonic() + timeout
+    for i in range(count):
+        msg = (f"{i:08d}".encode() * (size // 8 + 1))[:size]
+        transport.sendto(msg, echo_addr)
+        try:
+            data, addr = await asyncio.wait_for(protocol.queue.get(), max(0.05, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            continue
+        if data == msg and addr[1] == echo_addr[1]:
+            received += 1
+            payload_bytes += len(data)
+    return received, payload_bytes
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["relay", "authfail", "revoke"])
+    p.add_argument("--server", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--transport", default="udp", choices=["udp", "tcp", "tls"])
+    p.add_argument("--ca")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--revoke-url")
+    p.add_argument("--token")
+    args = p.parse_args()
+
+    loop = asyncio.get_running_loop()
+    if args.mode == "authfail":
+        try:
+            transport, _ = await allocate(args)
+        except aioice.stun.TransactionFailed as e:
+            code = e.response.attributes.get("ERROR-CODE", (0, ""))[0]
+            print(json.dumps({"allocated": False, "error": code}))
+            return
+        transport.close()
+        print(json.dumps({"allocated": True}))
+        return
+
+    echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    echo_addr = echo_transport.get_extra_info("sockname")
+    transport, protocol = await allocate(args)
+    relayed = transport.get_extra_info("sockname")
+    received, payload_bytes = await exchange(transport, protocol, echo_addr, args.count, args.size)
+    result = {
+        "relayed": f"{relayed[0]}:{relayed[1]}",
+        "sent": args.count,
+        "received": received,
+        "echo_seen": echo.received,
+        "echo_peers": sorted(f"{a}:{b}" for a, b in echo.peers),
+        "payload_bytes": payload_bytes,
+    }
+    if args.mode == "revoke":
+        req = urllib.request.Request(args.revoke_url, method="POST", headers={"Authorization": f"Bearer {args.token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            result["revoke_status"] = r.status
+        await asyncio.sleep(1.5)
+        before = echo.received
+        after, _ = await exchange(transport, protocol, echo_addr, 5, args.size, timeout=1.0)
+        result["after_revoke_received"] = after
+        result["after_revoke_echo_seen"] = echo.received - before
+        try:
+            t2, _ = await allocate(args)
+            t2.close()
+            result["reallocate"] = "allocated"
+        except aioice.stun.TransactionFailed as e:
+            result["reallocate"] = e.response.attributes.get("ERROR-CODE", (0, ""))[0]
+    else:
+        transport.close()
+        await asyncio.sleep(0.2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
