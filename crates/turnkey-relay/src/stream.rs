@@ -224,7 +224,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
-    let mut writer = tokio::task::spawn_local(write_loop(wr, rx));
+    let mut writer = tokio::task::spawn_local(write_loop(wr, rx, tuple.transport == Transport::Tls));
     let mut decoder = StreamDecoder::with_max_read(ctx.limits.max_frame, READ_BUF);
     let mut buf = vec![0u8; READ_BUF];
     let reason = loop {
@@ -281,12 +281,25 @@ fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDe
     Ok(stun)
 }
 
-/// Writes queued frames, batching what is already queued into one write, until the queue closes.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Writes queued frames until the queue closes. Over TCP, frames already queued are gathered
+/// into one write. Over TLS each frame is written on its own, so each travels in its own TLS
+/// record: clients that wait for socket readiness before reading the next message (coturn's
+/// uclient, for one) would otherwise leave messages decrypted but unread inside their TLS
+/// library when several share one record.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>, one_record_per_frame: bool) {
     let mut batch: Vec<u8> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let chunk: &[u8] = if rx.is_empty() {
-            &first
+        let ok = if one_record_per_frame {
+            let mut ok = wr.write_all(&first).await.is_ok();
+            while ok {
+                match rx.try_recv() {
+                    Ok(f) => ok = wr.write_all(&f).await.is_ok(),
+                    Err(_) => break,
+                }
+            }
+            ok
+        } else if rx.is_empty() {
+            wr.write_all(&first).await.is_ok()
         } else {
             batch.clear();
             batch.extend_from_slice(&first);
@@ -296,9 +309,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec
                     Err(_) => break,
                 }
             }
-            &batch
+            wr.write_all(&batch).await.is_ok()
         };
-        if wr.write_all(chunk).await.is_err() || wr.flush().await.is_err() {
+        if !ok || wr.flush().await.is_err() {
             return;
         }
     }
