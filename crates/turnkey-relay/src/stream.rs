@@ -317,3 +317,128 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec
     }
     let _ = wr.shutdown().await;
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use turnkey_auth::{Secret, SecretRing};
+
+    use super::*;
+    use crate::engine::{Engine, EngineConfig, Shared};
+    use crate::policy::PeerPolicy;
+    use crate::udp::{ClientSockets, Ports, RelayAddrs, Reservations};
+
+    fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
+        let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
+        let cfg = EngineConfig::new("r", ring, PeerPolicy::new(vec![], vec![], vec![]));
+        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), metrics.clone(), Instant::now());
+        let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
+        let ports = Ports::new(addrs, Reservations::default());
+        Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }))
+    }
+
+    /// The real driver on a paused clock: a connection that never allocates is closed when the
+    /// default 60 s allocate timeout passes, and not before, without the test waiting 60 s.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn never_allocating_connection_closes_at_the_timeout_on_a_paused_clock() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let limits = StreamLimits::default();
+                assert_eq!(limits.allocate_timeout, Duration::from_secs(60));
+                let ctx = Rc::new(StreamCtx {
+                    limits,
+                    limiter: ConnLimiter::new(64, 100),
+                    tls: None,
+                    metrics: metrics.clone(),
+                });
+                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+                let addr = std_listener.local_addr().unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                let state = shard(&metrics);
+                tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), listener, Transport::Tcp));
+
+                let start = tokio::time::Instant::now();
+                let real = Instant::now();
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                // A Binding request is answered, but is no allocation.
+                let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+                req.extend_from_slice(&[9; 12]);
+                c.write_all(&req).await.unwrap();
+                let mut hdr = [0u8; 20];
+                c.read_exact(&mut hdr).await.unwrap();
+                assert_eq!(hdr[0..2], [0x01, 0x01]);
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes([hdr[2], hdr[3]]))];
+                c.read_exact(&mut body).await.unwrap();
+                assert_eq!(metrics.connections.with_label_values(&["tcp"]).get(), 1);
+
+                let mut rest = [0u8; 64];
+                // Bounded: on the paused clock a missing close fails at 120 s instead of hanging.
+                let n = tokio::time::timeout(Duration::from_secs(120), c.read(&mut rest))
+                    .await
+                    .expect("the connection must be closed before 120 s")
+                    .unwrap_or(0);
+                assert_eq!(n, 0, "the server closes the connection");
+                let waited = start.elapsed();
+                assert!(waited >= Duration::from_secs(60), "closed after {waited:?}");
+                assert!(waited < Duration::from_secs(61), "closed after {waited:?}");
+                assert!(real.elapsed() < Duration::from_secs(10), "the clock was not paused");
+                let closed = metrics.connections_closed.with_label_values(&["tcp", "never_allocated"]).get();
+                assert_eq!(closed, 1);
+                assert_eq!(metrics.connections.with_label_values(&["tcp"]).get(), 0);
+                assert_eq!(ctx.limiter.total(), 0, "the connection slot is released");
+            })
+            .await;
+    }
+
+    /// A frame larger than the read buffer, split over many writes, and several frames in one
+    /// write all reach the engine (each Binding is answered once, in order).
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_split_and_coalesced_across_reads() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let ctx = Rc::new(StreamCtx {
+                    limits: StreamLimits::default(),
+                    limiter: ConnLimiter::new(64, 100),
+                    tls: None,
+                    metrics: metrics.clone(),
+                });
+                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+                let addr = std_listener.local_addr().unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                tokio::task::spawn_local(accept_loop(shard(&metrics), ctx, listener, Transport::Tcp));
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.set_nodelay(true).unwrap();
+                let binding = |tx: u8| {
+                    let mut m = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+                    m.extend_from_slice(&[tx; 12]);
+                    m
+                };
+                // Three requests in one write, then one split byte by byte.
+                let mut burst = Vec::new();
+                for tx in 1..=3 {
+                    burst.extend(binding(tx));
+                }
+                c.write_all(&burst).await.unwrap();
+                for b in binding(4) {
+                    c.write_all(&[b]).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                for tx in 1..=4u8 {
+                    let mut hdr = [0u8; 20];
+                    c.read_exact(&mut hdr).await.unwrap();
+                    assert_eq!(hdr[0..2], [0x01, 0x01]);
+                    assert_eq!(hdr[8..20], [tx; 12]);
+                    let mut body = vec![0u8; usize::from(u16::from_be_bytes([hdr[2], hdr[3]]))];
+                    c.read_exact(&mut body).await.unwrap();
+                }
+            })
+            .await;
+    }
+}
