@@ -441,4 +441,41 @@ mod tests {
             })
             .await;
     }
+
+    /// A client that does not read loses its own packets once its queue is full; sending never
+    /// waits, and other connections are unaffected.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_outbound_queue_drops_instead_of_waiting() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let limits = StreamLimits { outbound_queue: 4, ..StreamLimits::default() };
+                let ctx = Rc::new(StreamCtx {
+                    limits,
+                    limiter: ConnLimiter::new(64, 100),
+                    tls: None,
+                    metrics: metrics.clone(),
+                });
+                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+                let addr = std_listener.local_addr().unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                let state = shard(&metrics);
+                tokio::task::spawn_local(accept_loop(state.clone(), ctx, listener, Transport::Tcp));
+                let _slow = TcpStream::connect(addr).await.unwrap();
+                let _other = TcpStream::connect(addr).await.unwrap();
+                while state.borrow().clients.stream_tuples().count() < 2 {
+                    tokio::task::yield_now().await;
+                }
+                let tuples: Vec<FiveTuple> = state.borrow().clients.stream_tuples().collect();
+                let st = state.borrow();
+                let frame = [0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4];
+                // Without yielding, the writer cannot drain: the queue takes 4, then drops.
+                let results: Vec<_> = (0..10).map(|_| st.clients.send(tuples[0], &frame)).collect();
+                assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
+                assert!(results[4..].iter().all(|r| *r == Err(crate::metrics::DropReason::QueueFull)), "{results:?}");
+                assert!(st.clients.send(tuples[1], &frame).is_ok(), "the other connection has its own queue");
+            })
+            .await;
+    }
 }
