@@ -397,3 +397,22 @@ print(json.dumps(out))
     assert_eq!(v["other_alpn"][1], serde_json::Value::Null, "{v}");
     assert_eq!(v["no_alpn"][1], serde_json::Value::Null, "{v}");
 }
+
+#[test]
+fn the_issuer_advertises_the_tcp_and_tls_listeners() {
+    let tk = Turnkey::serve(&[]);
+    let (id, token) = tk.default_key();
+    let auth = format!("Bearer {token}");
+    let (status, body) = turnkey_e2e::http(
+        tk.addr("http"),
+        "POST",
+        &format!("/v1/turn/keys/{id}/credentials/generate-ice-servers"),
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        Some("{\"ttl\": 600}"),
+    );
+    assert_eq!(status, 201, "{body}");
+    let tcp = format!("turn:127.0.0.1:{}?transport=tcp", tk.tcp().port());
+    let tls = format!("turns:127.0.0.1:{}?transport=tcp", tk.tls().port());
+    assert!(body.contains(&tcp), "{tcp} missing in {body}");
+    assert!(body.contains(&tls), "{tls} missing in {body}");
+}
