@@ -7,10 +7,13 @@ Prints one JSON object on stdout. Modes:
   authfail expect the allocation to be refused; report the STUN error code
   revoke   like relay, then POST the revoke URL, wait, and check that the live allocation
            stopped relaying and that a new allocation is refused
+  abandon  allocate, print the relayed address, wait --hold seconds, then exit without
+           deallocating or closing anything (the OS closes the connection)
 """
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import sys
 import time
@@ -85,7 +88,7 @@ async def exchange(transport, protocol, echo_addr, count, size, timeout=5.0):
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["relay", "authfail", "revoke"])
+    p.add_argument("mode", choices=["relay", "authfail", "revoke", "abandon"])
     p.add_argument("--server", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
@@ -95,9 +98,16 @@ async def main():
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--revoke-url")
     p.add_argument("--token")
+    p.add_argument("--hold", type=float, default=2.0)
     args = p.parse_args()
 
     loop = asyncio.get_running_loop()
+    if args.mode == "abandon":
+        transport, _ = await allocate(args)
+        relayed = transport.get_extra_info("sockname")
+        print(json.dumps({"relayed": f"{relayed[0]}:{relayed[1]}"}), flush=True)
+        await asyncio.sleep(args.hold)
+        os._exit(0)
     if args.mode == "authfail":
         try:
             transport, _ = await allocate(args)

@@ -72,6 +72,7 @@ impl Turnkey {
             .arg("--data-dir")
             .arg(data_dir.path())
             .args(["--udp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
             .args(["--relay-ip", "127.0.0.1", "--public-host", "127.0.0.1", "--shards", "2"])
             .args(args)
             .env("TURNKEY_LOG", "info")
@@ -122,6 +123,21 @@ impl Turnkey {
 
     pub fn udp(&self) -> SocketAddr {
         self.addr("udp")
+    }
+
+    /// The TURN-over-TCP listener.
+    pub fn tcp(&self) -> SocketAddr {
+        self.addr("tcp")
+    }
+
+    /// The TURN-over-TLS listener.
+    pub fn tls(&self) -> SocketAddr {
+        self.addr("tls")
+    }
+
+    /// The self-signed certificate `turnkey serve` generated in its data directory.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.data_dir.path().join("tls/cert.pem")
     }
 
     /// The generated secret.
@@ -270,6 +286,24 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The PEM certificate a TLS server at `addr` presents (fetched with Python's ssl module, no
+/// verification), normalised to its base64 body.
+pub fn served_cert(addr: SocketAddr) -> String {
+    let code = format!("import ssl; print(ssl.get_server_certificate(('{}', {})))", addr.ip(), addr.port());
+    let out = run_with_timeout(Command::new("python3").args(["-c", &code]), Duration::from_secs(20));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pem_body(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The base64 body of a PEM text (first block), whitespace removed.
+pub fn pem_body(pem: &str) -> String {
+    pem.lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect()
 }
 
 /// Runs `tests/py/turn_client.py` with `args`; returns its JSON output.

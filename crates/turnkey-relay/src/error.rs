@@ -14,6 +14,9 @@ pub enum RelayError {
     /// Other socket I/O failures.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A TLS certificate or key that cannot be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A bad relay configuration value.
     #[error("invalid relay configuration: {0}")]
     Config(String),

@@ -2,11 +2,13 @@
 //!
 //! Owns the sans-IO TURN engine ([`engine`]: allocations, permissions, channels, lifetimes, quotas,
 //! peer policy), its drivers ([`udp`]: client-facing sockets sharded across cores with
-//! SO_REUSEPORT, relay sockets), the relay's metrics ([`metrics`]) and the [`run`] entry point.
+//! SO_REUSEPORT, relay sockets; [`stream`]: TURN over TCP and TLS, with [`conn`] deciding
+//! connection limits and timeouts and [`tls`] the reloadable certificate), the relay's metrics ([`metrics`]) and the [`run`] entry point.
 //!
 //! It must not import axum or the issuer: credentials reach it through `turnkey-auth`
 //! (secret ring, nonces, revocation set) and nothing else.
 
+pub mod conn;
 pub mod engine;
 mod error;
 pub mod framing;
@@ -17,6 +19,8 @@ pub mod types;
 pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 mod server;
+pub mod stream;
+pub mod tls;
 pub mod udp;
 
 pub use server::{run, BoundSockets, RelayConfig};

@@ -7,12 +7,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
+use crate::conn::{ConnLimiter, StreamLimits};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::metrics::RelayMetrics;
-use crate::types::Now;
+use crate::stream::{accept_loop, StreamCtx};
+use crate::tls::TlsConfigs;
+use crate::types::{Now, Transport};
 use crate::udp::{client_loop, ClientSockets, Ports, RelayAddrs, Reservations, ShardState};
 use crate::RelayError;
 
@@ -25,33 +28,68 @@ pub struct RelayConfig {
     pub relay: RelayAddrs,
     /// How long live allocations keep being served after shutdown is requested.
     pub drain_grace: Duration,
+    /// Limits and timeouts of TCP/TLS connections.
+    pub stream: StreamLimits,
+    /// TLS server configuration (required when there are TLS listeners).
+    pub tls: Option<TlsConfigs>,
 }
 
-/// Sockets bound for the relay: for each shard, one socket per UDP listening address.
+/// Sockets bound for the relay: for each shard, one socket per UDP listening address and one
+/// listener per TCP and per TLS listening address.
 #[derive(Debug, Default)]
 pub struct BoundSockets {
     /// `udp[shard]` holds that shard's client-facing UDP sockets.
     pub udp: Vec<Vec<std::net::UdpSocket>>,
+    /// `tcp[shard]` holds that shard's plain TCP listeners.
+    pub tcp: Vec<Vec<std::net::TcpListener>>,
+    /// `tls[shard]` holds that shard's TLS listeners.
+    pub tls: Vec<Vec<std::net::TcpListener>>,
+}
+
+fn per_shard<T>(
+    addrs: &[SocketAddr],
+    shards: usize,
+    bind: impl Fn(SocketAddr, usize) -> std::io::Result<Vec<T>>,
+) -> Result<Vec<Vec<T>>, RelayError> {
+    let mut out: Vec<Vec<T>> = (0..shards).map(|_| Vec::new()).collect();
+    for addr in addrs {
+        let socks = bind(*addr, shards).map_err(|source| RelayError::Bind { addr: *addr, source })?;
+        for (i, s) in socks.into_iter().enumerate() {
+            out[i].push(s);
+        }
+    }
+    Ok(out)
 }
 
 impl BoundSockets {
-    /// Binds every address in `udp` once per shard with SO_REUSEPORT.
-    pub fn bind(udp: &[SocketAddr], shards: usize) -> Result<Self, RelayError> {
+    /// Binds every address once per shard with SO_REUSEPORT.
+    pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr], tls: &[SocketAddr], shards: usize) -> Result<Self, RelayError> {
         let shards = shards.max(1);
-        let mut out = BoundSockets { udp: (0..shards).map(|_| Vec::new()).collect() };
-        for addr in udp {
-            let socks = crate::udp::bind_udp_shards(*addr, shards)
-                .map_err(|source| RelayError::Bind { addr: *addr, source })?;
-            for (i, s) in socks.into_iter().enumerate() {
-                out.udp[i].push(s);
-            }
-        }
-        Ok(out)
+        Ok(BoundSockets {
+            udp: per_shard(udp, shards, crate::udp::bind_udp_shards)?,
+            tcp: per_shard(tcp, shards, crate::stream::bind_tcp_shards)?,
+            tls: per_shard(tls, shards, crate::stream::bind_tcp_shards)?,
+        })
     }
 
     /// The local addresses of the first shard's UDP sockets (the actual ports when 0 was asked).
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.udp.first().map(|v| v.iter().filter_map(|s| s.local_addr().ok()).collect()).unwrap_or_default()
+    }
+
+    /// The local addresses of the TCP listeners.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp.first().map(|v| v.iter().filter_map(|s| s.local_addr().ok()).collect()).unwrap_or_default()
+    }
+
+    /// The local addresses of the TLS listeners.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls.first().map(|v| v.iter().filter_map(|s| s.local_addr().ok()).collect()).unwrap_or_default()
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.udp.len()
     }
 }
 
@@ -64,22 +102,38 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    if cfg.tls.is_none() && sockets.tls.iter().any(|v| !v.is_empty()) {
+        return Err(RelayError::Config("TLS listeners need a certificate".to_owned()));
+    }
+    let limiter = ConnLimiter::new(cfg.stream.max_connections_per_ip, cfg.stream.max_connections);
     let cfg = Arc::new(cfg);
     let engine_cfg = Arc::new(cfg.engine.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     metrics.shards.set(sockets.udp.len() as i64);
     let mut threads = Vec::new();
     let reservations = Reservations::default();
+    let mut tcp = sockets.tcp.into_iter();
+    let mut tls = sockets.tls.into_iter();
     for (i, udp) in sockets.udp.into_iter().enumerate() {
         let (engine_cfg, shared, metrics, cfg, stop) =
             (engine_cfg.clone(), shared.clone(), metrics.clone(), cfg.clone(), stop_rx.clone());
         let reservations = reservations.clone();
+        let listeners = Listeners { udp, tcp: tcp.next().unwrap_or_default(), tls: tls.next().unwrap_or_default() };
+        let limiter = limiter.clone();
         let t = std::thread::Builder::new().name(format!("turnkey-shard-{i}")).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let local = tokio::task::LocalSet::new();
             local.block_on(
                 &rt,
-                shard_main(engine_cfg, shared, metrics, Ports::new(cfg.relay.clone(), reservations), udp, stop),
+                shard_main(
+                    engine_cfg,
+                    shared,
+                    metrics,
+                    Ports::new(cfg.relay.clone(), reservations),
+                    listeners,
+                    StreamSettings { limits: cfg.stream.clone(), limiter, tls: cfg.tls.clone() },
+                    stop,
+                ),
             )
         })?;
         threads.push(t);
@@ -107,24 +161,50 @@ pub async fn run(
     Ok(())
 }
 
+/// One shard's client-facing sockets.
+struct Listeners {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+}
+
+/// What a shard's connections share.
+struct StreamSettings {
+    limits: StreamLimits,
+    limiter: ConnLimiter,
+    tls: Option<TlsConfigs>,
+}
+
 async fn shard_main(
     cfg: Arc<EngineConfig>,
     shared: Arc<Shared>,
     metrics: RelayMetrics,
     ports: Ports,
-    udp: Vec<std::net::UdpSocket>,
+    listeners: Listeners,
+    streams: StreamSettings,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let now = Now::system();
+    let ctx = Rc::new(StreamCtx {
+        limits: streams.limits,
+        limiter: streams.limiter,
+        tls: streams.tls,
+        metrics: metrics.clone(),
+    });
     let engine = Engine::new(cfg, shared, metrics, now.mono);
     let state = Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }));
     state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
     let mut tasks = Vec::new();
-    for s in udp {
+    for s in listeners.udp {
         let local = s.local_addr()?;
         let s = Rc::new(UdpSocket::from_std(s)?);
         state.borrow_mut().clients.add_udp(local, s.clone());
         tasks.push(tokio::task::spawn_local(client_loop(state.clone(), s, local)));
+    }
+    let streams = listeners.tcp.into_iter().map(|l| (l, Transport::Tcp));
+    for (l, transport) in streams.chain(listeners.tls.into_iter().map(|l| (l, Transport::Tls))) {
+        let l = TcpListener::from_std(l)?;
+        tasks.push(tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), l, transport)));
     }
     loop {
         let deadline = state.borrow().engine.poll_timeout();
@@ -139,6 +219,7 @@ async fn shard_main(
     for t in tasks {
         t.abort();
     }
+    crate::stream::close_all(&state, &ctx);
     let st = &mut *state.borrow_mut();
     st.engine.close_all(&mut st.ports);
     Ok(())

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, PortRequest, RelayBinding, RelayPorts, Transmit, PEER_HEADROOM, PEER_TAILROOM};
 use crate::metrics::DropReason;
+use crate::stream::StreamConn;
 use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 
 /// Receive buffer size: larger than any UDP datagram, so nothing is ever truncated.
@@ -85,10 +86,11 @@ pub(crate) struct ShardState {
     pub clients: ClientSockets,
 }
 
-/// The shard's client-facing UDP sockets, by local address.
+/// The shard's client-facing UDP sockets, by local address, and its TCP/TLS connections.
 #[derive(Default)]
 pub(crate) struct ClientSockets {
     udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    streams: HashMap<FiveTuple, StreamConn>,
 }
 
 impl ClientSockets {
@@ -96,7 +98,24 @@ impl ClientSockets {
         self.udp.push((local, s));
     }
 
-    /// Sends to a client; a full socket buffer drops the datagram.
+    pub fn add_stream(&mut self, tuple: FiveTuple, conn: StreamConn) {
+        self.streams.insert(tuple, conn);
+    }
+
+    pub fn remove_stream(&mut self, tuple: &FiveTuple) -> Option<StreamConn> {
+        self.streams.remove(tuple)
+    }
+
+    pub fn stream_tuples(&self) -> impl Iterator<Item = FiveTuple> + '_ {
+        self.streams.keys().copied()
+    }
+
+    pub fn stream_task(&self, tuple: &FiveTuple) -> Option<tokio::task::AbortHandle> {
+        self.streams.get(tuple).map(StreamConn::task)
+    }
+
+    /// Sends to a client: a UDP datagram (a full socket buffer drops it), or a frame queued on
+    /// the client's connection (a full queue drops it).
     pub fn send(&self, to: FiveTuple, data: &[u8]) -> Result<(), DropReason> {
         match to.transport {
             Transport::Udp => {
@@ -105,7 +124,11 @@ impl ClientSockets {
                 };
                 s.try_send_to(data, to.client.0).map(|_| ()).map_err(|_| DropReason::QueueFull)
             }
-            Transport::Tcp | Transport::Tls => Err(DropReason::NoAllocation),
+            Transport::Tcp | Transport::Tls => match self.streams.get(&to) {
+                Some(c) if c.try_send(data) => Ok(()),
+                Some(_) => Err(DropReason::QueueFull),
+                None => Err(DropReason::NoAllocation),
+            },
         }
     }
 }

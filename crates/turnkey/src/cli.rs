@@ -110,6 +110,33 @@ pub struct ServeArgs {
     /// UDP listening address (repeatable; default 0.0.0.0:3478 and [::]:3478).
     #[arg(long, env = "TURNKEY_UDP", value_delimiter = ',')]
     pub udp: Vec<String>,
+    /// TCP listening address (repeatable; default 0.0.0.0:3478 and [::]:3478; `off` disables).
+    #[arg(long, env = "TURNKEY_TCP", value_delimiter = ',')]
+    pub tcp: Vec<String>,
+    /// TLS listening address (repeatable; default 0.0.0.0:5349 and [::]:5349; `off` disables).
+    #[arg(long, env = "TURNKEY_TLS", value_delimiter = ',')]
+    pub tls: Vec<String>,
+    /// TLS certificate chain (PEM); reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "TURNKEY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "TURNKEY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// TCP/TLS connections one client IP (IPv6: one /64) may hold (default 64).
+    #[arg(long, env = "TURNKEY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+    /// TCP/TLS connections in total (default 20000).
+    #[arg(long, env = "TURNKEY_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// Seconds allowed for a TLS handshake (default 10).
+    #[arg(long, env = "TURNKEY_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Option<u64>,
+    /// Seconds a TCP/TLS connection may go without an allocation before it is closed (default 60).
+    #[arg(long, env = "TURNKEY_ALLOCATE_TIMEOUT")]
+    pub allocate_timeout: Option<u64>,
+    /// Seconds a TCP/TLS connection may stay silent before it is closed (default 600).
+    #[arg(long, env = "TURNKEY_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
     /// Address relay sockets bind to (one IPv4 and/or one IPv6; default: the primary IPv4).
     #[arg(long, env = "TURNKEY_RELAY_IP", value_delimiter = ',')]
     pub relay_ip: Vec<String>,
@@ -215,6 +242,15 @@ impl ServeArgs {
         let mut f = self.common.load()?;
         let r = &mut f.relay;
         set_list(&mut r.udp, &self.udp);
+        set_list(&mut r.tcp, &self.tcp);
+        set_list(&mut r.tls, &self.tls);
+        set(&mut r.tls_cert, &self.tls_cert);
+        set(&mut r.tls_key, &self.tls_key);
+        set(&mut r.max_connections_per_ip, &self.max_connections_per_ip);
+        set(&mut r.max_connections, &self.max_connections);
+        set(&mut r.tls_handshake_timeout, &self.tls_handshake_timeout);
+        set(&mut r.allocate_timeout, &self.allocate_timeout);
+        set(&mut r.idle_timeout, &self.idle_timeout);
         set_list(&mut r.relay_ip, &self.relay_ip);
         set(&mut r.relay_ports, &self.relay_ports);
         set_list(&mut r.external_ip, &self.external_ip);

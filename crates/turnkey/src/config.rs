@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
+use turnkey_relay::conn::StreamLimits;
 use turnkey_relay::policy::PeerRule;
 
 /// The configuration file's shape. Every field is optional: the embedded default needs none.
@@ -47,6 +48,28 @@ pub struct FileConfig {
 pub struct RelayFile {
     /// UDP listening addresses.
     pub udp: Option<Vec<String>>,
+    /// TCP listening addresses (`["off"]` or `[]`: none).
+    pub tcp: Option<Vec<String>>,
+    /// TLS listening addresses (`["off"]` or `[]`: none).
+    pub tls: Option<Vec<String>>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// TCP/TLS connections per client IP (IPv6: per /64).
+    pub max_connections_per_ip: Option<u32>,
+    /// TCP/TLS connections in total.
+    pub max_connections: Option<u32>,
+    /// Seconds allowed for a TLS handshake.
+    pub tls_handshake_timeout: Option<u64>,
+    /// Seconds a connection may go without an allocation.
+    pub allocate_timeout: Option<u64>,
+    /// Seconds a connection may stay silent.
+    pub idle_timeout: Option<u64>,
+    /// Largest STUN/ChannelData length field accepted on streams.
+    pub max_frame: Option<usize>,
+    /// Frames queued towards one stream client before further ones are dropped.
+    pub outbound_queue: Option<usize>,
     /// Addresses relay sockets bind to (at most one IPv4 and one IPv6).
     pub relay_ip: Option<Vec<String>>,
     /// `LO-HI`.
@@ -137,6 +160,17 @@ struct Lenient {
 #[allow(dead_code)]
 struct LenientRelay {
     udp: Option<Vec<String>>,
+    tcp: Option<Vec<String>>,
+    tls: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections_per_ip: Option<u32>,
+    max_connections: Option<u32>,
+    tls_handshake_timeout: Option<u64>,
+    allocate_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_frame: Option<usize>,
+    outbound_queue: Option<usize>,
     relay_ip: Option<Vec<String>>,
     relay_ports: Option<String>,
     external_ip: Option<Vec<String>>,
@@ -172,6 +206,13 @@ pub struct Settings {
     pub shards: usize,
     pub udp: Vec<SocketAddr>,
     pub udp_is_default: bool,
+    pub tcp: Vec<SocketAddr>,
+    pub tcp_is_default: bool,
+    pub tls: Vec<SocketAddr>,
+    pub tls_is_default: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub stream: StreamLimits,
     pub relay_v4: Option<IpAddr>,
     pub relay_v6: Option<IpAddr>,
     pub relay_ports: RangeInclusive<u16>,
@@ -199,6 +240,10 @@ pub struct Settings {
 
 /// Default UDP listeners.
 pub const DEFAULT_UDP: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
+/// Default TCP listeners.
+pub const DEFAULT_TCP: [&str; 2] = ["0.0.0.0:3478", "[::]:3478"];
+/// Default TLS listeners.
+pub const DEFAULT_TLS: [&str; 2] = ["0.0.0.0:5349", "[::]:5349"];
 /// Default issuer listener.
 pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 /// Default metrics listener.
@@ -222,6 +267,18 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
     let udp_is_default = r.udp.is_none();
     let udp_list: Vec<String> = r.udp.clone().unwrap_or_else(|| DEFAULT_UDP.iter().map(|s| s.to_string()).collect());
     let udp = addrs("relay.udp", &udp_list);
+    // `off` (alone) or an empty list disables a stream listener kind.
+    let stream_list = |v: &Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+        match v {
+            None => default.iter().map(|s| s.to_string()).collect(),
+            Some(l) if l.len() == 1 && l[0] == "off" => Vec::new(),
+            Some(l) => l.clone(),
+        }
+    };
+    let tcp_is_default = r.tcp.is_none();
+    let tcp = addrs("relay.tcp", &stream_list(&r.tcp, &DEFAULT_TCP));
+    let tls_is_default = r.tls.is_none();
+    let tls = addrs("relay.tls", &stream_list(&r.tls, &DEFAULT_TLS));
     let mut ips = |key: &str, list: &[String]| -> (Option<IpAddr>, Option<IpAddr>) {
         let (mut v4, mut v6) = (None, None);
         for s in list {
@@ -295,6 +352,39 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
     if max_lifetime == 0 {
         errors.push("relay.max_lifetime: must be at least 1 second".to_owned());
     }
+    if r.tls_cert.is_some() != r.tls_key.is_some() {
+        errors.push("relay.tls_cert and relay.tls_key: give both or neither".to_owned());
+    }
+    let d = StreamLimits::default();
+    let mut positive = |key: &str, v: Option<u64>, default: u64| -> u64 {
+        match v {
+            Some(0) => {
+                errors.push(format!("relay.{key}: must be at least 1"));
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    };
+    let stream = StreamLimits {
+        max_connections_per_ip: positive("max_connections_per_ip", r.max_connections_per_ip.map(u64::from), 64)
+            .try_into()
+            .unwrap_or(u32::MAX),
+        max_connections: positive("max_connections", r.max_connections.map(u64::from), 20_000)
+            .try_into()
+            .unwrap_or(u32::MAX),
+        tls_handshake_timeout: Duration::from_secs(positive("tls_handshake_timeout", r.tls_handshake_timeout, 10)),
+        allocate_timeout: Duration::from_secs(positive("allocate_timeout", r.allocate_timeout, 60)),
+        idle_timeout: Duration::from_secs(positive("idle_timeout", r.idle_timeout, 600)),
+        max_frame: r.max_frame.unwrap_or(d.max_frame),
+        outbound_queue: r.outbound_queue.unwrap_or(d.outbound_queue),
+    };
+    if !(512..=65_535).contains(&stream.max_frame) {
+        errors.push("relay.max_frame: must be 512 to 65535".to_owned());
+    }
+    if !(1..=65_536).contains(&stream.outbound_queue) {
+        errors.push("relay.outbound_queue: must be 1 to 65536".to_owned());
+    }
     if f.shards == Some(0) {
         errors.push("shards: must be at least 1 (omit it for one per core)".to_owned());
     }
@@ -315,6 +405,13 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
         shards: f.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         udp,
         udp_is_default,
+        tcp,
+        tcp_is_default,
+        tls,
+        tls_is_default,
+        tls_cert: r.tls_cert.clone(),
+        tls_key: r.tls_key.clone(),
+        stream,
         relay_v4,
         relay_v6,
         relay_ports,
@@ -359,6 +456,10 @@ mod tests {
     fn empty_config_is_the_embedded_default() {
         let s = validate(&parse_file("").unwrap()).unwrap();
         assert_eq!(s.udp.len(), 2);
+        assert_eq!(s.tcp.len(), 2);
+        assert_eq!(s.tls.len(), 2);
+        assert_eq!(s.tls[0].port(), 5349);
+        assert_eq!(s.stream.allocate_timeout, Duration::from_secs(60));
         assert_eq!(s.relay_ports, 49152..=65535);
         assert_eq!(s.max_lifetime, Duration::from_secs(3600));
         assert!(s.allow_peer.is_empty());
@@ -383,6 +484,29 @@ mod tests {
         for part in ["log_format", "relay.udp", "relay.relay_ports", "relay.allow_peer", "relay.relay_ip"] {
             assert!(msg.contains(part), "{part} missing in {msg}");
         }
+    }
+
+    #[test]
+    fn stream_listeners_and_limits() {
+        let s = validate(
+            &parse_file("[relay]\ntcp = [\"off\"]\ntls = [\"127.0.0.1:443\"]\nallocate_timeout = 5\nmax_connections_per_ip = 3\n")
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(s.tcp.is_empty());
+        assert_eq!(s.tls, vec!["127.0.0.1:443".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(s.stream.allocate_timeout, Duration::from_secs(5));
+        assert_eq!(s.stream.max_connections_per_ip, 3);
+        let f = parse_file(
+            "[relay]\ntcp = [\"x\"]\ntls_cert = \"/c.pem\"\nidle_timeout = 0\nmax_frame = 10\noutbound_queue = 0\n",
+        )
+        .unwrap();
+        let msg = format!("{:#}", validate(&f).unwrap_err());
+        for part in ["relay.tcp", "tls_key", "relay.idle_timeout", "relay.max_frame", "relay.outbound_queue"] {
+            assert!(msg.contains(part), "{part} missing in {msg}");
+        }
+        let err = parse_file("[relay]\ntlss = []\nmax_frame = 1000\n").unwrap_err();
+        assert!(format!("{err:#}").contains("relay.tlss"));
     }
 
     #[test]

@@ -37,6 +37,29 @@ pub fn secret(dir: &Path) -> anyhow::Result<(String, bool)> {
     Ok((secret, true))
 }
 
+/// Directory (inside the data directory) of the generated TLS certificate.
+pub const TLS_DIR: &str = "tls";
+
+/// The self-signed certificate and key in `<dir>/tls/{cert.pem,key.pem}`, generated (key 0600)
+/// for `names` on first use. Returns their paths and whether they were generated now.
+pub fn self_signed_tls(dir: &Path, names: Vec<String>) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
+    let tls = dir.join(TLS_DIR);
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key, false));
+    }
+    ensure(dir)?;
+    if !tls.exists() {
+        fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
+        set_mode(&tls, 0o700)?;
+    }
+    let ck = rcgen::generate_simple_self_signed(names).context("cannot generate a TLS certificate")?;
+    write_private(&key, ck.key_pair.serialize_pem().as_bytes())?;
+    write_private(&cert, ck.cert.pem().as_bytes())?;
+    set_mode(&cert, 0o644)?;
+    Ok((cert, key, true))
+}
+
 /// Reads one secret per line (blank lines and `#` comments skipped), newest first.
 pub fn read_secrets(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = fs::read_to_string(path).with_context(|| format!("cannot read secret file {}", path.display()))?;
@@ -90,6 +113,23 @@ fn set_mode(_: &Path, _: u32) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn self_signed_tls_is_generated_once_with_a_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k, fresh) = self_signed_tls(dir.path(), vec!["localhost".into()]).unwrap();
+        assert!(fresh);
+        let pem = fs::read_to_string(&c).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        let (c2, _, fresh) = self_signed_tls(dir.path(), vec!["localhost".into()]).unwrap();
+        assert!(!fresh);
+        assert_eq!(fs::read_to_string(c2).unwrap(), pem);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
 
     #[test]
     fn secret_is_generated_once_with_private_mode() {

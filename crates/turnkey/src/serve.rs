@@ -10,6 +10,7 @@ use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
 use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
+use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
 
@@ -50,8 +51,17 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     if generated {
         tracing::info!(path = %s.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
     }
-    let sockets = bind_udp(&s)?;
+    let sockets = bind_listeners(&s)?;
     let udp_addrs = sockets.udp_addrs();
+    let tcp_addrs = sockets.tcp_addrs();
+    let tls_addrs = sockets.tls_addrs();
+    let cert = if tls_addrs.is_empty() { None } else { Some(tls_certificate(&s)?) };
+    let tls = cert.clone().map(TlsConfigs::new).transpose()?;
+    // SIGHUP reloads the certificate (and never terminates the process).
+    spawn_sighup(cert.clone());
+    if let Some(c) = &cert {
+        tokio::spawn(c.clone().watch(turnkey_relay::tls::DEFAULT_RELOAD_INTERVAL));
+    }
 
     let registry = Registry::new();
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -64,7 +74,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    let mut service: Vec<ServiceAddr> = udp_addrs.iter().map(|a| ServiceAddr::from(*a)).collect();
+    let mut service: Vec<ServiceAddr> =
+        udp_addrs.iter().chain(&tcp_addrs).chain(&tls_addrs).map(|a| ServiceAddr::from(*a)).collect();
     service.extend(metrics_addr.map(ServiceAddr::from));
     service.extend(s.http.map(ServiceAddr::from));
     let policy = PeerPolicy::new(s.allow_peer.clone(), s.deny_peer.clone(), service);
@@ -96,6 +107,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             ports: s.relay_ports.clone(),
         },
         drain_grace: s.drain_grace,
+        stream: s.stream.clone(),
+        tls,
     };
     let revocations = RevocationSet::new();
     let shared = Arc::new(Shared::new(revocations.clone()));
@@ -106,25 +119,40 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut issuer_cfg = s.issuer.clone();
     if !s.advertise_explicit {
         // Advertise exactly the listeners this process has.
-        let mut ports: Vec<u16> = udp_addrs.iter().map(SocketAddr::port).collect();
-        ports.dedup();
-        let eps: Vec<Endpoint> = ports.into_iter().map(Endpoint::port).collect();
-        issuer_cfg.advertise =
-            AdvertiseConfig { stun: eps.clone(), turn_udp: eps, turn_tcp: vec![], turns_tls: vec![] };
+        let endpoints = |addrs: &[SocketAddr]| -> Vec<Endpoint> {
+            let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+            ports.dedup();
+            ports.into_iter().map(Endpoint::port).collect()
+        };
+        let eps = endpoints(&udp_addrs);
+        issuer_cfg.advertise = AdvertiseConfig {
+            stun: eps.clone(),
+            turn_udp: eps,
+            turn_tcp: endpoints(&tcp_addrs),
+            turns_tls: endpoints(&tls_addrs),
+        };
     }
     let relay_status: Arc<dyn RelayStatus> = Arc::new(LocalRelay { shared: shared.clone(), max_allocations });
     let issuer =
         start_issuer(&s, issuer_cfg, ring_for_issuer, revocations, relay_status, &registry, stop_http_rx.clone())
             .await?;
 
-    let udp_list: Vec<String> = udp_addrs.iter().map(ToString::to_string).collect();
+    let list = |addrs: &[SocketAddr]| -> String {
+        if addrs.is_empty() {
+            "off".to_owned()
+        } else {
+            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
     println!(
-        "turnkey listening udp={} http={} metrics={} relay={} shards={}",
-        udp_list.join(","),
+        "turnkey listening udp={} tcp={} tls={} http={} metrics={} relay={} shards={}",
+        list(&udp_addrs),
+        list(&tcp_addrs),
+        list(&tls_addrs),
         issuer.as_ref().map_or_else(|| "off".to_owned(), |i| i.addr.to_string()),
         metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         relay_v4.or(s.relay_v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        sockets.udp.len(),
+        sockets.shards(),
     );
     println!(
         "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`, then use turn:{}?transport=udp",
@@ -252,17 +280,81 @@ async fn start_issuer(
     Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
 }
 
-fn bind_udp(s: &Settings) -> anyhow::Result<BoundSockets> {
-    let mut addrs = Vec::new();
-    for a in &s.udp {
-        // The default [::]:3478 is skipped on hosts without IPv6; explicit addresses must bind.
-        if s.udp_is_default && a.is_ipv6() && UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_err() {
-            tracing::warn!(addr = %a, "IPv6 unavailable, not listening on it");
-            continue;
+fn bind_listeners(s: &Settings) -> anyhow::Result<BoundSockets> {
+    // The default [::] listeners are skipped on hosts without IPv6; explicit addresses must bind.
+    let usable = |list: &[SocketAddr], is_default: bool| -> Vec<SocketAddr> {
+        list.iter()
+            .copied()
+            .filter(|a| {
+                let ok = !(is_default && a.is_ipv6()) || UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok();
+                if !ok {
+                    tracing::warn!(addr = %a, "IPv6 unavailable, not listening on it");
+                }
+                ok
+            })
+            .collect()
+    };
+    Ok(BoundSockets::bind(
+        &usable(&s.udp, s.udp_is_default),
+        &usable(&s.tcp, s.tcp_is_default),
+        &usable(&s.tls, s.tls_is_default),
+        s.shards,
+    )?)
+}
+
+/// The TLS certificate: the configured files, else a self-signed one kept in the data directory.
+fn tls_certificate(s: &Settings) -> anyhow::Result<Arc<CertResolver>> {
+    let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let mut names = vec!["localhost".to_owned()];
+            if !s.issuer.public_host.is_empty() && s.issuer.public_host != "localhost" {
+                names.push(s.issuer.public_host.clone());
+            }
+            let (c, k, generated) = datadir::self_signed_tls(&s.data_dir, names)?;
+            if generated {
+                tracing::info!(cert = %c.display(), "generated a self-signed TLS certificate");
+            }
+            tracing::warn!(
+                cert = %c.display(),
+                "TLS uses a self-signed certificate (clients must trust it explicitly); set tls_cert and tls_key for a real one"
+            );
+            (c, k)
         }
-        addrs.push(*a);
+    };
+    let resolver = CertResolver::load(&cert, &key)
+        .with_context(|| format!("cannot load TLS certificate {} / key {}", cert.display(), key.display()))?;
+    tracing::info!(cert = %cert.display(), "TLS certificate loaded (reloaded when the files change or on SIGHUP)");
+    Ok(resolver)
+}
+
+fn spawn_sighup(cert: Option<Arc<CertResolver>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install SIGHUP handler");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match &cert {
+                    Some(c) => match c.reload() {
+                        Ok(()) => tracing::info!(cert = %c.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIGHUP: cannot reload the TLS certificate; keeping the old one")
+                        }
+                    },
+                    None => tracing::info!("SIGHUP: nothing to reload"),
+                }
+            }
+        });
     }
-    Ok(BoundSockets::bind(&addrs, s.shards)?)
+    #[cfg(not(unix))]
+    let _ = cert;
 }
 
 /// The secret ring: inline secrets, else the secret file, else the data directory's generated one.

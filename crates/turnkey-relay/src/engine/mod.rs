@@ -338,6 +338,11 @@ impl Engine {
         }
     }
 
+    /// Whether `tuple` holds an allocation.
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
     /// When the engine next wants [`Engine::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
         self.next_sweep

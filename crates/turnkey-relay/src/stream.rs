@@ -1,0 +1,481 @@
+//! The TCP and TLS data path of one shard (RFC 8656 §12 framing over a byte stream).
+//!
+//! Every `--tcp`/`--tls` address is bound once per shard with SO_REUSEPORT, so the kernel spreads
+//! connections over the shards; a shard owns its connections and their allocations. Per
+//! connection there are two local tasks:
+//!
+//! - the reader: reads into a fixed buffer, cuts frames with [`StreamDecoder`], hands each to the
+//!   engine while the shard is borrowed once per read, and enforces the [`ConnTimers`] decisions
+//!   (handshake, never-allocated and idle timeouts);
+//! - the writer: drains the connection's bounded outbound queue. Everything sent to the client
+//!   (responses, ChannelData, Data indications) goes through [`ClientSockets::send`], which only
+//!   `try_send`s into that queue: a slow reader loses its own packets (counted as `queue_full`)
+//!   and never stalls the shard.
+//!
+//! Closing a connection ([`finish`]) ends its allocation at once and counts the reason.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::conn::{CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
+use crate::engine::Transmit;
+use crate::framing::{Frame, FramingError, StreamDecoder};
+use crate::metrics::RelayMetrics;
+use crate::tls::TlsConfigs;
+use crate::types::{ClientAddr, FiveTuple, Now, Transport};
+use crate::udp::ShardState;
+
+/// Bytes read from a connection at once (also the decoder's `max_read`).
+const READ_BUF: usize = 16 * 1024;
+/// Bytes the writer gathers from the queue into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a closing connection may take to flush what is queued.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// Listen backlog of TCP/TLS listeners.
+const BACKLOG: i32 = 1024;
+
+/// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
+/// them). With port 0 the first listener picks the port and the rest join it.
+pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_listener(addr)?;
+    let actual = first.local_addr()?;
+    let mut out = vec![first];
+    for _ in 1..n.max(1) {
+        out.push(bind_listener(actual)?);
+    }
+    Ok(out)
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+/// What every connection of a shard shares.
+#[derive(Debug)]
+pub(crate) struct StreamCtx {
+    pub limits: StreamLimits,
+    pub limiter: ConnLimiter,
+    pub tls: Option<TlsConfigs>,
+    pub metrics: RelayMetrics,
+}
+
+impl StreamCtx {
+    fn count_close(&self, transport: Transport, reason: CloseReason) {
+        self.metrics.connections_closed.with_label_values(&[transport.as_str(), reason.as_str()]).inc();
+    }
+}
+
+/// A live connection as the shard sees it.
+#[derive(Debug)]
+pub(crate) struct StreamConn {
+    tx: mpsc::Sender<Vec<u8>>,
+    task: AbortHandle,
+    _slot: ConnSlot,
+}
+
+impl StreamConn {
+    /// Queues a frame for the client; `false` if the queue is full or the connection is closing.
+    pub fn task(&self) -> AbortHandle {
+        self.task.clone()
+    }
+
+    #[inline]
+    pub fn try_send(&self, data: &[u8]) -> bool {
+        self.tx.try_send(data.to_vec()).is_ok()
+    }
+}
+
+/// Accepts connections on one listener until the shard stops.
+pub(crate) async fn accept_loop(
+    shard: Rc<RefCell<ShardState>>,
+    ctx: Rc<StreamCtx>,
+    listener: TcpListener,
+    transport: Transport,
+) {
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!(error = %e, transport = transport.as_str(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match ctx.limiter.acquire(from.ip()) {
+            Ok(s) => s,
+            Err(reason) => {
+                tracing::debug!(client = %from, reason = reason.as_str(), "connection refused");
+                ctx.count_close(transport, reason);
+                continue;
+            }
+        };
+        let Ok(local) = tcp.local_addr() else { continue };
+        let _ = tcp.set_nodelay(true);
+        let client = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let tuple = FiveTuple { transport, client: ClientAddr(client), server: local };
+        let (tx, rx) = mpsc::channel(ctx.limits.outbound_queue.max(1));
+        // The task runs only once this loop yields, so the entry exists before it does.
+        let task = tokio::task::spawn_local(connection(shard.clone(), ctx.clone(), tcp, tuple, rx));
+        shard.borrow_mut().clients.add_stream(tuple, StreamConn { tx, task: task.abort_handle(), _slot: slot });
+        ctx.metrics.connections.with_label_values(&[transport.as_str()]).inc();
+    }
+}
+
+fn mono_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// One connection, from accept to close.
+async fn connection(
+    shard: Rc<RefCell<ShardState>>,
+    ctx: Rc<StreamCtx>,
+    tcp: TcpStream,
+    tuple: FiveTuple,
+    rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let tls = tuple.transport == Transport::Tls;
+    let mut timers = ConnTimers::new(&ctx.limits, mono_now(), tls);
+    let (reason, writer) = match (tuple.transport, &ctx.tls) {
+        (Transport::Tls, Some(configs)) => {
+            let deadline = tokio::time::Instant::from_std(timers.deadline());
+            let handshake = async {
+                let acceptor = tokio_rustls::LazyConfigAcceptor::new(Default::default(), tcp);
+                let start = acceptor.await?;
+                let config = configs.choose(&start.client_hello());
+                start.into_stream(config).await
+            };
+            match tokio::time::timeout_at(deadline, handshake).await {
+                Err(_) => (CloseReason::HandshakeTimeout, None),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %tuple.client, error = %e, "TLS handshake failed");
+                    (CloseReason::HandshakeFailed, None)
+                }
+                Ok(Ok(stream)) => {
+                    timers.handshake_done(mono_now());
+                    serve(&shard, &ctx, stream, tuple, &mut timers, rx).await
+                }
+            }
+        }
+        (Transport::Tls, None) => (CloseReason::HandshakeFailed, None),
+        _ => serve(&shard, &ctx, tcp, tuple, &mut timers, rx).await,
+    };
+    finish(&shard, &ctx, tuple, reason);
+    if let Some(mut w) = writer {
+        // The queue's sender is gone: the writer flushes what is queued and closes (TLS: close_notify).
+        if tokio::time::timeout(CLOSE_FLUSH, &mut w).await.is_err() {
+            w.abort();
+        }
+    }
+}
+
+/// Removes a connection from its shard, ends its allocation at once and counts why it closed.
+/// Does nothing if it was already removed.
+fn finish(shard: &RefCell<ShardState>, ctx: &StreamCtx, tuple: FiveTuple, reason: CloseReason) {
+    let st = &mut *shard.borrow_mut();
+    let Some(conn) = st.clients.remove_stream(&tuple) else { return };
+    drop(conn);
+    st.engine.client_closed(tuple, &mut st.ports);
+    ctx.metrics.connections.with_label_values(&[tuple.transport.as_str()]).dec();
+    ctx.count_close(tuple.transport, reason);
+    tracing::debug!(client = %tuple.client, transport = tuple.transport.as_str(), reason = reason.as_str(), "connection closed");
+}
+
+/// Closes every connection of a shard that stops (their allocations end with the engine).
+pub(crate) fn close_all(shard: &RefCell<ShardState>, ctx: &StreamCtx) {
+    let tuples: Vec<FiveTuple> = shard.borrow().clients.stream_tuples().collect();
+    for tuple in tuples {
+        if let Some(task) = shard.borrow().clients.stream_task(&tuple) {
+            task.abort();
+        }
+        finish(shard, ctx, tuple, CloseReason::Shutdown);
+    }
+}
+
+/// Moves messages between a connection and the engine until the connection must close.
+/// Returns why, and the writer task if it is still draining the queue.
+async fn serve<S>(
+    shard: &Rc<RefCell<ShardState>>,
+    ctx: &StreamCtx,
+    stream: S,
+    tuple: FiveTuple,
+    timers: &mut ConnTimers,
+    rx: mpsc::Receiver<Vec<u8>>,
+) -> (CloseReason, Option<tokio::task::JoinHandle<()>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let mut writer = tokio::task::spawn_local(write_loop(wr, rx, tuple.transport == Transport::Tls));
+    let mut decoder = StreamDecoder::with_max_read(ctx.limits.max_frame, READ_BUF);
+    let mut buf = vec![0u8; READ_BUF];
+    let reason = loop {
+        let deadline = tokio::time::Instant::from_std(timers.deadline());
+        tokio::select! {
+            r = rd.read(&mut buf) => match r {
+                Ok(0) => break CloseReason::ClientClosed,
+                Err(_) => break CloseReason::IoError,
+                Ok(n) => {
+                    let now = mono_now();
+                    timers.client_data(now);
+                    let processed = decoder.push(&buf[..n]).and_then(|()| process(shard, tuple, &mut decoder));
+                    match processed {
+                        Ok(false) => {}
+                        Ok(true) => timers.set_allocated(now, shard.borrow().engine.has_allocation(&tuple)),
+                        Err(e) => {
+                            tracing::debug!(client = %tuple.client, error = %e, "closing a stream with bad framing");
+                            break CloseReason::from_framing(e);
+                        }
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                let now = mono_now();
+                timers.set_allocated(now, shard.borrow().engine.has_allocation(&tuple));
+                if let Some(reason) = timers.check(now) {
+                    break reason;
+                }
+            }
+            _ = &mut writer => return (CloseReason::IoError, None),
+        }
+    };
+    (reason, Some(writer))
+}
+
+/// Hands every complete frame to the engine and sends what it answers; `Ok(true)` if a STUN
+/// message was among them (the allocation may have changed).
+fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDecoder) -> Result<bool, FramingError> {
+    let st = &mut *shard.borrow_mut();
+    let ShardState { engine, ports, clients } = st;
+    let now = Now::system();
+    let mut stun = false;
+    while let Some(frame) = decoder.next_frame()? {
+        stun |= matches!(frame, Frame::Stun(_));
+        let result = match engine.handle_client(now, tuple, frame.as_bytes(), ports) {
+            Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
+            Some(Transmit::Client { to, data }) => clients.send(to, &data),
+            None => Ok(()),
+        };
+        if let Err(reason) = result {
+            engine.count_drop(reason);
+        }
+    }
+    Ok(stun)
+}
+
+/// Writes queued frames until the queue closes. Over TCP, frames already queued are gathered
+/// into one write. Over TLS each frame is written on its own, so each travels in its own TLS
+/// record: clients that wait for socket readiness before reading the next message (coturn's
+/// uclient, for one) would otherwise leave messages decrypted but unread inside their TLS
+/// library when several share one record.
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>, one_record_per_frame: bool) {
+    let mut batch: Vec<u8> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let ok = if one_record_per_frame {
+            let mut ok = wr.write_all(&first).await.is_ok();
+            while ok {
+                match rx.try_recv() {
+                    Ok(f) => ok = wr.write_all(&f).await.is_ok(),
+                    Err(_) => break,
+                }
+            }
+            ok
+        } else if rx.is_empty() {
+            wr.write_all(&first).await.is_ok()
+        } else {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(f) => batch.extend_from_slice(&f),
+                    Err(_) => break,
+                }
+            }
+            wr.write_all(&batch).await.is_ok()
+        };
+        if !ok || wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use turnkey_auth::{Secret, SecretRing};
+
+    use super::*;
+    use crate::engine::{Engine, EngineConfig, Shared};
+    use crate::policy::PeerPolicy;
+    use crate::udp::{ClientSockets, Ports, RelayAddrs, Reservations};
+
+    fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
+        let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
+        let cfg = EngineConfig::new("r", ring, PeerPolicy::new(vec![], vec![], vec![]));
+        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), metrics.clone(), Instant::now());
+        let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
+        let ports = Ports::new(addrs, Reservations::default());
+        Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }))
+    }
+
+    /// The real driver on a paused clock: a connection that never allocates is closed when the
+    /// default 60 s allocate timeout passes, and not before, without the test waiting 60 s.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn never_allocating_connection_closes_at_the_timeout_on_a_paused_clock() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let limits = StreamLimits::default();
+                assert_eq!(limits.allocate_timeout, Duration::from_secs(60));
+                let ctx = Rc::new(StreamCtx {
+                    limits,
+                    limiter: ConnLimiter::new(64, 100),
+                    tls: None,
+                    metrics: metrics.clone(),
+                });
+                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+                let addr = std_listener.local_addr().unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                let state = shard(&metrics);
+                tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), listener, Transport::Tcp));
+
+                let start = tokio::time::Instant::now();
+                let real = Instant::now();
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                // A Binding request is answered, but is no allocation.
+                let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+                req.extend_from_slice(&[9; 12]);
+                c.write_all(&req).await.unwrap();
+                let mut hdr = [0u8; 20];
+                c.read_exact(&mut hdr).await.unwrap();
+                assert_eq!(hdr[0..2], [0x01, 0x01]);
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes([hdr[2], hdr[3]]))];
+                c.read_exact(&mut body).await.unwrap();
+                assert_eq!(metrics.connections.with_label_values(&["tcp"]).get(), 1);
+
+                let mut rest = [0u8; 64];
+                // Bounded: on the paused clock a missing close fails at 120 s instead of hanging.
+                let n = tokio::time::timeout(Duration::from_secs(120), c.read(&mut rest))
+                    .await
+                    .expect("the connection must be closed before 120 s")
+                    .unwrap_or(0);
+                assert_eq!(n, 0, "the server closes the connection");
+                let waited = start.elapsed();
+                assert!(waited >= Duration::from_secs(60), "closed after {waited:?}");
+                assert!(waited < Duration::from_secs(61), "closed after {waited:?}");
+                assert!(real.elapsed() < Duration::from_secs(10), "the clock was not paused");
+                let closed = metrics.connections_closed.with_label_values(&["tcp", "never_allocated"]).get();
+                assert_eq!(closed, 1);
+                assert_eq!(metrics.connections.with_label_values(&["tcp"]).get(), 0);
+                assert_eq!(ctx.limiter.total(), 0, "the connection slot is released");
+            })
+            .await;
+    }
+
+    /// A frame larger than the read buffer, split over many writes, and several frames in one
+    /// write all reach the engine (each Binding is answered once, in order).
+    #[tokio::test(flavor = "current_thread")]
+    async fn frames_split_and_coalesced_across_reads() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let ctx = Rc::new(StreamCtx {
+                    limits: StreamLimits::default(),
+                    limiter: ConnLimiter::new(64, 100),
+                    tls: None,
+                    metrics: metrics.clone(),
+                });
+                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+                let addr = std_listener.local_addr().unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                tokio::task::spawn_local(accept_loop(shard(&metrics), ctx, listener, Transport::Tcp));
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.set_nodelay(true).unwrap();
+                let binding = |tx: u8| {
+                    let mut m = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+                    m.extend_from_slice(&[tx; 12]);
+                    m
+                };
+                // Three requests in one write, then one split byte by byte.
+                let mut burst = Vec::new();
+                for tx in 1..=3 {
+                    burst.extend(binding(tx));
+                }
+                c.write_all(&burst).await.unwrap();
+                for b in binding(4) {
+                    c.write_all(&[b]).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                for tx in 1..=4u8 {
+                    let mut hdr = [0u8; 20];
+                    c.read_exact(&mut hdr).await.unwrap();
+                    assert_eq!(hdr[0..2], [0x01, 0x01]);
+                    assert_eq!(hdr[8..20], [tx; 12]);
+                    let mut body = vec![0u8; usize::from(u16::from_be_bytes([hdr[2], hdr[3]]))];
+                    c.read_exact(&mut body).await.unwrap();
+                }
+            })
+            .await;
+    }
+
+    /// A client that does not read loses its own packets once its queue is full; sending never
+    /// waits, and other connections are unaffected.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_outbound_queue_drops_instead_of_waiting() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let limits = StreamLimits { outbound_queue: 4, ..StreamLimits::default() };
+                let ctx = Rc::new(StreamCtx {
+                    limits,
+                    limiter: ConnLimiter::new(64, 100),
+                    tls: None,
+                    metrics: metrics.clone(),
+                });
+                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+                let addr = std_listener.local_addr().unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                let state = shard(&metrics);
+                tokio::task::spawn_local(accept_loop(state.clone(), ctx, listener, Transport::Tcp));
+                let _slow = TcpStream::connect(addr).await.unwrap();
+                let _other = TcpStream::connect(addr).await.unwrap();
+                while state.borrow().clients.stream_tuples().count() < 2 {
+                    tokio::task::yield_now().await;
+                }
+                let tuples: Vec<FiveTuple> = state.borrow().clients.stream_tuples().collect();
+                let st = state.borrow();
+                let frame = [0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4];
+                // Without yielding, the writer cannot drain: the queue takes 4, then drops.
+                let results: Vec<_> = (0..10).map(|_| st.clients.send(tuples[0], &frame)).collect();
+                assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
+                assert!(results[4..].iter().all(|r| *r == Err(crate::metrics::DropReason::QueueFull)), "{results:?}");
+                assert!(st.clients.send(tuples[1], &frame).is_ok(), "the other connection has its own queue");
+            })
+            .await;
+    }
+}
