@@ -52,11 +52,13 @@ pub enum DropReason {
     NoAllocation,
     /// An unauthenticated reply suppressed by the per-IP limiter.
     ReplyLimited,
+    /// The allocation's TURN key reached its monthly cap (relay enforcement on).
+    UsageCap,
 }
 
 impl DropReason {
     /// All reasons, in label order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::NoPermission,
         Self::DeniedPeer,
         Self::RateCap,
@@ -64,6 +66,7 @@ impl DropReason {
         Self::Malformed,
         Self::NoAllocation,
         Self::ReplyLimited,
+        Self::UsageCap,
     ];
 
     /// The metric label.
@@ -76,6 +79,7 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::NoAllocation => "no_allocation",
             Self::ReplyLimited => "reply_limited",
+            Self::UsageCap => "usage_cap",
         }
     }
 }
@@ -189,7 +193,7 @@ impl Direction {
 pub struct ShardStats {
     bytes: [[u64; 3]; 2],
     packets: [[u64; 3]; 2],
-    drops: [u64; 7],
+    drops: [u64; 8],
 }
 
 fn tidx(t: Transport) -> usize {
