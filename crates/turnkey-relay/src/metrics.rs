@@ -35,6 +35,19 @@ pub struct RelayMetrics {
     pub shards: IntGauge,
 }
 
+/// The `reason` label values of `turnkey_relay_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 9] = [
+    "missing_integrity",
+    "bad_request",
+    "stale_nonce",
+    "wrong_realm",
+    "wrong_credentials",
+    "malformed_username",
+    "expired",
+    "revoked",
+    "bad_credential",
+];
+
 /// Why a packet was dropped (metric label values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -154,6 +167,16 @@ impl RelayMetrics {
         for r in DropReason::ALL {
             m.dropped_packets.with_label_values(&[r.as_str()]);
         }
+        for t in [Transport::Tcp, Transport::Tls] {
+            m.connections.with_label_values(&[t.as_str()]);
+        }
+        for p in ["create_permission", "channel_bind", "send"] {
+            m.peer_denied.with_label_values(&[p]);
+        }
+        for r in AUTH_FAILURE_REASONS {
+            m.auth_failures.with_label_values(&[r]);
+        }
+        m.allocation_attempts.with_label_values(&["success"]);
         Ok(m)
     }
 
