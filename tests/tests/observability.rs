@@ -2,6 +2,8 @@
 //! promtool checks the shipped rules; the dashboard and rules name only exported metrics; usage
 //! survives restarts and crashes; a monthly cap reached by relayed traffic stops issuing.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
