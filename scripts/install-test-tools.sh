@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite drives, when missing:
-#   coturn (turnutils_uclient, turnserver) from Debian, aioice from PyPI.
+#   coturn (turnutils_uclient, turnserver) and prometheus (prometheus, promtool) from Debian,
+#   aioice from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -8,6 +9,7 @@ set -uo pipefail
 need_apt=()
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -20,7 +22,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null || fail=1
 fi
 # The packaged turnserver service must not hold the default ports during tests.
-if command -v systemctl >/dev/null 2>&1; then as_root systemctl stop coturn >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then
+  as_root systemctl stop coturn >/dev/null 2>&1 || true
+  as_root systemctl stop prometheus >/dev/null 2>&1 || true
+fi
 
 if ! python3 -c 'import aioice' >/dev/null 2>&1; then
   echo "install-test-tools: pip install aioice"
@@ -30,6 +35,8 @@ fi
 missing=()
 command -v turnutils_uclient >/dev/null 2>&1 || missing+=(turnutils_uclient)
 command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-tools: missing after install: ${missing[*]}" >&2

@@ -52,8 +52,19 @@ fn revocation_ends_live_allocations_and_survives_restart() {
     let revoke_url = format!("http://{}/v1/turn/keys/{id}/credentials/{user}/revoke", tk.addr("http"));
     let server = tk.udp().to_string();
     let r = aioice(&[
-        "revoke", "--server", &server, "--user", &user, "--password", &pass, "--count", "5", "--revoke-url", &revoke_url,
-        "--token", &token,
+        "revoke",
+        "--server",
+        &server,
+        "--user",
+        &user,
+        "--password",
+        &pass,
+        "--count",
+        "5",
+        "--revoke-url",
+        &revoke_url,
+        "--token",
+        &token,
     ]);
     assert_eq!(r["received"], 5, "{r}");
     assert_eq!(r["revoke_status"], 204, "{r}");
@@ -95,7 +106,8 @@ fn keys_created_by_the_cli_work_without_restart() {
     let _ = default_id;
     let out = Command::new(bin()).args(["keys", "delete", id, "--data-dir"]).arg(tk.data_dir.path()).output().unwrap();
     assert!(out.status.success());
-    let (s, _) = http(tk.addr("http"), "POST", &path, &[("Authorization", &format!("Bearer {token}")), json], Some("{}"));
+    let (s, _) =
+        http(tk.addr("http"), "POST", &path, &[("Authorization", &format!("Bearer {token}")), json], Some("{}"));
     assert_eq!(s, 401, "a deleted key stops working without restart");
 }
 

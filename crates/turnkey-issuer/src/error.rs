@@ -104,6 +104,8 @@ pub enum ApiError {
     NoRelay,
     /// The app endpoints have no key to issue for, or it was deleted (503).
     NotConfigured,
+    /// No usage accounting in this process (`turnkey issuer` without a relay) (503).
+    UsageUnavailable,
     /// The upstream failed (502, 503 or 504 by kind).
     Upstream(UpstreamFailure),
     /// The revocation list is full (503).
@@ -126,7 +128,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } | Self::BandwidthExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoRelay | Self::NotConfigured | Self::RevocationsFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoRelay | Self::NotConfigured | Self::RevocationsFull | Self::UsageUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(UpstreamFailure::BadGateway) => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => {
@@ -154,6 +158,7 @@ impl ApiError {
             Self::BandwidthExhausted => "Bandwidth limit reached",
             Self::NoRelay => "no relay available",
             Self::NotConfigured => "credential issuing is not configured",
+            Self::UsageUnavailable => "bandwidth accounting unavailable",
             Self::Upstream(UpstreamFailure::Timeout) => "upstream timed out",
             Self::Upstream(UpstreamFailure::BadGateway) => "upstream error",
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => "upstream unavailable",

@@ -33,6 +33,14 @@ pub(crate) enum Issued {
     Object(IceServer),
 }
 
+/// Whether the measured usage reached the cap in the key file (the file is re-read when it
+/// changes, so a cap set with `turnkey keys` applies at once).
+fn over_cap(state: &IssuerState, key: &KeyInfo) -> bool {
+    key.monthly_bandwidth_bytes
+        .zip(state.inner.relay.bandwidth(&key.id))
+        .is_some_and(|(cap, usage)| usage.used_bytes >= cap)
+}
+
 /// Mints (or fetches) credentials for `key`.
 pub(crate) async fn issue(
     state: &IssuerState,
@@ -44,7 +52,7 @@ pub(crate) async fn issue(
     let s = &state.inner;
     let now = state.now();
     let ready = s.relay.ready();
-    let exhausted = ready && s.relay.bandwidth_exhausted(&key.id);
+    let exhausted = ready && (s.relay.bandwidth_exhausted(&key.id) || over_cap(state, key));
     if ready && !exhausted {
         let userid = ice::userid(&key.id, custom);
         let cred = s.secrets.mint(&userid, now, ttl).map_err(|e| {

@@ -9,6 +9,7 @@
 //!   the relay consults;
 //! - the Cloudflare upstream client ([`UpstreamClient`]: cache, refresh, retries, circuit
 //!   breaker) and the fallback/merge policy;
+//! - `GET /api/bandwidth-status` (measured usage of the app key against its monthly cap);
 //! - `/healthz`, `/readyz`, `/openapi.yaml`, and the issuer metrics ([`IssuerMetrics`]).
 //!
 //! It must not import the relay engine (`turnkey-relay`) nor bind sockets itself: the binary
@@ -22,6 +23,7 @@
 
 mod api;
 mod app;
+mod bandwidth;
 mod body;
 mod cli;
 mod config;
@@ -37,6 +39,7 @@ mod router;
 mod state;
 mod upstream;
 
+pub use bandwidth::{bandwidth_status_body, BandwidthStatus, GB};
 pub use body::CredentialRequest;
 pub use cli::{keys_create, keys_delete, keys_list};
 pub use config::{
@@ -51,5 +54,5 @@ pub use metrics::IssuerMetrics;
 pub use ratelimit::{client_ip, RateLimiter, Verdict};
 pub use revocations::{RevocationStore, Revoked};
 pub use router::{router, run_maintenance, serve, OPENAPI_YAML};
-pub use state::{system_clock, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
+pub use state::{system_clock, BandwidthUsage, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
 pub use upstream::UpstreamClient;

@@ -69,6 +69,9 @@ impl IssuerMetrics {
         registry.register(Box::new(m.upstream_fallbacks.clone()))?;
         registry.register(Box::new(m.circuit_open.clone()))?;
         registry.register(Box::new(m.rate_limited.clone()))?;
+        for r in ["ok", "cached", "error", "timeout", "circuit_open"] {
+            m.upstream_requests.with_label_values(&[r]);
+        }
         Ok(m)
     }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::state::IssuerState;
-use crate::{api, app};
+use crate::{api, app, bandwidth};
 
 /// The OpenAPI 3 document of every endpoint (`docs/api/openapi.yaml`).
 pub const OPENAPI_YAML: &str = include_str!("../../../docs/api/openapi.yaml");
@@ -30,6 +30,7 @@ pub fn router(state: IssuerState) -> Router {
     let app_routes = Router::new()
         .route("/api/turn-credentials", get(app::get_credentials).post(app::post_credentials).options(app::preflight))
         .route("/api/turn/credentials", post(app::post_credentials).options(app::preflight))
+        .route("/api/bandwidth-status", get(bandwidth::status).options(app::preflight))
         .route_layer(middleware::from_fn_with_state(state.clone(), app::cors));
     Router::new()
         .merge(v1)

@@ -29,6 +29,25 @@ pub trait RelayStatus: Send + Sync + 'static {
         let _ = key_id;
         false
     }
+
+    /// What key `key_id` relayed this period, for `GET /api/bandwidth-status` and the cap check
+    /// against the key file's `monthly_bandwidth_bytes`. `None`: no usage accounting here (the
+    /// endpoint answers 503). Default: `None`.
+    fn bandwidth(&self, key_id: &str) -> Option<BandwidthUsage> {
+        let _ = key_id;
+        None
+    }
+}
+
+/// Measured usage of one key in the current period (see [`RelayStatus::bandwidth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BandwidthUsage {
+    /// Payload bytes relayed this period, both directions.
+    pub used_bytes: u64,
+    /// When the period ends and the total resets (Unix seconds).
+    pub reset_at: u64,
+    /// Live allocations of the key's credentials.
+    pub active_allocations: u64,
 }
 
 /// A [`RelayStatus`] that is always the same (tests, or an issuer with no relay: `false`).

@@ -12,9 +12,11 @@ pub mod conn;
 pub mod engine;
 mod error;
 pub mod framing;
+pub mod loglimit;
 pub mod metrics;
 pub mod policy;
 pub mod types;
+pub mod usage;
 
 pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};

@@ -35,6 +35,19 @@ pub struct RelayMetrics {
     pub shards: IntGauge,
 }
 
+/// The `reason` label values of `turnkey_relay_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 9] = [
+    "missing_integrity",
+    "bad_request",
+    "stale_nonce",
+    "wrong_realm",
+    "wrong_credentials",
+    "malformed_username",
+    "expired",
+    "revoked",
+    "bad_credential",
+];
+
 /// Why a packet was dropped (metric label values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -52,11 +65,13 @@ pub enum DropReason {
     NoAllocation,
     /// An unauthenticated reply suppressed by the per-IP limiter.
     ReplyLimited,
+    /// The allocation's TURN key reached its monthly cap (relay enforcement on).
+    UsageCap,
 }
 
 impl DropReason {
     /// All reasons, in label order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::NoPermission,
         Self::DeniedPeer,
         Self::RateCap,
@@ -64,6 +79,7 @@ impl DropReason {
         Self::Malformed,
         Self::NoAllocation,
         Self::ReplyLimited,
+        Self::UsageCap,
     ];
 
     /// The metric label.
@@ -76,6 +92,7 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::NoAllocation => "no_allocation",
             Self::ReplyLimited => "reply_limited",
+            Self::UsageCap => "usage_cap",
         }
     }
 }
@@ -150,6 +167,16 @@ impl RelayMetrics {
         for r in DropReason::ALL {
             m.dropped_packets.with_label_values(&[r.as_str()]);
         }
+        for t in [Transport::Tcp, Transport::Tls] {
+            m.connections.with_label_values(&[t.as_str()]);
+        }
+        for p in ["create_permission", "channel_bind", "send"] {
+            m.peer_denied.with_label_values(&[p]);
+        }
+        for r in AUTH_FAILURE_REASONS {
+            m.auth_failures.with_label_values(&[r]);
+        }
+        m.allocation_attempts.with_label_values(&["success"]);
         Ok(m)
     }
 
@@ -189,7 +216,7 @@ impl Direction {
 pub struct ShardStats {
     bytes: [[u64; 3]; 2],
     packets: [[u64; 3]; 2],
-    drops: [u64; 7],
+    drops: [u64; 8],
 }
 
 fn tidx(t: Transport) -> usize {

@@ -40,6 +40,21 @@ pub struct FileConfig {
     /// Metrics listener.
     #[serde(default)]
     pub metrics: MetricsFile,
+    /// Usage accounting (`[usage]`, see docs/observability.md).
+    #[serde(default)]
+    pub usage: UsageConfigFile,
+}
+
+/// `[usage]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageConfigFile {
+    /// Day of the month (1-28, UTC) on which monthly totals reset (default 1).
+    pub reset_day: Option<u32>,
+    /// Seconds between writes of `<data_dir>/usage.json` (1-10, default 5).
+    pub flush_interval: Option<u64>,
+    /// Stop relaying for a key at its monthly cap, not only stop issuing (default false).
+    pub enforce_on_relay: Option<bool>,
 }
 
 /// `[relay]`.
@@ -154,6 +169,16 @@ struct Lenient {
     relay: Option<LenientRelay>,
     #[serde(default)]
     metrics: Option<LenientMetrics>,
+    #[serde(default)]
+    usage: Option<LenientUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct LenientUsage {
+    reset_day: Option<u32>,
+    flush_interval: Option<u64>,
+    enforce_on_relay: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +261,12 @@ pub struct Settings {
     pub issuer: turnkey_issuer::IssuerConfig,
     /// Whether `[issuer.advertise]` was configured (else the actual listeners are advertised).
     pub advertise_explicit: bool,
+    /// `[usage] reset_day`.
+    pub usage_reset_day: u32,
+    /// `[usage] flush_interval`.
+    pub usage_flush_interval: Duration,
+    /// `[usage] enforce_on_relay`.
+    pub usage_enforce_on_relay: bool,
 }
 
 /// Default UDP listeners.
@@ -393,10 +424,21 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
             errors.push("secrets: secrets must not be empty".to_owned());
         }
     }
+    let usage_reset_day = f.usage.reset_day.unwrap_or(1);
+    if !(1..=28).contains(&usage_reset_day) {
+        errors.push("usage.reset_day: must be 1 to 28".to_owned());
+    }
+    let usage_flush = f.usage.flush_interval.unwrap_or(5);
+    if !(1..=10).contains(&usage_flush) {
+        errors.push("usage.flush_interval: must be 1 to 10 seconds".to_owned());
+    }
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }
     Ok(Settings {
+        usage_reset_day,
+        usage_flush_interval: Duration::from_secs(usage_flush),
+        usage_enforce_on_relay: f.usage.enforce_on_relay.unwrap_or(false),
         data_dir: f.data_dir.clone().unwrap_or_else(|| PathBuf::from("./turnkey-data")),
         realm,
         secrets: f.secrets.clone().unwrap_or_default(),
@@ -507,6 +549,28 @@ mod tests {
         }
         let err = parse_file("[relay]\ntlss = []\nmax_frame = 1000\n").unwrap_err();
         assert!(format!("{err:#}").contains("relay.tlss"));
+    }
+
+    #[test]
+    fn usage_section() {
+        let s =
+            validate(&parse_file("[usage]\nreset_day = 15\nflush_interval = 2\nenforce_on_relay = true\n").unwrap())
+                .unwrap();
+        assert_eq!(
+            (s.usage_reset_day, s.usage_flush_interval, s.usage_enforce_on_relay),
+            (15, Duration::from_secs(2), true)
+        );
+        let d = validate(&parse_file("").unwrap()).unwrap();
+        assert_eq!(
+            (d.usage_reset_day, d.usage_flush_interval, d.usage_enforce_on_relay),
+            (1, Duration::from_secs(5), false)
+        );
+        let msg = format!(
+            "{:#}",
+            validate(&parse_file("[usage]\nreset_day = 31\nflush_interval = 60\n").unwrap()).unwrap_err()
+        );
+        assert!(msg.contains("usage.reset_day") && msg.contains("usage.flush_interval"), "{msg}");
+        assert!(parse_file("[usage]\nresetday = 1\n").is_err());
     }
 
     #[test]

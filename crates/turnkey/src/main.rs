@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod datadir;
+mod obs;
 mod serve;
 
 use clap::Parser as _;

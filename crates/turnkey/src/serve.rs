@@ -19,6 +19,7 @@ use turnkey_issuer::{AdvertiseConfig, Endpoint, FixedRelayStatus, IssuerConfig, 
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::{self, Settings};
 use crate::datadir;
+use crate::obs;
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -65,7 +66,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 
     let registry = Registry::new();
     registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    obs::register_build_info(&registry)?;
     let relay_metrics = RelayMetrics::new(&registry)?;
+    let usage = obs::start_usage(&s, &registry)?;
     let metrics_listener = match s.metrics {
         Some(addr) => {
             Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?)
@@ -111,7 +114,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         tls,
     };
     let revocations = RevocationSet::new();
-    let shared = Arc::new(Shared::new(revocations.clone()));
+    let shared = Arc::new(Shared::new(revocations.clone()).with_usage(obs::RelayUsage(usage.clone()).sink()));
+    let usage_task = tokio::spawn(obs::run_flusher(usage.clone(), s.data_dir.clone(), s.usage_flush_interval));
     let max_allocations = s.max_allocations;
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::watch::channel(false);
@@ -132,7 +136,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             turns_tls: endpoints(&tls_addrs),
         };
     }
-    let relay_status: Arc<dyn RelayStatus> = Arc::new(LocalRelay { shared: shared.clone(), max_allocations });
+    let relay_status: Arc<dyn RelayStatus> =
+        Arc::new(LocalRelay { shared: shared.clone(), max_allocations, usage: usage.clone() });
     let issuer =
         start_issuer(&s, issuer_cfg, ring_for_issuer, revocations, relay_status, &registry, stop_http_rx.clone())
             .await?;
@@ -164,7 +169,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         println!("turnkey: or ask the issuer: {}", i.hint);
     }
 
-    turnkey_relay::run(relay_cfg, sockets, relay_metrics, shared, shutdown_signal()).await?;
+    let relayed = turnkey_relay::run(relay_cfg, sockets, relay_metrics, shared, shutdown_signal()).await;
+    usage_task.abort();
+    obs::final_flush(&usage, &s.data_dir);
+    relayed?;
     let _ = stop_http_tx.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;
@@ -185,6 +193,7 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
         let (ring, _) = secret_ring(&s)?;
         let registry = Registry::new();
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        obs::register_build_info(&registry)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let metrics_task = match s.metrics {
             Some(addr) => {
@@ -214,11 +223,26 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
 struct LocalRelay {
     shared: Arc<Shared>,
     max_allocations: u32,
+    usage: turnkey_usage::Usage,
 }
 
 impl RelayStatus for LocalRelay {
     fn ready(&self) -> bool {
         !self.shared.is_draining() && self.shared.allocations() < self.max_allocations
+    }
+
+    fn bandwidth_exhausted(&self, key_id: &str) -> bool {
+        self.usage.exhausted(key_id)
+    }
+
+    fn bandwidth(&self, key_id: &str) -> Option<turnkey_issuer::BandwidthUsage> {
+        let st = self.usage.status(key_id);
+        let live = self.shared.allocations_where(|u| u.split(':').next() == Some(key_id));
+        Some(turnkey_issuer::BandwidthUsage {
+            used_bytes: st.used,
+            reset_at: st.reset_at,
+            active_allocations: u64::from(live),
+        })
     }
 }
 

@@ -190,3 +190,55 @@ async fn app_key_missing_is_503_fallback() {
     assert_eq!(r.status, 503);
     assert_stun_only_fallback(&r.json());
 }
+
+fn set_cap(iss: &Issuer, cap: u64) {
+    let path = iss.dir.path().join("keys").join(format!("{}.json", iss.key.id));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["monthly_bandwidth_bytes"] = json!(cap);
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn bandwidth_status_reports_measured_usage_and_the_cap_is_enforced() {
+    let iss = app_issuer().await;
+    let usage = |used| {
+        Some(turnkey_issuer::BandwidthUsage { used_bytes: used, reset_at: 1_738_368_000, active_allocations: 2 })
+    };
+    // No accounting in this process: 503.
+    let r = iss.send(iss.http.get(iss.url("/api/bandwidth-status"))).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    *iss.relay.usage.lock().unwrap() = usage(12_345_678_900);
+    let r = iss.send(iss.http.get(iss.url("/api/bandwidth-status"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.text,
+        r#"{"bandwidthUsedGB":"12.35","bandwidthLimitGB":null,"percentage":null,"remainingGB":null,"resetDate":"2025-02-01T00:00:00.000Z","activeConnections":2,"status":"OK"}"#
+    );
+    set_cap(&iss, 20_000_000_000);
+    let v = iss.send(iss.http.get(iss.url("/api/bandwidth-status"))).await.json();
+    assert_eq!(v["bandwidthLimitGB"], 20);
+    assert_eq!(v["percentage"], 61.73);
+    assert_eq!(v["remainingGB"], "7.65");
+    assert_eq!(v["status"], "OK");
+    *iss.relay.usage.lock().unwrap() = usage(18_000_000_000);
+    let v = iss.send(iss.http.get(iss.url("/api/bandwidth-status"))).await.json();
+    assert_eq!(v["status"], "WARNING");
+    let r = iss.send(iss.http.get(iss.url("/api/turn-credentials"))).await;
+    assert_eq!(r.status, 200);
+    // At the cap in the key file, the issuer stops minting for the key.
+    *iss.relay.usage.lock().unwrap() = usage(20_000_000_000);
+    let v = iss.send(iss.http.get(iss.url("/api/bandwidth-status"))).await.json();
+    assert_eq!(v["status"], "LIMIT_REACHED");
+    assert_eq!(v["remainingGB"], "0.00");
+    let r = iss.send(iss.http.get(iss.url("/api/turn-credentials"))).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json(), json!({"error": "Bandwidth limit reached", "fallback": true}));
+    let r = iss
+        .post_json(
+            &iss.generate_path(&iss.key.id, "generate-ice-servers"),
+            Some(&iss.key.token),
+            Some(json!({"ttl": 600})),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text);
+}

@@ -9,7 +9,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
 use turnkey_issuer::{
-    router, serve, IssuerConfig, IssuerDeps, IssuerState, KeyOptions, KeyStore, NewKey, RelayStatus, UpstreamConfig,
+    router, serve, BandwidthUsage, IssuerConfig, IssuerDeps, IssuerState, KeyOptions, KeyStore, NewKey, RelayStatus,
+    UpstreamConfig,
 };
 
 use crate::cloudflare_double::CloudflareDouble;
@@ -22,6 +23,7 @@ pub const T0: u64 = 1_700_000_000;
 pub struct TestRelay {
     pub ready: AtomicBool,
     pub exhausted: AtomicBool,
+    pub usage: std::sync::Mutex<Option<BandwidthUsage>>,
 }
 
 impl RelayStatus for TestRelay {
@@ -30,6 +32,9 @@ impl RelayStatus for TestRelay {
     }
     fn bandwidth_exhausted(&self, _key_id: &str) -> bool {
         self.exhausted.load(Ordering::SeqCst)
+    }
+    fn bandwidth(&self, _key_id: &str) -> Option<BandwidthUsage> {
+        *self.usage.lock().unwrap()
     }
 }
 

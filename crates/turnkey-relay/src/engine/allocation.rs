@@ -1,6 +1,7 @@
 //! One allocation: its relay socket, permissions, channels, lifetime and bandwidth bucket.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use turnkey_auth::UnixTime;
@@ -41,7 +42,7 @@ pub(crate) struct Allocation {
     pub relay: RelayHandle,
     pub relay_addr: SocketAddr,
     pub username: Box<str>,
-    pub userid: Box<str>,
+    pub userid: Arc<str>,
     pub key: [u8; 16],
     pub cred_expiry: UnixTime,
     pub expires: Instant,
@@ -53,6 +54,10 @@ pub(crate) struct Allocation {
     pub bucket: TokenBucket,
     /// Payload bytes relayed, both directions (usage accounting).
     pub bytes_relayed: u64,
+    /// Payload bytes relayed since the last usage report, by direction (client to peer, peer to client).
+    pub unreported: [u64; 2],
+    /// The usage sink said to stop relaying for this userid (monthly cap reached).
+    pub capped: bool,
 }
 
 impl Allocation {

@@ -51,7 +51,7 @@ impl Engine {
         let parsed = match message::parse(buf) {
             Ok(p) => p,
             Err(_) => {
-                self.stats.dropped(DropReason::Malformed);
+                self.garbage(now.mono, from, "invalid STUN message");
                 return None;
             }
         };
@@ -115,13 +115,13 @@ impl Engine {
     fn authenticate(&mut self, now: Now, from: FiveTuple, p: &Parsed, existing: Option<usize>) -> Outcome {
         let m = &p.msg;
         let Some(mi_offset) = p.mi_offset else {
-            self.auth_failed("missing_integrity");
+            self.auth_failed(now, from, "missing_integrity");
             return self.challenge(now, from, m, 401);
         };
         let (Some(username), Some(realm), Some(nonce)) =
             (text(m, ATTR_USERNAME), text(m, ATTR_REALM), m.get(ATTR_NONCE).ok())
         else {
-            self.auth_failed("bad_request");
+            self.auth_failed(now, from, "bad_request");
             return match self.unauth_reply(now, from, finish(self.error(m, 400), None)) {
                 Some(r) => Outcome::Reply(r),
                 None => Outcome::Drop,
@@ -130,18 +130,18 @@ impl Engine {
         match self.cfg.nonce_key.check(&nonce, now.unix(), from.client.0, self.cfg.nonce_lifetime.as_secs()) {
             NonceStatus::Valid => {}
             NonceStatus::Stale | NonceStatus::Forged => {
-                self.auth_failed("stale_nonce");
+                self.auth_failed(now, from, "stale_nonce");
                 return self.challenge(now, from, m, 438);
             }
         }
         if realm != self.cfg.realm {
-            self.auth_failed("wrong_realm");
+            self.auth_failed(now, from, "wrong_realm");
             return self.challenge(now, from, m, 401);
         }
         if let Some(idx) = existing {
             if let Some(a) = self.allocs[idx].as_ref() {
                 if *a.username != *username {
-                    self.auth_failed("wrong_credentials");
+                    self.auth_failed(now, from, "wrong_credentials");
                     return Outcome::Reply(self.error_reply(m, 441, None));
                 }
             }
@@ -149,16 +149,16 @@ impl Engine {
         let parsed = match RestUsername::parse(&username) {
             Ok(u) => u,
             Err(_) => {
-                self.auth_failed("malformed_username");
+                self.auth_failed(now, from, "malformed_username");
                 return self.challenge(now, from, m, 401);
             }
         };
         if parsed.check_expiry(now.unix()).is_err() {
-            self.auth_failed("expired");
+            self.auth_failed(now, from, "expired");
             return self.challenge(now, from, m, 401);
         }
         if self.shared.revocations.is_revoked(&username) {
-            self.auth_failed("revoked");
+            self.auth_failed(now, from, "revoked");
             return self.challenge(now, from, m, 401);
         }
         let cached = existing.and_then(|i| self.allocs[i].as_ref()).map(|a| a.key);
@@ -173,7 +173,7 @@ impl Engine {
                 .find(|k| message::integrity_matches(&m.raw, mi_offset, k)),
         };
         let Some(key) = key else {
-            self.auth_failed("bad_credential");
+            self.auth_failed(now, from, "bad_credential");
             return self.challenge(now, from, m, 401);
         };
         let (userid, expiry) = (parsed.userid().to_owned(), parsed.expiry());
@@ -221,6 +221,10 @@ impl Engine {
         }
         if self.shared.is_draining() {
             return Err(508);
+        }
+        if self.shared.usage_blocked(&auth.userid) {
+            // The key's monthly bandwidth cap is reached (relay enforcement on).
+            return Err(486);
         }
         let transport = m.get(ATTR_REQUESTED_TRANSPORT).map_err(|_| 400u16)?;
         if transport.len() != 4 {
@@ -284,6 +288,8 @@ impl Engine {
             allocate_response: bytes.clone(),
             bucket: TokenBucket::new(self.cfg.bandwidth_limit, now.mono),
             bytes_relayed: 0,
+            unreported: [0, 0],
+            capped: false,
         };
         tracing::debug!(client = %from.client, relay = %binding.advertised, "allocation created");
         self.insert(a);
@@ -398,11 +404,16 @@ impl Engine {
             self.stats.dropped(DropReason::NoPermission);
             return None;
         }
+        if a.capped {
+            self.stats.dropped(DropReason::UsageCap);
+            return None;
+        }
         if !a.bucket.take(data.len(), now.mono) {
             self.stats.dropped(DropReason::RateCap);
             return None;
         }
         a.bytes_relayed += data.len() as u64;
+        a.unreported[Direction::ClientToPeer as usize] += data.len() as u64;
         let relay = a.relay;
         self.stats.relayed(Direction::ClientToPeer, from.transport, data.len());
         Some(Transmit::Peer { relay, to: PeerAddr(peer), data: Cow::Owned(data) })
@@ -470,8 +481,14 @@ impl Engine {
         }
     }
 
-    fn auth_failed(&self, reason: &str) {
+    fn auth_failed(&mut self, now: Now, from: FiveTuple, reason: &str) {
         self.metrics.auth_failures.with_label_values(&[reason]).inc();
+        // Challenges without credentials are the normal first round trip, not failures worth a line.
+        if !matches!(reason, "missing_integrity" | "stale_nonce") {
+            if let Some(suppressed) = self.auth_log.allow(now.mono) {
+                tracing::info!(client = %from.client, reason, suppressed, "TURN authentication failed");
+            }
+        }
     }
 
     fn attempt(&self, result: &str) {

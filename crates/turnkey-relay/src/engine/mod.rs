@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use turnkey_auth::{NonceKey, RevocationSet, SecretRing};
 
+use crate::loglimit::LogLimiter;
 use crate::metrics::{Direction, DropReason, RelayMetrics, ShardStats};
 use crate::policy::PeerPolicy;
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
+use crate::usage::{UsageDelta, UsageSink};
 
 use allocation::Allocation;
 use limiter::ReplyLimiter;
@@ -35,6 +37,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 pub const PEER_HEADROOM: usize = 4;
 /// Bytes the driver must leave free after a peer's payload (room for stream padding).
 pub const PEER_TAILROOM: usize = 3;
+/// Log lines per second and shard for noisy events (authentication failures, garbage).
+pub const NOISY_LOG_LINES_PER_SEC: u32 = 5;
 
 /// Everything the engine needs to decide; built once by the binary.
 #[derive(Debug, Clone)]
@@ -122,12 +126,31 @@ pub struct Shared {
     draining: AtomicBool,
     /// Usernames the issuer revoked.
     pub revocations: RevocationSet,
+    /// Where relayed bytes are reported (usage accounting, monthly caps).
+    pub usage: Option<Arc<dyn UsageSink>>,
 }
 
 impl Shared {
     /// Shared state consulting `revocations`.
     pub fn new(revocations: RevocationSet) -> Self {
         Self { revocations, ..Self::default() }
+    }
+
+    /// Reports usage to `sink` (builder style).
+    pub fn with_usage(mut self, sink: Arc<dyn UsageSink>) -> Self {
+        self.usage = Some(sink);
+        self
+    }
+
+    /// Live allocations across all shards whose userid satisfies `pred` (e.g. one TURN key's).
+    pub fn allocations_where(&self, pred: impl Fn(&str) -> bool) -> u32 {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        users.iter().filter(|(u, _)| pred(u)).map(|(_, n)| *n).sum()
+    }
+
+    /// Whether the usage sink says `userid` must not be relayed.
+    fn usage_blocked(&self, userid: &str) -> bool {
+        self.usage.as_ref().is_some_and(|u| u.blocked(userid))
     }
 
     /// Live allocations across all shards.
@@ -241,6 +264,10 @@ pub struct Engine {
     seen_revocations: u64,
     reported_permissions: i64,
     reported_channels: i64,
+    usage_batch: Vec<(Arc<str>, UsageDelta)>,
+    seen_usage_generation: u64,
+    auth_log: LogLimiter,
+    garbage_log: LogLimiter,
 }
 
 impl Engine {
@@ -248,6 +275,7 @@ impl Engine {
     pub fn new(cfg: Arc<EngineConfig>, shared: Arc<Shared>, metrics: RelayMetrics, now: Instant) -> Self {
         let limiter = ReplyLimiter::new(cfg.unauth_replies_per_sec);
         let seen_revocations = shared.revocations.generation();
+        let seen_usage_generation = shared.usage.as_ref().map_or(0, |u| u.generation());
         Self {
             cfg,
             shared,
@@ -262,6 +290,10 @@ impl Engine {
             seen_revocations,
             reported_permissions: 0,
             reported_channels: 0,
+            usage_batch: Vec::new(),
+            seen_usage_generation,
+            auth_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
+            garbage_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
         }
     }
 
@@ -278,7 +310,7 @@ impl Engine {
             Some(b) if b & 0xC0 == 0x40 => self.channel_data(now.mono, from, buf),
             Some(b) if b & 0xC0 == 0 => self.handle_stun(now, from, buf, ports),
             _ => {
-                self.stats.dropped(DropReason::Malformed);
+                self.garbage(now.mono, from, "not STUN or ChannelData");
                 None
             }
         }
@@ -304,11 +336,16 @@ impl Engine {
             self.stats.dropped(DropReason::NoPermission);
             return None;
         }
+        if a.capped {
+            self.stats.dropped(DropReason::UsageCap);
+            return None;
+        }
         if !a.bucket.take(len, now.mono) {
             self.stats.dropped(DropReason::RateCap);
             return None;
         }
         a.bytes_relayed += len as u64;
+        a.unreported[Direction::PeerToClient as usize] += len as u64;
         let to = a.tuple;
         self.stats.relayed(Direction::PeerToClient, to.transport, len);
         if let Some(ch) = a.channel_for_peer(from, now.mono) {
@@ -358,6 +395,9 @@ impl Engine {
         let generation = self.shared.revocations.generation();
         let check_revoked = generation != self.seen_revocations;
         self.seen_revocations = generation;
+        let usage_generation = self.shared.usage.as_ref().map_or(0, |u| u.generation());
+        let check_usage = usage_generation != self.seen_usage_generation;
+        self.seen_usage_generation = usage_generation;
         let unix = now.unix();
         let (mut perms, mut chans) = (0i64, 0i64);
         for idx in 0..self.allocs.len() {
@@ -369,6 +409,14 @@ impl Engine {
                 self.remove(idx, ports);
                 continue;
             }
+            if check_usage {
+                a.capped = self.shared.usage_blocked(&a.userid);
+            }
+            if a.unreported != [0, 0] {
+                let d = UsageDelta { client_to_peer: a.unreported[0], peer_to_client: a.unreported[1] };
+                self.usage_batch.push((a.userid.clone(), d));
+                a.unreported = [0, 0];
+            }
             a.prune(now.mono);
             perms += a.permissions.len() as i64;
             chans += a.live_channels(now.mono) as i64;
@@ -378,6 +426,26 @@ impl Engine {
         self.reported_permissions = perms;
         self.reported_channels = chans;
         self.stats.flush(&self.metrics);
+        self.flush_usage();
+    }
+
+    /// Hands the usage gathered since the last sweep to the sink.
+    fn flush_usage(&mut self) {
+        if self.usage_batch.is_empty() {
+            return;
+        }
+        if let Some(sink) = &self.shared.usage {
+            sink.record(&self.usage_batch);
+        }
+        self.usage_batch.clear();
+    }
+
+    /// Counts a malformed packet, logging it (at debug, rate-limited).
+    fn garbage(&mut self, now: Instant, from: FiveTuple, what: &str) {
+        self.stats.dropped(DropReason::Malformed);
+        if let Some(suppressed) = self.garbage_log.allow(now) {
+            tracing::debug!(client = %from.client, what, suppressed, "dropped malformed packet");
+        }
     }
 
     /// Live allocations in this shard.
@@ -398,6 +466,7 @@ impl Engine {
             }
         }
         self.stats.flush(&self.metrics);
+        self.flush_usage();
         self.metrics.permissions.sub(self.reported_permissions);
         self.metrics.channels.sub(self.reported_channels);
         self.reported_permissions = 0;
@@ -417,13 +486,13 @@ impl Engine {
 
     fn channel_data<'a>(&mut self, now: Instant, from: FiveTuple, buf: &'a [u8]) -> Option<Transmit<'a>> {
         if buf.len() < 4 {
-            self.stats.dropped(DropReason::Malformed);
+            self.garbage(now, from, "short ChannelData");
             return None;
         }
         let number = ChannelNumber(u16::from_be_bytes([buf[0], buf[1]]));
         let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
         if 4 + len > buf.len() {
-            self.stats.dropped(DropReason::Malformed);
+            self.garbage(now, from, "truncated ChannelData");
             return None;
         }
         let Some(&idx) = self.by_tuple.get(&from) else {
@@ -439,11 +508,16 @@ impl Engine {
             self.stats.dropped(DropReason::NoPermission);
             return None;
         }
+        if a.capped {
+            self.stats.dropped(DropReason::UsageCap);
+            return None;
+        }
         if !a.bucket.take(len, now) {
             self.stats.dropped(DropReason::RateCap);
             return None;
         }
         a.bytes_relayed += len as u64;
+        a.unreported[Direction::ClientToPeer as usize] += len as u64;
         let relay = a.relay;
         self.stats.relayed(Direction::ClientToPeer, from.transport, len);
         Some(Transmit::Peer { relay, to: peer, data: Cow::Borrowed(&buf[4..4 + len]) })
@@ -473,6 +547,10 @@ impl Engine {
         self.by_relay.remove(&a.relay);
         ports.release(a.relay);
         self.shared.release(&a.userid);
+        if a.unreported != [0, 0] {
+            let d = UsageDelta { client_to_peer: a.unreported[0], peer_to_client: a.unreported[1] };
+            self.usage_batch.push((a.userid.clone(), d));
+        }
         self.metrics.allocations.with_label_values(&[a.tuple.transport.as_str()]).dec();
         self.free.push(idx);
         tracing::debug!(client = %a.tuple.client, relay = %a.relay_addr, "allocation ended");

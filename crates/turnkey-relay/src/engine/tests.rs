@@ -860,3 +860,64 @@ mod fuzz {
         }
     }
 }
+
+#[derive(Debug, Default)]
+struct FakeUsage {
+    recorded: std::sync::Mutex<HashMap<String, (u64, u64)>>,
+    blocked: std::sync::atomic::AtomicBool,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl crate::usage::UsageSink for FakeUsage {
+    fn record(&self, batch: &[(Arc<str>, crate::usage::UsageDelta)]) {
+        let mut r = self.recorded.lock().unwrap();
+        for (u, d) in batch {
+            let e = r.entry(u.to_string()).or_default();
+            e.0 += d.client_to_peer;
+            e.1 += d.peer_to_client;
+        }
+    }
+    fn blocked(&self, _userid: &str) -> bool {
+        self.blocked.load(Ordering::SeqCst)
+    }
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn usage_is_reported_at_each_sweep_and_caps_stop_relaying() {
+    let sink = Arc::new(FakeUsage::default());
+    let mut h = Harness::new();
+    h.shared = Arc::new(Shared::new(RevocationSet::new()).with_usage(sink.clone()));
+    h.engine = Engine::new(h.engine.cfg.clone(), h.shared.clone(), h.metrics.clone(), h.now.mono);
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), None);
+    assert!(h.engine.handle_client(h.now, t, &channel_data(0x4001, b"ping"), &mut h.ports).is_some());
+    let relay = h.relay_handle(t);
+    assert!(from_peer(&mut h, relay, PEER, b"pong!").is_some());
+    assert!(sink.recorded.lock().unwrap().is_empty(), "reported at the sweep, not per packet");
+    h.advance(1);
+    assert_eq!(sink.recorded.lock().unwrap()["alice"], (4, 5));
+    // While the allocation lives, every sweep reports what moved since the last one.
+    assert!(h.engine.handle_client(h.now, t, &channel_data(0x4001, b"again"), &mut h.ports).is_some());
+    h.advance(1);
+    assert_eq!(sink.recorded.lock().unwrap()["alice"], (9, 5));
+    // The cap is reached: relaying stops at the next sweep, and new allocations get 486.
+    sink.blocked.store(true, Ordering::SeqCst);
+    sink.generation.fetch_add(1, Ordering::SeqCst);
+    h.advance(1);
+    assert!(h.engine.handle_client(h.now, t, &channel_data(0x4001, b"ping"), &mut h.ports).is_none());
+    assert!(from_peer(&mut h, relay, PEER, b"pong!").is_none());
+    assert_eq!(h.engine.pending_stats().drops(DropReason::UsageCap), 2);
+    let (r, _) = h.allocate(tuple("203.0.113.6:5555"), "alice");
+    assert_eq!(code(&r), Some(486));
+    // Lifted (new period): relaying resumes; bytes of an allocation that ends are still reported.
+    sink.blocked.store(false, Ordering::SeqCst);
+    sink.generation.fetch_add(1, Ordering::SeqCst);
+    h.advance(1);
+    assert!(h.engine.handle_client(h.now, t, &channel_data(0x4001, b"12345678"), &mut h.ports).is_some());
+    h.engine.close_all(&mut h.ports);
+    assert_eq!(sink.recorded.lock().unwrap()["alice"], (17, 5));
+}
