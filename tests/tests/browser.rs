@@ -179,6 +179,27 @@ fn chromium_selftest_fails_when_the_relay_does_not_answer() {
     assert_eq!(tk.metric("turnkey_relay_relayed_bytes_total", &[]), 0.0);
 }
 
+/// The call step really goes through turnkey: with the default peer policy (loopback refused),
+/// relay candidates are still gathered but the two relay-only peer connections cannot reach each
+/// other, and the page fails with the likely cause.
+#[test]
+fn chromium_call_fails_when_the_peer_policy_refuses_relaying() {
+    if !require("chromium") {
+        return;
+    }
+    let tk = Turnkey::serve(&[]);
+    let Run { result: r, console } = run_page(&tk, "udp", "selftest-udp-peer-denied.png");
+    let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}");
+    assert_eq!(r["done"], true, "{ctx}");
+    assert_eq!(r["pass"], false, "{ctx}");
+    assert_eq!(r["urls"][0]["relayCandidate"], true, "{ctx}");
+    let call = &r["calls"][0];
+    assert_eq!(call["connected"], false, "{ctx}");
+    assert_eq!(call["messages"], 0, "{ctx}");
+    assert!(call["error"].as_str().unwrap().contains("could not reach each other"), "{ctx}");
+    assert!(tk.metric("turnkey_relay_peer_denied_total", &[]) >= 1.0, "{}", tk.metrics());
+}
+
 /// A failed credential request is reported with its HTTP status: the app key names no key, so the
 /// issuer answers 503.
 #[test]
