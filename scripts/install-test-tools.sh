@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite drives, when missing:
-#   coturn (turnutils_uclient, turnserver) and prometheus (prometheus, promtool) from Debian,
-#   aioice from PyPI.
+#   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool) and chromium (the
+#   self-test page's browser test) from Debian, aioice from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -10,6 +10,7 @@ need_apt=()
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -37,6 +38,7 @@ command -v turnutils_uclient >/dev/null 2>&1 || missing+=(turnutils_uclient)
 command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(promtool)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-tools: missing after install: ${missing[*]}" >&2

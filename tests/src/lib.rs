@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod browser;
+
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -18,6 +20,13 @@ use std::time::{Duration, Instant};
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `tests/artifacts/` (gitignored): screenshots and other files tests leave for people to look at.
+pub fn artifacts() -> PathBuf {
+    let dir = root().join("tests").join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// The `turnkey` binary built next to this test (`cargo build` runs before the tests).

@@ -10,7 +10,8 @@
 //! - the Cloudflare upstream client ([`UpstreamClient`]: cache, refresh, retries, circuit
 //!   breaker) and the fallback/merge policy;
 //! - `GET /api/bandwidth-status` (measured usage of the app key against its monthly cap);
-//! - `/healthz`, `/readyz`, `/openapi.yaml`, and the issuer metrics ([`IssuerMetrics`]).
+//! - `/healthz`, `/readyz`, `/openapi.yaml`, and the issuer metrics ([`IssuerMetrics`]);
+//! - `/test`, the browser self-test page ([`SELFTEST_HTML`], served with [`selftest_csp`]).
 //!
 //! It must not import the relay engine (`turnkey-relay`) nor bind sockets itself: the binary
 //! hands [`serve`] an already bound listener, and the relay's readiness arrives through the
@@ -36,6 +37,7 @@ mod metrics;
 mod ratelimit;
 mod revocations;
 mod router;
+mod selftest;
 mod state;
 mod upstream;
 
@@ -54,5 +56,6 @@ pub use metrics::IssuerMetrics;
 pub use ratelimit::{client_ip, RateLimiter, Verdict};
 pub use revocations::{RevocationStore, Revoked};
 pub use router::{router, run_maintenance, serve, OPENAPI_YAML};
+pub use selftest::{selftest_csp, SELFTEST_HTML};
 pub use state::{system_clock, BandwidthUsage, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
 pub use upstream::UpstreamClient;

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::state::IssuerState;
-use crate::{api, app, bandwidth};
+use crate::{api, app, bandwidth, selftest};
 
 /// The OpenAPI 3 document of every endpoint (`docs/api/openapi.yaml`).
 pub const OPENAPI_YAML: &str = include_str!("../../../docs/api/openapi.yaml");
@@ -38,6 +38,7 @@ pub fn router(state: IssuerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))
+        .route("/test", get(selftest::page))
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(|| async { ApiError::NotFound })

@@ -8,4 +8,5 @@ mod api;
 mod app;
 mod cloudflare_double;
 mod harness;
+mod selftest;
 mod upstream;

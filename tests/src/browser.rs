@@ -1,0 +1,252 @@
+//! Headless Chromium (Debian's `chromium`) driven over the Chrome DevTools Protocol.
+//!
+//! [`Chromium::launch`] starts the browser with a fresh profile, no background networking and
+//! `--remote-debugging-port=0`, reads the port it chose from `<profile>/DevToolsActivePort`, finds
+//! the page target with `GET /json/list` and talks CDP (JSON over a websocket) to it. The browser
+//! runs in its own process group, which is killed when the value is dropped.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+/// The flags every run uses: headless, no sandbox (tests run as root), nothing fetched from the
+/// network by the browser itself, and loopback allowed in WebRTC without mDNS obfuscation.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--no-default-browser-check",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-breakpad",
+    "--disable-domain-reliability",
+    "--disable-field-trial-config",
+    "--disable-dev-shm-usage",
+    "--password-store=basic",
+    "--mute-audio",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+];
+
+/// A running headless Chromium with one page attached over CDP.
+#[derive(Debug)]
+pub struct Chromium {
+    child: Child,
+    profile: tempfile::TempDir,
+    ws: WebSocket<TcpStream>,
+    next_id: u64,
+    /// CDP events received so far (console messages, exceptions, log entries, ...).
+    pub events: Vec<Value>,
+}
+
+impl Chromium {
+    /// Starts Chromium with [`CHROMIUM_FLAGS`] plus `extra` flags on `about:blank` and attaches to
+    /// the page. Panics (with the browser's output) when it does not come up within 30 s.
+    pub fn launch(extra: &[&str]) -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let log = File::create(profile.path().join("chromium.log")).unwrap();
+        let mut cmd = Command::new("chromium");
+        cmd.args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+            .args(extra)
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        let mut child = cmd.spawn().expect("spawn chromium");
+        let port_file = profile.path().join("profile").join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port: u16 = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                break p;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("chromium exited ({status}) before listening:\n{}", read_log(profile.path()));
+            }
+            if Instant::now() > deadline {
+                kill_group(&mut child);
+                panic!("chromium did not open its DevTools port in 30 s:\n{}", read_log(profile.path()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let devtools = SocketAddr::from(([127, 0, 0, 1], port));
+        let ws_url = loop {
+            let (status, body) = crate::http(devtools, "GET", "/json/list", &[], None);
+            let page = serde_json::from_str::<Value>(&body).ok().and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .find(|t| t["type"] == "page")
+                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
+            });
+            if let Some(url) = page {
+                break url;
+            }
+            if Instant::now() > deadline {
+                kill_group(&mut child);
+                panic!("no page target ({status}: {body})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stream = TcpStream::connect_timeout(&devtools, Duration::from_secs(5)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tungstenite::client(ws_url.as_str(), stream).expect("CDP websocket handshake");
+        ws.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut me = Self { child, profile, ws, next_id: 0, events: Vec::new() };
+        me.call("Runtime.enable", json!({}));
+        me.call("Log.enable", json!({}));
+        me.call("Page.enable", json!({}));
+        me
+    }
+
+    /// Sends one CDP command and waits (10 s at most) for its answer; panics on a CDP error.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws.send(Message::text(msg)).unwrap_or_else(|e| panic!("CDP send {method}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "CDP {method}: no answer in 10 s");
+            let msg = match self.ws.read() {
+                Ok(m) => m,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("CDP {method}: {e}"),
+            };
+            let Ok(text) = msg.to_text() else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
+            if v["id"] == json!(id) {
+                if let Some(err) = v.get("error") {
+                    panic!("CDP {method} failed: {err}");
+                }
+                return v["result"].clone();
+            }
+            if v.get("method").is_some() {
+                self.events.push(v);
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page and returns its value (by value).
+    pub fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}));
+        r["result"]["value"].clone()
+    }
+
+    /// Navigates the page to `url`.
+    pub fn navigate(&mut self, url: &str) {
+        let r = self.call("Page.navigate", json!({"url": url}));
+        assert!(r.get("errorText").is_none(), "navigation to {url} failed: {r}");
+    }
+
+    /// Polls `expr` until it is `true` or `timeout` passes; returns whether it became true.
+    pub fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.eval(expr) == json!(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
+    }
+
+    /// Renders like a phone: 412 CSS px wide, touch, mobile viewport rules.
+    pub fn phone_viewport(&mut self) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 412, "height": 915, "deviceScaleFactor": 1, "mobile": true}),
+        );
+    }
+
+    /// Saves a PNG of the whole page (beyond the viewport) to `path`.
+    pub fn screenshot(&mut self, path: &Path) {
+        let r = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true}));
+        let png = base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap_or("")).unwrap();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, png).unwrap();
+    }
+
+    /// Console messages, uncaught exceptions and browser log entries (CSP violations among them),
+    /// one per line, for failure messages.
+    pub fn console(&self) -> String {
+        let mut out = String::new();
+        for e in &self.events {
+            let p = &e["params"];
+            let line = match e["method"].as_str() {
+                Some("Runtime.consoleAPICalled") => {
+                    let args: Vec<String> = p["args"]
+                        .as_array()
+                        .map(|a| a.iter().map(|x| x["value"].to_string()).collect())
+                        .unwrap_or_default();
+                    format!("console.{}: {}", p["type"].as_str().unwrap_or("?"), args.join(" "))
+                }
+                Some("Runtime.exceptionThrown") => format!("exception: {}", p["exceptionDetails"]),
+                Some("Log.entryAdded") => {
+                    format!("log {}: {}", p["entry"]["level"].as_str().unwrap_or("?"), p["entry"]["text"])
+                }
+                _ => continue,
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The browser's own stdout/stderr so far.
+    pub fn log(&self) -> String {
+        read_log(self.profile.path())
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        // Ask politely, then end the whole process group (renderer, GPU and utility processes).
+        let msg = json!({"id": 0, "method": "Browser.close"}).to_string();
+        let _ = self.ws.send(Message::text(msg));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        kill_group(&mut self.child);
+    }
+}
+
+/// SIGKILLs the process group led by `child` (started with `process_group(0)`) and reaps it.
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn read_log(profile: &Path) -> String {
+    let text = std::fs::read_to_string(profile.join("chromium.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
