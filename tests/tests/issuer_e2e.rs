@@ -3,6 +3,9 @@
 //! ends live allocations and survives a restart; keys created by `turnkey keys create` are picked
 //! up by a running server.
 
+// Test code: a missing field is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -36,7 +39,12 @@ fn issued_credentials_relay_through_turnkey() {
     let v = generate(&tk, &id, &token, 600);
     assert_eq!(v["iceServers"][0]["urls"][0], format!("stun:{}", tk.udp()));
     let (user, pass, urls) = turn_entry(&v);
-    assert_eq!(urls, vec![format!("turn:{}?transport=udp", tk.udp())]);
+    let expected = [
+        format!("turn:{}?transport=udp", tk.udp()),
+        format!("turn:{}?transport=tcp", tk.tcp()),
+        format!("turns:{}?transport=tcp", tk.tls()),
+    ];
+    assert_eq!(urls, expected);
     let r = aioice(&["relay", "--server", &tk.udp().to_string(), "--user", &user, "--password", &pass]);
     assert_eq!(r["received"], 20, "{r}");
 }

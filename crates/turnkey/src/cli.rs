@@ -29,6 +29,9 @@ pub enum Command {
     Issuer(Box<IssuerArgs>),
     /// Manage TURN keys (tenants) in the data directory.
     Keys(KeysArgs),
+    /// Load-test any TURN server (turnkey, coturn, Cloudflare). Exit 0: the run passed its gates
+    /// (`--max-loss`, `--max-p99`); 1: it did not; 2: it could not run.
+    Load(Box<turnkey_load::LoadArgs>),
 }
 
 /// `turnkey issuer`.
@@ -161,6 +164,9 @@ pub struct ServeArgs {
     /// Per-allocation bandwidth cap in bytes per second (0: none).
     #[arg(long, env = "TURNKEY_BANDWIDTH_LIMIT")]
     pub bandwidth_limit: Option<u64>,
+    /// Replies to unauthenticated requests per second per source IP (0: unlimited).
+    #[arg(long, env = "TURNKEY_UNAUTH_REPLIES_PER_SEC")]
+    pub unauth_replies_per_sec: Option<u32>,
     /// Accept RFC 5766 channel numbers up to 0x7FFF (for older clients).
     #[arg(long, env = "TURNKEY_RFC5766_CHANNEL_NUMBERS")]
     pub rfc5766_channel_numbers: bool,
@@ -259,6 +265,7 @@ impl ServeArgs {
         set(&mut r.max_allocations_per_user, &self.max_allocations_per_user);
         set(&mut r.max_allocations, &self.max_allocations);
         set(&mut r.bandwidth_limit, &self.bandwidth_limit);
+        set(&mut r.unauth_replies_per_sec, &self.unauth_replies_per_sec);
         set(&mut r.drain_grace, &self.drain_grace);
         if self.rfc5766_channel_numbers {
             r.rfc5766_channel_numbers = Some(true);

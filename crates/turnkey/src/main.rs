@@ -14,6 +14,7 @@ use cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Load(args) => return load(*args),
         Command::Serve(args) => serve::serve(*args),
         Command::Creds(args) => serve::creds(args),
         Command::CheckConfig(args) => check_config(&args.file),
@@ -25,6 +26,25 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("turnkey: error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `turnkey load`: exit 0 when the run passed its gates, 1 when it did not, 2 when it could not run.
+fn load(args: turnkey_load::LoadArgs) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("turnkey load: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(turnkey_load::run_cli(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("turnkey load: {e}");
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,300 @@
+//! The command line of `turnkey load` ([`LoadArgs`]) and its validation into a [`Plan`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::LoadError;
+
+/// Arguments of `turnkey load`: drive a TURN server and measure it.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// TURN server, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: String,
+    /// Transport to the server.
+    #[arg(long, value_enum, default_value_t = TransportKind::Udp)]
+    pub transport: TransportKind,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Scenario::Relay)]
+    pub scenario: Scenario,
+    /// How data is sent through the relay: ChannelData or Send/Data indications.
+    #[arg(long, value_enum, default_value_t = Mode::Channel)]
+    pub mode: Mode,
+    /// Number of flows (relay, ramp).
+    #[arg(long, default_value_t = 1)]
+    pub flows: u32,
+    /// Application payload per packet, in bytes (at least 24: flow, phase, sequence, timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Packets per second per flow (relay); starting rate (ramp); allocations per second in
+    /// total (allocations, unlimited if unset).
+    #[arg(long, value_name = "PPS", conflicts_with = "flood")]
+    pub rate: Option<f64>,
+    /// Send as fast as possible (relay).
+    #[arg(long)]
+    pub flood: bool,
+    /// Sending time in seconds (per step for ramp). Default 10 (3 per ramp step) unless --count.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Packets per flow (relay) or allocations (allocations) to send, then stop.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Allocations set up (relay, ramp) or attempted (allocations) at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u32,
+    /// Long-term credential user name (with --secret: the user id the name is minted for).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Long-term credential password (may start with `-`).
+    #[arg(long, requires = "user", allow_hyphen_values = true)]
+    pub password: Option<String>,
+    /// TURN REST shared secret: mint `expiry:user` credentials locally (may start with `-`).
+    #[arg(long, conflicts_with_all = ["password", "issuer"], allow_hyphen_values = true)]
+    pub secret: Option<String>,
+    /// Realm for the long-term key (default: the REALM the server sends).
+    #[arg(long)]
+    pub realm: Option<String>,
+    /// Lifetime of minted or issued credentials, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub credential_ttl: u64,
+    /// Credential issuer base URL in Cloudflare's API shape (e.g. https://rtc.live.cloudflare.com/v1/turn).
+    #[arg(long, requires_all = ["key_id", "token_file"], conflicts_with = "password")]
+    pub issuer: Option<String>,
+    /// TURN key id at the issuer.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// File holding the issuer API token (bearer).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Send to this UDP echo peer instead of pairing allocations (relay, ramp).
+    #[arg(long, value_name = "ADDR", conflicts_with = "echo_peer")]
+    pub peer_addr: Option<String>,
+    /// Run an own UDP echo peer on loopback, one socket per flow, instead of pairing allocations.
+    #[arg(long)]
+    pub echo_peer: bool,
+    /// TLS: accept any server certificate.
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
+    /// TLS: trust the certificates in this PEM file (default: the web PKI roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// TLS: server name to verify (default: the host of --server).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Fail (exit non-zero) when the loss exceeds this percentage.
+    #[arg(long, value_name = "PCT")]
+    pub max_loss: Option<f64>,
+    /// Fail (exit non-zero) when the 99th percentile round trip exceeds this many milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub max_p99: Option<f64>,
+    /// Ramp: rate added per flow at each step (default: the starting rate).
+    #[arg(long, value_name = "PPS")]
+    pub ramp_step: Option<f64>,
+    /// Ramp: most steps to run.
+    #[arg(long, default_value_t = 10)]
+    pub ramp_steps: u32,
+    /// Ramp: loss percentage that ends the ramp.
+    #[arg(long, value_name = "PCT", default_value_t = 1.0)]
+    pub ramp_loss: f64,
+    /// Allocation LIFETIME requested, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub lifetime: u32,
+    /// Time allowed for one request (with retransmissions over UDP), in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Time to wait for packets still in flight after sending stops, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub drain_ms: u64,
+    /// Allocations: keep every allocation for this many seconds before releasing them all.
+    #[arg(long, value_name = "SECS")]
+    pub hold: Option<f64>,
+    /// Allocations: send only unauthenticated Allocates (each answered 401) from one socket.
+    #[arg(long)]
+    pub unauthenticated: bool,
+    /// Never print live progress, even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The transport to the TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// UDP.
+    Udp,
+    /// TCP with RFC 8656 §12 framing.
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N flows relayed at a fixed rate: throughput, loss, round-trip time.
+    Relay,
+    /// Allocation storm: allocations per second, time to allocate, failures by code.
+    Allocations,
+    /// Raise the rate step by step until loss exceeds a threshold.
+    Ramp,
+}
+
+/// How data goes through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// ChannelBind, then ChannelData.
+    Channel,
+    /// CreatePermission, then Send and Data indications.
+    Send,
+}
+
+/// Smallest payload: flow id, phase, sequence number, send timestamp.
+pub const MIN_PAYLOAD: usize = 24;
+/// Largest payload that fits a UDP datagram with the TURN overhead.
+pub const MAX_PAYLOAD: usize = 65_000;
+/// The time cap when only `--count` bounds a run.
+pub const COUNT_TIME_CAP: Duration = Duration::from_secs(300);
+
+/// When to stop sending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// Stop after this much time.
+    pub duration: Duration,
+    /// Stop after this many packets (per flow) or allocations.
+    pub count: Option<u64>,
+}
+
+impl LoadArgs {
+    /// Checks the arguments that clap cannot, and derives the run's bound.
+    pub fn bound(&self) -> Result<Bound, LoadError> {
+        let bad = |m: String| Err(LoadError::Args(m));
+        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.payload) {
+            return bad(format!("--payload must be {MIN_PAYLOAD} to {MAX_PAYLOAD} bytes"));
+        }
+        if self.flows == 0 || self.concurrency == 0 {
+            return bad("--flows and --concurrency must be at least 1".into());
+        }
+        for (name, v) in [
+            ("--rate", self.rate),
+            ("--ramp-step", self.ramp_step),
+            ("--duration", self.duration),
+            ("--hold", self.hold),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return bad(format!("{name} must be a positive number"));
+                }
+            }
+        }
+        if !(self.timeout.is_finite() && self.timeout > 0.0) {
+            return bad("--timeout must be a positive number".into());
+        }
+        if self.count == Some(0) {
+            return bad("--count must be at least 1".into());
+        }
+        if self.scenario == Scenario::Ramp && self.flood {
+            return bad("--flood cannot be used with --scenario ramp".into());
+        }
+        if self.secret.is_none() && self.issuer.is_none() && self.password.is_none() {
+            if self.user.is_some() {
+                return bad("--user needs --password or --secret".into());
+            }
+            if !self.unauthenticated {
+                return bad("credentials needed: --user/--password, --secret, or --issuer/--key-id/--token-file".into());
+            }
+        }
+        let default = match self.scenario {
+            Scenario::Ramp => 3.0,
+            _ => 10.0,
+        };
+        let duration = match (self.duration, self.count) {
+            (Some(d), _) => Duration::from_secs_f64(d),
+            (None, Some(_)) => COUNT_TIME_CAP,
+            (None, None) => Duration::from_secs_f64(default),
+        };
+        Ok(Bound { duration, count: self.count })
+    }
+
+    /// The per-flow rate in packets per second (`None`: flood). Relay default: 50 pps.
+    pub fn flow_rate(&self) -> Option<f64> {
+        if self.flood {
+            None
+        } else {
+            Some(self.rate.unwrap_or(50.0))
+        }
+    }
+
+    /// The host part of `--server`, for TLS verification.
+    pub fn server_host(&self) -> &str {
+        let s = self.server.as_str();
+        match s.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadArgs,
+    }
+
+    fn parse(extra: &[&str]) -> LoadArgs {
+        let mut v = vec!["x", "--server", "127.0.0.1:3478", "--user", "u", "--password", "p"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).unwrap().args
+    }
+
+    #[test]
+    fn defaults_bound_to_ten_seconds() {
+        let a = parse(&[]);
+        let b = a.bound().unwrap();
+        assert_eq!(b.duration, Duration::from_secs(10));
+        assert_eq!(b.count, None);
+        assert_eq!(a.flow_rate(), Some(50.0));
+        assert_eq!(a.server_host(), "127.0.0.1");
+    }
+
+    #[test]
+    fn count_alone_is_capped_in_time() {
+        let b = parse(&["--count", "5"]).bound().unwrap();
+        assert_eq!(b.duration, COUNT_TIME_CAP);
+        assert_eq!(b.count, Some(5));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["--payload", "8"]).bound().is_err());
+        assert!(parse(&["--rate", "0"]).bound().is_err());
+        assert!(parse(&["--count", "0"]).bound().is_err());
+        assert!(Cli::try_parse_from(["x", "--server", "a:1", "--rate", "5", "--flood"]).is_err());
+        let no_creds = Cli::try_parse_from(["x", "--server", "a:1"]).unwrap().args;
+        assert!(no_creds.bound().is_err());
+    }
+
+    #[test]
+    fn secrets_and_passwords_may_start_with_a_dash() {
+        // Generated URL-safe base64 secrets start with `-` one time in 64.
+        let a = Cli::try_parse_from(["x", "--server", "a:1", "--secret", "-c2Vj", "--flows", "2"]).unwrap().args;
+        assert_eq!((a.secret.as_deref(), a.flows), (Some("-c2Vj"), 2));
+        let a = Cli::try_parse_from(["x", "--server", "a:1", "--user", "u", "--password", "-p"]).unwrap().args;
+        assert_eq!(a.password.as_deref(), Some("-p"));
+    }
+
+    #[test]
+    fn ipv6_host_for_sni() {
+        let mut a = parse(&[]);
+        a.server = "[::1]:5349".into();
+        assert_eq!(a.server_host(), "::1");
+    }
+}

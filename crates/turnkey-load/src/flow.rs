@@ -1,0 +1,315 @@
+//! The data path of one flow: the paced sender, the receiver that measures round trips, the
+//! reflector (the far allocation of a pair, sending every packet back), the UDP echo peer, and
+//! the keep-alive refreshes of long runs. Nothing is allocated per packet.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use crate::client::Auth;
+pub use crate::packet::{data_of, PacketTemplate, Received, Stamp, Wire, CHANNEL};
+use crate::proto::{attr, class, method, MessageWriter};
+use crate::transport::{Rx, Tx};
+
+/// How often permissions, channels and allocations are refreshed during long runs.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// Packets sent between yields when flooding.
+const FLOOD_BATCH: u64 = 32;
+
+/// Live counters of a flow, read by the progress display.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Packets sent in the current phase.
+    pub sent: AtomicU64,
+    /// Packets back in the current phase.
+    pub delivered: AtomicU64,
+}
+
+/// What a sender is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct SendPlan {
+    /// Packets per second (`None`: flood).
+    pub rate: Option<f64>,
+    /// Stop after this long.
+    pub duration: Duration,
+    /// Stop after this many packets.
+    pub count: Option<u64>,
+}
+
+/// Signed refresh requests (Refresh, CreatePermission or ChannelBind) sent during long runs.
+#[derive(Debug)]
+pub struct Keepalive {
+    auth: Auth,
+    peer: SocketAddr,
+    channel: bool,
+    lifetime: u32,
+    next: Instant,
+    buf: Vec<u8>,
+    /// A NONCE learnt from a 438 answer, handed over by the receiver.
+    pub fresh_nonce: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Keepalive {
+    /// Keep-alive for an allocation whose peer is `peer`.
+    pub fn new(auth: Auth, peer: SocketAddr, channel: bool, lifetime: u32) -> Self {
+        Self {
+            auth,
+            peer,
+            channel,
+            lifetime,
+            next: Instant::now() + KEEPALIVE_INTERVAL,
+            buf: Vec::with_capacity(256),
+            fresh_nonce: Arc::default(),
+        }
+    }
+
+    /// The credential state (updated by 438 answers).
+    pub fn into_auth(self) -> Auth {
+        self.auth
+    }
+
+    /// The time of the next refresh.
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// Sends the refreshes if due (answers are read, and ignored, by the receiver).
+    pub async fn tick(&mut self, tx: &mut Tx) -> io::Result<()> {
+        let now = Instant::now();
+        if now < self.next {
+            return Ok(());
+        }
+        self.next = now + KEEPALIVE_INTERVAL;
+        if let Ok(mut n) = self.fresh_nonce.lock() {
+            if let Some(nonce) = n.take() {
+                self.auth.learn(None, Some(&nonce));
+            }
+        }
+        let tid = crate::client::new_tid();
+        let mut w = MessageWriter::new(&mut self.buf, method::REFRESH | class::REQUEST, tid);
+        w.attr_u32(attr::LIFETIME, self.lifetime);
+        self.auth.sign(&mut w);
+        tx.send(&self.buf).await?;
+        let tid = crate::client::new_tid();
+        let m = if self.channel { method::CHANNEL_BIND } else { method::CREATE_PERMISSION };
+        let mut w = MessageWriter::new(&mut self.buf, m | class::REQUEST, tid);
+        if self.channel {
+            w.attr(attr::CHANNEL_NUMBER, &[(CHANNEL >> 8) as u8, CHANNEL as u8, 0, 0]);
+        }
+        w.xor_addr(attr::XOR_PEER_ADDRESS, self.peer);
+        self.auth.sign(&mut w);
+        tx.send(&self.buf).await
+    }
+}
+
+/// Nanoseconds since `epoch`.
+fn since(epoch: std::time::Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Sends stamped packets at the plan's pace; returns the count sent and the error that stopped
+/// it, if any. The counter is updated after every burst.
+pub async fn send_loop(
+    tx: &mut Tx,
+    tpl: &mut PacketTemplate,
+    keepalive: &mut Keepalive,
+    ids: (u32, u32),
+    plan: SendPlan,
+    epoch: std::time::Instant,
+    counters: &FlowCounters,
+) -> (u64, Option<io::Error>) {
+    let (flow, phase) = ids;
+    let start = Instant::now();
+    let end = start + plan.duration;
+    let max = plan.count.unwrap_or(u64::MAX);
+    let mut seq = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end || seq >= max {
+            break;
+        }
+        let target = match plan.rate {
+            Some(r) => ((now - start).as_secs_f64() * r) as u64 + 1,
+            None => seq + FLOOD_BATCH,
+        }
+        .min(max);
+        while seq < target {
+            let frame = tpl.stamp(Stamp { flow, phase, seq, sent_ns: since(epoch) });
+            if let Err(e) = tx.send(frame).await {
+                counters.sent.store(seq, Ordering::Relaxed);
+                return (seq, Some(e));
+            }
+            seq += 1;
+        }
+        counters.sent.store(seq, Ordering::Relaxed);
+        if let Err(e) = keepalive.tick(tx).await {
+            return (seq, Some(e));
+        }
+        match plan.rate {
+            Some(r) => {
+                let next = start + Duration::from_secs_f64(seq as f64 / r);
+                sleep_until(next.min(end)).await;
+            }
+            None => tokio::task::yield_now().await,
+        }
+    }
+    (seq, None)
+}
+
+/// What the receiver saw in one phase.
+#[derive(Debug)]
+pub struct RecvOutcome {
+    /// Packets of this flow and phase received.
+    pub delivered: u64,
+    /// Packets that arrived after a later one.
+    pub reordered: u64,
+    /// Round-trip times, microseconds.
+    pub rtt: Histogram<u64>,
+    /// Error codes of answers to keep-alives.
+    pub error_codes: Vec<u16>,
+    /// The error that ended reception early.
+    pub error: Option<io::Error>,
+}
+
+/// Receives the packets of `ids` (flow, phase) until the sender has finished (its final count
+/// arrives on `done`) and either everything came back or `drain` has passed.
+#[allow(clippy::too_many_arguments)]
+pub async fn recv_loop(
+    rx: &mut Rx,
+    ids: (u32, u32),
+    epoch: std::time::Instant,
+    mut done: watch::Receiver<Option<u64>>,
+    drain: Duration,
+    counters: &FlowCounters,
+    rtt: Histogram<u64>,
+    fresh_nonce: &Mutex<Option<Vec<u8>>>,
+) -> RecvOutcome {
+    let (flow, phase) = ids;
+    let mut out = RecvOutcome { delivered: 0, reordered: 0, rtt, error_codes: Vec::new(), error: None };
+    let mut next_seq = 0u64;
+    let mut total: Option<u64> = None;
+    let deadline = sleep_until(Instant::now() + Duration::from_secs(86_400));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            r = rx.recv() => {
+                let frame = match r {
+                    Ok(f) => f,
+                    Err(e) => { out.error = Some(e); break; }
+                };
+                let data = match data_of(frame) {
+                    Received::Data(d) | Received::Indication(d, _) => d,
+                    Received::Error(code, nonce) => {
+                        out.error_codes.push(code);
+                        if let (438, Some(n), Ok(mut slot)) = (code, nonce, fresh_nonce.lock()) {
+                            *slot = Some(n.to_vec());
+                        }
+                        continue;
+                    }
+                    Received::Other => continue,
+                };
+                let Some(s) = Stamp::read(data) else { continue };
+                if s.flow != flow || s.phase != phase {
+                    continue;
+                }
+                out.delivered += 1;
+                if s.seq < next_seq {
+                    out.reordered += 1;
+                } else {
+                    next_seq = s.seq + 1;
+                }
+                let us = since(epoch).saturating_sub(s.sent_ns) / 1000;
+                out.rtt.saturating_record(us.max(1));
+                counters.delivered.store(out.delivered, Ordering::Relaxed);
+            }
+            changed = done.changed(), if total.is_none() => {
+                let n = match changed {
+                    Ok(()) => *done.borrow(),
+                    Err(_) => Some(counters.sent.load(Ordering::Relaxed)),
+                };
+                if let Some(n) = n {
+                    total = Some(n);
+                    deadline.as_mut().reset(Instant::now() + drain);
+                }
+            }
+            () = &mut deadline, if total.is_some() => break,
+        }
+        if total.is_some_and(|t| out.delivered >= t) {
+            break;
+        }
+    }
+    out
+}
+
+/// The far side of a paired flow: sends every packet back to `back_to` through its own
+/// allocation (ChannelData is returned unchanged; a Data indication becomes a Send indication)
+/// until `stop` changes. Returns the connection for the release.
+pub async fn reflect_loop(
+    mut tx: Tx,
+    mut rx: Rx,
+    mut keepalive: Keepalive,
+    mut stop: watch::Receiver<bool>,
+) -> (Tx, Rx, Keepalive) {
+    let mut out = Vec::with_capacity(65_600);
+    let tick = sleep_until(keepalive.next());
+    tokio::pin!(tick);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = rx.recv() => {
+                let Ok(frame) = r else { break };
+                let sent = match data_of(frame) {
+                    Received::Data(_) => tx.send(frame).await,
+                    Received::Indication(data, peer) => {
+                        let tid = [9u8; 12];
+                        MessageWriter::new(&mut out, method::SEND | class::INDICATION, tid)
+                            .xor_addr(attr::XOR_PEER_ADDRESS, peer)
+                            .attr(attr::DATA, data);
+                        tx.send(&out).await
+                    }
+                    Received::Error(438, Some(n)) => {
+                        if let Ok(mut slot) = keepalive.fresh_nonce.lock() {
+                            *slot = Some(n.to_vec());
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            () = &mut tick => {
+                if keepalive.tick(&mut tx).await.is_err() {
+                    break;
+                }
+                tick.as_mut().reset(keepalive.next());
+            }
+        }
+    }
+    (tx, rx, keepalive)
+}
+
+/// A UDP echo peer: returns every datagram to its sender until `stop` changes.
+pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let _ = sock.send_to(&buf[..n], from).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The `relay` and `ramp` scenarios: set up N flows (an allocation and its peer: a second
+//! allocation that reflects, the tool's own echo socket, or `--peer-addr`), run sending phases
+//! through them, and release every allocation at the end.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::args::{Mode, Scenario};
+use crate::client::{Auth, TurnClient};
+use crate::flow::{self, FlowCounters, Keepalive, PacketTemplate, SendPlan, Wire, CHANNEL};
+use crate::report::{new_histogram, Percentiles, Ramp, RampStep, Report, Traffic};
+use crate::transport::{Rx, Tx};
+use crate::{Ctx, LoadError};
+
+/// Where each flow's packets go.
+#[derive(Debug, Clone, Copy)]
+pub enum PeerKind {
+    /// A second allocation of the tool, reflecting through the relay.
+    Pair,
+    /// The tool's own UDP echo socket on loopback.
+    OwnEcho,
+    /// An external UDP echo peer.
+    External(SocketAddr),
+}
+
+/// Runs the `relay` or `ramp` scenario into `report`.
+pub async fn run(ctx: &Ctx, peer: PeerKind, report: &mut Report) -> Result<(), LoadError> {
+    let args = &ctx.args;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut flows = setup_flows(ctx, peer, stop_rx, report).await?;
+    report.flows_established = flows.len() as u32;
+    let bound = args.bound()?;
+    if !flows.is_empty() {
+        if args.scenario == Scenario::Ramp {
+            ramp(ctx, &mut flows, bound.duration, report).await;
+        } else {
+            let plan = SendPlan { rate: args.flow_rate(), duration: bound.duration, count: bound.count };
+            report.traffic = run_phase(ctx, &mut flows, 1, plan, report).await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    release(ctx, flows).await;
+    Ok(())
+}
+
+/// One established flow.
+struct Flow {
+    id: u32,
+    conn: Option<(Tx, Rx)>,
+    auth: Auth,
+    peer: SocketAddr,
+    tpl: PacketTemplate,
+    counters: Arc<FlowCounters>,
+    far: Option<tokio::task::JoinHandle<(Tx, Rx, Keepalive)>>,
+}
+
+async fn setup_flows(
+    ctx: &Ctx,
+    peer: PeerKind,
+    stop: watch::Receiver<bool>,
+    report: &mut Report,
+) -> Result<Vec<Flow>, LoadError> {
+    let sem = Arc::new(Semaphore::new(ctx.args.concurrency as usize));
+    let mut set = JoinSet::new();
+    for id in 0..ctx.args.flows {
+        let (ctx, sem, stop) = (ctx.clone(), sem.clone(), stop.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            setup_flow(&ctx, id, peer, stop).await
+        });
+    }
+    let mut flows = Vec::new();
+    let mut alloc_times = new_histogram()?;
+    while let Some(r) = set.join_next().await {
+        let (result, times) = match r {
+            Ok(r) => r,
+            Err(e) => (Err(LoadError::Protocol(format!("setup task: {e}"))), Vec::new()),
+        };
+        for t in &times {
+            alloc_times.saturating_record(*t);
+        }
+        match result {
+            Ok(f) => {
+                ctx.progress.add_flow(f.counters.clone());
+                flows.push(f);
+            }
+            Err(e) => report.count_error(e.label()),
+        }
+    }
+    flows.sort_by_key(|f| f.id);
+    let ok = ctx.progress.alloc_ok.load(Ordering::Relaxed);
+    let failed = ctx.progress.alloc_failed.load(Ordering::Relaxed);
+    report.allocations.succeeded = ok;
+    report.allocations.failed = failed;
+    report.allocations.attempted = ok + failed;
+    report.allocations.time_us = Percentiles::from_histogram(&alloc_times);
+    Ok(flows)
+}
+
+/// Sets up flow `id`; returns it (or the error) and the allocation times in microseconds.
+async fn setup_flow(
+    ctx: &Ctx,
+    id: u32,
+    peer: PeerKind,
+    stop: watch::Receiver<bool>,
+) -> (Result<Flow, LoadError>, Vec<u64>) {
+    let mut times = Vec::new();
+    let r = setup_flow_inner(ctx, id, peer, stop, &mut times).await;
+    (r, times)
+}
+
+async fn setup_flow_inner(
+    ctx: &Ctx,
+    id: u32,
+    peer: PeerKind,
+    stop: watch::Receiver<bool>,
+    times: &mut Vec<u64>,
+) -> Result<Flow, LoadError> {
+    let channel = ctx.args.mode == Mode::Channel;
+    let mut near = ctx.allocate(u64::from(id) * 2, times).await?;
+    let near_relayed = near.relayed().unwrap_or(ctx.target.server);
+    let (peer_addr, far) = match peer {
+        PeerKind::External(a) => (a, None),
+        PeerKind::OwnEcho => {
+            let ip = if ctx.target.server.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            };
+            let sock = UdpSocket::bind((ip, 0))
+                .await
+                .map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;
+            let addr =
+                sock.local_addr().map_err(|source| LoadError::Io { context: "echo peer address".into(), source })?;
+            tokio::spawn(flow::echo_loop(sock, stop.clone()));
+            (addr, None)
+        }
+        PeerKind::Pair => {
+            let mut far = ctx.allocate(u64::from(id) * 2 + 1, times).await?;
+            let far_relayed = far.relayed().unwrap_or(ctx.target.server);
+            bind(&mut far, channel, near_relayed).await?;
+            (far_relayed, Some(far))
+        }
+    };
+    bind(&mut near, channel, peer_addr).await?;
+    let far = far.map(|far| {
+        let (tx, rx, auth) = far.into_parts();
+        let ka = Keepalive::new(auth, near_relayed, channel, ctx.args.lifetime);
+        tokio::spawn(flow::reflect_loop(tx, rx, ka, stop))
+    });
+    let (tx, rx, auth) = near.into_parts();
+    let wire = if channel { Wire::Channel } else { Wire::Send(peer_addr) };
+    Ok(Flow {
+        id,
+        tpl: PacketTemplate::new(wire, ctx.args.payload, tx.is_stream()),
+        conn: Some((tx, rx)),
+        auth,
+        peer: peer_addr,
+        counters: Arc::default(),
+        far,
+    })
+}
+
+async fn bind(c: &mut TurnClient, channel: bool, peer: SocketAddr) -> Result<(), LoadError> {
+    if channel {
+        c.channel_bind(CHANNEL, peer).await
+    } else {
+        c.create_permission(peer).await
+    }
+}
+
+/// Runs one sending phase on every flow at once and returns its figures.
+async fn run_phase(
+    ctx: &Ctx,
+    flows: &mut [Flow],
+    phase: u32,
+    plan: SendPlan,
+    report: &mut Report,
+) -> Result<Traffic, LoadError> {
+    ctx.progress.reset_flows();
+    let hist = new_histogram()?;
+    let drain = Duration::from_millis(ctx.args.drain_ms);
+    let channel = ctx.args.mode == Mode::Channel;
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for f in flows.iter_mut() {
+        let Some((mut tx, mut rx)) = f.conn.take() else {
+            continue;
+        };
+        let (done_tx, done_rx) = watch::channel(None);
+        let mut ka = Keepalive::new(f.auth.clone(), f.peer, channel, ctx.args.lifetime);
+        let nonce = ka.fresh_nonce.clone();
+        let (mut tpl, counters, epoch) = (f.tpl.clone(), f.counters.clone(), ctx.epoch);
+        let ids = (f.id, phase);
+        let sender = tokio::spawn(async move {
+            let r = flow::send_loop(&mut tx, &mut tpl, &mut ka, ids, plan, epoch, &counters).await;
+            let _ = done_tx.send(Some(r.0));
+            (tx, r, Instant::now())
+        });
+        let (counters, h) = (f.counters.clone(), hist.clone());
+        let receiver = tokio::spawn(async move {
+            let out = flow::recv_loop(&mut rx, ids, epoch, done_rx, drain, &counters, h, &nonce).await;
+            (rx, out)
+        });
+        tasks.push((f.id, sender, receiver));
+    }
+    let (mut sent, mut delivered, mut reordered) = (0u64, 0u64, 0u64);
+    let mut rtt = hist;
+    let mut last_end = start;
+    for (id, sender, receiver) in tasks {
+        let (Ok((tx, (n, send_err), ended)), Ok((rx, out))) = (sender.await, receiver.await) else {
+            report.count_error("task");
+            continue;
+        };
+        sent += n;
+        delivered += out.delivered;
+        reordered += out.reordered;
+        last_end = last_end.max(ended);
+        let _ = rtt.add(&out.rtt);
+        for code in out.error_codes {
+            report.count_error(code.to_string());
+        }
+        if send_err.is_some() || out.error.is_some() {
+            report.count_error("io");
+        }
+        if let Some(f) = flows.iter_mut().find(|f| f.id == id) {
+            f.conn = Some((tx, rx));
+        }
+    }
+    Ok(Traffic::compute(sent, delivered, reordered, ctx.args.payload, last_end - start, &rtt))
+}
+
+async fn ramp(ctx: &Ctx, flows: &mut [Flow], step_time: Duration, report: &mut Report) {
+    let args = &ctx.args;
+    let start = args.rate.unwrap_or(100.0);
+    let step = args.ramp_step.unwrap_or(start);
+    let mut ramp = Ramp { threshold_pct: args.ramp_loss, ..Ramp::default() };
+    for i in 0..args.ramp_steps {
+        let rate = start + step * f64::from(i);
+        let plan = SendPlan { rate: Some(rate), duration: step_time, count: None };
+        let Ok(traffic) = run_phase(ctx, flows, i + 1, plan, report).await else {
+            break;
+        };
+        let lossy = traffic.loss_pct > args.ramp_loss;
+        if !lossy {
+            ramp.max_loss_free_pps = Some(traffic.offered_pps);
+            report.traffic = traffic.clone();
+            report.rate_per_flow_pps = Some(rate);
+        }
+        ramp.steps.push(RampStep { rate_per_flow_pps: rate, traffic });
+        if lossy {
+            ramp.first_lossy_step = Some(i as usize);
+            break;
+        }
+    }
+    if ramp.max_loss_free_pps.is_none() {
+        if let Some(first) = ramp.steps.first() {
+            report.traffic = first.traffic.clone();
+            report.rate_per_flow_pps = Some(first.rate_per_flow_pps);
+        }
+    }
+    report.ramp = Some(ramp);
+}
+
+/// Stops the reflectors and releases every allocation (Refresh with LIFETIME 0).
+async fn release(ctx: &Ctx, flows: Vec<Flow>) {
+    let timeout = Duration::from_secs_f64(ctx.args.timeout.min(2.0));
+    let mut set = JoinSet::new();
+    for f in flows {
+        let auth = f.auth;
+        let near = f.conn;
+        let far = f.far;
+        set.spawn(async move {
+            if let Some((tx, rx)) = near {
+                let _ = TurnClient::from_parts(tx, rx, auth, timeout).refresh(0).await;
+            }
+            if let Some(Ok((tx, rx, ka))) = match far {
+                Some(h) => Some(h.await),
+                None => None,
+            } {
+                let _ = TurnClient::from_parts(tx, rx, ka.into_auth(), timeout).refresh(0).await;
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}

@@ -1,0 +1,383 @@
+//! The report: every figure of a run, its JSON form, the human summary, and the pass/fail verdict
+//! against `--max-loss` and `--max-p99`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// `relay`, `allocations` or `ramp`.
+    pub scenario: String,
+    /// `udp`, `tcp` or `tls`.
+    pub transport: String,
+    /// `channel` or `send`.
+    pub mode: String,
+    /// The server address used.
+    pub server: String,
+    /// `pair` (two allocations per flow), `echo` (own echo peer) or the `--peer-addr`.
+    pub peer: String,
+    /// Flows asked for.
+    pub flows_requested: u32,
+    /// Flows whose allocations, permissions and channels were all set up.
+    pub flows_established: u32,
+    /// Payload bytes per packet.
+    pub payload_bytes: usize,
+    /// Packets per second per flow asked for (`null`: flood).
+    pub rate_per_flow_pps: Option<f64>,
+    /// Packet figures (relay; ramp: the last step at or under the loss threshold).
+    pub traffic: Traffic,
+    /// Allocation figures (every scenario).
+    pub allocations: Allocations,
+    /// Failures by STUN error code (`"401"`, `"438"`, ...) or kind (`"timeout"`, `"io"`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Ramp steps, when the scenario is `ramp`.
+    pub ramp: Option<Ramp>,
+    /// Whether the run met `--max-loss` and `--max-p99`.
+    pub verdict: Verdict,
+}
+
+/// Packet counts and rates of a sending window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Traffic {
+    /// Length of the sending window in seconds.
+    pub elapsed_secs: f64,
+    /// Packets sent by the measuring side.
+    pub sent: u64,
+    /// Packets that came back through the relay.
+    pub delivered: u64,
+    /// `sent - delivered` (never negative).
+    pub lost: u64,
+    /// `lost / sent` in percent.
+    pub loss_pct: f64,
+    /// Packets that arrived after a later one of their flow.
+    pub reordered: u64,
+    /// Packets per second offered (sent / window).
+    pub offered_pps: f64,
+    /// Payload bits per second offered.
+    pub offered_bps: f64,
+    /// Packets per second delivered.
+    pub delivered_pps: f64,
+    /// Payload bits per second delivered.
+    pub delivered_bps: f64,
+    /// Round-trip time (client → relay → peer → relay → client), microseconds.
+    pub rtt_us: Percentiles,
+}
+
+/// Allocation outcomes and times.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Allocations {
+    /// Allocations tried.
+    pub attempted: u64,
+    /// Allocations granted.
+    pub succeeded: u64,
+    /// Allocations refused or timed out.
+    pub failed: u64,
+    /// Successful allocations per second over the storm's window (allocations scenario).
+    pub per_sec: f64,
+    /// Time from the first Allocate to the success answer (401 round included), microseconds.
+    pub time_us: Percentiles,
+}
+
+/// Percentiles of a histogram of microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Smallest.
+    pub min: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// The ramp's steps and where loss first crossed the threshold.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ramp {
+    /// Loss percentage that ends the ramp.
+    pub threshold_pct: f64,
+    /// Every step run, in order.
+    pub steps: Vec<RampStep>,
+    /// Index of the first step whose loss exceeded the threshold.
+    pub first_lossy_step: Option<usize>,
+    /// Offered packets per second of the last step at or under the threshold.
+    pub max_loss_free_pps: Option<f64>,
+}
+
+/// One ramp step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RampStep {
+    /// Packets per second per flow asked for.
+    pub rate_per_flow_pps: f64,
+    /// The step's figures.
+    pub traffic: Traffic,
+}
+
+/// The thresholds and whether they were met.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    /// `--max-loss`.
+    pub max_loss_pct: Option<f64>,
+    /// `--max-p99`.
+    pub max_p99_ms: Option<f64>,
+    /// No threshold exceeded and the run did what was asked.
+    pub passed: bool,
+    /// Why it failed.
+    pub violations: Vec<String>,
+}
+
+/// A new histogram of microseconds, 1 µs to 1 h, 3 significant digits.
+pub fn new_histogram() -> Result<Histogram<u64>, crate::LoadError> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| crate::LoadError::Protocol(format!("histogram: {e}")))
+}
+
+impl Percentiles {
+    /// The percentiles of `h` (all zero when empty).
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            min: h.min(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+impl Traffic {
+    /// Figures from raw counts over a window of `elapsed`.
+    pub fn compute(
+        sent: u64,
+        delivered: u64,
+        reordered: u64,
+        payload: usize,
+        elapsed: Duration,
+        rtt: &Histogram<u64>,
+    ) -> Self {
+        let secs = elapsed.as_secs_f64();
+        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let lost = sent.saturating_sub(delivered);
+        let bits = (payload * 8) as f64;
+        Self {
+            elapsed_secs: secs,
+            sent,
+            delivered,
+            lost,
+            loss_pct: if sent > 0 { lost as f64 * 100.0 / sent as f64 } else { 0.0 },
+            reordered,
+            offered_pps: per_sec(sent),
+            offered_bps: per_sec(sent) * bits,
+            delivered_pps: per_sec(delivered),
+            delivered_bps: per_sec(delivered) * bits,
+            rtt_us: Percentiles::from_histogram(rtt),
+        }
+    }
+}
+
+impl Report {
+    /// Counts one failure under `label`.
+    pub fn count_error(&mut self, label: impl Into<String>) {
+        *self.errors.entry(label.into()).or_insert(0) += 1;
+    }
+
+    /// Fills the verdict: thresholds, and the run having done what was asked.
+    pub fn judge(&mut self, max_loss_pct: Option<f64>, max_p99_ms: Option<f64>) {
+        let mut v = Verdict { max_loss_pct, max_p99_ms, ..Verdict::default() };
+        let t = &self.traffic;
+        if self.scenario == "allocations" {
+            if self.allocations.succeeded == 0 && self.errors.keys().all(|k| k != "401") {
+                v.violations.push("no allocation succeeded".into());
+            }
+        } else if self.flows_established == 0 {
+            v.violations.push("no flow could be set up".into());
+        } else if t.sent == 0 {
+            v.violations.push("nothing was sent".into());
+        }
+        if let Some(max) = max_loss_pct {
+            if t.loss_pct > max {
+                v.violations.push(format!("loss {:.3}% exceeds --max-loss {max}%", t.loss_pct));
+            }
+        }
+        if let Some(max) = max_p99_ms {
+            let p99_ms = t.rtt_us.p99 as f64 / 1000.0;
+            if p99_ms > max {
+                v.violations.push(format!("p99 round trip {p99_ms:.3} ms exceeds --max-p99 {max} ms"));
+            }
+        }
+        v.passed = v.violations.is_empty();
+        self.verdict = v;
+    }
+}
+
+fn rate(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2} G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.2} k", x / 1e3)
+    } else {
+        format!("{x:.1} ")
+    }
+}
+
+fn write_traffic(f: &mut fmt::Formatter<'_>, t: &Traffic) -> fmt::Result {
+    writeln!(
+        f,
+        "  sent {} delivered {} lost {} ({:.3}%) reordered {} in {:.2} s",
+        t.sent, t.delivered, t.lost, t.loss_pct, t.reordered, t.elapsed_secs
+    )?;
+    writeln!(f, "  offered   {}pkt/s {}bit/s", rate(t.offered_pps), rate(t.offered_bps))?;
+    writeln!(f, "  delivered {}pkt/s {}bit/s", rate(t.delivered_pps), rate(t.delivered_bps))?;
+    let r = &t.rtt_us;
+    writeln!(
+        f,
+        "  rtt ms    min {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        r.min as f64 / 1e3,
+        r.p50 as f64 / 1e3,
+        r.p90 as f64 / 1e3,
+        r.p99 as f64 / 1e3,
+        r.max as f64 / 1e3
+    )
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "turnkey load: {} over {} ({} mode) against {}, peer {}",
+            self.scenario, self.transport, self.mode, self.server, self.peer
+        )?;
+        if self.scenario != "allocations" {
+            let rate = self.rate_per_flow_pps.map_or("flood".to_string(), |r| format!("{r} pkt/s"));
+            writeln!(
+                f,
+                "  flows {}/{} established, payload {} B, rate per flow {}",
+                self.flows_established, self.flows_requested, self.payload_bytes, rate
+            )?;
+            write_traffic(f, &self.traffic)?;
+        }
+        let a = &self.allocations;
+        writeln!(
+            f,
+            "  allocations {} ok / {} tried ({} failed){}",
+            a.succeeded,
+            a.attempted,
+            a.failed,
+            if self.scenario == "allocations" { format!(", {:.1}/s", a.per_sec) } else { String::new() }
+        )?;
+        let t = &a.time_us;
+        writeln!(
+            f,
+            "  allocate ms min {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+            t.min as f64 / 1e3,
+            t.p50 as f64 / 1e3,
+            t.p90 as f64 / 1e3,
+            t.p99 as f64 / 1e3,
+            t.max as f64 / 1e3
+        )?;
+        if let Some(ramp) = &self.ramp {
+            writeln!(f, "  ramp (threshold {}% loss):", ramp.threshold_pct)?;
+            for (i, s) in ramp.steps.iter().enumerate() {
+                writeln!(
+                    f,
+                    "    step {i}: {} pkt/s per flow, offered {}pkt/s, delivered {}pkt/s, loss {:.3}%, p99 {:.3} ms{}",
+                    s.rate_per_flow_pps,
+                    rate(s.traffic.offered_pps),
+                    rate(s.traffic.delivered_pps),
+                    s.traffic.loss_pct,
+                    s.traffic.rtt_us.p99 as f64 / 1e3,
+                    if ramp.first_lossy_step == Some(i) { "  <- loss threshold exceeded" } else { "" }
+                )?;
+            }
+            match ramp.max_loss_free_pps {
+                Some(p) => writeln!(f, "  capacity under threshold: {}pkt/s", rate(p))?,
+                None => writeln!(f, "  no step stayed under the threshold")?,
+            }
+        }
+        if !self.errors.is_empty() {
+            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            writeln!(f, "  errors {}", list.join(", "))?;
+        }
+        if self.verdict.passed {
+            writeln!(f, "  PASS")
+        } else {
+            writeln!(f, "  FAIL: {}", self.verdict.violations.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_math() {
+        let mut h = new_histogram().unwrap();
+        for v in 1..=1000u64 {
+            h.record(v).unwrap();
+        }
+        let t = Traffic::compute(1000, 990, 3, 100, Duration::from_secs(2), &h);
+        assert_eq!(t.lost, 10);
+        assert!((t.loss_pct - 1.0).abs() < 1e-9);
+        assert!((t.offered_pps - 500.0).abs() < 1e-9);
+        assert!((t.offered_bps - 400_000.0).abs() < 1e-6);
+        assert!((t.delivered_pps - 495.0).abs() < 1e-9);
+        let r = t.rtt_us;
+        assert_eq!(r.count, 1000);
+        assert_eq!(r.min, 1);
+        assert!(r.min <= r.p50 && r.p50 <= r.p90 && r.p90 <= r.p99 && r.p99 <= r.max);
+        assert!((499..=501).contains(&r.p50), "{r:?}");
+        assert!((989..=991).contains(&r.p99), "{r:?}");
+    }
+
+    #[test]
+    fn delivered_above_sent_is_not_negative_loss() {
+        let t = Traffic::compute(5, 7, 0, 100, Duration::ZERO, &new_histogram().unwrap());
+        assert_eq!(t.lost, 0);
+        assert_eq!(t.loss_pct, 0.0);
+        assert_eq!(t.offered_pps, 0.0);
+        assert_eq!(t.rtt_us, Percentiles::default());
+    }
+
+    #[test]
+    fn verdict_checks_thresholds() {
+        let mut h = new_histogram().unwrap();
+        h.record(30_000).unwrap();
+        let mut r = Report {
+            scenario: "relay".into(),
+            flows_established: 1,
+            traffic: Traffic::compute(100, 98, 0, 100, Duration::from_secs(1), &h),
+            ..Report::default()
+        };
+        r.judge(Some(5.0), Some(50.0));
+        assert!(r.verdict.passed, "{:?}", r.verdict);
+        r.judge(Some(1.0), Some(10.0));
+        assert!(!r.verdict.passed);
+        assert_eq!(r.verdict.violations.len(), 2);
+        r.flows_established = 0;
+        r.judge(None, None);
+        assert!(!r.verdict.passed);
+        let text = r.to_string();
+        assert!(text.contains("FAIL"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["traffic"]["sent"], 100);
+        assert_eq!(json["verdict"]["passed"], false);
+    }
+}
