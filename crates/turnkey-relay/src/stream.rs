@@ -44,15 +44,10 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 const BACKLOG: i32 = 1024;
 
 /// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
-/// them). With port 0 the first listener picks the port and the rest join it.
+/// them). Port 0 is first resolved to a port nobody uses (see `udp::unshared_port`).
 pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_listener(addr)?;
-    let actual = first.local_addr()?;
-    let mut out = vec![first];
-    for _ in 1..n.max(1) {
-        out.push(bind_listener(actual)?);
-    }
-    Ok(out)
+    let addr = crate::udp::unshared_port(addr, Type::STREAM)?;
+    (0..n.max(1)).map(|_| bind_listener(addr)).collect()
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

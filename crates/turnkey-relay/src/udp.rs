@@ -50,15 +50,26 @@ pub struct RelayAddrs {
 }
 
 /// Binds `n` UDP sockets on `addr` with SO_REUSEPORT (the kernel hashes each client to one of
-/// them). With port 0 the first socket picks the port and the rest join it.
+/// them). Port 0 is first resolved to a port nobody uses (see [`unshared_port`]).
 pub fn bind_udp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let first = bind_reuseport(addr)?;
-    let actual = first.local_addr()?;
-    let mut out = vec![first];
-    for _ in 1..n.max(1) {
-        out.push(bind_reuseport(actual)?);
+    let addr = unshared_port(addr, Type::DGRAM)?;
+    (0..n.max(1)).map(|_| bind_reuseport(addr)).collect()
+}
+
+/// Resolves port 0 to a concrete free port by binding a socket *without* SO_REUSEPORT. A
+/// SO_REUSEPORT socket bound to port 0 may be given a port another process of the same user
+/// already holds with SO_REUSEPORT, silently joining its group (the kernel would then hash some
+/// clients to the other process); a plain bind never shares.
+pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
     }
-    Ok(out)
+    let probe = Socket::new(Domain::for_address(addr), ty, None)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())?;
+    probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -311,6 +322,47 @@ async fn peer_loop(shard: Weak<RefCell<ShardState>>, socket: Rc<UdpSocket>, hand
             if let Err(reason) = clients.send(to, &data) {
                 engine.count_drop(reason);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Another process's SO_REUSEPORT sockets (same user) on ports the kernel could hand out.
+    fn foreign_reuseport(n: usize) -> (Vec<std::net::UdpSocket>, HashSet<u16>) {
+        let socks: Vec<_> = (0..n).map(|_| bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+        let ports = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        (socks, ports)
+    }
+
+    #[test]
+    fn port_zero_never_joins_another_reuseport_group() {
+        // A reuseport bind to port 0 may land on any of these ports (about 2% per bind here);
+        // 300 binds would almost surely hit one if port 0 were passed to the kernel as is.
+        let (_held, ports) = foreign_reuseport(600);
+        for _ in 0..300 {
+            let shards = bind_udp_shards("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+            let p = shards[0].local_addr().unwrap().port();
+            assert!(!ports.contains(&p), "shard joined a foreign group on port {p}");
+            assert_eq!(shards[1].local_addr().unwrap().port(), p, "the shards share one port");
+        }
+    }
+
+    #[test]
+    fn tcp_port_zero_never_joins_another_reuseport_group() {
+        let held: Vec<_> = (0..300)
+            .map(|_| crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0))
+            .collect();
+        let ports: HashSet<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), held.len(), "every listener got its own port");
+        for _ in 0..200 {
+            let shards = crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+            let p = shards[0].local_addr().unwrap().port();
+            assert!(!ports.contains(&p), "listener joined a foreign group on port {p}");
+            assert_eq!(shards[1].local_addr().unwrap().port(), p);
         }
     }
 }

@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: coturn vs turnkey under the same load, in one run.
+
+Each server runs pinned to core 0 (`taskset -c 0`), the load generator (`turnkey load`, release
+build) to core 1. Every repetition starts a fresh server. Figures are medians over the
+repetitions, with the spread (min..max). Results go to a JSON file and a Markdown section that
+docs/benchmarks.md quotes verbatim.
+
+Usage:
+    bench/compare.py [--quick] [--reps N] [--out DIR]
+
+Needs: coturn's `turnserver`, `taskset`, `openssl`, and `cargo build --release -p turnkey`
+(done by the script). Loopback only; every load is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "turnkey"
+SERVER_CORE, LOAD_CORE = "0", "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Server:
+    """A TURN server under test: coturn or turnkey, pinned to SERVER_CORE."""
+
+    def __init__(self, kind: str, secret: str, tls: tuple[Path, Path]):
+        self.kind, self.secret = kind, secret
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        self.udp = self.tcp = free_port(socket.SOCK_STREAM)
+        self.tls = free_port(socket.SOCK_STREAM)
+        cert, key = tls
+        if kind == "coturn":
+            cmd = [
+                "turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={self.udp}",
+                f"--tls-listening-port={self.tls}", "--relay-ip=127.0.0.1", "--min-port=10000",
+                "--max-port=29999", "--use-auth-secret", f"--static-auth-secret={secret}",
+                "--realm=bench", "--allow-loopback-peers", "--no-cli", "--no-dtls", "--relay-threads=1",
+                f"--cert={cert}", f"--pkey={key}", f"--log-file={self.dir}/coturn.log", "--simple-log",
+                f"--pidfile={self.dir}/pid", f"--db={self.dir}/db", "--total-quota=0", "--user-quota=0",
+            ]
+        else:
+            cmd = [
+                str(BIN), "serve", "--data-dir", str(self.dir), f"--secret={secret}",
+                "--udp", f"127.0.0.1:{self.udp}", "--tcp", f"127.0.0.1:{self.tcp}",
+                "--tls", f"127.0.0.1:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
+                "--relay-ip", "127.0.0.1", "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
+                "--shards", "1", "--http", "off", "--metrics", "off", "--max-allocations-per-user", "100000",
+                "--unauth-replies-per-sec", "0",
+            ]
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CORE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=raise_nofile, env={**os.environ, "TURNKEY_LOG": "warn"},
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"{self.kind} exited at start with {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.tcp), timeout=0.2).close()
+                time.sleep(0.3)
+                return
+            except OSError:
+                time.sleep(0.1)
+        sys.exit(f"{self.kind} did not start listening")
+
+    def cpu_secs(self) -> float:
+        """User + system CPU of the server process (all threads), in seconds."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def load(server: Server, transport: str, *args: str, ca: Path | None = None) -> dict:
+    port = {"udp": server.udp, "tcp": server.tcp, "tls": server.tls}[transport]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [
+            "taskset", "-c", LOAD_CORE, str(BIN), "load", "--server", f"127.0.0.1:{port}",
+            "--transport", transport, f"--secret={server.secret}", "--quiet", "--json", out.name, *args,
+        ]
+        if transport == "tls":
+            cmd += ["--ca", str(ca), "--sni", "localhost"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=raise_nofile)
+        if p.returncode == 2:
+            sys.exit(f"turnkey load could not start: {p.stderr}")
+        return json.loads(Path(out.name).read_text())
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "all": values}
+
+
+class Bench:
+    def __init__(self, reps: int, quick: bool):
+        self.reps, self.quick = reps, quick
+        self.secret = "bench-" + secrets.token_hex(16)
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
+        cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )
+        self.tls = (cert, key)
+        self.results: dict = {}
+
+    def each(self, fn, *a) -> dict:
+        """Runs fn(server, *a) on a fresh server per repetition, coturn then turnkey alternating."""
+        out: dict[str, list] = {"coturn": [], "turnkey": []}
+        for _ in range(self.reps):
+            for kind in ("coturn", "turnkey"):
+                s = Server(kind, self.secret, self.tls)
+                try:
+                    out[kind].append(fn(s, *a))
+                finally:
+                    s.stop()
+        return out
+
+    # Capacity: the highest offered rate with loss at or under 0.1%, found by a coarse ramp then
+    # a fine one starting from the coarse result. In pair mode every packet crosses the relay
+    # twice (to the far allocation and back), so relayed messages/s = 2 x offered.
+    def capacity(self, s: Server, transport: str, flows: int, payload: int) -> dict:
+        common = ["--scenario", "ramp", "--flows", str(flows), "--payload", str(payload),
+                  "--ramp-loss", "0.1", "--duration", "1", "--drain-ms", "300"]
+        coarse_step = 4000 / flows
+        r = load(s, transport, *common, "--rate", f"{coarse_step:.3f}", "--ramp-step", f"{coarse_step:.3f}",
+                 "--ramp-steps", "12", ca=self.tls[0])
+        best = (r["ramp"] or {}).get("max_loss_free_pps") or 0.0
+        base = max(best, 500.0) / flows
+        fine = 500 / flows
+        r2 = load(s, transport, *common, "--rate", f"{base:.3f}", "--ramp-step", f"{fine:.3f}",
+                  "--ramp-steps", "6", ca=self.tls[0])
+        best = max(best, (r2["ramp"] or {}).get("max_loss_free_pps") or 0.0)
+        return {"offered_pps": best, "relayed_msgs_per_s": 2 * best}
+
+    # CPU per relayed message at a fixed rate both servers sustain.
+    def cpu_per_msg(self, s: Server, msgs_per_s: int) -> dict:
+        flows = 10
+        rate = msgs_per_s / 2 / flows
+        before = s.cpu_secs()
+        r = load(s, "udp", "--flows", str(flows), "--rate", f"{rate:.3f}", "--duration", "8", "--drain-ms", "300")
+        cpu = s.cpu_secs() - before
+        msgs = 2 * r["traffic"]["delivered"]
+        return {"cpu_s": cpu, "msgs": msgs, "us_per_msg": 1e6 * cpu / max(msgs, 1), "loss_pct": r["traffic"]["loss_pct"]}
+
+    def latency(self, s: Server, offered_pps: float) -> dict:
+        flows = 10
+        r = load(s, "udp", "--flows", str(flows), "--rate", f"{offered_pps / flows:.3f}", "--duration", "5")
+        rtt = r["traffic"]["rtt_us"]
+        return {"p50_us": rtt["p50"], "p99_us": rtt["p99"], "loss_pct": r["traffic"]["loss_pct"]}
+
+    def allocations(self, s: Server) -> dict:
+        n = "2000" if self.quick else "6000"
+        r = load(s, "udp", "--scenario", "allocations", "--count", n, "--concurrency", "32")
+        return {"per_sec": r["allocations"]["per_sec"], "failed": r["allocations"]["failed"],
+                "p50_us": r["allocations"]["time_us"]["p50"], "p99_us": r["allocations"]["time_us"]["p99"]}
+
+    def live_rss(self, s: Server) -> dict:
+        n = 2000 if self.quick else 10000
+        base = s.rss_kib()
+        holder = subprocess.Popen(
+            ["taskset", "-c", LOAD_CORE, str(BIN), "load", "--server", f"127.0.0.1:{s.udp}", f"--secret={s.secret}",
+             "--quiet", "--scenario", "allocations", "--count", str(n), "--concurrency", "64", "--hold", "6",
+             "--lifetime", "600", "--json", str(self.tmp / "hold.json")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile,
+        )
+        peak = base
+        deadline = time.time() + 120
+        while holder.poll() is None and time.time() < deadline:
+            peak = max(peak, s.rss_kib())
+            time.sleep(0.2)
+        holder.wait(timeout=60)
+        r = json.loads((self.tmp / "hold.json").read_text())
+        ok = r["allocations"]["succeeded"]
+        return {"allocations": ok, "base_kib": base, "peak_kib": peak,
+                "per_allocation_bytes": 1024 * (peak - base) / max(ok, 1)}
+
+    def unauth_rss(self, s: Server) -> dict:
+        n = "50000" if self.quick else "200000"
+        base = s.rss_kib()
+        r = load(s, "udp", "--scenario", "allocations", "--unauthenticated", "--count", n, "--concurrency", "4")
+        time.sleep(0.5)
+        return {"sent": int(n), "base_kib": base, "after_kib": s.rss_kib(), "growth_kib": s.rss_kib() - base,
+                "answered_401": r["errors"].get("401", 0)}
+
+    def run(self) -> None:
+        payloads, flow_counts = ([100, 1200], [1, 10, 50]) if not self.quick else ([100], [10])
+        cap: dict = {}
+        for payload in payloads:
+            for flows in flow_counts:
+                key = f"udp {payload} B x {flows} flows"
+                print(f"capacity {key}", file=sys.stderr, flush=True)
+                cap[key] = self.each(self.capacity, "udp", flows, payload)
+        for transport in ("tcp", "tls"):
+            key = f"{transport} 100 B x 10 flows"
+            print(f"capacity {key}", file=sys.stderr, flush=True)
+            cap[key] = self.each(self.capacity, transport, 10, 100)
+        self.results["capacity"] = cap
+
+        print("cpu per message", file=sys.stderr, flush=True)
+        self.results["cpu"] = self.each(self.cpu_per_msg, 20000)
+
+        ref = f"udp 100 B x 10 flows"
+        coturn_cap = statistics.median(x["offered_pps"] for x in cap[ref]["coturn"])
+        print("latency at half of coturn's capacity", file=sys.stderr, flush=True)
+        self.results["latency_offered_pps"] = coturn_cap / 2
+        self.results["latency"] = self.each(self.latency, coturn_cap / 2)
+
+        print("allocations per second", file=sys.stderr, flush=True)
+        self.results["allocations"] = self.each(self.allocations)
+        print("memory with live allocations", file=sys.stderr, flush=True)
+        self.results["live_rss"] = self.each(self.live_rss)
+        print("memory after unauthenticated Allocates", file=sys.stderr, flush=True)
+        self.results["unauth_rss"] = self.each(self.unauth_rss)
+
+
+def med(runs: list[dict], field: str) -> tuple[float, float, float]:
+    v = [r[field] for r in runs]
+    return statistics.median(v), min(v), max(v)
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def markdown(res: dict, reps: int) -> str:
+    lines = []
+    add = lines.append
+    add("| load (pair mode, loss ≤ 0.1%) | coturn msgs/s (min..max) | turnkey msgs/s (min..max) | turnkey / coturn |")
+    add("|---|---|---|---|")
+    for key, runs in res["capacity"].items():
+        c, cl, ch = med(runs["coturn"], "relayed_msgs_per_s")
+        t, tl, th = med(runs["turnkey"], "relayed_msgs_per_s")
+        add(f"| {key} | {fmt(c)} ({fmt(cl)}..{fmt(ch)}) | {fmt(t)} ({fmt(tl)}..{fmt(th)}) | {t / max(c, 1):.2f}× |")
+    add("")
+    c = med(res["cpu"]["coturn"], "us_per_msg")
+    t = med(res["cpu"]["turnkey"], "us_per_msg")
+    add("| figure | coturn median (min..max) | turnkey median (min..max) | turnkey / coturn |")
+    add("|---|---|---|---|")
+    add(f"| server CPU per relayed message at 20,000 msgs/s (µs) | {c[0]:.2f} ({c[1]:.2f}..{c[2]:.2f}) | "
+        f"{t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f}) | {t[0] / c[0]:.2f}× |")
+    for field, name in (("p50_us", "p50"), ("p99_us", "p99")):
+        c = med(res["latency"]["coturn"], field)
+        t = med(res["latency"]["turnkey"], field)
+        add(f"| round trip {name} at {fmt(res['latency_offered_pps'])} pkt/s offered (µs) | {fmt(c[0])} "
+            f"({fmt(c[1])}..{fmt(c[2])}) | {fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | {t[0] / max(c[0], 1):.2f}× |")
+    c = med(res["allocations"]["coturn"], "per_sec")
+    t = med(res["allocations"]["turnkey"], "per_sec")
+    add(f"| allocations per second (401 round included) | {fmt(c[0])} ({fmt(c[1])}..{fmt(c[2])}) | "
+        f"{fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | {t[0] / max(c[0], 1):.2f}× |")
+    c = med(res["live_rss"]["coturn"], "per_allocation_bytes")
+    t = med(res["live_rss"]["turnkey"], "per_allocation_bytes")
+    n = res["live_rss"]["turnkey"][0]["allocations"]
+    add(f"| RSS per live allocation, {fmt(n)} held (bytes) | {fmt(c[0])} ({fmt(c[1])}..{fmt(c[2])}) | "
+        f"{fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | {t[0] / max(c[0], 1):.2f}× |")
+    c = med(res["live_rss"]["coturn"], "peak_kib")
+    t = med(res["live_rss"]["turnkey"], "peak_kib")
+    add(f"| peak RSS with them (KiB) | {fmt(c[0])} | {fmt(t[0])} | {t[0] / max(c[0], 1):.2f}× |")
+    c = med(res["unauth_rss"]["coturn"], "growth_kib")
+    t = med(res["unauth_rss"]["turnkey"], "growth_kib")
+    sent = res["unauth_rss"]["turnkey"][0]["sent"]
+    add(f"| RSS growth after {fmt(sent)} unauthenticated Allocates (KiB) | {fmt(c[0])} ({fmt(c[1])}..{fmt(c[2])}) | "
+        f"{fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | |")
+    add("")
+    add(f"Medians over {reps} repetitions, each on a fresh server.")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "unknown CPU")
+    mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
+    coturn = subprocess.run(["turnserver", "--version"], capture_output=True, text=True).stdout.strip()
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"{os.cpu_count()} × {cpu}, {int(mem) // 1024 // 1024} GiB RAM, Linux {platform.release()}, "
+            f"coturn {coturn} (Debian), {rustc}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one repetition, fewer configurations (about 3 minutes)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench")
+    a = ap.parse_args()
+    for tool in ("turnserver", "taskset", "openssl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing (scripts/install-test-tools.sh installs coturn)")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs 2 cores: one for the server, one for the load generator")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "turnkey"], cwd=ROOT, check=True)
+    reps = 1 if a.quick else a.reps
+    b = Bench(reps, a.quick)
+    started = time.time()
+    b.run()
+    a.out.mkdir(parents=True, exist_ok=True)
+    b.results["machine"] = machine()
+    b.results["minutes"] = round((time.time() - started) / 60, 1)
+    (a.out / "compare.json").write_text(json.dumps(b.results, indent=2))
+    md = f"Machine: {b.results['machine']}.\n\n" + markdown(b.results, reps) + "\n"
+    (a.out / "compare.md").write_text(md)
+    print(md)
+    print(f"raw results: {a.out / 'compare.json'} ({b.results['minutes']} min)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
