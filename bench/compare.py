@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -35,6 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "turnkey"
 SERVER_CORE, LOAD_CORE = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Ramp: offered packets/s (all flows) added per coarse step; 12 steps, then 8 fine steps of 1/8.
+COARSE_STEP = 8000
+# Relayed messages per second for the CPU-per-message figure (client to client, both ways).
+CPU_RATE = 20000
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -94,10 +99,10 @@ class Server:
                 time.sleep(0.1)
         sys.exit(f"{self.kind} did not start listening")
 
-    def cpu_secs(self) -> float:
-        """User + system CPU of the server process (all threads), in seconds."""
+    def cpu_secs(self) -> tuple[float, float]:
+        """User and system CPU of the server process (all threads), in seconds."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -113,6 +118,40 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CpuPeak:
+    """Samples the server's CPU every 0.25 s while a load runs; `peak` is the highest share of one
+    core used over any 1 s window. Near 100% the server was the bottleneck; well under it, the
+    load generator (or the network stack outside the server) was."""
+
+    def __init__(self, server: Server):
+        self.server, self.samples, self.stop = server, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            u, s = self.server.cpu_secs()
+            self.samples.append((time.monotonic(), u + s))
+            time.sleep(0.25)
+
+    def __enter__(self) -> "CpuPeak":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def peak(self) -> float:
+        best = 0.0
+        for i, (t0, c0) in enumerate(self.samples):
+            for t1, c1 in self.samples[i + 1:]:
+                if t1 - t0 >= 1.0:
+                    best = max(best, (c1 - c0) / (t1 - t0))
+                    break
+        return 100 * best
 
 
 def load(server: Server, transport: str, *args: str, ca: Path | None = None) -> dict:
@@ -143,7 +182,9 @@ class Bench:
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             # An end-entity certificate: webpki refuses a CA certificate as a server's.
+             "-addext", "basicConstraints=critical,CA:FALSE"],
             check=True, capture_output=True,
         )
         self.tls = (cert, key)
@@ -167,26 +208,33 @@ class Bench:
     def capacity(self, s: Server, transport: str, flows: int, payload: int) -> dict:
         common = ["--scenario", "ramp", "--flows", str(flows), "--payload", str(payload),
                   "--ramp-loss", "0.1", "--duration", "1", "--drain-ms", "300"]
-        coarse_step = 4000 / flows
-        r = load(s, transport, *common, "--rate", f"{coarse_step:.3f}", "--ramp-step", f"{coarse_step:.3f}",
-                 "--ramp-steps", "12", ca=self.tls[0])
-        best = (r["ramp"] or {}).get("max_loss_free_pps") or 0.0
-        base = max(best, 500.0) / flows
-        fine = 500 / flows
-        r2 = load(s, transport, *common, "--rate", f"{base:.3f}", "--ramp-step", f"{fine:.3f}",
-                  "--ramp-steps", "6", ca=self.tls[0])
+        coarse_step = COARSE_STEP / flows
+        with CpuPeak(s) as cpu:
+            r = load(s, transport, *common, "--rate", f"{coarse_step:.3f}", "--ramp-step", f"{coarse_step:.3f}",
+                     "--ramp-steps", "12", ca=self.tls[0])
+            best = (r["ramp"] or {}).get("max_loss_free_pps") or 0.0
+            base = max(best, 1000.0) / flows
+            fine = COARSE_STEP / 8 / flows
+            r2 = load(s, transport, *common, "--rate", f"{base:.3f}", "--ramp-step", f"{fine:.3f}",
+                      "--ramp-steps", "8", ca=self.tls[0])
         best = max(best, (r2["ramp"] or {}).get("max_loss_free_pps") or 0.0)
-        return {"offered_pps": best, "relayed_msgs_per_s": 2 * best}
+        if not best:
+            sys.exit(f"{s.kind} {transport}: no loss-free step: {r.get('first_errors')} {r2.get('first_errors')}")
+        return {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "server_cpu_peak_pct": cpu.peak,
+                "at_ceiling": r["ramp"]["first_lossy_step"] is None}
 
     # CPU per relayed message at a fixed rate both servers sustain.
-    def cpu_per_msg(self, s: Server, msgs_per_s: int) -> dict:
+    def cpu_per_msg(self, s: Server, transport: str, msgs_per_s: int) -> dict:
         flows = 10
         rate = msgs_per_s / 2 / flows
-        before = s.cpu_secs()
-        r = load(s, "udp", "--flows", str(flows), "--rate", f"{rate:.3f}", "--duration", "8", "--drain-ms", "300")
-        cpu = s.cpu_secs() - before
-        msgs = 2 * r["traffic"]["delivered"]
-        return {"cpu_s": cpu, "msgs": msgs, "us_per_msg": 1e6 * cpu / max(msgs, 1), "loss_pct": r["traffic"]["loss_pct"]}
+        u0, s0 = s.cpu_secs()
+        r = load(s, transport, "--flows", str(flows), "--rate", f"{rate:.3f}", "--duration", "8", "--drain-ms", "300",
+                 ca=self.tls[0])
+        u1, s1 = s.cpu_secs()
+        msgs = max(2 * r["traffic"]["delivered"], 1)
+        return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
+                "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
+                "loss_pct": r["traffic"]["loss_pct"]}
 
     def latency(self, s: Server, offered_pps: float) -> dict:
         flows = 10
@@ -242,8 +290,10 @@ class Bench:
             cap[key] = self.each(self.capacity, transport, 10, 100)
         self.results["capacity"] = cap
 
-        print("cpu per message", file=sys.stderr, flush=True)
-        self.results["cpu"] = self.each(self.cpu_per_msg, 20000)
+        self.results["cpu"] = {}
+        for transport in ("udp", "tcp", "tls"):
+            print(f"cpu per message over {transport}", file=sys.stderr, flush=True)
+            self.results["cpu"][transport] = self.each(self.cpu_per_msg, transport, CPU_RATE)
 
         ref = f"udp 100 B x 10 flows"
         coturn_cap = statistics.median(x["offered_pps"] for x in cap[ref]["coturn"])
@@ -271,19 +321,28 @@ def fmt(x: float, digits: int = 0) -> str:
 def markdown(res: dict, reps: int) -> str:
     lines = []
     add = lines.append
-    add("| load (pair mode, loss ≤ 0.1%) | coturn msgs/s (min..max) | turnkey msgs/s (min..max) | turnkey / coturn |")
-    add("|---|---|---|---|")
+    add("| load (pair mode, loss ≤ 0.1%) | coturn msgs/s (min..max) | server CPU | turnkey msgs/s (min..max) "
+        "| server CPU | turnkey / coturn |")
+    add("|---|---|---|---|---|---|")
     for key, runs in res["capacity"].items():
         c, cl, ch = med(runs["coturn"], "relayed_msgs_per_s")
         t, tl, th = med(runs["turnkey"], "relayed_msgs_per_s")
-        add(f"| {key} | {fmt(c)} ({fmt(cl)}..{fmt(ch)}) | {fmt(t)} ({fmt(tl)}..{fmt(th)}) | {t / max(c, 1):.2f}× |")
+        cc = med(runs["coturn"], "server_cpu_peak_pct")[0]
+        tc = med(runs["turnkey"], "server_cpu_peak_pct")[0]
+        top = " (ramp ceiling)" if all(r["at_ceiling"] for r in runs["turnkey"]) else ""
+        add(f"| {key} | {fmt(c)} ({fmt(cl)}..{fmt(ch)}) | {cc:.0f}% | {fmt(t)} ({fmt(tl)}..{fmt(th)}){top} | "
+            f"{tc:.0f}% | {t / max(c, 1):.2f}× |")
     add("")
-    c = med(res["cpu"]["coturn"], "us_per_msg")
-    t = med(res["cpu"]["turnkey"], "us_per_msg")
     add("| figure | coturn median (min..max) | turnkey median (min..max) | turnkey / coturn |")
     add("|---|---|---|---|")
-    add(f"| server CPU per relayed message at 20,000 msgs/s (µs) | {c[0]:.2f} ({c[1]:.2f}..{c[2]:.2f}) | "
-        f"{t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f}) | {t[0] / c[0]:.2f}× |")
+    for transport, runs in res["cpu"].items():
+        for field, what in (("us_per_msg", "user + system"), ("user_us_per_msg", "user"), ("sys_us_per_msg", "system")):
+            c = med(runs["coturn"], field)
+            t = med(runs["turnkey"], field)
+            loss = max(r["loss_pct"] for r in runs["coturn"] + runs["turnkey"])
+            add(f"| {transport}: server CPU per relayed message at {fmt(CPU_RATE)} msgs/s, {what} (µs; worst loss "
+                f"{loss:.2f}%) | {c[0]:.2f} ({c[1]:.2f}..{c[2]:.2f}) | {t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f}) | "
+                f"{t[0] / max(c[0], 1e-9):.2f}× |")
     for field, name in (("p50_us", "p50"), ("p99_us", "p99")):
         c = med(res["latency"]["coturn"], field)
         t = med(res["latency"]["turnkey"], field)

@@ -127,6 +127,8 @@ fn tls_refuses_an_untrusted_certificate() {
     assert_eq!(code, 1, "{r}");
     assert_eq!(r["flows_established"], 0, "{r}");
     assert!(r["errors"].as_object().unwrap().keys().any(|k| k == "tls"), "{r}");
+    let why = r["first_errors"]["tls"].as_str().unwrap_or_default();
+    assert!(why.contains("UnknownIssuer"), "the report says why: {r}");
 }
 
 #[test]

@@ -5,8 +5,9 @@
 //! (a per-credential id) when no identifier is given, so the username is
 //! `<expiry>:<keyid>:<label>`: the relay attributes usage to the key (the part before the first
 //! colon) and the label, and its per-userid allocation quota applies per end user rather than to a
-//! whole key. `~` never survives sanitizing, so a per-credential id cannot collide with a label. A `customIdentifier` keeps at most [`MAX_CUSTOM_ID_LEN`] characters; characters
-//! other than ASCII letters, digits and `-_.@` are replaced by `_`.
+//! whole key. `~` never survives sanitizing, so a per-credential id cannot collide with a label.
+//! A `customIdentifier` keeps at most [`MAX_CUSTOM_ID_LEN`] characters; characters other than
+//! ASCII letters, digits and `-_.@` are replaced by `_`.
 
 use serde::{Deserialize, Serialize};
 

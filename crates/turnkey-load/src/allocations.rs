@@ -49,6 +49,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> Result<(), LoadError> {
         for (label, n) in w.errors {
             *report.errors.entry(label).or_insert(0) += n;
         }
+        for (label, message) in w.first_errors {
+            report.first_errors.entry(label).or_insert(message);
+        }
         held.extend(w.held);
         window_end = window_end.max(w.ended);
     }
@@ -70,6 +73,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> Result<(), LoadError> {
 struct WorkerResult {
     times: Vec<u64>,
     errors: BTreeMap<String, u64>,
+    first_errors: BTreeMap<String, String>,
     held: Vec<TurnClient>,
     ended: Instant,
 }
@@ -77,7 +81,13 @@ struct WorkerResult {
 async fn worker(ctx: &Ctx, next: &AtomicU64, start: Instant, bound: Bound) -> WorkerResult {
     let end = start + bound.duration;
     let max = bound.count.unwrap_or(u64::MAX);
-    let mut out = WorkerResult { times: Vec::new(), errors: BTreeMap::new(), held: Vec::new(), ended: start };
+    let mut out = WorkerResult {
+        times: Vec::new(),
+        errors: BTreeMap::new(),
+        first_errors: BTreeMap::new(),
+        held: Vec::new(),
+        ended: start,
+    };
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= max || Instant::now() >= end {
@@ -98,7 +108,10 @@ async fn worker(ctx: &Ctx, next: &AtomicU64, start: Instant, bound: Bound) -> Wo
                     *out.errors.entry(format!("release {}", e.label())).or_insert(0) += 1;
                 }
             }
-            Err(e) => *out.errors.entry(e.label()).or_insert(0) += 1,
+            Err(e) => {
+                out.first_errors.entry(e.label()).or_insert_with(|| e.to_string());
+                *out.errors.entry(e.label()).or_insert(0) += 1;
+            }
         }
         out.ended = Instant::now();
     }
@@ -177,7 +190,7 @@ async fn unauthenticated(ctx: &Ctx, bound: Bound, report: &mut Report) -> Result
                     *report.errors.entry(k).or_insert(0) += v;
                 }
             }
-            Ok(Err(e)) => report.count_error(e.label()),
+            Ok(Err(e)) => report.count_failure(&e),
             Err(_) => report.count_error("task"),
         }
     }

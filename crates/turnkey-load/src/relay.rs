@@ -91,7 +91,7 @@ async fn setup_flows(
                 ctx.progress.add_flow(f.counters.clone());
                 flows.push(f);
             }
-            Err(e) => report.count_error(e.label()),
+            Err(e) => report.count_failure(&e),
         }
     }
     flows.sort_by_key(|f| f.id);

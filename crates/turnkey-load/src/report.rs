@@ -35,6 +35,8 @@ pub struct Report {
     pub allocations: Allocations,
     /// Failures by STUN error code (`"401"`, `"438"`, ...) or kind (`"timeout"`, `"io"`, ...).
     pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error kind (e.g. why a TLS handshake failed).
+    pub first_errors: BTreeMap<String, String>,
     /// Ramp steps, when the scenario is `ramp`.
     pub ramp: Option<Ramp>,
     /// Whether the run met `--max-loss` and `--max-p99`.
@@ -196,6 +198,13 @@ impl Report {
         *self.errors.entry(label.into()).or_insert(0) += 1;
     }
 
+    /// Counts a failed operation under its kind, keeping the first message of each kind.
+    pub fn count_failure(&mut self, e: &crate::LoadError) {
+        let label = e.label();
+        self.first_errors.entry(label.clone()).or_insert_with(|| e.to_string());
+        self.count_error(label);
+    }
+
     /// Fills the verdict: thresholds, and the run having done what was asked.
     pub fn judge(&mut self, max_loss_pct: Option<f64>, max_p99_ms: Option<f64>) {
         let mut v = Verdict { max_loss_pct, max_p99_ms, ..Verdict::default() };
@@ -314,6 +323,9 @@ impl fmt::Display for Report {
         if !self.errors.is_empty() {
             let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             writeln!(f, "  errors {}", list.join(", "))?;
+            for (kind, message) in &self.first_errors {
+                writeln!(f, "  first {kind} error: {message}")?;
+            }
         }
         if self.verdict.passed {
             writeln!(f, "  PASS")
