@@ -9,7 +9,7 @@ docs/benchmarks.md quotes verbatim.
 Usage:
     bench/compare.py [--quick] [--reps N] [--out DIR]
 
-Needs: coturn's `turnserver`, `taskset`, `openssl`, and `cargo build --release -p turnkey`
+Needs: coturn's `turnserver`, `taskset`, `openssl`, `wrk` (Debian; for the issuance figure), and `cargo build --release -p turnkey`
 (done by the script). Loopback only; every load is bounded in count and time.
 """
 
@@ -56,8 +56,9 @@ def raise_nofile() -> None:
 class Server:
     """A TURN server under test: coturn or turnkey, pinned to SERVER_CORE."""
 
-    def __init__(self, kind: str, secret: str, tls: tuple[Path, Path]):
+    def __init__(self, kind: str, secret: str, tls: tuple[Path, Path], http: bool = False):
         self.kind, self.secret = kind, secret
+        self.http = free_port(socket.SOCK_STREAM) if http else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         self.udp = self.tcp = free_port(socket.SOCK_STREAM)
         self.tls = free_port(socket.SOCK_STREAM)
@@ -77,7 +78,7 @@ class Server:
                 "--udp", f"127.0.0.1:{self.udp}", "--tcp", f"127.0.0.1:{self.tcp}",
                 "--tls", f"127.0.0.1:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
                 "--relay-ip", "127.0.0.1", "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
-                "--shards", "1", "--http", "off", "--metrics", "off", "--max-allocations-per-user", "100000",
+                "--shards", "1", "--http", f"127.0.0.1:{self.http}" if http else "off", "--metrics", "off", "--max-allocations-per-user", "100000",
                 "--unauth-replies-per-sec", "0",
             ]
         self.proc = subprocess.Popen(
@@ -276,7 +277,44 @@ class Bench:
         return {"sent": int(n), "base_kib": base, "after_kib": s.rss_kib(), "growth_kib": s.rss_kib() - base,
                 "answered_401": r["errors"].get("401", 0)}
 
-    def run(self) -> None:
+    def issuance(self) -> list[dict]:
+        """Credentials per second from the Cloudflare-compatible endpoint, turnkey on core 0 and
+        wrk (one thread, 32 connections) on core 1. coturn has no issuer, so turnkey only."""
+        out = []
+        script = self.tmp / "post.lua"
+        for _ in range(self.reps):
+            s = Server("turnkey", self.secret, self.tls, http=True)
+            try:
+                keys = s.dir / "keys"
+                token_file = next(keys.glob("*.token"))
+                key_id, token = token_file.stem, token_file.read_text().strip()
+                script.write_text(
+                    'wrk.method = "POST"\n'
+                    'wrk.body = \'{"ttl": 86400}\'\n'
+                    'wrk.headers["Content-Type"] = "application/json"\n'
+                    f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+                )
+                url = f"http://127.0.0.1:{s.http}/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
+                u0, s0 = s.cpu_secs()
+                p = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c32", "-d8s", "--latency", "-s",
+                                    str(script), url], capture_output=True, text=True, timeout=60)
+                u1, s1 = s.cpu_secs()
+                text = p.stdout
+                rps = float(next(l for l in text.splitlines() if l.startswith("Requests/sec:")).split()[1])
+                bad = next((int(l.split()[-1]) for l in text.splitlines() if "Non-2xx" in l), 0)
+                if bad:
+                    sys.exit(f"issuance: {bad} non-2xx answers:\n{text}")
+                lat = {l.split()[0]: l.split()[1] for l in text.splitlines() if l.strip().startswith(("50%", "99%"))}
+                out.append({"per_sec": rps, "cpu_us_per_credential": 1e6 * (u1 - u0 + s1 - s0) / max(rps * 8, 1),
+                            "p50": lat.get("50%"), "p99": lat.get("99%")})
+            finally:
+                s.stop()
+        return out
+
+    def run(self, only: str | None) -> None:
+        if only == "issuance":
+            self.results["issuance"] = self.issuance()
+            return
         payloads, flow_counts = ([100, 1200], [1, 10, 50]) if not self.quick else ([100], [10])
         cap: dict = {}
         for payload in payloads:
@@ -307,6 +345,9 @@ class Bench:
         self.results["live_rss"] = self.each(self.live_rss)
         print("memory after unauthenticated Allocates", file=sys.stderr, flush=True)
         self.results["unauth_rss"] = self.each(self.unauth_rss)
+        if shutil.which("wrk"):
+            print("credential issuance", file=sys.stderr, flush=True)
+            self.results["issuance"] = self.issuance()
 
 
 def med(runs: list[dict], field: str) -> tuple[float, float, float]:
@@ -319,8 +360,17 @@ def fmt(x: float, digits: int = 0) -> str:
 
 
 def markdown(res: dict, reps: int) -> str:
-    lines = []
-    add = lines.append
+    lines: list[str] = []
+    if "capacity" in res:
+        relay_tables(res, lines.append)
+    if res.get("issuance"):
+        issuance_table(res["issuance"], lines.append)
+    lines.append("")
+    lines.append(f"Medians over {reps} repetitions, each on a fresh server.")
+    return "\n".join(lines)
+
+
+def relay_tables(res: dict, add) -> None:
     add("| load (pair mode, loss ≤ 0.1%) | coturn msgs/s (min..max) | server CPU | turnkey msgs/s (min..max) "
         "| server CPU | turnkey / coturn |")
     add("|---|---|---|---|---|---|")
@@ -365,9 +415,17 @@ def markdown(res: dict, reps: int) -> str:
     sent = res["unauth_rss"]["turnkey"][0]["sent"]
     add(f"| RSS growth after {fmt(sent)} unauthenticated Allocates (KiB) | {fmt(c[0])} ({fmt(c[1])}..{fmt(c[2])}) | "
         f"{fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | |")
+
+
+def issuance_table(runs: list[dict], add) -> None:
+    r = med(runs, "per_sec")
+    cpu = med(runs, "cpu_us_per_credential")
     add("")
-    add(f"Medians over {reps} repetitions, each on a fresh server.")
-    return "\n".join(lines)
+    add("| issuer (turnkey only; coturn has none) | median (min..max) |")
+    add("|---|---|")
+    add(f"| credentials per second, `generate-ice-servers`, 32 connections | {fmt(r[0])} ({fmt(r[1])}..{fmt(r[2])}) |")
+    add(f"| server CPU per credential (µs) | {cpu[0]:.1f} ({cpu[1]:.1f}..{cpu[2]:.1f}) |")
+    add(f"| latency p50 / p99 (first repetition) | {runs[0]['p50']} / {runs[0]['p99']} |")
 
 
 def machine() -> str:
@@ -385,6 +443,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one repetition, fewer configurations (about 3 minutes)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench")
+    ap.add_argument("--only", choices=["issuance"], help="run only this part")
     a = ap.parse_args()
     for tool in ("turnserver", "taskset", "openssl"):
         if not shutil.which(tool):
@@ -395,7 +454,7 @@ def main() -> None:
     reps = 1 if a.quick else a.reps
     b = Bench(reps, a.quick)
     started = time.time()
-    b.run()
+    b.run(a.only)
     a.out.mkdir(parents=True, exist_ok=True)
     b.results["machine"] = machine()
     b.results["minutes"] = round((time.time() - started) / 60, 1)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # coturn vs turnkey side by side on this machine: server pinned to core 0, `turnkey load` to core 1.
 # Writes target/bench/compare.{json,md}; docs/benchmarks.md quotes compare.md.
-#   bench/compare.sh            full run (3 repetitions, about 25 minutes on 2 cores)
+#   bench/compare.sh            full run (3 repetitions, about 15 minutes on 2 cores)
 #   bench/compare.sh --quick    one repetition, fewer configurations (a few minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
