@@ -74,11 +74,13 @@ async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0):
     echoes of earlier messages are skipped), so a slow, loaded machine delays but never fails."""
     received = 0
     payload_bytes = 0
+    missing = []
     for i in range(count):
         msg = (f"{i:08d}".encode() * (size // 8 + 1))[:size]
         transport.sendto(msg, echo_addr)
         deadline = time.monotonic() + timeout
-        while True:
+        got = False
+        while not got:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -89,7 +91,10 @@ async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0):
             if data == msg and addr[1] == echo_addr[1]:
                 received += 1
                 payload_bytes += len(data)
-                break
+                got = True
+        if not got:
+            missing.append(i)
+    exchange.missing = missing
     return received, payload_bytes
 
 
@@ -109,6 +114,10 @@ async def main():
     args = p.parse_args()
 
     loop = asyncio.get_running_loop()
+    # aioice sends from background tasks: keep their failures (e.g. a ChannelBind that failed)
+    # for the JSON result instead of losing them in stderr.
+    task_errors = []
+    loop.set_exception_handler(lambda _loop, ctx: task_errors.append(repr(ctx.get("exception") or ctx.get("message"))))
     if args.mode == "abandon":
         transport, _ = await allocate(args)
         relayed = transport.get_extra_info("sockname")
@@ -138,6 +147,8 @@ async def main():
         "echo_seen": echo.received,
         "echo_peers": sorted(f"{a}:{b}" for a, b in echo.peers),
         "payload_bytes": payload_bytes,
+        "missing": exchange.missing,
+        "task_errors": task_errors,
     }
     if args.mode == "revoke":
         req = urllib.request.Request(args.revoke_url, method="POST", headers={"Authorization": f"Bearer {args.token}"})

@@ -176,6 +176,15 @@ impl Turnkey {
         metric_sum(&self.metrics(), name, labels)
     }
 
+    /// The relay's non-zero drop counters, one per line (context for a failed delivery assert).
+    pub fn drops(&self) -> String {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("turnkey_relay_dropped_packets_total") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The default TURN key's id and token.
     pub fn default_key(&self) -> (String, String) {
         let dir = self.data_dir.path().join("keys");

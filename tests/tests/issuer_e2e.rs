@@ -46,7 +46,7 @@ fn issued_credentials_relay_through_turnkey() {
     ];
     assert_eq!(urls, expected);
     let r = aioice(&["relay", "--server", &tk.udp().to_string(), "--user", &user, "--password", &pass]);
-    assert_eq!(r["received"], 20, "{r}");
+    assert_eq!(r["received"], 20, "{r}\ndrops: {}", tk.drops());
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn revocation_ends_live_allocations_and_survives_restart() {
         "--token",
         &token,
     ]);
-    assert_eq!(r["received"], 5, "{r}");
+    assert_eq!(r["received"], 5, "{r}\ndrops: {}", tk.drops());
     assert_eq!(r["revoke_status"], 204, "{r}");
     assert_eq!(r["after_revoke_echo_seen"], 0, "the live allocation must stop relaying: {r}");
     assert_eq!(r["reallocate"], 401, "{r}");

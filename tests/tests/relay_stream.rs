@@ -31,7 +31,7 @@ fn relay_over(tk: &Turnkey, transport: &str, server: SocketAddr) -> serde_json::
 
 fn assert_relayed_both_ways(tk: &Turnkey, transport: &str, server: SocketAddr) {
     let r = relay_over(tk, transport, server);
-    assert_eq!(r["received"], 30, "{r}");
+    assert_eq!(r["received"], 30, "{r}\ndrops: {}", tk.drops());
     assert_eq!(r["echo_seen"], 30, "{r}");
     assert_eq!(r["echo_peers"][0], r["relayed"], "the UDP peer sees the relayed address: {r}");
     std::thread::sleep(Duration::from_millis(1200));
@@ -201,7 +201,7 @@ fn bad_input_closes_only_that_connection() {
     let (user, pass) = creds(&tk);
     let udp = tk.udp().to_string();
     let r = aioice(&["relay", "--server", &udp, "--user", &user, "--password", &pass, "--count", "5"]);
-    assert_eq!(r["received"], 5, "{r}");
+    assert_eq!(r["received"], 5, "{r}\ndrops: {}", tk.drops());
     assert!(closed_within(&mut silent, Duration::from_secs(4)), "a silent partial frame is closed");
     // The healthy connection sent nothing for 2 s too: it is idle now, which is the point of the timer.
     assert!(closed_within(&mut healthy, Duration::from_secs(2)));

@@ -16,7 +16,7 @@ fn aioice_relays_both_ways_over_udp() {
     let (user, pass) = tk.creds("alice", 600);
     let server = tk.udp().to_string();
     let r = aioice(&["relay", "--server", &server, "--user", &user, "--password", &pass, "--count", "30"]);
-    assert_eq!(r["received"], 30, "{r}");
+    assert_eq!(r["received"], 30, "{r}\ndrops: {}", tk.drops());
     assert_eq!(r["echo_seen"], 30, "{r}");
     // The echo peer saw the relayed address, not the client.
     assert_eq!(r["echo_peers"][0], r["relayed"], "{r}");
