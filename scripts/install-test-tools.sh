@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite drives, when missing:
 #   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool) and chromium (the
-#   self-test page's browser test) from Debian, aioice from PyPI.
+#   self-test page's browser test) from Debian, aioice and schemathesis (the OpenAPI fuzzer) from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -33,6 +33,11 @@ if ! python3 -c 'import aioice' >/dev/null 2>&1; then
   python3 -m pip install -q aioice >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages aioice >/dev/null 2>&1 || fail=1
 fi
 
+if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
+  echo "install-test-tools: pip install schemathesis"
+  python3 -m pip install -q 'schemathesis>=4,<5' >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages 'schemathesis>=4,<5' >/dev/null 2>&1 || fail=1
+fi
+
 missing=()
 command -v turnutils_uclient >/dev/null 2>&1 || missing+=(turnutils_uclient)
 command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
@@ -40,6 +45,7 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
+python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-tools: missing after install: ${missing[*]}" >&2
   if [ "${CI:-}" = "true" ]; then exit 1; fi

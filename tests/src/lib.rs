@@ -45,7 +45,9 @@ pub fn bin() -> PathBuf {
 /// Whether `tool` is runnable; fails under CI=true when it is not, else prints why the test skips.
 pub fn require(tool: &str) -> bool {
     let found = match tool {
-        "aioice" => Command::new("python3").args(["-c", "import aioice"]).output().is_ok_and(|o| o.status.success()),
+        "aioice" | "schemathesis" => {
+            Command::new("python3").args(["-c", &format!("import {tool}")]).output().is_ok_and(|o| o.status.success())
+        }
         t => Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()),
     };
     if !found {

@@ -12,10 +12,16 @@
 
 use std::sync::OnceLock;
 
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::Query;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
 
 /// The self-test page.
 pub const SELFTEST_HTML: &str = include_str!("selftest.html");
@@ -43,10 +49,20 @@ pub fn selftest_csp() -> &'static str {
     })
 }
 
-/// `GET /test`.
-pub(crate) async fn page() -> Response {
+/// The transports `?transport=` may name (the page tests only that transport's TURN URLs).
+const TRANSPORTS: [&str; 3] = ["udp", "tcp", "tls"];
+
+/// `GET /test`. An unknown `?transport=` value is a 400, so a typo is answered instead of
+/// producing a page that tests nothing.
+pub(crate) async fn page(query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<Response, ApiError> {
+    let Query(params) = query.map_err(|_| ApiError::BadRequest("malformed query string"))?;
+    if let Some(t) = params.get("transport") {
+        if !TRANSPORTS.contains(&t.as_str()) {
+            return Err(ApiError::BadRequest("transport must be udp, tcp or tls"));
+        }
+    }
     let csp = HeaderValue::from_str(selftest_csp()).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
             (header::CONTENT_SECURITY_POLICY, csp),
@@ -56,7 +72,7 @@ pub(crate) async fn page() -> Response {
         ],
         SELFTEST_HTML,
     )
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]

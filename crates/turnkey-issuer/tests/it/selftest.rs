@@ -28,8 +28,17 @@ async fn test_page_is_self_contained_html_with_a_strict_csp() {
 #[tokio::test]
 async fn test_page_accepts_a_transport_parameter_and_only_get() {
     let iss = Issuer::start(|_, _| {}).await;
-    let r = iss.send(iss.http.get(iss.url("/test?transport=udp"))).await;
-    assert_eq!(r.status, 200);
+    for t in ["udp", "tcp", "tls"] {
+        let r = iss.send(iss.http.get(iss.url(&format!("/test?transport={t}")))).await;
+        assert_eq!(r.status, 200, "{t}");
+    }
+    // An unknown transport is answered, not served a page that tests nothing.
+    for bad in ["/test?transport=tpc", "/test?transport=", "/test?transport=UDP%00"] {
+        let r = iss.send(iss.http.get(iss.url(bad))).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{bad}");
+        assert_eq!(r.json()["error"], "transport must be udp, tcp or tls", "{bad}");
+    }
     let r = iss.send(iss.http.post(iss.url("/test"))).await;
     assert_eq!(r.status, 405);
     let r = iss.send(iss.http.get(iss.url("/test?token=abc"))).await;
