@@ -133,7 +133,7 @@ impl ClientSockets {
                 let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
                     return Err(DropReason::NoAllocation);
                 };
-                s.try_send_to(data, to.client.0).map(|_| ()).map_err(|_| DropReason::QueueFull)
+                send_now(s, data, to.client.0)
             }
             Transport::Tcp | Transport::Tls => match self.streams.get(&to) {
                 Some(c) if c.try_send(data) => Ok(()),
@@ -198,7 +198,7 @@ impl Ports {
         let Some((s, _)) = self.sockets.get(&relay.0) else {
             return Err(DropReason::NoAllocation);
         };
-        s.try_send_to(data, to.0).map(|_| ()).map_err(|_| DropReason::QueueFull)
+        send_now(s, data, to.0)
     }
 
     /// Binds a relay socket (and, for `EvenReserveNext`, the next port too).
@@ -240,6 +240,16 @@ impl Ports {
         let external = if local.is_ipv6() { self.addrs.external_v6 } else { self.addrs.external_v4 };
         Some((handle, SocketAddr::new(external.unwrap_or(local.ip()), local.port())))
     }
+}
+
+/// Sends one datagram with one non-blocking `sendto`, bypassing tokio's readiness cache: the
+/// data path never waits for writability (a full socket buffer drops the datagram), and tokio's
+/// `try_send_to` answers `WouldBlock` without trying while a freshly registered socket has not
+/// yet been seen writable by the reactor, which dropped the first datagram to a new peer on a
+/// busy shard.
+#[inline]
+fn send_now(s: &UdpSocket, data: &[u8], to: SocketAddr) -> Result<(), DropReason> {
+    socket2::SockRef::from(s).send_to(data, &to.into()).map(|_| ()).map_err(|_| DropReason::QueueFull)
 }
 
 fn bind_relay(addr: SocketAddr) -> Option<std::net::UdpSocket> {
@@ -349,6 +359,35 @@ mod tests {
             assert!(!ports.contains(&p), "shard joined a foreign group on port {p}");
             assert_eq!(shards[1].local_addr().unwrap().port(), p, "the shards share one port");
         }
+    }
+
+    #[test]
+    fn a_fresh_relay_socket_sends_before_the_reactor_has_polled_it() {
+        // The first datagram to a peer often follows the socket's creation with no reactor turn
+        // in between (a busy shard); it must be sent, not dropped as if the buffer were full.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let to = PeerAddr(peer.local_addr().unwrap());
+            let addrs = RelayAddrs {
+                v4: Some("127.0.0.1".parse().unwrap()),
+                v6: None,
+                external_v4: None,
+                external_v6: None,
+                ports: 49152..=65535,
+            };
+            let mut ports = Ports::new(addrs, Reservations::default());
+            for i in 0..20u8 {
+                // No await between the bind and the send.
+                let binding = ports.bind(false, PortRequest::Any).unwrap();
+                assert_eq!(ports.send(binding.handle, to, &[i]), Ok(()), "datagram {i}");
+                let mut buf = [0u8; 4];
+                let (n, from) = peer.recv_from(&mut buf).unwrap();
+                assert_eq!((&buf[..n], from.port()), (&[i][..], binding.advertised.port()));
+            }
+        });
     }
 
     #[test]
