@@ -59,6 +59,30 @@ pub fn require(tool: &str) -> bool {
     found
 }
 
+/// A loopback port, free for both UDP and TCP, for a tool that must be told its port in advance
+/// (coturn's turnserver, Prometheus). It is taken below the kernel's ephemeral range, where no
+/// port-0 bind lands and turnkey's relay ports (49152-65535) never are: between this probe and the
+/// tool's own bind nothing else in the suite can take it, and a tool that binds with SO_REUSEPORT
+/// (coturn does) cannot join the group of a turnkey started on port 0.
+pub fn fixed_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (lo, hi) = (low.saturating_sub(12_000).max(1024), low.saturating_sub(1));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
+        ^ u64::from(std::process::id()) << 20;
+    for i in 0..1000u64 {
+        let port = lo + ((seed.wrapping_mul(6364136223846793005).wrapping_add(i * 7919)) % u64::from(hi - lo)) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {lo}..{hi}");
+}
+
 /// A running `turnkey serve`.
 #[derive(Debug)]
 pub struct Turnkey {

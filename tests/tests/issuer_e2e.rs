@@ -128,10 +128,6 @@ impl Drop for Coturn {
     }
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn issued_credentials_work_on_coturn_with_the_same_secret() {
     if !require("turnserver") || !require("aioice") {
@@ -140,7 +136,7 @@ fn issued_credentials_work_on_coturn_with_the_same_secret() {
     let tk = Turnkey::serve(&[]);
     let (id, token) = tk.default_key();
     let (user, pass, _) = turn_entry(&generate(&tk, &id, &token, 600));
-    let port = free_udp_port();
+    let port = turnkey_e2e::fixed_port();
     let coturn = Coturn(
         Command::new("turnserver")
             .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
