@@ -50,6 +50,23 @@ fn assert_consistent(r: &Report) {
     assert_eq!(a.time_us.count, a.succeeded);
 }
 
+/// Checks a run made with `--user <user>` against coturn's own per-allocation counts. Pairs: the
+/// near allocations (even numbers) sent to their peers exactly what the tool sent and received
+/// what it got back, and the far ones echoed that. Echo peer: every allocation is a near one.
+fn assert_coturn_counts(c: &Coturn, user: &str, r: &Report, pairs: bool) {
+    let usage = c.peer_usage_of(user, r.allocations.succeeded as usize);
+    assert_eq!(usage.len() as u64, r.allocations.succeeded, "{user}: {usage:?}");
+    let near = |id: &u64| !pairs || id.is_multiple_of(2);
+    let near_sp: u64 = usage.iter().filter(|(id, _)| near(id)).map(|(_, u)| u.1).sum();
+    let near_rp: u64 = usage.iter().filter(|(id, _)| near(id)).map(|(_, u)| u.0).sum();
+    assert_eq!(near_sp, r.traffic.sent, "{user}: {usage:?}");
+    assert_eq!(near_rp, r.traffic.delivered, "{user}: {usage:?}");
+    if pairs {
+        let far_sp: u64 = usage.iter().filter(|(id, _)| !near(id)).map(|(_, u)| u.1).sum();
+        assert_eq!(far_sp, r.traffic.delivered, "{user}: {usage:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_channel_pairs_match_coturn_counts() {
     let Some(c) = Coturn::start(false) else {
@@ -130,11 +147,14 @@ async fn tcp_channel_and_send_modes() {
         return;
     };
     for mode in ["channel", "send"] {
+        let user = format!("tcp-{mode}");
         let r = load(
             &c.addr(),
             &[
                 "--secret",
                 &c.secret,
+                "--user",
+                &user,
                 "--transport",
                 "tcp",
                 "--mode",
@@ -153,6 +173,7 @@ async fn tcp_channel_and_send_modes() {
         assert_consistent(&r);
         assert_eq!(r.flows_established, 2, "{mode}");
         assert_eq!(r.traffic.loss_pct, 0.0, "{mode}: {r}");
+        assert_coturn_counts(&c, &user, &r, true);
     }
     // The tool's own echo peer instead of allocation pairs.
     let r = load(
@@ -160,6 +181,8 @@ async fn tcp_channel_and_send_modes() {
         &[
             "--secret",
             &c.secret,
+            "--user",
+            "tcp-echo",
             "--transport",
             "tcp",
             "--echo-peer",
@@ -175,6 +198,7 @@ async fn tcp_channel_and_send_modes() {
     assert_consistent(&r);
     assert_eq!(r.allocations.succeeded, 2, "one allocation per flow");
     assert_eq!(r.traffic.loss_pct, 0.0, "{r}");
+    assert_coturn_counts(&c, "tcp-echo", &r, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,14 +206,15 @@ async fn tls_with_insecure_and_with_ca() {
     let Some(c) = Coturn::start(true) else { return };
     let server = format!("127.0.0.1:{}", c.tls_port);
     let ca = c.dir.join("cert.pem").display().to_string();
-    for trust in [&["--insecure"][..], &["--ca", &ca, "--sni", "localhost"][..]] {
-        let mut extra =
-            vec!["--secret", &c.secret, "--transport", "tls", "--flows", "2", "--rate", "100", "--duration", "1"];
+    for (user, trust) in [("tls-insecure", &["--insecure"][..]), ("tls-ca", &["--ca", &ca, "--sni", "localhost"][..])] {
+        let mut extra = vec!["--secret", &c.secret, "--user", user, "--transport", "tls", "--flows", "2"];
+        extra.extend_from_slice(&["--rate", "100", "--duration", "1"]);
         extra.extend_from_slice(trust);
         let r = load(&server, &extra).await;
         assert_consistent(&r);
         assert_eq!(r.flows_established, 2, "{trust:?}: {r}");
         assert_eq!(r.traffic.loss_pct, 0.0, "{r}");
+        assert_coturn_counts(&c, user, &r, true);
     }
     // Verification against the web PKI roots fails: the certificate is self-signed.
     let r = load(&server, &["--secret", &c.secret, "--transport", "tls", "--duration", "1"]).await;
@@ -394,6 +419,12 @@ impl Coturn {
     /// Waits for `sessions` "peer usage" lines (logged when allocations end) and returns, per
     /// allocation number `n` (user `...:turnkey-load-<n>`), (packets from peers, packets to peers).
     fn peer_usage(&self, sessions: usize) -> BTreeMap<u64, (u64, u64)> {
+        self.peer_usage_of("turnkey-load", sessions)
+    }
+
+    /// Like [`Coturn::peer_usage`] for the allocations minted with `--user <user>`.
+    fn peer_usage_of(&self, user: &str, sessions: usize) -> BTreeMap<u64, (u64, u64)> {
+        let prefix = format!(":{user}-");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut out = BTreeMap::new();
@@ -405,9 +436,7 @@ impl Coturn {
                 };
                 // The last line may be half written: skip what does not parse.
                 let num = |name: &str| field(name).and_then(|s| s.trim().parse::<u64>().ok());
-                if let (Some(id), Some(rp), Some(sp), Some(_)) =
-                    (num("turnkey-load-"), num("rp="), num("sp="), num("sb="))
-                {
+                if let (Some(id), Some(rp), Some(sp), Some(_)) = (num(&prefix), num("rp="), num("sp="), num("sb=")) {
                     out.insert(id, (rp, sp));
                 }
             }
