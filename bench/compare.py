@@ -212,7 +212,7 @@ class Bench:
         coarse_step = COARSE_STEP / flows
         with CpuPeak(s) as cpu:
             r = load(s, transport, *common, "--rate", f"{coarse_step:.3f}", "--ramp-step", f"{coarse_step:.3f}",
-                     "--ramp-steps", "12", ca=self.tls[0])
+                     "--ramp-steps", "20", ca=self.tls[0])
             best = (r["ramp"] or {}).get("max_loss_free_pps") or 0.0
             base = max(best, 1000.0) / flows
             fine = COARSE_STEP / 8 / flows
@@ -280,6 +280,8 @@ class Bench:
     def issuance(self) -> list[dict]:
         """Credentials per second from the Cloudflare-compatible endpoint, turnkey on core 0 and
         wrk (one thread, 32 connections) on core 1. coturn has no issuer, so turnkey only."""
+        if shutil.which("wrk") is None:
+            sys.exit("bench: the issuance figures need wrk (Debian: apt-get install wrk)")
         out = []
         script = self.tmp / "post.lua"
         for _ in range(self.reps):
@@ -300,7 +302,10 @@ class Bench:
                                     str(script), url], capture_output=True, text=True, timeout=60)
                 u1, s1 = s.cpu_secs()
                 text = p.stdout
-                rps = float(next(l for l in text.splitlines() if l.startswith("Requests/sec:")).split()[1])
+                line = next((l for l in text.splitlines() if l.startswith("Requests/sec:")), None)
+                if line is None:
+                    sys.exit(f"bench: wrk gave no result:\n{text}\n{p.stderr}")
+                rps = float(line.split()[1])
                 bad = next((int(l.split()[-1]) for l in text.splitlines() if "Non-2xx" in l), 0)
                 if bad:
                     sys.exit(f"issuance: {bad} non-2xx answers:\n{text}")
