@@ -375,7 +375,9 @@ impl Coturn {
         let secret = format!("secret-{:016x}", rand::random::<u64>());
         let dir = std::env::temp_dir().join(format!("turnkey-load-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let min_port = 20_000 + (rand::random::<u16>() % 400) * 100;
+        // Relay ports above the ephemeral range (which ends at 60999), apart from the coturn of
+        // tests/tests/issuer_e2e.rs (61000-61999).
+        let min_port = 62_000 + (rand::random::<u16>() % 10) * 100;
         let mut cmd = Command::new("turnserver");
         cmd.args(["-n", "-v", "--simple-log", "--log-file=stdout", "--no-cli", "--no-dtls"])
             .args(["--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--allow-loopback-peers"])
@@ -456,11 +458,13 @@ impl Drop for Coturn {
     }
 }
 
+/// A port free for TCP and UDP, below the kernel's ephemeral range (32768 and up): no port-0 bind
+/// of another test can take it before coturn binds it, and coturn's SO_REUSEPORT listener cannot
+/// join the group of a relay another test started on port 0.
 fn free_port() -> u16 {
     loop {
-        let t = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
