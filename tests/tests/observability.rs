@@ -25,7 +25,7 @@ fn relay(tk: &Turnkey, user: &str, pass: &str, count: u32, size: u32) -> Value {
     let server = tk.udp().to_string();
     let (c, s) = (count.to_string(), size.to_string());
     let r = aioice(&["relay", "--server", &server, "--user", user, "--password", pass, "--count", &c, "--size", &s]);
-    assert_eq!(r["received"], count, "{r}");
+    assert_eq!(r["received"], count, "{r}\ndrops: {}", tk.drops());
     r
 }
 
