@@ -71,7 +71,8 @@ async def allocate(args):
 
 async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0):
     """Ping-pong: sends each message and waits up to `timeout` seconds for its own echo (late
-    echoes of earlier messages are skipped), so a slow, loaded machine delays but never fails."""
+    echoes of earlier messages are skipped), so a slow, loaded machine delays but never fails.
+    Returns (echoes received, their payload bytes, indexes of the messages never echoed)."""
     received = 0
     payload_bytes = 0
     missing = []
@@ -94,8 +95,7 @@ async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0):
                 got = True
         if not got:
             missing.append(i)
-    exchange.missing = missing
-    return received, payload_bytes
+    return received, payload_bytes, missing
 
 
 async def main():
@@ -139,7 +139,7 @@ async def main():
     echo_addr = echo_transport.get_extra_info("sockname")
     transport, protocol = await allocate(args)
     relayed = transport.get_extra_info("sockname")
-    received, payload_bytes = await exchange(transport, protocol, echo_addr, args.count, args.size)
+    received, payload_bytes, missing = await exchange(transport, protocol, echo_addr, args.count, args.size)
     result = {
         "relayed": f"{relayed[0]}:{relayed[1]}",
         "sent": args.count,
@@ -147,7 +147,7 @@ async def main():
         "echo_seen": echo.received,
         "echo_peers": sorted(f"{a}:{b}" for a, b in echo.peers),
         "payload_bytes": payload_bytes,
-        "missing": exchange.missing,
+        "missing": missing,
         "task_errors": task_errors,
     }
     if args.mode == "revoke":
@@ -156,7 +156,7 @@ async def main():
             result["revoke_status"] = r.status
         await asyncio.sleep(1.5)
         before = echo.received
-        after, _ = await exchange(transport, protocol, echo_addr, 5, args.size, timeout=0.3)
+        after, _, _ = await exchange(transport, protocol, echo_addr, 5, args.size, timeout=0.3)
         result["after_revoke_received"] = after
         result["after_revoke_echo_seen"] = echo.received - before
         try:

@@ -83,6 +83,15 @@ pub fn fixed_port() -> u16 {
     panic!("no free port in {lo}..{hi}");
 }
 
+/// A `turnkey.toml` holding `toml` in a fresh directory, for `--config`; the returned directory
+/// keeps it alive.
+pub fn config_file(toml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("turnkey.toml");
+    std::fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
 /// A running `turnkey serve`.
 #[derive(Debug)]
 pub struct Turnkey {

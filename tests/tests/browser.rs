@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use turnkey_e2e::browser::Chromium;
-use turnkey_e2e::{artifacts, require, Turnkey};
+use turnkey_e2e::{artifacts, config_file, require, Turnkey};
 
 /// How long the page may take from navigation to `turnkeyResult.done`.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(40);
@@ -134,16 +134,10 @@ fn chromium_selftest_fails_when_the_relay_does_not_answer() {
     }
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("turnkey.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[issuer.advertise]\nstun = [{{ port = {port} }}]\nturn_udp = [{{ port = {port} }}]\n\
-             turn_tcp = []\nturns_tls = []\n"
-        ),
-    )
-    .unwrap();
+    let (_dir, config) = config_file(&format!(
+        "[issuer.advertise]\nstun = [{{ port = {port} }}]\nturn_udp = [{{ port = {port} }}]\n\
+         turn_tcp = []\nturns_tls = []\n"
+    ));
     let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--config", config.to_str().unwrap()]);
     let Run { result: r, console } = run_page(&tk, "udp", "selftest-udp-relay-down.png");
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}");
@@ -203,9 +197,7 @@ fn chromium_selftest_reports_a_failed_credential_request() {
     if !require("chromium") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("turnkey.toml");
-    std::fs::write(&config, "[issuer.app]\nkey = \"00000000000000000000000000000000\"\n").unwrap();
+    let (_dir, config) = config_file("[issuer.app]\nkey = \"00000000000000000000000000000000\"\n");
     let tk = Turnkey::serve(&["--config", config.to_str().unwrap()]);
     let Run { result: r, console } = run_page(&tk, "udp", "selftest-credentials-failed.png");
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}");

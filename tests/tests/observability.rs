@@ -31,10 +31,7 @@ fn relay(tk: &Turnkey, user: &str, pass: &str, count: u32, size: u32) -> Value {
 
 /// A config file with `[usage]` settings (kept alive by the returned TempDir).
 fn usage_config(body: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("turnkey.toml");
-    std::fs::write(&p, format!("[usage]\n{body}")).unwrap();
-    (dir, p)
+    turnkey_e2e::config_file(&format!("[usage]\n{body}"))
 }
 
 /// Sets `monthly_bandwidth_bytes` in the default key's file (as an operator would).

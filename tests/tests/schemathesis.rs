@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use turnkey_e2e::{metric_sum, require, root, run_with_timeout, Turnkey};
+use turnkey_e2e::{config_file, metric_sum, require, root, run_with_timeout, Turnkey};
 
 /// Examples per operation; about 800 requests in all with the coverage phase.
 const MAX_EXAMPLES: &str = "100";
@@ -19,9 +19,7 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
     }
     // The app endpoints' per-IP rate limit would answer most generated requests with 429 and
     // leave their logic untested: lift it for this run (429 itself is covered in the issuer tests).
-    let conf_dir = tempfile::tempdir().unwrap();
-    let conf = conf_dir.path().join("turnkey.toml");
-    std::fs::write(&conf, "[issuer.app.rate_limit]\nrequests = 1000000\nwindow_secs = 1\n").unwrap();
+    let (conf_dir, conf) = config_file("[issuer.app.rate_limit]\nrequests = 1000000\nwindow_secs = 1\n");
     let tk = Turnkey::serve(&["--config", conf.to_str().unwrap()]);
     let (key_id, token) = tk.default_key();
     let base = format!("http://{}", tk.addr("http"));

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)] // test helpers may panic
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -370,8 +370,8 @@ impl Coturn {
             eprintln!("SKIPPED: turnserver not installed (apt-get install coturn)");
             return None;
         }
-        let port = free_port();
-        let tls_port = free_port();
+        let port = turnkey_e2e::fixed_port();
+        let tls_port = turnkey_e2e::fixed_port();
         let secret = format!("secret-{:016x}", rand::random::<u64>());
         let dir = std::env::temp_dir().join(format!("turnkey-load-coturn-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -455,17 +455,5 @@ impl Drop for Coturn {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A port free for TCP and UDP, below the kernel's ephemeral range (32768 and up): no port-0 bind
-/// of another test can take it before coturn binds it, and coturn's SO_REUSEPORT listener cannot
-/// join the group of a relay another test started on port 0.
-fn free_port() -> u16 {
-    loop {
-        let port = 20_000 + rand::random::<u16>() % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
