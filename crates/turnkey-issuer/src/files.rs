@@ -1,8 +1,6 @@
-//! Private files in the data directory: 0700 directories, 0600 files written atomically, and
-//! the hex helpers for stored hashes.
+//! Private files in the data directory (through `turnkey-files`: 0700 directories, 0600 files
+//! written atomically) with this crate's errors, and the hex helpers for stored hashes.
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::Error;
@@ -23,32 +21,12 @@ pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    let mut b = fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+    turnkey_files::create_private_dir(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
 
-/// Writes `bytes` to `path` with mode 0600, atomically (temp file in the same directory, then
-/// rename), so a concurrent reader never sees half a file.
+/// Writes `bytes` to `path` with mode 0600, atomically (see [`turnkey_files::write_private`]).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let result = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| Error::io(ctx("writing"), e))
+    turnkey_files::write_private(path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! (500 ms). This crate turns those deltas into per-key and per-`customIdentifier` totals for the
 //! current monthly period ([`UsageStore`], sans-IO: time is passed in), exports them as
 //! Prometheus metrics ([`UsageMetrics`]), answers whether a key reached its monthly cap, and
-//! persists the ledger to `<data_dir>/usage.json` (atomic write: temp file, fsync, rename).
+//! persists the ledger to `<data_dir>/usage.json` (atomic 0600 write through `turnkey-files`).
 //!
 //! It imports neither the relay nor the issuer: the binary wires [`Usage`] into the relay (as its
 //! usage sink) and into the issuer (as the source of `bandwidth_exhausted` and
@@ -15,7 +15,6 @@ mod metrics;
 mod store;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,27 +52,6 @@ pub fn load(data_dir: &Path, reset_day: u32, now: u64) -> Result<UsageStore, Usa
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsageStore::new(reset_day, now)),
         Err(source) => Err(UsageError::Io { path, source }),
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temp file beside it (0600), fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), UsageError> {
-    let io = |source| UsageError::Io { path: path.to_owned(), source };
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        // Make the rename durable; failure here only weakens crash safety.
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
 }
 
 /// The shared, thread-safe ledger: one per process, cloned into the relay and the issuer.
@@ -208,7 +186,8 @@ impl Usage {
             }
             s.to_json()
         };
-        let res = write_atomic(&data_dir.join(USAGE_FILE), &bytes);
+        let path = data_dir.join(USAGE_FILE);
+        let res = turnkey_files::write_private(&path, &bytes).map_err(|source| UsageError::Io { path, source });
         match res {
             Ok(()) => {
                 self.inner.metrics.persisted_at.set(now as i64);

@@ -1,12 +1,12 @@
 //! The data directory: created on first start (0700), holding the generated secret (0600).
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use turnkey_files::write_private;
 
 /// File name of the generated secret inside the data directory.
 pub const SECRET_FILE: &str = "secret";
@@ -14,8 +14,7 @@ pub const SECRET_FILE: &str = "secret";
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn ensure(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
-        set_mode(dir, 0o700)?;
+        turnkey_files::create_private_dir(dir).context("cannot create the data directory")?;
     }
     Ok(())
 }
@@ -49,14 +48,11 @@ pub fn self_signed_tls(dir: &Path, names: Vec<String>) -> anyhow::Result<(PathBu
         return Ok((cert, key, false));
     }
     ensure(dir)?;
-    if !tls.exists() {
-        fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
-        set_mode(&tls, 0o700)?;
-    }
+    turnkey_files::create_private_dir(&tls)?;
     let ck = rcgen::generate_simple_self_signed(names).context("cannot generate a TLS certificate")?;
     write_private(&key, ck.key_pair.serialize_pem().as_bytes())?;
     write_private(&cert, ck.cert.pem().as_bytes())?;
-    set_mode(&cert, 0o644)?;
+    turnkey_files::set_mode(&cert, 0o644)?;
     Ok((cert, key, true))
 }
 
@@ -67,47 +63,6 @@ pub fn read_secrets(path: &Path) -> anyhow::Result<Vec<String>> {
         text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
     anyhow::ensure!(!secrets.is_empty(), "secret file {} holds no secret", path.display());
     Ok(secrets)
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    {
-        let mut f = open_private(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
-#[cfg(unix)]
-fn open_private(path: &Path) -> anyhow::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))
-}
-
-#[cfg(not(unix))]
-fn open_private(path: &Path) -> anyhow::Result<fs::File> {
-    fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> anyhow::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]
