@@ -11,22 +11,37 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Limits and timeouts of stream (TCP/TLS) client connections.
-#[derive(Debug, Clone)]
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{in_range, nonzero_secs};
+
+/// Limits and timeouts of stream (TCP/TLS) client connections: `[relay]` keys of the config file,
+/// checked while they are parsed (see [`crate::settings`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StreamLimits {
     /// Connections one client IP (IPv6: one /64) may hold at once, across both transports.
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u32::MAX as u64 }>")]
     pub max_connections_per_ip: u32,
     /// Connections the relay holds at once.
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u32::MAX as u64 }>")]
     pub max_connections: u32,
-    /// Time allowed for a TLS handshake.
+    /// Time allowed for a TLS handshake (seconds).
+    #[serde(with = "nonzero_secs")]
     pub tls_handshake_timeout: Duration,
-    /// A connection without an allocation for this long is closed (also after its allocation ended).
+    /// A connection without an allocation for this long is closed (also after its allocation
+    /// ended; seconds).
+    #[serde(with = "nonzero_secs")]
     pub allocate_timeout: Duration,
-    /// A connection whose client sent nothing for this long is closed.
+    /// A connection whose client sent nothing for this long is closed (seconds).
+    #[serde(with = "nonzero_secs")]
     pub idle_timeout: Duration,
-    /// Largest STUN or ChannelData length field accepted (at most 65535).
+    /// Largest STUN or ChannelData length field accepted (512 to 65535).
+    #[serde(deserialize_with = "in_range::<_, _, 512, 65_535>")]
     pub max_frame: usize,
-    /// Frames queued towards one client; past it, frames to that client are dropped and counted.
+    /// Frames queued towards one client; past it, frames to that client are dropped and counted
+    /// (1 to 65536).
+    #[serde(deserialize_with = "in_range::<_, _, 1, 65_536>")]
     pub outbound_queue: usize,
 }
 

@@ -15,6 +15,7 @@ pub mod framing;
 pub mod loglimit;
 pub mod metrics;
 pub mod policy;
+pub mod settings;
 pub mod types;
 pub mod usage;
 

@@ -11,6 +11,7 @@
 //! `/api/bandwidth-status`).
 
 pub mod calendar;
+mod config;
 mod metrics;
 mod store;
 
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use config::UsageConfig;
 pub use metrics::UsageMetrics;
 pub use store::{
     split_userid, Bytes, KeyStatus, KeyUsage, UsageFile, UsageStore, FILE_VERSION, MAX_LABELS_PER_KEY, OTHER_LABEL,

@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Command as ClapCommand, CommandFactory as _, Parser, Subcommand};
+use serde::Serialize;
 
-use crate::config::FileConfig;
+use crate::config::Settings;
 
 /// turnkey: a self-hosted TURN relay and TURN credential issuer.
 #[derive(Debug, Parser)]
@@ -35,22 +36,14 @@ pub enum Command {
 }
 
 /// `turnkey issuer`.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct IssuerArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub common: CommonArgs,
-    /// Issuer HTTP listener (default 0.0.0.0:8080).
-    #[arg(long, env = "TURNKEY_HTTP")]
-    pub http: Option<String>,
-    /// Host name put in advertised TURN/STUN URLs.
-    #[arg(long, env = "TURNKEY_PUBLIC_HOST")]
-    pub public_host: Option<String>,
-    /// Prometheus listener (`off` to disable; default 0.0.0.0:9641).
-    #[arg(long, env = "TURNKEY_METRICS")]
-    pub metrics: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, env = "TURNKEY_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub service: ServiceArgs,
 }
 
 /// `turnkey keys`.
@@ -85,109 +78,189 @@ pub enum KeysAction {
     },
 }
 
-/// Settings shared by every subcommand that reads the config.
-#[derive(Debug, Args, Clone, Default)]
+/// Settings shared by every subcommand that reads the config (top-level keys).
+#[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct CommonArgs {
     /// TOML config file.
     #[arg(long, env = "TURNKEY_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Data directory (secret, keys, revocations, usage).
     #[arg(long, env = "TURNKEY_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// REALM of long-term credentials.
     #[arg(long, env = "TURNKEY_REALM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
     /// Shared secret (repeatable, newest first; during rotation give the new one first).
     #[arg(long = "secret", env = "TURNKEY_SECRET", value_delimiter = ',', hide_env_values = true)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// File with one secret per line, newest first.
     #[arg(long, env = "TURNKEY_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
 }
 
+/// Flags of the long-running services (`serve`, `issuer`): top-level keys, `[metrics]` and
+/// `[issuer]`.
+#[derive(Debug, Args, Clone, Default, Serialize)]
+pub struct ServiceArgs {
+    /// Issuer HTTP listener (`off` to disable).
+    #[arg(long, env = "TURNKEY_HTTP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "TURNKEY_LOG_FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "MetricsArgs::is_empty")]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "IssuerFlags::is_empty")]
+    pub issuer: IssuerFlags,
+}
+
+/// `[metrics]` flags.
+#[derive(Debug, Args, Clone, Default, Serialize)]
+pub struct MetricsArgs {
+    /// Prometheus listener (`off` to disable).
+    #[arg(long = "metrics", env = "TURNKEY_METRICS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl MetricsArgs {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none()
+    }
+}
+
+/// `[issuer]` flags.
+#[derive(Debug, Args, Clone, Default, Serialize)]
+pub struct IssuerFlags {
+    /// Host name put in advertised TURN/STUN URLs.
+    #[arg(long, env = "TURNKEY_PUBLIC_HOST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_host: Option<String>,
+}
+
+impl IssuerFlags {
+    fn is_empty(&self) -> bool {
+        self.public_host.is_none()
+    }
+}
+
 /// `turnkey serve`.
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct ServeArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub common: CommonArgs,
-    /// UDP listening address (repeatable; default 0.0.0.0:3478 and [::]:3478).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub service: ServiceArgs,
+    /// Data-path shards (default: one per core).
+    #[arg(long, env = "TURNKEY_SHARDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
+/// `[relay]` flags of `turnkey serve`.
+#[derive(Debug, Args, Clone, Default, Serialize)]
+pub struct RelayArgs {
+    /// UDP listening address (repeatable).
     #[arg(long, env = "TURNKEY_UDP", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub udp: Vec<String>,
-    /// TCP listening address (repeatable; default 0.0.0.0:3478 and [::]:3478; `off` disables).
+    /// TCP listening address (repeatable; `off` disables).
     #[arg(long, env = "TURNKEY_TCP", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<String>,
-    /// TLS listening address (repeatable; default 0.0.0.0:5349 and [::]:5349; `off` disables).
+    /// TLS listening address (repeatable; `off` disables).
     #[arg(long, env = "TURNKEY_TLS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<String>,
     /// TLS certificate chain (PEM); reloaded when the file changes or on SIGHUP.
     #[arg(long, env = "TURNKEY_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     #[arg(long, env = "TURNKEY_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-    /// TCP/TLS connections one client IP (IPv6: one /64) may hold (default 64).
+    /// TCP/TLS connections one client IP (IPv6: one /64) may hold.
     #[arg(long, env = "TURNKEY_MAX_CONNECTIONS_PER_IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections_per_ip: Option<u32>,
-    /// TCP/TLS connections in total (default 20000).
+    /// TCP/TLS connections in total.
     #[arg(long, env = "TURNKEY_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Seconds allowed for a TLS handshake (default 10).
+    /// Seconds allowed for a TLS handshake.
     #[arg(long, env = "TURNKEY_TLS_HANDSHAKE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_handshake_timeout: Option<u64>,
-    /// Seconds a TCP/TLS connection may go without an allocation before it is closed (default 60).
+    /// Seconds a TCP/TLS connection may go without an allocation before it is closed.
     #[arg(long, env = "TURNKEY_ALLOCATE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allocate_timeout: Option<u64>,
-    /// Seconds a TCP/TLS connection may stay silent before it is closed (default 600).
+    /// Seconds a TCP/TLS connection may stay silent before it is closed.
     #[arg(long, env = "TURNKEY_IDLE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u64>,
     /// Address relay sockets bind to (one IPv4 and/or one IPv6; default: the primary IPv4).
     #[arg(long, env = "TURNKEY_RELAY_IP", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub relay_ip: Vec<String>,
-    /// Relay port range LO-HI (default 49152-65535).
+    /// Relay port range LO-HI.
     #[arg(long, env = "TURNKEY_RELAY_PORTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_ports: Option<String>,
     /// Public address advertised in XOR-RELAYED-ADDRESS (1:1 NAT).
     #[arg(long, env = "TURNKEY_EXTERNAL_IP", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub external_ip: Vec<String>,
     /// Allow relaying to this CIDR (optionally `:PORT` or `:LO-HI`); repeatable.
     #[arg(long, env = "TURNKEY_ALLOW_PEER", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_peer: Vec<String>,
     /// Deny relaying to this CIDR (beats allow rules); repeatable.
     #[arg(long, env = "TURNKEY_DENY_PEER", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny_peer: Vec<String>,
     /// Allocations one userid may hold at once (486 past it).
     #[arg(long, env = "TURNKEY_MAX_ALLOCATIONS_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_allocations_per_user: Option<u32>,
     /// Allocations this relay holds at once (508 past it).
     #[arg(long, env = "TURNKEY_MAX_ALLOCATIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_allocations: Option<u32>,
     /// Per-allocation bandwidth cap in bytes per second (0: none).
     #[arg(long, env = "TURNKEY_BANDWIDTH_LIMIT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bandwidth_limit: Option<u64>,
     /// Replies to unauthenticated requests per second per source IP (0: unlimited).
     #[arg(long, env = "TURNKEY_UNAUTH_REPLIES_PER_SEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unauth_replies_per_sec: Option<u32>,
     /// Accept RFC 5766 channel numbers up to 0x7FFF (for older clients).
     #[arg(long, env = "TURNKEY_RFC5766_CHANNEL_NUMBERS")]
+    #[serde(skip_serializing_if = "is_false")]
     pub rfc5766_channel_numbers: bool,
-    /// Prometheus listener (`off` to disable; default 0.0.0.0:9641).
-    #[arg(long, env = "TURNKEY_METRICS")]
-    pub metrics: Option<String>,
-    /// Data-path shards (default: one per core).
-    #[arg(long, env = "TURNKEY_SHARDS")]
-    pub shards: Option<usize>,
     /// Seconds live allocations are served after SIGTERM before exit.
     #[arg(long, env = "TURNKEY_DRAIN_GRACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_grace: Option<u64>,
-    /// Log format: text or json.
-    #[arg(long, env = "TURNKEY_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    /// Issuer HTTP listener (`off` to disable; default 0.0.0.0:8080).
-    #[arg(long, env = "TURNKEY_HTTP")]
-    pub http: Option<String>,
-    /// Host name put in advertised TURN/STUN URLs (default localhost).
-    #[arg(long, env = "TURNKEY_PUBLIC_HOST")]
-    pub public_host: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `turnkey creds`.
@@ -210,87 +283,68 @@ pub struct CheckArgs {
     pub file: PathBuf,
 }
 
-fn set<T: Clone>(slot: &mut Option<T>, v: &Option<T>) {
-    if v.is_some() {
-        slot.clone_from(v);
+/// The flags of a subcommand as a config table: the keys they set, nothing else.
+pub fn overlay(flags: &impl Serialize) -> anyhow::Result<toml::Table> {
+    Ok(toml::Table::try_from(flags)?)
+}
+
+/// Appends `[default: ...]` to the help of every flag of `G` whose key (its id) has a default in
+/// `section` of `defaults`, so `--help` shows the default the owning type defines.
+fn help_defaults<G: Args>(mut cmd: ClapCommand, section: &str, defaults: &toml::Table) -> ClapCommand {
+    let table = if section.is_empty() { Some(defaults) } else { defaults.get(section).and_then(toml::Value::as_table) };
+    let Some(table) = table else { return cmd };
+    for arg in G::augment_args(ClapCommand::new("group")).get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(v) = table.get(id).and_then(show) else { continue };
+        cmd = cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            a.help(format!("{help} [default: {v}]"))
+        });
+    }
+    cmd
+}
+
+fn show(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Array(a) if a.is_empty() => None,
+        toml::Value::Array(a) => Some(a.iter().filter_map(show).collect::<Vec<_>>().join(",")),
+        toml::Value::Table(_) => None,
+        other => Some(other.to_string()),
     }
 }
 
-fn set_list(slot: &mut Option<Vec<String>>, v: &[String]) {
-    if !v.is_empty() {
-        *slot = Some(v.to_vec());
-    }
+/// The command line, with the defaults of [`Settings`] in the help of `serve` and `issuer`.
+pub fn command() -> ClapCommand {
+    let d = Settings::defaults();
+    let service = |c: ClapCommand| {
+        let c = help_defaults::<CommonArgs>(c, "", &d);
+        let c = help_defaults::<ServiceArgs>(c, "", &d);
+        let c = help_defaults::<MetricsArgs>(c, "metrics", &d);
+        help_defaults::<IssuerFlags>(c, "issuer", &d)
+    };
+    Cli::command()
+        .mut_subcommand("serve", |c| help_defaults::<RelayArgs>(service(c), "relay", &d))
+        .mut_subcommand("issuer", service)
 }
 
 impl CommonArgs {
-    /// Overlays these flags on a file config.
-    pub fn apply(&self, f: &mut FileConfig) {
-        set(&mut f.data_dir, &self.data_dir);
-        set(&mut f.realm, &self.realm);
-        set_list(&mut f.secrets, &self.secrets);
-        set(&mut f.secret_file, &self.secret_file);
-    }
-
-    /// The file config (if any) with these flags applied.
-    pub fn load(&self) -> anyhow::Result<FileConfig> {
-        let mut f = match &self.config {
-            Some(p) => crate::config::load_file(p)?,
-            None => FileConfig::default(),
-        };
-        self.apply(&mut f);
-        Ok(f)
+    /// The settings: the config file (if any) with these flags applied.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        Settings::load(self.config.as_deref(), overlay(self)?)
     }
 }
 
 impl ServeArgs {
-    /// The file config with every flag of `serve` applied.
-    pub fn load(&self) -> anyhow::Result<FileConfig> {
-        let mut f = self.common.load()?;
-        let r = &mut f.relay;
-        set_list(&mut r.udp, &self.udp);
-        set_list(&mut r.tcp, &self.tcp);
-        set_list(&mut r.tls, &self.tls);
-        set(&mut r.tls_cert, &self.tls_cert);
-        set(&mut r.tls_key, &self.tls_key);
-        set(&mut r.max_connections_per_ip, &self.max_connections_per_ip);
-        set(&mut r.max_connections, &self.max_connections);
-        set(&mut r.tls_handshake_timeout, &self.tls_handshake_timeout);
-        set(&mut r.allocate_timeout, &self.allocate_timeout);
-        set(&mut r.idle_timeout, &self.idle_timeout);
-        set_list(&mut r.relay_ip, &self.relay_ip);
-        set(&mut r.relay_ports, &self.relay_ports);
-        set_list(&mut r.external_ip, &self.external_ip);
-        set_list(&mut r.allow_peer, &self.allow_peer);
-        set_list(&mut r.deny_peer, &self.deny_peer);
-        set(&mut r.max_allocations_per_user, &self.max_allocations_per_user);
-        set(&mut r.max_allocations, &self.max_allocations);
-        set(&mut r.bandwidth_limit, &self.bandwidth_limit);
-        set(&mut r.unauth_replies_per_sec, &self.unauth_replies_per_sec);
-        set(&mut r.drain_grace, &self.drain_grace);
-        if self.rfc5766_channel_numbers {
-            r.rfc5766_channel_numbers = Some(true);
-        }
-        set(&mut f.metrics.listen, &self.metrics);
-        set(&mut f.shards, &self.shards);
-        set(&mut f.log_format, &self.log_format);
-        set(&mut f.http, &self.http);
-        if let Some(h) = &self.public_host {
-            f.issuer.public_host.clone_from(h);
-        }
-        Ok(f)
+    /// The settings: the config file with every flag of `serve` applied.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        Settings::load(self.common.config.as_deref(), overlay(self)?)
     }
 }
 
 impl IssuerArgs {
-    /// The file config with every flag of `issuer` applied.
-    pub fn load(&self) -> anyhow::Result<FileConfig> {
-        let mut f = self.common.load()?;
-        set(&mut f.http, &self.http);
-        set(&mut f.metrics.listen, &self.metrics);
-        set(&mut f.log_format, &self.log_format);
-        if let Some(h) = &self.public_host {
-            f.issuer.public_host.clone_from(h);
-        }
-        Ok(f)
+    /// The settings: the config file with every flag of `issuer` applied.
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        Settings::load(self.common.config.as_deref(), overlay(self)?)
     }
 }

@@ -7,12 +7,15 @@ mod datadir;
 mod obs;
 mod serve;
 
-use clap::Parser as _;
+use clap::FromArgMatches as _;
 
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&cli::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Load(args) => return load(*args),
         Command::Serve(args) => serve::serve(*args),
@@ -65,8 +68,7 @@ fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let f = config::load_file(path)?;
-    config::validate(&f)?;
+    config::Settings::load(Some(path), toml::Table::new())?;
     println!("{}: ok", path.display());
     Ok(())
 }

@@ -29,9 +29,10 @@ fn now_unix() -> u64 {
 /// Loads `<data_dir>/usage.json` into a ledger registered into `registry`, with the caps of the
 /// key files.
 pub fn start_usage(s: &Settings, registry: &Registry) -> anyhow::Result<Usage> {
-    let store = turnkey_usage::load(&s.data_dir, s.usage_reset_day, now_unix())?;
-    let usage = Usage::new(store, UsageMetrics::new(registry)?, s.usage_enforce_on_relay);
-    usage.set_caps(read_caps(&s.data_dir));
+    let data_dir = &s.node.data_dir;
+    let store = turnkey_usage::load(data_dir, s.usage.reset_day, now_unix())?;
+    let usage = Usage::new(store, UsageMetrics::new(registry)?, s.usage.enforce_on_relay);
+    usage.set_caps(read_caps(data_dir));
     Ok(usage)
 }
 

@@ -17,21 +17,28 @@ use turnkey_relay::{BoundSockets, RelayConfig};
 use turnkey_issuer::{AdvertiseConfig, Endpoint, FixedRelayStatus, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
 
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
-use crate::config::{self, Settings};
+use crate::config::values::{ListenList, LogFormat};
+use crate::config::Settings;
 use crate::datadir;
 use crate::obs;
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = config::validate(&args.load()?)?;
-    init_logging(settings.log_json);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run(settings))
+    let settings = args.load()?;
+    init_logging(settings.node.log_format);
+    runtime()?.block_on(run(settings))
+}
+
+/// `turnkey issuer`: the issuer alone, for deployments with separate relay processes.
+pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
+    let settings = args.load()?;
+    init_logging(settings.node.log_format);
+    runtime()?.block_on(run_issuer(settings))
 }
 
 /// Prints a credential minted with the configured secret.
 pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
-    let settings = config::validate(&args.common.load()?)?;
+    let settings = args.common.load()?;
     let (ring, _) = secret_ring(&settings)?;
     let now = UnixTime(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs());
     let c = ring.mint(&args.user, now, args.ttl)?;
@@ -39,141 +46,42 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
         "username": c.username,
         "credential": c.password,
         "ttl": args.ttl,
-        "realm": settings.realm,
+        "realm": settings.node.realm.as_str(),
     });
     println!("{out}");
     Ok(())
 }
 
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
 async fn run(s: Settings) -> anyhow::Result<()> {
-    datadir::ensure(&s.data_dir)?;
-    let (ring, generated) = secret_ring(&s)?;
-    let ring_for_issuer = ring.clone();
-    if generated {
-        tracing::info!(path = %s.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
-    }
+    let ring = open_data_dir(&s)?;
     let sockets = bind_listeners(&s)?;
-    let udp_addrs = sockets.udp_addrs();
-    let tcp_addrs = sockets.tcp_addrs();
-    let tls_addrs = sockets.tls_addrs();
-    let cert = if tls_addrs.is_empty() { None } else { Some(tls_certificate(&s)?) };
-    let tls = cert.clone().map(TlsConfigs::new).transpose()?;
-    // SIGHUP reloads the certificate (and never terminates the process).
-    spawn_sighup(cert.clone());
-    if let Some(c) = &cert {
-        tokio::spawn(c.clone().watch(turnkey_relay::tls::DEFAULT_RELOAD_INTERVAL));
-    }
-
-    let registry = Registry::new();
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    obs::register_build_info(&registry)?;
-    let relay_metrics = RelayMetrics::new(&registry)?;
-    let usage = obs::start_usage(&s, &registry)?;
-    let metrics_listener = match s.metrics {
-        Some(addr) => {
-            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?)
-        }
-        None => None,
-    };
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-
-    let mut service: Vec<ServiceAddr> =
-        udp_addrs.iter().chain(&tcp_addrs).chain(&tls_addrs).map(|a| ServiceAddr::from(*a)).collect();
-    service.extend(metrics_addr.map(ServiceAddr::from));
-    service.extend(s.http.map(ServiceAddr::from));
-    let policy = PeerPolicy::new(s.allow_peer.clone(), s.deny_peer.clone(), service);
-
-    let relay_v4 = match (s.relay_v4, s.relay_v6) {
-        (None, None) => Some(detect_ipv4()),
-        (v4, _) => v4,
-    };
-    let mut engine = EngineConfig::new(s.realm.clone(), ring, policy);
-    engine.max_lifetime = s.max_lifetime;
-    engine.nonce_lifetime = s.nonce_lifetime;
-    engine.max_allocations_per_user = s.max_allocations_per_user;
-    engine.max_allocations = s.max_allocations;
-    engine.max_permissions = s.max_permissions;
-    engine.max_channels = s.max_channels;
-    engine.bandwidth_limit = s.bandwidth_limit;
-    engine.rfc5766_channel_numbers = s.rfc5766_channel_numbers;
-    engine.unauth_replies_per_sec = s.unauth_replies_per_sec;
-    engine.software.clone_from(&s.software);
-    engine.relay_v4 = relay_v4.is_some();
-    engine.relay_v6 = s.relay_v6.is_some();
-    let relay_cfg = RelayConfig {
-        engine,
-        relay: RelayAddrs {
-            v4: relay_v4,
-            v6: s.relay_v6,
-            external_v4: s.external_v4,
-            external_v6: s.external_v6,
-            ports: s.relay_ports.clone(),
-        },
-        drain_grace: s.drain_grace,
-        stream: s.stream.clone(),
-        tls,
-    };
+    let listening = Listening::of(&sockets);
+    let tls = start_tls(&s, &listening)?;
+    let mut obs = Observability::start(&s).await?;
+    let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
     let revocations = RevocationSet::new();
-    let shared = Arc::new(Shared::new(revocations.clone()).with_usage(obs::RelayUsage(usage.clone()).sink()));
-    let usage_task = tokio::spawn(obs::run_flusher(usage.clone(), s.data_dir.clone(), s.usage_flush_interval));
-    let max_allocations = s.max_allocations;
+    let shared = Arc::new(Shared::new(revocations.clone()).with_usage(obs::RelayUsage(obs.usage.clone()).sink()));
+    let usage_task = tokio::spawn(obs::run_flusher(obs.usage.clone(), s.node.data_dir.clone(), s.usage.flush_interval));
+    let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = obs.serve_metrics(stop_http_rx.clone());
+    let relay_status: Arc<dyn RelayStatus> = Arc::new(LocalRelay {
+        shared: shared.clone(),
+        max_allocations: s.engine.max_allocations,
+        usage: obs.usage.clone(),
+    });
+    let issuer_cfg = advertised(&s, &listening);
+    let issuer = start_issuer(&s, issuer_cfg, ring, revocations, relay_status, &obs.registry, stop_http_rx).await?;
+    print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards());
 
-    let (stop_http_tx, stop_http_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_http_rx.clone())));
-    let mut issuer_cfg = s.issuer.clone();
-    if !s.advertise_explicit {
-        // Advertise exactly the listeners this process has.
-        let endpoints = |addrs: &[SocketAddr]| -> Vec<Endpoint> {
-            let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
-            ports.dedup();
-            ports.into_iter().map(Endpoint::port).collect()
-        };
-        let eps = endpoints(&udp_addrs);
-        issuer_cfg.advertise = AdvertiseConfig {
-            stun: eps.clone(),
-            turn_udp: eps,
-            turn_tcp: endpoints(&tcp_addrs),
-            turns_tls: endpoints(&tls_addrs),
-        };
-    }
-    let relay_status: Arc<dyn RelayStatus> =
-        Arc::new(LocalRelay { shared: shared.clone(), max_allocations, usage: usage.clone() });
-    let issuer =
-        start_issuer(&s, issuer_cfg, ring_for_issuer, revocations, relay_status, &registry, stop_http_rx.clone())
-            .await?;
-
-    let list = |addrs: &[SocketAddr]| -> String {
-        if addrs.is_empty() {
-            "off".to_owned()
-        } else {
-            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-        }
-    };
-    println!(
-        "turnkey listening udp={} tcp={} tls={} http={} metrics={} relay={} shards={}",
-        list(&udp_addrs),
-        list(&tcp_addrs),
-        list(&tls_addrs),
-        issuer.as_ref().map_or_else(|| "off".to_owned(), |i| i.addr.to_string()),
-        metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        relay_v4.or(s.relay_v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        sockets.shards(),
-    );
-    println!(
-        "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`, then use turn:{}?transport=udp",
-        s.data_dir.display(),
-        udp_addrs.first().map_or_else(|| "HOST:3478".to_owned(), ToString::to_string),
-    );
-
-    if let Some(i) = &issuer {
-        println!("turnkey: or ask the issuer: {}", i.hint);
-    }
-
-    let relayed = turnkey_relay::run(relay_cfg, sockets, relay_metrics, shared, shutdown_signal()).await;
+    let relayed = turnkey_relay::run(relay_cfg, sockets, obs.relay_metrics, shared, shutdown_signal()).await;
     usage_task.abort();
-    obs::final_flush(&usage, &s.data_dir);
+    obs::final_flush(&obs.usage, &s.node.data_dir);
     relayed?;
-    let _ = stop_http_tx.send(true);
+    let _ = stop_http.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -183,40 +91,202 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `turnkey issuer`: the issuer alone, for deployments with separate relay processes.
-pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
-    let s = config::validate(&args.load()?)?;
-    init_logging(s.log_json);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async move {
-        datadir::ensure(&s.data_dir)?;
-        let (ring, _) = secret_ring(&s)?;
-        let registry = Registry::new();
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        obs::register_build_info(&registry)?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let metrics_task = match s.metrics {
-            Some(addr) => {
-                let l =
-                    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?;
-                Some(tokio::spawn(serve_metrics(l, registry.clone(), stop_rx.clone())))
-            }
-            None => None,
-        };
-        let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
-        let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, &registry, stop_rx)
-            .await?
-            .context("`turnkey issuer` needs an HTTP listener (--http)")?;
-        println!("turnkey issuer listening http={}", issuer.addr);
-        println!("turnkey: {}", issuer.hint);
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-        issuer.stop().await;
-        if let Some(t) = metrics_task {
-            let _ = t.await;
+async fn run_issuer(s: Settings) -> anyhow::Result<()> {
+    let ring = open_data_dir(&s)?;
+    let registry = new_registry()?;
+    let metrics = bind_metrics(&s).await?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_rx.clone())));
+    let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
+    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, &registry, stop_rx)
+        .await?
+        .context("`turnkey issuer` needs an HTTP listener (--http)")?;
+    println!("turnkey issuer listening http={}", issuer.addr);
+    println!("turnkey: {}", issuer.hint);
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    issuer.stop().await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// Creates the data directory and reads (or generates) the secret ring.
+fn open_data_dir(s: &Settings) -> anyhow::Result<SecretRing> {
+    datadir::ensure(&s.node.data_dir)?;
+    let (ring, generated) = secret_ring(s)?;
+    if generated {
+        tracing::info!(path = %s.node.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
+    }
+    Ok(ring)
+}
+
+/// The addresses the relay actually listens on (ports resolved).
+struct Listening {
+    udp: Vec<SocketAddr>,
+    tcp: Vec<SocketAddr>,
+    tls: Vec<SocketAddr>,
+}
+
+impl Listening {
+    fn of(sockets: &BoundSockets) -> Self {
+        Self { udp: sockets.udp_addrs(), tcp: sockets.tcp_addrs(), tls: sockets.tls_addrs() }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.udp.iter().chain(&self.tcp).chain(&self.tls)
+    }
+}
+
+/// With TLS listeners: the certificate, reloaded on SIGHUP and when its files change.
+fn start_tls(s: &Settings, listening: &Listening) -> anyhow::Result<Option<TlsConfigs>> {
+    let cert = if listening.tls.is_empty() { None } else { Some(tls_certificate(s)?) };
+    let tls = cert.clone().map(TlsConfigs::new).transpose()?;
+    // SIGHUP reloads the certificate (and never terminates the process).
+    spawn_sighup(cert.clone());
+    if let Some(c) = cert {
+        tokio::spawn(c.watch(turnkey_relay::tls::DEFAULT_RELOAD_INTERVAL));
+    }
+    Ok(tls)
+}
+
+/// The registry with the process collector and `turnkey_build_info`.
+fn new_registry() -> anyhow::Result<Registry> {
+    let registry = Registry::new();
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    obs::register_build_info(&registry)?;
+    Ok(registry)
+}
+
+async fn bind_metrics(s: &Settings) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match s.metrics.listen.0 {
+        Some(addr) => {
+            Ok(Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?))
         }
-        Ok(())
-    })
+        None => Ok(None),
+    }
+}
+
+/// The registry, the relay's metrics, the usage ledger and the bound `/metrics` listener.
+struct Observability {
+    registry: Registry,
+    relay_metrics: RelayMetrics,
+    usage: turnkey_usage::Usage,
+    metrics: Option<tokio::net::TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Observability {
+    async fn start(s: &Settings) -> anyhow::Result<Self> {
+        let registry = new_registry()?;
+        let relay_metrics = RelayMetrics::new(&registry)?;
+        let usage = obs::start_usage(s, &registry)?;
+        let metrics = bind_metrics(s).await?;
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        Ok(Self { registry, relay_metrics, usage, metrics, metrics_addr })
+    }
+
+    fn serve_metrics(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        let registry = self.registry.clone();
+        self.metrics.take().map(|l| tokio::spawn(serve_metrics(l, registry, stop)))
+    }
+}
+
+/// The relay's configuration: the engine's settings with the peer policy and relay addresses.
+fn relay_config(
+    s: &Settings,
+    ring: SecretRing,
+    listening: &Listening,
+    obs: &Observability,
+    tls: Option<TlsConfigs>,
+) -> RelayConfig {
+    let relay = relay_addrs(s);
+    let mut engine =
+        EngineConfig::from_settings(s.node.realm.as_str(), ring, peer_policy(s, listening, obs), s.engine.clone());
+    engine.relay_v4 = relay.v4.is_some();
+    engine.relay_v6 = relay.v6.is_some();
+    RelayConfig { engine, relay, drain_grace: s.relay.drain_grace, stream: s.stream.clone(), tls }
+}
+
+/// The operator's peer rules, and this process's own service addresses (never relayed to).
+fn peer_policy(s: &Settings, listening: &Listening, obs: &Observability) -> PeerPolicy {
+    let mut service: Vec<ServiceAddr> = listening.all().map(|a| ServiceAddr::from(*a)).collect();
+    service.extend(obs.metrics_addr.map(ServiceAddr::from));
+    service.extend(s.node.http.0.map(ServiceAddr::from));
+    PeerPolicy::new(s.relay.allow_peer.clone(), s.relay.deny_peer.clone(), service)
+}
+
+/// Where relay sockets bind: the configured addresses, else the primary IPv4.
+fn relay_addrs(s: &Settings) -> RelayAddrs {
+    let r = &s.relay;
+    let v4 = match (r.relay_ip.v4, r.relay_ip.v6) {
+        (None, None) => Some(detect_ipv4()),
+        (v4, _) => v4,
+    };
+    RelayAddrs {
+        v4,
+        v6: r.relay_ip.v6,
+        external_v4: r.external_ip.v4,
+        external_v6: r.external_ip.v6,
+        ports: r.relay_ports.range(),
+    }
+}
+
+/// The issuer's configuration; unless `[issuer.advertise]` is set, it advertises exactly the
+/// listeners this process has.
+fn advertised(s: &Settings, listening: &Listening) -> IssuerConfig {
+    let mut cfg = s.issuer.clone();
+    if !s.advertise_explicit() {
+        let endpoints = |addrs: &[SocketAddr]| -> Vec<Endpoint> {
+            let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+            ports.dedup();
+            ports.into_iter().map(Endpoint::port).collect()
+        };
+        let eps = endpoints(&listening.udp);
+        cfg.advertise = AdvertiseConfig {
+            stun: eps.clone(),
+            turn_udp: eps,
+            turn_tcp: endpoints(&listening.tcp),
+            turns_tls: endpoints(&listening.tls),
+        };
+    }
+    cfg
+}
+
+fn print_banner(
+    s: &Settings,
+    listening: &Listening,
+    relay_cfg: &RelayConfig,
+    issuer: Option<&RunningIssuer>,
+    metrics_addr: Option<SocketAddr>,
+    shards: usize,
+) {
+    let list = |addrs: &[SocketAddr]| -> String {
+        if addrs.is_empty() {
+            "off".to_owned()
+        } else {
+            addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
+    println!(
+        "turnkey listening udp={} tcp={} tls={} http={} metrics={} relay={} shards={}",
+        list(&listening.udp),
+        list(&listening.tcp),
+        list(&listening.tls),
+        issuer.map_or_else(|| "off".to_owned(), |i| i.addr.to_string()),
+        metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        relay_cfg.relay.v4.or(relay_cfg.relay.v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        shards,
+    );
+    println!(
+        "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`, then use turn:{}?transport=udp",
+        s.node.data_dir.display(),
+        listening.udp.first().map_or_else(|| "HOST:3478".to_owned(), ToString::to_string),
+    );
+    if let Some(i) = issuer {
+        println!("turnkey: or ask the issuer: {}", i.hint);
+    }
 }
 
 /// The relay's readiness as the issuer sees it: up, not draining, below capacity.
@@ -274,15 +344,15 @@ async fn start_issuer(
     registry: &Registry,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<RunningIssuer>> {
-    let Some(addr) = s.http else { return Ok(None) };
+    let Some(addr) = s.node.http.0 else { return Ok(None) };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let default_key = turnkey_issuer::ensure_default_key(&s.data_dir, now)?;
+    let default_key = turnkey_issuer::ensure_default_key(&s.node.data_dir, now)?;
     if default_key.created {
         tracing::info!(key_id = %default_key.id, "created the default TURN key");
     }
     let state = IssuerState::new(IssuerDeps {
         config,
-        data_dir: s.data_dir.clone(),
+        data_dir: s.node.data_dir.clone(),
         secrets,
         revocations,
         relay,
@@ -306,11 +376,12 @@ async fn start_issuer(
 
 fn bind_listeners(s: &Settings) -> anyhow::Result<BoundSockets> {
     // The default [::] listeners are skipped on hosts without IPv6; explicit addresses must bind.
-    let usable = |list: &[SocketAddr], is_default: bool| -> Vec<SocketAddr> {
-        list.iter()
+    let usable = |list: &ListenList| -> Vec<SocketAddr> {
+        list.addrs
+            .iter()
             .copied()
             .filter(|a| {
-                let ok = !(is_default && a.is_ipv6()) || UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok();
+                let ok = !(list.is_default && a.is_ipv6()) || UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok();
                 if !ok {
                     tracing::warn!(addr = %a, "IPv6 unavailable, not listening on it");
                 }
@@ -318,24 +389,19 @@ fn bind_listeners(s: &Settings) -> anyhow::Result<BoundSockets> {
             })
             .collect()
     };
-    Ok(BoundSockets::bind(
-        &usable(&s.udp, s.udp_is_default),
-        &usable(&s.tcp, s.tcp_is_default),
-        &usable(&s.tls, s.tls_is_default),
-        s.shards,
-    )?)
+    Ok(BoundSockets::bind(&usable(&s.relay.udp), &usable(&s.relay.tcp), &usable(&s.relay.tls), s.node.shards())?)
 }
 
 /// The TLS certificate: the configured files, else a self-signed one kept in the data directory.
 fn tls_certificate(s: &Settings) -> anyhow::Result<Arc<CertResolver>> {
-    let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+    let (cert, key) = match (&s.relay.tls_cert, &s.relay.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
             let mut names = vec!["localhost".to_owned()];
             if !s.issuer.public_host.is_empty() && s.issuer.public_host != "localhost" {
                 names.push(s.issuer.public_host.clone());
             }
-            let (c, k, generated) = datadir::self_signed_tls(&s.data_dir, names)?;
+            let (c, k, generated) = datadir::self_signed_tls(&s.node.data_dir, names)?;
             if generated {
                 tracing::info!(cert = %c.display(), "generated a self-signed TLS certificate");
             }
@@ -383,12 +449,13 @@ fn spawn_sighup(cert: Option<Arc<CertResolver>>) {
 
 /// The secret ring: inline secrets, else the secret file, else the data directory's generated one.
 fn secret_ring(s: &Settings) -> anyhow::Result<(SecretRing, bool)> {
-    let (secrets, generated) = if !s.secrets.is_empty() {
-        (s.secrets.clone(), false)
-    } else if let Some(path) = &s.secret_file {
+    let n = &s.node;
+    let (secrets, generated) = if !n.secrets.0.is_empty() {
+        (n.secrets.0.clone(), false)
+    } else if let Some(path) = &n.secret_file {
         (datadir::read_secrets(path)?, false)
     } else {
-        let (one, generated) = datadir::secret(&s.data_dir)?;
+        let (one, generated) = datadir::secret(&n.data_dir)?;
         (vec![one], generated)
     };
     let ring = SecretRing::new(secrets.iter().map(|x| Secret::new(x.trim().as_bytes())).collect())?;
@@ -466,14 +533,14 @@ async fn shutdown_signal() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
-fn init_logging(json: bool) {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TURNKEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if json {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

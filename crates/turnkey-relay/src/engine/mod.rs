@@ -25,6 +25,7 @@ use turnkey_auth::{NonceKey, RevocationSet, SecretRing};
 use crate::loglimit::LogLimiter;
 use crate::metrics::{Direction, DropReason, RelayMetrics, ShardStats};
 use crate::policy::PeerPolicy;
+pub use crate::settings::EngineSettings;
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
 use crate::usage::{UsageDelta, UsageSink};
 
@@ -53,7 +54,7 @@ pub struct EngineConfig {
     pub nonce_lifetime: Duration,
     /// Lifetime given when a client asks for less or nothing (RFC: 600 s).
     pub default_lifetime: Duration,
-    /// Longest allocation lifetime granted (default 3600 s).
+    /// Longest allocation lifetime granted (see [`EngineSettings`]).
     pub max_lifetime: Duration,
     /// Permission lifetime (RFC: 300 s).
     pub permission_lifetime: Duration,
@@ -84,28 +85,51 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// A configuration with the documented defaults.
+    /// A configuration with the default [`EngineSettings`].
     pub fn new(realm: impl Into<String>, secrets: SecretRing, policy: PeerPolicy) -> Self {
+        Self::from_settings(realm, secrets, policy, EngineSettings::default())
+    }
+
+    /// A configuration with the operator's settings; the RFC lifetimes are fixed, and IPv4
+    /// relaying is on, IPv6 off, until the caller says which relay addresses it has.
+    pub fn from_settings(
+        realm: impl Into<String>,
+        secrets: SecretRing,
+        policy: PeerPolicy,
+        settings: EngineSettings,
+    ) -> Self {
+        let EngineSettings {
+            nonce_lifetime,
+            max_lifetime,
+            max_allocations_per_user,
+            max_allocations,
+            max_permissions,
+            max_channels,
+            bandwidth_limit,
+            unauth_replies_per_sec,
+            rfc5766_channel_numbers,
+            software,
+        } = settings;
         Self {
             realm: realm.into(),
             nonce_key: NonceKey::derive(&secrets),
             secrets,
-            nonce_lifetime: Duration::from_secs(600),
+            nonce_lifetime,
             default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
+            max_lifetime,
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
-            max_allocations_per_user: 100,
-            max_allocations: 50_000,
-            max_permissions: 64,
-            max_channels: 64,
-            bandwidth_limit: 0,
+            max_allocations_per_user,
+            max_allocations,
+            max_permissions,
+            max_channels,
+            bandwidth_limit,
             policy,
             relay_v4: true,
             relay_v6: false,
-            rfc5766_channel_numbers: false,
-            unauth_replies_per_sec: 50,
-            software: None,
+            rfc5766_channel_numbers,
+            unauth_replies_per_sec,
+            software,
         }
     }
 

@@ -1,0 +1,158 @@
+use std::net::SocketAddr;
+
+use super::*;
+
+fn parse(text: &str) -> anyhow::Result<Settings> {
+    Settings::from_table(text.parse::<toml::Table>()?)
+}
+
+fn errors(text: &str) -> String {
+    format!("{:#}", parse(text).unwrap_err())
+}
+
+#[test]
+fn empty_config_is_the_embedded_default() {
+    let s = parse("").unwrap();
+    assert_eq!(s.relay.udp.addrs.len(), 2);
+    assert!(s.relay.udp.is_default);
+    assert_eq!(s.relay.tcp.addrs.len(), 2);
+    assert_eq!(s.relay.tls.addrs[0].port(), 5349);
+    assert_eq!(s.stream, StreamLimits::default());
+    assert_eq!(s.engine, EngineSettings::default());
+    assert_eq!(s.issuer, IssuerConfig::default());
+    assert_eq!(s.usage, UsageConfig::default());
+    assert_eq!(s.relay.relay_ports.range(), 49152..=65535);
+    assert!(s.relay.allow_peer.is_empty());
+    assert_eq!(s.node.http.0, Some("0.0.0.0:8080".parse().unwrap()));
+    assert_eq!(s.metrics.listen.0, Some("0.0.0.0:9641".parse().unwrap()));
+}
+
+#[test]
+fn settings_reach_their_owning_types() {
+    let s = parse(
+        "realm = \"r\"\nshards = 3\nhttp = \"off\"\n[metrics]\nlisten = \"127.0.0.1:1\"\n[relay]\nmax_lifetime = 60\nmax_channels = 7\nsoftware = \"x\"\nidle_timeout = 9\nrelay_ip = [\"10.0.0.1\", \"::1\"]\ndrain_grace = 0\nallow_peer = [\"10.0.0.0/8:80\"]\n",
+    )
+    .unwrap();
+    assert_eq!((s.node.realm.as_str(), s.node.shards(), s.node.http.0), ("r", 3, None));
+    assert_eq!(s.metrics.listen.0, Some("127.0.0.1:1".parse().unwrap()));
+    assert_eq!(s.engine.max_lifetime, Duration::from_secs(60));
+    assert_eq!(s.engine.max_channels, 7);
+    assert_eq!(s.engine.software.as_deref(), Some("x"));
+    assert_eq!(s.stream.idle_timeout, Duration::from_secs(9));
+    assert_eq!(s.relay.relay_ip.v4, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(s.relay.relay_ip.v6, Some("::1".parse().unwrap()));
+    assert_eq!(s.relay.drain_grace, Duration::ZERO);
+    assert_eq!(s.relay.allow_peer.len(), 1);
+}
+
+#[test]
+fn every_unknown_key_is_reported_at_once() {
+    let msg = errors("bogus = 1\n[relay]\nudpp = []\nmax_allocations = 3\n[nope]\nx = 1\n[issuer.app]\norigins = []\n");
+    for k in ["`bogus`", "`relay.udpp`", "`nope`", "`issuer.app.origins`"] {
+        assert!(msg.contains(k), "{k} missing in {msg}");
+    }
+    assert!(!msg.contains("max_allocations"), "{msg}");
+}
+
+#[test]
+fn every_invalid_value_is_reported_with_the_unknown_keys() {
+    let msg = errors(
+        "typo = 1\nlog_format = \"xml\"\n[relay]\nudp = [\"nope\"]\nrelay_ports = \"9-1\"\nallow_peer = [\"300.0.0.0/8\"]\nrelay_ip = [\"x\"]\nmax_allocations = \"many\"\n[usage]\nreset_day = 31\nflush_interval = 60\n[issuer]\nmax_ttl = 0\n",
+    );
+    for part in [
+        "unknown key `typo`",
+        "log_format",
+        "relay.udp",
+        "relay.relay_ports",
+        "relay.allow_peer",
+        "relay.relay_ip",
+        "relay.max_allocations",
+        "usage.reset_day",
+        "usage.flush_interval",
+        "issuer: ",
+    ] {
+        assert!(msg.contains(part), "{part} missing in {msg}");
+    }
+}
+
+#[test]
+fn stream_listeners_and_limits() {
+    let s = parse(
+        "[relay]\ntcp = [\"off\"]\ntls = [\"127.0.0.1:443\"]\nallocate_timeout = 5\nmax_connections_per_ip = 3\n",
+    )
+    .unwrap();
+    assert!(s.relay.tcp.addrs.is_empty());
+    assert_eq!(s.relay.tls.addrs, vec!["127.0.0.1:443".parse::<SocketAddr>().unwrap()]);
+    assert!(!s.relay.tls.is_default);
+    assert_eq!(s.stream.allocate_timeout, Duration::from_secs(5));
+    assert_eq!(s.stream.max_connections_per_ip, 3);
+    let msg = errors(
+        "[relay]\ntcp = [\"x\"]\ntls_cert = \"/c.pem\"\nidle_timeout = 0\nmax_frame = 10\noutbound_queue = 0\nmax_connections = 0\n",
+    );
+    for part in [
+        "relay.tcp",
+        "tls_key",
+        "relay.idle_timeout",
+        "relay.max_frame",
+        "relay.outbound_queue",
+        "relay.max_connections",
+    ] {
+        assert!(msg.contains(part), "{part} missing in {msg}");
+    }
+    assert!(errors("[relay]\ntlss = []\nmax_frame = 1000\n").contains("relay.tlss"));
+}
+
+#[test]
+fn usage_section() {
+    let s = parse("[usage]\nreset_day = 15\nflush_interval = 2\nenforce_on_relay = true\n").unwrap();
+    assert_eq!(
+        (s.usage.reset_day, s.usage.flush_interval, s.usage.enforce_on_relay),
+        (15, Duration::from_secs(2), true)
+    );
+    assert!(errors("[usage]\nresetday = 1\n").contains("usage.resetday"));
+}
+
+#[test]
+fn bad_shapes_are_reported_not_panicked_on() {
+    for text in [
+        "relay = 1",
+        "[relay]\nudp = \"127.0.0.1:1\"",
+        "[relay]\nudp = [1, 2]",
+        "shards = 0",
+        "secrets = [\" \"]",
+        "realm = \"\"",
+        "[issuer]\nadvertise = { stun = [{ host = \"x\" }] }",
+        "[relay]\nrelay_ip = [\"10.0.0.1\", \"10.0.0.2\"]",
+    ] {
+        assert!(parse(text).is_err(), "{text}");
+    }
+}
+
+#[test]
+fn overlays_beat_the_file() {
+    let mut t: toml::Table = "realm = \"file\"\n[relay]\nmax_allocations = 5\nidle_timeout = 7\n".parse().unwrap();
+    merge(&mut t, "realm = \"flag\"\n[relay]\nmax_allocations = 9\n".parse().unwrap());
+    let s = Settings::from_table(t).unwrap();
+    assert_eq!((s.node.realm.as_str(), s.engine.max_allocations), ("flag", 9));
+    assert_eq!(s.stream.idle_timeout, Duration::from_secs(7));
+}
+
+/// Every example config shipped in `deploy/` parses.
+#[test]
+fn every_deploy_example_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut seen = 0;
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                Settings::load(Some(&p), toml::Table::new()).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 2, "expected example configs in deploy/");
+}
