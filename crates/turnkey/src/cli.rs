@@ -348,3 +348,106 @@ impl IssuerArgs {
         Settings::load(self.common.config.as_deref(), overlay(self)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::FromArgMatches as _;
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::config::{merge, Loader};
+
+    /// A setting added the way every setting is: a field and its default in the owning type...
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Throwaway {
+        #[serde(with = "turnkey_relay::settings::nonzero_secs")]
+        linger: Duration,
+    }
+
+    impl Default for Throwaway {
+        fn default() -> Self {
+            Self { linger: Duration::from_secs(42) }
+        }
+    }
+
+    /// ...and its flag, which serializes to the same key.
+    #[derive(Debug, Args, Clone, Default, Serialize)]
+    struct ThrowawayArgs {
+        /// Seconds to linger.
+        #[arg(long)]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        linger: Option<u64>,
+    }
+
+    /// Reads the throwaway owner next to the engine's settings in the shared `[relay]` table,
+    /// with `args` (flags) over `file`.
+    fn read(file: &str, args: &[&str]) -> Result<(Throwaway, turnkey_relay::engine::EngineSettings), String> {
+        let cmd = ThrowawayArgs::augment_args(ClapCommand::new("t"));
+        let flags = ThrowawayArgs::from_arg_matches(&cmd.get_matches_from(args)).unwrap();
+        let mut table: toml::Table = file.parse().unwrap();
+        merge(&mut table, toml::Table::from_iter([("relay".to_owned(), toml::Value::Table(overlay(&flags).unwrap()))]));
+        let mut loader = Loader::new(table);
+        let t = loader.section::<Throwaway>("relay");
+        let e = loader.section::<turnkey_relay::engine::EngineSettings>("relay");
+        loader.finish().map(|()| (t, e))
+    }
+
+    #[test]
+    fn a_new_setting_needs_only_its_owner_and_its_flag() {
+        // The default, defined once, in the owner.
+        assert_eq!(read("", &["t"]).unwrap().0.linger, Duration::from_secs(42));
+        // The file sets it beside another owner's key; the flag beats the file.
+        let (t, e) = read("[relay]\nlinger = 5\nmax_channels = 3\n", &["t"]).unwrap();
+        assert_eq!((t.linger, e.max_channels), (Duration::from_secs(5), 3));
+        assert_eq!(read("[relay]\nlinger = 5\n", &["t", "--linger", "6"]).unwrap().0.linger, Duration::from_secs(6));
+        // Bad values (file or flag) and unknown keys are reported together.
+        let msg = read("[relay]\nlingr = 1\nmax_channels = \"x\"\n", &["t", "--linger", "0"]).unwrap_err();
+        for part in ["unknown key `relay.lingr`", "relay.linger: must be at least 1", "relay.max_channels"] {
+            assert!(msg.contains(part), "{part} missing in {msg}");
+        }
+        // --help shows the owner's default.
+        let defaults =
+            toml::Table::from_iter([("relay".to_owned(), toml::Value::Table(config_table(&Throwaway::default())))]);
+        let mut cmd =
+            help_defaults::<ThrowawayArgs>(ThrowawayArgs::augment_args(ClapCommand::new("t")), "relay", &defaults);
+        let help = cmd.render_help().to_string();
+        assert!(help.contains("Seconds to linger [default: 42]"), "{help}");
+    }
+
+    fn config_table<T: Serialize>(v: &T) -> toml::Table {
+        toml::Table::try_from(v).unwrap()
+    }
+
+    #[test]
+    fn serve_flags_overlay_the_keys_they_name() {
+        let cli = Cli::try_parse_from([
+            "turnkey",
+            "serve",
+            "--realm",
+            "r",
+            "--metrics",
+            "off",
+            "--public-host",
+            "h",
+            "--udp",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--idle-timeout",
+            "3",
+            "--rfc5766-channel-numbers",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let s = args.load().unwrap();
+        assert_eq!(s.node.realm.as_str(), "r");
+        assert_eq!(s.metrics.listen.0, None);
+        assert_eq!(s.issuer.public_host, "h");
+        assert_eq!(s.relay.udp.addrs.len(), 2);
+        assert_eq!(s.stream.idle_timeout, Duration::from_secs(3));
+        assert!(s.engine.rfc5766_channel_numbers);
+        // Unset flags leave the defaults.
+        assert_eq!(s.engine.max_allocations, turnkey_relay::engine::EngineSettings::default().max_allocations);
+    }
+}
