@@ -4,7 +4,9 @@
 mod cli;
 mod config;
 mod datadir;
+mod issuer;
 mod obs;
+mod process;
 mod serve;
 
 use clap::FromArgMatches as _;

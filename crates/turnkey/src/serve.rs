@@ -2,10 +2,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::Registry;
 use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
@@ -14,13 +14,15 @@ use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
 
-use turnkey_issuer::{AdvertiseConfig, Endpoint, FixedRelayStatus, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
+use turnkey_issuer::{FixedRelayStatus, RelayStatus};
 
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
-use crate::config::values::{ListenList, LogFormat};
+use crate::config::values::ListenList;
 use crate::config::Settings;
 use crate::datadir;
+use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
+use crate::process::{bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup};
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -52,10 +54,6 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
-}
-
 async fn run(s: Settings) -> anyhow::Result<()> {
     let ring = open_data_dir(&s)?;
     let sockets = bind_listeners(&s)?;
@@ -68,26 +66,20 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let usage_task = tokio::spawn(obs::run_flusher(obs.usage.clone(), s.node.data_dir.clone(), s.usage.flush_interval));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
     let metrics_task = obs.serve_metrics(stop_http_rx.clone());
-    let relay_status: Arc<dyn RelayStatus> = Arc::new(LocalRelay {
+    let status: Arc<dyn RelayStatus> = Arc::new(LocalRelay {
         shared: shared.clone(),
         max_allocations: s.engine.max_allocations,
         usage: obs.usage.clone(),
     });
-    let issuer_cfg = advertised(&s, &listening);
-    let issuer = start_issuer(&s, issuer_cfg, ring, revocations, relay_status, &obs.registry, stop_http_rx).await?;
+    let issuer =
+        start_issuer(&s, advertised(&s, &listening), ring, revocations, status, &obs.registry, stop_http_rx).await?;
     print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards());
 
     let relayed = turnkey_relay::run(relay_cfg, sockets, obs.relay_metrics, shared, shutdown_signal()).await;
     usage_task.abort();
     obs::final_flush(&obs.usage, &s.node.data_dir);
     relayed?;
-    let _ = stop_http.send(true);
-    if let Some(t) = metrics_task {
-        let _ = t.await;
-    }
-    if let Some(i) = issuer {
-        i.stop().await;
-    }
+    stop_http_services(stop_http, metrics_task, issuer).await;
     Ok(())
 }
 
@@ -104,12 +96,23 @@ async fn run_issuer(s: Settings) -> anyhow::Result<()> {
     println!("turnkey issuer listening http={}", issuer.addr);
     println!("turnkey: {}", issuer.hint);
     shutdown_signal().await;
+    stop_http_services(stop, metrics_task, Some(issuer)).await;
+    Ok(())
+}
+
+/// Stops `/metrics` and the issuer gracefully, and waits for both.
+async fn stop_http_services(
+    stop: tokio::sync::watch::Sender<bool>,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    issuer: Option<RunningIssuer>,
+) {
     let _ = stop.send(true);
-    issuer.stop().await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
-    Ok(())
+    if let Some(i) = issuer {
+        i.stop().await;
+    }
 }
 
 /// Creates the data directory and reads (or generates) the secret ring.
@@ -123,10 +126,10 @@ fn open_data_dir(s: &Settings) -> anyhow::Result<SecretRing> {
 }
 
 /// The addresses the relay actually listens on (ports resolved).
-struct Listening {
-    udp: Vec<SocketAddr>,
-    tcp: Vec<SocketAddr>,
-    tls: Vec<SocketAddr>,
+pub(crate) struct Listening {
+    pub(crate) udp: Vec<SocketAddr>,
+    pub(crate) tcp: Vec<SocketAddr>,
+    pub(crate) tls: Vec<SocketAddr>,
 }
 
 impl Listening {
@@ -149,23 +152,6 @@ fn start_tls(s: &Settings, listening: &Listening) -> anyhow::Result<Option<TlsCo
         tokio::spawn(c.watch(turnkey_relay::tls::DEFAULT_RELOAD_INTERVAL));
     }
     Ok(tls)
-}
-
-/// The registry with the process collector and `turnkey_build_info`.
-fn new_registry() -> anyhow::Result<Registry> {
-    let registry = Registry::new();
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-    obs::register_build_info(&registry)?;
-    Ok(registry)
-}
-
-async fn bind_metrics(s: &Settings) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    match s.metrics.listen.0 {
-        Some(addr) => {
-            Ok(Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?))
-        }
-        None => Ok(None),
-    }
 }
 
 /// The registry, the relay's metrics, the usage ledger and the bound `/metrics` listener.
@@ -233,27 +219,6 @@ fn relay_addrs(s: &Settings) -> RelayAddrs {
     }
 }
 
-/// The issuer's configuration; unless `[issuer.advertise]` is set, it advertises exactly the
-/// listeners this process has.
-fn advertised(s: &Settings, listening: &Listening) -> IssuerConfig {
-    let mut cfg = s.issuer.clone();
-    if !s.advertise_explicit() {
-        let endpoints = |addrs: &[SocketAddr]| -> Vec<Endpoint> {
-            let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
-            ports.dedup();
-            ports.into_iter().map(Endpoint::port).collect()
-        };
-        let eps = endpoints(&listening.udp);
-        cfg.advertise = AdvertiseConfig {
-            stun: eps.clone(),
-            turn_udp: eps,
-            turn_tcp: endpoints(&listening.tcp),
-            turns_tls: endpoints(&listening.tls),
-        };
-    }
-    cfg
-}
-
 fn print_banner(
     s: &Settings,
     listening: &Listening,
@@ -287,91 +252,6 @@ fn print_banner(
     if let Some(i) = issuer {
         println!("turnkey: or ask the issuer: {}", i.hint);
     }
-}
-
-/// The relay's readiness as the issuer sees it: up, not draining, below capacity.
-struct LocalRelay {
-    shared: Arc<Shared>,
-    max_allocations: u32,
-    usage: turnkey_usage::Usage,
-}
-
-impl RelayStatus for LocalRelay {
-    fn ready(&self) -> bool {
-        !self.shared.is_draining() && self.shared.allocations() < self.max_allocations
-    }
-
-    fn bandwidth_exhausted(&self, key_id: &str) -> bool {
-        self.usage.exhausted(key_id)
-    }
-
-    fn bandwidth(&self, key_id: &str) -> Option<turnkey_issuer::BandwidthUsage> {
-        let st = self.usage.status(key_id);
-        let live = self.shared.allocations_where(|u| u.split(':').next() == Some(key_id));
-        Some(turnkey_issuer::BandwidthUsage {
-            used_bytes: st.used,
-            reset_at: st.reset_at,
-            active_allocations: u64::from(live),
-        })
-    }
-}
-
-/// A running issuer.
-struct RunningIssuer {
-    addr: SocketAddr,
-    hint: String,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-    maintenance: tokio::task::JoinHandle<()>,
-}
-
-impl RunningIssuer {
-    async fn stop(self) {
-        self.maintenance.abort();
-        match self.server.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "issuer failed"),
-            Err(e) => tracing::error!(error = %e, "issuer task failed"),
-            Ok(Ok(())) => {}
-        }
-    }
-}
-
-async fn start_issuer(
-    s: &Settings,
-    config: IssuerConfig,
-    secrets: SecretRing,
-    revocations: RevocationSet,
-    relay: Arc<dyn RelayStatus>,
-    registry: &Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<Option<RunningIssuer>> {
-    let Some(addr) = s.node.http.0 else { return Ok(None) };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let default_key = turnkey_issuer::ensure_default_key(&s.node.data_dir, now)?;
-    if default_key.created {
-        tracing::info!(key_id = %default_key.id, "created the default TURN key");
-    }
-    let state = IssuerState::new(IssuerDeps {
-        config,
-        data_dir: s.node.data_dir.clone(),
-        secrets,
-        revocations,
-        relay,
-        registry: registry.clone(),
-        clock: turnkey_issuer::system_clock(),
-        app_key: Some(default_key.id.clone()),
-    })?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
-    let addr = listener.local_addr()?;
-    let maintenance = tokio::spawn(turnkey_issuer::run_maintenance(state.clone(), Duration::from_secs(5)));
-    let server = tokio::spawn(turnkey_issuer::serve(listener, turnkey_issuer::router(state), async move {
-        let _ = stop.wait_for(|v| *v).await;
-    }));
-    let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
-    let hint = format!(
-        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
-        default_key.id
-    );
-    Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
 }
 
 fn bind_listeners(s: &Settings) -> anyhow::Result<BoundSockets> {
@@ -418,35 +298,6 @@ fn tls_certificate(s: &Settings) -> anyhow::Result<Arc<CertResolver>> {
     Ok(resolver)
 }
 
-fn spawn_sighup(cert: Option<Arc<CertResolver>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot install SIGHUP handler");
-                return;
-            }
-        };
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match &cert {
-                    Some(c) => match c.reload() {
-                        Ok(()) => tracing::info!(cert = %c.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "SIGHUP: cannot reload the TLS certificate; keeping the old one")
-                        }
-                    },
-                    None => tracing::info!("SIGHUP: nothing to reload"),
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = cert;
-}
-
 /// The secret ring: inline secrets, else the secret file, else the data directory's generated one.
 fn secret_ring(s: &Settings) -> anyhow::Result<(SecretRing, bool)> {
     let n = &s.node;
@@ -472,77 +323,5 @@ fn detect_ipv4() -> IpAddr {
     match probe() {
         Ok(ip) if !ip.is_unspecified() => ip,
         _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
-    }
-}
-
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut buf = Vec::new();
-                let enc = TextEncoder::new();
-                if enc.encode(&registry.gather(), &mut buf).is_err() {
-                    return (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        [("content-type", "text/plain")],
-                        Vec::new(),
-                    );
-                }
-                (axum::http::StatusCode::OK, [("content-type", prometheus::TEXT_FORMAT)], buf)
-            }
-        }),
-    );
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await;
-    if let Err(e) = res {
-        tracing::error!(error = %e, "metrics server failed");
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install SIGTERM handler");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    // Give the log line a moment; the drain itself is bounded by drain_grace.
-    tokio::time::sleep(Duration::from_millis(1)).await;
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TURNKEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

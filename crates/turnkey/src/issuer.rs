@@ -1,0 +1,121 @@
+//! The issuer inside the binary: its configuration (advertising this process's listeners unless
+//! configured), the relay's readiness as it sees it, starting and stopping it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use turnkey_auth::{RevocationSet, SecretRing};
+use turnkey_issuer::{AdvertiseConfig, Endpoint, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
+use turnkey_relay::engine::Shared;
+
+use crate::config::Settings;
+use crate::serve::Listening;
+
+/// The issuer's configuration; unless `[issuer.advertise]` is set, it advertises exactly the
+/// listeners this process has.
+pub(crate) fn advertised(s: &Settings, listening: &Listening) -> IssuerConfig {
+    let mut cfg = s.issuer.clone();
+    if !s.advertise_explicit() {
+        let endpoints = |addrs: &[SocketAddr]| -> Vec<Endpoint> {
+            let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
+            ports.dedup();
+            ports.into_iter().map(Endpoint::port).collect()
+        };
+        let eps = endpoints(&listening.udp);
+        cfg.advertise = AdvertiseConfig {
+            stun: eps.clone(),
+            turn_udp: eps,
+            turn_tcp: endpoints(&listening.tcp),
+            turns_tls: endpoints(&listening.tls),
+        };
+    }
+    cfg
+}
+
+/// The relay's readiness as the issuer sees it: up, not draining, below capacity.
+pub(crate) struct LocalRelay {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) max_allocations: u32,
+    pub(crate) usage: turnkey_usage::Usage,
+}
+
+impl RelayStatus for LocalRelay {
+    fn ready(&self) -> bool {
+        !self.shared.is_draining() && self.shared.allocations() < self.max_allocations
+    }
+
+    fn bandwidth_exhausted(&self, key_id: &str) -> bool {
+        self.usage.exhausted(key_id)
+    }
+
+    fn bandwidth(&self, key_id: &str) -> Option<turnkey_issuer::BandwidthUsage> {
+        let st = self.usage.status(key_id);
+        let live = self.shared.allocations_where(|u| u.split(':').next() == Some(key_id));
+        Some(turnkey_issuer::BandwidthUsage {
+            used_bytes: st.used,
+            reset_at: st.reset_at,
+            active_allocations: u64::from(live),
+        })
+    }
+}
+
+/// A running issuer.
+pub(crate) struct RunningIssuer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hint: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    maintenance: tokio::task::JoinHandle<()>,
+}
+
+impl RunningIssuer {
+    pub(crate) async fn stop(self) {
+        self.maintenance.abort();
+        match self.server.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "issuer failed"),
+            Err(e) => tracing::error!(error = %e, "issuer task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+pub(crate) async fn start_issuer(
+    s: &Settings,
+    config: IssuerConfig,
+    secrets: SecretRing,
+    revocations: RevocationSet,
+    relay: Arc<dyn RelayStatus>,
+    registry: &Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<RunningIssuer>> {
+    let Some(addr) = s.node.http.0 else { return Ok(None) };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let default_key = turnkey_issuer::ensure_default_key(&s.node.data_dir, now)?;
+    if default_key.created {
+        tracing::info!(key_id = %default_key.id, "created the default TURN key");
+    }
+    let state = IssuerState::new(IssuerDeps {
+        config,
+        data_dir: s.node.data_dir.clone(),
+        secrets,
+        revocations,
+        relay,
+        registry: registry.clone(),
+        clock: turnkey_issuer::system_clock(),
+        app_key: Some(default_key.id.clone()),
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
+    let addr = listener.local_addr()?;
+    let maintenance = tokio::spawn(turnkey_issuer::run_maintenance(state.clone(), Duration::from_secs(5)));
+    let server = tokio::spawn(turnkey_issuer::serve(listener, turnkey_issuer::router(state), async move {
+        let _ = stop.wait_for(|v| *v).await;
+    }));
+    let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
+    let hint = format!(
+        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
+        default_key.id
+    );
+    Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
+}

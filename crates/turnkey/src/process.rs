@@ -1,0 +1,135 @@
+//! Process plumbing shared by `serve` and `issuer`: the runtime, logging, signals, the metrics
+//! registry and its `/metrics` listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus::{Encoder as _, Registry, TextEncoder};
+use turnkey_relay::tls::CertResolver;
+
+use crate::config::values::LogFormat;
+use crate::config::Settings;
+use crate::obs;
+
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
+/// The registry with the process collector and `turnkey_build_info`.
+pub(crate) fn new_registry() -> anyhow::Result<Registry> {
+    let registry = Registry::new();
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    obs::register_build_info(&registry)?;
+    Ok(registry)
+}
+
+pub(crate) async fn bind_metrics(s: &Settings) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match s.metrics.listen.0 {
+        Some(addr) => {
+            Ok(Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn spawn_sighup(cert: Option<Arc<CertResolver>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install SIGHUP handler");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match &cert {
+                    Some(c) => match c.reload() {
+                        Ok(()) => tracing::info!(cert = %c.cert_path().display(), "SIGHUP: TLS certificate reloaded"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIGHUP: cannot reload the TLS certificate; keeping the old one")
+                        }
+                    },
+                    None => tracing::info!("SIGHUP: nothing to reload"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = cert;
+}
+
+pub(crate) async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut buf = Vec::new();
+                let enc = TextEncoder::new();
+                if enc.encode(&registry.gather(), &mut buf).is_err() {
+                    return (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "text/plain")],
+                        Vec::new(),
+                    );
+                }
+                (axum::http::StatusCode::OK, [("content-type", prometheus::TEXT_FORMAT)], buf)
+            }
+        }),
+    );
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install SIGTERM handler");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    // Give the log line a moment; the drain itself is bounded by drain_grace.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+pub(crate) fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TURNKEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
