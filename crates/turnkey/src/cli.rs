@@ -127,7 +127,7 @@ pub struct ServiceArgs {
 #[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct MetricsArgs {
     /// Prometheus listener (`off` to disable).
-    #[arg(long = "metrics", env = "TURNKEY_METRICS")]
+    #[arg(long = "metrics", env = "TURNKEY_METRICS", value_name = "METRICS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
 }
