@@ -21,12 +21,31 @@ pub struct Loader {
     /// Per section: keys present in the table, and those some owner took.
     sections: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
     errors: Vec<String>,
+    /// Keys whose value came from a flag or an environment variable, not the file.
+    overridden: BTreeSet<String>,
 }
 
 impl Loader {
     /// Starts reading `root` (a whole config file).
     pub fn new(root: toml::Table) -> Self {
-        Self { root, sections: BTreeMap::new(), errors: Vec::new() }
+        Self { root, sections: BTreeMap::new(), errors: Vec::new(), overridden: BTreeSet::new() }
+    }
+
+    /// Marks the keys of `overlay` (flags and environment variables), so their errors say so.
+    pub fn overridden_by(mut self, overlay: &toml::Table) -> Self {
+        fn walk(prefix: &str, t: &toml::Table, out: &mut BTreeSet<String>) {
+            for (k, v) in t {
+                let key = join(prefix, k);
+                match v {
+                    toml::Value::Table(inner) => walk(&key, inner, out),
+                    _ => {
+                        out.insert(key);
+                    }
+                }
+            }
+        }
+        walk("", overlay, &mut self.overridden);
+        self
     }
 
     /// Reads `T` from section `name` (`""`: the top-level keys). A section read by several owners
@@ -122,10 +141,14 @@ impl Loader {
                         }
                     }
                     let at = join(section, &display(&path));
+                    let from_flag = self.overridden.iter().any(|k| {
+                        at.strip_prefix(k.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                    });
+                    let origin = if from_flag { " (from a flag or TURNKEY_* variable)" } else { "" };
                     self.errors.push(if msg.starts_with("unknown field") {
                         format!("unknown key `{at}`")
                     } else {
-                        format!("{at}: {msg}")
+                        format!("{at}{origin}: {msg}")
                     });
                     if !remove(&mut table, &path) {
                         break;

@@ -202,7 +202,10 @@ impl Settings {
 
     /// Reads a merged config table; every error in one message.
     pub fn from_table(table: toml::Table) -> anyhow::Result<Self> {
-        let mut loader = Loader::new(table);
+        Self::read(Loader::new(table))
+    }
+
+    fn read(mut loader: Loader) -> anyhow::Result<Self> {
         let mut s = Self::default();
         s.owners(&mut loader);
         s.check(&mut loader);
@@ -216,10 +219,11 @@ impl Settings {
             Some(p) => read_table(p)?,
             None => toml::Table::new(),
         };
-        merge(&mut table, overlay);
+        merge(&mut table, overlay.clone());
+        let loader = Loader::new(table).overridden_by(&overlay);
         match path {
-            Some(p) => Self::from_table(table).with_context(|| format!("invalid config {}", p.display())),
-            None => Self::from_table(table),
+            Some(p) => Self::read(loader).with_context(|| format!("invalid config {}", p.display())),
+            None => Self::read(loader),
         }
     }
 

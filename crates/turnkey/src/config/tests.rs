@@ -137,6 +137,35 @@ fn overlays_beat_the_file() {
     assert_eq!(s.stream.idle_timeout, Duration::from_secs(7));
 }
 
+#[test]
+fn errors_from_flags_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.toml");
+    std::fs::write(&file, "[relay]\nidle_timeout = 0\n").unwrap();
+    let overlay = "[relay]\nrelay_ports = \"9-1\"\n".parse().unwrap();
+    let msg = format!("{:#}", Settings::load(Some(&file), overlay).unwrap_err());
+    assert!(msg.contains("relay.relay_ports (from a flag or TURNKEY_* variable): "), "{msg}");
+    assert!(msg.contains("relay.idle_timeout: "), "{msg}");
+}
+
+#[test]
+fn no_mutation_of_the_example_config_panics() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/turnkey.toml")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let Some((key, _)) = line.split_once('=') else { continue };
+        for value in ["0", "-1", "\"\"", "[]", "[\"off\"]", "{}", "true", "18446744073709551615", "\"x\""] {
+            let mut mutated = lines.clone();
+            let replaced = format!("{key}= {value}");
+            mutated[i] = &replaced;
+            if let Ok(t) = mutated.join("\n").parse::<toml::Table>() {
+                let _ = Settings::from_table(t);
+            }
+        }
+    }
+}
+
 /// Every example config shipped in `deploy/` parses.
 #[test]
 fn every_deploy_example_is_valid() {
