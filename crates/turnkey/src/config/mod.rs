@@ -201,6 +201,7 @@ impl Settings {
     }
 
     /// Reads a merged config table; every error in one message.
+    #[cfg(test)]
     pub fn from_table(table: toml::Table) -> anyhow::Result<Self> {
         Self::read(Loader::new(table))
     }
