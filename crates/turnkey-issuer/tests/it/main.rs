@@ -9,4 +9,6 @@ mod app;
 mod cloudflare_double;
 mod harness;
 mod selftest;
+mod shapes;
 mod upstream;
+mod upstream_timing;
