@@ -203,7 +203,9 @@ impl UpstreamClient {
             }
         }
         let healthy = st.failures == 0 && st.open_until.is_none();
-        if let Some(flight) = &st.flight {
+        // A flight whose task is gone without an outcome (a panic, the runtime ending) is not
+        // waited for: a new one starts.
+        if let Some(flight) = st.flight.as_ref().filter(|f| f.has_changed().is_ok()) {
             inner.count("shared");
             return Look::Wait { flight: flight.clone(), healthy };
         }

@@ -11,4 +11,5 @@ mod harness;
 mod selftest;
 mod shapes;
 mod upstream;
+mod upstream_paused;
 mod upstream_timing;
