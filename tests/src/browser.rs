@@ -56,10 +56,22 @@ impl Chromium {
     /// Starts Chromium with [`CHROMIUM_FLAGS`] plus `extra` flags on `about:blank` and attaches to
     /// the page. Panics (with the browser's output) when it does not come up within 30 s.
     pub fn launch(extra: &[&str]) -> Self {
+        Self::start(CHROMIUM_FLAGS.iter().copied(), extra)
+    }
+
+    /// Like [`Chromium::launch`], with the unpacked extension in `dir` loaded (`--load-extension`,
+    /// and without `--disable-extensions`). Its id is [`extension_id`] of `dir`.
+    pub fn launch_with_extension(dir: &Path, extra: &[&str]) -> Self {
+        let load = format!("--load-extension={}", dir.display());
+        let flags = CHROMIUM_FLAGS.iter().copied().filter(|f| *f != "--disable-extensions");
+        Self::start(flags.chain(std::iter::once(load.as_str())), extra)
+    }
+
+    fn start<'a>(flags: impl Iterator<Item = &'a str>, extra: &[&str]) -> Self {
         let profile = tempfile::tempdir().unwrap();
         let log = File::create(profile.path().join("chromium.log")).unwrap();
         let mut cmd = Command::new("chromium");
-        cmd.args(CHROMIUM_FLAGS)
+        cmd.args(flags)
             .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
             .args(extra)
             .arg("about:blank")
@@ -236,6 +248,14 @@ impl Drop for Chromium {
         }
         kill_group(&mut self.child);
     }
+}
+
+/// The id Chromium gives an unpacked extension loaded from `dir` (an absolute path): the first
+/// 32 hex digits of SHA-256 of the path, each digit `0`-`f` written as a letter `a`-`p`.
+pub fn extension_id(dir: &Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    digest[..16].iter().flat_map(|b| [b >> 4, b & 0xf]).map(|n| char::from(b'a' + n)).collect()
 }
 
 /// SIGKILLs the process group led by `child` (started with `process_group(0)`) and reaps it.

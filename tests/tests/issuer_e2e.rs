@@ -98,10 +98,21 @@ fn keys_created_by_the_cli_work_without_restart() {
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let (id, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
     assert_eq!(id.len(), 32);
+    // Before the server has seen the new key at all, its token on the default key's path is
+    // another key's token: 403, as docs/issuer.md says (not 401).
+    let (default_id, _) = tk.default_key();
+    let (s, body) = http(
+        tk.addr("http"),
+        "POST",
+        &format!("/v1/turn/keys/{default_id}/credentials/generate-ice-servers"),
+        &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")],
+        Some("{}"),
+    );
+    assert_eq!((s, body.as_str()), (403, r#"{"error":"token is not valid for this key"}"#));
     let v = generate(&tk, id, token, 60);
     assert!(turn_entry(&v).0.contains(id));
     // A wrong token is 401, another key's token 403, a token in the query string never works.
-    let (default_id, default_token) = tk.default_key();
+    let (_, default_token) = tk.default_key();
     let path = format!("/v1/turn/keys/{id}/credentials/generate-ice-servers");
     let json = ("Content-Type", "application/json");
     let (s, _) = http(tk.addr("http"), "POST", &path, &[("Authorization", "Bearer nope"), json], Some("{}"));
@@ -111,7 +122,6 @@ fn keys_created_by_the_cli_work_without_restart() {
     assert_eq!(s, 403);
     let (s, _) = http(tk.addr("http"), "POST", &format!("{path}?token={token}"), &[json], Some("{}"));
     assert_ne!(s, 201);
-    let _ = default_id;
     let out = Command::new(bin()).args(["keys", "delete", id, "--data-dir"]).arg(tk.data_dir.path()).output().unwrap();
     assert!(out.status.success());
     let (s, _) =
@@ -160,4 +170,31 @@ fn issued_credentials_work_on_coturn_with_the_same_secret() {
     }
     assert_eq!(last["received"], 10, "coturn must accept turnkey's credential: {last}");
     drop(coturn);
+}
+
+/// `turnkey check-config` validates the app endpoints' settings: extension origins by exact id,
+/// and the per-endpoint shapes.
+#[test]
+fn check_config_validates_app_origins_and_shapes() {
+    let check = |toml: &str| {
+        let (_dir, path) = turnkey_e2e::config_file(toml);
+        let out = Command::new(bin()).arg("check-config").arg(&path).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let good = "[issuer.app]\nallowed_origins = [\"https://app.example.com\", \
+                \"chrome-extension://gjiajdnndcdbgggopkgjioifknkmklcb\", \
+                \"moz-extension://0f9c0a1e-4b6d-4c1a-9e2f-3a5b7c9d1e2f\"]\n\
+                [issuer.app.shape]\n\"GET /api/turn-credentials\" = \"object\"\n";
+    assert_eq!(check(good).0, Some(0), "{}", check(good).1);
+    for (bad, says) in [
+        ("[issuer.app]\nallowed_origins = [\"chrome-extension://*\"]\n", "chrome-extension://*"),
+        ("[issuer.app]\nallowed_origins = [\"moz-extension://ABC\"]\n", "moz-extension://ABC"),
+        ("[issuer.app]\nallowed_origins = [\"https://app.example.com/\"]\n", "https://app.example.com/"),
+        ("[issuer.app.shape]\n\"GET /api/turn-credentials\" = \"objects\"\n", "objects"),
+        ("[issuer.app.shape]\n\"GET /api/turn/credentials\" = \"object\"\n", "GET /api/turn/credentials"),
+    ] {
+        let (code, stderr) = check(bad);
+        assert_eq!(code, Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
 }

@@ -17,14 +17,15 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 use turnkey_auth::RestUsername;
 
 use crate::body::read_request;
 use crate::config::ABSOLUTE_MAX_TTL;
 use crate::error::ApiError;
-use crate::ice;
-use crate::issue::{issue, Issued, Shape};
+use crate::ice::Shape;
+use crate::ice::{self, IceServer};
+use crate::issue::{issue, Issued, Servers};
 use crate::keys::{is_valid_key_id, KeyInfo, TokenCheck};
 use crate::revocations::Revoked;
 use crate::state::IssuerState;
@@ -137,12 +138,28 @@ pub(crate) fn max_ttl(state: &IssuerState, key: &KeyInfo) -> u64 {
     key.max_ttl.map_or(global, |k| k.clamp(1, global))
 }
 
-/// A credential-carrying JSON answer with `Cache-Control: no-store`.
+/// A credential-carrying JSON answer with `Cache-Control: no-store`. Serialized from typed
+/// structs (not a `serde_json::Value`, whose maps sort their keys), so entries keep Cloudflare's
+/// field order: `urls`, `username`, `credential`.
 pub(crate) fn credential_response(status: StatusCode, issued: Issued) -> Response {
-    let body = match issued {
-        Issued::Array(v) => json!({ "iceServers": v }),
-        Issued::Object(o) => json!({ "iceServers": o }),
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Shaped {
+        Array(Vec<IceServer>),
+        Object(IceServer),
+    }
+    #[derive(Serialize)]
+    struct Answer {
+        #[serde(rename = "iceServers")]
+        ice_servers: Shaped,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl: Option<u64>,
+    }
+    let ice_servers = match issued.servers {
+        Servers::Array(v) => Shaped::Array(v),
+        Servers::Object(o) => Shaped::Object(o),
     };
+    let body = Answer { ice_servers, ttl: issued.shorter_ttl };
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

@@ -1,16 +1,21 @@
 //! The browser-facing endpoints: `GET`/`POST /api/turn-credentials` and `POST /api/turn/credentials`
 //! (body `{"ttl": N}` optional on both POSTs). No token: they issue for the configured app key.
 //!
-//! Success: 200 `{"iceServers": [...]}` (array shape), `Cache-Control: no-store`.
+//! Success: 200 `{"iceServers": [...]}` (array shape) or `{"iceServers": {urls, username,
+//! credential}}` (object shape, Cloudflare's older `generate` answer, which some pages hand
+//! straight to `RTCPeerConnection`), `Cache-Control: no-store`. The shape is the request's
+//! `?shape=object|array`, else the endpoint's entry in `[issuer.app.shape]` (default array).
 //!
 //! Failure: always JSON with `"fallback": true` so the page falls back to STUN-only:
 //! - 4xx (bad ttl 400, body 413/415, origin refused 403, rate limit 429 with `Retry-After`,
 //!   bandwidth cap 429 `"Bandwidth limit reached"`): `{"error": "...", "fallback": true}`;
 //! - 5xx (no relay and no upstream 503, upstream failure 502/503/504, app key missing 503):
-//!   `{"error": "...", "fallback": true, "iceServers": [<STUN-only entry>]}`.
+//!   `{"error": "...", "fallback": true, "iceServers": [<STUN-only entry>]}` (object shape:
+//!   `"iceServers": <STUN-only entry>`).
 //!
 //! CORS: the `Origin` must be exactly one of `app.allowed_origins` (byte-for-byte; a look-alike
-//! such as `https://app.example.com.evil.net` is not) or the issuer's own origin (its `Host`);
+//! such as `https://app.example.com.evil.net` is not; browser extensions send
+//! `chrome-extension://<id>` or `moz-extension://<uuid>`) or the issuer's own origin (its `Host`);
 //! another origin gets 403. Allowed cross-origin answers echo the one origin in
 //! `Access-Control-Allow-Origin` (never `*`), every answer carries `Vary: Origin`, and preflight
 //! (`OPTIONS`) answers 204 with the allowed methods and the `Content-Type` header. Requests with
@@ -26,26 +31,28 @@ use axum::response::{IntoResponse, Response};
 use crate::api::{credential_response, max_ttl};
 use crate::body::{read_request, CredentialRequest};
 use crate::error::ApiError;
-use crate::issue::{issue, Shape};
+use crate::ice::Shape;
+use crate::issue::issue;
+use crate::origin::same_origin;
 use crate::ratelimit::{client_ip, Verdict};
 use crate::state::IssuerState;
 
 /// `GET /api/turn-credentials`: default TTL.
 pub(crate) async fn get_credentials(State(state): State<IssuerState>, req: Request) -> Response {
-    let stun = state.inner.advertised.stun_only();
-    match serve(&state, req, false).await {
-        Ok(r) => r,
-        Err(e) => e.into_app_response(stun),
-    }
+    let shape = state.inner.config.app.shape.get_turn_credentials;
+    answer(&state, req, false, shape).await
 }
 
-/// `POST /api/turn-credentials` and `POST /api/turn/credentials`: optional `{"ttl": N}`.
+/// `POST /api/turn-credentials`: optional `{"ttl": N}`.
 pub(crate) async fn post_credentials(State(state): State<IssuerState>, req: Request) -> Response {
-    let stun = state.inner.advertised.stun_only();
-    match serve(&state, req, true).await {
-        Ok(r) => r,
-        Err(e) => e.into_app_response(stun),
-    }
+    let shape = state.inner.config.app.shape.post_turn_credentials;
+    answer(&state, req, true, shape).await
+}
+
+/// `POST /api/turn/credentials`: optional `{"ttl": N}`.
+pub(crate) async fn post_turn_credentials(State(state): State<IssuerState>, req: Request) -> Response {
+    let shape = state.inner.config.app.shape.post_turn_slash_credentials;
+    answer(&state, req, true, shape).await
 }
 
 /// `OPTIONS` on the app paths (the CORS middleware adds the preflight headers).
@@ -53,7 +60,40 @@ pub(crate) async fn preflight() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn serve(state: &IssuerState, req: Request, with_body: bool) -> Result<Response, ApiError> {
+/// The answer in the shape the request names with `?shape=`, else the endpoint's configured one;
+/// failures in the same shape (see [`ApiError::into_app_response`]).
+async fn answer(state: &IssuerState, req: Request, with_body: bool, configured: Shape) -> Response {
+    let stun = state.inner.advertised.stun_only();
+    let shape = match requested_shape(req.uri().query()) {
+        Ok(s) => s.unwrap_or(configured),
+        Err(e) => return e.into_app_response(stun, configured),
+    };
+    match serve(state, req, with_body, shape).await {
+        Ok(r) => r,
+        Err(e) => e.into_app_response(stun, shape),
+    }
+}
+
+/// The `shape` query parameter: absent, `array` or `object` (given more than once, every value
+/// must agree); anything else is a 400. Other parameters (cache busters) are ignored.
+fn requested_shape(query: Option<&str>) -> Result<Option<Shape>, ApiError> {
+    const MSG: &str = "shape must be object or array";
+    let mut shape = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "shape" {
+            continue;
+        }
+        let s = Shape::parse(value).ok_or(ApiError::BadRequest(MSG))?;
+        if shape.is_some_and(|prev| prev != s) {
+            return Err(ApiError::BadRequest(MSG));
+        }
+        shape = Some(s);
+    }
+    Ok(shape)
+}
+
+async fn serve(state: &IssuerState, req: Request, with_body: bool, shape: Shape) -> Result<Response, ApiError> {
     let s = &state.inner;
     let peer =
         req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
@@ -71,7 +111,7 @@ async fn serve(state: &IssuerState, req: Request, with_body: bool) -> Result<Res
     let key_id = s.app_key.as_deref().ok_or(ApiError::NotConfigured)?;
     let key = s.keys.get(key_id).ok_or(ApiError::NotConfigured)?;
     let ttl = request.ttl(s.config.default_ttl, max_ttl(state, &key))?;
-    let issued = issue(state, &key, ttl, None, Shape::Array).await?;
+    let issued = issue(state, &key, ttl, None, shape).await?;
     Ok(credential_response(StatusCode::OK, issued))
 }
 
@@ -89,7 +129,8 @@ pub(crate) async fn cors(State(state): State<IssuerState>, req: Request, next: N
             } else if host.as_deref().is_some_and(|h| same_origin(o, h)) {
                 false
             } else {
-                let mut resp = ApiError::OriginNotAllowed.into_app_response(state.inner.advertised.stun_only());
+                let stun = state.inner.advertised.stun_only();
+                let mut resp = ApiError::OriginNotAllowed.into_app_response(stun, Shape::Array);
                 resp.headers_mut().append(header::VARY, HeaderValue::from_static("Origin"));
                 return resp;
             }
@@ -115,22 +156,19 @@ pub(crate) async fn cors(State(state): State<IssuerState>, req: Request, next: N
     resp
 }
 
-/// Whether `origin` is `http(s)://<host>` for the request's own `Host`.
-fn same_origin(origin: &str, host: &str) -> bool {
-    let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
-    rest.is_some_and(|r| r.eq_ignore_ascii_case(host))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn same_origin_is_exact() {
-        assert!(same_origin("https://issuer.example.com", "issuer.example.com"));
-        assert!(same_origin("http://127.0.0.1:8080", "127.0.0.1:8080"));
-        assert!(!same_origin("https://issuer.example.com.evil.net", "issuer.example.com"));
-        assert!(!same_origin("https://evil.net", "issuer.example.com"));
-        assert!(!same_origin("null", "issuer.example.com"));
+    fn shape_parameter() {
+        assert_eq!(requested_shape(None).unwrap(), None);
+        assert_eq!(requested_shape(Some("t=123")).unwrap(), None);
+        assert_eq!(requested_shape(Some("shape=object")).unwrap(), Some(Shape::Object));
+        assert_eq!(requested_shape(Some("x=1&shape=array")).unwrap(), Some(Shape::Array));
+        assert_eq!(requested_shape(Some("shape=object&shape=object")).unwrap(), Some(Shape::Object));
+        for bad in ["shape=", "shape", "shape=Object", "shape=objects", "shape=object&shape=array", "shape=%6Fbject"] {
+            assert!(requested_shape(Some(bad)).is_err(), "{bad}");
+        }
     }
 }

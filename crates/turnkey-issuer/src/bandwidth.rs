@@ -13,7 +13,10 @@
 //!   number (the key's `monthly_bandwidth_bytes` / 10^9; an integer when it divides evenly);
 //!   `percentage` is a number with at most two decimals (may exceed 100 slightly: bytes in flight
 //!   when the cap is crossed still count).
-//! - Without a cap: `bandwidthLimitGB`, `percentage` and `remainingGB` are `null`, status `OK`.
+//! - Without a cap the values stay renderable, in the types the apps' own endpoints used:
+//!   `bandwidthLimitGB` and `remainingGB` are the string `"unlimited"`, `percentage` is `0`,
+//!   status `OK`. (`null` is not renderable: `${limit} GB` prints "null GB", and a progress bar
+//!   needs a number.)
 //! - `status`: `OK` below 90 %, `WARNING` from 90 %, `LIMIT_REACHED` at or above the cap (the app
 //!   endpoints then answer 429 `Bandwidth limit reached` unless an upstream serves).
 //! - `resetDate`: when the monthly period ends (00:00 UTC on the configured `reset_day`).
@@ -29,6 +32,9 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::state::{BandwidthUsage, IssuerState};
+
+/// `bandwidthLimitGB` and `remainingGB` of a key without a cap.
+pub const UNLIMITED: &str = "unlimited";
 
 /// Bytes per GB in the bandwidth status (decimal).
 pub const GB: f64 = 1e9;
@@ -59,14 +65,14 @@ pub struct BandwidthStatus {
     /// Used this period, GB with two decimals.
     #[serde(rename = "bandwidthUsedGB")]
     pub used_gb: String,
-    /// The key's cap in GB (`null`: no cap).
+    /// The key's cap in GB (a number), or `"unlimited"` without a cap.
     #[serde(rename = "bandwidthLimitGB")]
     pub limit_gb: Value,
-    /// Used / cap in percent, two decimals (`null`: no cap).
+    /// Used / cap in percent, two decimals (`0` without a cap).
     pub percentage: Value,
-    /// What is left, GB with two decimals (`null`: no cap).
+    /// What is left, GB with two decimals, or `"unlimited"` without a cap.
     #[serde(rename = "remainingGB")]
-    pub remaining_gb: Value,
+    pub remaining_gb: String,
     /// When the period ends.
     #[serde(rename = "resetDate")]
     pub reset_date: String,
@@ -92,9 +98,9 @@ pub fn bandwidth_status_body(usage: BandwidthUsage, cap: Option<u64>) -> Bandwid
             };
             let limit = if cap % 1_000_000_000 == 0 { json!(cap / 1_000_000_000) } else { json!(cap as f64 / GB) };
             let remaining = cap.saturating_sub(usage.used_bytes) as f64 / GB;
-            (limit, json!(round2(pct)), json!(format!("{remaining:.2}")), status)
+            (limit, json!(round2(pct)), format!("{remaining:.2}"), status)
         }
-        None => (Value::Null, Value::Null, Value::Null, "OK"),
+        None => (json!(UNLIMITED), json!(0), UNLIMITED.to_owned(), "OK"),
     };
     BandwidthStatus {
         used_gb: format!("{used_gb:.2}"),
@@ -148,9 +154,11 @@ mod tests {
         assert_eq!(bandwidth_status_body(u(1000), cap).status, "LIMIT_REACHED");
         assert_eq!(bandwidth_status_body(u(1500), cap).remaining_gb, "0.00");
         assert_eq!(bandwidth_status_body(u(1500), cap).limit_gb, 1e-6);
-        let none = bandwidth_status_body(u(5), None);
-        assert!(none.limit_gb.is_null() && none.percentage.is_null());
-        assert_eq!(none.status, "OK");
+        let none = bandwidth_status_body(u(5_000_000_000), None);
+        assert_eq!(
+            serde_json::to_string(&none).unwrap(),
+            r#"{"bandwidthUsedGB":"5.00","bandwidthLimitGB":"unlimited","percentage":0,"remainingGB":"unlimited","resetDate":"2025-02-01T00:00:00.000Z","activeConnections":3,"status":"OK"}"#
+        );
     }
 
     #[test]

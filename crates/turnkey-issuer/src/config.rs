@@ -22,6 +22,9 @@
 //! rate_limit = { requests = 10, window_secs = 300, max_clients = 65536 }
 //! trusted_proxies = ["10.0.0.0/8"]
 //!
+//! [issuer.app.shape]            # default answer shape per endpoint ("array" or "object")
+//! "GET /api/turn-credentials" = "object"
+//!
 //! [issuer.upstream]             # optional: Cloudflare as fallback or merged
 //! mode = "fallback"             # or "merge"
 //! base_url = "https://rtc.live.cloudflare.com/v1/turn"
@@ -35,6 +38,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::ice::Shape;
+use crate::origin::check_allowed_origin;
 
 /// The largest TTL the Cloudflare API accepts (48 h); `max_ttl` may be lower, never higher.
 pub const ABSOLUTE_MAX_TTL: u64 = 172_800;
@@ -128,8 +133,9 @@ pub struct AppConfig {
     /// The key id these endpoints issue for. When absent the binary passes the default key
     /// (see `IssuerDeps::app_key`); with neither, the endpoints answer 503 with `fallback: true`.
     pub key: Option<String>,
-    /// Exact origins (`scheme://host[:port]`) allowed to call from a browser. Requests whose
-    /// `Origin` is neither listed nor the issuer's own origin are refused with 403.
+    /// Exact origins allowed to call from a browser: `https://host[:port]`, `http://...`,
+    /// `chrome-extension://<id>` or `moz-extension://<uuid>` (see [`crate::check_allowed_origin`]).
+    /// Requests whose `Origin` is neither listed nor the issuer's own origin are refused with 403.
     pub allowed_origins: Vec<String>,
     /// Send `Access-Control-Allow-Credentials: true` to allowed origins (never with `*`: the
     /// issuer always echoes the one exact origin).
@@ -138,6 +144,24 @@ pub struct AppConfig {
     pub rate_limit: RateLimitConfig,
     /// Peers whose `X-Forwarded-For` is believed (CIDRs). Empty: the header is ignored.
     pub trusted_proxies: Vec<IpNet>,
+    /// The `iceServers` shape each endpoint answers when the request names none with `?shape=`.
+    pub shape: AppShapes,
+}
+
+/// The default answer shape per app endpoint (`[issuer.app.shape]`, keyed by method and path).
+/// Each is `"array"` (the default) or `"object"`; a request's `?shape=object|array` wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppShapes {
+    /// `GET /api/turn-credentials`.
+    #[serde(rename = "GET /api/turn-credentials")]
+    pub get_turn_credentials: Shape,
+    /// `POST /api/turn-credentials`.
+    #[serde(rename = "POST /api/turn-credentials")]
+    pub post_turn_credentials: Shape,
+    /// `POST /api/turn/credentials`.
+    #[serde(rename = "POST /api/turn/credentials")]
+    pub post_turn_slash_credentials: Shape,
 }
 
 /// A fixed-window limit per client (IPv4 address or IPv6 /64).
@@ -186,20 +210,24 @@ pub struct UpstreamConfig {
     pub token_file: Option<PathBuf>,
     /// Name of an environment variable holding the token (used when `token_file` is absent).
     pub token_env: Option<String>,
-    /// TTL asked of the upstream, seconds (default 86400).
+    /// TTL asked of the upstream, seconds (default 172800, the most Cloudflare grants, so one
+    /// upstream credential outlives many requests' TTLs). A request asking more gets a fetch
+    /// with its own TTL.
     pub ttl: u64,
-    /// Timeout of one upstream try, milliseconds (default 5000).
+    /// Timeout of one upstream try (connect to last body byte), milliseconds (default 1200).
     pub timeout_ms: u64,
-    /// Tries per upstream fetch, the first included (default 3).
+    /// Tries per upstream fetch, the first included (default 2).
     pub retries: u32,
-    /// Backoff before the second try, milliseconds; doubled before each further try (default 1000).
+    /// Backoff before the second try, milliseconds; doubled before each further try (default 300).
+    /// With the defaults a hanging upstream fails a fetch after 1200 + 300 + 1200 = 2700 ms.
     pub backoff_base_ms: u64,
     /// A cached upstream credential is reused until this many seconds before it expires
-    /// (default 3600).
+    /// (default 3600), and only for requests whose TTL it outlives.
     pub refresh_threshold_secs: u64,
     /// Consecutive failed fetches that open the circuit (default 5).
     pub circuit_failure_threshold: u32,
-    /// Seconds the circuit stays open before one probe is let through (default 30).
+    /// Seconds the circuit stays open, counted from when the failure that opened it was
+    /// recorded, before one probe is let through (default 30).
     pub circuit_cooldown_secs: u64,
 }
 
@@ -211,10 +239,10 @@ impl Default for UpstreamConfig {
             key_id: String::new(),
             token_file: None,
             token_env: None,
-            ttl: 86_400,
-            timeout_ms: 5_000,
-            retries: 3,
-            backoff_base_ms: 1_000,
+            ttl: ABSOLUTE_MAX_TTL,
+            timeout_ms: 1_200,
+            retries: 2,
+            backoff_base_ms: 300,
             refresh_threshold_secs: 3_600,
             circuit_failure_threshold: 5,
             circuit_cooldown_secs: 30,
@@ -244,8 +272,8 @@ impl IssuerConfig {
             return bad("max_body_bytes must be positive");
         }
         for o in &self.app.allowed_origins {
-            if o == "*" || o.ends_with('/') || !(o.starts_with("https://") || o.starts_with("http://")) {
-                return bad("app.allowed_origins must be exact origins like https://app.example.com (no '*', no path)");
+            if let Err(why) = check_allowed_origin(o) {
+                return Err(Error::Config(format!("app.allowed_origins: `{o}`: {why}")));
             }
         }
         if self.app.rate_limit.requests > 0 && self.app.rate_limit.window_secs == 0 {
@@ -268,6 +296,9 @@ impl IssuerConfig {
             }
             if u.retries == 0 {
                 return bad("upstream.retries must be at least 1");
+            }
+            if u.timeout_ms == 0 {
+                return bad("upstream.timeout_ms must be positive");
             }
             if u.ttl == 0 || u.ttl > ABSOLUTE_MAX_TTL || u.refresh_threshold_secs >= u.ttl {
                 return bad("upstream.ttl must be 1..=172800 and above refresh_threshold_secs");
@@ -322,7 +353,7 @@ mod tests {
         let u = c.upstream.unwrap();
         assert_eq!(u.mode, UpstreamMode::Merge);
         assert_eq!(u.refresh_threshold_secs, 3600);
-        assert_eq!(u.backoff_base_ms, 1000);
+        assert_eq!((u.ttl, u.timeout_ms, u.backoff_base_ms), (172_800, 1_200, 300));
     }
 
     #[test]
@@ -335,11 +366,39 @@ mod tests {
             "default_ttl = 0",
             "max_ttl = 100\ndefault_ttl = 200",
             "[app]\nallowed_origins = [\"*\"]",
+            "[app]\nallowed_origins = [\"chrome-extension://*\"]",
+            "[app]\nallowed_origins = [\"moz-extension://not-a-uuid\"]",
+            "[app]\nallowed_origins = [\"https://app.example.com/\"]",
+            "[upstream]\nkey_id = \"k\"\ntoken_env = \"T\"\ntimeout_ms = 0",
             "[app]\nkey = \"not-hex\"",
             "[upstream]\nkey_id = \"k\"",
         ] {
             let c: IssuerConfig = toml::from_str(src).unwrap();
             assert!(c.validate().is_err(), "{src}");
+        }
+    }
+
+    #[test]
+    fn app_shapes_per_endpoint_and_extension_origins() {
+        let src = r#"
+            [app]
+            allowed_origins = ["https://app.example.com", "chrome-extension://gjiajdnndcdbgggopkgjioifknkmklcb",
+                               "moz-extension://0f9c0a1e-4b6d-4c1a-9e2f-3a5b7c9d1e2f"]
+            [app.shape]
+            "GET /api/turn-credentials" = "object"
+            "POST /api/turn/credentials" = "array"
+        "#;
+        let c: IssuerConfig = toml::from_str(src).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.app.shape.get_turn_credentials, Shape::Object);
+        assert_eq!(c.app.shape.post_turn_credentials, Shape::Array);
+        assert_eq!(c.app.shape.post_turn_slash_credentials, Shape::Array);
+        for bad in [
+            "[app.shape]\n\"GET /api/turn/credentials\" = \"object\"",
+            "[app.shape]\n\"GET /api/turn-credentials\" = \"objects\"",
+            "[app.shape]\nget = \"object\"",
+        ] {
+            assert!(toml::from_str::<IssuerConfig>(bad).is_err(), "{bad}");
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::ice::IceServer;
+use crate::ice::{IceServer, Shape};
 
 /// Everything that can fail in the issuer outside an HTTP exchange: configuration, key files,
 /// revocation persistence, the upstream client.
@@ -170,12 +170,21 @@ impl ApiError {
     }
 
     /// The browser-facing form of this error: the same status and message, plus
-    /// `"fallback": true` and, for server-side failures, a STUN-only `iceServers`.
-    pub fn into_app_response(self, stun_only: Vec<IceServer>) -> Response {
+    /// `"fallback": true` and, for server-side failures, a STUN-only `iceServers` in the
+    /// requested shape (object shape: the one STUN entry, absent when no STUN URL is advertised),
+    /// so a page hands it to `RTCPeerConnection` the way it hands a success.
+    pub fn into_app_response(self, stun_only: Vec<IceServer>, shape: Shape) -> Response {
         let status = self.status();
         let mut body = json!({"error": self.message(), "fallback": true});
         if status.is_server_error() {
-            body["iceServers"] = json!(stun_only);
+            match shape {
+                Shape::Array => body["iceServers"] = json!(stun_only),
+                Shape::Object => {
+                    if let Some(entry) = stun_only.into_iter().next() {
+                        body["iceServers"] = json!(entry);
+                    }
+                }
+            }
         }
         self.finish(status, body)
     }

@@ -16,7 +16,8 @@ use crate::config::{AdvertiseConfig, Endpoint};
 /// The longest `customIdentifier` kept (longer ones are truncated).
 pub const MAX_CUSTOM_ID_LEN: usize = 64;
 
-/// One RTCIceServer entry.
+/// One RTCIceServer entry. Fields serialize in Cloudflare's order: `urls`, `username`,
+/// `credential` (keep it: some clients log or snapshot the raw JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceServer {
     /// `stun:`, `turn:` or `turns:` URLs.
@@ -28,6 +29,28 @@ pub struct IceServer {
     /// TURN password (absent on a STUN-only entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+}
+
+/// Which `iceServers` shape an answer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    /// `{"iceServers": [{STUN urls}, {TURN urls, username, credential}]}` (generate-ice-servers).
+    #[default]
+    Array,
+    /// `{"iceServers": {urls, username, credential}}` (Cloudflare's older `generate`).
+    Object,
+}
+
+impl Shape {
+    /// Parses `array` or `object` (the `?shape=` values), exactly.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "array" => Some(Self::Array),
+            "object" => Some(Self::Object),
+            _ => None,
+        }
+    }
 }
 
 /// The array shape: `{"iceServers": [...]}` (generate-ice-servers and the app endpoints).

@@ -4,7 +4,7 @@
 //! |------------------------|-----------|--------------------------------|-----------------------|
 //! | yes                    | none      | local                          | local                 |
 //! | yes                    | fallback  | local                          | local                 |
-//! | yes                    | merge     | local, then upstream (upstream failed or slower than one `timeout_ms`: local only) | local |
+//! | yes                    | merge     | local, then upstream (upstream failing, or slower than one `timeout_ms`: local only) | local |
 //! | no                     | either    | upstream (failure: 502/503/504) | upstream flattened    |
 //! | no                     | none      | 503 no relay (429 if only the key's bandwidth cap is reached) | same |
 //!
@@ -12,25 +12,26 @@
 //! [`crate::RelayStatus::bandwidth_exhausted`] for the key. The object shape carries a single
 //! username/credential pair, so merge mode cannot combine there and serves local credentials.
 
+use crate::config::UpstreamMode;
 use crate::error::{ApiError, UpstreamFailure};
-use crate::ice::{self, IceServer};
+use crate::ice::{self, IceServer, Shape};
 use crate::keys::KeyInfo;
 use crate::state::IssuerState;
 
-/// Which response shape is wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shape {
-    /// `{"iceServers": [...]}`.
-    Array,
-    /// `{"iceServers": {...}}`.
-    Object,
-}
-
 /// The servers to answer with, in the requested shape.
 #[derive(Debug)]
-pub(crate) enum Issued {
+pub(crate) enum Servers {
     Array(Vec<IceServer>),
     Object(IceServer),
+}
+
+/// An answer: the servers and, when an upstream credential that expires sooner than the
+/// requested TTL had to be served (the upstream is failing and only a cached credential is
+/// left), the seconds it is still valid; the answer then carries them as `"ttl"`.
+#[derive(Debug)]
+pub(crate) struct Issued {
+    pub servers: Servers,
+    pub shorter_ttl: Option<u64>,
 }
 
 /// Whether the measured usage reached the cap in the key file (the file is re-read when it
@@ -41,7 +42,7 @@ fn over_cap(state: &IssuerState, key: &KeyInfo) -> bool {
         .is_some_and(|(cap, usage)| usage.used_bytes >= cap)
 }
 
-/// Mints (or fetches) credentials for `key`.
+/// Mints (or fetches) credentials for `key`, valid for `ttl` seconds.
 pub(crate) async fn issue(
     state: &IssuerState,
     key: &KeyInfo,
@@ -60,35 +61,30 @@ pub(crate) async fn issue(
             ApiError::Internal
         })?;
         s.metrics.credentials_issued.with_label_values(&[key.id.as_str()]).inc();
-        return Ok(match shape {
-            Shape::Object => Issued::Object(s.advertised.object(cred.username, cred.password)),
+        let servers = match shape {
+            Shape::Object => Servers::Object(s.advertised.object(cred.username, cred.password)),
             Shape::Array => {
                 let mut servers = s.advertised.array(cred.username, cred.password);
-                if let Some(up) = s.upstream.as_ref().filter(|u| u.config().mode == crate::config::UpstreamMode::Merge)
-                {
-                    // Local credentials are ready: wait for the upstream at most one try's
-                    // timeout rather than through all retries and backoffs.
-                    let limit = std::time::Duration::from_millis(up.config().timeout_ms);
-                    let fetched =
-                        tokio::time::timeout(limit, up.ice_servers(now)).await.unwrap_or(Err(UpstreamFailure::Timeout));
-                    match fetched {
-                        Ok(extra) => servers.extend(extra),
-                        Err(kind) => {
-                            tracing::warn!(?kind, "upstream failed in merge mode; serving local only");
-                        }
-                    }
+                if let Some(up) = s.upstream.as_ref().filter(|u| u.config().mode == UpstreamMode::Merge) {
+                    // Bounded by one try's timeout, and not waited for at all while the
+                    // upstream is failing (see `UpstreamClient::merge_servers`).
+                    servers.extend(up.merge_servers(ttl).await.unwrap_or_default());
                 }
-                Issued::Array(servers)
+                Servers::Array(servers)
             }
-        });
+        };
+        return Ok(Issued { servers, shorter_ttl: None });
     }
     let Some(up) = s.upstream.as_ref() else {
         return Err(if exhausted { ApiError::BandwidthExhausted } else { ApiError::NoRelay });
     };
-    let servers = up.ice_servers(now).await?;
+    let served = up.ice_servers(ttl).await?;
     s.metrics.upstream_fallbacks.inc();
-    Ok(match shape {
-        Shape::Array => Issued::Array(servers),
-        Shape::Object => Issued::Object(ice::flatten(&servers).ok_or(ApiError::Upstream(UpstreamFailure::BadGateway))?),
-    })
+    let servers = match shape {
+        Shape::Array => Servers::Array(served.servers),
+        Shape::Object => {
+            Servers::Object(ice::flatten(&served.servers).ok_or(ApiError::Upstream(UpstreamFailure::BadGateway))?)
+        }
+    };
+    Ok(Issued { servers, shorter_ttl: (served.valid_for < ttl).then_some(served.valid_for) })
 }

@@ -6,13 +6,15 @@
 //! read it). Only the SHA-256 of a token is held in memory and compared in constant time.
 //!
 //! A running server sees keys created or deleted by another process (`turnkey keys create`):
-//! every authentication stats the key's file and re-reads it when its mtime or size changed, and
+//! every authentication stats the key's file and re-reads it when its mtime or size changed; a
+//! token that matches no known key triggers a rescan when the directory changed since the last
+//! one (so a new key's token on another key's path is recognised: 403, not 401); and
 //! [`KeyStore::reload`] rescans the whole directory.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -93,6 +95,18 @@ pub enum TokenCheck {
 pub struct KeyStore {
     dir: PathBuf,
     cache: Arc<RwLock<HashMap<String, Cached>>>,
+    /// The directory's mtime at the last full scan.
+    dir_stamp: Arc<Mutex<Option<SystemTime>>>,
+}
+
+/// Whether `hash` is the token hash of any cached key. The hash of a 256-bit random token
+/// reveals nothing useful through timing, and the loop visits every key regardless.
+fn belongs_to_any(cache: &HashMap<String, Cached>, hash: &[u8; 32]) -> bool {
+    let mut any = false;
+    for c in cache.values() {
+        any |= bool::from(c.hash.ct_eq(hash));
+    }
+    any
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +155,7 @@ impl KeyStore {
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("keys");
         create_private_dir(&dir)?;
-        let store = Self { dir, cache: Arc::default() };
+        let store = Self { dir, cache: Arc::default(), dir_stamp: Arc::default() };
         store.reload()?;
         Ok(store)
     }
@@ -199,6 +213,9 @@ impl KeyStore {
     /// Rescans the directory: new and changed key files are (re)read, vanished ones dropped.
     /// A malformed key file is skipped with a warning (it must not take the other keys down).
     pub fn reload(&self) -> Result<(), Error> {
+        // Stamp first: a change during the scan makes the next check rescan again.
+        *self.dir_stamp.lock().unwrap_or_else(|p| p.into_inner()) =
+            fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
         let rd = fs::read_dir(&self.dir).map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
         let mut seen = Vec::new();
         for entry in rd.flatten() {
@@ -232,17 +249,27 @@ impl KeyStore {
                 return TokenCheck::Valid(c.info.clone());
             }
         }
-        // Which other key (if any) the token belongs to. The hash of a 256-bit random token
-        // reveals nothing useful through timing, and the loop visits every key regardless.
-        let mut other = false;
-        for c in cache.values() {
-            other |= bool::from(c.hash.ct_eq(&hash));
+        if belongs_to_any(&cache, &hash) {
+            return TokenCheck::OtherKey;
         }
-        if other {
-            TokenCheck::OtherKey
-        } else {
-            TokenCheck::Invalid
+        drop(cache);
+        // A key created by another process (`turnkey keys create`) since the last scan: rescan,
+        // but only when the directory changed, so unknown tokens cost one stat.
+        if self.dir_changed() {
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "key directory rescan failed");
+            }
+            if belongs_to_any(&self.cache.read().unwrap_or_else(|p| p.into_inner()), &hash) {
+                return TokenCheck::OtherKey;
+            }
         }
+        TokenCheck::Invalid
+    }
+
+    /// Whether the directory's mtime differs from the one seen by the last [`KeyStore::reload`].
+    fn dir_changed(&self) -> bool {
+        let now = fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+        *self.dir_stamp.lock().unwrap_or_else(|p| p.into_inner()) != now
     }
 
     /// Whether key `id` exists (as of its file now).
@@ -356,11 +383,17 @@ mod tests {
         let cli = KeyStore::open(dir.path()).unwrap();
         let k = cli.create(KeyOptions::default(), 1).unwrap();
         assert!(matches!(running.check_token(&k.id, &k.token), TokenCheck::Valid(_)));
+        // A key the running store has never looked at: its token on another key's path is that
+        // other key's token (403), not an unknown one (401).
+        let a = running.create(KeyOptions::default(), 1).unwrap();
+        let b = cli.create(KeyOptions::default(), 2).unwrap();
+        assert_eq!(running.check_token(&a.id, &b.token), TokenCheck::OtherKey);
+        assert_eq!(running.check_token(&a.id, "unknown"), TokenCheck::Invalid);
         cli.delete(&k.id).unwrap();
         assert_eq!(running.check_token(&k.id, &k.token), TokenCheck::Invalid);
         // A malformed file is skipped, not fatal.
         fs::write(dir.path().join("keys").join(format!("{}.json", "a".repeat(32))), "{").unwrap();
         running.reload().unwrap();
-        assert!(running.list().unwrap().is_empty());
+        assert_eq!(running.list().unwrap().len(), 2);
     }
 }

@@ -34,6 +34,7 @@ mod ice;
 mod issue;
 mod keys;
 mod metrics;
+mod origin;
 mod ratelimit;
 mod revocations;
 mod router;
@@ -41,21 +42,23 @@ mod selftest;
 mod state;
 mod upstream;
 
-pub use bandwidth::{bandwidth_status_body, BandwidthStatus, GB};
+pub use bandwidth::{bandwidth_status_body, BandwidthStatus, GB, UNLIMITED};
 pub use body::CredentialRequest;
 pub use cli::{keys_create, keys_delete, keys_list};
 pub use config::{
-    AdvertiseConfig, AppConfig, Endpoint, IssuerConfig, RateLimitConfig, UpstreamConfig, UpstreamMode, ABSOLUTE_MAX_TTL,
+    AdvertiseConfig, AppConfig, AppShapes, Endpoint, IssuerConfig, RateLimitConfig, UpstreamConfig, UpstreamMode,
+    ABSOLUTE_MAX_TTL,
 };
 pub use error::{ApiError, Error, UpstreamFailure};
 pub use ice::{
-    sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, MAX_CUSTOM_ID_LEN,
+    sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, Shape, MAX_CUSTOM_ID_LEN,
 };
 pub use keys::{ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, TokenCheck};
 pub use metrics::IssuerMetrics;
+pub use origin::check_allowed_origin;
 pub use ratelimit::{client_ip, RateLimiter, Verdict};
 pub use revocations::{RevocationStore, Revoked};
 pub use router::{router, run_maintenance, serve, OPENAPI_YAML};
 pub use selftest::{selftest_csp, SELFTEST_HTML};
 pub use state::{system_clock, BandwidthUsage, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
-pub use upstream::UpstreamClient;
+pub use upstream::{Served, UpstreamClient};

@@ -15,8 +15,9 @@ pub struct IssuerMetrics {
     pub credentials_issued: IntCounterVec,
     /// `turnkey_issuer_revocations_total`.
     pub revocations: IntCounter,
-    /// `turnkey_issuer_upstream_requests_total{result}`: result is `ok`, `cached`, `error`,
-    /// `timeout` or `circuit_open`.
+    /// `turnkey_issuer_upstream_requests_total{result}`: result is `ok`, `error` or `timeout`
+    /// (one per fetch), or `cached`, `shared` (waited for the fetch in flight) or `circuit_open`
+    /// (one per request that did not start a fetch).
     pub upstream_requests: IntCounterVec,
     /// `turnkey_issuer_upstream_fallbacks_total`: answers served from the upstream because the
     /// local relays could not.
@@ -69,7 +70,7 @@ impl IssuerMetrics {
         registry.register(Box::new(m.upstream_fallbacks.clone()))?;
         registry.register(Box::new(m.circuit_open.clone()))?;
         registry.register(Box::new(m.rate_limited.clone()))?;
-        for r in ["ok", "cached", "error", "timeout", "circuit_open"] {
+        for r in ["ok", "cached", "shared", "error", "timeout", "circuit_open"] {
             m.upstream_requests.with_label_values(&[r]);
         }
         Ok(m)

@@ -29,7 +29,7 @@ pub fn router(state: IssuerState) -> Router {
         .route("/v1/turn/keys/{id}/credentials/{username}/revoke", post(api::revoke));
     let app_routes = Router::new()
         .route("/api/turn-credentials", get(app::get_credentials).post(app::post_credentials).options(app::preflight))
-        .route("/api/turn/credentials", post(app::post_credentials).options(app::preflight))
+        .route("/api/turn/credentials", post(app::post_turn_credentials).options(app::preflight))
         .route("/api/bandwidth-status", get(bandwidth::status).options(app::preflight))
         .route_layer(middleware::from_fn_with_state(state.clone(), app::cors));
     Router::new()

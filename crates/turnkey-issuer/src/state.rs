@@ -134,7 +134,7 @@ impl IssuerState {
         let revocations = RevocationStore::load(&deps.data_dir, deps.revocations, now, deps.config.max_revocations)?;
         let metrics = IssuerMetrics::register(&deps.registry)?;
         let upstream = match &deps.config.upstream {
-            Some(u) => Some(UpstreamClient::new(u.clone(), metrics.clone())?),
+            Some(u) => Some(UpstreamClient::new(u.clone(), metrics.clone(), deps.clock.clone())?),
             None => None,
         };
         let app_key = deps.config.app.key.clone().or(deps.app_key);

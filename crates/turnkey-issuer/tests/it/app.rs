@@ -212,7 +212,7 @@ async fn bandwidth_status_reports_measured_usage_and_the_cap_is_enforced() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         r.text,
-        r#"{"bandwidthUsedGB":"12.35","bandwidthLimitGB":null,"percentage":null,"remainingGB":null,"resetDate":"2025-02-01T00:00:00.000Z","activeConnections":2,"status":"OK"}"#
+        r#"{"bandwidthUsedGB":"12.35","bandwidthLimitGB":"unlimited","percentage":0,"remainingGB":"unlimited","resetDate":"2025-02-01T00:00:00.000Z","activeConnections":2,"status":"OK"}"#
     );
     set_cap(&iss, 20_000_000_000);
     let v = iss.send(iss.http.get(iss.url("/api/bandwidth-status"))).await.json();

@@ -89,6 +89,7 @@ pub fn upstream_config(cf: &CloudflareDouble, dir: &std::path::Path) -> Upstream
         base_url: cf.base_url.clone(),
         key_id: cf.key_id.clone(),
         token_file: Some(token_file),
+        ttl: 86_400,
         timeout_ms: 300,
         retries: 3,
         backoff_base_ms: 1,

@@ -9,4 +9,7 @@ mod app;
 mod cloudflare_double;
 mod harness;
 mod selftest;
+mod shapes;
 mod upstream;
+mod upstream_paused;
+mod upstream_timing;

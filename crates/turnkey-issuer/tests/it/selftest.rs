@@ -17,7 +17,7 @@ async fn test_page_is_self_contained_html_with_a_strict_csp() {
     assert!(!csp.contains("unsafe-inline") && !csp.contains('*'), "{csp}");
     assert_eq!(r.text, turnkey_issuer::SELFTEST_HTML);
     assert!(!r.text.contains("://"), "no absolute (external) URL in the page");
-    assert!(r.text.contains("/api/turn/credentials"));
+    assert!(r.text.contains("fetch(\"/api/turn/credentials?shape=array\""), "the array shape, whatever is configured");
     assert!(r.text.contains("iceTransportPolicy: \"relay\""));
     assert!(r.text.contains("window.turnkeyResult"));
     assert!(r.text.contains("name=\"viewport\""));
@@ -47,13 +47,14 @@ async fn test_page_accepts_a_transport_parameter_and_only_get() {
 
 #[tokio::test]
 async fn the_credential_request_the_page_makes_is_same_origin_and_allowed() {
-    // The page runs on the issuer's own origin with no allowed_origins configured.
-    let iss = Issuer::start(|_, _| {}).await;
+    // The page runs on the issuer's own origin with no allowed_origins configured, and gets the
+    // array shape it reads even where the operator set the object shape for the endpoint.
+    let iss = Issuer::start(|c, _| c.app.shape.post_turn_slash_credentials = turnkey_issuer::Shape::Object).await;
     let host = iss.base.trim_start_matches("http://").to_owned();
     let r = iss
         .send(
             iss.http
-                .post(iss.url("/api/turn/credentials"))
+                .post(iss.url("/api/turn/credentials?shape=array"))
                 .header("origin", format!("http://{host}"))
                 .json(&serde_json::json!({"ttl": 600})),
         )
