@@ -8,7 +8,7 @@
 //!   engine while the shard is borrowed once per read, and enforces the [`ConnTimers`] decisions
 //!   (handshake, never-allocated and idle timeouts);
 //! - the writer: drains the connection's bounded outbound queue. Everything sent to the client
-//!   (responses, ChannelData, Data indications) goes through [`ClientSockets::send`], which only
+//!   (responses, ChannelData, Data indications) goes through `shard::ClientSockets::send`, which only
 //!   `try_send`s into that queue: a slow reader loses its own packets (counted as `queue_full`)
 //!   and never stalls the shard.
 //!
@@ -27,12 +27,11 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::conn::{CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
-use crate::engine::Transmit;
 use crate::framing::{Frame, FramingError, StreamDecoder};
 use crate::metrics::RelayMetrics;
+use crate::shard::ShardState;
 use crate::tls::TlsConfigs;
 use crate::types::{ClientAddr, FiveTuple, Now, Transport};
-use crate::udp::ShardState;
 
 /// Bytes read from a connection at once (also the decoder's `max_read`).
 const READ_BUF: usize = 16 * 1024;
@@ -44,9 +43,9 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 const BACKLOG: i32 = 1024;
 
 /// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
-/// them). Port 0 is first resolved to a port nobody uses (see `udp::unshared_port`).
+/// them). Port 0 is first resolved to a port nobody uses (see `shard::unshared_port`).
 pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let addr = crate::udp::unshared_port(addr, Type::STREAM)?;
+    let addr = crate::shard::unshared_port(addr, Type::STREAM)?;
     (0..n.max(1)).map(|_| bind_listener(addr)).collect()
 }
 
@@ -259,19 +258,11 @@ where
 /// message was among them (the allocation may have changed).
 fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDecoder) -> Result<bool, FramingError> {
     let st = &mut *shard.borrow_mut();
-    let ShardState { engine, ports, clients } = st;
     let now = Now::system();
     let mut stun = false;
     while let Some(frame) = decoder.next_frame()? {
         stun |= matches!(frame, Frame::Stun(_));
-        let result = match engine.handle_client(now, tuple, frame.as_bytes(), ports) {
-            Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
-            Some(Transmit::Client { to, data }) => clients.send(to, &data),
-            None => Ok(()),
-        };
-        if let Err(reason) = result {
-            engine.count_drop(reason);
-        }
+        st.client_input(now, tuple, frame.as_bytes());
     }
     Ok(stun)
 }
@@ -324,7 +315,7 @@ mod tests {
     use super::*;
     use crate::engine::{Engine, EngineConfig, Shared};
     use crate::policy::PeerPolicy;
-    use crate::udp::{ClientSockets, Ports, RelayAddrs, Reservations};
+    use crate::udp::{Ports, RelayAddrs, Reservations};
 
     fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
         let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
@@ -332,7 +323,7 @@ mod tests {
         let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), metrics.clone(), Instant::now());
         let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
         let ports = Ports::new(addrs, Reservations::default());
-        Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }))
+        Rc::new(RefCell::new(ShardState::new(engine, ports)))
     }
 
     /// The real driver on a paused clock: a connection that never allocates is closed when the
