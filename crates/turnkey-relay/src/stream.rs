@@ -305,6 +305,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests start from an arbitrary instant and drive time by hand")]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Arc;

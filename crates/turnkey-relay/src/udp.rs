@@ -13,7 +13,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::rc::{Rc, Weak};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "held EVEN-PORT reservations: locked on Allocate only, never per packet"
+)]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -80,6 +85,7 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Ports held for RESERVATION-TOKENs, shared by every shard: the Allocate that redeems a token
 /// may arrive on any shard, so the held socket moves to whichever shard asks first.
 #[derive(Debug, Default, Clone)]
+#[allow(clippy::disallowed_types, reason = "held EVEN-PORT reservations: locked on Allocate only, never per packet")]
 pub struct Reservations {
     inner: Arc<Mutex<HashMap<u64, (std::net::UdpSocket, Instant)>>>,
 }
@@ -195,6 +201,7 @@ fn bind_relay(addr: SocketAddr) -> Option<std::net::UdpSocket> {
 
 impl RelayPorts for Ports {
     fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
+        #[allow(clippy::disallowed_methods, reason = "the driver's clock: how long a reserved port is held")]
         let now = Instant::now();
         let (socket, next) = match request {
             PortRequest::Reserved(token) => (self.reservations.take(token, now)?, None),

@@ -42,6 +42,7 @@ impl TokenBucket {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests start from an arbitrary instant and drive time by hand")]
 mod tests {
     use super::*;
     use std::time::Duration;

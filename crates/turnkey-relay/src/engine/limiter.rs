@@ -34,6 +34,7 @@ impl ReplyLimiter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests start from an arbitrary instant and drive time by hand")]
 mod tests {
     use super::*;
     use std::time::Duration;
