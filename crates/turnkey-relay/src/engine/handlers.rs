@@ -7,7 +7,6 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use stun::agent::TransactionId;
 use stun::attributes::{
     AttrType, Attributes, RawAttribute, ATTR_DATA, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_ADDRESS_FAMILY,
     ATTR_SOFTWARE, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
@@ -321,7 +320,7 @@ impl Engine {
     fn create_permission(&mut self, now: Now, idx: usize, m: &Message) -> Result<Message, StunError> {
         let mut ips: Vec<IpAddr> = Vec::new();
         for attr in m.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS) {
-            let peer = peer_address(attr, m.transaction_id)?;
+            let peer = peer_address(&one_attribute(m, attr))?;
             self.check_peer(idx, peer, "create_permission")?;
             ips.push(peer.ip());
         }
@@ -342,11 +341,7 @@ impl Engine {
         if number.0 < ChannelNumber::MIN || number.0 > self.cfg.max_channel() {
             return Err(StunError::BadRequest);
         }
-        let (attr, found) = m.attributes.get(ATTR_XOR_PEER_ADDRESS);
-        if !found {
-            return Err(StunError::BadRequest);
-        }
-        let peer = peer_address(&attr, m.transaction_id)?;
+        let peer = peer_address(m)?;
         self.check_peer(idx, peer, "channel_bind")?;
         let grant = self.grant(now);
         let a = self.allocs[idx].as_mut().ok_or(StunError::AllocationMismatch)?;
@@ -359,10 +354,8 @@ impl Engine {
             self.stats.dropped(DropReason::NoAllocation);
             return None;
         };
-        let (attr, found) = m.attributes.get(ATTR_XOR_PEER_ADDRESS);
-        let peer = found.then(|| peer_address(&attr, m.transaction_id).ok()).flatten();
         let mut data = Data::default();
-        let (Some(peer), Ok(())) = (peer, data.get_from(m)) else {
+        let (Ok(peer), Ok(())) = (peer_address(m), data.get_from(m)) else {
             self.stats.dropped(DropReason::Malformed);
             return None;
         };
@@ -519,12 +512,11 @@ fn lifetime_attr(d: Duration) -> Lifetime {
     Lifetime(d.min(Duration::from_secs(u64::from(u32::MAX))))
 }
 
-/// One XOR-PEER-ADDRESS, read through turn::proto's `PeerAddress`. `PeerAddress` reads the first
-/// attribute of its type in a message, and a CreatePermission may carry several (RFC 8656 §10.1),
-/// so each one is read from a one-attribute view of the message. stun's address decoder
-/// zero-fills a truncated address, so the exact length (8 bytes for IPv4, 20 for IPv6) is checked
-/// first.
-pub(crate) fn peer_address(attr: &RawAttribute, txid: TransactionId) -> Result<SocketAddr, StunError> {
+/// The (first) XOR-PEER-ADDRESS of `m`, read through turn::proto's `PeerAddress`. stun's address
+/// decoder zero-fills a truncated address, so the exact length (8 bytes for IPv4, 20 for IPv6) is
+/// checked first.
+pub(crate) fn peer_address(m: &Message) -> Result<SocketAddr, StunError> {
+    let attr = m.attributes.0.iter().find(|a| a.typ == ATTR_XOR_PEER_ADDRESS).ok_or(StunError::BadRequest)?;
     let exact = match attr.value.as_slice() {
         [0, 1, ..] => attr.value.len() == 8,
         [0, 2, ..] => attr.value.len() == 20,
@@ -533,8 +525,14 @@ pub(crate) fn peer_address(attr: &RawAttribute, txid: TransactionId) -> Result<S
     if !exact {
         return Err(StunError::BadRequest);
     }
-    let view = Message { transaction_id: txid, attributes: Attributes(vec![attr.clone()]), ..Message::default() };
     let mut peer = PeerAddress::default();
-    peer.get_from(&view).map_err(|_| StunError::BadRequest)?;
+    peer.get_from(m).map_err(|_| StunError::BadRequest)?;
     Ok(SocketAddr::new(peer.ip, peer.port))
+}
+
+/// A view of `m` holding only `attr`. `PeerAddress` reads the first attribute of its type, and a
+/// CreatePermission may carry several XOR-PEER-ADDRESSes (RFC 8656 §10.1): each is read from its
+/// own view (the control path; Send and ChannelBind read theirs from the message itself).
+fn one_attribute(m: &Message, attr: &RawAttribute) -> Message {
+    Message { transaction_id: m.transaction_id, attributes: Attributes(vec![attr.clone()]), ..Message::default() }
 }
