@@ -482,6 +482,9 @@ impl Engine {
         &self.stats
     }
 
+    /// The ChannelData fast path. Not through turn::proto's `ChannelData`: it decodes into owned
+    /// `Vec`s (an allocation and a copy per datagram); the 4-byte header is read in place here, and
+    /// written in place by [`Engine::handle_peer`].
     fn channel_data<'a>(&mut self, now: Instant, from: FiveTuple, buf: &'a [u8]) -> Option<Transmit<'a>> {
         if buf.len() < 4 {
             self.garbage(now, from, "short ChannelData");
