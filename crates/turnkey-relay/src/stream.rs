@@ -327,6 +327,18 @@ mod tests {
         Rc::new(RefCell::new(ShardState::new(engine, ports)))
     }
 
+    /// A shard serving plain TCP on a loopback port with `limits` (call inside a `LocalSet`).
+    fn serve_tcp(metrics: &RelayMetrics, limits: StreamLimits) -> (SocketAddr, Rc<RefCell<ShardState>>, Rc<StreamCtx>) {
+        let ctx =
+            Rc::new(StreamCtx { limits, limiter: ConnLimiter::new(64, 100), tls: None, metrics: metrics.clone() });
+        let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        let addr = std_listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
+        let state = shard(metrics);
+        tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), listener, Transport::Tcp));
+        (addr, state, ctx)
+    }
+
     /// The real driver on a paused clock: a connection that never allocates is closed when the
     /// default 60 s allocate timeout passes, and not before, without the test waiting 60 s.
     #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -337,17 +349,7 @@ mod tests {
                 let metrics = RelayMetrics::unregistered();
                 let limits = StreamLimits::default();
                 assert_eq!(limits.allocate_timeout, Duration::from_secs(60));
-                let ctx = Rc::new(StreamCtx {
-                    limits,
-                    limiter: ConnLimiter::new(64, 100),
-                    tls: None,
-                    metrics: metrics.clone(),
-                });
-                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-                let addr = std_listener.local_addr().unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                let state = shard(&metrics);
-                tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), listener, Transport::Tcp));
+                let (addr, _state, ctx) = serve_tcp(&metrics, limits);
 
                 let start = tokio::time::Instant::now();
                 let real = Instant::now();
@@ -390,16 +392,7 @@ mod tests {
         local
             .run_until(async {
                 let metrics = RelayMetrics::unregistered();
-                let ctx = Rc::new(StreamCtx {
-                    limits: StreamLimits::default(),
-                    limiter: ConnLimiter::new(64, 100),
-                    tls: None,
-                    metrics: metrics.clone(),
-                });
-                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-                let addr = std_listener.local_addr().unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                tokio::task::spawn_local(accept_loop(shard(&metrics), ctx, listener, Transport::Tcp));
+                let (addr, _state, _ctx) = serve_tcp(&metrics, StreamLimits::default());
                 let mut c = TcpStream::connect(addr).await.unwrap();
                 c.set_nodelay(true).unwrap();
                 let binding = |tx: u8| {
@@ -438,17 +431,7 @@ mod tests {
             .run_until(async {
                 let metrics = RelayMetrics::unregistered();
                 let limits = StreamLimits { outbound_queue: 4, ..StreamLimits::default() };
-                let ctx = Rc::new(StreamCtx {
-                    limits,
-                    limiter: ConnLimiter::new(64, 100),
-                    tls: None,
-                    metrics: metrics.clone(),
-                });
-                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-                let addr = std_listener.local_addr().unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                let state = shard(&metrics);
-                tokio::task::spawn_local(accept_loop(state.clone(), ctx, listener, Transport::Tcp));
+                let (addr, state, _ctx) = serve_tcp(&metrics, limits);
                 let _slow = TcpStream::connect(addr).await.unwrap();
                 let _other = TcpStream::connect(addr).await.unwrap();
                 while state.borrow().clients.stream_tuples().count() < 2 {
