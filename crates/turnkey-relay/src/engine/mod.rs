@@ -41,7 +41,7 @@ use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
 use crate::usage::{UsageDelta, UsageSink};
 
 use allocation::Allocation;
-use error::StunError;
+pub(crate) use error::StunError;
 use limiter::ReplyLimiter;
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, metrics flush).
