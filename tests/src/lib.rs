@@ -367,3 +367,27 @@ pub fn aioice(args: &[&str]) -> serde_json::Value {
     assert!(out.status.success(), "aioice failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("bad JSON {stdout}: {e}"))
 }
+
+/// Runs coturn's `turnutils_uclient` against `port` on 127.0.0.1 with TURN REST credentials from
+/// `tk`'s secret: 5 clients, 200 messages of 120 bytes each, plus `extra` flags (`-t` for TCP,
+/// `-S` for TLS, `-s` for Send indications). Asserts it exits successfully; returns its output.
+pub fn uclient(tk: &Turnkey, port: u16, extra: &[&str]) -> String {
+    let secret = tk.secret();
+    let port = port.to_string();
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args(["-W", &secret, "-u", "uclient", "-y", "-m", "5", "-n", "200", "-l", "120", "-p", &port])
+        .args(extra)
+        .arg("127.0.0.1");
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Asserts a `turnutils_uclient` run lost nothing and saw no 4xx/5xx answer.
+pub fn assert_uclient_zero_loss(text: &str) {
+    let line = text.lines().find(|l| l.contains("Total lost packets")).unwrap_or_else(|| panic!("no summary:\n{text}"));
+    assert!(line.contains("Total lost packets 0 (0.000000%)"), "{line}");
+    assert!(line.contains("total send dropped 0 "), "{line}");
+    assert!(!text.contains("error 4") && !text.contains("error 5"), "{text}");
+}

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use turnkey_e2e::{aioice, pem_body, require, root, run_with_timeout, served_cert, Turnkey};
+use turnkey_e2e::{
+    aioice, assert_uclient_zero_loss, pem_body, require, root, run_with_timeout, served_cert, uclient, Turnkey,
+};
 
 const ALLOW_LOOPBACK: &[&str] = &["--allow-peer", "127.0.0.1"];
 
@@ -63,26 +65,6 @@ fn aioice_relays_both_ways_over_tls_trusting_the_generated_certificate() {
     assert_relayed_both_ways(&tk, "tls", tk.tls());
 }
 
-fn uclient(tk: &Turnkey, port: u16, extra: &[&str]) -> String {
-    let secret = tk.secret();
-    let port = port.to_string();
-    let mut cmd = Command::new("turnutils_uclient");
-    cmd.args(["-W", &secret, "-u", "uclient", "-y", "-m", "5", "-n", "200", "-l", "120", "-p", &port])
-        .args(extra)
-        .arg("127.0.0.1");
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn assert_zero_loss(text: &str) {
-    let line = text.lines().find(|l| l.contains("Total lost packets")).unwrap_or_else(|| panic!("no summary:\n{text}"));
-    assert!(line.contains("Total lost packets 0 (0.000000%)"), "{line}");
-    assert!(line.contains("total send dropped 0 "), "{line}");
-    assert!(!text.contains("error 4") && !text.contains("error 5"), "{text}");
-}
-
 #[test]
 fn uclient_over_tcp_client_to_client_zero_loss() {
     if !require("turnutils_uclient") {
@@ -91,7 +73,7 @@ fn uclient_over_tcp_client_to_client_zero_loss() {
     // Debian's uclient (coturn 4.6) picks RFC 5766 channel numbers, so this test opts in.
     let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--rfc5766-channel-numbers"]);
     let text = uclient(&tk, tk.tcp().port(), &["-t"]);
-    assert_zero_loss(&text);
+    assert_uclient_zero_loss(&text);
     std::thread::sleep(Duration::from_millis(1200));
     let packets = tk.metric("turnkey_relay_relayed_packets_total", &["client_to_peer", "transport=\"tcp\""]);
     assert!(packets >= 1000.0, "relay saw {packets} TCP packets");
@@ -104,7 +86,7 @@ fn uclient_over_tls_client_to_client_zero_loss() {
     }
     let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--rfc5766-channel-numbers"]);
     let text = uclient(&tk, tk.tls().port(), &["-t", "-S"]);
-    assert_zero_loss(&text);
+    assert_uclient_zero_loss(&text);
     std::thread::sleep(Duration::from_millis(1200));
     let packets = tk.metric("turnkey_relay_relayed_packets_total", &["client_to_peer", "transport=\"tls\""]);
     assert!(packets >= 1000.0, "relay saw {packets} TLS packets");

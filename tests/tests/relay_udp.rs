@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use turnkey_e2e::{aioice, require, run_with_timeout, Turnkey};
+use turnkey_e2e::{aioice, assert_uclient_zero_loss, require, run_with_timeout, uclient, Turnkey};
 
 const ALLOW_LOOPBACK: &[&str] = &["--allow-peer", "127.0.0.1"];
 
@@ -54,26 +54,6 @@ fn default_policy_refuses_loopback_peers() {
     assert!(tk.metric("turnkey_relay_peer_denied_total", &[]) >= 1.0);
 }
 
-fn uclient(tk: &Turnkey, extra: &[&str]) -> String {
-    let port = tk.udp().port().to_string();
-    let secret = tk.secret();
-    let mut cmd = Command::new("turnutils_uclient");
-    cmd.args(["-W", &secret, "-u", "uclient", "-y", "-m", "5", "-n", "200", "-l", "120", "-p", &port])
-        .args(extra)
-        .arg("127.0.0.1");
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn assert_zero_loss(text: &str) {
-    let line = text.lines().find(|l| l.contains("Total lost packets")).unwrap_or_else(|| panic!("no summary:\n{text}"));
-    assert!(line.contains("Total lost packets 0 (0.000000%)"), "{line}");
-    assert!(line.contains("total send dropped 0 "), "{line}");
-    assert!(!text.contains("error 4") && !text.contains("error 5"), "{text}");
-}
-
 #[test]
 fn uclient_client_to_client_channels_zero_loss() {
     if !require("turnutils_uclient") {
@@ -81,8 +61,8 @@ fn uclient_client_to_client_channels_zero_loss() {
     }
     // Debian's uclient (coturn 4.6) picks RFC 5766 channel numbers, so this test opts in.
     let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--rfc5766-channel-numbers"]);
-    let text = uclient(&tk, &[]);
-    assert_zero_loss(&text);
+    let text = uclient(&tk, tk.udp().port(), &[]);
+    assert_uclient_zero_loss(&text);
     std::thread::sleep(Duration::from_millis(1200));
     let packets = tk.metric("turnkey_relay_relayed_packets_total", &["client_to_peer", "transport=\"udp\""]);
     assert!(packets >= 1000.0, "relay saw {packets} packets");
@@ -94,8 +74,8 @@ fn uclient_send_indications_zero_loss() {
         return;
     }
     let tk = Turnkey::serve(ALLOW_LOOPBACK);
-    let text = uclient(&tk, &["-s"]);
-    assert_zero_loss(&text);
+    let text = uclient(&tk, tk.udp().port(), &["-s"]);
+    assert_uclient_zero_loss(&text);
 }
 
 #[test]

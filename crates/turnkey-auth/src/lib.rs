@@ -7,18 +7,22 @@
 //! - the secret ring ([`SecretRing`]): sign with the newest secret, accept every configured one;
 //! - stateless nonces ([`NonceKey`]): an HMAC over the issue time and the client address, so an
 //!   unauthenticated flood cannot grow server memory;
+//! - HMAC-SHA1 ([`hmac_sha1`]), shared by the scheme, the nonces and STUN's MESSAGE-INTEGRITY
+//!   (the relay and `turnkey-load` use this one copy);
 //! - the revocation set type ([`RevocationSet`]) that the issuer fills and the relay consults.
 //!
 //! It must not import tokio, axum, sockets or read the clock: every function that depends on the
 //! time takes `now` ([`UnixTime`]) as an argument, so tests drive time by hand.
 
 mod error;
+mod mac;
 mod nonce;
 mod rest;
 mod revocation;
 mod ring;
 
 pub use error::AuthError;
+pub use mac::{hmac_sha1, hmac_sha1_verify, HMAC_SHA1_LEN};
 pub use nonce::{NonceKey, NonceStatus};
 pub use rest::{long_term_key, Credential, RestUsername};
 pub use revocation::RevocationSet;

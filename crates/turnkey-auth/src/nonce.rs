@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use subtle::ConstantTimeEq;
 
-use crate::rest::hmac_sha1;
+use crate::mac::hmac_sha1;
 use crate::ring::SecretRing;
 use crate::UnixTime;
 
@@ -46,8 +46,8 @@ impl NonceKey {
     /// A key derived from the newest secret, so every shard and every process sharing the secret
     /// accepts each other's nonces, and rotating the secret invalidates old nonces.
     pub fn derive(ring: &SecretRing) -> Self {
-        let a = hmac_sha1(ring.newest().as_bytes(), b"turnkey nonce key v1/a");
-        let b = hmac_sha1(ring.newest().as_bytes(), b"turnkey nonce key v1/b");
+        let a = hmac_sha1(ring.newest().as_bytes(), &[b"turnkey nonce key v1/a"]);
+        let b = hmac_sha1(ring.newest().as_bytes(), &[b"turnkey nonce key v1/b"]);
         let mut k = [0u8; 32];
         k[..20].copy_from_slice(&a);
         k[20..].copy_from_slice(&b[..12]);
@@ -93,7 +93,7 @@ impl NonceKey {
             IpAddr::V6(ip) => buf[8..24].copy_from_slice(&ip.octets()),
         }
         buf[24..].copy_from_slice(&client.port().to_be_bytes());
-        hmac_sha1(&self.0, &buf)
+        hmac_sha1(&self.0, &[&buf])
     }
 }
 

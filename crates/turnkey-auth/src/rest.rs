@@ -2,11 +2,10 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
-use sha1::Sha1;
 
 use crate::error::AuthError;
+use crate::mac::hmac_sha1;
 use crate::ring::Secret;
 use crate::UnixTime;
 
@@ -76,7 +75,7 @@ impl<'a> RestUsername<'a> {
 
 /// `base64(HMAC-SHA1(secret, username))`.
 pub fn password(secret: &Secret, username: &str) -> String {
-    STANDARD.encode(hmac_sha1(secret.as_bytes(), username.as_bytes()))
+    STANDARD.encode(hmac_sha1(secret.as_bytes(), &[username.as_bytes()]))
 }
 
 /// The RFC 8489 long-term key: `MD5(username ":" realm ":" password)`.
@@ -88,16 +87,6 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
     h.update(b":");
     h.update(password.as_bytes());
     h.finalize().into()
-}
-
-pub(crate) fn hmac_sha1(key: &[u8], data: &[u8]) -> [u8; 20] {
-    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = match Hmac::<Sha1>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    mac.update(data);
-    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]

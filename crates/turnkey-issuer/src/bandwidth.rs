@@ -1,5 +1,6 @@
 //! `GET /api/bandwidth-status`: the app key's measured usage in the shape the apps' own endpoints
-//! returned when they estimated it (see `shared/cloudflare-api.md`):
+//! returned when they estimated it (documented in `docs/observability.md` and
+//! `docs/api/openapi.yaml`):
 //!
 //! ```json
 //! {"bandwidthUsedGB": "45.23", "bandwidthLimitGB": 1000, "percentage": 4.52,

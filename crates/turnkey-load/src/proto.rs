@@ -4,8 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
+use turnkey_auth::hmac_sha1;
 
 /// The STUN magic cookie.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
@@ -103,20 +102,8 @@ impl<'a> MessageWriter<'a> {
         // The length field must count the MESSAGE-INTEGRITY attribute itself (RFC 8489 §14.5).
         let len = (self.buf.len() - HEADER_LEN + 24) as u16;
         self.buf[2..4].copy_from_slice(&len.to_be_bytes());
-        let mac = hmac_sha1(key, self.buf);
+        let mac = hmac_sha1(key, &[self.buf]);
         self.attr(attr::MESSAGE_INTEGRITY, &mac)
-    }
-}
-
-/// `HMAC-SHA1(key, data)`.
-pub fn hmac_sha1(key: &[u8], data: &[u8]) -> [u8; 20] {
-    match Hmac::<Sha1>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(data);
-            mac.finalize().into_bytes().into()
-        }
-        // HMAC takes keys of any length.
-        Err(_) => [0u8; 20],
     }
 }
 

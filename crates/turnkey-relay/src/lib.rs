@@ -22,6 +22,7 @@ pub mod usage;
 pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 mod server;
+mod shard;
 pub mod stream;
 pub mod tls;
 pub mod udp;

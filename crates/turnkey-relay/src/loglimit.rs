@@ -36,6 +36,7 @@ impl LogLimiter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests start from an arbitrary instant and drive time by hand")]
 mod tests {
     use super::*;
 

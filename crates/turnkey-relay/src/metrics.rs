@@ -4,6 +4,7 @@
 
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::engine::StunError;
 use crate::types::Transport;
 
 /// Every metric the relay exports.
@@ -177,6 +178,9 @@ impl RelayMetrics {
             m.auth_failures.with_label_values(&[r]);
         }
         m.allocation_attempts.with_label_values(&["success"]);
+        for e in StunError::ALL {
+            m.allocation_attempts.with_label_values(&[e.label()]);
+        }
         Ok(m)
     }
 
@@ -265,5 +269,27 @@ impl ShardStats {
             }
         }
         *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_allocate_result_is_exported_from_the_start() {
+        let registry = Registry::new();
+        RelayMetrics::new(&registry).unwrap();
+        let family = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "turnkey_relay_allocation_attempts_total")
+            .expect("registered");
+        let mut results: Vec<String> =
+            family.get_metric().iter().map(|m| m.get_label()[0].value().to_owned()).collect();
+        results.sort();
+        let mut expected: Vec<String> = StunError::ALL.iter().map(|e| e.code().to_string()).collect();
+        expected.push("success".to_owned());
+        assert_eq!(results, expected);
     }
 }

@@ -13,10 +13,11 @@ use tokio::sync::watch;
 use crate::conn::{ConnLimiter, StreamLimits};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::metrics::RelayMetrics;
+use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
 use crate::types::{Now, Transport};
-use crate::udp::{client_loop, ClientSockets, Ports, RelayAddrs, Reservations, ShardState};
+use crate::udp::{client_loop, Ports, RelayAddrs, Reservations};
 use crate::RelayError;
 
 /// Everything `run` needs besides sockets.
@@ -192,7 +193,7 @@ async fn shard_main(
         metrics: metrics.clone(),
     });
     let engine = Engine::new(cfg, shared, metrics, now.mono);
-    let state = Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }));
+    let state = Rc::new(RefCell::new(ShardState::new(engine, ports)));
     state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
     let mut tasks = Vec::new();
     for s in listeners.udp {

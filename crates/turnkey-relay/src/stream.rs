@@ -8,7 +8,7 @@
 //!   engine while the shard is borrowed once per read, and enforces the [`ConnTimers`] decisions
 //!   (handshake, never-allocated and idle timeouts);
 //! - the writer: drains the connection's bounded outbound queue. Everything sent to the client
-//!   (responses, ChannelData, Data indications) goes through [`ClientSockets::send`], which only
+//!   (responses, ChannelData, Data indications) goes through `shard::ClientSockets::send`, which only
 //!   `try_send`s into that queue: a slow reader loses its own packets (counted as `queue_full`)
 //!   and never stalls the shard.
 //!
@@ -27,12 +27,11 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::conn::{CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
-use crate::engine::Transmit;
 use crate::framing::{Frame, FramingError, StreamDecoder};
 use crate::metrics::RelayMetrics;
+use crate::shard::ShardState;
 use crate::tls::TlsConfigs;
 use crate::types::{ClientAddr, FiveTuple, Now, Transport};
-use crate::udp::ShardState;
 
 /// Bytes read from a connection at once (also the decoder's `max_read`).
 const READ_BUF: usize = 16 * 1024;
@@ -44,9 +43,9 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 const BACKLOG: i32 = 1024;
 
 /// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
-/// them). Port 0 is first resolved to a port nobody uses (see `udp::unshared_port`).
+/// them). Port 0 is first resolved to a port nobody uses (see `shard::unshared_port`).
 pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let addr = crate::udp::unshared_port(addr, Type::STREAM)?;
+    let addr = crate::shard::unshared_port(addr, Type::STREAM)?;
     (0..n.max(1)).map(|_| bind_listener(addr)).collect()
 }
 
@@ -259,19 +258,11 @@ where
 /// message was among them (the allocation may have changed).
 fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDecoder) -> Result<bool, FramingError> {
     let st = &mut *shard.borrow_mut();
-    let ShardState { engine, ports, clients } = st;
     let now = Now::system();
     let mut stun = false;
     while let Some(frame) = decoder.next_frame()? {
         stun |= matches!(frame, Frame::Stun(_));
-        let result = match engine.handle_client(now, tuple, frame.as_bytes(), ports) {
-            Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
-            Some(Transmit::Client { to, data }) => clients.send(to, &data),
-            None => Ok(()),
-        };
-        if let Err(reason) = result {
-            engine.count_drop(reason);
-        }
+        st.client_input(now, tuple, frame.as_bytes());
     }
     Ok(stun)
 }
@@ -314,6 +305,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests start from an arbitrary instant and drive time by hand")]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::Arc;
@@ -324,7 +316,7 @@ mod tests {
     use super::*;
     use crate::engine::{Engine, EngineConfig, Shared};
     use crate::policy::PeerPolicy;
-    use crate::udp::{ClientSockets, Ports, RelayAddrs, Reservations};
+    use crate::udp::{Ports, RelayAddrs, Reservations};
 
     fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
         let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
@@ -332,7 +324,19 @@ mod tests {
         let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), metrics.clone(), Instant::now());
         let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
         let ports = Ports::new(addrs, Reservations::default());
-        Rc::new(RefCell::new(ShardState { engine, ports, clients: ClientSockets::default() }))
+        Rc::new(RefCell::new(ShardState::new(engine, ports)))
+    }
+
+    /// A shard serving plain TCP on a loopback port with `limits` (call inside a `LocalSet`).
+    fn serve_tcp(metrics: &RelayMetrics, limits: StreamLimits) -> (SocketAddr, Rc<RefCell<ShardState>>, Rc<StreamCtx>) {
+        let ctx =
+            Rc::new(StreamCtx { limits, limiter: ConnLimiter::new(64, 100), tls: None, metrics: metrics.clone() });
+        let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        let addr = std_listener.local_addr().unwrap();
+        let listener = TcpListener::from_std(std_listener).unwrap();
+        let state = shard(metrics);
+        tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), listener, Transport::Tcp));
+        (addr, state, ctx)
     }
 
     /// The real driver on a paused clock: a connection that never allocates is closed when the
@@ -345,17 +349,7 @@ mod tests {
                 let metrics = RelayMetrics::unregistered();
                 let limits = StreamLimits::default();
                 assert_eq!(limits.allocate_timeout, Duration::from_secs(60));
-                let ctx = Rc::new(StreamCtx {
-                    limits,
-                    limiter: ConnLimiter::new(64, 100),
-                    tls: None,
-                    metrics: metrics.clone(),
-                });
-                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-                let addr = std_listener.local_addr().unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                let state = shard(&metrics);
-                tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), listener, Transport::Tcp));
+                let (addr, _state, ctx) = serve_tcp(&metrics, limits);
 
                 let start = tokio::time::Instant::now();
                 let real = Instant::now();
@@ -398,16 +392,7 @@ mod tests {
         local
             .run_until(async {
                 let metrics = RelayMetrics::unregistered();
-                let ctx = Rc::new(StreamCtx {
-                    limits: StreamLimits::default(),
-                    limiter: ConnLimiter::new(64, 100),
-                    tls: None,
-                    metrics: metrics.clone(),
-                });
-                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-                let addr = std_listener.local_addr().unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                tokio::task::spawn_local(accept_loop(shard(&metrics), ctx, listener, Transport::Tcp));
+                let (addr, _state, _ctx) = serve_tcp(&metrics, StreamLimits::default());
                 let mut c = TcpStream::connect(addr).await.unwrap();
                 c.set_nodelay(true).unwrap();
                 let binding = |tx: u8| {
@@ -446,17 +431,7 @@ mod tests {
             .run_until(async {
                 let metrics = RelayMetrics::unregistered();
                 let limits = StreamLimits { outbound_queue: 4, ..StreamLimits::default() };
-                let ctx = Rc::new(StreamCtx {
-                    limits,
-                    limiter: ConnLimiter::new(64, 100),
-                    tls: None,
-                    metrics: metrics.clone(),
-                });
-                let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
-                let addr = std_listener.local_addr().unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                let state = shard(&metrics);
-                tokio::task::spawn_local(accept_loop(state.clone(), ctx, listener, Transport::Tcp));
+                let (addr, state, _ctx) = serve_tcp(&metrics, limits);
                 let _slow = TcpStream::connect(addr).await.unwrap();
                 let _other = TcpStream::connect(addr).await.unwrap();
                 while state.borrow().clients.stream_tuples().count() < 2 {

@@ -13,16 +13,21 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::rc::{Rc, Weak};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "held EVEN-PORT reservations: locked on Allocate only, never per packet"
+)]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::engine::{Engine, PortRequest, RelayBinding, RelayPorts, Transmit, PEER_HEADROOM, PEER_TAILROOM};
+use crate::engine::{PortRequest, RelayBinding, RelayPorts, PEER_HEADROOM, PEER_TAILROOM};
 use crate::metrics::DropReason;
-use crate::stream::StreamConn;
+use crate::shard::ShardState;
 use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 
 /// Receive buffer size: larger than any UDP datagram, so nothing is ever truncated.
@@ -50,26 +55,10 @@ pub struct RelayAddrs {
 }
 
 /// Binds `n` UDP sockets on `addr` with SO_REUSEPORT (the kernel hashes each client to one of
-/// them). Port 0 is first resolved to a port nobody uses (see [`unshared_port`]).
+/// them). Port 0 is first resolved to a port nobody uses (see `shard::unshared_port`).
 pub fn bind_udp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let addr = unshared_port(addr, Type::DGRAM)?;
+    let addr = crate::shard::unshared_port(addr, Type::DGRAM)?;
     (0..n.max(1)).map(|_| bind_reuseport(addr)).collect()
-}
-
-/// Resolves port 0 to a concrete free port by binding a socket *without* SO_REUSEPORT. A
-/// SO_REUSEPORT socket bound to port 0 may be given a port another process of the same user
-/// already holds with SO_REUSEPORT, silently joining its group (the kernel would then hash some
-/// clients to the other process); a plain bind never shares.
-pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    let probe = Socket::new(Domain::for_address(addr), ty, None)?;
-    if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
-    }
-    probe.bind(&addr.into())?;
-    probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -90,66 +79,13 @@ fn set_buffers(s: &Socket, size: usize) {
     let _ = s.set_send_buffer_size(size);
 }
 
-/// One shard's engine and its relay sockets, shared by the shard's tasks.
-pub(crate) struct ShardState {
-    pub engine: Engine,
-    pub ports: Ports,
-    pub clients: ClientSockets,
-}
-
-/// The shard's client-facing UDP sockets, by local address, and its TCP/TLS connections.
-#[derive(Default)]
-pub(crate) struct ClientSockets {
-    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
-    streams: HashMap<FiveTuple, StreamConn>,
-}
-
-impl ClientSockets {
-    pub fn add_udp(&mut self, local: SocketAddr, s: Rc<UdpSocket>) {
-        self.udp.push((local, s));
-    }
-
-    pub fn add_stream(&mut self, tuple: FiveTuple, conn: StreamConn) {
-        self.streams.insert(tuple, conn);
-    }
-
-    pub fn remove_stream(&mut self, tuple: &FiveTuple) -> Option<StreamConn> {
-        self.streams.remove(tuple)
-    }
-
-    pub fn stream_tuples(&self) -> impl Iterator<Item = FiveTuple> + '_ {
-        self.streams.keys().copied()
-    }
-
-    pub fn stream_task(&self, tuple: &FiveTuple) -> Option<tokio::task::AbortHandle> {
-        self.streams.get(tuple).map(StreamConn::task)
-    }
-
-    /// Sends to a client: a UDP datagram (a full socket buffer drops it), or a frame queued on
-    /// the client's connection (a full queue drops it).
-    pub fn send(&self, to: FiveTuple, data: &[u8]) -> Result<(), DropReason> {
-        match to.transport {
-            Transport::Udp => {
-                let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
-                    return Err(DropReason::NoAllocation);
-                };
-                send_now(s, data, to.client.0)
-            }
-            Transport::Tcp | Transport::Tls => match self.streams.get(&to) {
-                Some(c) if c.try_send(data) => Ok(()),
-                Some(_) => Err(DropReason::QueueFull),
-                None => Err(DropReason::NoAllocation),
-            },
-        }
-    }
-}
-
 /// How long a reserved port (EVEN-PORT with the R bit) is held for its RESERVATION-TOKEN.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Ports held for RESERVATION-TOKENs, shared by every shard: the Allocate that redeems a token
 /// may arrive on any shard, so the held socket moves to whichever shard asks first.
 #[derive(Debug, Default, Clone)]
+#[allow(clippy::disallowed_types, reason = "held EVEN-PORT reservations: locked on Allocate only, never per packet")]
 pub struct Reservations {
     inner: Arc<Mutex<HashMap<u64, (std::net::UdpSocket, Instant)>>>,
 }
@@ -248,7 +184,7 @@ impl Ports {
 /// yet been seen writable by the reactor, which dropped the first datagram to a new peer on a
 /// busy shard.
 #[inline]
-fn send_now(s: &UdpSocket, data: &[u8], to: SocketAddr) -> Result<(), DropReason> {
+pub(crate) fn send_now(s: &UdpSocket, data: &[u8], to: SocketAddr) -> Result<(), DropReason> {
     socket2::SockRef::from(s).send_to(data, &to.into()).map(|_| ()).map_err(|_| DropReason::QueueFull)
 }
 
@@ -265,6 +201,7 @@ fn bind_relay(addr: SocketAddr) -> Option<std::net::UdpSocket> {
 
 impl RelayPorts for Ports {
     fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
+        #[allow(clippy::disallowed_methods, reason = "the driver's clock: how long a reserved port is held")]
         let now = Instant::now();
         let (socket, next) = match request {
             PortRequest::Reserved(token) => (self.reservations.take(token, now)?, None),
@@ -298,18 +235,7 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, socket: Rc<UdpSo
             }
         };
         let tuple = FiveTuple { transport: Transport::Udp, client: ClientAddr(from), server: local };
-        let st = &mut *shard.borrow_mut();
-        let now = Now::system();
-        let ShardState { engine, ports, clients } = st;
-        let out = engine.handle_client(now, tuple, &buf[..n], ports);
-        let result = match out {
-            Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
-            Some(Transmit::Client { to, data }) => clients.send(to, &data),
-            None => Ok(()),
-        };
-        if let Err(reason) = result {
-            engine.count_drop(reason);
-        }
+        shard.borrow_mut().client_input(Now::system(), tuple, &buf[..n]);
     }
 }
 
@@ -325,14 +251,7 @@ async fn peer_loop(shard: Weak<RefCell<ShardState>>, socket: Rc<UdpSocket>, hand
             }
         };
         let Some(shard) = shard.upgrade() else { return };
-        let st = &mut *shard.borrow_mut();
-        let now = Now::system();
-        let ShardState { engine, clients, .. } = st;
-        if let Some(Transmit::Client { to, data }) = engine.handle_peer(now, handle, PeerAddr(from), &mut buf, n) {
-            if let Err(reason) = clients.send(to, &data) {
-                engine.count_drop(reason);
-            }
-        }
+        shard.borrow_mut().peer_input(Now::system(), handle, PeerAddr(from), &mut buf, n);
     }
 }
 
@@ -388,20 +307,5 @@ mod tests {
                 assert_eq!((&buf[..n], from.port()), (&[i][..], binding.advertised.port()));
             }
         });
-    }
-
-    #[test]
-    fn tcp_port_zero_never_joins_another_reuseport_group() {
-        let held: Vec<_> = (0..300)
-            .map(|_| crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0))
-            .collect();
-        let ports: HashSet<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        assert_eq!(ports.len(), held.len(), "every listener got its own port");
-        for _ in 0..200 {
-            let shards = crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-            let p = shards[0].local_addr().unwrap().port();
-            assert!(!ports.contains(&p), "listener joined a foreign group on port {p}");
-            assert_eq!(shards[1].local_addr().unwrap().port(), p);
-        }
     }
 }

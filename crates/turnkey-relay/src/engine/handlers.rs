@@ -1,43 +1,57 @@
 //! Request handling: authentication, Allocate, Refresh, CreatePermission, ChannelBind, Send and
-//! Binding. Every answer is built here; the engine's data path lives in `mod.rs`.
+//! Binding. Handlers return a success message or a [`StunError`]; the answer is encoded in one
+//! place per request ([`Engine::answer`]). TURN attributes are read and written through
+//! webrtc-rs's `turn::proto` types on `stun` messages; the exceptions say why where they are.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use stun::attributes::{
-    AttrType, ATTR_CHANNEL_NUMBER, ATTR_DATA, ATTR_EVEN_PORT, ATTR_LIFETIME, ATTR_NONCE, ATTR_REALM,
-    ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_REQUESTED_TRANSPORT, ATTR_RESERVATION_TOKEN, ATTR_SOFTWARE, ATTR_USERNAME,
-    ATTR_XORMAPPED_ADDRESS, ATTR_XOR_PEER_ADDRESS, ATTR_XOR_RELAYED_ADDRESS,
+    AttrType, Attributes, RawAttribute, ATTR_DATA, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_ADDRESS_FAMILY,
+    ATTR_SOFTWARE, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::message::{
-    Message, MessageType, CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, MAGIC_COOKIE,
+    Getter, Message, MessageType, CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE,
     METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_DATA, METHOD_REFRESH,
     METHOD_SEND,
 };
 use stun::textattrs::TextAttribute;
 use stun::uattrs::UnknownAttributes;
 use stun::xoraddr::XorMappedAddress;
-use turnkey_auth::{long_term_key, NonceStatus, RestUsername, UnixTime};
+use turn::proto::channum::ChannelNumber as ChannelNumberAttr;
+use turn::proto::data::Data;
+use turn::proto::evenport::EvenPort;
+use turn::proto::lifetime::Lifetime;
+use turn::proto::peeraddr::PeerAddress;
+use turn::proto::relayaddr::RelayedAddress;
+use turn::proto::reqfamily::{RequestedAddressFamily, REQUESTED_FAMILY_IPV6};
+use turn::proto::reqtrans::RequestedTransport;
+use turn::proto::rsrvtoken::ReservationToken;
+use turn::proto::PROTO_UDP;
+use turnkey_auth::{long_term_key, NonceStatus, RestUsername};
 
-use super::allocation::{Allocation, BindCheck, Channel, TokenBucket};
+use super::allocation::{Allocation, Grant, Owner};
+use super::error::StunError;
 use super::message::{self, add, add_error, finish, response, Parsed};
 use super::{Engine, PortRequest, RelayPorts, Transmit};
 use crate::metrics::{Direction, DropReason};
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr};
 
-/// A request that passed authentication.
-struct Auth {
-    username: String,
-    key: [u8; 16],
-    userid: String,
-    expiry: UnixTime,
+/// Why authentication produced no [`Owner`]: the encoded answer and its error, or nothing (the
+/// per-IP reply limit suppressed it).
+enum Refused {
+    Reply(StunError, Vec<u8>),
+    Drop,
 }
 
-enum Outcome {
-    Ok(Auth),
-    Reply(Vec<u8>),
-    Drop,
+impl Refused {
+    fn into_reply(self) -> Option<Vec<u8>> {
+        match self {
+            Self::Reply(_, bytes) => Some(bytes),
+            Self::Drop => None,
+        }
+    }
 }
 
 impl Engine {
@@ -74,7 +88,7 @@ impl Engine {
         let m = &p.msg;
         let unknown = message::unknown_required(m);
         if !unknown.is_empty() {
-            let mut r = self.error(m, 420);
+            let mut r = self.error(m, StunError::UnknownAttribute);
             add(&mut r, &UnknownAttributes(unknown));
             return self.unauth_reply(now, from, finish(r, None));
         }
@@ -88,80 +102,77 @@ impl Engine {
             }
             METHOD_ALLOCATE => self.allocate(now, from, p, ports),
             METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND => {
-                let Some(&idx) = self.by_tuple.get(&from) else {
-                    // Requests for an unknown 5-tuple: authenticate first so strangers learn nothing.
-                    return match self.authenticate(now, from, p, None) {
-                        Outcome::Ok(auth) => Some(self.error_reply(m, 437, Some(&auth.key))),
-                        Outcome::Reply(r) => Some(r),
-                        Outcome::Drop => None,
-                    };
+                let existing = self.by_tuple.get(&from).copied();
+                let owner = match self.authenticate(now, from, p, existing) {
+                    Ok(o) => o,
+                    Err(refused) => return refused.into_reply(),
                 };
-                let auth = match self.authenticate(now, from, p, Some(idx)) {
-                    Outcome::Ok(a) => a,
-                    Outcome::Reply(r) => return Some(r),
-                    Outcome::Drop => return None,
+                // A request for an unknown 5-tuple is authenticated first, so strangers learn nothing.
+                let result = match (existing, m.typ.method) {
+                    (None, _) => Err(StunError::AllocationMismatch),
+                    (Some(idx), METHOD_REFRESH) => self.refresh(now, idx, m, ports),
+                    (Some(idx), METHOD_CREATE_PERMISSION) => self.create_permission(now, idx, m),
+                    (Some(idx), _) => self.channel_bind(now, idx, m),
                 };
-                Some(match m.typ.method {
-                    METHOD_REFRESH => self.refresh(now, idx, m, &auth, ports),
-                    METHOD_CREATE_PERMISSION => self.create_permission(now, idx, m, &auth),
-                    _ => self.channel_bind(now, idx, m, &auth),
-                })
+                Some(self.answer(m, result, &owner.key))
             }
-            _ => self.unauth_reply(now, from, finish(self.error(m, 400), None)),
+            _ => self.unauth_reply(now, from, finish(self.error(m, StunError::BadRequest), None)),
         }
     }
 
     /// RFC 8489 §9.2 long-term credential checks with TURN REST usernames.
-    fn authenticate(&mut self, now: Now, from: FiveTuple, p: &Parsed, existing: Option<usize>) -> Outcome {
+    fn authenticate(
+        &mut self,
+        now: Now,
+        from: FiveTuple,
+        p: &Parsed,
+        existing: Option<usize>,
+    ) -> Result<Owner, Refused> {
         let m = &p.msg;
         let Some(mi_offset) = p.mi_offset else {
             self.auth_failed(now, from, "missing_integrity");
-            return self.challenge(now, from, m, 401);
+            return Err(self.challenge(now, from, m, StunError::Unauthorized));
         };
         let (Some(username), Some(realm), Some(nonce)) =
             (text(m, ATTR_USERNAME), text(m, ATTR_REALM), m.get(ATTR_NONCE).ok())
         else {
             self.auth_failed(now, from, "bad_request");
-            return match self.unauth_reply(now, from, finish(self.error(m, 400), None)) {
-                Some(r) => Outcome::Reply(r),
-                None => Outcome::Drop,
-            };
+            let bytes = finish(self.error(m, StunError::BadRequest), None);
+            return Err(self.refuse(now, from, StunError::BadRequest, bytes));
         };
         match self.cfg.nonce_key.check(&nonce, now.unix(), from.client.0, self.cfg.nonce_lifetime.as_secs()) {
             NonceStatus::Valid => {}
             NonceStatus::Stale | NonceStatus::Forged => {
                 self.auth_failed(now, from, "stale_nonce");
-                return self.challenge(now, from, m, 438);
+                return Err(self.challenge(now, from, m, StunError::StaleNonce));
             }
         }
         if realm != self.cfg.realm {
             self.auth_failed(now, from, "wrong_realm");
-            return self.challenge(now, from, m, 401);
+            return Err(self.challenge(now, from, m, StunError::Unauthorized));
         }
-        if let Some(idx) = existing {
-            if let Some(a) = self.allocs[idx].as_ref() {
-                if *a.username != *username {
-                    self.auth_failed(now, from, "wrong_credentials");
-                    return Outcome::Reply(self.error_reply(m, 441, None));
-                }
-            }
+        let allocation = existing.and_then(|i| self.allocs[i].as_ref()).map(Allocation::owner);
+        if allocation.is_some_and(|o| *o.username != *username) {
+            self.auth_failed(now, from, "wrong_credentials");
+            let e = StunError::WrongCredentials;
+            return Err(Refused::Reply(e, self.error_reply(m, e, None)));
         }
+        let cached = allocation.map(|o| o.key);
         let parsed = match RestUsername::parse(&username) {
             Ok(u) => u,
             Err(_) => {
                 self.auth_failed(now, from, "malformed_username");
-                return self.challenge(now, from, m, 401);
+                return Err(self.challenge(now, from, m, StunError::Unauthorized));
             }
         };
         if parsed.check_expiry(now.unix()).is_err() {
             self.auth_failed(now, from, "expired");
-            return self.challenge(now, from, m, 401);
+            return Err(self.challenge(now, from, m, StunError::Unauthorized));
         }
         if self.shared.revocations.is_revoked(&username) {
             self.auth_failed(now, from, "revoked");
-            return self.challenge(now, from, m, 401);
+            return Err(self.challenge(now, from, m, StunError::Unauthorized));
         }
-        let cached = existing.and_then(|i| self.allocs[i].as_ref()).map(|a| a.key);
         let key = match cached {
             Some(k) if message::integrity_matches(&m.raw, mi_offset, &k) => Some(k),
             Some(_) => None,
@@ -174,36 +185,35 @@ impl Engine {
         };
         let Some(key) = key else {
             self.auth_failed(now, from, "bad_credential");
-            return self.challenge(now, from, m, 401);
+            return Err(self.challenge(now, from, m, StunError::Unauthorized));
         };
-        let (userid, expiry) = (parsed.userid().to_owned(), parsed.expiry());
-        Outcome::Ok(Auth { username, key, userid, expiry })
+        let (userid, expiry) = (parsed.userid().into(), parsed.expiry());
+        Ok(Owner { username: username.into(), userid, key, expiry })
     }
 
     fn allocate(&mut self, now: Now, from: FiveTuple, p: &Parsed, ports: &mut dyn RelayPorts) -> Option<Vec<u8>> {
         let m = &p.msg;
         let existing = self.by_tuple.get(&from).copied();
-        let auth = match self.authenticate(now, from, p, existing) {
-            Outcome::Ok(a) => a,
-            Outcome::Reply(r) => {
-                self.attempt(reply_code(&r));
-                return Some(r);
+        let owner = match self.authenticate(now, from, p, existing) {
+            Ok(o) => o,
+            Err(Refused::Reply(e, bytes)) => {
+                self.attempt(e.label());
+                return Some(bytes);
             }
-            Outcome::Drop => return None,
+            Err(Refused::Drop) => return None,
         };
-        let result = self.allocate_authenticated(now, from, m, &auth, existing, ports);
-        if let Err(code) = result {
-            let attrs: Vec<u16> = m.attributes.0.iter().map(|a| a.typ.0).collect();
-            tracing::debug!(client = %from.client, code, ?attrs, "allocate refused");
+        match self.allocate_authenticated(now, from, m, &owner, existing, ports) {
+            Ok(bytes) => {
+                self.attempt("success");
+                Some(bytes)
+            }
+            Err(e) => {
+                let attrs: Vec<u16> = m.attributes.0.iter().map(|a| a.typ.0).collect();
+                tracing::debug!(client = %from.client, code = e.code(), ?attrs, "allocate refused");
+                self.attempt(e.label());
+                Some(self.error_reply(m, e, Some(&owner.key)))
+            }
         }
-        self.attempt(match &result {
-            Ok(_) => "success",
-            Err(code) => code_label(*code),
-        });
-        Some(match result {
-            Ok(bytes) => bytes,
-            Err(code) => self.error_reply(m, code, Some(&auth.key)),
-        })
     }
 
     fn allocate_authenticated(
@@ -211,101 +221,86 @@ impl Engine {
         now: Now,
         from: FiveTuple,
         m: &Message,
-        auth: &Auth,
+        owner: &Owner,
         existing: Option<usize>,
         ports: &mut dyn RelayPorts,
-    ) -> Result<Vec<u8>, u16> {
+    ) -> Result<Vec<u8>, StunError> {
         if let Some(a) = existing.and_then(|i| self.allocs[i].as_ref()) {
             // A retransmission gets the same answer; anything else is a mismatch.
-            return if a.allocate_txid == m.transaction_id.0 { Ok(a.allocate_response.clone()) } else { Err(437) };
+            return a
+                .retransmitted_answer(&m.transaction_id.0)
+                .map(<[u8]>::to_vec)
+                .ok_or(StunError::AllocationMismatch);
         }
         if self.shared.is_draining() {
-            return Err(508);
+            return Err(StunError::InsufficientCapacity);
         }
-        if self.shared.usage_blocked(&auth.userid) {
+        if self.shared.usage_blocked(&owner.userid) {
             // The key's monthly bandwidth cap is reached (relay enforcement on).
-            return Err(486);
+            return Err(StunError::AllocationQuotaReached);
         }
-        let transport = m.get(ATTR_REQUESTED_TRANSPORT).map_err(|_| 400u16)?;
-        if transport.len() != 4 {
-            return Err(400);
+        let transport = optional::<RequestedTransport>(m)?.ok_or(StunError::BadRequest)?;
+        if transport.protocol != PROTO_UDP {
+            return Err(StunError::UnsupportedTransport);
         }
-        if transport[0] != 17 {
-            return Err(442);
+        let even = optional::<EvenPort>(m)?;
+        let token = optional::<ReservationToken>(m)?;
+        if token.is_some() && (even.is_some() || m.contains(ATTR_REQUESTED_ADDRESS_FAMILY)) {
+            return Err(StunError::BadRequest);
         }
-        let even = m.get(ATTR_EVEN_PORT).ok();
-        let token = m.get(ATTR_RESERVATION_TOKEN).ok();
-        let family = m.get(ATTR_REQUESTED_ADDRESS_FAMILY).ok();
-        if token.is_some() && (even.is_some() || family.is_some()) {
-            return Err(400);
-        }
-        let request = match (&token, &even) {
+        let request = match (token, even) {
             (Some(t), _) => {
-                let t: [u8; 8] = t.as_slice().try_into().map_err(|_| 400u16)?;
+                let t: [u8; 8] = t.0.as_slice().try_into().map_err(|_| StunError::BadRequest)?;
                 PortRequest::Reserved(u64::from_be_bytes(t))
             }
-            (None, Some(e)) if e.len() != 1 => return Err(400),
-            (None, Some(e)) if e[0] & 0x80 != 0 => PortRequest::EvenReserveNext,
+            // EvenPort keeps its R bit private; it equals the default exactly when the bit is clear.
+            (None, Some(e)) if e != EvenPort::default() => PortRequest::EvenReserveNext,
             (None, Some(_)) => PortRequest::Even,
             (None, None) => PortRequest::Any,
         };
-        let ipv6 = match family.as_deref() {
-            None => false,
-            Some([1, ..]) => false,
-            Some([2, ..]) => true,
-            Some(_) => return Err(440),
-        };
-        if token.is_none() && ((ipv6 && !self.cfg.relay_v6) || (!ipv6 && !self.cfg.relay_v4)) {
-            return Err(440);
+        let ipv6 = requested_family(m)?.unwrap_or(false);
+        let reserved = matches!(request, PortRequest::Reserved(_));
+        if !reserved && ((ipv6 && !self.cfg.relay_v6) || (!ipv6 && !self.cfg.relay_v4)) {
+            return Err(StunError::AddressFamilyNotSupported);
         }
-        let lifetime = self.granted_lifetime(lifetime_attr(m)?);
-        self.shared.reserve(&auth.userid, self.cfg.max_allocations_per_user, self.cfg.max_allocations)?;
+        let lifetime = self.granted_lifetime(optional::<Lifetime>(m)?.map(|l| l.0));
+        self.shared.reserve(&owner.userid, self.cfg.max_allocations_per_user, self.cfg.max_allocations)?;
         let Some(binding) = ports.bind(ipv6, request) else {
-            self.shared.release(&auth.userid);
-            return Err(508);
+            self.shared.release(&owner.userid);
+            return Err(StunError::InsufficientCapacity);
         };
         let mut r = response(m, CLASS_SUCCESS_RESPONSE);
-        add_xor(&mut r, ATTR_XOR_RELAYED_ADDRESS, binding.advertised);
-        add_lifetime(&mut r, lifetime);
-        add_xor(&mut r, ATTR_XORMAPPED_ADDRESS, from.client.0);
+        let relayed = binding.advertised;
+        add(&mut r, &RelayedAddress { ip: relayed.ip(), port: relayed.port() });
+        add(&mut r, &lifetime_attr(lifetime));
+        add(&mut r, &XorMappedAddress { ip: from.client.0.ip(), port: from.client.0.port() });
         if let Some(token) = binding.reservation {
-            r.add(ATTR_RESERVATION_TOKEN, &token.to_be_bytes());
+            add(&mut r, &ReservationToken(token.to_be_bytes().to_vec()));
         }
         self.add_software(&mut r);
-        let bytes = finish(r, Some(&auth.key));
-        let a = Allocation {
-            tuple: from,
-            relay: binding.handle,
-            relay_addr: binding.advertised,
-            username: auth.username.as_str().into(),
-            userid: auth.userid.as_str().into(),
-            key: auth.key,
-            cred_expiry: auth.expiry,
-            expires: now.mono + lifetime,
-            permissions: Vec::new(),
-            channels: Vec::new(),
-            allocate_txid: m.transaction_id.0,
-            allocate_response: bytes.clone(),
-            bucket: TokenBucket::new(self.cfg.bandwidth_limit, now.mono),
-            bytes_relayed: 0,
-            unreported: [0, 0],
-            capped: false,
-        };
-        tracing::debug!(client = %from.client, relay = %binding.advertised, "allocation created");
+        let bytes = finish(r, Some(&owner.key));
+        let a = Allocation::new(
+            from,
+            (binding.handle, relayed),
+            owner.clone(),
+            now.mono + lifetime,
+            self.cfg.bandwidth_limit,
+            now.mono,
+            (m.transaction_id.0, bytes.clone()),
+        );
+        tracing::debug!(client = %from.client, relay = %relayed, "allocation created");
         self.insert(a);
         Ok(bytes)
     }
 
-    fn refresh(&mut self, now: Now, idx: usize, m: &Message, auth: &Auth, ports: &mut dyn RelayPorts) -> Vec<u8> {
-        let requested = match lifetime_attr(m) {
-            Ok(l) => l,
-            Err(code) => return self.error_reply(m, code, Some(&auth.key)),
-        };
-        if let Ok(fam) = m.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
-            let v6 = self.allocs[idx].as_ref().is_some_and(|a| a.relay_addr.is_ipv6());
-            if fam.first() != Some(if v6 { &2 } else { &1 }) {
-                return self.error_reply(m, 443, Some(&auth.key));
-            }
+    fn refresh(&mut self, now: Now, idx: usize, m: &Message, ports: &mut dyn RelayPorts) -> Result<Message, StunError> {
+        let requested = optional::<Lifetime>(m)?.map(|l| l.0);
+        let v6 = self.allocs[idx].as_ref().is_some_and(|a| a.relay_addr().is_ipv6());
+        match requested_family(m) {
+            Ok(None) => {}
+            Ok(Some(family)) if family == v6 => {}
+            Err(StunError::BadRequest) => return Err(StunError::BadRequest),
+            Ok(Some(_)) | Err(_) => return Err(StunError::PeerAddressFamilyMismatch),
         }
         let lifetime = if requested == Some(Duration::ZERO) {
             self.remove(idx, ports);
@@ -313,75 +308,45 @@ impl Engine {
         } else {
             let l = self.granted_lifetime(requested);
             if let Some(a) = self.allocs[idx].as_mut() {
-                a.expires = now.mono + l;
+                a.refresh(now.mono + l);
             }
             l
         };
         let mut r = response(m, CLASS_SUCCESS_RESPONSE);
-        add_lifetime(&mut r, lifetime);
-        self.add_software(&mut r);
-        finish(r, Some(&auth.key))
+        add(&mut r, &lifetime_attr(lifetime));
+        Ok(r)
     }
 
-    fn create_permission(&mut self, now: Now, idx: usize, m: &Message, auth: &Auth) -> Vec<u8> {
+    fn create_permission(&mut self, now: Now, idx: usize, m: &Message) -> Result<Message, StunError> {
         let mut ips: Vec<IpAddr> = Vec::new();
         for attr in m.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS) {
-            let Some(peer) = decode_xor(&attr.value, &m.transaction_id.0) else {
-                return self.error_reply(m, 400, Some(&auth.key));
-            };
-            if let Err(code) = self.check_peer(idx, peer, "create_permission") {
-                return self.error_reply(m, code, Some(&auth.key));
-            }
+            let peer = peer_address(&one_attribute(m, attr))?;
+            self.check_peer(idx, peer, "create_permission")?;
             ips.push(peer.ip());
         }
         if ips.is_empty() {
-            return self.error_reply(m, 400, Some(&auth.key));
+            return Err(StunError::BadRequest);
         }
-        let (cap, until) = (self.cfg.max_permissions, now.mono + self.cfg.permission_lifetime);
-        let Some(a) = self.allocs[idx].as_mut() else { return self.error_reply(m, 437, Some(&auth.key)) };
-        if !a.can_permit_all(&ips, now.mono, cap) {
-            return self.error_reply(m, 508, Some(&auth.key));
-        }
-        for ip in ips {
-            a.permit(ip, until, now.mono, cap);
-        }
-        self.success(m, &auth.key)
+        let grant = self.grant(now);
+        let a = self.allocs[idx].as_mut().ok_or(StunError::AllocationMismatch)?;
+        a.permit_all(&ips, &grant)?;
+        Ok(response(m, CLASS_SUCCESS_RESPONSE))
     }
 
-    fn channel_bind(&mut self, now: Now, idx: usize, m: &Message, auth: &Auth) -> Vec<u8> {
-        let number = match m.get(ATTR_CHANNEL_NUMBER) {
-            Ok(v) if v.len() == 4 => ChannelNumber(u16::from_be_bytes([v[0], v[1]])),
-            _ => return self.error_reply(m, 400, Some(&auth.key)),
-        };
+    fn channel_bind(&mut self, now: Now, idx: usize, m: &Message) -> Result<Message, StunError> {
+        let number = optional::<ChannelNumberAttr>(m)?.ok_or(StunError::BadRequest)?;
+        // The range is checked here, not with ChannelNumberAttr::valid(), which always allows
+        // RFC 5766's 0x7FFF; RFC 8656 ends at 0x4FFF unless the operator opts in.
+        let number = ChannelNumber(number.0);
         if number.0 < ChannelNumber::MIN || number.0 > self.cfg.max_channel() {
-            return self.error_reply(m, 400, Some(&auth.key));
+            return Err(StunError::BadRequest);
         }
-        let peer = match m.get(ATTR_XOR_PEER_ADDRESS).ok().and_then(|v| decode_xor(&v, &m.transaction_id.0)) {
-            Some(p) => p,
-            None => return self.error_reply(m, 400, Some(&auth.key)),
-        };
-        if let Err(code) = self.check_peer(idx, peer, "channel_bind") {
-            return self.error_reply(m, code, Some(&auth.key));
-        }
-        let cfg = self.cfg.clone();
-        let Some(a) = self.allocs[idx].as_mut() else { return self.error_reply(m, 437, Some(&auth.key)) };
-        a.prune(now.mono);
-        let peer = PeerAddr(peer);
-        let chan_until = now.mono + cfg.channel_lifetime;
-        match a.check_bind(number, peer, now.mono) {
-            BindCheck::Conflict => return self.error_reply(m, 400, Some(&auth.key)),
-            BindCheck::Refresh(i) => a.channels[i].expires = chan_until,
-            BindCheck::New => {
-                if a.live_channels(now.mono) >= cfg.max_channels {
-                    return self.error_reply(m, 508, Some(&auth.key));
-                }
-                a.channels.push(Channel { number, peer, expires: chan_until });
-            }
-        }
-        if !a.permit(peer.0.ip(), now.mono + cfg.permission_lifetime, now.mono, cfg.max_permissions) {
-            return self.error_reply(m, 508, Some(&auth.key));
-        }
-        self.success(m, &auth.key)
+        let peer = peer_address(m)?;
+        self.check_peer(idx, peer, "channel_bind")?;
+        let grant = self.grant(now);
+        let a = self.allocs[idx].as_mut().ok_or(StunError::AllocationMismatch)?;
+        a.bind_channel(number, PeerAddr(peer), &grant)?;
+        Ok(response(m, CLASS_SUCCESS_RESPONSE))
     }
 
     fn send_indication<'a>(&mut self, now: Now, from: FiveTuple, m: &Message) -> Option<Transmit<'a>> {
@@ -389,8 +354,8 @@ impl Engine {
             self.stats.dropped(DropReason::NoAllocation);
             return None;
         };
-        let peer = m.get(ATTR_XOR_PEER_ADDRESS).ok().and_then(|v| decode_xor(&v, &m.transaction_id.0));
-        let (Some(peer), Ok(data)) = (peer, m.get(ATTR_DATA)) else {
+        let mut data = Data::default();
+        let (Ok(peer), Ok(())) = (peer_address(m), data.get_from(m)) else {
             self.stats.dropped(DropReason::Malformed);
             return None;
         };
@@ -399,37 +364,32 @@ impl Engine {
             self.stats.dropped(DropReason::DeniedPeer);
             return None;
         }
-        let a = self.allocs[idx].as_mut()?;
-        if !a.permitted(peer.ip(), now.mono) {
-            self.stats.dropped(DropReason::NoPermission);
-            return None;
-        }
-        if a.capped {
-            self.stats.dropped(DropReason::UsageCap);
-            return None;
-        }
-        if !a.bucket.take(data.len(), now.mono) {
-            self.stats.dropped(DropReason::RateCap);
-            return None;
-        }
-        a.bytes_relayed += data.len() as u64;
-        a.unreported[Direction::ClientToPeer as usize] += data.len() as u64;
-        let relay = a.relay;
-        self.stats.relayed(Direction::ClientToPeer, from.transport, data.len());
-        Some(Transmit::Peer { relay, to: PeerAddr(peer), data: Cow::Owned(data) })
+        let relay = self.admit(idx, peer.ip(), data.0.len(), Direction::ClientToPeer, now.mono)?.relay();
+        Some(Transmit::Peer { relay, to: PeerAddr(peer), data: Cow::Owned(data.0) })
     }
 
     /// Policy and address-family checks shared by CreatePermission and ChannelBind.
-    fn check_peer(&mut self, idx: usize, peer: SocketAddr, path: &str) -> Result<(), u16> {
-        let v6 = self.allocs[idx].as_ref().is_some_and(|a| a.relay_addr.is_ipv6());
+    fn check_peer(&mut self, idx: usize, peer: SocketAddr, path: &str) -> Result<(), StunError> {
+        let v6 = self.allocs[idx].as_ref().is_some_and(|a| a.relay_addr().is_ipv6());
         if peer.is_ipv6() != v6 {
-            return Err(443);
+            return Err(StunError::PeerAddressFamilyMismatch);
         }
         if !self.cfg.policy.permits(peer) {
             self.metrics.peer_denied.with_label_values(&[path]).inc();
-            return Err(403);
+            return Err(StunError::Forbidden);
         }
         Ok(())
+    }
+
+    /// The lifetimes and caps a CreatePermission or ChannelBind at `now` grants.
+    fn grant(&self, now: Now) -> Grant {
+        Grant {
+            now: now.mono,
+            permission_until: now.mono + self.cfg.permission_lifetime,
+            max_permissions: self.cfg.max_permissions,
+            channel_until: now.mono + self.cfg.channel_lifetime,
+            max_channels: self.cfg.max_channels,
+        }
     }
 
     fn granted_lifetime(&self, requested: Option<Duration>) -> Duration {
@@ -438,14 +398,20 @@ impl Engine {
     }
 
     /// 401 or 438 with REALM and a fresh NONCE, subject to the per-IP reply limit.
-    fn challenge(&mut self, now: Now, from: FiveTuple, m: &Message, code: u16) -> Outcome {
-        let mut r = self.error(m, code);
+    fn challenge(&mut self, now: Now, from: FiveTuple, m: &Message, e: StunError) -> Refused {
+        let mut r = self.error(m, e);
         add(&mut r, &TextAttribute::new(ATTR_REALM, self.cfg.realm.clone()));
         let nonce = self.cfg.nonce_key.issue(now.unix(), from.client.0);
         add(&mut r, &TextAttribute::new(ATTR_NONCE, nonce));
-        match self.unauth_reply(now, from, finish(r, None)) {
-            Some(bytes) => Outcome::Reply(bytes),
-            None => Outcome::Drop,
+        let bytes = finish(r, None);
+        self.refuse(now, from, e, bytes)
+    }
+
+    /// An unauthenticated refusal, subject to the per-IP reply limit.
+    fn refuse(&mut self, now: Now, from: FiveTuple, e: StunError, bytes: Vec<u8>) -> Refused {
+        match self.unauth_reply(now, from, bytes) {
+            Some(bytes) => Refused::Reply(e, bytes),
+            None => Refused::Drop,
         }
     }
 
@@ -458,21 +424,26 @@ impl Engine {
         }
     }
 
-    fn error(&self, m: &Message, code: u16) -> Message {
+    /// The answer to an authenticated request: its success, or its error, signed with `key`.
+    fn answer(&self, m: &Message, result: Result<Message, StunError>, key: &[u8; 16]) -> Vec<u8> {
+        match result {
+            Ok(mut r) => {
+                self.add_software(&mut r);
+                finish(r, Some(key))
+            }
+            Err(e) => self.error_reply(m, e, Some(key)),
+        }
+    }
+
+    fn error(&self, m: &Message, e: StunError) -> Message {
         let mut r = response(m, CLASS_ERROR_RESPONSE);
-        add_error(&mut r, code);
+        add_error(&mut r, e);
         self.add_software(&mut r);
         r
     }
 
-    fn error_reply(&self, m: &Message, code: u16, key: Option<&[u8; 16]>) -> Vec<u8> {
-        finish(self.error(m, code), key)
-    }
-
-    fn success(&self, m: &Message, key: &[u8; 16]) -> Vec<u8> {
-        let mut r = response(m, CLASS_SUCCESS_RESPONSE);
-        self.add_software(&mut r);
-        finish(r, Some(key))
+    fn error_reply(&self, m: &Message, e: StunError, key: Option<&[u8; 16]>) -> Vec<u8> {
+        finish(self.error(m, e), key)
     }
 
     fn add_software(&self, r: &mut Message) {
@@ -502,7 +473,8 @@ pub(super) fn data_indication(peer: PeerAddr, payload: &[u8]) -> Vec<u8> {
     m.set_type(MessageType::new(METHOD_DATA, CLASS_INDICATION));
     m.transaction_id.0 = rand::random();
     m.write_header();
-    add_xor(&mut m, ATTR_XOR_PEER_ADDRESS, peer.0);
+    add(&mut m, &PeerAddress { ip: peer.0.ip(), port: peer.0.port() });
+    // Not turn::proto's Data: it owns a Vec, which would copy every relayed payload once more.
     m.add(ATTR_DATA, payload);
     finish(m, None)
 }
@@ -511,81 +483,56 @@ fn text(m: &Message, t: AttrType) -> Option<String> {
     m.get(t).ok().and_then(|v| String::from_utf8(v).ok())
 }
 
-fn lifetime_attr(m: &Message) -> Result<Option<Duration>, u16> {
-    match m.get(ATTR_LIFETIME) {
-        Ok(v) if v.len() == 4 => Ok(Some(Duration::from_secs(u64::from(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))))),
-        Ok(_) => Err(400),
-        Err(_) => Ok(None),
+/// An optional attribute read through its `turn::proto` type: `None` when absent, 400 when
+/// malformed.
+fn optional<G: Getter + Default>(m: &Message) -> Result<Option<G>, StunError> {
+    let mut g = G::default();
+    match g.get_from(m) {
+        Ok(()) => Ok(Some(g)),
+        Err(stun::Error::ErrAttributeNotFound) => Ok(None),
+        Err(_) => Err(StunError::BadRequest),
     }
 }
 
-fn add_lifetime(m: &mut Message, d: Duration) {
-    let secs = u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    m.add(ATTR_LIFETIME, &secs.to_be_bytes());
-}
-
-fn add_xor(m: &mut Message, t: AttrType, addr: SocketAddr) {
-    let x = XorMappedAddress { ip: addr.ip(), port: addr.port() };
-    if let Err(e) = x.add_to_as(m, t) {
-        tracing::debug!(error = %e, "failed to add address");
+/// REQUESTED-ADDRESS-FAMILY: `None` when absent, else whether IPv6 is asked; 400 for a bad size,
+/// 440 for a family that is neither IPv4 nor IPv6.
+fn requested_family(m: &Message) -> Result<Option<bool>, StunError> {
+    let mut f = RequestedAddressFamily::default();
+    match f.get_from(m) {
+        Ok(()) => Ok(Some(f == REQUESTED_FAMILY_IPV6)),
+        Err(stun::Error::ErrAttributeNotFound) => Ok(None),
+        Err(stun::Error::ErrAttributeSizeInvalid) => Err(StunError::BadRequest),
+        Err(_) => Err(StunError::AddressFamilyNotSupported),
     }
 }
 
-/// Decodes an XOR-*-ADDRESS value (RFC 8489 §14.2).
-pub(crate) fn decode_xor(v: &[u8], txid: &[u8; 12]) -> Option<SocketAddr> {
-    if v.len() < 4 || v[0] != 0 {
-        return None;
-    }
-    let cookie = MAGIC_COOKIE.to_be_bytes();
-    let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
-    let ip = match (v[1], v.len()) {
-        (1, 8) => {
-            let mut o = [0u8; 4];
-            for i in 0..4 {
-                o[i] = v[4 + i] ^ cookie[i];
-            }
-            IpAddr::V4(Ipv4Addr::from(o))
-        }
-        (2, 20) => {
-            let mut o = [0u8; 16];
-            for i in 0..16 {
-                let k = if i < 4 { cookie[i] } else { txid[i - 4] };
-                o[i] = v[4 + i] ^ k;
-            }
-            IpAddr::V6(Ipv6Addr::from(o))
-        }
-        _ => return None,
+/// LIFETIME for `d`, saturating at the largest value the attribute holds (turn::proto's setter
+/// would truncate).
+fn lifetime_attr(d: Duration) -> Lifetime {
+    Lifetime(d.min(Duration::from_secs(u64::from(u32::MAX))))
+}
+
+/// The (first) XOR-PEER-ADDRESS of `m`, read through turn::proto's `PeerAddress`. stun's address
+/// decoder zero-fills a truncated address, so the exact length (8 bytes for IPv4, 20 for IPv6) is
+/// checked first.
+pub(crate) fn peer_address(m: &Message) -> Result<SocketAddr, StunError> {
+    let attr = m.attributes.0.iter().find(|a| a.typ == ATTR_XOR_PEER_ADDRESS).ok_or(StunError::BadRequest)?;
+    let exact = match attr.value.as_slice() {
+        [0, 1, ..] => attr.value.len() == 8,
+        [0, 2, ..] => attr.value.len() == 20,
+        _ => false,
     };
-    Some(SocketAddr::new(ip, port))
+    if !exact {
+        return Err(StunError::BadRequest);
+    }
+    let mut peer = PeerAddress::default();
+    peer.get_from(m).map_err(|_| StunError::BadRequest)?;
+    Ok(SocketAddr::new(peer.ip, peer.port))
 }
 
-/// The error code in an encoded error response (for metric labels).
-fn reply_code(r: &[u8]) -> &'static str {
-    let mut m = Message::new();
-    m.raw = r.to_vec();
-    if m.decode().is_err() || m.typ.class != CLASS_ERROR_RESPONSE {
-        return "other";
-    }
-    match m.get(stun::attributes::ATTR_ERROR_CODE) {
-        Ok(v) if v.len() >= 4 => code_label(u16::from(v[2]) * 100 + u16::from(v[3])),
-        _ => "other",
-    }
-}
-
-fn code_label(code: u16) -> &'static str {
-    match code {
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        420 => "420",
-        437 => "437",
-        438 => "438",
-        440 => "440",
-        441 => "441",
-        442 => "442",
-        443 => "443",
-        486 => "486",
-        508 => "508",
-        _ => "other",
-    }
+/// A view of `m` holding only `attr`. `PeerAddress` reads the first attribute of its type, and a
+/// CreatePermission may carry several XOR-PEER-ADDRESSes (RFC 8656 §10.1): each is read from its
+/// own view (the control path; Send and ChannelBind read theirs from the message itself).
+fn one_attribute(m: &Message, attr: &RawAttribute) -> Message {
+    Message { transaction_id: m.transaction_id, attributes: Attributes(vec![attr.clone()]), ..Message::default() }
 }

@@ -7,73 +7,42 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::time::Instant;
 
-const SLOTS: usize = 4096;
+use super::bucket::TokenBucket;
 
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    tokens: u32,
-    last: Option<Instant>,
-}
+const SLOTS: usize = 4096;
 
 /// Per-IP reply limiter with a fixed footprint.
 #[derive(Debug)]
 pub(crate) struct ReplyLimiter {
-    per_sec: u32,
-    burst: u32,
     hasher: RandomState,
-    slots: Box<[Slot]>,
+    slots: Box<[TokenBucket]>,
 }
 
 impl ReplyLimiter {
     /// `per_sec` replies per second per IP, with bursts of `2 * per_sec`; 0 disables the limit.
-    pub fn new(per_sec: u32) -> Self {
-        Self {
-            per_sec,
-            burst: per_sec.saturating_mul(2),
-            hasher: RandomState::new(),
-            slots: vec![Slot { tokens: 0, last: None }; SLOTS].into_boxed_slice(),
-        }
+    /// Every slot starts full at `now`.
+    pub fn new(per_sec: u32, now: Instant) -> Self {
+        let bucket = TokenBucket::new(u64::from(per_sec), u64::from(per_sec) * 2, now);
+        Self { hasher: RandomState::new(), slots: vec![bucket; SLOTS].into_boxed_slice() }
     }
 
     /// Whether a reply to `ip` may be sent now.
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.per_sec == 0 {
-            return true;
-        }
         let i = (self.hasher.hash_one(ip) as usize) % SLOTS;
-        let s = &mut self.slots[i];
-        match s.last {
-            None => {
-                s.tokens = self.burst;
-                s.last = Some(now);
-            }
-            Some(last) => {
-                let ms = now.saturating_duration_since(last).as_millis() as u64;
-                let add = ms * u64::from(self.per_sec) / 1000;
-                if add > 0 {
-                    s.tokens = (u64::from(s.tokens) + add).min(u64::from(self.burst)) as u32;
-                    s.last = Some(now);
-                }
-            }
-        }
-        if s.tokens > 0 {
-            s.tokens -= 1;
-            true
-        } else {
-            false
-        }
+        self.slots[i].take(1, now)
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests start from an arbitrary instant and drive time by hand")]
 mod tests {
     use super::*;
     use std::time::Duration;
 
     #[test]
     fn limits_per_ip_and_refills() {
-        let mut l = ReplyLimiter::new(10);
         let t = Instant::now();
+        let mut l = ReplyLimiter::new(10, t);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let allowed = (0..100).filter(|_| l.allow(a, t)).count();
         assert_eq!(allowed, 20);

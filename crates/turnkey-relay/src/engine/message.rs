@@ -5,13 +5,14 @@
 //! lengths checked before use, FINGERPRINT verified when present, and attributes after
 //! MESSAGE-INTEGRITY dropped before any handler sees them.
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
 use stun::attributes::{AttrType, ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY};
 use stun::error_code::{ErrorCode, ErrorCodeAttribute};
 use stun::fingerprint::{fingerprint_value, FINGERPRINT};
 use stun::integrity::MessageIntegrity;
 use stun::message::{Message, MessageClass, MessageType, Setter, MAGIC_COOKIE};
+use turnkey_auth::hmac_sha1_verify;
+
+use super::error::StunError;
 
 const HEADER: usize = 20;
 const MI_LEN: usize = 20;
@@ -94,16 +95,10 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, Malformed> {
 
 /// Whether the MESSAGE-INTEGRITY of `raw` (at `mi_offset`) was computed with `key`.
 pub(crate) fn integrity_matches(raw: &[u8], mi_offset: usize, key: &[u8]) -> bool {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(key) else {
-        return false;
-    };
     // The HMAC covers the header with its length set as if MESSAGE-INTEGRITY were last.
-    let adjusted = (mi_offset - HEADER + 4 + MI_LEN) as u16;
-    mac.update(&raw[..2]);
-    mac.update(&adjusted.to_be_bytes());
-    mac.update(&raw[4..mi_offset]);
+    let adjusted = ((mi_offset - HEADER + 4 + MI_LEN) as u16).to_be_bytes();
     let expected = &raw[mi_offset + 4..mi_offset + 4 + MI_LEN];
-    mac.verify_slice(expected).is_ok()
+    hmac_sha1_verify(key, &[&raw[..2], &adjusted, &raw[4..mi_offset]], expected)
 }
 
 /// Comprehension-required attribute types this server understands.
@@ -142,27 +137,6 @@ pub(crate) fn unknown_required(msg: &Message) -> Vec<AttrType> {
     msg.attributes.0.iter().map(|a| a.typ).filter(|t| t.required() && !is_known_required(*t)).collect()
 }
 
-/// The standard reason phrase of a TURN/STUN error code.
-pub(crate) fn reason(code: u16) -> &'static str {
-    match code {
-        300 => "Try Alternate",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        420 => "Unknown Attribute",
-        437 => "Allocation Mismatch",
-        438 => "Stale Nonce",
-        440 => "Address Family not Supported",
-        441 => "Wrong Credentials",
-        442 => "Unsupported Transport Protocol",
-        443 => "Peer Address Family Mismatch",
-        486 => "Allocation Quota Reached",
-        500 => "Server Error",
-        508 => "Insufficient Capacity",
-        _ => "Error",
-    }
-}
-
 /// A response to `req` of the given class, with the request's transaction id.
 pub(crate) fn response(req: &Message, class: MessageClass) -> Message {
     let mut m = Message::new();
@@ -179,9 +153,9 @@ pub(crate) fn add(m: &mut Message, setter: &dyn Setter) {
     }
 }
 
-/// Adds ERROR-CODE with the standard reason.
-pub(crate) fn add_error(m: &mut Message, code: u16) {
-    add(m, &ErrorCodeAttribute { code: ErrorCode(code), reason: reason(code).as_bytes().to_vec() });
+/// Adds ERROR-CODE: the error's code and reason phrase.
+pub(crate) fn add_error(m: &mut Message, e: StunError) {
+    add(m, &ErrorCodeAttribute { code: ErrorCode(e.code()), reason: e.reason().as_bytes().to_vec() });
 }
 
 /// Finishes a message: MESSAGE-INTEGRITY with `key` (when the request was authenticated) and

@@ -7,17 +7,29 @@
 //! [`Shared`] and is touched only on the control path.
 
 mod allocation;
+mod bucket;
+mod error;
 mod handlers;
 mod limiter;
 mod message;
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    reason = "tests start from an arbitrary instant and drive time by hand; test sinks lock"
+)]
 mod tests;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "per-userid quotas: locked on Allocate and when an allocation ends, never per packet"
+)]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use turnkey_auth::{NonceKey, RevocationSet, SecretRing};
@@ -30,6 +42,7 @@ use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
 use crate::usage::{UsageDelta, UsageSink};
 
 use allocation::Allocation;
+pub(crate) use error::StunError;
 use limiter::ReplyLimiter;
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, metrics flush).
@@ -144,6 +157,10 @@ impl EngineConfig {
 
 /// State shared by every shard of one relay: quotas, the drain flag, revocations.
 #[derive(Debug, Default)]
+#[allow(
+    clippy::disallowed_types,
+    reason = "per-userid quotas: locked on Allocate and when an allocation ends, never per packet"
+)]
 pub struct Shared {
     users: Mutex<HashMap<Box<str>, u32>>,
     total: AtomicU32,
@@ -192,15 +209,15 @@ impl Shared {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Reserves one allocation for `userid`; the error is the STUN code to answer.
-    fn reserve(&self, userid: &str, per_user: u32, total: u32) -> Result<(), u16> {
+    /// Reserves one allocation for `userid`; the error is the one to answer.
+    fn reserve(&self, userid: &str, per_user: u32, total: u32) -> Result<(), StunError> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let n = users.get(userid).copied().unwrap_or(0);
         if n >= per_user {
-            return Err(486);
+            return Err(StunError::AllocationQuotaReached);
         }
         if self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t < total).then_some(t + 1)).is_err() {
-            return Err(508);
+            return Err(StunError::InsufficientCapacity);
         }
         users.insert(userid.into(), n + 1);
         Ok(())
@@ -297,7 +314,7 @@ pub struct Engine {
 impl Engine {
     /// A new shard engine starting at `now`.
     pub fn new(cfg: Arc<EngineConfig>, shared: Arc<Shared>, metrics: RelayMetrics, now: Instant) -> Self {
-        let limiter = ReplyLimiter::new(cfg.unauth_replies_per_sec);
+        let limiter = ReplyLimiter::new(cfg.unauth_replies_per_sec, now);
         let seen_revocations = shared.revocations.generation();
         let seen_usage_generation = shared.usage.as_ref().map_or(0, |u| u.generation());
         Self {
@@ -355,25 +372,9 @@ impl Engine {
             self.stats.dropped(DropReason::NoAllocation);
             return None;
         };
-        let a = self.allocs[idx].as_mut()?;
-        if !a.permitted(from.0.ip(), now.mono) {
-            self.stats.dropped(DropReason::NoPermission);
-            return None;
-        }
-        if a.capped {
-            self.stats.dropped(DropReason::UsageCap);
-            return None;
-        }
-        if !a.bucket.take(len, now.mono) {
-            self.stats.dropped(DropReason::RateCap);
-            return None;
-        }
-        a.bytes_relayed += len as u64;
-        a.unreported[Direction::PeerToClient as usize] += len as u64;
-        let to = a.tuple;
-        self.stats.relayed(Direction::PeerToClient, to.transport, len);
-        if let Some(ch) = a.channel_for_peer(from, now.mono) {
-            let number = ch.number.0;
+        let a = self.admit(idx, from.0.ip(), len, Direction::PeerToClient, now.mono)?;
+        let to = a.tuple();
+        if let Some(ChannelNumber(number)) = a.channel_for_peer(from, now.mono) {
             if buf.len() < PEER_HEADROOM + len + PEER_TAILROOM || len > usize::from(u16::MAX) {
                 return None;
             }
@@ -426,24 +427,21 @@ impl Engine {
         let (mut perms, mut chans) = (0i64, 0i64);
         for idx in 0..self.allocs.len() {
             let Some(a) = self.allocs[idx].as_mut() else { continue };
-            let ended = a.expires <= now.mono
-                || a.cred_expiry <= unix
-                || (check_revoked && self.shared.revocations.is_revoked(&a.username));
+            let ended =
+                a.ended(now.mono, unix) || (check_revoked && self.shared.revocations.is_revoked(&a.owner().username));
             if ended {
                 self.remove(idx, ports);
                 continue;
             }
             if check_usage {
-                a.capped = self.shared.usage_blocked(&a.userid);
+                a.set_capped(self.shared.usage_blocked(&a.owner().userid));
             }
-            if a.unreported != [0, 0] {
-                let d = UsageDelta { client_to_peer: a.unreported[0], peer_to_client: a.unreported[1] };
-                self.usage_batch.push((a.userid.clone(), d));
-                a.unreported = [0, 0];
+            if let Some(d) = a.take_unreported() {
+                self.usage_batch.push((a.owner().userid.clone(), d));
             }
-            a.prune(now.mono);
-            perms += a.permissions.len() as i64;
-            chans += a.live_channels(now.mono) as i64;
+            let (p, c) = a.prune(now.mono);
+            perms += p as i64;
+            chans += c as i64;
         }
         self.metrics.permissions.add(perms - self.reported_permissions);
         self.metrics.channels.add(chans - self.reported_channels);
@@ -479,7 +477,7 @@ impl Engine {
 
     /// Payload bytes relayed by this shard's live allocations, by userid (usage accounting).
     pub fn usage_by_user(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.allocs.iter().flatten().map(|a| (&*a.userid, a.bytes_relayed))
+        self.allocs.iter().flatten().map(|a| (&*a.owner().userid, a.bytes_relayed()))
     }
 
     /// Ends every allocation (shutdown).
@@ -508,6 +506,9 @@ impl Engine {
         &self.stats
     }
 
+    /// The ChannelData fast path. Not through turn::proto's `ChannelData`: it decodes into owned
+    /// `Vec`s (an allocation and a copy per datagram); the 4-byte header is read in place here, and
+    /// written in place by [`Engine::handle_peer`].
     fn channel_data<'a>(&mut self, now: Instant, from: FiveTuple, buf: &'a [u8]) -> Option<Transmit<'a>> {
         if buf.len() < 4 {
             self.garbage(now, from, "short ChannelData");
@@ -523,32 +524,33 @@ impl Engine {
             self.stats.dropped(DropReason::NoAllocation);
             return None;
         };
-        let a = self.allocs[idx].as_mut()?;
-        let Some(peer) = a.channel(number, now).map(|c| c.peer) else {
+        let Some(peer) = self.allocs[idx].as_ref()?.channel_peer(number, now) else {
             self.stats.dropped(DropReason::NoAllocation);
             return None;
         };
-        if !a.permitted(peer.0.ip(), now) {
-            self.stats.dropped(DropReason::NoPermission);
-            return None;
-        }
-        if a.capped {
-            self.stats.dropped(DropReason::UsageCap);
-            return None;
-        }
-        if !a.bucket.take(len, now) {
-            self.stats.dropped(DropReason::RateCap);
-            return None;
-        }
-        a.bytes_relayed += len as u64;
-        a.unreported[Direction::ClientToPeer as usize] += len as u64;
-        let relay = a.relay;
-        self.stats.relayed(Direction::ClientToPeer, from.transport, len);
+        let relay = self.admit(idx, peer.0.ip(), len, Direction::ClientToPeer, now)?.relay();
         Some(Transmit::Peer { relay, to: peer, data: Cow::Borrowed(&buf[4..4 + len]) })
     }
 
+    /// The data path's one check: admits a datagram of `len` payload bytes between allocation
+    /// `idx` and a peer at `peer` (see [`Allocation::admit`]) and counts it, relayed or dropped.
+    #[inline]
+    fn admit(&mut self, idx: usize, peer: IpAddr, len: usize, dir: Direction, now: Instant) -> Option<&Allocation> {
+        let a = self.allocs[idx].as_mut()?;
+        match a.admit(peer, len, dir, now) {
+            Ok(()) => {
+                self.stats.relayed(dir, a.tuple().transport, len);
+                Some(a)
+            }
+            Err(reason) => {
+                self.stats.dropped(reason);
+                None
+            }
+        }
+    }
+
     fn insert(&mut self, a: Allocation) -> usize {
-        let (tuple, relay) = (a.tuple, a.relay);
+        let (tuple, relay) = (a.tuple(), a.relay());
         self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).inc();
         let idx = match self.free.pop() {
             Some(i) => {
@@ -566,17 +568,17 @@ impl Engine {
     }
 
     fn remove(&mut self, idx: usize, ports: &mut dyn RelayPorts) {
-        let Some(a) = self.allocs[idx].take() else { return };
-        self.by_tuple.remove(&a.tuple);
-        self.by_relay.remove(&a.relay);
-        ports.release(a.relay);
-        self.shared.release(&a.userid);
-        if a.unreported != [0, 0] {
-            let d = UsageDelta { client_to_peer: a.unreported[0], peer_to_client: a.unreported[1] };
-            self.usage_batch.push((a.userid.clone(), d));
+        let Some(mut a) = self.allocs[idx].take() else { return };
+        let tuple = a.tuple();
+        self.by_tuple.remove(&tuple);
+        self.by_relay.remove(&a.relay());
+        ports.release(a.relay());
+        self.shared.release(&a.owner().userid);
+        if let Some(d) = a.take_unreported() {
+            self.usage_batch.push((a.owner().userid.clone(), d));
         }
-        self.metrics.allocations.with_label_values(&[a.tuple.transport.as_str()]).dec();
+        self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).dec();
         self.free.push(idx);
-        tracing::debug!(client = %a.tuple.client, relay = %a.relay_addr, "allocation ended");
+        tracing::debug!(client = %tuple.client, relay = %a.relay_addr(), "allocation ended");
     }
 }

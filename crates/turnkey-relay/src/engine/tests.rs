@@ -132,7 +132,7 @@ impl Harness {
 
     fn relay_handle(&self, tuple: FiveTuple) -> RelayHandle {
         let idx = self.engine.by_tuple[&tuple];
-        self.engine.allocs[idx].as_ref().unwrap().relay
+        self.engine.allocs[idx].as_ref().unwrap().relay()
     }
 }
 
@@ -644,6 +644,56 @@ fn allocate_attribute_errors() {
 }
 
 #[test]
+fn allocate_errors_carry_their_reason_and_count_under_their_code() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (u, p) = h.creds("alice", 3600);
+    let a = Auth { user: u, pass: p, nonce: h.nonce(t) };
+    let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(6)], Some(&a))).unwrap();
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(&r).unwrap();
+    assert_eq!((e.code.0, e.reason.as_slice()), (442, &b"Unsupported Transport Protocol"[..]));
+    assert!(verify_mi(&r, &a), "an authenticated request's error is signed");
+    assert_eq!(h.metrics.allocation_attempts.with_label_values(&["442"]).get(), 1);
+    // The challenge before it counted as a 401.
+    assert_eq!(h.metrics.allocation_attempts.with_label_values(&["401"]).get(), 1);
+}
+
+#[test]
+fn truncated_or_odd_peer_addresses_are_bad_requests() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    // stun's decoder alone would zero-fill these: 7 bytes of an IPv4 address, 19 of an IPv6 one,
+    // an IPv4 address with trailing bytes, and an unknown family.
+    let mut v6 = vec![0, 2, 0x11, 0x22];
+    v6.extend([9; 15]);
+    let bad = [
+        vec![0, 1, 0x11, 0x22, 1, 2, 3],
+        v6,
+        vec![0, 1, 0x11, 0x22, 1, 2, 3, 4, 0, 0, 0, 0],
+        vec![0, 3, 0, 0, 1, 2, 3, 4],
+    ];
+    for value in bad {
+        for (method, mut attrs) in
+            [(METHOD_CREATE_PERMISSION, vec![]), (METHOD_CHANNEL_BIND, vec![Attr::Channel(0x4000)])]
+        {
+            attrs.push(Attr::Raw(ATTR_XOR_PEER_ADDRESS.0, value.clone()));
+            let r = h.send(t, &request(method, &attrs, Some(&a))).unwrap();
+            assert_eq!(code(&r), Some(400), "{method:?} {value:?}");
+        }
+    }
+    // Several peers in one CreatePermission are all read (and all installed).
+    let peers = [Attr::Peer(addr("8.8.4.4:1")), Attr::Peer(addr("9.9.9.9:2"))];
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &peers, Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{r}");
+    let relay = h.relay_handle(t);
+    for peer in ["8.8.4.4:7", "9.9.9.9:7"] {
+        assert!(from_peer(&mut h, relay, peer, b"hi").is_some(), "{peer} is permitted");
+    }
+}
+
+#[test]
 fn even_port_reservation_is_redeemed_once() {
     let mut h = Harness::new();
     let t = tuple("203.0.113.5:5555");
@@ -807,16 +857,19 @@ mod rfc5769 {
             let p = parse(&raw).expect("valid vector");
             assert!(integrity_matches(&raw, p.mi_offset.unwrap(), b"VOkJxbRl1RmTxUk/WvJxBt"));
         }
-        let raw = hex(RESPONSE_V4);
-        let p = parse(&raw).unwrap();
-        let v = p.msg.get(stun::attributes::ATTR_XORMAPPED_ADDRESS).unwrap();
-        let addr = super::super::handlers::decode_xor(&v, &p.msg.transaction_id.0).unwrap();
-        assert_eq!(addr, "192.0.2.1:32853".parse().unwrap());
-        let raw = hex(RESPONSE_V6);
-        let p = parse(&raw).unwrap();
-        let v = p.msg.get(stun::attributes::ATTR_XORMAPPED_ADDRESS).unwrap();
-        let addr = super::super::handlers::decode_xor(&v, &p.msg.transaction_id.0).unwrap();
-        assert_eq!(addr, "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap());
+        // XOR-PEER-ADDRESS is encoded as XOR-MAPPED-ADDRESS is (RFC 8656 §18.3): the vectors'
+        // addresses, retyped, exercise the engine's peer address reader.
+        let peer = |v: &str| {
+            let mut m = parse(&hex(v)).unwrap().msg;
+            for a in &mut m.attributes.0 {
+                if a.typ == stun::attributes::ATTR_XORMAPPED_ADDRESS {
+                    a.typ = stun::attributes::ATTR_XOR_PEER_ADDRESS;
+                }
+            }
+            super::super::handlers::peer_address(&m).unwrap()
+        };
+        assert_eq!(peer(RESPONSE_V4), "192.0.2.1:32853".parse().unwrap());
+        assert_eq!(peer(RESPONSE_V6), "[2001:db8:1234:5678:11:2233:4455:6677]:32853".parse().unwrap());
     }
 
     #[test]

@@ -1,0 +1,147 @@
+//! What one shard's drivers share: its engine, relay ports and client-facing sockets
+//! ([`ShardState`], borrowed between awaits only), the dispatch of the engine's [`Transmit`]s to
+//! UDP sockets and stream connections, and the port-0 resolution every SO_REUSEPORT bind uses.
+//! The UDP driver (`udp`) and the TCP/TLS driver (`stream`) both build on this file and not on
+//! each other.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::engine::{Engine, Transmit};
+use crate::metrics::DropReason;
+use crate::stream::StreamConn;
+use crate::types::{FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+use crate::udp::{send_now, Ports};
+
+/// One shard's engine and its relay sockets, shared by the shard's tasks.
+pub(crate) struct ShardState {
+    pub engine: Engine,
+    pub ports: Ports,
+    pub clients: ClientSockets,
+}
+
+impl ShardState {
+    /// A shard state with no client sockets yet.
+    pub fn new(engine: Engine, ports: Ports) -> Self {
+        Self { engine, ports, clients: ClientSockets::default() }
+    }
+
+    /// Hands a datagram or frame from a client to the engine and sends its answer.
+    #[inline]
+    pub fn client_input(&mut self, now: Now, tuple: FiveTuple, bytes: &[u8]) {
+        let Self { engine, ports, clients } = self;
+        let out = engine.handle_client(now, tuple, bytes, ports);
+        dispatch(engine, ports, clients, out);
+    }
+
+    /// Hands a datagram a peer sent to relay socket `relay` (payload at
+    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]`) to the engine and sends its answer.
+    #[inline]
+    pub fn peer_input(&mut self, now: Now, relay: RelayHandle, from: PeerAddr, buf: &mut [u8], len: usize) {
+        let Self { engine, ports, clients } = self;
+        let out = engine.handle_peer(now, relay, from, buf, len);
+        dispatch(engine, ports, clients, out);
+    }
+}
+
+/// Sends what the engine wants sent: to a peer from a relay socket, or to a client over its
+/// transport. What cannot be sent is counted as a drop.
+#[inline]
+fn dispatch(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: Option<Transmit<'_>>) {
+    let result = match out {
+        Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
+        Some(Transmit::Client { to, data }) => clients.send(to, &data),
+        None => Ok(()),
+    };
+    if let Err(reason) = result {
+        engine.count_drop(reason);
+    }
+}
+
+/// The shard's client-facing UDP sockets, by local address, and its TCP/TLS connections.
+#[derive(Default)]
+pub(crate) struct ClientSockets {
+    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    streams: HashMap<FiveTuple, StreamConn>,
+}
+
+impl ClientSockets {
+    pub fn add_udp(&mut self, local: SocketAddr, s: Rc<UdpSocket>) {
+        self.udp.push((local, s));
+    }
+
+    pub fn add_stream(&mut self, tuple: FiveTuple, conn: StreamConn) {
+        self.streams.insert(tuple, conn);
+    }
+
+    pub fn remove_stream(&mut self, tuple: &FiveTuple) -> Option<StreamConn> {
+        self.streams.remove(tuple)
+    }
+
+    pub fn stream_tuples(&self) -> impl Iterator<Item = FiveTuple> + '_ {
+        self.streams.keys().copied()
+    }
+
+    pub fn stream_task(&self, tuple: &FiveTuple) -> Option<tokio::task::AbortHandle> {
+        self.streams.get(tuple).map(StreamConn::task)
+    }
+
+    /// Sends to a client: a UDP datagram (a full socket buffer drops it), or a frame queued on
+    /// the client's connection (a full queue drops it).
+    pub fn send(&self, to: FiveTuple, data: &[u8]) -> Result<(), DropReason> {
+        match to.transport {
+            Transport::Udp => {
+                let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
+                    return Err(DropReason::NoAllocation);
+                };
+                send_now(s, data, to.client.0)
+            }
+            Transport::Tcp | Transport::Tls => match self.streams.get(&to) {
+                Some(c) if c.try_send(data) => Ok(()),
+                Some(_) => Err(DropReason::QueueFull),
+                None => Err(DropReason::NoAllocation),
+            },
+        }
+    }
+}
+
+/// Resolves port 0 to a concrete free port by binding a socket *without* SO_REUSEPORT. A
+/// SO_REUSEPORT socket bound to port 0 may be given a port another process of the same user
+/// already holds with SO_REUSEPORT, silently joining its group (the kernel would then hash some
+/// clients to the other process); a plain bind never shares.
+pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    let probe = Socket::new(Domain::for_address(addr), ty, None)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())?;
+    probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn tcp_port_zero_never_joins_another_reuseport_group() {
+        let held: Vec<_> = (0..300)
+            .map(|_| crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0))
+            .collect();
+        let ports: HashSet<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(ports.len(), held.len(), "every listener got its own port");
+        for _ in 0..200 {
+            let shards = crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+            let p = shards[0].local_addr().unwrap().port();
+            assert!(!ports.contains(&p), "listener joined a foreign group on port {p}");
+            assert_eq!(shards[1].local_addr().unwrap().port(), p);
+        }
+    }
+}
