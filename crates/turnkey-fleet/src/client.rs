@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, RedisResult};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::redact_url;
@@ -51,6 +51,9 @@ pub(crate) struct Inner {
     pub(crate) usage: Mutex<UsageBuffer>,
     pub(crate) usage_flush: tokio::sync::Mutex<()>,
     pub(crate) relays_cache: Mutex<Option<(Instant, RelaySnapshot)>>,
+    /// Wakes the health check at once after a call lost the connection (Redis restarted: the
+    /// next PING reconnects, so one failed call costs one reconnect, not a health interval).
+    recheck: Arc<Notify>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -89,6 +92,7 @@ impl Fleet {
             usage: Mutex::new(usage),
             usage_flush: tokio::sync::Mutex::new(()),
             relays_cache: Mutex::new(None),
+            recheck: Arc::new(Notify::new()),
             tasks: Mutex::new(Vec::new()),
             cfg,
         });
@@ -97,7 +101,7 @@ impl Fleet {
             tracing::warn!(url = %redact_url(&inner.cfg.url), "fleet: redis not reachable at start; retrying in the background");
         }
         let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(health_loop(weak));
+        let task = tokio::spawn(health_loop(weak, inner.recheck.clone()));
         inner.spawned(task);
         Ok(Fleet { inner })
     }
@@ -137,6 +141,11 @@ impl Fleet {
 }
 
 fn build_client(cfg: &FleetConfig) -> Result<redis::Client, FleetError> {
+    if cfg.url.starts_with("rediss://") {
+        // rustls needs a process-wide crypto provider; turnkey uses ring everywhere. Already
+        // installed (by this or another component) is fine.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    }
     let bad = |e: RedisError| FleetError::Config(vec![format!("redis url {:?}: {e}", redact_url(&cfg.url))]);
     match &cfg.ca_file {
         None => redis::Client::open(cfg.url.as_str()).map_err(bad),
@@ -165,13 +174,16 @@ fn is_outage(e: &RedisError) -> bool {
         )
 }
 
-async fn health_loop(weak: Weak<Inner>) {
+async fn health_loop(weak: Weak<Inner>, recheck: Arc<Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let interval = inner.cfg.health_interval;
         inner.check_health().await;
         drop(inner);
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = recheck.notified() => {}
+        }
     }
 }
 
@@ -269,6 +281,7 @@ impl Inner {
             Ok(Err(e)) if is_outage(&e) => {
                 let reason = e.to_string();
                 self.mark_down(op, &reason);
+                self.recheck.notify_one();
                 Err(FleetError::Unavailable { op, reason })
             }
             Ok(Err(source)) => {
@@ -278,6 +291,7 @@ impl Inner {
             Err(_) => {
                 let reason = format!("no answer within {:?}", self.cfg.op_timeout);
                 self.mark_down(op, &reason);
+                self.recheck.notify_one();
                 Err(FleetError::Unavailable { op, reason })
             }
         }

@@ -188,7 +188,7 @@ impl Fleet {
     pub async fn apply_usage_batch(&self, batch: &UsageBatch) -> Result<bool, FleetError> {
         let i = &self.inner;
         let seq_key = i.names.usage_seq(&i.cfg.node_id, &i.incarnation);
-        let mut args: Vec<String> = Vec::with_capacity(3 + batch.entries.len() * 6);
+        let mut args: Vec<String> = Vec::with_capacity(3 + batch.entries.len() * 12);
         args.push(batch.seq.to_string());
         args.push(USAGE_TTL_SECS.to_string());
         args.push(SEQ_TTL_SECS.to_string());
@@ -199,11 +199,11 @@ impl Fleet {
                 if n == 0 {
                     continue;
                 }
-                let field = match &e.label {
-                    None => dir.to_owned(),
-                    Some(l) => format!("{dir}:{l}"),
-                };
-                args.extend([hash.clone(), field, n.to_string()]);
+                // The key's total counts labelled traffic too; the label field is its breakdown.
+                args.extend([hash.clone(), dir.to_owned(), n.to_string()]);
+                if let Some(l) = &e.label {
+                    args.extend([hash.clone(), format!("{dir}:{l}"), n.to_string()]);
+                }
             }
         }
         let r: i64 = i
