@@ -26,6 +26,7 @@
 //! (optionally with replicas / Sentinel behind one URL), not Redis Cluster: the scripts touch keys
 //! they derive from the prefix.
 
+mod background;
 mod client;
 mod config;
 mod error;

@@ -502,3 +502,57 @@ async fn password_and_tls() {
     let f = Fleet::connect(untrusted, FleetMetrics::unregistered()).await.unwrap();
     assert!(!f.is_up());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_loops_keep_issuers_current() {
+    let Some(mut redis) = RedisServer::start(RedisOptions::default()) else { return };
+    let relay = join(&redis, "r1").await;
+    let (a, b) = (join(&redis, "issuer-a").await, join(&redis, "issuer-b").await);
+    relay.spawn_heartbeat(|| beat(Some("eu"), 3, false));
+    let mut relays = b.watch_relays(BEAT, Duration::from_secs(1));
+    let mut keys = b.watch_keys(Duration::from_millis(100));
+
+    eventually(Duration::from_secs(3), "relay listed", || {
+        let n = relays.borrow_and_update().relays.len();
+        async move { n == 1 }
+    })
+    .await;
+    // A key created on issuer A is in issuer B's copy well within 2 s.
+    let key = KeyRecord {
+        id: "fedcba9876543210fedcba9876543210".into(),
+        token_sha256: "cd".repeat(32),
+        max_ttl: None,
+        monthly_bandwidth_bytes: None,
+        created: 1,
+    };
+    let t = Instant::now();
+    assert!(a.create_key(&key).await.unwrap());
+    let seen = eventually(Duration::from_secs(2), "key visible on issuer B", || {
+        let has = keys.borrow_and_update().as_ref().is_some_and(|s| s.keys.contains(&key));
+        async move { has }
+    })
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{seen:?}");
+
+    // Redis goes away: the listing is kept for max_stale (1 s), then emptied; keys stay.
+    tokio::task::block_in_place(|| redis.kill());
+    eventually(Duration::from_secs(2), "cached listing", || {
+        let s = relays.borrow_and_update().clone();
+        async move { s.cached && s.relays.len() == 1 }
+    })
+    .await;
+    eventually(Duration::from_secs(4), "listing dropped after max_stale", || {
+        let n = relays.borrow_and_update().relays.len();
+        async move { n == 0 }
+    })
+    .await;
+    assert!(keys.borrow().as_ref().is_some_and(|s| s.keys.contains(&key)));
+
+    // Back: the heartbeat loop re-registers the relay by itself.
+    tokio::task::block_in_place(|| redis.restart());
+    eventually(Duration::from_secs(5), "relay listed again", || {
+        let s = relays.borrow_and_update().clone();
+        async move { !s.cached && s.relays.len() == 1 }
+    })
+    .await;
+}
