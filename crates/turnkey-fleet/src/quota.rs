@@ -51,12 +51,16 @@ impl QuotaMirror {
     }
 }
 
+// KEYS[3] (the relay index) gets this relay with NX: a relay that dies before its first beat
+// is still found and reaped, so its counts cannot linger.
 const RESERVE_LUA: &str = r"
 local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local limit = tonumber(ARGV[2])
 if limit > 0 and n >= limit then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[3], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[3])
 return 1
 ";
 
@@ -95,11 +99,12 @@ impl Fleet {
     pub async fn reserve_allocation(&self, userid: &str, limit: u32) -> Result<bool, FleetError> {
         let i = &self.inner;
         let mut mirror = i.quota.lock().await;
-        let keys = (i.names.quota(), i.names.alloc(&i.cfg.node_id));
+        let node = i.cfg.node_id.as_str();
+        let keys = (i.names.quota(), i.names.alloc(&i.cfg.node_id), i.names.relays());
         let r: Result<i64, _> = i
             .call("reserve allocation", |mut c| async move {
                 let mut inv = RESERVE.get_or_init(|| Script::new(RESERVE_LUA)).prepare_invoke();
-                inv.key(keys.0).key(keys.1).arg(userid).arg(limit);
+                inv.key(keys.0).key(keys.1).key(keys.2).arg(userid).arg(limit).arg(node);
                 inv.invoke_async(&mut c).await
             })
             .await;

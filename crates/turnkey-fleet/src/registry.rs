@@ -211,6 +211,23 @@ impl Fleet {
         Ok(())
     }
 
+    /// A graceful stop: flushes buffered usage, then [`Fleet::deregister`]. Both are attempted;
+    /// the first error is returned.
+    pub async fn leave(&self) -> Result<(), FleetError> {
+        let mut first = None;
+        // Up to two batches: the one in flight and what came after it.
+        for _ in 0..2 {
+            if let Err(e) = self.flush_usage().await {
+                first.get_or_insert(e);
+                break;
+            }
+        }
+        if let Err(e) = self.deregister().await {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Every relay whose heartbeat has not expired (draining ones included: the handout skips
     /// them, `/v1/fleet` shows them). Updates the heartbeat-age metrics and the cached listing.
     pub async fn healthy_relays(&self) -> Result<RelaySnapshot, FleetError> {

@@ -150,6 +150,23 @@ async fn quota_counts_across_relays_and_leaves_with_a_dead_relay() {
     // Unlimited (0) still counts.
     assert!(r1b.reserve_allocation("1700000000:carol", 0).await.unwrap());
     assert_eq!(r1b.fleet_allocations("1700000000:carol").await.unwrap(), 1);
+
+    // A relay that dies before its first heartbeat still has its counts reaped.
+    let early = join(&redis, "early").await;
+    assert!(early.reserve_allocation("1700000000:dave", 0).await.unwrap());
+    drop(early);
+    eventually(Duration::from_secs(5), "counts of a relay that never beat are reaped", || async {
+        r1b.heartbeat(&beat(None, 0, false)).await.unwrap();
+        r1b.fleet_allocations("1700000000:dave").await.unwrap() == 0
+    })
+    .await;
+
+    // A graceful stop (leave) takes its counts and its usage along at once.
+    r1b.add_usage(9, "k", None, bytes(4, 4)).unwrap();
+    r1b.leave().await.unwrap();
+    assert_eq!(r1b.fleet_allocations("1700000000:carol").await.unwrap(), 0);
+    assert_eq!(r1b.usage(9, "k").await.unwrap().bytes, bytes(4, 4));
+    assert!(r1b.healthy_relays().await.unwrap().relays.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
