@@ -1,0 +1,299 @@
+//! [`Fleet`]: the handle, its Redis connection, fail-fast calls and the background health check.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, RedisResult};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::redact_url;
+use crate::names::Names;
+use crate::quota::QuotaMirror;
+use crate::registry::RelaySnapshot;
+use crate::usage::UsageBuffer;
+use crate::{FleetConfig, FleetError, FleetMetrics};
+
+/// The fleet state of one process. Cloning shares it; background tasks stop when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct Fleet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("config", &self.inner.cfg)
+            .field("up", &self.is_up())
+            .field("incarnation", &self.inner.incarnation)
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: FleetConfig,
+    pub(crate) names: Names,
+    pub(crate) metrics: FleetMetrics,
+    /// Random per process: usage sequence numbers are scoped by it.
+    pub(crate) incarnation: String,
+    client: redis::Client,
+    conn: RwLock<Option<ConnectionManager>>,
+    up: AtomicBool,
+    ever_up: AtomicBool,
+    /// Bumped every time Redis becomes reachable (subscribers resubscribe and replay).
+    pub(crate) epoch: watch::Sender<u64>,
+    pub(crate) quota: tokio::sync::Mutex<QuotaMirror>,
+    pub(crate) usage: Mutex<UsageBuffer>,
+    pub(crate) usage_flush: tokio::sync::Mutex<()>,
+    pub(crate) relays_cache: Mutex<Option<(Instant, RelaySnapshot)>>,
+    /// Wakes the health check at once after a call lost the connection (Redis restarted: the
+    /// next PING reconnects, so one failed call costs one reconnect, not a health interval).
+    recheck: Arc<Notify>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in self.tasks.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Fleet {
+    /// Validates `cfg`, connects to Redis and starts the health check. Must be called within a
+    /// tokio runtime, which then runs the connection and the background tasks.
+    ///
+    /// A Redis that is down at start is not an error: the handle starts in the down state
+    /// (calls fail fast with [`FleetError::Unavailable`]) and connects when Redis appears.
+    pub async fn connect(cfg: FleetConfig, metrics: FleetMetrics) -> Result<Fleet, FleetError> {
+        cfg.validate()?;
+        let client = build_client(&cfg)?;
+        let mut inc = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut inc);
+        let incarnation = inc.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let usage = UsageBuffer::new(cfg.usage_buffer_entries);
+        metrics.redis_up.set(0);
+        let inner = Arc::new(Inner {
+            names: Names::new(&cfg.prefix),
+            metrics,
+            incarnation,
+            client,
+            conn: RwLock::new(None),
+            up: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
+            epoch: watch::channel(0).0,
+            quota: tokio::sync::Mutex::new(QuotaMirror::default()),
+            usage: Mutex::new(usage),
+            usage_flush: tokio::sync::Mutex::new(()),
+            relays_cache: Mutex::new(None),
+            recheck: Arc::new(Notify::new()),
+            tasks: Mutex::new(Vec::new()),
+            cfg,
+        });
+        inner.check_health().await;
+        if !inner.up.load(Ordering::Acquire) {
+            tracing::warn!(url = %redact_url(&inner.cfg.url), "fleet: redis not reachable at start; retrying in the background");
+        }
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(health_loop(weak, inner.recheck.clone()));
+        inner.spawned(task);
+        Ok(Fleet { inner })
+    }
+
+    /// The configuration this handle runs with.
+    pub fn config(&self) -> &FleetConfig {
+        &self.inner.cfg
+    }
+
+    /// Whether Redis answered the last call or health check.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+
+    /// The metrics this handle updates.
+    pub fn metrics(&self) -> &FleetMetrics {
+        &self.inner.metrics
+    }
+
+    /// Waits until Redis is reachable or `timeout` passes; returns [`Fleet::is_up`].
+    pub async fn wait_up(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.epoch.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_up() {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return self.is_up();
+            }
+        }
+        true
+    }
+
+    /// Runs the health check now (tests, and callers that want a fresh [`Fleet::is_up`]).
+    pub async fn check_health(&self) -> bool {
+        self.inner.check_health().await;
+        self.is_up()
+    }
+}
+
+fn build_client(cfg: &FleetConfig) -> Result<redis::Client, FleetError> {
+    if cfg.url.starts_with("rediss://") {
+        // rustls needs a process-wide crypto provider; turnkey uses ring everywhere. Already
+        // installed (by this or another component) is fine.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    }
+    let bad = |e: RedisError| FleetError::Config(vec![format!("redis url {:?}: {e}", redact_url(&cfg.url))]);
+    match &cfg.ca_file {
+        None => redis::Client::open(cfg.url.as_str()).map_err(bad),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| FleetError::CaFile { path: path.clone(), source })?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(bad)
+        }
+    }
+}
+
+/// Whether a client error means "Redis is not there" rather than "Redis said no".
+fn is_outage(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            ErrorKind::BusyLoadingError
+                | ErrorKind::TryAgain
+                | ErrorKind::MasterDown
+                | ErrorKind::ReadOnly
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::ClientError
+        )
+}
+
+async fn health_loop(weak: Weak<Inner>, recheck: Arc<Notify>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let interval = inner.cfg.health_interval;
+        inner.check_health().await;
+        drop(inner);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = recheck.notified() => {}
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn spawned(&self, task: JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    pub(crate) fn is_up_now(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// A dedicated pub/sub connection (not bounded here; the caller bounds it).
+    pub(crate) async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        self.client.get_async_pubsub().await
+    }
+
+    fn current_conn(&self) -> Option<ConnectionManager> {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Creates the connection if there is none, then PINGs; flips the up state accordingly.
+    async fn check_health(&self) {
+        let conn = match self.current_conn() {
+            Some(c) => c,
+            None => {
+                let mcfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.cfg.op_timeout)
+                    .set_response_timeout(self.cfg.op_timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(1000);
+                let made = tokio::time::timeout(
+                    self.cfg.op_timeout * 2,
+                    ConnectionManager::new_with_config(self.client.clone(), mcfg),
+                )
+                .await;
+                match made {
+                    Ok(Ok(c)) => {
+                        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                        c
+                    }
+                    Ok(Err(e)) => return self.mark_down("connect", &e.to_string()),
+                    Err(_) => return self.mark_down("connect", "timed out"),
+                }
+            }
+        };
+        let mut c = conn;
+        let ping = tokio::time::timeout(self.cfg.op_timeout, redis::cmd("PING").query_async::<String>(&mut c)).await;
+        match ping {
+            Ok(Ok(_)) => self.mark_up(),
+            Ok(Err(e)) => self.mark_down("ping", &e.to_string()),
+            Err(_) => self.mark_down("ping", "timed out"),
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            self.metrics.redis_up.set(1);
+            if self.ever_up.swap(true, Ordering::AcqRel) {
+                self.metrics.reconnects.inc();
+                tracing::info!(url = %redact_url(&self.cfg.url), "fleet: redis reachable again");
+            } else {
+                tracing::info!(url = %redact_url(&self.cfg.url), "fleet: connected to redis");
+            }
+            self.epoch.send_modify(|e| *e += 1);
+        }
+    }
+
+    pub(crate) fn mark_down(&self, op: &str, reason: &str) {
+        self.metrics.errors.inc();
+        self.metrics.redis_up.set(0);
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(op, reason, "fleet: redis unreachable; keeping local state until it is back");
+        }
+    }
+
+    /// Runs one Redis operation: fails at once while Redis is down, bounds it by the operation
+    /// timeout, and classifies its error.
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, FleetError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let conn = match self.current_conn() {
+            Some(c) if self.up.load(Ordering::Acquire) => c,
+            _ => {
+                self.metrics.errors.inc();
+                return Err(FleetError::Unavailable { op, reason: "down".to_owned() });
+            }
+        };
+        match tokio::time::timeout(self.cfg.op_timeout, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if is_outage(&e) => {
+                let reason = e.to_string();
+                self.mark_down(op, &reason);
+                self.recheck.notify_one();
+                Err(FleetError::Unavailable { op, reason })
+            }
+            Ok(Err(source)) => {
+                self.metrics.errors.inc();
+                Err(FleetError::Redis { op, source })
+            }
+            Err(_) => {
+                let reason = format!("no answer within {:?}", self.cfg.op_timeout);
+                self.mark_down(op, &reason);
+                self.recheck.notify_one();
+                Err(FleetError::Unavailable { op, reason })
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The relay registry: heartbeats, deregistration and the list of healthy relays.
+//!
+//! A relay's record `<p>relay:<node>` holds its last [`RelayBeat`] (JSON) and expires after 3
+//! missed beats; `<p>relays` indexes node ids by the Redis time of their last beat. Every beat
+//! also reaps relays whose record expired (at most 16 per beat): their allocation counts leave
+//! the fleet-wide quota (see `quota.rs`), so a SIGKILLed relay frees its users' quota within
+//! 3 beats plus one beat of any live relay.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{NodeId, Region};
+use crate::{Fleet, FleetError};
+
+/// A TURN transport a relay advertises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TURN over UDP.
+    Udp,
+    /// TURN over TCP.
+    Tcp,
+    /// TURN over TLS (`turns:`).
+    Tls,
+}
+
+/// One URL a relay advertises, e.g. `turn:relay1.example.com:3478?transport=udp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertisedUrl {
+    /// The transport the URL is for.
+    pub transport: Transport,
+    /// The ICE server URL handed out.
+    pub url: String,
+}
+
+/// What a relay publishes at every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayBeat {
+    /// The relay's region, if any.
+    #[serde(default)]
+    pub region: Option<Region>,
+    /// Its advertised TURN URLs, per transport.
+    pub urls: Vec<AdvertisedUrl>,
+    /// Live allocations.
+    pub allocations: u64,
+    /// How many allocations it accepts in total (0: none; such a relay is never handed out).
+    pub allocation_capacity: u64,
+    /// Relayed bits per second (both directions, recent average).
+    pub relayed_bps: u64,
+    /// The bandwidth it is meant to carry, if configured; load counts it when present.
+    #[serde(default)]
+    pub bandwidth_capacity_bps: Option<u64>,
+    /// Whether it is draining (finishing live allocations, accepting no new ones).
+    pub draining: bool,
+}
+
+impl RelayBeat {
+    /// The URLs for one transport.
+    pub fn urls_for(&self, transport: Transport) -> impl Iterator<Item = &str> + '_ {
+        self.urls.iter().filter(move |u| u.transport == transport).map(|u| u.url.as_str())
+    }
+
+    /// Load relative to capacity, 0.0 (idle) to 1.0 (full) or more: the larger of allocations
+    /// over allocation capacity and bits/s over bandwidth capacity (when configured).
+    pub fn load(&self) -> f64 {
+        if self.allocation_capacity == 0 {
+            return f64::INFINITY;
+        }
+        let alloc = self.allocations as f64 / self.allocation_capacity as f64;
+        match self.bandwidth_capacity_bps {
+            Some(0) => f64::INFINITY,
+            Some(cap) => alloc.max(self.relayed_bps as f64 / cap as f64),
+            None => alloc,
+        }
+    }
+}
+
+/// A relay as the registry lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Its node id.
+    pub node_id: NodeId,
+    /// Its last heartbeat.
+    #[serde(flatten)]
+    pub beat: RelayBeat,
+    /// Milliseconds since that heartbeat (Redis's clock).
+    pub age_ms: u64,
+}
+
+/// The healthy relays at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelaySnapshot {
+    /// Redis's time of the listing, Unix milliseconds.
+    pub server_time_ms: u64,
+    /// Relays whose record has not expired, by node id.
+    pub relays: Vec<RelayStatus>,
+    /// Whether this is the last successful listing, served because Redis is unreachable.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    node_id: NodeId,
+    #[serde(flatten)]
+    beat: RelayBeat,
+}
+
+const BEAT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl, 'LIMIT', 0, 16)
+for _, id in ipairs(stale) do
+  if id ~= ARGV[1] and redis.call('EXISTS', ARGV[4] .. 'relay:' .. id) == 0 then
+    local akey = ARGV[4] .. 'alloc:' .. id
+    local h = redis.call('HGETALL', akey)
+    for i = 1, #h, 2 do
+      if redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1])) <= 0 then
+        redis.call('HDEL', KEYS[3], h[i])
+      end
+    end
+    redis.call('DEL', akey)
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+return existed
+";
+
+const LIST_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
+local out = {tostring(now)}
+for i = 1, #ids, 2 do
+  local v = redis.call('GET', ARGV[2] .. 'relay:' .. ids[i])
+  if v then
+    out[#out + 1] = ids[i]
+    out[#out + 1] = ids[i + 1]
+    out[#out + 1] = v
+  end
+end
+return out
+";
+
+const LEAVE_LUA: &str = r"
+local h = redis.call('HGETALL', KEYS[4])
+for i = 1, #h, 2 do
+  if redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[3], h[i])
+  end
+end
+redis.call('DEL', KEYS[4], KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+";
+
+fn script(cell: &'static OnceLock<Script>, src: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(src))
+}
+
+static BEAT: OnceLock<Script> = OnceLock::new();
+static LIST: OnceLock<Script> = OnceLock::new();
+static LEAVE: OnceLock<Script> = OnceLock::new();
+
+impl Fleet {
+    /// Publishes this relay's heartbeat (call it every [`crate::FleetConfig::beat_interval`]).
+    ///
+    /// Also reaps relays whose record expired, and re-publishes this relay's allocation counts
+    /// when Redis lost them (first beat of this process, Redis restarted empty, or the relay was
+    /// cut off long enough to be reaped) or when quota calls failed while Redis was down.
+    pub async fn heartbeat(&self, beat: &RelayBeat) -> Result<(), FleetError> {
+        let i = &self.inner;
+        let node = &i.cfg.node_id;
+        let json = serde_json::to_string(&Stored { node_id: node.clone(), beat: beat.clone() })
+            .map_err(|e| FleetError::Data { op: "heartbeat", detail: e.to_string() })?;
+        let ttl_ms = millis(i.cfg.stale_after());
+        let (relay, relays, quota, prefix) = (i.names.relay(node), i.names.relays(), i.names.quota(), i.names.prefix());
+        let existed: i64 = i
+            .call("heartbeat", |mut c| async move {
+                let mut inv = script(&BEAT, BEAT_LUA).prepare_invoke();
+                inv.key(relay).key(relays).key(quota).arg(node.as_str()).arg(json).arg(ttl_ms).arg(prefix);
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        self.sync_quota_if_needed(existed == 0).await
+    }
+
+    /// Removes this relay from the registry at once (graceful stop) and its allocation counts
+    /// from the fleet-wide quota.
+    pub async fn deregister(&self) -> Result<(), FleetError> {
+        let i = &self.inner;
+        let node = &i.cfg.node_id;
+        let keys = [i.names.relay(node), i.names.relays(), i.names.quota(), i.names.alloc(node)];
+        let _: i64 = i
+            .call("deregister", |mut c| async move {
+                let mut inv = script(&LEAVE, LEAVE_LUA).prepare_invoke();
+                for k in keys {
+                    inv.key(k);
+                }
+                inv.arg(node.as_str());
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A graceful stop: flushes buffered usage, then [`Fleet::deregister`]. Both are attempted;
+    /// the first error is returned.
+    pub async fn leave(&self) -> Result<(), FleetError> {
+        let mut first = None;
+        // Up to two batches: the one in flight and what came after it.
+        for _ in 0..2 {
+            if let Err(e) = self.flush_usage().await {
+                first.get_or_insert(e);
+                break;
+            }
+        }
+        if let Err(e) = self.deregister().await {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Every relay whose heartbeat has not expired (draining ones included: the handout skips
+    /// them, `/v1/fleet` shows them). Updates the heartbeat-age metrics and the cached listing.
+    pub async fn healthy_relays(&self) -> Result<RelaySnapshot, FleetError> {
+        let i = &self.inner;
+        let ttl_ms = millis(i.cfg.stale_after());
+        let (relays, prefix) = (i.names.relays(), i.names.prefix().to_owned());
+        let raw: Vec<String> = i
+            .call("list relays", |mut c| async move {
+                let mut inv = script(&LIST, LIST_LUA).prepare_invoke();
+                inv.key(relays).arg(ttl_ms).arg(prefix);
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        let snap = parse_listing(&raw)?;
+        let ages: Vec<(&str, f64)> =
+            snap.relays.iter().map(|r| (r.node_id.as_str(), r.age_ms as f64 / 1000.0)).collect();
+        i.metrics.set_ages(&ages);
+        *i.relays_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), snap.clone()));
+        Ok(snap)
+    }
+
+    /// [`Fleet::healthy_relays`], or while Redis is unreachable the last successful listing if
+    /// it is at most `max_stale` old (with ages advanced by the time since, and `cached` set).
+    pub async fn healthy_relays_or_cached(&self, max_stale: Duration) -> Result<RelaySnapshot, FleetError> {
+        match self.healthy_relays().await {
+            Err(e) if e.is_unavailable() => {
+                let cache = self.inner.relays_cache.lock().unwrap_or_else(|p| p.into_inner());
+                match &*cache {
+                    Some((at, snap)) if at.elapsed() <= max_stale => {
+                        let extra = millis(at.elapsed());
+                        let mut snap = snap.clone();
+                        snap.cached = true;
+                        snap.server_time_ms += extra;
+                        for r in &mut snap.relays {
+                            r.age_ms += extra;
+                        }
+                        Ok(snap)
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn parse_listing(raw: &[String]) -> Result<RelaySnapshot, FleetError> {
+    let bad = |detail: String| FleetError::Data { op: "list relays", detail };
+    let (now, rest) = raw.split_first().ok_or_else(|| bad("empty answer".to_owned()))?;
+    let now: u64 = now.parse().map_err(|_| bad(format!("time {now:?}")))?;
+    let mut relays = Vec::with_capacity(rest.len() / 3);
+    for chunk in rest.chunks(3) {
+        let [id, score, json] = chunk else { return Err(bad("truncated listing".to_owned())) };
+        let stored: Stored = match serde_json::from_str(json) {
+            Ok(s) => s,
+            Err(e) => {
+                // One foreign or newer record must not hide every other relay.
+                tracing::warn!(node = %id, error = %e, "fleet: skipping unreadable relay record");
+                continue;
+            }
+        };
+        let beat_ms: f64 = score.parse().map_err(|_| bad(format!("score {score:?}")))?;
+        let age_ms = now.saturating_sub(beat_ms as u64);
+        relays.push(RelayStatus { node_id: stored.node_id, beat: stored.beat, age_ms });
+    }
+    relays.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(RelaySnapshot { server_time_ms: now, relays, cached: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat() -> RelayBeat {
+        RelayBeat {
+            region: Some(Region::new("eu").unwrap()),
+            urls: vec![
+                AdvertisedUrl { transport: Transport::Udp, url: "turn:r1:3478?transport=udp".into() },
+                AdvertisedUrl { transport: Transport::Tls, url: "turns:r1:5349?transport=tcp".into() },
+            ],
+            allocations: 50,
+            allocation_capacity: 100,
+            relayed_bps: 900,
+            bandwidth_capacity_bps: Some(1000),
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn load_is_the_larger_ratio() {
+        let mut b = beat();
+        assert!((b.load() - 0.9).abs() < 1e-9);
+        b.bandwidth_capacity_bps = None;
+        assert!((b.load() - 0.5).abs() < 1e-9);
+        b.allocation_capacity = 0;
+        assert!(b.load().is_infinite());
+        assert_eq!(beat().urls_for(Transport::Tls).collect::<Vec<_>>(), ["turns:r1:5349?transport=tcp"]);
+    }
+
+    #[test]
+    fn listing_parses_and_skips_foreign_records() {
+        let stored = serde_json::to_string(&Stored { node_id: NodeId::new("r1").unwrap(), beat: beat() }).unwrap();
+        let raw: Vec<String> =
+            ["10000", "r1", "9500", &stored, "r2", "9000", "{not json"].iter().map(|s| s.to_string()).collect();
+        let snap = parse_listing(&raw).unwrap();
+        assert_eq!(snap.server_time_ms, 10_000);
+        assert_eq!(snap.relays.len(), 1);
+        assert_eq!(snap.relays[0].age_ms, 500);
+        assert_eq!(snap.relays[0].beat, beat());
+        assert!(parse_listing(&[]).is_err());
+        assert!(parse_listing(&["1".into(), "r1".into()]).is_err());
+    }
+}
