@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite drives, when missing:
-#   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool) and chromium (the
-#   self-test page's browser test) from Debian, aioice and schemathesis (the OpenAPI fuzzer) from PyPI.
+#   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool), chromium (the
+#   self-test page's browser test), iproute2 and ethtool (the veth namespace tests) from Debian,
+#   aioice and schemathesis (the OpenAPI fuzzer) from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -11,6 +12,9 @@ command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The veth tests switch GRO on with ethtool; `ip` (iproute2) makes the namespaces.
+command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -44,6 +48,8 @@ command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+command -v ip >/dev/null 2>&1 || missing+=(ip)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -65,9 +65,13 @@ fn probe() -> io::Result<Offload> {
 }
 
 /// One UDP socket's batching state: configures the socket once (GRO, ECN and destination
-/// address reporting; as `quinn-udp` does, IPv4 fragmentation is disabled, so a datagram larger
-/// than the route's MTU fails instead of leaving in fragments) and performs its batched
-/// syscalls. Keep one per socket, next to it.
+/// address reporting) and performs its batched syscalls. Keep one per socket, next to it.
+///
+/// `quinn-udp` also turns path-MTU probing on (`IP_PMTUDISC_PROBE`: the DF bit, no local
+/// fragmentation), which suits QUIC but not a relay that forwards whatever its clients send:
+/// `new` puts the socket's previous path-MTU mode back, so an IPv4 datagram larger than the
+/// route's MTU still leaves in fragments as before. (`IPV6_DONTFRAG`, which `quinn-udp` also
+/// sets, has no safe setter here: an IPv6 datagram larger than the link MTU fails, counted.)
 #[derive(Debug)]
 pub struct UdpIo {
     state: UdpSocketState,
@@ -76,7 +80,18 @@ pub struct UdpIo {
 impl UdpIo {
     /// Configures `socket` (which must be a bound UDP socket; it is made non-blocking).
     pub fn new(socket: &impl AsFd) -> io::Result<Self> {
-        Ok(Self { state: UdpSocketState::new(UdpSockRef::from(socket))? })
+        use rustix::net::sockopt;
+        let fd = socket.as_fd();
+        let v4 = sockopt::ip_mtu_discover(fd).ok();
+        let v6 = sockopt::ipv6_mtu_discover(fd).ok();
+        let state = UdpSocketState::new(UdpSockRef::from(socket))?;
+        if let Some(mode) = v4 {
+            sockopt::set_ip_mtu_discover(fd, mode)?;
+        }
+        if let Some(mode) = v6 {
+            sockopt::set_ipv6_mtu_discover(fd, mode)?;
+        }
+        Ok(Self { state })
     }
 
     /// Most segments one GSO send on this socket may carry now (1 once the kernel refused GSO

@@ -490,3 +490,16 @@ fn recv_ready_returns_what_one_readiness_event_delivers() {
         sender.join().unwrap();
     });
 }
+
+#[test]
+fn the_sockets_fragmentation_mode_is_left_as_it_was() {
+    use rustix::net::sockopt;
+    let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = sockopt::ip_mtu_discover(&v4).unwrap();
+    let _io = UdpIo::new(&v4).unwrap();
+    assert_eq!(sockopt::ip_mtu_discover(&v4).unwrap(), before);
+    let v6 = UdpSocket::bind("[::1]:0").unwrap();
+    let before = sockopt::ipv6_mtu_discover(&v6).unwrap();
+    let _io = UdpIo::new(&v6).unwrap();
+    assert_eq!(sockopt::ipv6_mtu_discover(&v6).unwrap(), before);
+}
