@@ -228,6 +228,61 @@ proptest! {
     }
 }
 
+/// A receive batch as the kernel fills it: per buffer, a train of `count` datagrams of `segment`
+/// bytes and a last one of `last` bytes (one buffer of `last` bytes alone when `count` is 0).
+fn fill(batch: &mut RecvBatch, buffers: &[(usize, usize, usize)]) -> Vec<(SocketAddr, Vec<u8>)> {
+    let mut want = Vec::new();
+    let n = batch
+        .recv_with(|bufs, meta| {
+            for (i, &(segment, count, last)) in buffers.iter().enumerate() {
+                let from: SocketAddr = format!("192.0.2.{}:{}", i + 1, 1000 + i).parse().unwrap();
+                let mut at = 0;
+                let sizes = std::iter::repeat_n(segment, count).chain([last]);
+                for (k, len) in sizes.enumerate() {
+                    let d = payload(i * 1000 + k, len);
+                    bufs[i][at..at + len].copy_from_slice(&d);
+                    at += len;
+                    want.push((from, d));
+                }
+                meta[i] = quinn_udp::RecvMeta {
+                    addr: from,
+                    len: at,
+                    stride: if count > 0 { segment } else { at },
+                    ecn: None,
+                    dst_ip: None,
+                };
+            }
+            Ok(buffers.len())
+        })
+        .unwrap();
+    assert_eq!(n, buffers.len());
+    want
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// GRO buffers split back into exactly the datagrams the sender sent, at its segment
+    /// boundaries, with their source, in order; handing them over in place (with room around
+    /// each, which the handler may overwrite) gives the same datagrams.
+    #[test]
+    fn gro_buffers_split_at_the_senders_segment_boundaries(
+        buffers in prop::collection::vec((1usize..1500, 0usize..40, 0usize..1500), 1..8)
+    ) {
+        let buffers: Vec<_> = buffers.into_iter().map(|(seg, count, last)| (seg, count, if count > 0 { last.min(seg).max(1) } else { last })).collect();
+        let mut batch = RecvBatch::with_room(8, 4, 3);
+        let want = fill(&mut batch, &buffers);
+        let got: Vec<_> = batch.datagrams().map(|d| (d.from, d.data.to_vec())).collect();
+        prop_assert_eq!(&got, &want);
+        let mut in_place = Vec::new();
+        batch.for_each_in_place(|from, _, buf, len| {
+            in_place.push((from, buf[4..4 + len].to_vec()));
+            buf.fill(0xaa);
+        });
+        prop_assert_eq!(in_place, want);
+    }
+}
+
 #[test]
 fn ecn_values_never_share_a_train() {
     let to = dest(0);
