@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: coturn vs turnkey under the same load, in one run.
 
+Servers: coturn 4.6.1 (Debian's `turnserver`, default configuration), turnkey, and, when a
+`turnserver` of coturn 4.17.1 is given (`--coturn-4171 PATH` or the COTURN_4171_BIN variable),
+that coturn in its fastest configuration: `--udp-gso --multiplex-peer` (which implies sendmmsg
+batching and turns `--udp-recvmmsg` on; docs/multiplex-peer.md and docs/PerformanceIterationLog.md
+of coturn). Debian ships only 4.6.1; 4.17.1 is built from coturn's upstream tag with its own build
+system (`./configure && make`; libevent-dev and libssl-dev) outside this repository.
+
 Each server runs pinned to core 0 (`taskset -c 0`), the load generator (`turnkey load`, release
 build) to core 1. Every repetition starts a fresh server. Figures are medians over the
 repetitions, with the spread (min..max). Results go to a JSON file and a Markdown section that
 docs/benchmarks.md quotes verbatim.
 
 Usage:
-    bench/compare.py [--quick] [--reps N] [--out DIR]
+    bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles] [--coturn-4171 PATH]
 
 Needs: coturn's `turnserver`, `taskset`, `openssl`, `wrk` (Debian; for the issuance figure), and `cargo build --release -p turnkey`
 (done by the script). Loopback only; every load is bounded in count and time.
@@ -40,12 +47,37 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 COARSE_STEP = 8000
 # Relayed messages per second for the CPU-per-message figure (client to client, both ways).
 CPU_RATE = 20000
+COTURN_FAST = "coturn-4.17.1"
+# Traffic shapes for the CPU-per-message comparison, each near CPU_RATE relayed messages/s (every
+# packet crosses the relay twice, in pair and in echo-peer mode): smooth pacing at 100 and 1200 B,
+# 200 voice calls (50 pkt/s of 160 B each), 48 video calls at 2 Mbit/s (30 frames/s, trains of
+# seven 1200 B packets: 210 pkt/s each).
+PROFILE_LOADS = {
+    "smooth 100 B": ["--flows", "10", "--payload", "100", "--rate", f"{CPU_RATE / 2 / 10:.3f}"],
+    "smooth 1200 B": ["--flows", "10", "--payload", "1200", "--rate", f"{CPU_RATE / 2 / 10:.3f}"],
+    "audio 160 B": ["--profile", "audio", "--flows", "200"],
+    "video 1200 B, 2 Mbit/s": ["--profile", "video", "--bitrate", "2M", "--flows", "48"],
+}
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_udp_pair() -> int:
+    """A UDP port whose successor is free too (coturn's multiplex-peer binds both)."""
+    for _ in range(100):
+        p = free_port()
+        if p < 65535:
+            try:
+                with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+                    s.bind(("::1", p + 1))
+                return p
+            except OSError:
+                continue
+    sys.exit("no free pair of UDP ports")
 
 
 def raise_nofile() -> None:
@@ -56,22 +88,27 @@ def raise_nofile() -> None:
 class Server:
     """A TURN server under test: coturn or turnkey, pinned to SERVER_CORE."""
 
-    def __init__(self, kind: str, secret: str, tls: tuple[Path, Path], http: bool = False):
+    def __init__(self, kind: str, secret: str, tls: tuple[Path, Path], http: bool = False,
+                 coturn_fast: Path | None = None):
         self.kind, self.secret = kind, secret
         self.http = free_port(socket.SOCK_STREAM) if http else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         self.udp = self.tcp = free_port(socket.SOCK_STREAM)
         self.tls = free_port(socket.SOCK_STREAM)
         cert, key = tls
-        if kind == "coturn":
+        if kind in ("coturn", COTURN_FAST):
+            binary = str(coturn_fast) if kind == COTURN_FAST else "turnserver"
             cmd = [
-                "turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={self.udp}",
+                binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={self.udp}",
                 f"--tls-listening-port={self.tls}", "--relay-ip=127.0.0.1", "--min-port=10000",
                 "--max-port=29999", "--use-auth-secret", f"--static-auth-secret={secret}",
                 "--realm=bench", "--allow-loopback-peers", "--no-cli", "--no-dtls", "--relay-threads=1",
                 f"--cert={cert}", f"--pkey={key}", f"--log-file={self.dir}/coturn.log", "--simple-log",
                 f"--pidfile={self.dir}/pid", f"--db={self.dir}/db", "--total-quota=0", "--user-quota=0",
             ]
+            if kind == COTURN_FAST:
+                # One relay thread binds the base port (IPv4) and the next (IPv6).
+                cmd += ["--udp-gso", "--multiplex-peer", f"--multiplex-peer-port={free_udp_pair()}"]
         else:
             cmd = [
                 str(BIN), "serve", "--data-dir", str(self.dir), f"--secret={secret}",
@@ -175,8 +212,9 @@ def spread(values: list[float]) -> dict:
 
 
 class Bench:
-    def __init__(self, reps: int, quick: bool):
-        self.reps, self.quick = reps, quick
+    def __init__(self, reps: int, quick: bool, coturn_fast: Path | None = None):
+        self.reps, self.quick, self.coturn_fast = reps, quick, coturn_fast
+        self.kinds = ["coturn", *([COTURN_FAST] if coturn_fast else []), "turnkey"]
         self.secret = "bench-" + secrets.token_hex(16)
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
@@ -191,12 +229,16 @@ class Bench:
         self.tls = (cert, key)
         self.results: dict = {}
 
-    def each(self, fn, *a) -> dict:
-        """Runs fn(server, *a) on a fresh server per repetition, coturn then turnkey alternating."""
-        out: dict[str, list] = {"coturn": [], "turnkey": []}
+    def each(self, fn, *a, pair: bool = False) -> dict:
+        """Runs fn(server, *a) on a fresh server per repetition, the servers taking turns. With
+        `pair` (two allocations of the server are each other's peer) coturn 4.17.1 is left out:
+        under --multiplex-peer every allocation has the same relayed address, and it refuses a
+        ChannelBind to it (400)."""
+        kinds = [k for k in self.kinds if not (pair and k == COTURN_FAST)]
+        out: dict[str, list] = {kind: [] for kind in kinds}
         for _ in range(self.reps):
-            for kind in ("coturn", "turnkey"):
-                s = Server(kind, self.secret, self.tls)
+            for kind in kinds:
+                s = Server(kind, self.secret, self.tls, coturn_fast=self.coturn_fast)
                 try:
                     out[kind].append(fn(s, *a))
                 finally:
@@ -206,9 +248,10 @@ class Bench:
     # Capacity: the highest offered rate with loss at or under 0.1%, found by a coarse ramp then
     # a fine one starting from the coarse result. In pair mode every packet crosses the relay
     # twice (to the far allocation and back), so relayed messages/s = 2 x offered.
-    def capacity(self, s: Server, transport: str, flows: int, payload: int) -> dict:
+    def capacity(self, s: Server, transport: str, flows: int, payload: int, peer: str = "pair") -> dict:
         common = ["--scenario", "ramp", "--flows", str(flows), "--payload", str(payload),
-                  "--ramp-loss", "0.1", "--duration", "1", "--drain-ms", "300"]
+                  "--ramp-loss", "0.1", "--duration", "1", "--drain-ms", "300",
+                  *(["--echo-peer"] if peer == "echo" else [])]
         coarse_step = COARSE_STEP / flows
         with CpuPeak(s) as cpu:
             r = load(s, transport, *common, "--rate", f"{coarse_step:.3f}", "--ramp-step", f"{coarse_step:.3f}",
@@ -236,6 +279,31 @@ class Bench:
         return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
                 "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
                 "loss_pct": r["traffic"]["loss_pct"]}
+
+    # CPU per relayed message for one traffic shape, in pair mode or against the own echo peer.
+    def cpu_profile(self, s: Server, load_name: str, peer: str) -> dict:
+        extra = ["--echo-peer"] if peer == "echo" else []
+        secs = "4" if self.quick else "8"
+        u0, s0 = s.cpu_secs()
+        r = load(s, "udp", *PROFILE_LOADS[load_name], *extra, "--duration", secs, "--drain-ms", "300",
+                 "--concurrency", "32")
+        u1, s1 = s.cpu_secs()
+        if r["flows_established"] != r["flows_requested"]:
+            sys.exit(f"{s.kind} {load_name} {peer}: {r['flows_established']}/{r['flows_requested']} flows: "
+                     f"{r.get('first_errors')}")
+        msgs = max(2 * r["traffic"]["delivered"], 1)
+        return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
+                "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
+                "loss_pct": r["traffic"]["loss_pct"], "offered_pps": r["traffic"]["offered_pps"]}
+
+    def profiles(self) -> dict:
+        out: dict = {}
+        for load_name in PROFILE_LOADS:
+            for peer in ("pair", "echo"):
+                key = f"{load_name}, {peer}"
+                print(f"cpu per message: {key}", file=sys.stderr, flush=True)
+                out[key] = self.each(self.cpu_profile, load_name, peer, pair=peer == "pair")
+        return out
 
     def latency(self, s: Server, offered_pps: float) -> dict:
         flows = 10
@@ -320,29 +388,37 @@ class Bench:
         if only == "issuance":
             self.results["issuance"] = self.issuance()
             return
+        if only == "profiles":
+            self.results["profiles"] = self.profiles()
+            return
         payloads, flow_counts = ([100, 1200], [1, 10, 50]) if not self.quick else ([100], [10])
         cap: dict = {}
         for payload in payloads:
             for flows in flow_counts:
                 key = f"udp {payload} B x {flows} flows"
                 print(f"capacity {key}", file=sys.stderr, flush=True)
-                cap[key] = self.each(self.capacity, "udp", flows, payload)
+                cap[key] = self.each(self.capacity, "udp", flows, payload, pair=True)
+        for payload in payloads:
+            key = f"udp {payload} B x 10 flows, echo peer"
+            print(f"capacity {key}", file=sys.stderr, flush=True)
+            cap[key] = self.each(self.capacity, "udp", 10, payload, "echo")
         for transport in ("tcp", "tls"):
             key = f"{transport} 100 B x 10 flows"
             print(f"capacity {key}", file=sys.stderr, flush=True)
-            cap[key] = self.each(self.capacity, transport, 10, 100)
+            cap[key] = self.each(self.capacity, transport, 10, 100, pair=True)
         self.results["capacity"] = cap
 
         self.results["cpu"] = {}
         for transport in ("udp", "tcp", "tls"):
             print(f"cpu per message over {transport}", file=sys.stderr, flush=True)
-            self.results["cpu"][transport] = self.each(self.cpu_per_msg, transport, CPU_RATE)
+            self.results["cpu"][transport] = self.each(self.cpu_per_msg, transport, CPU_RATE, pair=True)
+        self.results["profiles"] = self.profiles()
 
         ref = f"udp 100 B x 10 flows"
         coturn_cap = statistics.median(x["offered_pps"] for x in cap[ref]["coturn"])
         print("latency at half of coturn's capacity", file=sys.stderr, flush=True)
         self.results["latency_offered_pps"] = coturn_cap / 2
-        self.results["latency"] = self.each(self.latency, coturn_cap / 2)
+        self.results["latency"] = self.each(self.latency, coturn_cap / 2, pair=True)
 
         print("allocations per second", file=sys.stderr, flush=True)
         self.results["allocations"] = self.each(self.allocations)
@@ -368,6 +444,8 @@ def markdown(res: dict, reps: int) -> str:
     lines: list[str] = []
     if "capacity" in res:
         relay_tables(res, lines.append)
+    if res.get("profiles"):
+        profile_table(res["profiles"], lines.append)
     if res.get("issuance"):
         issuance_table(res["issuance"], lines.append)
     lines.append("")
@@ -376,17 +454,25 @@ def markdown(res: dict, reps: int) -> str:
 
 
 def relay_tables(res: dict, add) -> None:
-    add("| load (pair mode, loss ≤ 0.1%) | coturn msgs/s (min..max) | server CPU | turnkey msgs/s (min..max) "
-        "| server CPU | turnkey / coturn |")
-    add("|---|---|---|---|---|---|")
+    fast = any(COTURN_FAST in runs for runs in res["capacity"].values())
+    add("| load (pair mode unless said, loss ≤ 0.1%) | coturn msgs/s (min..max) | server CPU | turnkey msgs/s (min..max) "
+        "| server CPU | turnkey / coturn |" + (f" {COTURN_FAST} fastest msgs/s | server CPU | turnkey / it |" if fast else ""))
+    add("|---|---|---|---|---|---|" + ("---|---|---|" if fast else ""))
     for key, runs in res["capacity"].items():
         c, cl, ch = med(runs["coturn"], "relayed_msgs_per_s")
         t, tl, th = med(runs["turnkey"], "relayed_msgs_per_s")
         cc = med(runs["coturn"], "server_cpu_peak_pct")[0]
         tc = med(runs["turnkey"], "server_cpu_peak_pct")[0]
         top = " (ramp ceiling)" if all(r["at_ceiling"] for r in runs["turnkey"]) else ""
-        add(f"| {key} | {fmt(c)} ({fmt(cl)}..{fmt(ch)}) | {cc:.0f}% | {fmt(t)} ({fmt(tl)}..{fmt(th)}){top} | "
-            f"{tc:.0f}% | {t / max(c, 1):.2f}× |")
+        row = (f"| {key} | {fmt(c)} ({fmt(cl)}..{fmt(ch)}) | {cc:.0f}% | {fmt(t)} ({fmt(tl)}..{fmt(th)}){top} | "
+               f"{tc:.0f}% | {t / max(c, 1):.2f}× |")
+        if fast and COTURN_FAST in runs:
+            f, fl, fh = med(runs[COTURN_FAST], "relayed_msgs_per_s")
+            fc = med(runs[COTURN_FAST], "server_cpu_peak_pct")[0]
+            row += f" {fmt(f)} ({fmt(fl)}..{fmt(fh)}) | {fc:.0f}% | {t / max(f, 1):.2f}× |"
+        elif fast:
+            row += " n/a (no pair mode under --multiplex-peer) | | |"
+        add(row)
     add("")
     add("| figure | coturn median (min..max) | turnkey median (min..max) | turnkey / coturn |")
     add("|---|---|---|---|")
@@ -422,6 +508,32 @@ def relay_tables(res: dict, add) -> None:
         f"{fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | |")
 
 
+def profile_table(profiles: dict, add) -> None:
+    """Server CPU per relayed message (user + system, and the user/system split) per traffic shape,
+    with turnkey's ratio to every other server measured."""
+    kinds = [k for k in ("coturn", COTURN_FAST, "turnkey") if any(k in runs for runs in profiles.values())]
+    others = [k for k in kinds if k != "turnkey"]
+    add("")
+    add("| load (UDP, µs of server CPU per relayed message; user / system) | "
+        + " | ".join(f"{k} (min..max)" for k in kinds) + " | "
+        + " | ".join(f"turnkey / {k}" for k in others) + " | worst loss |")
+    add("|---|" + "---|" * (len(kinds) + len(others) + 1))
+    for key, runs in profiles.items():
+        cells, totals = [], {}
+        for k in kinds:
+            if k not in runs:
+                cells.append("n/a (no pair mode under --multiplex-peer)")
+                continue
+            t = med(runs[k], "us_per_msg")
+            u = med(runs[k], "user_us_per_msg")[0]
+            sy = med(runs[k], "sys_us_per_msg")[0]
+            totals[k] = t[0]
+            cells.append(f"{t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f}); {u:.2f} / {sy:.2f}")
+        ratios = [f"{totals['turnkey'] / max(totals[k], 1e-9):.2f}×" if k in totals else "" for k in others]
+        loss = max(r["loss_pct"] for k in runs for r in runs[k])
+        add(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {loss:.2f}% |")
+
+
 def issuance_table(runs: list[dict], add) -> None:
     r = med(runs, "per_sec")
     cpu = med(runs, "cpu_us_per_credential")
@@ -438,9 +550,13 @@ def machine() -> str:
                 if l.startswith("model name")), "unknown CPU")
     mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")), "0")
     coturn = subprocess.run(["turnserver", "--version"], capture_output=True, text=True).stdout.strip()
+    fast = os.environ.get("COTURN_4171_BIN")
+    if fast:
+        v = subprocess.run([fast, "--version"], capture_output=True, text=True).stdout.strip()
+        coturn += f" (Debian) and {v} (built from source, `--udp-gso --multiplex-peer`)"
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
     return (f"{os.cpu_count()} × {cpu}, {int(mem) // 1024 // 1024} GiB RAM, Linux {platform.release()}, "
-            f"coturn {coturn} (Debian), {rustc}")
+            f"coturn {coturn}{'' if fast else ' (Debian)'}, {rustc}")
 
 
 def main() -> None:
@@ -448,8 +564,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one repetition, fewer configurations (about 3 minutes)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench")
-    ap.add_argument("--only", choices=["issuance"], help="run only this part")
+    ap.add_argument("--only", choices=["issuance", "profiles"], help="run only this part")
+    ap.add_argument("--coturn-4171", type=Path, default=os.environ.get("COTURN_4171_BIN") or None,
+                    help="turnserver of coturn 4.17.1, run in its fastest configuration next to the others "
+                         "(default: $COTURN_4171_BIN; without it only coturn 4.6.1 and turnkey run)")
     a = ap.parse_args()
+    if a.coturn_4171:
+        a.coturn_4171 = a.coturn_4171.resolve()
+        v = subprocess.run([str(a.coturn_4171), "--version"], capture_output=True, text=True).stdout.strip()
+        if v != "4.17.1":
+            sys.exit(f"{a.coturn_4171} is coturn {v or '?'}, not 4.17.1")
+        os.environ["COTURN_4171_BIN"] = str(a.coturn_4171)
     for tool in ("turnserver", "taskset", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (scripts/install-test-tools.sh installs coturn)")
@@ -457,7 +582,7 @@ def main() -> None:
         sys.exit("needs 2 cores: one for the server, one for the load generator")
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "turnkey"], cwd=ROOT, check=True)
     reps = 1 if a.quick else a.reps
-    b = Bench(reps, a.quick)
+    b = Bench(reps, a.quick, a.coturn_4171)
     started = time.time()
     b.run(a.only)
     a.out.mkdir(parents=True, exist_ok=True)

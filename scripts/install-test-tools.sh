@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite drives, when missing:
 #   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool), chromium (the
-#   self-test page's browser test) and redis-server (fleet mode's shared state; redis-server,
-#   redis-cli) from Debian, aioice and schemathesis (the OpenAPI fuzzer) from PyPI.
+#   self-test page's browser test), redis-server (fleet mode's shared state; redis-server,
+#   redis-cli), iproute2 and ethtool (the veth namespace tests) from Debian, aioice and
+#   schemathesis (the OpenAPI fuzzer) from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -13,6 +14,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; } || need_apt+=(redis-server)
+# The veth tests switch GRO on with ethtool; `ip` (iproute2) makes the namespaces.
+command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -49,6 +53,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-cli)
+command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
+command -v ip >/dev/null 2>&1 || missing+=(ip)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod redis;
+pub mod netns;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};

@@ -82,6 +82,43 @@ fn udp_channel_pairs_match_the_relay_counters() {
 }
 
 #[test]
+fn audio_profile_sends_fifty_160_byte_packets_a_second_per_flow() {
+    let tk = Turnkey::serve(ALLOW_LOOPBACK);
+    let server = tk.udp().to_string();
+    let (code, r) = load(&tk, &server, &["--profile", "audio", "--flows", "3", "--count", "100", "--max-loss", "0"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!((r["profile"].as_str(), r["payload_bytes"].as_u64()), (Some("audio"), Some(160)), "{r}");
+    assert_eq!(r["rate_per_flow_pps"].as_f64(), Some(50.0), "{r}");
+    assert_eq!((u(&r["traffic"]["sent"]), u(&r["traffic"]["delivered"])), (300, 300), "{r}");
+    // 100 packets at 50/s: the last leaves 1.98 s after the first, never earlier.
+    let secs = r["traffic"]["elapsed_secs"].as_f64().unwrap();
+    assert!((1.97..4.0).contains(&secs), "paced at 50 packets/s: {secs} s");
+    settle(&tk);
+    // Pairs: each packet crosses the relay twice each way, 160 B of payload each time.
+    assert_eq!(relayed(&tk, "client_to_peer", "udp"), (600, 600 * 160));
+    assert_eq!(relayed(&tk, "peer_to_client", "udp"), (600, 600 * 160));
+}
+
+#[test]
+fn video_profile_sends_thirty_trains_a_second_sized_to_the_bitrate() {
+    let tk = Turnkey::serve(ALLOW_LOOPBACK);
+    let server = tk.udp().to_string();
+    // 500 kbit/s at 30 frames/s is 2,083 bytes a frame: trains of two 1200 B packets.
+    let extra = ["--profile", "video", "--bitrate", "500k", "--echo-peer", "--flows", "2", "--count", "60"];
+    let (code, r) = load(&tk, &server, &[&extra[..], &["--max-loss", "0"]].concat());
+    assert_eq!(code, 0, "{r}");
+    assert_eq!((r["profile"].as_str(), r["frame_packets"].as_u64()), (Some("video"), Some(2)), "{r}");
+    assert_eq!((r["payload_bytes"].as_u64(), r["rate_per_flow_pps"].as_f64()), (Some(1200), Some(60.0)), "{r}");
+    assert_eq!((u(&r["traffic"]["sent"]), u(&r["traffic"]["delivered"])), (120, 120), "{r}");
+    // 30 trains at 30/s: the last leaves 29/30 s after the first, never earlier.
+    let secs = r["traffic"]["elapsed_secs"].as_f64().unwrap();
+    assert!((0.96..3.0).contains(&secs), "30 frames a second: {secs} s");
+    settle(&tk);
+    assert_eq!(relayed(&tk, "client_to_peer", "udp"), (120, 120 * 1200));
+    assert_eq!(relayed(&tk, "peer_to_client", "udp"), (120, 120 * 1200));
+}
+
+#[test]
 fn tcp_send_indications_to_the_own_echo_peer_match_the_relay_counters() {
     let tk = Turnkey::serve(ALLOW_LOOPBACK);
     let server = tk.tcp().to_string();

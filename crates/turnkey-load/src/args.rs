@@ -26,10 +26,19 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1)]
     pub flows: u32,
     /// Application payload per packet, in bytes (at least 24: flow, phase, sequence, timestamp).
-    #[arg(long, default_value_t = 100)]
-    pub payload: usize,
-    /// Packets per second per flow (relay); starting rate (ramp); allocations per second in
-    /// total (allocations, unlimited if unset).
+    /// Default: 100 (smooth), 160 (audio), 1200 (video).
+    #[arg(long, value_name = "BYTES")]
+    pub payload: Option<usize>,
+    /// Traffic shape of each flow (relay): `smooth` paces --rate evenly; `audio` sends 50
+    /// packets/s of 160 B; `video` sends 30 frames/s, each a back-to-back train of 1200 B
+    /// packets sized to --bitrate.
+    #[arg(long, value_enum, default_value_t = Profile::Smooth)]
+    pub profile: Profile,
+    /// Video: bits per second per flow (payload bits), e.g. `2M`, `500k`, `1500000`.
+    #[arg(long, value_name = "BPS", value_parser = parse_bitrate)]
+    pub bitrate: Option<u64>,
+    /// Packets per second per flow (relay, smooth profile); starting rate (ramp); allocations
+    /// per second in total (allocations, unlimited if unset).
     #[arg(long, value_name = "PPS", conflicts_with = "flood")]
     pub rate: Option<f64>,
     /// Send as fast as possible (relay).
@@ -121,6 +130,65 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
+/// The traffic shape of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// `--rate` packets per second, evenly paced (or `--flood`).
+    Smooth,
+    /// A voice call: 50 packets per second of 160 B (20 ms of G.711).
+    Audio,
+    /// A video call: 30 frames per second, each a back-to-back train of 1200 B packets carrying
+    /// `--bitrate` / 30 bits.
+    Video,
+}
+
+/// Audio profile: packets per second per flow.
+pub const AUDIO_PPS: f64 = 50.0;
+/// Audio profile: payload bytes.
+pub const AUDIO_PAYLOAD: usize = 160;
+/// Video profile: frames per second per flow.
+pub const VIDEO_FPS: f64 = 30.0;
+/// Video profile: payload bytes per packet.
+pub const VIDEO_PAYLOAD: usize = 1200;
+/// Video profile: the bitrate when --bitrate is not given.
+pub const VIDEO_DEFAULT_BITRATE: u64 = 2_000_000;
+/// Smooth profile: the payload when --payload is not given.
+pub const SMOOTH_PAYLOAD: usize = 100;
+
+/// How a flow's packets are paced: `trains_per_sec` times a second, `train` packets back to
+/// back (`trains_per_sec` None: as fast as possible).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Trains per second (`None`: flood).
+    pub trains_per_sec: Option<f64>,
+    /// Packets per train (1 for smooth and audio).
+    pub train: u64,
+}
+
+impl Pace {
+    /// Packets per second (`None`: flood).
+    pub fn pps(&self) -> Option<f64> {
+        self.trains_per_sec.map(|r| r * self.train as f64)
+    }
+}
+
+/// Parses a bitrate: a number with an optional `k`, `M` or `G` suffix (decimal, bits/s).
+pub fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| format!("not a bitrate: {s:?} (e.g. 2M, 500k, 1500000)"))?;
+    let bps = v * mult;
+    if !(1.0..=1e11).contains(&bps) {
+        return Err(format!("bitrate out of range: {s:?}"));
+    }
+    Ok(bps.round() as u64)
+}
+
 /// The transport to the TURN server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
@@ -172,7 +240,7 @@ impl LoadArgs {
     /// Checks the arguments that clap cannot, and derives the run's bound.
     pub fn bound(&self) -> Result<Bound, LoadError> {
         let bad = |m: String| Err(LoadError::Args(m));
-        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.payload) {
+        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.payload()) {
             return bad(format!("--payload must be {MIN_PAYLOAD} to {MAX_PAYLOAD} bytes"));
         }
         if self.flows == 0 || self.concurrency == 0 {
@@ -199,6 +267,17 @@ impl LoadArgs {
         if self.scenario == Scenario::Ramp && self.flood {
             return bad("--flood cannot be used with --scenario ramp".into());
         }
+        if self.profile != Profile::Smooth {
+            if self.scenario != Scenario::Relay {
+                return bad("--profile audio and video are for --scenario relay (scale them with --flows)".into());
+            }
+            if self.rate.is_some() || self.flood {
+                return bad("--profile audio and video set their own pace: no --rate or --flood".into());
+            }
+        }
+        if self.bitrate.is_some() && self.profile != Profile::Video {
+            return bad("--bitrate needs --profile video".into());
+        }
         if self.secret.is_none() && self.issuer.is_none() && self.password.is_none() {
             if self.user.is_some() {
                 return bad("--user needs --password or --secret".into());
@@ -221,10 +300,29 @@ impl LoadArgs {
 
     /// The per-flow rate in packets per second (`None`: flood). Relay default: 50 pps.
     pub fn flow_rate(&self) -> Option<f64> {
-        if self.flood {
-            None
-        } else {
-            Some(self.rate.unwrap_or(50.0))
+        self.pace().pps()
+    }
+
+    /// Payload bytes per packet: --payload, else the profile's.
+    pub fn payload(&self) -> usize {
+        self.payload.unwrap_or(match self.profile {
+            Profile::Smooth => SMOOTH_PAYLOAD,
+            Profile::Audio => AUDIO_PAYLOAD,
+            Profile::Video => VIDEO_PAYLOAD,
+        })
+    }
+
+    /// How each flow's packets are paced (relay).
+    pub fn pace(&self) -> Pace {
+        match self.profile {
+            Profile::Smooth if self.flood => Pace { trains_per_sec: None, train: 1 },
+            Profile::Smooth => Pace { trains_per_sec: Some(self.rate.unwrap_or(50.0)), train: 1 },
+            Profile::Audio => Pace { trains_per_sec: Some(AUDIO_PPS), train: 1 },
+            Profile::Video => {
+                let bits = self.bitrate.unwrap_or(VIDEO_DEFAULT_BITRATE) as f64;
+                let per_frame = bits / VIDEO_FPS / (self.payload() * 8) as f64;
+                Pace { trains_per_sec: Some(VIDEO_FPS), train: (per_frame.ceil() as u64).max(1) }
+            }
         }
     }
 
@@ -289,6 +387,56 @@ mod tests {
         assert_eq!((a.secret.as_deref(), a.flows), (Some("-c2Vj"), 2));
         let a = Cli::try_parse_from(["x", "--server", "a:1", "--user", "u", "--password", "-p"]).unwrap().args;
         assert_eq!(a.password.as_deref(), Some("-p"));
+    }
+
+    #[test]
+    fn profiles_set_size_and_pace() {
+        let a = parse(&[]);
+        assert_eq!((a.payload(), a.pace()), (100, Pace { trains_per_sec: Some(50.0), train: 1 }));
+        let a = parse(&["--profile", "audio"]);
+        assert_eq!(
+            (a.payload(), a.pace(), a.flow_rate()),
+            (160, Pace { trains_per_sec: Some(50.0), train: 1 }, Some(50.0))
+        );
+        assert!(a.bound().is_ok());
+        // 2 Mbit/s at 30 frames/s is 8,333 bytes a frame: seven 1200 B packets.
+        let a = parse(&["--profile", "video"]);
+        assert_eq!((a.payload(), a.pace()), (1200, Pace { trains_per_sec: Some(30.0), train: 7 }));
+        assert_eq!(a.flow_rate(), Some(210.0));
+        let a = parse(&["--profile", "video", "--bitrate", "500k"]);
+        assert_eq!(a.pace().train, 2);
+        let a = parse(&["--profile", "video", "--bitrate", "10k"]);
+        assert_eq!(a.pace().train, 1, "a frame is at least one packet");
+        let a = parse(&["--profile", "video", "--bitrate", "2M", "--payload", "600"]);
+        assert_eq!(a.pace().train, 14);
+    }
+
+    #[test]
+    fn profiles_refuse_what_contradicts_them() {
+        for bad in [
+            &["--profile", "audio", "--rate", "10"][..],
+            &["--profile", "video", "--scenario", "ramp"],
+            &["--profile", "audio", "--scenario", "allocations"],
+            &["--bitrate", "2M"],
+            &["--profile", "audio", "--bitrate", "2M"],
+        ] {
+            assert!(parse(bad).bound().is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["x", "--server", "a:1", "--profile", "video", "--bitrate", "fast"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--server", "a:1", "--profile", "video", "--flood"])
+            .is_ok_and(|c| c.args.bound().is_err()));
+    }
+
+    #[test]
+    fn bitrates_parse_with_decimal_suffixes() {
+        assert_eq!(parse_bitrate("2M"), Ok(2_000_000));
+        assert_eq!(parse_bitrate("500k"), Ok(500_000));
+        assert_eq!(parse_bitrate("1.5m"), Ok(1_500_000));
+        assert_eq!(parse_bitrate("64000"), Ok(64_000));
+        assert_eq!(parse_bitrate("1G"), Ok(1_000_000_000));
+        for bad in ["", "M", "-1M", "0", "2Mb", "nan", "1e30"] {
+            assert!(parse_bitrate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use args::{LoadArgs, Mode, Scenario, TransportKind};
+pub use args::{LoadArgs, Mode, Profile, Scenario, TransportKind};
 pub use error::LoadError;
 pub use report::{Allocations, Percentiles, Ramp, RampStep, Report, Traffic, Verdict};
 
@@ -77,8 +77,10 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
             PeerKind::External(a) => a.to_string(),
         },
         flows_requested: args.flows,
-        payload_bytes: args.payload,
+        payload_bytes: args.payload(),
         rate_per_flow_pps: args.flow_rate(),
+        profile: name(args.profile),
+        frame_packets: (args.profile == args::Profile::Video).then(|| args.pace().train),
         ..Report::default()
     };
     let ctx = Ctx {

@@ -41,7 +41,9 @@ pub async fn run(ctx: &Ctx, peer: PeerKind, report: &mut Report) -> Result<(), L
         if args.scenario == Scenario::Ramp {
             ramp(ctx, &mut flows, bound.duration, report).await;
         } else {
-            let plan = SendPlan { rate: args.flow_rate(), duration: bound.duration, count: bound.count };
+            let pace = args.pace();
+            let plan =
+                SendPlan { rate: pace.trains_per_sec, train: pace.train, duration: bound.duration, count: bound.count };
             report.traffic = run_phase(ctx, &mut flows, 1, plan, report).await?;
         }
     }
@@ -159,7 +161,7 @@ async fn setup_flow_inner(
     let wire = if channel { Wire::Channel } else { Wire::Send(peer_addr) };
     Ok(Flow {
         id,
-        tpl: PacketTemplate::new(wire, ctx.args.payload, tx.is_stream()),
+        tpl: PacketTemplate::new(wire, ctx.args.payload(), tx.is_stream()),
         conn: Some((tx, rx)),
         auth,
         peer: peer_addr,
@@ -234,7 +236,7 @@ async fn run_phase(
             f.conn = Some((tx, rx));
         }
     }
-    Ok(Traffic::compute(sent, delivered, reordered, ctx.args.payload, last_end - start, &rtt))
+    Ok(Traffic::compute(sent, delivered, reordered, ctx.args.payload(), last_end - start, &rtt))
 }
 
 async fn ramp(ctx: &Ctx, flows: &mut [Flow], step_time: Duration, report: &mut Report) {
@@ -244,7 +246,7 @@ async fn ramp(ctx: &Ctx, flows: &mut [Flow], step_time: Duration, report: &mut R
     let mut ramp = Ramp { threshold_pct: args.ramp_loss, ..Ramp::default() };
     for i in 0..args.ramp_steps {
         let rate = start + step * f64::from(i);
-        let plan = SendPlan { rate: Some(rate), duration: step_time, count: None };
+        let plan = SendPlan { rate: Some(rate), train: 1, duration: step_time, count: None };
         let Ok(traffic) = run_phase(ctx, flows, i + 1, plan, report).await else {
             break;
         };

@@ -29,6 +29,10 @@ pub struct Report {
     pub payload_bytes: usize,
     /// Packets per second per flow asked for (`null`: flood).
     pub rate_per_flow_pps: Option<f64>,
+    /// Traffic shape: `smooth`, `audio` or `video`.
+    pub profile: String,
+    /// Video: packets sent back to back per frame (`null` for the other profiles).
+    pub frame_packets: Option<u64>,
     /// Packet figures (relay; ramp: the last step at or under the loss threshold).
     pub traffic: Traffic,
     /// Allocation figures (every scenario).
@@ -275,10 +279,15 @@ impl fmt::Display for Report {
         )?;
         if self.scenario != "allocations" {
             let rate = self.rate_per_flow_pps.map_or("flood".to_string(), |r| format!("{r} pkt/s"));
+            let shape = match self.frame_packets {
+                Some(n) => format!(" ({} profile: 30 frames/s of {n} packets)", self.profile),
+                None if self.profile.is_empty() => String::new(),
+                None => format!(" ({} profile)", self.profile),
+            };
             writeln!(
                 f,
-                "  flows {}/{} established, payload {} B, rate per flow {}",
-                self.flows_established, self.flows_requested, self.payload_bytes, rate
+                "  flows {}/{} established, payload {} B, rate per flow {}{}",
+                self.flows_established, self.flows_requested, self.payload_bytes, rate, shape
             )?;
             write_traffic(f, &self.traffic)?;
         }

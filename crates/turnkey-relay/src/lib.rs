@@ -3,11 +3,13 @@
 //! Owns the sans-IO TURN engine ([`engine`]: allocations, permissions, channels, lifetimes, quotas,
 //! peer policy), its drivers ([`udp`]: client-facing sockets sharded across cores with
 //! SO_REUSEPORT, relay sockets; [`stream`]: TURN over TCP and TLS, with [`conn`] deciding
-//! connection limits and timeouts and [`tls`] the reloadable certificate), the relay's metrics ([`metrics`]) and the [`run`] entry point.
+//! connection limits and timeouts and [`tls`] the reloadable certificate), batched UDP I/O with GSO
+//! and GRO ([`batch`]), the relay's metrics ([`metrics`]) and the [`run`] entry point.
 //!
 //! It must not import axum or the issuer: credentials reach it through `turnkey-auth`
 //! (secret ring, nonces, revocation set) and nothing else.
 
+pub mod batch;
 pub mod conn;
 pub mod engine;
 mod error;
