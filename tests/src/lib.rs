@@ -8,8 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod browser;
-pub mod redis;
 pub mod netns;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
