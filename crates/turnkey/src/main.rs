@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod datadir;
 mod fleet;
+mod fleet_relay;
 mod issuer;
 mod obs;
 mod process;
