@@ -315,3 +315,27 @@ fn a_draining_relay_redirects_to_a_healthy_peer_and_the_client_allocates_there()
     let _ = holder.wait();
     let _ = a.signal_and_wait("KILL", Duration::from_secs(5));
 }
+
+#[test]
+fn a_sigkilled_relay_loses_at_most_its_unflushed_usage_and_never_doubles() {
+    let Some(redis) = redis() else { return };
+    let mut a = relay(&redis, "kill-a", &[]);
+    let (user, pw) = creds(&format!("{KEY}:killed"));
+    let field = |f: &str| -> u64 {
+        let keys = redis.cli(&["--scan", "--pattern", &format!("turnkey:usage:*:{KEY}")]).unwrap_or_default();
+        let Some(key) = keys.lines().next() else { return 0 };
+        redis.cli(&["HGET", key, f]).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    // A first exchange, then time for it to be flushed: all of it arrives.
+    let r = aioice(&["relay", "--server", &a.udp().to_string(), "--user", &user, "--password", &pw, "--count", "20"]);
+    assert_eq!(r["received"], 20, "{r}");
+    assert!(wait_until(Duration::from_secs(5), || field("c2p") == 2000).is_some(), "c2p={}", field("c2p"));
+    // A second one, then SIGKILL at once: what was not flushed yet is lost, nothing is doubled.
+    let r = aioice(&["relay", "--server", &a.udp().to_string(), "--user", &user, "--password", &pw, "--count", "20"]);
+    assert_eq!(r["received"], 20, "{r}");
+    let _ = a.signal_and_wait("KILL", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (c2p, p2c) = (field("c2p"), field("p2c"));
+    eprintln!("SIGKILL right after the second exchange: c2p {c2p} of 4000, p2c {p2c} of 4000 bytes in Redis");
+    assert!((2000..=4000).contains(&c2p) && (2000..=4000).contains(&p2c), "c2p={c2p} p2c={p2c}");
+}
