@@ -180,8 +180,13 @@ impl Fleet {
     /// Also reaps relays whose record expired, and re-publishes this relay's allocation counts
     /// when Redis lost them (first beat of this process, Redis restarted empty, or the relay was
     /// cut off long enough to be reaped) or when quota calls failed while Redis was down.
+    /// After [`Fleet::deregister`] it does nothing: a relay that left stays gone.
     pub async fn heartbeat(&self, beat: &RelayBeat) -> Result<(), FleetError> {
         let i = &self.inner;
+        let deregistered = i.registration.lock().await;
+        if *deregistered {
+            return Ok(());
+        }
         let node = &i.cfg.node_id;
         let json = serde_json::to_string(&Stored { node_id: node.clone(), beat: beat.clone() })
             .map_err(|e| FleetError::Data { op: "heartbeat", detail: e.to_string() })?;
@@ -210,6 +215,8 @@ impl Fleet {
     /// from the fleet-wide quota.
     pub async fn deregister(&self) -> Result<(), FleetError> {
         let i = &self.inner;
+        let mut deregistered = i.registration.lock().await;
+        *deregistered = true;
         let node = &i.cfg.node_id;
         let keys = [
             i.names.relay(node),

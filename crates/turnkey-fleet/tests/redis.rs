@@ -97,6 +97,9 @@ async fn registry_lists_live_relays_and_forgets_dead_ones() {
     // A graceful stop leaves at once.
     r3.deregister().await.unwrap();
     assert_eq!(names(&issuer.healthy_relays().await.unwrap()), ["r1", "r2"]);
+    // A beat after leaving (its loop still running until the process exits) does not return it.
+    r3.heartbeat(&beat(None, 0, true)).await.unwrap();
+    assert_eq!(names(&issuer.healthy_relays().await.unwrap()), ["r1", "r2"]);
 
     // r2 stops beating (as if SIGKILLed): gone after 3 missed beats, while r1 keeps beating.
     eventually(Duration::from_secs(5), "r2 expires", || async {
