@@ -4,6 +4,8 @@
 mod cli;
 mod config;
 mod datadir;
+mod fleet;
+mod fleet_relay;
 mod issuer;
 mod obs;
 mod process;
