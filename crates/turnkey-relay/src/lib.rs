@@ -14,6 +14,7 @@ mod error;
 pub mod framing;
 pub mod loglimit;
 pub mod metrics;
+mod outq;
 pub mod policy;
 pub mod settings;
 pub mod types;
