@@ -48,6 +48,14 @@ pub struct StreamLimits {
     /// (1 to 65536).
     #[serde(deserialize_with = "in_range::<_, _, 1, 65_536>")]
     pub outbound_queue: usize,
+    /// Bytes queued towards one client (about a socket buffer); past it, frames to that client
+    /// are dropped and counted (4096 to 1 GiB; a frame larger than it is always dropped).
+    #[serde(deserialize_with = "in_range::<_, _, 4096, { 1 << 30 }>")]
+    pub outbound_queue_bytes: usize,
+    /// A write to a client socket that makes no progress for this long closes the connection
+    /// (a client that stopped reading; seconds).
+    #[serde(with = "nonzero_secs")]
+    pub write_timeout: Duration,
 }
 
 impl Default for StreamLimits {
@@ -60,6 +68,8 @@ impl Default for StreamLimits {
             idle_timeout: Duration::from_secs(600),
             max_frame: 65_535,
             outbound_queue: 256,
+            outbound_queue_bytes: 256 * 1024,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -89,6 +99,8 @@ pub enum CloseReason {
     TotalCap,
     /// A read or write failed (reset, broken pipe).
     IoError,
+    /// A write made no progress for `write_timeout`: the client stopped reading.
+    WriteTimeout,
     /// The relay stopped.
     Shutdown,
 }
@@ -108,6 +120,7 @@ impl CloseReason {
             Self::PerIpCap => "per_ip_cap",
             Self::TotalCap => "total_cap",
             Self::IoError => "io_error",
+            Self::WriteTimeout => "write_timeout",
             Self::Shutdown => "shutdown",
         }
     }

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod framing;
 pub mod loglimit;
 pub mod metrics;
+mod outq;
 pub mod policy;
 pub mod settings;
 pub mod types;

@@ -91,6 +91,12 @@ impl ClientSockets {
         self.streams.get(tuple).map(StreamConn::task)
     }
 
+    /// Bytes queued towards a stream client.
+    #[cfg(test)]
+    pub fn queued_bytes(&self, tuple: &FiveTuple) -> Option<usize> {
+        self.streams.get(tuple).map(StreamConn::queued_bytes)
+    }
+
     /// Sends to a client: a UDP datagram (a full socket buffer drops it), or a frame queued on
     /// the client's connection (a full queue drops it).
     pub fn send(&self, to: FiveTuple, data: &[u8]) -> Result<(), DropReason> {

@@ -7,36 +7,41 @@
 //! - the reader: reads into a fixed buffer, cuts frames with [`StreamDecoder`], hands each to the
 //!   engine while the shard is borrowed once per read, and enforces the [`ConnTimers`] decisions
 //!   (handshake, never-allocated and idle timeouts);
-//! - the writer: drains the connection's bounded outbound queue. Everything sent to the client
-//!   (responses, ChannelData, Data indications) goes through `shard::ClientSockets::send`, which only
-//!   `try_send`s into that queue: a slow reader loses its own packets (counted as `queue_full`)
-//!   and never stalls the shard.
+//! - the writer: drains the connection's outbound queue ([`crate::outq`], bounded in bytes and
+//!   frames). Everything sent to the client (responses, ChannelData, Data indications) goes
+//!   through `shard::ClientSockets::send`, which only copies the frame into that queue if it
+//!   fits: a slow reader loses its own packets (counted as `queue_full`) and never stalls the
+//!   shard. A write that makes no progress for `write_timeout` closes the connection
+//!   (`write_timeout`): a client that stopped reading holds at most one queue of memory, and only
+//!   for that long.
 //!
 //! Closing a connection ([`finish`]) ends its allocation at once and counts the reason.
 
 use std::cell::RefCell;
+use std::future::{poll_fn, Future as _};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio::time::Sleep;
 
 use crate::conn::{CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
 use crate::framing::{Frame, FramingError, StreamDecoder};
 use crate::metrics::RelayMetrics;
+use crate::outq::{out_queue, OutReceiver, OutSender};
 use crate::shard::ShardState;
 use crate::tls::TlsConfigs;
 use crate::types::{ClientAddr, FiveTuple, Now, Transport};
 
 /// Bytes read from a connection at once (also the decoder's `max_read`).
 const READ_BUF: usize = 16 * 1024;
-/// Bytes the writer gathers from the queue into one write.
-const WRITE_BATCH: usize = 64 * 1024;
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// Listen backlog of TCP/TLS listeners.
@@ -80,20 +85,27 @@ impl StreamCtx {
 /// A live connection as the shard sees it.
 #[derive(Debug)]
 pub(crate) struct StreamConn {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: OutSender,
     task: AbortHandle,
     _slot: ConnSlot,
 }
 
 impl StreamConn {
-    /// Queues a frame for the client; `false` if the queue is full or the connection is closing.
+    /// The connection's task.
     pub fn task(&self) -> AbortHandle {
         self.task.clone()
     }
 
+    /// Bytes queued for the client.
+    #[cfg(test)]
+    pub fn queued_bytes(&self) -> usize {
+        self.tx.queued_bytes()
+    }
+
+    /// Queues a frame for the client (its one copy); `false` if it does not fit.
     #[inline]
     pub fn try_send(&self, data: &[u8]) -> bool {
-        self.tx.try_send(data.to_vec()).is_ok()
+        self.tx.push(data)
     }
 }
 
@@ -126,7 +138,7 @@ pub(crate) async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let client = SocketAddr::new(from.ip().to_canonical(), from.port());
         let tuple = FiveTuple { transport, client: ClientAddr(client), server: local };
-        let (tx, rx) = mpsc::channel(ctx.limits.outbound_queue.max(1));
+        let (tx, rx) = out_queue(ctx.limits.outbound_queue_bytes, ctx.limits.outbound_queue);
         // The task runs only once this loop yields, so the entry exists before it does.
         let task = tokio::task::spawn_local(connection(shard.clone(), ctx.clone(), tcp, tuple, rx));
         shard.borrow_mut().clients.add_stream(tuple, StreamConn { tx, task: task.abort_handle(), _slot: slot });
@@ -144,7 +156,7 @@ async fn connection(
     ctx: Rc<StreamCtx>,
     tcp: TcpStream,
     tuple: FiveTuple,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: OutReceiver,
 ) {
     let tls = tuple.transport == Transport::Tls;
     let mut timers = ConnTimers::new(&ctx.limits, mono_now(), tls);
@@ -212,13 +224,14 @@ async fn serve<S>(
     stream: S,
     tuple: FiveTuple,
     timers: &mut ConnTimers,
-    rx: mpsc::Receiver<Vec<u8>>,
-) -> (CloseReason, Option<tokio::task::JoinHandle<()>>)
+    rx: OutReceiver,
+) -> (CloseReason, Option<tokio::task::JoinHandle<Option<CloseReason>>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
-    let mut writer = tokio::task::spawn_local(write_loop(wr, rx, tuple.transport == Transport::Tls));
+    let tls = tuple.transport == Transport::Tls;
+    let mut writer = tokio::task::spawn_local(write_loop(wr, rx, tls, ctx.limits.write_timeout));
     let mut decoder = StreamDecoder::with_max_read(ctx.limits.max_frame, READ_BUF);
     let mut buf = vec![0u8; READ_BUF];
     let reason = loop {
@@ -248,7 +261,7 @@ where
                     break reason;
                 }
             }
-            _ = &mut writer => return (CloseReason::IoError, None),
+            r = &mut writer => return (r.ok().flatten().unwrap_or(CloseReason::IoError), None),
         }
     };
     (reason, Some(writer))
@@ -267,41 +280,61 @@ fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDe
     Ok(stun)
 }
 
-/// Writes queued frames until the queue closes. Over TCP, frames already queued are gathered
-/// into one write. Over TLS each frame is written on its own, so each travels in its own TLS
-/// record: clients that wait for socket readiness before reading the next message (coturn's
-/// uclient, for one) would otherwise leave messages decrypted but unread inside their TLS
-/// library when several share one record.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>, one_record_per_frame: bool) {
-    let mut batch: Vec<u8> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let ok = if one_record_per_frame {
-            let mut ok = wr.write_all(&first).await.is_ok();
-            while ok {
-                match rx.try_recv() {
-                    Ok(f) => ok = wr.write_all(&f).await.is_ok(),
-                    Err(_) => break,
-                }
+/// Writes queued frames until the queue closes; returns why the connection must close if a write
+/// failed (`IoError`) or made no progress for `timeout` (`WriteTimeout`), `None` once the closed
+/// queue is flushed. Over TCP every queued byte the socket takes goes in one write. Over TLS each
+/// frame is written on its own, so each travels in its own TLS record: clients that wait for
+/// socket readiness before reading the next message (coturn's uclient, for one) would otherwise
+/// leave messages decrypted but unread inside their TLS library when several share one record.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    rx: OutReceiver,
+    one_record_per_frame: bool,
+    timeout: Duration,
+) -> Option<CloseReason> {
+    let sleep = tokio::time::sleep(timeout);
+    tokio::pin!(sleep);
+    while poll_fn(|cx| rx.poll_ready(cx)).await {
+        while !rx.is_empty() {
+            let wrote = stalls_within(sleep.as_mut(), timeout, |cx| {
+                rx.with_chunk(one_record_per_frame, |chunk| Pin::new(&mut wr).poll_write(cx, chunk))
+            })
+            .await;
+            match wrote {
+                None => return Some(CloseReason::WriteTimeout),
+                Some(Ok(0) | Err(_)) => return Some(CloseReason::IoError),
+                Some(Ok(n)) => rx.consume(n),
             }
-            ok
-        } else if rx.is_empty() {
-            wr.write_all(&first).await.is_ok()
-        } else {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while batch.len() < WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(f) => batch.extend_from_slice(&f),
-                    Err(_) => break,
-                }
-            }
-            wr.write_all(&batch).await.is_ok()
-        };
-        if !ok || wr.flush().await.is_err() {
-            return;
+        }
+        match stalls_within(sleep.as_mut(), timeout, |cx| Pin::new(&mut wr).poll_flush(cx)).await {
+            None => return Some(CloseReason::WriteTimeout),
+            Some(Err(_)) => return Some(CloseReason::IoError),
+            Some(Ok(())) => {}
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = stalls_within(sleep.as_mut(), timeout, |cx| Pin::new(&mut wr).poll_shutdown(cx)).await;
+    None
+}
+
+/// Polls `op` to completion; `None` if it stays pending for `limit`. The timer is armed only
+/// once `op` is pending, so a write the socket takes at once costs no timer.
+async fn stalls_within<T>(
+    mut sleep: Pin<&mut Sleep>,
+    limit: Duration,
+    mut op: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> Option<T> {
+    let mut armed = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = op(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if !armed {
+            sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+            armed = true;
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -445,6 +478,49 @@ mod tests {
                 assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
                 assert!(results[4..].iter().all(|r| *r == Err(crate::metrics::DropReason::QueueFull)), "{results:?}");
                 assert!(st.clients.send(tuples[1], &frame).is_ok(), "the other connection has its own queue");
+            })
+            .await;
+    }
+    /// A client that never reads: its queue stays within `outbound_queue_bytes`, the stalled
+    /// write closes the connection after `write_timeout` (not before), and everything it held is
+    /// released. Paused clock: the test does not wait the timeout.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_client_that_never_reads_is_closed_by_the_write_timeout() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let metrics = RelayMetrics::unregistered();
+                let limits = StreamLimits {
+                    write_timeout: Duration::from_secs(5),
+                    outbound_queue_bytes: 128 * 1024,
+                    ..StreamLimits::default()
+                };
+                let (addr, state, ctx) = serve_tcp(&metrics, limits);
+                let _stuck = TcpStream::connect(addr).await.unwrap();
+                while state.borrow().clients.stream_tuples().count() < 1 {
+                    tokio::task::yield_now().await;
+                }
+                let tuple = state.borrow().clients.stream_tuples().next().unwrap();
+                let frame = vec![0x40; 60_000];
+                // Fill the kernel's buffers, then the queue: sends start failing, never waiting.
+                let mut full_in_a_row = 0;
+                for _ in 0..10_000 {
+                    let sent = state.borrow().clients.send(tuple, &frame);
+                    full_in_a_row = if sent.is_err() { full_in_a_row + 1 } else { 0 };
+                    if full_in_a_row == 100 {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(full_in_a_row, 100, "the queue never filled");
+                let queued = state.borrow().clients.queued_bytes(&tuple).unwrap();
+                assert!(queued <= 128 * 1024, "{queued}");
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                assert_eq!(state.borrow().clients.stream_tuples().count(), 1, "closed before the timeout");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                assert_eq!(state.borrow().clients.stream_tuples().count(), 0, "not closed by the timeout");
+                assert_eq!(metrics.connections_closed.with_label_values(&["tcp", "write_timeout"]).get(), 1);
+                assert_eq!(ctx.limiter.total(), 0, "the connection slot is released");
             })
             .await;
     }

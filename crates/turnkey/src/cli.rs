@@ -251,6 +251,14 @@ pub struct RelayArgs {
     #[arg(long, env = "TURNKEY_IDLE_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<u64>,
+    /// Bytes queued towards one TCP/TLS client before its packets are dropped.
+    #[arg(long, env = "TURNKEY_OUTBOUND_QUEUE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// Seconds a write to a TCP/TLS client may make no progress before the connection is closed.
+    #[arg(long, env = "TURNKEY_WRITE_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_timeout: Option<u64>,
     /// Address relay sockets bind to (one IPv4 and/or one IPv6; default: the primary IPv4).
     #[arg(long, env = "TURNKEY_RELAY_IP", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -475,6 +483,10 @@ mod tests {
             "127.0.0.1:1,127.0.0.1:2",
             "--idle-timeout",
             "3",
+            "--outbound-queue-bytes",
+            "65536",
+            "--write-timeout",
+            "4",
             "--rfc5766-channel-numbers",
         ])
         .unwrap();
@@ -485,6 +497,8 @@ mod tests {
         assert_eq!(s.issuer.public_host, "h");
         assert_eq!(s.relay.udp.addrs.len(), 2);
         assert_eq!(s.stream.idle_timeout, Duration::from_secs(3));
+        assert_eq!(s.stream.outbound_queue_bytes, 65_536);
+        assert_eq!(s.stream.write_timeout, Duration::from_secs(4));
         assert!(s.engine.rfc5766_channel_numbers);
         // Unset flags leave the defaults.
         assert_eq!(s.engine.max_allocations, turnkey_relay::engine::EngineSettings::default().max_allocations);

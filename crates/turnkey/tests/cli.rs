@@ -37,6 +37,8 @@ fn serve_help_shows_the_defaults_the_engine_and_streams_use() {
         ("--tls-handshake-timeout", st.tls_handshake_timeout.as_secs().to_string()),
         ("--allocate-timeout", st.allocate_timeout.as_secs().to_string()),
         ("--idle-timeout", st.idle_timeout.as_secs().to_string()),
+        ("--outbound-queue-bytes", st.outbound_queue_bytes.to_string()),
+        ("--write-timeout", st.write_timeout.as_secs().to_string()),
     ] {
         let text = help_of(&help, flag);
         assert!(text.contains(&format!("[default: {default}]")), "{flag}: {text}");

@@ -21,6 +21,18 @@ impl TokenBucket {
     /// Takes `n` tokens; false (and nothing taken) if there are fewer.
     #[inline]
     pub fn take(&mut self, n: u64, now: Instant) -> bool {
+        if !self.available(n, now) {
+            return false;
+        }
+        if self.rate != 0 {
+            self.tokens -= n;
+        }
+        true
+    }
+
+    /// Whether `n` tokens are there at `now` (after refilling); takes nothing.
+    #[inline]
+    pub fn available(&mut self, n: u64, now: Instant) -> bool {
         if self.rate == 0 {
             return true;
         }
@@ -32,12 +44,7 @@ impl TokenBucket {
                 self.last = now;
             }
         }
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            false
-        }
+        self.tokens >= n
     }
 }
 

@@ -46,6 +46,17 @@ enum Refused {
     Drop,
 }
 
+/// Whether a refusal goes through the per-IP reply limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// A stranger: the reply may go to a spoofed source, so it is limited.
+    FirstContact,
+    /// The request carries a nonce we issued to this very 5-tuple: the source has received our
+    /// replies, so answering reflects nothing to a third party and is never limited (a client
+    /// behind an address that is being flooded still completes its 401/438 rounds).
+    Proven,
+}
+
 impl Refused {
     fn into_reply(self) -> Option<Vec<u8>> {
         match self {
@@ -132,7 +143,7 @@ impl Engine {
         let m = &p.msg;
         let Some(mi_offset) = p.mi_offset else {
             self.auth_failed(now, from, "missing_integrity");
-            return Err(self.challenge(now, from, m, StunError::Unauthorized));
+            return Err(self.challenge(now, from, m, StunError::Unauthorized, Gate::FirstContact));
         };
         let (Some(username), Some(realm), Some(nonce)) =
             (text(m, ATTR_USERNAME), text(m, ATTR_REALM), m.get(ATTR_NONCE).ok())
@@ -141,16 +152,23 @@ impl Engine {
             let bytes = finish(self.error(m, StunError::BadRequest), None);
             return Err(self.refuse(now, from, StunError::BadRequest, bytes));
         };
-        match self.cfg.nonce_key.check(&nonce, now.unix(), from.client.0, self.cfg.nonce_lifetime.as_secs()) {
-            NonceStatus::Valid => {}
-            NonceStatus::Stale | NonceStatus::Forged => {
+        let gate = match self.cfg.nonce_key.check(&nonce, now.unix(), from.client.0, self.cfg.nonce_lifetime.as_secs())
+        {
+            NonceStatus::Valid => Gate::Proven,
+            status => {
+                // A stale nonce of ours still proves the 5-tuple while a client may be refreshing
+                // with it (up to one allocation lifetime past its own); a forged one proves nothing.
+                let window = self.cfg.nonce_lifetime.saturating_add(self.cfg.max_lifetime).as_secs();
+                let ours = status == NonceStatus::Stale
+                    && self.cfg.nonce_key.check(&nonce, now.unix(), from.client.0, window) == NonceStatus::Valid;
                 self.auth_failed(now, from, "stale_nonce");
-                return Err(self.challenge(now, from, m, StunError::StaleNonce));
+                let gate = if ours { Gate::Proven } else { Gate::FirstContact };
+                return Err(self.challenge(now, from, m, StunError::StaleNonce, gate));
             }
-        }
+        };
         if realm != self.cfg.realm {
             self.auth_failed(now, from, "wrong_realm");
-            return Err(self.challenge(now, from, m, StunError::Unauthorized));
+            return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         }
         let allocation = existing.and_then(|i| self.allocs[i].as_ref()).map(Allocation::owner);
         if allocation.is_some_and(|o| *o.username != *username) {
@@ -163,16 +181,16 @@ impl Engine {
             Ok(u) => u,
             Err(_) => {
                 self.auth_failed(now, from, "malformed_username");
-                return Err(self.challenge(now, from, m, StunError::Unauthorized));
+                return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
             }
         };
         if parsed.check_expiry(now.unix()).is_err() {
             self.auth_failed(now, from, "expired");
-            return Err(self.challenge(now, from, m, StunError::Unauthorized));
+            return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         }
         if self.shared.revocations.is_revoked(&username) {
             self.auth_failed(now, from, "revoked");
-            return Err(self.challenge(now, from, m, StunError::Unauthorized));
+            return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         }
         let key = match cached {
             Some(k) if message::integrity_matches(&m.raw, mi_offset, &k) => Some(k),
@@ -186,7 +204,7 @@ impl Engine {
         };
         let Some(key) = key else {
             self.auth_failed(now, from, "bad_credential");
-            return Err(self.challenge(now, from, m, StunError::Unauthorized));
+            return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         };
         let (userid, expiry) = (parsed.userid().into(), parsed.expiry());
         Ok(Owner { username: username.into(), userid, key, expiry })
@@ -414,31 +432,39 @@ impl Engine {
         requested.map_or(default, |r| r.clamp(default, max))
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, subject to the per-IP reply limit.
-    fn challenge(&mut self, now: Now, from: FiveTuple, m: &Message, e: StunError) -> Refused {
+    /// 401 or 438 with REALM and a fresh NONCE, subject to the reply limit at first contact
+    /// (checked before the answer is built, so a flood costs no nonce).
+    fn challenge(&mut self, now: Now, from: FiveTuple, m: &Message, e: StunError, gate: Gate) -> Refused {
+        if gate == Gate::FirstContact && !self.may_reply(now, from) {
+            return Refused::Drop;
+        }
         let mut r = self.error(m, e);
         add(&mut r, &TextAttribute::new(ATTR_REALM, self.cfg.realm.clone()));
         let nonce = self.cfg.nonce_key.issue(now.unix(), from.client.0);
         add(&mut r, &TextAttribute::new(ATTR_NONCE, nonce));
-        let bytes = finish(r, None);
-        self.refuse(now, from, e, bytes)
+        Refused::Reply(e, finish(r, None))
     }
 
-    /// An unauthenticated refusal, subject to the per-IP reply limit.
+    /// A refusal to a stranger, subject to the reply limit.
     fn refuse(&mut self, now: Now, from: FiveTuple, e: StunError, bytes: Vec<u8>) -> Refused {
-        match self.unauth_reply(now, from, bytes) {
-            Some(bytes) => Refused::Reply(e, bytes),
-            None => Refused::Drop,
+        if !self.may_reply(now, from) {
+            return Refused::Drop;
         }
+        Refused::Reply(e, bytes)
     }
 
+    /// A reply to a stranger, subject to the reply limiter (per 5-tuple, then per IP).
     fn unauth_reply(&mut self, now: Now, from: FiveTuple, bytes: Vec<u8>) -> Option<Vec<u8>> {
-        if self.limiter.allow(from.client.0.ip(), now.mono) {
-            Some(bytes)
-        } else {
+        self.may_reply(now, from).then_some(bytes)
+    }
+
+    /// Whether the reply limiter lets a reply to `from` go now; counts the drop if not.
+    fn may_reply(&mut self, now: Now, from: FiveTuple) -> bool {
+        let ok = self.limiter.allow(from.client.0, now.mono);
+        if !ok {
             self.stats.dropped(DropReason::ReplyLimited);
-            None
         }
+        ok
     }
 
     /// The answer to an authenticated request: its success, or its error, signed with `key`.

@@ -87,7 +87,7 @@ fn stream_listeners_and_limits() {
     assert_eq!(s.stream.allocate_timeout, Duration::from_secs(5));
     assert_eq!(s.stream.max_connections_per_ip, 3);
     let msg = errors(
-        "[relay]\ntcp = [\"x\"]\ntls_cert = \"/c.pem\"\nidle_timeout = 0\nmax_frame = 10\noutbound_queue = 0\nmax_connections = 0\n",
+        "[relay]\ntcp = [\"x\"]\ntls_cert = \"/c.pem\"\nidle_timeout = 0\nmax_frame = 10\noutbound_queue = 0\nmax_connections = 0\noutbound_queue_bytes = 100\nwrite_timeout = 0\n",
     );
     for part in [
         "relay.tcp",
@@ -95,6 +95,8 @@ fn stream_listeners_and_limits() {
         "relay.idle_timeout",
         "relay.max_frame",
         "relay.outbound_queue",
+        "relay.outbound_queue_bytes",
+        "relay.write_timeout",
         "relay.max_connections",
     ] {
         assert!(msg.contains(part), "{part} missing in {msg}");

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Soak test (issue 13; not in CI): `turnkey load` over UDP, TCP and TLS at once for DURATION
+# seconds, with allocation churn, revocations through the issuer API and TLS certificate reloads
+# (SIGHUP) during the run. Every second the relay's RSS, open descriptors and relay counts go into
+# <out>/samples.csv. Pass: zero loss on every load, every revocation refused afterwards, every
+# reload served, and no growth of RSS or descriptors beyond the bounds below between the end of
+# the warm-up and the end of the run.
+#
+#   scripts/soak.sh                      # 10 minutes, release build, rates below
+#   DURATION=120 scripts/soak.sh         # a 2-minute run
+#   TURNKEY_BIN=target/debug/turnkey SCALE=0.1 DURATION=120 scripts/soak.sh   # debug build, 10% load
+#
+# Rates: half of turnkey's one-core capacity in docs/benchmarks.md (10 flows, 100 B, pair mode:
+# UDP 70,742, TCP 132,193 and TLS 88,264 offered pkt/s), split over the three transports, which
+# run at once on the same relay: each transport gets a third of half its own capacity. SCALE
+# multiplies them (a debug build or a busy machine).
+#
+# Environment: DURATION (s, default 600), SCALE (default 1), FLOWS (per transport, default 10),
+# WARMUP (s, default 60), RSS_BOUND_KIB (default 32768), FD_BOUND (default 32), OUT (default
+# target/soak/<time>), TURNKEY_BIN (default: target/release/turnkey, built if missing).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-600}
+SCALE=${SCALE:-1}
+FLOWS=${FLOWS:-10}
+WARMUP=${WARMUP:-60}
+RSS_BOUND_KIB=${RSS_BOUND_KIB:-32768}
+FD_BOUND=${FD_BOUND:-32}
+OUT=${OUT:-target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
+if [[ -z "${TURNKEY_BIN:-}" ]]; then
+  cargo build --release -p turnkey >&2
+  TURNKEY_BIN=target/release/turnkey
+fi
+for tool in openssl python3 curl; do
+  command -v "$tool" >/dev/null || { echo "soak: $tool is needed" >&2; exit 2; }
+done
+(( DURATION > WARMUP + 30 )) || { echo "soak: DURATION must exceed WARMUP + 30 s" >&2; exit 2; }
+
+rate() { python3 -c "print(max(1, int($1 * $SCALE / 6 / $FLOWS)))"; }
+UDP_RATE=$(rate 70742)
+TCP_RATE=$(rate 132193)
+TLS_RATE=$(rate 88264)
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+DATA="$OUT/data"
+TLSDIR="$OUT/tls"
+mkdir -p "$TLSDIR"
+chmod 700 "$OUT"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [[ -n "${SERVER:-}" ]] && kill "$SERVER" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# A CA the loads trust, and a leaf certificate for localhost reissued at every reload.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=soak-ca \
+  -keyout "$TLSDIR/ca.key" -out "$TLSDIR/ca.pem" 2>/dev/null
+leaf() {
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$TLSDIR/key.new" -out "$TLSDIR/leaf.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$TLSDIR/ext"
+  openssl x509 -req -in "$TLSDIR/leaf.csr" -CA "$TLSDIR/ca.pem" -CAkey "$TLSDIR/ca.key" -CAcreateserial \
+    -days 2 -extfile "$TLSDIR/ext" -out "$TLSDIR/cert.new" 2>/dev/null
+  mv "$TLSDIR/key.new" "$TLSDIR/key.pem"
+  mv "$TLSDIR/cert.new" "$TLSDIR/cert.pem"
+}
+leaf
+
+"$TURNKEY_BIN" serve --data-dir "$DATA" --udp 127.0.0.1:0 --tcp 127.0.0.1:0 --tls 127.0.0.1:0 \
+  --tls-cert "$TLSDIR/cert.pem" --tls-key "$TLSDIR/key.pem" --http 127.0.0.1:0 --metrics 127.0.0.1:0 \
+  --relay-ip 127.0.0.1 --allow-peer 127.0.0.1 --public-host 127.0.0.1 --unauth-replies-per-sec 0 \
+  --max-allocations-per-user 100000 >"$OUT/serve.out" 2>"$OUT/serve.log" &
+SERVER=$!
+for _ in $(seq 100); do grep -q '^turnkey listening ' "$OUT/serve.out" 2>/dev/null && break; sleep 0.2; done
+line=$(grep '^turnkey listening ' "$OUT/serve.out") || { echo "soak: turnkey did not start" >&2; cat "$OUT/serve.log" >&2; exit 1; }
+addr() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p" | cut -d, -f1; }
+UDP=$(addr udp); TCP=$(addr tcp); TLS=$(addr tls); HTTP=$(addr http); METRICS=$(addr metrics)
+SECRET=$(cat "$DATA/secret")
+KEYTOKEN=$(ls "$DATA"/keys/*.token | head -1)
+KEY=$(basename "$KEYTOKEN" .token)
+TOKEN=$(cat "$KEYTOKEN")
+echo "soak: $DURATION s, UDP/TCP/TLS $FLOWS flows at $UDP_RATE/$TCP_RATE/$TLS_RATE pkt/s each; out $OUT" >&2
+
+# The three loads, for the whole run, zero loss allowed.
+for t in udp tcp tls; do
+  case $t in udp) server=$UDP r=$UDP_RATE ;; tcp) server=$TCP r=$TCP_RATE ;; tls) server=$TLS r=$TLS_RATE ;; esac
+  "$TURNKEY_BIN" load --server "$server" --transport "$t" --ca "$TLSDIR/ca.pem" --sni localhost \
+    --secret "$SECRET" --flows "$FLOWS" --rate "$r" --duration "$DURATION" --max-loss 0 --quiet \
+    --json "$OUT/load-$t.json" >"$OUT/load-$t.txt" 2>&1 &
+  pids+=($!)
+  eval "LOAD_$t=$!"
+done
+
+# Allocation churn: allocate and release, 20 per second, over each transport in turn.
+(
+  end=$((SECONDS + DURATION - 5))
+  i=0
+  while (( SECONDS < end )); do
+    t=(udp tcp tls); t=${t[$((i % 3))]}
+    case $t in udp) server=$UDP ;; tcp) server=$TCP ;; tls) server=$TLS ;; esac
+    "$TURNKEY_BIN" load --server "$server" --transport "$t" --ca "$TLSDIR/ca.pem" --sni localhost \
+      --secret "$SECRET" --user "churn-$i" --scenario allocations --count 100 --concurrency 4 --rate 20 \
+      --quiet --json "$OUT/churn-last.json" >>"$OUT/churn.txt" 2>&1 || echo "churn $i failed" >>"$OUT/failures"
+    i=$((i + 1))
+    echo "$i" >"$OUT/churn"
+  done
+) &
+pids+=($!)
+
+# Revocations every 10 s: an issued credential holds an allocation, is revoked through the API
+# (204), the held allocation is ended by the relay, and a new Allocate with it is refused.
+issue() {
+  curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -d '{"ttl": 3600}' "http://$HTTP/v1/turn/keys/$KEY/credentials/generate" |
+    python3 -c 'import json,sys; s=json.load(sys.stdin)["iceServers"]; print(s["username"], s["credential"])'
+}
+(
+  end=$((SECONDS + DURATION - 20))
+  n=0
+  while (( SECONDS < end )); do
+    read -r user pass < <(issue)
+    "$TURNKEY_BIN" load --server "$UDP" --user "$user" --password "$pass" --scenario allocations --count 1 \
+      --hold 8 --quiet >/dev/null 2>&1 &
+    holder=$!
+    sleep 2
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" \
+      "http://$HTTP/v1/turn/keys/$KEY/credentials/$user/revoke")
+    [[ $code == 204 ]] || echo "revocation $n: HTTP $code" >>"$OUT/failures"
+    sleep 1
+    "$TURNKEY_BIN" load --server "$TCP" --transport tcp --user "$user" --password "$pass" \
+      --scenario allocations --count 1 --quiet --json "$OUT/revoked-retry.json" >/dev/null 2>&1 || true
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(r["allocations"]["succeeded"] != 0 or "401" not in r["errors"])' \
+      "$OUT/revoked-retry.json" || echo "revocation $n: the revoked credential was not refused with 401" >>"$OUT/failures"
+    wait "$holder" 2>/dev/null || true
+    n=$((n + 1))
+    echo "$n" >"$OUT/revocations"
+    sleep 7
+  done
+) &
+pids+=($!)
+
+# Certificate reloads every 30 s: a new leaf, SIGHUP, and the TLS port serves it.
+fingerprint() {
+  openssl s_client -connect "$TLS" -servername localhost </dev/null 2>/dev/null |
+    openssl x509 -noout -fingerprint -sha256 2>/dev/null
+}
+(
+  end=$((SECONDS + DURATION - 10))
+  n=0
+  sleep 15
+  while (( SECONDS < end )); do
+    leaf
+    want=$(openssl x509 -in "$TLSDIR/cert.pem" -noout -fingerprint -sha256)
+    kill -HUP "$SERVER"
+    sleep 1
+    got=$(fingerprint)
+    [[ $got == "$want" ]] || echo "reload $n: served $got, want $want" >>"$OUT/failures"
+    n=$((n + 1))
+    echo "$n" >"$OUT/reloads"
+    sleep 29
+  done
+) &
+pids+=($!)
+
+# Samples: one line per second.
+echo "t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets" >"$OUT/samples.csv"
+start=$SECONDS
+while (( SECONDS - start < DURATION )) && kill -0 "$SERVER" 2>/dev/null; do
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER/status")
+  fds=$(ls "/proc/$SERVER/fd" | wc -l)
+  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" '
+    /^turnkey_relay_allocations[ {]/ { a += $NF }
+    /^turnkey_relay_connections[ {]/ { c += $NF }
+    /^turnkey_relay_relayed_packets_total[ {]/ { p += $NF }
+    /^turnkey_relay_dropped_packets_total[ {]/ { d += $NF }
+    END { printf "%d,%d,%d,%d,%d,%d,%d\n", t, rss, fds, a, c, p, d }' >>"$OUT/samples.csv"
+  sleep 1
+done
+
+status=0
+for t in udp tcp tls; do
+  p=$(eval echo "\$LOAD_$t")
+  if ! wait "$p"; then echo "load over $t failed (exit status)" >>"$OUT/failures"; fi
+done
+kill -0 "$SERVER" 2>/dev/null || echo "turnkey exited during the run" >>"$OUT/failures"
+sleep 2
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+
+python3 - "$OUT" "$WARMUP" "$RSS_BOUND_KIB" "$FD_BOUND" <<'EOF' || status=1
+import csv, json, os, sys
+out, warmup, rss_bound, fd_bound = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rows = list(csv.DictReader(open(f"{out}/samples.csv")))
+def mean(key, sel):
+    v = [int(r[key]) for r in sel]
+    return sum(v) / len(v)
+warm = [r for r in rows if warmup <= int(r["t"]) < warmup + 30]
+last = rows[-30:]
+problems = []
+for key, bound in (("rss_kib", rss_bound), ("fds", fd_bound)):
+    a, b = mean(key, warm), mean(key, last)
+    print(f"{key}: {a:.0f} after warm-up, {b:.0f} at the end (growth {b - a:+.0f}, bound {bound})")
+    if b - a > bound:
+        problems.append(f"{key} grew by {b - a:.0f} (bound {bound})")
+print(f"rss_kib: max {max(int(r['rss_kib']) for r in rows)}; fds: max {max(int(r['fds']) for r in rows)}")
+for t in ("udp", "tcp", "tls"):
+    try:
+        tr = json.load(open(f"{out}/load-{t}.json"))["traffic"]
+    except (OSError, ValueError, KeyError) as e:
+        problems.append(f"no report for {t}: {e}")
+        continue
+    print(f"{t}: sent {tr['sent']}, delivered {tr['delivered']}, lost {tr['lost']}")
+    if tr["lost"] != 0 or tr["sent"] == 0:
+        problems.append(f"{t}: lost {tr['lost']} of {tr['sent']}")
+for name in ("churn", "revocations", "reloads"):
+    n = open(f"{out}/{name}").read().strip() if os.path.exists(f"{out}/{name}") else "0"
+    print(f"{name}: {n}")
+    if n == "0":
+        problems.append(f"no {name} happened")
+if os.path.exists(f"{out}/failures"):
+    problems += open(f"{out}/failures").read().splitlines()
+for p in problems:
+    print(f"FAIL: {p}")
+print("PASS" if not problems else "FAIL")
+sys.exit(1 if problems else 0)
+EOF
+exit $status
