@@ -54,7 +54,7 @@ pub use ice::{
 pub use keys::{ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, TokenCheck};
 pub use metrics::IssuerMetrics;
 pub use ratelimit::{client_ip, RateLimiter, Verdict};
-pub use revocations::{RevocationStore, Revoked};
+pub use revocations::{relay_watches, RevocationStore, RevocationWatch, Revoked, REVOCATIONS_FILE, WATCH_INTERVAL};
 pub use router::{router, run_maintenance, serve, OPENAPI_YAML};
 pub use selftest::{selftest_csp, SELFTEST_HTML};
 pub use state::{system_clock, BandwidthUsage, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};

@@ -47,6 +47,7 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
 
 async fn run(s: Settings) -> anyhow::Result<()> {
     datadir::ensure(&s.data_dir)?;
+    datadir::check_writable(&s.data_dir)?;
     let (ring, generated) = secret_ring(&s)?;
     let ring_for_issuer = ring.clone();
     if generated {
@@ -114,6 +115,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         tls,
     };
     let revocations = RevocationSet::new();
+    watch_revocations(&s, &revocations)?;
     let shared = Arc::new(Shared::new(revocations.clone()).with_usage(obs::RelayUsage(usage.clone()).sink()));
     let usage_task = tokio::spawn(obs::run_flusher(usage.clone(), s.data_dir.clone(), s.usage_flush_interval));
     let max_allocations = s.max_allocations;
@@ -190,6 +192,7 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         datadir::ensure(&s.data_dir)?;
+        datadir::check_writable(&s.data_dir)?;
         let (ring, _) = secret_ring(&s)?;
         let registry = Registry::new();
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
@@ -217,6 +220,16 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Loads `<data_dir>/revocations.json` into the relay's set and keeps merging it as issuers in
+/// other processes (`turnkey issuer` on the same data directory) revoke.
+fn watch_revocations(s: &Settings, set: &RevocationSet) -> anyhow::Result<()> {
+    let clock = turnkey_issuer::system_clock();
+    let watch = turnkey_issuer::RevocationWatch::start(&s.data_dir, set.clone(), clock())
+        .context("cannot load the revocation list")?;
+    tokio::spawn(watch.run(turnkey_issuer::WATCH_INTERVAL, clock));
+    Ok(())
 }
 
 /// The relay's readiness as the issuer sees it: up, not draining, below capacity.

@@ -1,0 +1,83 @@
+//! The hardening cases of issue 13, each an attack or failure that used to succeed:
+//!
+//! - a revocation made by `turnkey issuer` alone reaches a relay-only `turnkey serve --http off`
+//!   on the same data directory (it used to answer 204 and change nothing), and is refused with
+//!   503 while no relay watches;
+//! - a second `turnkey serve` on the same ports refuses to start (it used to join the
+//!   SO_REUSEPORT groups and take about half of the clients);
+//! - a data directory the relay cannot write is refused at start;
+//! - half-sent HTTP requests can neither exhaust the descriptors the relay needs nor stay open
+//!   past the header timeout.
+
+// Test code: a missing field is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use turnkey_e2e::{aioice, http, require, Turnkey};
+
+fn generate(issuer: &Turnkey, id: &str, token: &str) -> (String, String) {
+    let (status, body) = http(
+        issuer.addr("http"),
+        "POST",
+        &format!("/v1/turn/keys/{id}/credentials/generate"),
+        &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")],
+        Some("{\"ttl\": 600}"),
+    );
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let e = &v["iceServers"];
+    (e["username"].as_str().unwrap().to_owned(), e["credential"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn issuer_alone_revokes_into_a_relay_only_process() {
+    if !require("aioice") {
+        return;
+    }
+    let issuer = Turnkey::issuer_in(tempfile::tempdir().unwrap(), &[]);
+    let dir = issuer.data_dir.path().to_path_buf();
+    let (id, token) = issuer.default_key();
+    let (user, pass) = generate(&issuer, &id, &token);
+    let revoke_path = format!("/v1/turn/keys/{id}/credentials/{user}/revoke");
+    let bearer = format!("Bearer {token}");
+
+    // No relay watches this data directory yet: refused, and nothing is written.
+    let (status, body) = http(issuer.addr("http"), "POST", &revoke_path, &[("Authorization", &bearer)], None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no relay watches"), "{body}");
+    assert!(!dir.join("revocations.json").exists());
+
+    // A relay-only process on the same data directory (same generated secret).
+    let relay_dir = tempfile::TempDir::new().unwrap();
+    let relay = Turnkey::serve_in(
+        relay_dir,
+        &["--data-dir", dir.to_str().unwrap(), "--http", "off", "--allow-peer", "127.0.0.1"],
+    );
+    assert_eq!(relay.addrs["http"], "off");
+    let revoke_url = format!("http://{}{revoke_path}", issuer.addr("http"));
+    let started = Instant::now();
+    let r = aioice(&[
+        "revoke",
+        "--server",
+        &relay.udp().to_string(),
+        "--user",
+        &user,
+        "--password",
+        &pass,
+        "--count",
+        "5",
+        "--revoke-url",
+        &revoke_url,
+        "--token",
+        &token,
+        "--revoke-wait",
+        "1.0",
+    ]);
+    assert_eq!(r["received"], 5, "{r}\ndrops: {}", relay.drops());
+    assert_eq!(r["revoke_status"], 204, "{r}");
+    assert_eq!(r["after_revoke_echo_seen"], 0, "the live allocation must end within 1 s of the revoke: {r}");
+    assert_eq!(r["reallocate"], 401, "the revoked credential must not allocate again: {r}");
+    assert!(relay.metric("turnkey_relay_auth_failures_total", &["revoked"]) >= 1.0);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
