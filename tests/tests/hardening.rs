@@ -81,3 +81,58 @@ fn issuer_alone_revokes_into_a_relay_only_process() {
     assert!(relay.metric("turnkey_relay_auth_failures_total", &["revoked"]) >= 1.0);
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn a_second_instance_on_the_same_ports_refuses_to_start() {
+    if !require("aioice") {
+        return;
+    }
+    let first = Turnkey::serve(&["--http", "off"]);
+    let (udp, tcp, tls) = (first.udp().to_string(), first.tcp().to_string(), first.tls().to_string());
+    // Another data directory (so no lock file in it could notice), the same listening addresses.
+    let other = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(turnkey_e2e::bin());
+    cmd.args(["serve", "--data-dir"]).arg(other.path());
+    cmd.args(["--udp", &udp, "--tcp", &tcp, "--tls", &tls, "--http", "off", "--metrics", "off"]);
+    cmd.args(["--relay-ip", "127.0.0.1", "--shards", "2"]);
+    let out = turnkey_e2e::run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second instance must not start: {stderr}");
+    assert!(stderr.contains("already in use by another process"), "{stderr}");
+    // The first one still answers every client (each run is a new source port, hashed over the
+    // SO_REUSEPORT group).
+    let (user, pass) = first.creds("alice", 600);
+    for i in 0..8 {
+        let r = aioice(&["authfail", "--server", &udp, "--user", &user, "--password", &pass]);
+        assert_eq!(r["allocated"], true, "allocation {i}: {r}");
+    }
+}
+
+#[test]
+fn an_unwritable_data_directory_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // root passes permission bits, so the relay runs as nobody on a directory owned by root.
+    let mut cmd = if is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]).arg(turnkey_e2e::bin());
+        c
+    } else {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
+        std::process::Command::new(turnkey_e2e::bin())
+    };
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    cmd.arg("serve").arg("--data-dir").arg(&data).args(["--secret", "s3cret-for-the-test"]);
+    cmd.args(["--udp", "127.0.0.1:0", "--tcp", "off", "--tls", "off", "--http", "off", "--metrics", "off"]);
+    cmd.args(["--relay-ip", "127.0.0.1"]);
+    let out = turnkey_e2e::run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must refuse to start: {stderr}");
+    assert!(stderr.contains("is not writable"), "{stderr}");
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}

@@ -44,7 +44,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 const BACKLOG: i32 = 1024;
 
 /// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
-/// them). Port 0 is first resolved to a port nobody uses (see `udp::unshared_port`).
+/// them), after `udp::unshared_port` made sure no other socket owns the address (and resolved
+/// port 0).
 pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let addr = crate::udp::unshared_port(addr, Type::STREAM)?;
     (0..n.max(1)).map(|_| bind_listener(addr)).collect()
