@@ -136,3 +136,101 @@ fn an_unwritable_data_directory_is_refused_at_start() {
 fn is_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
+
+/// Opens `n` TCP connections to `to` from 127.0.0.2, 127.0.0.3, ... (`per_ip` each, below the
+/// per-IP cap, so only the total cap can stop them) and sends half an HTTP request on each.
+/// Connections the server refuses or closes are simply kept (they cost it nothing).
+fn half_sent_requests(to: std::net::SocketAddr, n: usize, per_ip: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..n {
+        assert!(Instant::now() < deadline, "opening {n} connections took over 60 s");
+        let from = std::net::SocketAddr::from(([127, 0, 0, 2 + u8::try_from(i / per_ip).unwrap()], 0));
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&from.into()).unwrap();
+        if s.connect_timeout(&to.into(), Duration::from_secs(2)).is_err() {
+            continue;
+        }
+        let mut tcp: std::net::TcpStream = s.into();
+        let _ = tcp.write_all(b"POST /v1/turn/keys/x/credentials/generate HTTP/1.1\r\nHost: turnkey\r\nContent-Le");
+        out.push(tcp);
+    }
+    out
+}
+
+#[test]
+fn half_sent_http_requests_cannot_starve_the_relay() {
+    if !require("aioice") || !require("prlimit") {
+        return;
+    }
+    // A small descriptor limit (soft = hard, so turnkey cannot raise it): 1,100 held HTTP
+    // connections used to exhaust it, after which Allocates got 508 and TCP and /metrics hung.
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args(["--nofile=1024:1024", "--"]).arg(turnkey_e2e::bin());
+    cmd.args(Turnkey::serve_args(data_dir.path(), &["--allow-peer", "127.0.0.1"]));
+    let tk = Turnkey::launch(cmd, data_dir, "turnkey listening ");
+    let flood = half_sent_requests(tk.addr("http"), 1_100, 50);
+    assert!(flood.len() >= 1_000, "the flood itself must connect: {}", flood.len());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // UDP allocations and relaying still work...
+    let (user, pass) = tk.creds("alice", 600);
+    let r = aioice(&["relay", "--server", &tk.udp().to_string(), "--user", &user, "--password", &pass]);
+    assert_eq!(r["received"], 20, "UDP relaying under an HTTP flood: {r}\ndrops: {}", tk.drops());
+    // ...and so do TCP relaying and /metrics.
+    let r = aioice(&[
+        "relay",
+        "--server",
+        &tk.tcp().to_string(),
+        "--transport",
+        "tcp",
+        "--user",
+        &user,
+        "--password",
+        &pass,
+    ]);
+    assert_eq!(r["received"], 20, "TCP relaying under an HTTP flood: {r}\ndrops: {}", tk.drops());
+    assert!(tk.metrics().contains("turnkey_relay_allocations"), "/metrics must answer");
+    drop(flood);
+}
+
+#[test]
+fn slowloris_on_http_is_closed_by_the_header_timeout() {
+    use std::io::{Read as _, Write as _};
+    let tk = Turnkey::serve(&["--http-header-timeout", "2", "--tcp", "off", "--tls", "off"]);
+    for listener in ["http", "metrics"] {
+        let mut s = std::net::TcpStream::connect(tk.addr(listener)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let start = Instant::now();
+        // One header byte every 200 ms: never idle, never finished.
+        let head = b"GET /healthz HTTP/1.1\r\nHost: turnkey\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let mut closed = None;
+        for b in head.iter().cycle().take(60) {
+            if s.write_all(&[*b]).is_err() {
+                closed = Some(start.elapsed());
+                break;
+            }
+            let mut buf = [0u8; 256];
+            match s.read(&mut buf) {
+                Ok(_) => {
+                    closed = Some(start.elapsed());
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => {
+                    closed = Some(start.elapsed());
+                    break;
+                }
+            }
+        }
+        let closed = closed.unwrap_or_else(|| panic!("{listener}: a header trickled for 12 s was never cut off"));
+        assert!(
+            closed >= Duration::from_millis(1_500) && closed < Duration::from_secs(6),
+            "{listener}: closed after {closed:?}"
+        );
+    }
+    // A complete request still gets its answer.
+    assert_eq!(http(tk.addr("http"), "GET", "/healthz", &[], None).0, 200);
+}

@@ -106,13 +106,21 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
 ) {
+    // EMFILE and the like: back off (10 ms doubling to 1 s) and log at most once a second.
+    let mut backoff = Duration::ZERO;
+    let mut log = crate::loglimit::LogLimiter::new(1);
     loop {
         let (tcp, from) = match listener.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                backoff = Duration::ZERO;
+                x
+            }
             Err(e) => {
-                // EMFILE and the like: back off instead of spinning.
-                tracing::warn!(error = %e, transport = transport.as_str(), "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if let Some(suppressed) = log.allow(mono_now()) {
+                    tracing::warn!(error = %e, transport = transport.as_str(), suppressed, retry_in = ?backoff, "accept failed");
+                }
+                tokio::time::sleep(backoff).await;
                 continue;
             }
         };

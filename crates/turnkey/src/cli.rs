@@ -34,11 +34,40 @@ pub enum Command {
     Load(Box<turnkey_load::LoadArgs>),
 }
 
+/// Bounds of the HTTP listeners (`[http_limits]`), for `serve` and `issuer`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct HttpLimitArgs {
+    /// Seconds an HTTP client has to send a request head (default 10).
+    #[arg(long, env = "TURNKEY_HTTP_HEADER_TIMEOUT")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds an HTTP connection may move no byte before it is closed (default 60).
+    #[arg(long, env = "TURNKEY_HTTP_IDLE_TIMEOUT")]
+    pub http_idle_timeout: Option<u64>,
+    /// HTTP connections per listener (default: an eighth of the open-file limit, 16 to 4096).
+    #[arg(long, env = "TURNKEY_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<u32>,
+    /// HTTP connections per client IP (IPv6: per /64) per listener (default 64).
+    #[arg(long, env = "TURNKEY_HTTP_MAX_CONNECTIONS_PER_IP")]
+    pub http_max_connections_per_ip: Option<u32>,
+}
+
+impl HttpLimitArgs {
+    fn apply(&self, f: &mut FileConfig) {
+        let h = &mut f.http_limits;
+        set(&mut h.header_timeout, &self.http_header_timeout);
+        set(&mut h.idle_timeout, &self.http_idle_timeout);
+        set(&mut h.max_connections, &self.http_max_connections);
+        set(&mut h.max_connections_per_ip, &self.http_max_connections_per_ip);
+    }
+}
+
 /// `turnkey issuer`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct IssuerArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
     /// Issuer HTTP listener (default 0.0.0.0:8080).
     #[arg(long, env = "TURNKEY_HTTP")]
     pub http: Option<String>,
@@ -110,6 +139,8 @@ pub struct CommonArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
     /// UDP listening address (repeatable; default 0.0.0.0:3478 and [::]:3478).
     #[arg(long, env = "TURNKEY_UDP", value_delimiter = ',')]
     pub udp: Vec<String>,
@@ -246,6 +277,7 @@ impl ServeArgs {
     /// The file config with every flag of `serve` applied.
     pub fn load(&self) -> anyhow::Result<FileConfig> {
         let mut f = self.common.load()?;
+        self.http_limits.apply(&mut f);
         let r = &mut f.relay;
         set_list(&mut r.udp, &self.udp);
         set_list(&mut r.tcp, &self.tcp);
@@ -285,6 +317,7 @@ impl IssuerArgs {
     /// The file config with every flag of `issuer` applied.
     pub fn load(&self) -> anyhow::Result<FileConfig> {
         let mut f = self.common.load()?;
+        self.http_limits.apply(&mut f);
         set(&mut f.http, &self.http);
         set(&mut f.metrics.listen, &self.metrics);
         set(&mut f.log_format, &self.log_format);

@@ -43,6 +43,23 @@ pub struct FileConfig {
     /// Usage accounting (`[usage]`, see docs/observability.md).
     #[serde(default)]
     pub usage: UsageConfigFile,
+    /// Bounds of the HTTP listeners (issuer and metrics).
+    #[serde(default)]
+    pub http_limits: HttpLimitsFile,
+}
+
+/// `[http_limits]`: bounds of every HTTP connection, on the issuer and the metrics listener each.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimitsFile {
+    /// Seconds allowed for a request head (default 10).
+    pub header_timeout: Option<u64>,
+    /// Seconds a connection may move no byte before it is closed (default 60).
+    pub idle_timeout: Option<u64>,
+    /// Connections per listener (default: an eighth of the open-file limit, 16 to 4096).
+    pub max_connections: Option<u32>,
+    /// Connections per client IP (IPv6: per /64) per listener (default 64, at most max_connections).
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// `[usage]`.
@@ -171,6 +188,17 @@ struct Lenient {
     metrics: Option<LenientMetrics>,
     #[serde(default)]
     usage: Option<LenientUsage>,
+    #[serde(default)]
+    http_limits: Option<LenientHttpLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[allow(dead_code)]
+struct LenientHttpLimits {
+    header_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    max_connections: Option<u32>,
+    max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +295,17 @@ pub struct Settings {
     pub usage_flush_interval: Duration,
     /// `[usage] enforce_on_relay`.
     pub usage_enforce_on_relay: bool,
+    /// `[http_limits]` (the connection caps are sized from the open-file limit when unset).
+    pub http_limits: HttpLimitsSettings,
+}
+
+/// Validated `[http_limits]`.
+#[derive(Debug, Clone)]
+pub struct HttpLimitsSettings {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// Default UDP listeners.
@@ -279,6 +318,25 @@ pub const DEFAULT_TLS: [&str; 2] = ["0.0.0.0:5349", "[::]:5349"];
 pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
 /// Default metrics listener.
 pub const DEFAULT_METRICS: &str = "0.0.0.0:9641";
+
+fn http_limits(h: &HttpLimitsFile, errors: &mut Vec<String>) -> HttpLimitsSettings {
+    let mut at_least_one = |key: &str, v: Option<u64>| {
+        if v == Some(0) {
+            errors.push(format!("http_limits.{key}: must be at least 1"));
+        }
+        v.filter(|n| *n > 0)
+    };
+    let header = at_least_one("header_timeout", h.header_timeout).unwrap_or(10);
+    let idle = at_least_one("idle_timeout", h.idle_timeout).unwrap_or(60);
+    let total = at_least_one("max_connections", h.max_connections.map(u64::from));
+    let per_ip = at_least_one("max_connections_per_ip", h.max_connections_per_ip.map(u64::from));
+    HttpLimitsSettings {
+        header_timeout: Duration::from_secs(header),
+        idle_timeout: Duration::from_secs(idle),
+        max_connections: total.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        max_connections_per_ip: per_ip.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+    }
+}
 
 /// Validates a merged file config, collecting every error.
 pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
@@ -432,10 +490,12 @@ pub fn validate(f: &FileConfig) -> anyhow::Result<Settings> {
     if !(1..=10).contains(&usage_flush) {
         errors.push("usage.flush_interval: must be 1 to 10 seconds".to_owned());
     }
+    let http_limits = http_limits(&f.http_limits, &mut errors);
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));
     }
     Ok(Settings {
+        http_limits,
         usage_reset_day,
         usage_flush_interval: Duration::from_secs(usage_flush),
         usage_enforce_on_relay: f.usage.enforce_on_relay.unwrap_or(false),

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod datadir;
+mod fdlimit;
 mod obs;
 mod serve;
 

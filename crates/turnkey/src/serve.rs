@@ -19,14 +19,16 @@ use turnkey_issuer::{AdvertiseConfig, Endpoint, FixedRelayStatus, IssuerConfig, 
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::{self, Settings};
 use crate::datadir;
+use crate::fdlimit;
 use crate::obs;
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = config::validate(&args.load()?)?;
     init_logging(settings.log_json);
+    let nofile = fdlimit::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(run(settings))
+    rt.block_on(run(settings, nofile))
 }
 
 /// Prints a credential minted with the configured secret.
@@ -45,7 +47,8 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(s: Settings) -> anyhow::Result<()> {
+async fn run(s: Settings, nofile: u64) -> anyhow::Result<()> {
+    let http_limits = fdlimit::http_limits(&s.http_limits, nofile);
     datadir::ensure(&s.data_dir)?;
     datadir::check_writable(&s.data_dir)?;
     let (ring, generated) = secret_ring(&s)?;
@@ -121,7 +124,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let max_allocations = s.max_allocations;
 
     let (stop_http_tx, stop_http_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_http_rx.clone())));
+    let metrics_task = metrics_listener
+        .map(|l| tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http_limits, &stop_http_rx))));
     let mut issuer_cfg = s.issuer.clone();
     if !s.advertise_explicit {
         // Advertise exactly the listeners this process has.
@@ -140,9 +144,16 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     let relay_status: Arc<dyn RelayStatus> =
         Arc::new(LocalRelay { shared: shared.clone(), max_allocations, usage: usage.clone() });
-    let issuer =
-        start_issuer(&s, issuer_cfg, ring_for_issuer, revocations, relay_status, &registry, stop_http_rx.clone())
-            .await?;
+    let issuer = start_issuer(
+        &s,
+        issuer_cfg,
+        ring_for_issuer,
+        revocations,
+        relay_status,
+        &registry,
+        HttpRun::new(&http_limits, &stop_http_rx),
+    )
+    .await?;
 
     let list = |addrs: &[SocketAddr]| -> String {
         if addrs.is_empty() {
@@ -189,6 +200,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
     let s = config::validate(&args.load()?)?;
     init_logging(s.log_json);
+    let http_limits = fdlimit::http_limits(&s.http_limits, fdlimit::raise_nofile());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         datadir::ensure(&s.data_dir)?;
@@ -202,14 +214,22 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
             Some(addr) => {
                 let l =
                     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind metrics {addr}"))?;
-                Some(tokio::spawn(serve_metrics(l, registry.clone(), stop_rx.clone())))
+                Some(tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http_limits, &stop_rx))))
             }
             None => None,
         };
         let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
-        let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, &registry, stop_rx)
-            .await?
-            .context("`turnkey issuer` needs an HTTP listener (--http)")?;
+        let issuer = start_issuer(
+            &s,
+            s.issuer.clone(),
+            ring,
+            RevocationSet::new(),
+            status,
+            &registry,
+            HttpRun::new(&http_limits, &stop_rx),
+        )
+        .await?
+        .context("`turnkey issuer` needs an HTTP listener (--http)")?;
         println!("turnkey issuer listening http={}", issuer.addr);
         println!("turnkey: {}", issuer.hint);
         shutdown_signal().await;
@@ -259,6 +279,27 @@ impl RelayStatus for LocalRelay {
     }
 }
 
+/// How an HTTP listener (issuer or metrics) runs: its bounds and the shutdown signal.
+struct HttpRun {
+    limits: turnkey_issuer::HttpLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl HttpRun {
+    fn new(limits: &turnkey_issuer::HttpLimits, stop: &tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { limits: limits.clone(), stop: stop.clone() }
+    }
+
+    /// Serves `router` on `listener` within the limits until the stop signal.
+    async fn serve(self, listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
+        let mut stop = self.stop;
+        turnkey_issuer::serve(listener, router, self.limits, async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await
+    }
+}
+
 /// A running issuer.
 struct RunningIssuer {
     addr: SocketAddr,
@@ -285,7 +326,7 @@ async fn start_issuer(
     revocations: RevocationSet,
     relay: Arc<dyn RelayStatus>,
     registry: &Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    http: HttpRun,
 ) -> anyhow::Result<Option<RunningIssuer>> {
     let Some(addr) = s.http else { return Ok(None) };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -306,9 +347,7 @@ async fn start_issuer(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
     let addr = listener.local_addr()?;
     let maintenance = tokio::spawn(turnkey_issuer::run_maintenance(state.clone(), Duration::from_secs(5)));
-    let server = tokio::spawn(turnkey_issuer::serve(listener, turnkey_issuer::router(state), async move {
-        let _ = stop.wait_for(|v| *v).await;
-    }));
+    let server = tokio::spawn(http.serve(listener, turnkey_issuer::router(state)));
     let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
     let hint = format!(
         "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
@@ -421,11 +460,7 @@ fn detect_ipv4() -> IpAddr {
     }
 }
 
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn serve_metrics(listener: tokio::net::TcpListener, registry: Registry, http: HttpRun) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -444,11 +479,7 @@ async fn serve_metrics(
             }
         }),
     );
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await;
+    let res = http.serve(listener, app).await;
     if let Err(e) = res {
         tracing::error!(error = %e, "metrics server failed");
     }
