@@ -634,6 +634,25 @@ mod tests {
     }
 
     #[test]
+    fn http_limits_section() {
+        let text =
+            "[http_limits]\nheader_timeout = 3\nidle_timeout = 30\nmax_connections = 100\nmax_connections_per_ip = 5\n";
+        let h = validate(&parse_file(text).unwrap()).unwrap().http_limits;
+        assert_eq!((h.header_timeout, h.idle_timeout), (Duration::from_secs(3), Duration::from_secs(30)));
+        assert_eq!((h.max_connections, h.max_connections_per_ip), (Some(100), Some(5)));
+        let d = validate(&parse_file("").unwrap()).unwrap().http_limits;
+        assert_eq!((d.header_timeout, d.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!((d.max_connections, d.max_connections_per_ip), (None, None));
+        let msg = format!(
+            "{:#}",
+            validate(&parse_file("[http_limits]\nheader_timeout = 0\nmax_connections = 0\n").unwrap()).unwrap_err()
+        );
+        assert!(msg.contains("http_limits.header_timeout") && msg.contains("http_limits.max_connections"), "{msg}");
+        let msg = format!("{:#}", parse_file("[http_limits]\nheader_timeot = 1\n").unwrap_err());
+        assert!(msg.contains("unknown key `http_limits.header_timeot`"), "{msg}");
+    }
+
+    #[test]
     fn type_errors_are_reported() {
         assert!(parse_file("[relay]\nmax_allocations = \"many\"\n").is_err());
     }
