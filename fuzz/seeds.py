@@ -40,7 +40,7 @@ def stun(method, cls, attrs, txid=b"fuzzseedtxid"):
     return struct.pack("!HHI", method | cls, len(body), COOKIE) + txid + body
 
 
-PEER = ("198.51.100.20", 1024)
+PEER = ("8.8.8.8", 1024)
 MESSAGES = {
     "binding": stun(BINDING, REQUEST, []),
     "allocate": stun(ALLOCATE, REQUEST, [(0x0019, b"\x11\0\0\0")]),

@@ -27,7 +27,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             6 => {
                 let (&r, rest) = rec.split_first().unwrap_or((&1, &[]));
                 let port = 1024 + u16::from(rest.first().copied().unwrap_or(0));
-                let peer = PeerAddr(std::net::SocketAddr::from(([198, 51, 100, 20], port)));
+                let peer = PeerAddr(std::net::SocketAddr::from(([8, 8, 8, 8], port)));
                 let mut buf = vec![0u8; PEER_HEADROOM + rest.len() + PEER_TAILROOM];
                 buf[PEER_HEADROOM..PEER_HEADROOM + rest.len()].copy_from_slice(rest);
                 let _ = h.engine.handle_peer(h.now, RelayHandle(u32::from(r % 8)), peer, &mut buf, rest.len());
