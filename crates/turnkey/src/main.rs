@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod datadir;
+mod fdlimit;
 mod issuer;
 mod obs;
 mod process;
