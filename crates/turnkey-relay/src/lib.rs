@@ -13,6 +13,7 @@ pub mod batch;
 pub mod conn;
 pub mod engine;
 mod error;
+pub mod fleet;
 pub mod framing;
 pub mod loglimit;
 pub mod metrics;

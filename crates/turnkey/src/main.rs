@@ -5,6 +5,8 @@ mod cli;
 mod config;
 mod datadir;
 mod fdlimit;
+mod fleet;
+mod fleet_relay;
 mod issuer;
 mod obs;
 mod process;

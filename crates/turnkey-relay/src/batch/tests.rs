@@ -1,8 +1,6 @@
 //! Tests of the batching layer: property tests of the send grouping against a recording sink,
 //! and real sockets on loopback for both paths (the namespace tests in `tests/` cover a veth).
 
-#![allow(clippy::disallowed_methods, reason = "loopback receives wait at most two seconds of wall time")]
-
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};

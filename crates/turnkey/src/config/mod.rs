@@ -3,7 +3,7 @@
 //! serialize to the same keys as the file), then read once into the types that own the
 //! settings: [`EngineSettings`] and [`StreamLimits`] (turnkey-relay), [`IssuerConfig`]
 //! (turnkey-issuer), [`UsageConfig`] (turnkey-usage) and this binary's own [`Node`],
-//! [`RelaySettings`], [`MetricsSettings`] and [`HttpLimitsSettings`]. Each default is defined once, in the owning type's
+//! [`RelaySettings`], [`MetricsSettings`], [`HttpLimitsSettings`] and [`FleetSettings`]. Each default is defined once, in the owning type's
 //! `Default`, and `--help` shows it from there. Values are checked while they are parsed;
 //! unknown keys and every bad value are reported together, so an operator fixes a config in one
 //! round.
@@ -11,6 +11,7 @@
 //! Adding a setting touches its owning type (field and default), the flag (if it has one) and
 //! the documentation; adding an owning type adds one line to [`Settings::owners`].
 
+mod fleet;
 mod loader;
 pub mod values;
 
@@ -28,6 +29,7 @@ use turnkey_relay::policy::PeerRule;
 use turnkey_relay::settings::{in_range, nonzero_secs};
 use turnkey_usage::UsageConfig;
 
+pub use fleet::FleetSettings;
 pub use loader::{merge, Loader};
 use values::{text, text_list, ConnCap, IpPair, Listen, ListenList, LogFormat, PortRange, Realm, Secrets};
 
@@ -50,6 +52,8 @@ pub struct Settings {
     pub issuer: IssuerConfig,
     /// `[http_limits]`.
     pub http_limits: HttpLimitsSettings,
+    /// `[fleet]`: Redis and this process's place in the fleet.
+    pub fleet: FleetSettings,
 }
 
 /// The top-level keys.
@@ -232,6 +236,7 @@ impl Settings {
         o.owner("usage", &mut self.usage);
         o.owner("issuer", &mut self.issuer);
         o.owner("http_limits", &mut self.http_limits);
+        o.owner("fleet", &mut self.fleet);
     }
 
     /// Reads a merged config table; every error in one message.
@@ -281,6 +286,9 @@ impl Settings {
         }
         if let Err(e) = self.issuer.validate() {
             loader.error(format!("issuer: {e}"));
+        }
+        if let Some(e) = self.fleet.errors() {
+            loader.error(e);
         }
     }
 }
