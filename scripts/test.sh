@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the real peers it needs, checks formatting and lints, builds the
-# binary the end-to-end tests start, and runs every test (unit, property, fuzz-style, end-to-end).
+# binary the end-to-end tests start, runs every test (unit, property, fuzz-style, end-to-end), and
+# each cargo-fuzz target for a few seconds (FUZZ_SECS, default 5; longer runs: scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+scripts/fuzz.sh "${FUZZ_SECS:-5}"

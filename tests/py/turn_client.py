@@ -117,6 +117,7 @@ async def main():
     p.add_argument("--revoke-url")
     p.add_argument("--token")
     p.add_argument("--hold", type=float, default=2.0)
+    p.add_argument("--revoke-wait", type=float, default=1.5, help="seconds between the revoke and the checks")
     args = p.parse_args()
 
     loop = asyncio.get_running_loop()
@@ -164,7 +165,7 @@ async def main():
         req = urllib.request.Request(args.revoke_url, method="POST", headers={"Authorization": f"Bearer {args.token}"})
         with urllib.request.urlopen(req, timeout=5) as r:
             result["revoke_status"] = r.status
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(args.revoke_wait)
         before = echo.received
         after, _, _ = await exchange(transport, protocol, echo_addr, 5, args.size, timeout=0.3)
         result["after_revoke_received"] = after

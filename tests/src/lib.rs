@@ -114,17 +114,52 @@ impl Turnkey {
     /// Like [`Turnkey::serve`] with a given data directory (restart tests).
     pub fn serve_in(data_dir: tempfile::TempDir, args: &[&str]) -> Self {
         let mut cmd = Command::new(bin());
-        cmd.arg("serve")
+        cmd.args(Self::serve_args(data_dir.path(), args));
+        Self::launch(cmd, data_dir, "turnkey listening ")
+    }
+
+    /// The arguments of `turnkey serve` as [`Turnkey::serve`] runs it: loopback, port 0 everywhere,
+    /// relaying on 127.0.0.1, then `args`; a default flag that `args` gives itself (e.g.
+    /// `--http off`, or `--data-dir` of another process) is left out.
+    pub fn serve_args(data_dir: &Path, args: &[&str]) -> Vec<std::ffi::OsString> {
+        let defaults = [
+            ("--udp", "127.0.0.1:0"),
+            ("--http", "127.0.0.1:0"),
+            ("--metrics", "127.0.0.1:0"),
+            ("--tcp", "127.0.0.1:0"),
+            ("--tls", "127.0.0.1:0"),
+            ("--relay-ip", "127.0.0.1"),
+            ("--public-host", "127.0.0.1"),
+            ("--shards", "2"),
+        ];
+        let mut out: Vec<std::ffi::OsString> = vec!["serve".into()];
+        if !args.contains(&"--data-dir") {
+            out.extend(["--data-dir".into(), data_dir.into()]);
+        }
+        for (flag, value) in defaults {
+            if !args.contains(&flag) {
+                out.extend([flag.into(), value.into()]);
+            }
+        }
+        out.extend(args.iter().map(Into::into));
+        out
+    }
+
+    /// Starts `turnkey issuer` alone on `data_dir` (HTTP and metrics on loopback port 0).
+    pub fn issuer_in(data_dir: tempfile::TempDir, args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.arg("issuer")
             .arg("--data-dir")
             .arg(data_dir.path())
-            .args(["--udp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-            .args(["--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
-            .args(["--relay-ip", "127.0.0.1", "--public-host", "127.0.0.1", "--shards", "2"])
-            .args(args)
-            .env("TURNKEY_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .args(["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--public-host", "127.0.0.1"])
+            .args(args);
+        Self::launch(cmd, data_dir, "turnkey issuer listening ")
+    }
+
+    /// Spawns `cmd` (a turnkey command line, possibly behind a wrapper such as `prlimit`) and
+    /// waits for its ready line, which starts with `ready` and lists `key=addr` pairs.
+    pub fn launch(mut cmd: Command, data_dir: tempfile::TempDir, ready: &str) -> Self {
+        cmd.env("TURNKEY_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn turnkey");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -145,8 +180,8 @@ impl Turnkey {
         let mut addrs = HashMap::new();
         while Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("turnkey listening ") => {
-                    for kv in line["turnkey listening ".len()..].split_whitespace() {
+                Ok(line) if line.starts_with(ready) => {
+                    for kv in line[ready.len()..].split_whitespace() {
                         if let Some((k, v)) = kv.split_once('=') {
                             addrs.insert(k.to_owned(), v.to_owned());
                         }

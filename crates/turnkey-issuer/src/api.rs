@@ -106,6 +106,10 @@ pub(crate) async fn revoke(
         }
         Revoked::Already | Revoked::AlreadyExpired => {}
         Revoked::Full => return Err(ApiError::RevocationsFull),
+        Revoked::Unreachable => {
+            tracing::warn!(key = %key.id, "revocation refused: no relay watches this data directory's revocation list");
+            return Err(ApiError::RevocationUnreachable);
+        }
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -110,6 +110,8 @@ pub enum ApiError {
     Upstream(UpstreamFailure),
     /// The revocation list is full (503).
     RevocationsFull,
+    /// No relay watches the revocation list, so a revocation would take effect nowhere (503).
+    RevocationUnreachable,
     /// An unknown path (404).
     NotFound,
     /// A known path with another method (405).
@@ -128,9 +130,11 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } | Self::BandwidthExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoRelay | Self::NotConfigured | Self::RevocationsFull | Self::UsageUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoRelay
+            | Self::NotConfigured
+            | Self::RevocationsFull
+            | Self::RevocationUnreachable
+            | Self::UsageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(UpstreamFailure::BadGateway) => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => {
@@ -163,6 +167,9 @@ impl ApiError {
             Self::Upstream(UpstreamFailure::BadGateway) => "upstream error",
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => "upstream unavailable",
             Self::RevocationsFull => "revocation list full",
+            Self::RevocationUnreachable => {
+                "no relay watches the revocation list: start the relays with this issuer's data directory"
+            }
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::Internal => "internal error",

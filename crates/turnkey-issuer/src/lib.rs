@@ -11,7 +11,9 @@
 //!   breaker) and the fallback/merge policy;
 //! - `GET /api/bandwidth-status` (measured usage of the app key against its monthly cap);
 //! - `/healthz`, `/readyz`, `/openapi.yaml`, and the issuer metrics ([`IssuerMetrics`]);
-//! - `/test`, the browser self-test page ([`SELFTEST_HTML`], served with [`selftest_csp`]).
+//! - `/test`, the browser self-test page ([`SELFTEST_HTML`], served with [`selftest_csp`]);
+//! - [`serve`], the bounded HTTP server (header and idle timeouts, total and per-IP connection
+//!   caps: [`HttpLimits`]) the binary also runs `/metrics` on.
 //!
 //! It must not import the relay engine (`turnkey-relay`) nor bind sockets itself: the binary
 //! hands [`serve`] an already bound listener, and the relay's readiness arrives through the
@@ -30,6 +32,7 @@ mod cli;
 mod config;
 mod error;
 mod files;
+mod http;
 mod ice;
 mod issue;
 mod keys;
@@ -50,6 +53,7 @@ pub use config::{
     ABSOLUTE_MAX_TTL,
 };
 pub use error::{ApiError, Error, UpstreamFailure};
+pub use http::{serve, HttpLimits};
 pub use ice::{
     sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, Shape, MAX_CUSTOM_ID_LEN,
 };
@@ -57,8 +61,8 @@ pub use keys::{ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOpti
 pub use metrics::IssuerMetrics;
 pub use origin::check_allowed_origin;
 pub use ratelimit::{client_ip, RateLimiter, Verdict};
-pub use revocations::{RevocationStore, Revoked};
-pub use router::{router, run_maintenance, serve, OPENAPI_YAML};
+pub use revocations::{relay_watches, RevocationStore, RevocationWatch, Revoked, REVOCATIONS_FILE, WATCH_INTERVAL};
+pub use router::{router, run_maintenance, OPENAPI_YAML};
 pub use selftest::{selftest_csp, SELFTEST_HTML};
 pub use state::{system_clock, BandwidthUsage, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
 pub use upstream::{Served, UpstreamClient};

@@ -1,8 +1,6 @@
-//! [`router`]: every route, the global middleware (metrics, query-token refusal, security
-//! headers) and [`serve`], which runs it with graceful shutdown.
+//! [`router`]: every route and the global middleware (metrics, query-token refusal, security
+//! headers). [`crate::serve`] runs it within bounds.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -20,8 +18,9 @@ use crate::{api, app, bandwidth, selftest};
 /// The OpenAPI 3 document of every endpoint (`docs/api/openapi.yaml`).
 pub const OPENAPI_YAML: &str = include_str!("../../../docs/api/openapi.yaml");
 
-/// The issuer's HTTP API. Serve it with [`serve`] (which provides the peer address the rate
-/// limit needs); with another server, use `into_make_service_with_connect_info::<SocketAddr>()`.
+/// The issuer's HTTP API. Serve it with [`crate::serve`] (which provides the peer address the
+/// rate limit needs); with another server, use
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(state: IssuerState) -> Router {
     let v1 = Router::new()
         .route("/v1/turn/keys/{id}/credentials/generate-ice-servers", post(api::generate_ice_servers))
@@ -44,16 +43,6 @@ pub fn router(state: IssuerState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(refuse_query_tokens))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
-pub async fn serve<F>(listener: tokio::net::TcpListener, router: Router, shutdown: F) -> std::io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Calls [`IssuerState::maintain`] every `interval`, forever (spawn it and abort it on shutdown).

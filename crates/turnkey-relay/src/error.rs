@@ -11,6 +11,17 @@ pub enum RelayError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A listening address another socket already owns (usually another turnkey process).
+    #[error(
+        "cannot listen on {addr}: it is already in use by another process (is another turnkey running on it?); \
+         only one process may own a listening address ({source})"
+    )]
+    InUse {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Other socket I/O failures.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

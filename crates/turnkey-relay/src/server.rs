@@ -54,7 +54,10 @@ fn per_shard<T>(
 ) -> Result<Vec<Vec<T>>, RelayError> {
     let mut out: Vec<Vec<T>> = (0..shards).map(|_| Vec::new()).collect();
     for addr in addrs {
-        let socks = bind(*addr, shards).map_err(|source| RelayError::Bind { addr: *addr, source })?;
+        let socks = bind(*addr, shards).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => RelayError::InUse { addr: *addr, source },
+            _ => RelayError::Bind { addr: *addr, source },
+        })?;
         for (i, s) in socks.into_iter().enumerate() {
             out[i].push(s);
         }
@@ -63,7 +66,8 @@ fn per_shard<T>(
 }
 
 impl BoundSockets {
-    /// Binds every address once per shard with SO_REUSEPORT.
+    /// Binds every address once per shard with SO_REUSEPORT; an address another process owns is
+    /// refused ([`RelayError::InUse`]).
     pub fn bind(udp: &[SocketAddr], tcp: &[SocketAddr], tls: &[SocketAddr], shards: usize) -> Result<Self, RelayError> {
         let shards = shards.max(1);
         Ok(BoundSockets {
@@ -224,4 +228,49 @@ async fn shard_main(
     let st = &mut *state.borrow_mut();
     st.engine.close_all(&mut st.ports);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[test]
+    fn an_address_owned_by_another_group_is_refused_and_free_again_after() {
+        let first = BoundSockets::bind(&[loopback()], &[loopback()], &[], 2).unwrap();
+        let (udp, tcp) = (first.udp_addrs()[0], first.tcp_addrs()[0]);
+        for (u, t) in [(vec![udp], vec![]), (vec![], vec![tcp])] {
+            match BoundSockets::bind(&u, &t, &[], 2) {
+                Err(RelayError::InUse { addr, .. }) => assert!(addr == udp || addr == tcp),
+                other => panic!("expected InUse, got {other:?}"),
+            }
+        }
+        let msg = BoundSockets::bind(&[udp], &[], &[], 1).unwrap_err().to_string();
+        assert!(msg.contains("already in use by another process"), "{msg}");
+        drop(first);
+        BoundSockets::bind(&[udp], &[tcp], &[], 2).unwrap();
+    }
+
+    #[test]
+    fn a_restart_passes_time_wait_connections_of_the_previous_listener() {
+        use std::io::Write as _;
+        let first = BoundSockets::bind(&[], &[loopback()], &[], 1).unwrap();
+        let addr = first.tcp_addrs()[0];
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.write_all(b"x").unwrap();
+        let listener = &first.tcp[0][0];
+        listener.set_nonblocking(false).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        // Read what was sent (unread data would make the close a reset), then close first, so
+        // the server's end of the connection sits in TIME_WAIT.
+        std::io::Read::read_exact(&mut accepted, &mut [0u8; 1]).unwrap();
+        drop(accepted);
+        std::thread::sleep(Duration::from_millis(50));
+        drop(client);
+        drop(first);
+        BoundSockets::bind(&[], &[addr], &[], 2).unwrap();
+    }
 }

@@ -116,17 +116,23 @@ impl ClientSockets {
     }
 }
 
-/// Resolves port 0 to a concrete free port by binding a socket *without* SO_REUSEPORT. A
-/// SO_REUSEPORT socket bound to port 0 may be given a port another process of the same user
-/// already holds with SO_REUSEPORT, silently joining its group (the kernel would then hash some
-/// clients to the other process); a plain bind never shares.
+/// Probes `addr` with a bind *without* SO_REUSEPORT before the shards bind it with SO_REUSEPORT,
+/// and resolves port 0 to the port the probe got.
+///
+/// - An explicit port held by any other socket fails here with `AddrInUse`: another process
+///   (a second turnkey, of any data directory) owning the address is refused instead of silently
+///   joining its SO_REUSEPORT group and taking about half of its clients. TCP probes set
+///   SO_REUSEADDR, which does not pass a listening socket but lets a restart pass the previous
+///   run's TIME_WAIT connections.
+/// - Port 0: a SO_REUSEPORT socket bound to port 0 may be given a port another process of the
+///   same user already holds with SO_REUSEPORT; a plain bind never shares.
 pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
     let probe = Socket::new(Domain::for_address(addr), ty, None)?;
     if addr.is_ipv6() {
         probe.set_only_v6(true)?;
+    }
+    if ty == Type::STREAM && addr.port() != 0 {
+        probe.set_reuse_address(true)?;
     }
     probe.bind(&addr.into())?;
     probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))

@@ -48,7 +48,8 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 const BACKLOG: i32 = 1024;
 
 /// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
-/// them). Port 0 is first resolved to a port nobody uses (see `shard::unshared_port`).
+/// them), after `shard::unshared_port` made sure no other socket owns the address (and resolved
+/// port 0).
 pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let addr = crate::shard::unshared_port(addr, Type::STREAM)?;
     (0..n.max(1)).map(|_| bind_listener(addr)).collect()
@@ -116,13 +117,21 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
 ) {
+    // EMFILE and the like: back off (10 ms doubling to 1 s) and log at most once a second.
+    let mut backoff = Duration::ZERO;
+    let mut log = crate::loglimit::LogLimiter::new(1);
     loop {
         let (tcp, from) = match listener.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                backoff = Duration::ZERO;
+                x
+            }
             Err(e) => {
-                // EMFILE and the like: back off instead of spinning.
-                tracing::warn!(error = %e, transport = transport.as_str(), "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                if let Some(suppressed) = log.allow(mono_now()) {
+                    tracing::warn!(error = %e, transport = transport.as_str(), suppressed, retry_in = ?backoff, "accept failed");
+                }
+                tokio::time::sleep(backoff).await;
                 continue;
             }
         };

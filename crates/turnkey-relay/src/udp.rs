@@ -55,7 +55,8 @@ pub struct RelayAddrs {
 }
 
 /// Binds `n` UDP sockets on `addr` with SO_REUSEPORT (the kernel hashes each client to one of
-/// them). Port 0 is first resolved to a port nobody uses (see `shard::unshared_port`).
+/// them), after `shard::unshared_port` made sure no other socket owns the address (and resolved
+/// port 0).
 pub fn bind_udp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
     let addr = crate::shard::unshared_port(addr, Type::DGRAM)?;
     (0..n.max(1)).map(|_| bind_reuseport(addr)).collect()

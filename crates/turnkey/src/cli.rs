@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Command as ClapCommand, CommandFactory as _, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::config::values::ConnCap;
 use crate::config::Settings;
 
 /// turnkey: a self-hosted TURN relay and TURN credential issuer.
@@ -122,6 +123,9 @@ pub struct ServiceArgs {
     #[serde(skip_serializing_if = "IssuerFlags::is_empty")]
     pub issuer: IssuerFlags,
     #[command(flatten)]
+    #[serde(skip_serializing_if = "HttpLimitArgs::is_empty")]
+    pub http_limits: HttpLimitArgs,
+    #[command(flatten)]
     #[serde(skip_serializing_if = "FleetArgs::is_empty")]
     pub fleet: FleetArgs,
 }
@@ -153,6 +157,37 @@ pub struct IssuerFlags {
 impl IssuerFlags {
     fn is_empty(&self) -> bool {
         self.public_host.is_none()
+    }
+}
+
+/// `[http_limits]` flags: bounds of the HTTP listeners (issuer and metrics). Each flag is named
+/// `--http-KEY` and sets `http_limits.KEY`.
+#[derive(Debug, Args, Clone, Default, Serialize)]
+pub struct HttpLimitArgs {
+    /// Seconds an HTTP client has to send a request head.
+    #[arg(long, env = "TURNKEY_HTTP_HEADER_TIMEOUT")]
+    #[serde(rename = "header_timeout", skip_serializing_if = "Option::is_none")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds an HTTP connection may move no byte before it is closed.
+    #[arg(long, env = "TURNKEY_HTTP_IDLE_TIMEOUT")]
+    #[serde(rename = "idle_timeout", skip_serializing_if = "Option::is_none")]
+    pub http_idle_timeout: Option<u64>,
+    /// HTTP connections per listener (`auto`: an eighth of the open-file limit, 16 to 4096).
+    #[arg(long, env = "TURNKEY_HTTP_MAX_CONNECTIONS")]
+    #[serde(rename = "max_connections", skip_serializing_if = "Option::is_none")]
+    pub http_max_connections: Option<ConnCap>,
+    /// HTTP connections per client IP (IPv6: per /64) per listener.
+    #[arg(long, env = "TURNKEY_HTTP_MAX_CONNECTIONS_PER_IP")]
+    #[serde(rename = "max_connections_per_ip", skip_serializing_if = "Option::is_none")]
+    pub http_max_connections_per_ip: Option<u32>,
+}
+
+impl HttpLimitArgs {
+    fn is_empty(&self) -> bool {
+        self.http_header_timeout.is_none()
+            && self.http_idle_timeout.is_none()
+            && self.http_max_connections.is_none()
+            && self.http_max_connections_per_ip.is_none()
     }
 }
 
@@ -334,14 +369,16 @@ pub fn overlay(flags: &impl Serialize) -> anyhow::Result<toml::Table> {
     Ok(toml::Table::try_from(flags)?)
 }
 
-/// Appends `[default: ...]` to the help of every flag of `G` whose key (its id) has a default in
-/// `section` of `defaults`, so `--help` shows the default the owning type defines.
-fn help_defaults<G: Args>(mut cmd: ClapCommand, section: &str, defaults: &toml::Table) -> ClapCommand {
+/// Appends `[default: ...]` to the help of every flag of `G` whose key (its id without `prefix`)
+/// has a default in `section` of `defaults`, so `--help` shows the default the owning type
+/// defines.
+fn help_defaults<G: Args>(mut cmd: ClapCommand, section: &str, prefix: &str, defaults: &toml::Table) -> ClapCommand {
     let table = if section.is_empty() { Some(defaults) } else { defaults.get(section).and_then(toml::Value::as_table) };
     let Some(table) = table else { return cmd };
     for arg in G::augment_args(ClapCommand::new("group")).get_arguments() {
         let id = arg.get_id().as_str();
-        let Some(v) = table.get(id).and_then(show) else { continue };
+        let key = id.strip_prefix(prefix).unwrap_or(id);
+        let Some(v) = table.get(key).and_then(show) else { continue };
         cmd = cmd.mut_arg(id, |a| {
             let help = a.get_help().map(ToString::to_string).unwrap_or_default();
             a.help(format!("{help} [default: {v}]"))
@@ -364,14 +401,15 @@ fn show(v: &toml::Value) -> Option<String> {
 pub fn command() -> ClapCommand {
     let d = Settings::defaults();
     let service = |c: ClapCommand| {
-        let c = help_defaults::<CommonArgs>(c, "", &d);
-        let c = help_defaults::<ServiceArgs>(c, "", &d);
-        let c = help_defaults::<MetricsArgs>(c, "metrics", &d);
-        let c = help_defaults::<FleetArgs>(c, "fleet", &d);
-        help_defaults::<IssuerFlags>(c, "issuer", &d)
+        let c = help_defaults::<CommonArgs>(c, "", "", &d);
+        let c = help_defaults::<ServiceArgs>(c, "", "", &d);
+        let c = help_defaults::<MetricsArgs>(c, "metrics", "", &d);
+        let c = help_defaults::<HttpLimitArgs>(c, "http_limits", "http_", &d);
+        let c = help_defaults::<FleetArgs>(c, "fleet", "", &d);
+        help_defaults::<IssuerFlags>(c, "issuer", "", &d)
     };
     Cli::command()
-        .mut_subcommand("serve", |c| help_defaults::<RelayArgs>(service(c), "relay", &d))
+        .mut_subcommand("serve", |c| help_defaults::<RelayArgs>(service(c), "relay", "", &d))
         .mut_subcommand("issuer", service)
 }
 
@@ -402,6 +440,8 @@ mod tests {
 
     use clap::FromArgMatches as _;
     use serde::Deserialize;
+
+    use turnkey_relay::conn::StreamLimits;
 
     use super::*;
     use crate::config::{merge, Loader};
@@ -459,7 +499,7 @@ mod tests {
         let defaults =
             toml::Table::from_iter([("relay".to_owned(), toml::Value::Table(config_table(&Throwaway::default())))]);
         let mut cmd =
-            help_defaults::<ThrowawayArgs>(ThrowawayArgs::augment_args(ClapCommand::new("t")), "relay", &defaults);
+            help_defaults::<ThrowawayArgs>(ThrowawayArgs::augment_args(ClapCommand::new("t")), "relay", "", &defaults);
         let help = cmd.render_help().to_string();
         assert!(help.contains("Seconds to linger [default: 42]"), "{help}");
     }
@@ -488,6 +528,10 @@ mod tests {
             "--write-timeout",
             "4",
             "--rfc5766-channel-numbers",
+            "--http-header-timeout",
+            "4",
+            "--http-max-connections",
+            "9",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else { panic!("not serve") };
@@ -500,8 +544,36 @@ mod tests {
         assert_eq!(s.stream.outbound_queue_bytes, 65_536);
         assert_eq!(s.stream.write_timeout, Duration::from_secs(4));
         assert!(s.engine.rfc5766_channel_numbers);
+        assert_eq!(s.http_limits.header_timeout, Duration::from_secs(4));
+        assert_eq!(s.http_limits.max_connections.to_string(), "9");
+        // The relay's own connection flags stay the relay's.
+        assert_eq!(s.stream.max_connections, StreamLimits::default().max_connections);
         // Unset flags leave the defaults.
         assert_eq!(s.engine.max_allocations, turnkey_relay::engine::EngineSettings::default().max_allocations);
+        assert_eq!(s.http_limits.idle_timeout, crate::config::HttpLimitsSettings::default().idle_timeout);
+    }
+
+    #[test]
+    fn http_limit_flags_reach_http_limits_on_issuer_too() {
+        let cli = Cli::try_parse_from([
+            "turnkey",
+            "issuer",
+            "--http-idle-timeout",
+            "7",
+            "--http-max-connections",
+            "auto",
+            "--http-max-connections-per-ip",
+            "3",
+        ])
+        .unwrap();
+        let Command::Issuer(args) = cli.command else { panic!("not issuer") };
+        let h = args.load().unwrap().http_limits;
+        assert_eq!((h.idle_timeout, h.max_connections_per_ip), (Duration::from_secs(7), 3));
+        assert_eq!(h.max_connections, ConnCap::Auto);
+        let e = Cli::try_parse_from(["turnkey", "issuer", "--http-idle-timeout", "0"]).unwrap();
+        let Command::Issuer(args) = e.command else { panic!("not issuer") };
+        let msg = format!("{:#}", args.load().unwrap_err());
+        assert!(msg.contains("http_limits.idle_timeout (from a flag or TURNKEY_* variable)"), "{msg}");
     }
 
     #[test]

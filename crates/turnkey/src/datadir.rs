@@ -19,6 +19,14 @@ pub fn ensure(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails unless a file can be created, written and removed in `dir` (usage, revocations and keys
+/// are saved there; finding out at the first save would lose them).
+pub fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    let result = fs::write(&probe, b"ok").and_then(|()| fs::remove_file(&probe));
+    result.with_context(|| format!("data directory {} is not writable", dir.display()))
+}
+
 /// Reads the data directory's secret, generating a random one (0600) on first use.
 /// Returns the secret and whether it was generated now.
 pub fn secret(dir: &Path) -> anyhow::Result<(String, bool)> {
@@ -84,6 +92,16 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn writable_directory_passes_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        check_writable(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let missing = dir.path().join("missing");
+        let e = check_writable(&missing).unwrap_err();
+        assert!(format!("{e:#}").contains("is not writable"), "{e:#}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use turnkey_issuer::{AdvertiseConfig, Endpoint, IssuerConfig, IssuerDeps, Issuer
 use turnkey_relay::engine::Shared;
 
 use crate::config::Settings;
+use crate::process::HttpRun;
 use crate::serve::Listening;
 
 /// The issuer's configuration; unless `[issuer.advertise]` is set, it advertises exactly the
@@ -93,7 +94,7 @@ pub(crate) async fn start_issuer(
     relay: Arc<dyn RelayStatus>,
     fleet: Option<Fleet>,
     registry: &Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    http: HttpRun,
 ) -> anyhow::Result<Option<RunningIssuer>> {
     let Some(addr) = s.node.http.0 else { return Ok(None) };
     drop(fleet);
@@ -115,9 +116,7 @@ pub(crate) async fn start_issuer(
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
     let addr = listener.local_addr()?;
     let maintenance = tokio::spawn(turnkey_issuer::run_maintenance(state.clone(), Duration::from_secs(5)));
-    let server = tokio::spawn(turnkey_issuer::serve(listener, turnkey_issuer::router(state), async move {
-        let _ = stop.wait_for(|v| *v).await;
-    }));
+    let server = tokio::spawn(http.serve(listener, turnkey_issuer::router(state)));
     let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
     let hint = format!(
         "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",

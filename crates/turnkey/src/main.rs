@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod datadir;
+mod fdlimit;
 mod fleet;
 mod fleet_relay;
 mod issuer;

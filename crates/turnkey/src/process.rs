@@ -1,5 +1,5 @@
-//! Process plumbing shared by `serve` and `issuer`: the runtime, logging, signals, the metrics
-//! registry and its `/metrics` listener.
+//! Process plumbing shared by `serve` and `issuer`: the runtime, logging, signals, the bounded HTTP
+//! listeners ([`HttpRun`]), the metrics registry and its `/metrics` listener.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,11 +62,28 @@ pub(crate) fn spawn_sighup(cert: Option<Arc<CertResolver>>) {
     let _ = cert;
 }
 
-pub(crate) async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// How an HTTP listener (issuer or metrics) runs: its bounds and the shutdown signal.
+pub(crate) struct HttpRun {
+    limits: turnkey_issuer::HttpLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl HttpRun {
+    pub(crate) fn new(limits: &turnkey_issuer::HttpLimits, stop: &tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { limits: limits.clone(), stop: stop.clone() }
+    }
+
+    /// Serves `router` on `listener` within the limits until the stop signal.
+    pub(crate) async fn serve(self, listener: tokio::net::TcpListener, router: axum::Router) -> std::io::Result<()> {
+        let mut stop = self.stop;
+        turnkey_issuer::serve(listener, router, self.limits, async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await
+    }
+}
+
+pub(crate) async fn serve_metrics(listener: tokio::net::TcpListener, registry: Registry, http: HttpRun) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -85,11 +102,7 @@ pub(crate) async fn serve_metrics(
             }
         }),
     );
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await;
+    let res = http.serve(listener, app).await;
     if let Err(e) = res {
         tracing::error!(error = %e, "metrics server failed");
     }

@@ -16,30 +16,35 @@ use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
 
-use turnkey_issuer::{FixedRelayStatus, RelayStatus};
+use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus};
 
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::values::ListenList;
 use crate::config::Settings;
 use crate::datadir;
+use crate::fdlimit;
 use crate::fleet;
 use crate::fleet_relay::{self, FleetRelay, FleetUsage};
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
-use crate::process::{bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup};
+use crate::process::{
+    bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup, HttpRun,
+};
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.load()?;
     init_logging(settings.node.log_format);
-    runtime()?.block_on(run(settings))
+    let http = fdlimit::http_limits(&settings.http_limits, fdlimit::raise_nofile());
+    runtime()?.block_on(run(settings, http))
 }
 
 /// `turnkey issuer`: the issuer alone, for deployments with separate relay processes.
 pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
     let settings = args.load()?;
     init_logging(settings.node.log_format);
-    runtime()?.block_on(run_issuer(settings))
+    let http = fdlimit::http_limits(&settings.http_limits, fdlimit::raise_nofile());
+    runtime()?.block_on(run_issuer(settings, http))
 }
 
 /// Prints a credential minted with the configured secret.
@@ -58,7 +63,7 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(s: Settings) -> anyhow::Result<()> {
+async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let ring = open_data_dir(&s)?;
     let sockets = bind_listeners(&s)?;
     let listening = Listening::of(&sockets);
@@ -67,6 +72,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let fleet = fleet::connect(&s, &obs.registry).await?;
     let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
     let revocations = RevocationSet::new();
+    watch_revocations(&s, &revocations)?;
     let relayed = Arc::new(AtomicU64::new(0));
     let mut shared = Shared::new(revocations.clone()).with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed));
     if let Some(f) = &fleet {
@@ -76,7 +82,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let fleet_relay = join_fleet(fleet.clone(), &s, &listening, &relay_cfg, &shared, relayed);
     let usage_task = tokio::spawn(obs::run_flusher(obs.usage.clone(), s.node.data_dir.clone(), s.usage.flush_interval));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = obs.serve_metrics(stop_http_rx.clone());
+    let metrics_task = obs.serve_metrics(HttpRun::new(&http, &stop_http_rx));
     let status: Arc<dyn RelayStatus> = Arc::new(LocalRelay {
         shared: shared.clone(),
         max_allocations: s.engine.max_allocations,
@@ -90,7 +96,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         status,
         fleet.clone(),
         &obs.registry,
-        stop_http_rx,
+        HttpRun::new(&http, &stop_http_rx),
     )
     .await?;
     print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards());
@@ -140,15 +146,16 @@ fn join_fleet(
     fleet.map(|f| FleetRelay::start(f, s, listening, &relay_cfg.relay, shared.clone(), relayed))
 }
 
-async fn run_issuer(s: Settings) -> anyhow::Result<()> {
+async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let ring = open_data_dir(&s)?;
     let registry = new_registry()?;
     let metrics = bind_metrics(&s).await?;
     let fleet = fleet::connect(&s, &registry).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_rx.clone())));
+    let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http, &stop_rx))));
     let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
-    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, fleet, &registry, stop_rx)
+    let http_run = HttpRun::new(&http, &stop_rx);
+    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, fleet, &registry, http_run)
         .await?
         .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     println!("turnkey issuer listening http={}", issuer.addr);
@@ -173,14 +180,26 @@ async fn stop_http_services(
     }
 }
 
-/// Creates the data directory and reads (or generates) the secret ring.
+/// Creates the data directory, makes sure it is writable (usage, revocations and keys are saved
+/// there) and reads (or generates) the secret ring.
 fn open_data_dir(s: &Settings) -> anyhow::Result<SecretRing> {
     datadir::ensure(&s.node.data_dir)?;
+    datadir::check_writable(&s.node.data_dir)?;
     let (ring, generated) = secret_ring(s)?;
     if generated {
         tracing::info!(path = %s.node.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
     }
     Ok(ring)
+}
+
+/// Loads `<data_dir>/revocations.json` into the relay's set and keeps merging it as issuers in
+/// other processes (`turnkey issuer` on the same data directory) revoke.
+fn watch_revocations(s: &Settings, set: &RevocationSet) -> anyhow::Result<()> {
+    let clock = turnkey_issuer::system_clock();
+    let watch = turnkey_issuer::RevocationWatch::start(&s.node.data_dir, set.clone(), clock())
+        .context("cannot load the revocation list")?;
+    tokio::spawn(watch.run(turnkey_issuer::WATCH_INTERVAL, clock));
+    Ok(())
 }
 
 /// The addresses the relay actually listens on (ports resolved).
@@ -231,9 +250,9 @@ impl Observability {
         Ok(Self { registry, relay_metrics, usage, metrics, metrics_addr })
     }
 
-    fn serve_metrics(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+    fn serve_metrics(&mut self, http: HttpRun) -> Option<tokio::task::JoinHandle<()>> {
         let registry = self.registry.clone();
-        self.metrics.take().map(|l| tokio::spawn(serve_metrics(l, registry, stop)))
+        self.metrics.take().map(|l| tokio::spawn(serve_metrics(l, registry, http)))
     }
 }
 

@@ -48,6 +48,24 @@ fn serve_help_shows_the_defaults_the_engine_and_streams_use() {
 }
 
 #[test]
+fn http_limit_flags_show_the_defaults_of_http_limits_on_serve_and_issuer() {
+    for cmd in ["serve", "issuer"] {
+        let out = turnkey(&[cmd, "--help"]);
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        for (flag, default) in [
+            ("--http-header-timeout", "10"),
+            ("--http-idle-timeout", "60"),
+            ("--http-max-connections", "auto"),
+            ("--http-max-connections-per-ip", "64"),
+        ] {
+            let text = help_of(&help, flag);
+            assert!(text.contains(&format!("[default: {default}]")), "{cmd} {flag}: {text}");
+        }
+    }
+}
+
+#[test]
 fn check_config_reports_unknown_keys_and_bad_values_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");

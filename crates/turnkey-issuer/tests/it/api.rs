@@ -206,7 +206,15 @@ async fn revoke_marks_persists_and_is_owner_only() {
     // Expiry beyond any TTL could not have been minted.
     let far = format!("{}:{}", T0 + 200_000, iss.key.id);
     assert_eq!(iss.post_json(&revoke(&iss.key.id, &far), Some(&iss.key.token), None).await.status, 400);
-    // The owner revokes: 204, shared set updated, persisted.
+    // No relay watches this data directory: the revocation would reach nothing and is refused.
+    let r = iss.post_json(&revoke(&iss.key.id, &username), Some(&iss.key.token), None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert!(r.text.contains("no relay watches"), "{}", r.text);
+    assert!(!iss.revocations.is_revoked(&username));
+    let relay_set = turnkey_auth::RevocationSet::new();
+    let mut relay =
+        turnkey_issuer::RevocationWatch::start(iss.dir.path(), relay_set.clone(), UnixTime(iss.now())).unwrap();
+    // The owner revokes: 204, shared set updated, persisted, seen by the watching relay.
     let r = iss.post_json(&revoke(&iss.key.id, &username), Some(&iss.key.token), None).await;
     assert_eq!(r.status, 204, "{}", r.text);
     assert!(iss.revocations.is_revoked(&username));
@@ -215,6 +223,8 @@ async fn revoke_marks_persists_and_is_owner_only() {
     assert_eq!(iss.metric("turnkey_issuer_revocations_total", &[]), 1.0);
     let file = std::fs::read_to_string(iss.dir.path().join("revocations.json")).unwrap();
     assert!(file.contains(&username));
+    assert_eq!(relay.poll(UnixTime(iss.now())).unwrap(), 1);
+    assert!(relay_set.is_revoked(&username));
     // A "restart" on the same data directory loads it into a fresh shared set.
     let set = turnkey_auth::RevocationSet::new();
     let _store = turnkey_issuer::RevocationStore::load(iss.dir.path(), set.clone(), UnixTime(iss.now()), 10).unwrap();

@@ -137,7 +137,7 @@ impl Issuer {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let r = router(state.clone());
         tokio::spawn(async move {
-            serve(listener, r, std::future::pending()).await.unwrap();
+            serve(listener, r, turnkey_issuer::HttpLimits::default(), std::future::pending()).await.unwrap();
         });
         Self { base, state, dir, clock, relay, key, other, ring, revocations, registry, http: reqwest::Client::new() }
     }

@@ -3,7 +3,7 @@
 //! serialize to the same keys as the file), then read once into the types that own the
 //! settings: [`EngineSettings`] and [`StreamLimits`] (turnkey-relay), [`IssuerConfig`]
 //! (turnkey-issuer), [`UsageConfig`] (turnkey-usage) and this binary's own [`Node`],
-//! [`RelaySettings`], [`MetricsSettings`] and [`FleetSettings`]. Each default is defined once, in the owning type's
+//! [`RelaySettings`], [`MetricsSettings`], [`HttpLimitsSettings`] and [`FleetSettings`]. Each default is defined once, in the owning type's
 //! `Default`, and `--help` shows it from there. Values are checked while they are parsed;
 //! unknown keys and every bad value are reported together, so an operator fixes a config in one
 //! round.
@@ -26,11 +26,12 @@ use turnkey_issuer::IssuerConfig;
 use turnkey_relay::conn::StreamLimits;
 use turnkey_relay::engine::EngineSettings;
 use turnkey_relay::policy::PeerRule;
+use turnkey_relay::settings::{in_range, nonzero_secs};
 use turnkey_usage::UsageConfig;
 
 pub use fleet::FleetSettings;
 pub use loader::{merge, Loader};
-use values::{text, text_list, IpPair, Listen, ListenList, LogFormat, PortRange, Realm, Secrets};
+use values::{text, text_list, ConnCap, IpPair, Listen, ListenList, LogFormat, PortRange, Realm, Secrets};
 
 /// Every setting, in the types that own them.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +50,8 @@ pub struct Settings {
     pub usage: UsageConfig,
     /// `[issuer]`.
     pub issuer: IssuerConfig,
+    /// `[http_limits]`.
+    pub http_limits: HttpLimitsSettings,
     /// `[fleet]`: Redis and this process's place in the fleet.
     pub fleet: FleetSettings,
 }
@@ -166,6 +169,36 @@ impl Default for MetricsSettings {
     }
 }
 
+/// `[http_limits]`: bounds of every HTTP connection, on the issuer's and the metrics listener
+/// each (resolved into `turnkey_issuer::HttpLimits` by `fdlimit::http_limits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpLimitsSettings {
+    /// Seconds a client has to send a request head (from the accept, and again while a kept-alive
+    /// connection waits for its next request).
+    #[serde(with = "nonzero_secs")]
+    pub header_timeout: Duration,
+    /// Seconds a connection may move no byte in either direction before it is closed.
+    #[serde(with = "nonzero_secs")]
+    pub idle_timeout: Duration,
+    /// Connections per listener; `auto`: an eighth of the open-file limit, 16 to 4096.
+    pub max_connections: ConnCap,
+    /// Connections per client IP (IPv6: per /64) per listener (never above `max_connections`).
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u32::MAX as u64 }>")]
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for HttpLimitsSettings {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: ConnCap::Auto,
+            max_connections_per_ip: 64,
+        }
+    }
+}
+
 /// What [`Settings::owners`] hands each owning type to.
 pub trait Owners {
     /// `slot` owns keys of `section` (`""`: the top level).
@@ -202,6 +235,7 @@ impl Settings {
         o.owner("metrics", &mut self.metrics);
         o.owner("usage", &mut self.usage);
         o.owner("issuer", &mut self.issuer);
+        o.owner("http_limits", &mut self.http_limits);
         o.owner("fleet", &mut self.fleet);
     }
 

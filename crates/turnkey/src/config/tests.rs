@@ -189,6 +189,36 @@ fn every_deploy_example_is_valid() {
 }
 
 #[test]
+fn http_limits_section() {
+    let h = parse(
+        "[http_limits]\nheader_timeout = 3\nidle_timeout = 30\nmax_connections = 100\nmax_connections_per_ip = 5\n",
+    )
+    .unwrap()
+    .http_limits;
+    assert_eq!((h.header_timeout, h.idle_timeout), (Duration::from_secs(3), Duration::from_secs(30)));
+    assert_eq!(h.max_connections.to_string(), "100");
+    assert_eq!(h.max_connections_per_ip, 5);
+    assert_eq!(
+        parse("[http_limits]\nmax_connections = \"auto\"\n").unwrap().http_limits,
+        HttpLimitsSettings::default()
+    );
+    let d = parse("").unwrap().http_limits;
+    assert_eq!((d.header_timeout, d.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+    assert_eq!((d.max_connections, d.max_connections_per_ip), (ConnCap::Auto, 64));
+    let msg = errors(
+        "[http_limits]\nheader_timeout = 0\nmax_connections = 0\nmax_connections_per_ip = \"x\"\nheader_timeot = 1\n",
+    );
+    for part in [
+        "http_limits.header_timeout",
+        "http_limits.max_connections:",
+        "http_limits.max_connections_per_ip",
+        "unknown key `http_limits.header_timeot`",
+    ] {
+        assert!(msg.contains(part), "{part} missing in {msg}");
+    }
+}
+
+#[test]
 fn fleet_keys_reach_their_owner() {
     let s = parse("[fleet]\nredis = \"redis://:pw@127.0.0.1:6379/1\"\nredis_prefix = \"tk:\"\nnode_id = \"relay-1\"\nregion = \"eu\"\n")
         .unwrap();

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
@@ -198,6 +199,86 @@ impl<'de> Deserialize<'de> for Secrets {
     }
 }
 
+/// A connection cap: `"auto"` (sized from the process's open-file limit when the listener
+/// starts) or a number of connections, at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnCap {
+    /// Sized at start from `RLIMIT_NOFILE` (see `fdlimit::http_limits`).
+    #[default]
+    Auto,
+    /// This many connections.
+    Fixed(NonZeroU32),
+}
+
+impl FromStr for ConnCap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) => Self::fixed(u64::from(n)),
+            Err(_) => Err(format!("`{s}` is not `auto` or a number of connections")),
+        }
+    }
+}
+
+impl ConnCap {
+    fn fixed(n: u64) -> Result<Self, String> {
+        u32::try_from(n)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .map(Self::Fixed)
+            .ok_or_else(|| format!("must be `auto` or 1 to {}, not {n}", u32::MAX))
+    }
+}
+
+impl fmt::Display for ConnCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => n.fmt(f),
+        }
+    }
+}
+
+impl Serialize for ConnCap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Fixed(n) => s.serialize_u32(n.get()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnCap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConnCap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`auto` or a number of connections")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConnCap, E> {
+                match v {
+                    "auto" => Ok(ConnCap::Auto),
+                    _ => Err(E::custom(format!("`{v}` is not `auto` or a number of connections"))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConnCap, E> {
+                ConnCap::fixed(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ConnCap, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("must be `auto` or 1 to {}, not {v}", u32::MAX))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Serde through `FromStr` / `Display`, for value types written as one string.
 pub mod text {
     use std::fmt::Display;
@@ -265,5 +346,14 @@ mod tests {
         assert_eq!("127.0.0.1:1".parse::<Listen>().unwrap().to_string(), "127.0.0.1:1");
         assert!("nope".parse::<Listen>().is_err());
         assert_eq!(ListenList::any(3478).addrs.len(), 2);
+    }
+
+    #[test]
+    fn connection_caps() {
+        assert_eq!("auto".parse::<ConnCap>().unwrap(), ConnCap::Auto);
+        assert_eq!("7".parse::<ConnCap>().unwrap().to_string(), "7");
+        for bad in ["0", "-1", "many", "4294967296"] {
+            assert!(bad.parse::<ConnCap>().is_err(), "{bad}");
+        }
     }
 }
