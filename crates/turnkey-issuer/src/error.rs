@@ -42,6 +42,9 @@ pub enum Error {
     /// No key with that id exists.
     #[error("no such key: {0}")]
     NoSuchKey(String),
+    /// Keys are shared through the fleet: this store cannot create or delete them.
+    #[error("keys live in the fleet (Redis): use `turnkey keys --redis URL ...`")]
+    SharedKeys,
     /// The upstream token could not be read (the message names the file or variable only).
     #[error("upstream token unavailable: {0}")]
     UpstreamToken(String),
@@ -110,6 +113,9 @@ pub enum ApiError {
     Upstream(UpstreamFailure),
     /// The revocation list is full (503).
     RevocationsFull,
+    /// Fleet mode: a revocation could not be published to the fleet (Redis unreachable); it
+    /// holds on this issuer's process only (503, retry).
+    FleetUnavailable,
     /// An unknown path (404).
     NotFound,
     /// A known path with another method (405).
@@ -128,9 +134,11 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited { .. } | Self::BandwidthExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoRelay | Self::NotConfigured | Self::RevocationsFull | Self::UsageUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoRelay
+            | Self::NotConfigured
+            | Self::RevocationsFull
+            | Self::UsageUnavailable
+            | Self::FleetUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(UpstreamFailure::BadGateway) => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => {
@@ -163,6 +171,7 @@ impl ApiError {
             Self::Upstream(UpstreamFailure::BadGateway) => "upstream error",
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => "upstream unavailable",
             Self::RevocationsFull => "revocation list full",
+            Self::FleetUnavailable => "fleet state unavailable, retry",
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::Internal => "internal error",

@@ -105,6 +105,7 @@ pub(crate) async fn start_issuer(
         registry: registry.clone(),
         clock: turnkey_issuer::system_clock(),
         app_key: Some(default_key.id.clone()),
+        fleet: None,
     })?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
     let addr = listener.local_addr()?;

@@ -131,6 +131,7 @@ impl Issuer {
             registry: registry.clone(),
             clock: Arc::new(move || UnixTime(c.load(Ordering::SeqCst))),
             app_key: None,
+            fleet: None,
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
