@@ -121,6 +121,9 @@ pub struct ServiceArgs {
     #[command(flatten)]
     #[serde(skip_serializing_if = "IssuerFlags::is_empty")]
     pub issuer: IssuerFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "FleetArgs::is_empty")]
+    pub fleet: FleetArgs,
 }
 
 /// `[metrics]` flags.
@@ -150,6 +153,41 @@ pub struct IssuerFlags {
 impl IssuerFlags {
     fn is_empty(&self) -> bool {
         self.public_host.is_none()
+    }
+}
+
+/// `[fleet]` flags: joining a fleet (fleet mode starts when `--redis` is given).
+#[derive(Debug, Args, Clone, Default, Serialize)]
+pub struct FleetArgs {
+    /// Redis URL (`redis://[:password@]host[:port][/db]` or `rediss://`): join a fleet.
+    #[arg(long, env = "TURNKEY_REDIS", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "TURNKEY_REDIS_PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_prefix: Option<String>,
+    /// CA certificate(s) (PEM) of the Redis server, for `rediss://` (default: system roots).
+    #[arg(long, env = "TURNKEY_REDIS_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// This process's name in the fleet (default: the host name).
+    #[arg(long, env = "TURNKEY_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// This process's region label (issuers prefer relays of their region).
+    #[arg(long, env = "TURNKEY_REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+impl FleetArgs {
+    fn is_empty(&self) -> bool {
+        self.redis.is_none()
+            && self.redis_prefix.is_none()
+            && self.redis_ca_file.is_none()
+            && self.node_id.is_none()
+            && self.region.is_none()
     }
 }
 
@@ -321,6 +359,7 @@ pub fn command() -> ClapCommand {
         let c = help_defaults::<CommonArgs>(c, "", &d);
         let c = help_defaults::<ServiceArgs>(c, "", &d);
         let c = help_defaults::<MetricsArgs>(c, "metrics", &d);
+        let c = help_defaults::<FleetArgs>(c, "fleet", &d);
         help_defaults::<IssuerFlags>(c, "issuer", &d)
     };
     Cli::command()
@@ -449,5 +488,41 @@ mod tests {
         assert!(s.engine.rfc5766_channel_numbers);
         // Unset flags leave the defaults.
         assert_eq!(s.engine.max_allocations, turnkey_relay::engine::EngineSettings::default().max_allocations);
+    }
+
+    #[test]
+    fn fleet_flags_on_serve_and_issuer() {
+        for sub in ["serve", "issuer"] {
+            let argv = [
+                "turnkey",
+                sub,
+                "--redis",
+                "redis://:pw@127.0.0.1:7000",
+                "--redis-prefix",
+                "t1:",
+                "--node-id",
+                "n-1",
+                "--region",
+                "eu",
+            ];
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let s = match cli.command {
+                Command::Serve(a) => a.load().unwrap(),
+                Command::Issuer(a) => a.load().unwrap(),
+                _ => panic!("{sub}"),
+            };
+            let cfg = s.fleet.config().unwrap();
+            assert_eq!(
+                (cfg.url.as_str(), cfg.prefix.as_str(), cfg.node_id.as_str()),
+                ("redis://:pw@127.0.0.1:7000", "t1:", "n-1")
+            );
+            assert_eq!(cfg.region.map(|r| r.as_str().to_owned()).as_deref(), Some("eu"));
+            let help = command().find_subcommand_mut(sub).unwrap().render_help().to_string();
+            assert!(help.contains("[default: turnkey:]"), "{help}");
+        }
+        let cli = Cli::try_parse_from(["turnkey", "issuer", "--redis", "http://x", "--node-id", "a b"]).unwrap();
+        let Command::Issuer(a) = cli.command else { panic!("not issuer") };
+        let msg = format!("{:#}", a.load().unwrap_err());
+        assert!(msg.contains("fleet.node_id (from a flag") && msg.contains("redis://"), "{msg}");
     }
 }

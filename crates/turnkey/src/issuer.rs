@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use prometheus::Registry;
 use turnkey_auth::{RevocationSet, SecretRing};
+use turnkey_fleet::Fleet;
 use turnkey_issuer::{AdvertiseConfig, Endpoint, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
 use turnkey_relay::engine::Shared;
 
@@ -81,16 +82,21 @@ impl RunningIssuer {
     }
 }
 
+/// Starts the issuer when an HTTP listener is configured. `fleet` is the fleet handle in fleet
+/// mode (not used by the issuer yet).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start_issuer(
     s: &Settings,
     config: IssuerConfig,
     secrets: SecretRing,
     revocations: RevocationSet,
     relay: Arc<dyn RelayStatus>,
+    fleet: Option<Fleet>,
     registry: &Registry,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Option<RunningIssuer>> {
     let Some(addr) = s.node.http.0 else { return Ok(None) };
+    drop(fleet);
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let default_key = turnkey_issuer::ensure_default_key(&s.node.data_dir, now)?;
     if default_key.created {

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod datadir;
+mod fleet;
 mod issuer;
 mod obs;
 mod process;

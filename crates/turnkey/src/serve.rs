@@ -20,6 +20,7 @@ use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::values::ListenList;
 use crate::config::Settings;
 use crate::datadir;
+use crate::fleet;
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
 use crate::process::{bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup};
@@ -60,6 +61,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let listening = Listening::of(&sockets);
     let tls = start_tls(&s, &listening)?;
     let mut obs = Observability::start(&s).await?;
+    let fleet = fleet::connect(&s, &obs.registry).await?;
     let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
     let revocations = RevocationSet::new();
     let shared = Arc::new(Shared::new(revocations.clone()).with_usage(obs::RelayUsage(obs.usage.clone()).sink()));
@@ -71,8 +73,17 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         max_allocations: s.engine.max_allocations,
         usage: obs.usage.clone(),
     });
-    let issuer =
-        start_issuer(&s, advertised(&s, &listening), ring, revocations, status, &obs.registry, stop_http_rx).await?;
+    let issuer = start_issuer(
+        &s,
+        advertised(&s, &listening),
+        ring,
+        revocations,
+        status,
+        fleet.clone(),
+        &obs.registry,
+        stop_http_rx,
+    )
+    .await?;
     print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards());
 
     let relayed = turnkey_relay::run(relay_cfg, sockets, obs.relay_metrics, shared, shutdown_signal()).await;
@@ -87,10 +98,11 @@ async fn run_issuer(s: Settings) -> anyhow::Result<()> {
     let ring = open_data_dir(&s)?;
     let registry = new_registry()?;
     let metrics = bind_metrics(&s).await?;
+    let fleet = fleet::connect(&s, &registry).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), stop_rx.clone())));
     let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
-    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, &registry, stop_rx)
+    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, fleet, &registry, stop_rx)
         .await?
         .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     println!("turnkey issuer listening http={}", issuer.addr);

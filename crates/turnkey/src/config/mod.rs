@@ -3,7 +3,7 @@
 //! serialize to the same keys as the file), then read once into the types that own the
 //! settings: [`EngineSettings`] and [`StreamLimits`] (turnkey-relay), [`IssuerConfig`]
 //! (turnkey-issuer), [`UsageConfig`] (turnkey-usage) and this binary's own [`Node`],
-//! [`RelaySettings`] and [`MetricsSettings`]. Each default is defined once, in the owning type's
+//! [`RelaySettings`], [`MetricsSettings`] and [`FleetSettings`]. Each default is defined once, in the owning type's
 //! `Default`, and `--help` shows it from there. Values are checked while they are parsed;
 //! unknown keys and every bad value are reported together, so an operator fixes a config in one
 //! round.
@@ -11,6 +11,7 @@
 //! Adding a setting touches its owning type (field and default), the flag (if it has one) and
 //! the documentation; adding an owning type adds one line to [`Settings::owners`].
 
+mod fleet;
 mod loader;
 pub mod values;
 
@@ -27,6 +28,7 @@ use turnkey_relay::engine::EngineSettings;
 use turnkey_relay::policy::PeerRule;
 use turnkey_usage::UsageConfig;
 
+pub use fleet::FleetSettings;
 pub use loader::{merge, Loader};
 use values::{text, text_list, IpPair, Listen, ListenList, LogFormat, PortRange, Realm, Secrets};
 
@@ -47,6 +49,8 @@ pub struct Settings {
     pub usage: UsageConfig,
     /// `[issuer]`.
     pub issuer: IssuerConfig,
+    /// `[fleet]`: Redis and this process's place in the fleet.
+    pub fleet: FleetSettings,
 }
 
 /// The top-level keys.
@@ -198,6 +202,7 @@ impl Settings {
         o.owner("metrics", &mut self.metrics);
         o.owner("usage", &mut self.usage);
         o.owner("issuer", &mut self.issuer);
+        o.owner("fleet", &mut self.fleet);
     }
 
     /// Reads a merged config table; every error in one message.
@@ -247,6 +252,9 @@ impl Settings {
         }
         if let Err(e) = self.issuer.validate() {
             loader.error(format!("issuer: {e}"));
+        }
+        if let Some(e) = self.fleet.errors() {
+            loader.error(e);
         }
     }
 }

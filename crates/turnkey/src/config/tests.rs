@@ -185,3 +185,26 @@ fn every_deploy_example_is_valid() {
     }
     assert!(seen >= 2, "expected example configs in deploy/");
 }
+
+#[test]
+fn fleet_keys_reach_their_owner() {
+    let s = parse("[fleet]\nredis = \"redis://:pw@127.0.0.1:6379/1\"\nredis_prefix = \"tk:\"\nnode_id = \"relay-1\"\nregion = \"eu\"\n")
+        .unwrap();
+    let cfg = s.fleet.config().unwrap();
+    assert_eq!((cfg.url.as_str(), cfg.prefix.as_str()), ("redis://:pw@127.0.0.1:6379/1", "tk:"));
+    assert_eq!((cfg.node_id.as_str(), cfg.region.as_ref().map(|r| r.as_str())), ("relay-1", Some("eu")));
+    // No URL: no fleet, whatever else is set.
+    assert!(parse("[fleet]\nregion = \"eu\"\n").unwrap().fleet.config().is_none());
+}
+
+#[test]
+fn fleet_errors_are_reported_with_the_others() {
+    let msg = errors(
+        "[relay]\nmax_allocations = \"x\"\n[fleet]\nredis = \"http://nope\"\nredis_prefix = \"a b\"\nnode_id = \"no/slash\"\nregion = \"\"\nredos = 1\n",
+    );
+    for part in
+        ["relay.max_allocations", "unknown key `fleet.redos`", "fleet.node_id", "fleet.region", "redis://", "prefix"]
+    {
+        assert!(msg.contains(part), "{part} missing in {msg}");
+    }
+}
