@@ -63,6 +63,9 @@ pub struct IssuerConfig {
     pub max_revocations: usize,
     /// Fleet mode: relays per answer (default 2, so ICE has a second relay if one fails).
     pub relays_per_answer: usize,
+    /// Fleet mode: seconds the last relay listing is still handed out while Redis is
+    /// unreachable (default 30); after that the issuer falls back (upstream, else 503).
+    pub listing_max_stale_secs: u64,
     /// The browser-facing endpoints.
     pub app: AppConfig,
     /// Cloudflare as upstream; absent means no upstream.
@@ -79,6 +82,7 @@ impl Default for IssuerConfig {
             max_body_bytes: 16 * 1024,
             max_revocations: 100_000,
             relays_per_answer: 2,
+            listing_max_stale_secs: 30,
             app: AppConfig::default(),
             upstream: None,
         }
