@@ -127,9 +127,9 @@ pub(crate) async fn revoke(
 
 /// `GET /v1/fleet` → 200 [`crate::FleetListing`] (fleet mode only).
 pub(crate) async fn fleet(State(state): State<IssuerState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let directory = state.inner.directory.as_ref().ok_or(ApiError::NotFound)?;
     let token = bearer_token(&headers)?;
     state.inner.keys.check_any(token).ok_or(ApiError::InvalidToken)?;
+    let directory = state.inner.directory.as_ref().ok_or(ApiError::NotFound)?;
     let mut resp = Json(directory.listing()).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
