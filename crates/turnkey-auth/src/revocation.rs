@@ -20,6 +20,8 @@ pub struct RevocationSet {
 struct Inner {
     generation: AtomicU64,
     entries: RwLock<HashMap<String, UnixTime>>,
+    /// Deleted TURN keys: every username whose userid is `<key>` or `<key>:...`, until then.
+    keys: RwLock<HashMap<String, UnixTime>>,
 }
 
 impl RevocationSet {
@@ -37,10 +39,26 @@ impl RevocationSet {
         new
     }
 
-    /// Whether `username` is revoked.
+    /// Revokes every username issued under TURN key `key_id` (userid `<key_id>` or
+    /// `<key_id>:<label>`) until `until`. Returns `true` if it was not revoked before.
+    pub fn revoke_key(&self, key_id: &str, until: UnixTime) -> bool {
+        let mut map = self.inner.keys.write().unwrap_or_else(|p| p.into_inner());
+        let new = map.insert(key_id.to_owned(), until).is_none();
+        self.inner.generation.fetch_add(1, Ordering::Release);
+        new
+    }
+
+    /// Whether `username` is revoked (itself, or the key that issued it).
     pub fn is_revoked(&self, username: &str) -> bool {
-        let map = self.inner.entries.read().unwrap_or_else(|p| p.into_inner());
-        map.contains_key(username)
+        if self.inner.entries.read().unwrap_or_else(|p| p.into_inner()).contains_key(username) {
+            return true;
+        }
+        let keys = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
+        if keys.is_empty() {
+            return false;
+        }
+        let key = username.split_once(':').and_then(|(_, userid)| userid.split(':').next());
+        key.is_some_and(|k| keys.contains_key(k))
     }
 
     /// A counter that changes whenever an entry is added.
@@ -53,7 +71,10 @@ impl RevocationSet {
         let mut map = self.inner.entries.write().unwrap_or_else(|p| p.into_inner());
         let before = map.len();
         map.retain(|_, exp| *exp > now);
-        before - map.len()
+        let mut keys = self.inner.keys.write().unwrap_or_else(|p| p.into_inner());
+        let before_keys = keys.len();
+        keys.retain(|_, until| *until > now);
+        before - map.len() + before_keys - keys.len()
     }
 
     /// A copy of every entry (for persisting).
@@ -90,5 +111,17 @@ mod tests {
         assert_eq!(set.purge_expired(UnixTime(99)), 0);
         assert_eq!(set.purge_expired(UnixTime(100)), 1);
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_revoked_key_refuses_its_usernames_until_then() {
+        let set = RevocationSet::new();
+        let g = set.generation();
+        assert!(set.revoke_key("k1", UnixTime(100)));
+        assert!(set.generation() != g);
+        assert!(set.is_revoked("99:k1:alice") && set.is_revoked("99:k1"));
+        assert!(!set.is_revoked("99:k10:alice") && !set.is_revoked("k1") && !set.is_revoked("99:other"));
+        assert_eq!(set.purge_expired(UnixTime(100)), 1);
+        assert!(!set.is_revoked("99:k1:alice"));
     }
 }

@@ -6,6 +6,7 @@ mod config;
 mod datadir;
 mod fleet;
 mod fleet_cmd;
+mod fleet_relay;
 mod issuer;
 mod issuer_fleet;
 mod obs;

@@ -1,12 +1,14 @@
 //! `turnkey serve` and `turnkey creds`: wiring only.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use prometheus::Registry;
 use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
+use turnkey_fleet::Fleet;
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
 use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
@@ -21,6 +23,7 @@ use crate::config::values::ListenList;
 use crate::config::Settings;
 use crate::datadir;
 use crate::fleet;
+use crate::fleet_relay::{FleetRelay, FleetUsage};
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
 use crate::process::{bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup};
@@ -64,7 +67,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let fleet = fleet::connect(&s, &obs.registry).await?;
     let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
     let revocations = RevocationSet::new();
-    let shared = Arc::new(Shared::new(revocations.clone()).with_usage(obs::RelayUsage(obs.usage.clone()).sink()));
+    let relayed = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(Shared::new(revocations.clone()).with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed)));
+    let fleet_relay = join_fleet(fleet.clone(), &s, &listening, &relay_cfg, &shared, relayed);
     let usage_task = tokio::spawn(obs::run_flusher(obs.usage.clone(), s.node.data_dir.clone(), s.usage.flush_interval));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
     let metrics_task = obs.serve_metrics(stop_http_rx.clone());
@@ -86,12 +91,49 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     .await?;
     print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards());
 
-    let relayed = turnkey_relay::run(relay_cfg, sockets, obs.relay_metrics, shared, shutdown_signal()).await;
+    let shutdown = async {
+        shutdown_signal().await;
+        if let Some(f) = &fleet_relay {
+            f.announce_draining().await;
+        }
+    };
+    let relayed = turnkey_relay::run(relay_cfg, sockets, obs.relay_metrics, shared, shutdown).await;
     usage_task.abort();
     obs::final_flush(&obs.usage, &s.node.data_dir);
+    if let Some(f) = fleet_relay {
+        f.leave().await;
+    }
     relayed?;
     stop_http_services(stop_http, metrics_task, issuer).await;
     Ok(())
+}
+
+/// The relay's usage sink: the local ledger, and in fleet mode the fleet's totals too.
+fn usage_sink(
+    s: &Settings,
+    obs: &Observability,
+    fleet: Option<&Fleet>,
+    relayed: &Arc<AtomicU64>,
+) -> Arc<dyn turnkey_relay::usage::UsageSink> {
+    let local = obs::RelayUsage(obs.usage.clone()).sink();
+    match fleet {
+        None => local,
+        Some(f) => {
+            Arc::new(FleetUsage { local, fleet: f.clone(), reset_day: s.usage.reset_day, relayed: relayed.clone() })
+        }
+    }
+}
+
+/// In fleet mode: the heartbeat, revocations and usage flushing of this relay.
+fn join_fleet(
+    fleet: Option<Fleet>,
+    s: &Settings,
+    listening: &Listening,
+    relay_cfg: &RelayConfig,
+    shared: &Arc<Shared>,
+    relayed: Arc<AtomicU64>,
+) -> Option<FleetRelay> {
+    fleet.map(|f| FleetRelay::start(f, s, listening, &relay_cfg.relay, shared.clone(), relayed))
 }
 
 async fn run_issuer(s: Settings) -> anyhow::Result<()> {
