@@ -34,6 +34,21 @@ fn healthy(issuer: &Turnkey, token: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A credential from `iss` whose answer names `url` (asked up to 50 times: issuers spread
+/// equally loaded relays, so one of the next answers names it).
+fn credential_on(iss: &Turnkey, id: &str, token: &str, url: &str) -> (String, String) {
+    for _ in 0..50 {
+        let (status, v) = generate(iss.addr("http"), id, token, "");
+        assert_eq!(status, 201, "{v}");
+        let (urls, user, pass) = turn_entry(&v);
+        assert_eq!(urls.len(), 2, "one relay per answer, UDP and TCP URLs: {urls:?}");
+        if urls.iter().any(|u| u == url) {
+            return (user, pass);
+        }
+    }
+    panic!("{url} never handed out in 50 answers");
+}
+
 /// Which relays (by their UDP address) an answer names, in order.
 fn named(issuer: &Turnkey, id: &str, token: &str, query: &str) -> Vec<String> {
     let (status, v) = generate(issuer.addr("http"), id, token, query);
@@ -145,17 +160,7 @@ fn relays_from_either_issuer_carry_traffic_and_keys_limits_usage_are_shared() {
     let plan = [(&a, "udp", &r1), (&b, "udp", &r2), (&a, "tcp", &r2), (&b, "tcp", &r1)];
     for (iss, transport, target) in plan {
         let want = target.addr(transport).to_string();
-        let wanted_url = format!("turn:{want}?transport={transport}");
-        let (mut tries, mut cred) = (0, None);
-        while cred.is_none() && tries < 50 {
-            let (status, v) = generate(iss.addr("http"), &app_id, &app_token, "");
-            assert_eq!(status, 201, "{v}");
-            let (urls, user, pass) = turn_entry(&v);
-            assert_eq!(urls.len(), 2, "one relay per answer, UDP and TCP URLs: {urls:?}");
-            cred = urls.contains(&wanted_url).then_some((user, pass));
-            tries += 1;
-        }
-        let (user, pass) = cred.unwrap_or_else(|| panic!("{want} never handed out in 50 answers"));
+        let (user, pass) = credential_on(iss, &app_id, &app_token, &format!("turn:{want}?transport={transport}"));
         let r = aioice(&["relay", "--server", &want, "--transport", transport, "--user", &user, "--password", &pass]);
         assert_eq!(r["received"], 20, "{r} via {want} ({transport})");
         runs += 1;
@@ -184,6 +189,30 @@ fn relays_from_either_issuer_carry_traffic_and_keys_limits_usage_are_shared() {
         status_bytes(&b),
         redis.cli(&["KEYS", "*usage*"]),
     );
+
+    // A revocation through issuer A ends an allocation held on relay r2 with a credential from
+    // issuer B, and the username cannot allocate again there.
+    let on_r2 = r2.udp().to_string();
+    let (user, pass) = credential_on(&b, &app_id, &app_token, &format!("turn:{on_r2}?transport=udp"));
+    let revoke_url = format!("http://{}/v1/turn/keys/{app_id}/credentials/{user}/revoke", a.addr("http"));
+    let r = aioice(&[
+        "revoke",
+        "--server",
+        &on_r2,
+        "--user",
+        &user,
+        "--password",
+        &pass,
+        "--count",
+        "5",
+        "--revoke-url",
+        &revoke_url,
+        "--token",
+        &app_token,
+    ]);
+    assert_eq!((r["received"].as_u64(), r["revoke_status"].as_u64()), (Some(5), Some(204)), "{r}");
+    assert_eq!(r["after_revoke_echo_seen"], 0, "the allocation on r2 stops relaying: {r}");
+    assert_eq!(r["reallocate"], 401, "{r}");
 
     // The app rate limit holds across the issuers: 4 in total, then 429 on both.
     let app = |iss: &Turnkey| http(iss.addr("http"), "GET", "/api/turn-credentials", &[], None).0;
