@@ -228,3 +228,44 @@ fn relays_from_either_issuer_carry_traffic_and_keys_limits_usage_are_shared() {
     let listed = metric_sum(&a.metrics(), "turnkey_fleet_redis_up", &[]);
     assert_eq!(listed, 1.0, "the issuer reports Redis up");
 }
+
+#[test]
+fn redis_outage_keeps_the_last_relays_for_a_bounded_time_then_falls_back() {
+    // Append-only with fsync always: the keys survive Redis's restart.
+    let Some(mut redis) = RedisServer::start(RedisOptions { appendonly: true, ..RedisOptions::default() }) else {
+        return;
+    };
+    let url = redis.url();
+    let _r1 = relay(&url, "r1", None, &[]);
+    let _r2 = relay(&url, "r2", None, &[]);
+    let (id, token) = create_key(&url, &[]);
+    let (_conf_dir, conf) = config_file("[issuer]\nlisting_max_stale_secs = 4\n");
+    let a = issuer(&url, "issuer-a", None, &["--config", conf.to_str().unwrap()]);
+    let two: BTreeSet<String> = ["r1", "r2"].map(String::from).into();
+    assert!(wait_until(Duration::from_secs(10), || healthy(&a, &token) == two).is_some());
+
+    redis.kill();
+    let down = Instant::now();
+    // The last listing is still handed out while it is at most 4 s old...
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(named(&a, &id, &token, "").len(), 2, "last known relays kept while Redis is down");
+    // ...then the issuer falls back (no upstream: 503; the app endpoints' fallback shape).
+    let gone = wait_until(Duration::from_secs(10), || generate(a.addr("http"), &id, &token, "").0 == 503).unwrap();
+    let after = down.elapsed();
+    assert!(after <= Duration::from_secs(7), "fallback within max_stale + one listing interval: {after:?} ({gone:?})");
+    assert!(after >= Duration::from_millis(1900), "not before the listing is max_stale old: {after:?}");
+    let (status, body) = http(a.addr("http"), "GET", "/api/turn-credentials", &[], None);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, v["fallback"].as_bool()), (503, Some(true)), "{body}");
+    let bearer = format!("Bearer {token}");
+    let (_, body) = http(a.addr("http"), "GET", "/v1/fleet", &[("Authorization", &bearer)], None);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["redis_up"], false, "{v}");
+
+    // Redis back: relays beat again, the issuer hands them out again.
+    redis.restart();
+    let back = wait_until(Duration::from_secs(10), || {
+        generate(a.addr("http"), &id, &token, "").0 == 201 && healthy(&a, &token) == two
+    });
+    assert!(back.is_some(), "state converges after Redis restarts");
+}
