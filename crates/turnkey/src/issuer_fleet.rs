@@ -92,14 +92,21 @@ impl Directory {
     /// which one is not handed out (longer for a listing kept while Redis is unreachable).
     fn relays_now(&self) -> (Vec<Relay>, u64, bool) {
         let l = self.listing.read().unwrap_or_else(|p| p.into_inner());
-        let extra = millis(l.at.elapsed());
-        let mut relays = l.snap.relays.clone();
-        for r in &mut relays {
-            r.age_ms = r.age_ms.saturating_add(extra);
-        }
-        let stale = if l.snap.cached { self.stale_after_ms + self.max_stale_ms } else { self.stale_after_ms };
+        let (relays, stale) = aged(&l.snap, l.at.elapsed(), self.stale_after_ms, self.max_stale_ms);
         (relays, stale, l.snap.cached)
     }
+}
+
+/// The listing's relays with their ages advanced by `elapsed` (the copy's age), and the age past
+/// which a relay is not handed out: 3 beats, plus `max_stale_ms` for a listing kept while Redis
+/// is unreachable (no relay can beat then).
+fn aged(snap: &RelaySnapshot, elapsed: Duration, stale_after_ms: u64, max_stale_ms: u64) -> (Vec<Relay>, u64) {
+    let extra = millis(elapsed);
+    let mut relays = snap.relays.clone();
+    for r in &mut relays {
+        r.age_ms = r.age_ms.saturating_add(extra);
+    }
+    (relays, if snap.cached { stale_after_ms.saturating_add(max_stale_ms) } else { stale_after_ms })
 }
 
 impl RelayDirectory for Directory {
@@ -319,4 +326,57 @@ pub(crate) async fn ensure_default_key(
     }]);
     tracing::info!(key_id = %new.id, "created the fleet's first TURN key");
     Ok(Some(turnkey_issuer::DefaultKey { id: new.id, token_path: Some(p), created: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use turnkey_fleet::{AdvertisedUrl, NodeId, RelayBeat, Transport};
+
+    use super::*;
+
+    fn relay(id: &str, age_ms: u64) -> Relay {
+        Relay {
+            node_id: NodeId::new(id).unwrap(),
+            beat: RelayBeat {
+                region: None,
+                urls: vec![
+                    AdvertisedUrl { transport: Transport::Tcp, url: format!("turn:{id}:3478?transport=tcp") },
+                    AdvertisedUrl { transport: Transport::Udp, url: format!("turn:{id}:3478?transport=udp") },
+                ],
+                allocations: 0,
+                allocation_capacity: 10,
+                relayed_bps: 0,
+                bandwidth_capacity_bps: None,
+                draining: false,
+            },
+            age_ms,
+        }
+    }
+
+    #[test]
+    fn a_relay_leaves_three_beats_after_its_last_beat_whenever_the_copy_was_read() {
+        let snap = RelaySnapshot { server_time_ms: 0, relays: vec![relay("a", 1000), relay("b", 5000)], cached: false };
+        let (now, stale) = aged(&snap, Duration::from_millis(1500), 6000, 30_000);
+        assert_eq!(stale, 6000);
+        let ok: Vec<_> = handout::choose(&now, None, 5, stale, 1).iter().map(|r| r.node_id.to_string()).collect();
+        assert_eq!(ok, ["a"], "b's beat is 6.5 s old by now");
+        // A copy kept while Redis is down: its relays stay eligible up to max_stale longer.
+        let cached = RelaySnapshot { cached: true, ..snap };
+        let (now, stale) = aged(&cached, Duration::from_millis(1500), 6000, 30_000);
+        assert_eq!(handout::choose(&now, None, 5, stale, 1).len(), 2);
+        let (now, stale) = aged(&cached, Duration::from_secs(40), 6000, 30_000);
+        assert!(handout::choose(&now, None, 5, stale, 1).is_empty());
+    }
+
+    #[test]
+    fn urls_are_handed_out_udp_first_and_listed_with_health() {
+        let r = relay("a", 100);
+        assert_eq!(handout_relay(&r).urls, ["turn:a:3478?transport=udp", "turn:a:3478?transport=tcp"]);
+        let listed = fleet_relay(&r, 6000);
+        assert!(listed.healthy && listed.load == Some(0.0));
+        let mut draining = relay("b", 100);
+        draining.beat.draining = true;
+        assert!(!fleet_relay(&draining, 6000).healthy);
+        assert!(!fleet_relay(&relay("c", 7000), 6000).healthy);
+    }
 }
