@@ -4,7 +4,8 @@
 Prints one JSON object on stdout. Modes:
   relay    allocate, send --count messages through the relay to a UDP echo peer on loopback
            (aioice binds a channel), and count the echoes that come back through the relay
-  authfail expect the allocation to be refused; report the STUN error code
+  authfail expect the allocation to be refused; report the STUN error code (and the
+           ALTERNATE-SERVER of a 300 Try Alternate)
   revoke   like relay, then POST the revoke URL, wait, and check that the live allocation
            stopped relaying and that a new allocation is refused
   abandon  allocate, print the relayed address, wait --hold seconds, then exit without
@@ -21,6 +22,11 @@ import urllib.request
 
 import aioice.stun
 import aioice.turn
+
+# aioice does not decode ALTERNATE-SERVER (RFC 8489 §14.15, MAPPED-ADDRESS encoding): teach it.
+_ALTERNATE_SERVER = (0x8023, "ALTERNATE-SERVER", aioice.stun.pack_address, aioice.stun.unpack_address)
+aioice.stun.ATTRIBUTES_BY_TYPE.setdefault(0x8023, _ALTERNATE_SERVER)
+aioice.stun.ATTRIBUTES_BY_NAME.setdefault("ALTERNATE-SERVER", _ALTERNATE_SERVER)
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -129,7 +135,11 @@ async def main():
             transport, _ = await allocate(args)
         except aioice.stun.TransactionFailed as e:
             code = e.response.attributes.get("ERROR-CODE", (0, ""))[0]
-            print(json.dumps({"allocated": False, "error": code}))
+            out = {"allocated": False, "error": code}
+            alternate = e.response.attributes.get("ALTERNATE-SERVER")
+            if alternate:
+                out["alternate"] = f"{alternate[0]}:{alternate[1]}"
+            print(json.dumps(out))
             return
         transport.close()
         print(json.dumps({"allocated": True}))

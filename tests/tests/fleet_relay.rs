@@ -195,3 +195,147 @@ fn usage_through_two_relays_adds_up_once_in_redis() {
     assert_eq!((field("c2p"), field("p2c")), (c2p, p2c));
     drop(b);
 }
+
+#[test]
+fn the_per_user_quota_holds_across_relays() {
+    let Some(redis) = redis() else { return };
+    let a = relay(&redis, "quota-a", &["--max-allocations-per-user", "1"]);
+    let b = relay(&redis, "quota-b", &["--max-allocations-per-user", "1"]);
+    let (user, pw) = creds("quota-user");
+    let userid = user.split_once(':').unwrap().1.to_owned();
+    let mut holder = hold_allocation(&a.udp().to_string(), &user, &pw, 20);
+    let marked = wait_until(Duration::from_secs(3), || {
+        redis.cli(&["HEXISTS", "turnkey:quota-full", &userid]).is_some_and(|v| v.trim() == "1")
+    });
+    assert!(marked.is_some(), "not marked full: {:?}", redis.cli(&["HGETALL", "turnkey:quota"]));
+    assert_eq!(redis.cli(&["HGET", "turnkey:quota", &userid]).unwrap().trim(), "1");
+    // Relay B refuses the same userid (it reads the marks every 250 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let r = aioice(&["authfail", "--server", &b.udp().to_string(), "--user", &user, "--password", &pw]);
+    assert_eq!(r["error"], 486, "{r}");
+    // Another userid allocates on B.
+    let (u2, p2) = creds("quota-other");
+    let r = aioice(&["relay", "--server", &b.udp().to_string(), "--user", &u2, "--password", &p2, "--count", "3"]);
+    assert_eq!(r["received"], 3, "{r}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(a);
+}
+
+#[test]
+fn redis_down_mid_call_loses_nothing_and_state_converges_on_restart() {
+    let Some(mut redis) = redis() else { return };
+    let a = relay(&redis, "chaos-a", &["--max-allocations-per-user", "1"]);
+    assert!(wait_until(Duration::from_secs(5), || record(&redis, "chaos-a").is_some()).is_some());
+    let (user, pw) = creds("chaos-caller");
+    let server = a.udp().to_string();
+    let call = {
+        let (server, user, pw) = (server.clone(), user.clone(), pw.clone());
+        std::thread::spawn(move || {
+            aioice(&[
+                "relay",
+                "--server",
+                &server,
+                "--user",
+                &user,
+                "--password",
+                &pw,
+                "--count",
+                "400",
+                "--size",
+                "200",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    redis.kill();
+    let r = call.join().unwrap();
+    assert_eq!(r["received"], 400, "the live exchange lost messages while Redis went away: {r}");
+    // New allocations still succeed under the local limits.
+    let (u2, p2) = creds("chaos-new");
+    let mut holder = hold_allocation(&server, &u2, &p2, 20);
+    assert!(wait_until(Duration::from_secs(3), || allocations(&a) >= 1.0).is_some());
+    let r = aioice(&["authfail", "--server", &server, "--user", &u2, "--password", &p2]);
+    assert_eq!(r["error"], 486, "the local per-user limit still holds: {r}");
+    let m = a.metric("turnkey_fleet_redis_up", &[]);
+    assert_eq!(m, 0.0);
+
+    // Redis comes back empty: the relay re-registers and republishes its counts within a beat
+    // or two, and the usage it buffered arrives.
+    redis.restart();
+    let userid = u2.split_once(':').unwrap().1.to_owned();
+    let converged = wait_until(Duration::from_secs(8), || {
+        record(&redis, "chaos-a").is_some()
+            && redis.cli(&["HGET", "turnkey:quota", &userid]).is_some_and(|v| v.trim() == "1")
+    });
+    assert!(converged.is_some(), "state did not converge: {:?}", redis.cli(&["KEYS", "*"]));
+    let c2p = |_: ()| -> u64 {
+        let keys = redis.cli(&["--scan", "--pattern", "turnkey:usage:*:unkeyed"]).unwrap_or_default();
+        let Some(key) = keys.lines().next() else { return 0 };
+        redis.cli(&["HGET", key, "c2p"]).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let arrived = wait_until(Duration::from_secs(5), || c2p(()) >= 400 * 200);
+    assert!(arrived.is_some(), "buffered usage did not arrive: {}", c2p(()));
+    assert_eq!(a.metric("turnkey_fleet_redis_up", &[]), 1.0);
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
+#[test]
+fn a_draining_relay_redirects_to_a_healthy_peer_and_the_client_allocates_there() {
+    let Some(redis) = redis() else { return };
+    let mut a = relay(&redis, "drain-a", &["--drain-grace", "15"]);
+    let b = relay(&redis, "drain-b", &[]);
+    assert!(wait_until(Duration::from_secs(5), || record(&redis, "drain-b").is_some()).is_some());
+    let (user, pw) = creds("redirected");
+    // A live allocation keeps A draining after SIGTERM.
+    let mut holder = hold_allocation(&a.udp().to_string(), &user, &pw, 30);
+    assert!(wait_until(Duration::from_secs(3), || allocations(&a) == 1.0).is_some());
+    signal(&a.child, "TERM");
+    assert!(wait_until(Duration::from_secs(2), || record(&redis, "drain-a").is_some_and(|r| r["draining"] == true))
+        .is_some());
+    let (u2, p2) = creds("newcomer");
+    let r = aioice(&["authfail", "--server", &a.udp().to_string(), "--user", &u2, "--password", &p2]);
+    assert_eq!(r["error"], 300, "{r}");
+    assert_eq!(r["alternate"], b.udp().to_string(), "{r}");
+    // Over TCP the alternate is B's TCP listener.
+    let r2 =
+        aioice(&["authfail", "--server", &a.tcp().to_string(), "--transport", "tcp", "--user", &u2, "--password", &p2]);
+    assert_eq!(
+        (r2["error"].as_u64(), r2["alternate"].as_str()),
+        (Some(300), Some(b.tcp().to_string().as_str())),
+        "{r2}"
+    );
+    // The client follows it.
+    let alt = r2["alternate"].as_str().unwrap().to_owned();
+    let r =
+        aioice(&["relay", "--server", &alt, "--transport", "tcp", "--user", &u2, "--password", &p2, "--count", "5"]);
+    assert_eq!(r["received"], 5, "{r}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = a.signal_and_wait("KILL", Duration::from_secs(5));
+}
+
+#[test]
+fn a_sigkilled_relay_loses_at_most_its_unflushed_usage_and_never_doubles() {
+    let Some(redis) = redis() else { return };
+    let mut a = relay(&redis, "kill-a", &[]);
+    let (user, pw) = creds(&format!("{KEY}:killed"));
+    let field = |f: &str| -> u64 {
+        let keys = redis.cli(&["--scan", "--pattern", &format!("turnkey:usage:*:{KEY}")]).unwrap_or_default();
+        let Some(key) = keys.lines().next() else { return 0 };
+        redis.cli(&["HGET", key, f]).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    // A first exchange, then time for it to be flushed: all of it arrives.
+    let r = aioice(&["relay", "--server", &a.udp().to_string(), "--user", &user, "--password", &pw, "--count", "20"]);
+    assert_eq!(r["received"], 20, "{r}");
+    assert!(wait_until(Duration::from_secs(5), || field("c2p") == 2000).is_some(), "c2p={}", field("c2p"));
+    // A second one, then SIGKILL at once: what was not flushed yet is lost, nothing is doubled.
+    let r = aioice(&["relay", "--server", &a.udp().to_string(), "--user", &user, "--password", &pw, "--count", "20"]);
+    assert_eq!(r["received"], 20, "{r}");
+    let _ = a.signal_and_wait("KILL", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (c2p, p2c) = (field("c2p"), field("p2c"));
+    eprintln!("SIGKILL right after the second exchange: c2p {c2p} of 4000, p2c {p2c} of 4000 bytes in Redis");
+    assert!((2000..=4000).contains(&c2p) && (2000..=4000).contains(&p2c), "c2p={c2p} p2c={p2c}");
+}

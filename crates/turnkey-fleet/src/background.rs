@@ -2,6 +2,7 @@
 //! listing and of the keys. Each runs on the runtime that starts it and stops when the last
 //! [`Fleet`] clone is dropped; failures while Redis is down are logged once by the health state.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +84,47 @@ impl Fleet {
                     Ok(None) => {}
                     Err(e) if e.is_unavailable() => {}
                     Err(e) => tracing::warn!(error = %e, "fleet: reading keys failed"),
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        self.inner.spawned(task);
+        rx
+    }
+
+    /// The userids at their allocation limit anywhere in the fleet, re-read when
+    /// `<p>quota-full:version` changes (checked every `every`). A relay refuses them (486) on
+    /// Allocate without a Redis call. While Redis is unreachable the set is empty: relays fall
+    /// back to their local limits.
+    pub fn watch_quota_full(&self, every: Duration) -> watch::Receiver<Arc<HashSet<String>>> {
+        let (tx, rx) = watch::channel(Arc::new(HashSet::new()));
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut known: Option<u64> = None;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                match (Fleet { inner }).quota_full_if_changed(known).await {
+                    Ok(Some((version, users))) => {
+                        known = Some(version);
+                        if tx.send(Arc::new(users)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if !e.is_unavailable() {
+                            tracing::warn!(error = %e, "fleet: reading quota marks failed");
+                        }
+                        known = None;
+                        if !tx.borrow().is_empty() && tx.send(Arc::new(HashSet::new())).is_err() {
+                            return;
+                        }
+                    }
                 }
                 if tx.is_closed() {
                     return;

@@ -50,6 +50,9 @@ pub(crate) struct Inner {
     pub(crate) quota: tokio::sync::Mutex<QuotaMirror>,
     pub(crate) usage: Mutex<UsageBuffer>,
     pub(crate) usage_flush: tokio::sync::Mutex<()>,
+    /// Heartbeats and deregistration take turns: once deregistered (true), no beat that was
+    /// already under way or comes later registers the relay again.
+    pub(crate) registration: tokio::sync::Mutex<bool>,
     pub(crate) relays_cache: Mutex<Option<(Instant, RelaySnapshot)>>,
     /// Wakes the health check at once after a call lost the connection (Redis restarted: the
     /// next PING reconnects, so one failed call costs one reconnect, not a health interval).
@@ -91,6 +94,7 @@ impl Fleet {
             quota: tokio::sync::Mutex::new(QuotaMirror::default()),
             usage: Mutex::new(usage),
             usage_flush: tokio::sync::Mutex::new(()),
+            registration: tokio::sync::Mutex::new(false),
             relays_cache: Mutex::new(None),
             recheck: Arc::new(Notify::new()),
             tasks: Mutex::new(Vec::new()),

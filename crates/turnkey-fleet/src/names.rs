@@ -108,6 +108,16 @@ impl Names {
         format!("{}quota", self.prefix)
     }
 
+    /// `<p>quota-full`: hash userid -> the limit it reached (users at their limit anywhere).
+    pub(crate) fn quota_full(&self) -> String {
+        format!("{}quota-full", self.prefix)
+    }
+
+    /// `<p>quota-full:version`: incremented whenever `<p>quota-full` changes.
+    pub(crate) fn quota_full_version(&self) -> String {
+        format!("{}quota-full:version", self.prefix)
+    }
+
     /// `<p>revoked`: sorted set username -> natural expiry (Unix seconds).
     pub(crate) fn revoked(&self) -> String {
         format!("{}revoked", self.prefix)

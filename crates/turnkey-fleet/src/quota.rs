@@ -7,7 +7,7 @@
 //! finds its record gone (Redis restarted empty, or it was reaped while cut off) re-publishes
 //! its part from its own count, [`QuotaMirror`], which is the truth about its allocations.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use redis::Script;
@@ -53,22 +53,43 @@ impl QuotaMirror {
 
 // KEYS[3] (the relay index) gets this relay with NX: a relay that dies before its first beat
 // is still found and reaped, so its counts cannot linger.
+// KEYS[4] / KEYS[5]: `quota-full` (userid -> limit) and its version: a userid is marked when
+// its count reaches the limit (relays refuse it at once, reading the mark), and unmarked when
+// a release or a reap takes it below (UNMARK).
 const RESERVE_LUA: &str = r"
 local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local limit = tonumber(ARGV[2])
-if limit > 0 and n >= limit then return 0 end
+local function mark()
+  if redis.call('HSETNX', KEYS[4], ARGV[1], limit) == 1 then redis.call('INCR', KEYS[5]) end
+end
+if limit > 0 and n >= limit then mark() return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[3], 'NX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[3])
+if limit > 0 and n + 1 >= limit then mark() end
 return 1
+";
+
+/// Lua: `unmark(full, version, userid, count)` drops a userid's full mark once its count is
+/// below the limit it reached. Prepended to the scripts that lower counts.
+pub(crate) const UNMARK_LUA: &str = r"
+local function unmark(full, ver, u, n)
+  local lim = redis.call('HGET', full, u)
+  if lim and n < tonumber(lim) then
+    redis.call('HDEL', full, u)
+    redis.call('INCR', ver)
+  end
+end
 ";
 
 const RELEASE_LUA: &str = r"
 local m = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if m <= 0 then return 0 end
 if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+unmark(KEYS[3], KEYS[4], ARGV[1], n)
 return 1
 ";
 
@@ -83,6 +104,9 @@ redis.call('DEL', KEYS[2])
 for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+for i = 1, #h, 2 do
+  unmark(KEYS[3], KEYS[4], h[i], tonumber(redis.call('HGET', KEYS[1], h[i]) or '0'))
 end
 return 1
 ";
@@ -101,10 +125,11 @@ impl Fleet {
         let mut mirror = i.quota.lock().await;
         let node = i.cfg.node_id.as_str();
         let keys = (i.names.quota(), i.names.alloc(&i.cfg.node_id), i.names.relays());
+        let full = (i.names.quota_full(), i.names.quota_full_version());
         let r: Result<i64, _> = i
             .call("reserve allocation", |mut c| async move {
                 let mut inv = RESERVE.get_or_init(|| Script::new(RESERVE_LUA)).prepare_invoke();
-                inv.key(keys.0).key(keys.1).key(keys.2).arg(userid).arg(limit).arg(node);
+                inv.key(keys.0).key(keys.1).key(keys.2).key(full.0).key(full.1).arg(userid).arg(limit).arg(node);
                 inv.invoke_async(&mut c).await
             })
             .await;
@@ -140,10 +165,12 @@ impl Fleet {
             return Ok(());
         }
         let keys = (i.names.quota(), i.names.alloc(&i.cfg.node_id));
+        let full = (i.names.quota_full(), i.names.quota_full_version());
         let r: Result<i64, _> = i
             .call("release allocation", |mut c| async move {
-                let mut inv = RELEASE.get_or_init(|| Script::new(RELEASE_LUA)).prepare_invoke();
-                inv.key(keys.0).key(keys.1).arg(userid);
+                let mut inv =
+                    RELEASE.get_or_init(|| Script::new(&format!("{UNMARK_LUA}{RELEASE_LUA}"))).prepare_invoke();
+                inv.key(keys.0).key(keys.1).key(full.0).key(full.1).arg(userid);
                 inv.invoke_async(&mut c).await
             })
             .await;
@@ -151,6 +178,30 @@ impl Fleet {
             mirror.dirty = true;
         }
         r.map(|_| ())
+    }
+
+    /// The userids at their allocation limit somewhere in the fleet (`<p>quota-full`), when its
+    /// version differs from `known`: what relays refuse with 486 without asking Redis per
+    /// Allocate. `Ok(None)`: unchanged.
+    pub async fn quota_full_if_changed(
+        &self,
+        known: Option<u64>,
+    ) -> Result<Option<(u64, HashSet<String>)>, FleetError> {
+        let (full, ver) = (self.inner.names.quota_full(), self.inner.names.quota_full_version());
+        let version: Option<u64> = self
+            .inner
+            .call("read quota marks", |mut c| async move { redis::cmd("GET").arg(ver).query_async(&mut c).await })
+            .await?;
+        let version = version.unwrap_or(0);
+        if known == Some(version) {
+            return Ok(None);
+        }
+        // The version is read first: a change racing this read is seen at the next call.
+        let users: Vec<String> = self
+            .inner
+            .call("read quota marks", |mut c| async move { redis::cmd("HKEYS").arg(full).query_async(&mut c).await })
+            .await?;
+        Ok(Some((version, users.into_iter().collect())))
     }
 
     /// `userid`'s live allocations on all relays together.
@@ -179,11 +230,12 @@ impl Fleet {
             return Ok(());
         }
         let keys = (i.names.quota(), i.names.alloc(&i.cfg.node_id));
+        let full = (i.names.quota_full(), i.names.quota_full_version());
         let pairs: Vec<(String, u64)> = mirror.counts.iter().map(|(u, n)| (u.clone(), *n)).collect();
         let r: Result<i64, _> = i
             .call("publish allocation counts", |mut c| async move {
-                let mut inv = RESYNC.get_or_init(|| Script::new(RESYNC_LUA)).prepare_invoke();
-                inv.key(keys.0).key(keys.1);
+                let mut inv = RESYNC.get_or_init(|| Script::new(&format!("{UNMARK_LUA}{RESYNC_LUA}"))).prepare_invoke();
+                inv.key(keys.0).key(keys.1).key(full.0).key(full.1);
                 for (u, n) in pairs {
                     inv.arg(u).arg(n);
                 }

@@ -119,9 +119,11 @@ for _, id in ipairs(stale) do
     local akey = ARGV[4] .. 'alloc:' .. id
     local h = redis.call('HGETALL', akey)
     for i = 1, #h, 2 do
-      if redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1])) <= 0 then
+      local n = redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1]))
+      if n <= 0 then
         redis.call('HDEL', KEYS[3], h[i])
       end
+      unmark(KEYS[4], KEYS[5], h[i], n)
     end
     redis.call('DEL', akey)
     redis.call('ZREM', KEYS[2], id)
@@ -152,17 +154,20 @@ return out
 const LEAVE_LUA: &str = r"
 local h = redis.call('HGETALL', KEYS[4])
 for i = 1, #h, 2 do
-  if redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1])) <= 0 then
+  local n = redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1]))
+  if n <= 0 then
     redis.call('HDEL', KEYS[3], h[i])
   end
+  unmark(KEYS[5], KEYS[6], h[i], n)
 end
 redis.call('DEL', KEYS[4], KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 ";
 
+/// The script `src`, with the quota-mark helper (`unmark`) defined before it.
 fn script(cell: &'static OnceLock<Script>, src: &str) -> &'static Script {
-    cell.get_or_init(|| Script::new(src))
+    cell.get_or_init(|| Script::new(&format!("{}{src}", crate::quota::UNMARK_LUA)))
 }
 
 static BEAT: OnceLock<Script> = OnceLock::new();
@@ -175,17 +180,31 @@ impl Fleet {
     /// Also reaps relays whose record expired, and re-publishes this relay's allocation counts
     /// when Redis lost them (first beat of this process, Redis restarted empty, or the relay was
     /// cut off long enough to be reaped) or when quota calls failed while Redis was down.
+    /// After [`Fleet::deregister`] it does nothing: a relay that left stays gone.
     pub async fn heartbeat(&self, beat: &RelayBeat) -> Result<(), FleetError> {
         let i = &self.inner;
+        let deregistered = i.registration.lock().await;
+        if *deregistered {
+            return Ok(());
+        }
         let node = &i.cfg.node_id;
         let json = serde_json::to_string(&Stored { node_id: node.clone(), beat: beat.clone() })
             .map_err(|e| FleetError::Data { op: "heartbeat", detail: e.to_string() })?;
         let ttl_ms = millis(i.cfg.stale_after());
         let (relay, relays, quota, prefix) = (i.names.relay(node), i.names.relays(), i.names.quota(), i.names.prefix());
+        let full = (i.names.quota_full(), i.names.quota_full_version());
         let existed: i64 = i
             .call("heartbeat", |mut c| async move {
                 let mut inv = script(&BEAT, BEAT_LUA).prepare_invoke();
-                inv.key(relay).key(relays).key(quota).arg(node.as_str()).arg(json).arg(ttl_ms).arg(prefix);
+                inv.key(relay)
+                    .key(relays)
+                    .key(quota)
+                    .key(full.0)
+                    .key(full.1)
+                    .arg(node.as_str())
+                    .arg(json)
+                    .arg(ttl_ms)
+                    .arg(prefix);
                 inv.invoke_async(&mut c).await
             })
             .await?;
@@ -196,8 +215,17 @@ impl Fleet {
     /// from the fleet-wide quota.
     pub async fn deregister(&self) -> Result<(), FleetError> {
         let i = &self.inner;
+        let mut deregistered = i.registration.lock().await;
+        *deregistered = true;
         let node = &i.cfg.node_id;
-        let keys = [i.names.relay(node), i.names.relays(), i.names.quota(), i.names.alloc(node)];
+        let keys = [
+            i.names.relay(node),
+            i.names.relays(),
+            i.names.quota(),
+            i.names.alloc(node),
+            i.names.quota_full(),
+            i.names.quota_full_version(),
+        ];
         let _: i64 = i
             .call("deregister", |mut c| async move {
                 let mut inv = script(&LEAVE, LEAVE_LUA).prepare_invoke();

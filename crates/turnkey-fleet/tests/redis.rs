@@ -97,6 +97,9 @@ async fn registry_lists_live_relays_and_forgets_dead_ones() {
     // A graceful stop leaves at once.
     r3.deregister().await.unwrap();
     assert_eq!(names(&issuer.healthy_relays().await.unwrap()), ["r1", "r2"]);
+    // A beat after leaving (its loop still running until the process exits) does not return it.
+    r3.heartbeat(&beat(None, 0, true)).await.unwrap();
+    assert_eq!(names(&issuer.healthy_relays().await.unwrap()), ["r1", "r2"]);
 
     // r2 stops beating (as if SIGKILLed): gone after 3 missed beats, while r1 keeps beating.
     eventually(Duration::from_secs(5), "r2 expires", || async {
@@ -128,20 +131,28 @@ async fn quota_counts_across_relays_and_leaves_with_a_dead_relay() {
     assert!(!r1.reserve_allocation("1700000000:alice", 2).await.unwrap());
     assert!(r1.reserve_allocation("1700000000:bob", 2).await.unwrap(), "other users are unaffected");
     assert_eq!(r1.fleet_allocations("1700000000:alice").await.unwrap(), 2);
+    // alice is marked full (what relays refuse without asking Redis); bob is not.
+    let (v1, full) = r1.quota_full_if_changed(None).await.unwrap().unwrap();
+    assert_eq!(full.into_iter().collect::<Vec<_>>(), ["1700000000:alice"]);
+    assert!(r2.quota_full_if_changed(Some(v1)).await.unwrap().is_none(), "unchanged");
 
     r1.release_allocation("1700000000:alice").await.unwrap();
     r1.release_allocation("1700000000:alice").await.unwrap(); // a second release of nothing changes nothing
     assert_eq!(r2.fleet_allocations("1700000000:alice").await.unwrap(), 1);
+    let (v2, full) = r2.quota_full_if_changed(Some(v1)).await.unwrap().unwrap();
+    assert!(full.is_empty() && v2 > v1, "a release below the limit unmarks");
     assert!(r2.reserve_allocation("1700000000:alice", 2).await.unwrap());
     assert_eq!(r2.local_allocations("1700000000:alice").await, 2);
 
     // r2 dies with 2 of alice's allocations: they leave the fleet total when its record expires.
+    assert!(r2.quota_full_if_changed(Some(v2)).await.unwrap().is_some_and(|(_, f)| f.contains("1700000000:alice")));
     drop(r2);
     eventually(Duration::from_secs(5), "r2's counts are reaped", || async {
         r1.heartbeat(&beat(None, 0, false)).await.unwrap();
         r1.fleet_allocations("1700000000:alice").await.unwrap() == 0
     })
     .await;
+    assert!(r1.quota_full_if_changed(None).await.unwrap().is_some_and(|(_, f)| f.is_empty()), "reaping unmarks");
     assert_eq!(r1.fleet_allocations("1700000000:bob").await.unwrap(), 1, "r1's own counts stay");
 
     // r1 restarts (same node id, a new process with no allocations): its first beat replaces

@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod engine;
 mod error;
+pub mod fleet;
 pub mod framing;
 pub mod loglimit;
 pub mod metrics;

@@ -6,16 +6,74 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use turnkey_auth::{RevocationSet, UnixTime};
-use turnkey_fleet::{AdvertisedUrl, Fleet, RelayBeat, Revocation, Transport, UsageBytes};
+use turnkey_fleet::{handout, AdvertisedUrl, Fleet, RelayBeat, Revocation, Transport, UsageBytes};
 use turnkey_relay::engine::Shared;
+use turnkey_relay::fleet::{AllocationObserver, FleetView};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::usage::{UsageDelta, UsageSink};
 
 use crate::config::Settings;
 use crate::serve::Listening;
+
+/// The engine's view of the fleet, fed by two tasks: the quota marks (users at their limit
+/// anywhere, refused with 486 here too, re-read within 250 ms of a change) and the counts
+/// reconciliation (each allocation that starts or ends here is reserved / released in Redis;
+/// one refused by a race, or made while Redis is unreachable, is counted locally and published
+/// at the next heartbeat).
+pub(crate) fn view(fleet: &Fleet, limit: u32) -> Arc<FleetView> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let view = Arc::new(FleetView::new(Arc::new(Observer(tx))));
+    tokio::spawn(reconcile(fleet.clone(), rx, limit));
+    let mut marks = fleet.watch_quota_full(Duration::from_millis(250));
+    let v = view.clone();
+    tokio::spawn(async move {
+        while marks.changed().await.is_ok() {
+            let users = marks.borrow_and_update().clone();
+            v.set_full(users);
+        }
+    });
+    view
+}
+
+#[derive(Debug)]
+enum Counted {
+    Started(String),
+    Ended(String),
+}
+
+#[derive(Debug)]
+struct Observer(tokio::sync::mpsc::UnboundedSender<Counted>);
+
+impl AllocationObserver for Observer {
+    fn started(&self, userid: &str) {
+        let _ = self.0.send(Counted::Started(userid.to_owned()));
+    }
+
+    fn ended(&self, userid: &str) {
+        let _ = self.0.send(Counted::Ended(userid.to_owned()));
+    }
+}
+
+async fn reconcile(fleet: Fleet, mut rx: tokio::sync::mpsc::UnboundedReceiver<Counted>, limit: u32) {
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Counted::Started(u) => match fleet.reserve_allocation(&u, limit).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(userid = %u, "fleet: admitted here while at the limit elsewhere (a race); counted");
+                    fleet.admit_local(&u).await;
+                }
+                Err(_) => fleet.admit_local(&u).await,
+            },
+            Counted::Ended(u) => {
+                let _ = fleet.release_allocation(&u).await;
+            }
+        }
+    }
+}
 
 /// A relay that joined a fleet.
 #[derive(Debug)]
@@ -48,14 +106,16 @@ impl FleetRelay {
         });
         let source = beat.clone();
         fleet.spawn_heartbeat(move || source.beat());
-        fleet.spawn_usage_flusher(s.usage.flush_interval.min(std::time::Duration::from_secs(1)));
+        fleet.spawn_usage_flusher(s.usage.flush_interval.min(Duration::from_secs(1)));
         tokio::spawn(apply_revocations(fleet.clone(), shared.revocations.clone()));
+        tokio::spawn(find_alternates(fleet.clone(), beat.clone()));
         Self { fleet, beat }
     }
 
     /// SIGTERM: the relay stops taking allocations; the fleet learns it at once (a draining
-    /// relay is never handed out).
+    /// relay is never handed out), and new allocations are redirected (300) from then on.
     pub(crate) async fn announce_draining(&self) {
+        set_alternates(&self.fleet, &self.beat).await;
         self.beat.shared.start_draining();
         if let Err(e) = self.fleet.heartbeat(&self.beat.beat()).await {
             tracing::warn!(error = %e, "fleet: cannot announce draining");
@@ -109,6 +169,64 @@ impl BeatSource {
             draining: self.shared.is_draining(),
         }
     }
+}
+
+/// While this relay is draining or at 90 % of its capacity (the only times it redirects),
+/// keeps the engine's ALTERNATE-SERVER per transport current, every heartbeat interval. A
+/// listing is the fleet's most expensive read, so a relay with room does not poll it.
+async fn find_alternates(fleet: Fleet, beat: Arc<BeatSource>) {
+    let every = fleet.config().beat_interval;
+    let weak = Arc::downgrade(&beat);
+    drop(beat);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(beat) = weak.upgrade() else { return };
+        let allocations = u64::from(beat.shared.allocations());
+        if beat.shared.is_draining() || allocations * 10 >= beat.capacity * 9 {
+            set_alternates(&fleet, &beat).await;
+        }
+    }
+}
+
+/// Looks up the least-loaded healthy relay per transport and hands it to the engine.
+async fn set_alternates(fleet: &Fleet, beat: &BeatSource) {
+    let Some(view) = beat.shared.fleet.as_ref() else { return };
+    let snap = match fleet.healthy_relays().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "fleet: no listing for ALTERNATE-SERVER");
+            return;
+        }
+    };
+    let cfg = fleet.config();
+    let stale_ms = u64::try_from(cfg.stale_after().as_millis()).unwrap_or(u64::MAX);
+    for (ours, theirs) in [
+        (turnkey_relay::Transport::Udp, Transport::Udp),
+        (turnkey_relay::Transport::Tcp, Transport::Tcp),
+        (turnkey_relay::Transport::Tls, Transport::Tls),
+    ] {
+        let alt = handout::alternate(&snap.relays, &cfg.node_id, theirs, cfg.region.as_ref(), stale_ms);
+        let url = alt.and_then(|r| r.beat.urls_for(theirs).next().map(str::to_owned));
+        let addr = match url {
+            Some(u) => resolve(&u).await,
+            None => None,
+        };
+        view.set_alternate(ours, addr);
+    }
+}
+
+/// `turn:HOST:PORT?transport=...` (or `turns:`) to a socket address (the first one it resolves to).
+async fn resolve(url: &str) -> Option<SocketAddr> {
+    let rest = url.split_once(':')?.1;
+    let hostport = rest.split('?').next()?;
+    let host_port = hostport.replace(['[', ']'], "");
+    let (host, port) = host_port.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let found = tokio::net::lookup_host((host, port)).await.ok()?.next();
+    found
 }
 
 /// Feeds the fleet's revocations (live, and replayed at every (re)connect) into the set the

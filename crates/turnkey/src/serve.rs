@@ -23,7 +23,7 @@ use crate::config::values::ListenList;
 use crate::config::Settings;
 use crate::datadir;
 use crate::fleet;
-use crate::fleet_relay::{FleetRelay, FleetUsage};
+use crate::fleet_relay::{self, FleetRelay, FleetUsage};
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
 use crate::process::{bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup};
@@ -68,7 +68,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
     let revocations = RevocationSet::new();
     let relayed = Arc::new(AtomicU64::new(0));
-    let shared = Arc::new(Shared::new(revocations.clone()).with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed)));
+    let mut shared = Shared::new(revocations.clone()).with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed));
+    if let Some(f) = &fleet {
+        shared = shared.with_fleet(fleet_relay::view(f, s.engine.max_allocations_per_user));
+    }
+    let shared = Arc::new(shared);
     let fleet_relay = join_fleet(fleet.clone(), &s, &listening, &relay_cfg, &shared, relayed);
     let usage_task = tokio::spawn(obs::run_flusher(obs.usage.clone(), s.node.data_dir.clone(), s.usage.flush_interval));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);

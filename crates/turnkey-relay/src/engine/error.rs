@@ -33,6 +33,8 @@ macro_rules! stun_errors {
 }
 
 stun_errors! {
+    /// Fleet mode: this relay is draining or full; ALTERNATE-SERVER names another (RFC 8489 §10).
+    TryAlternate = 300, "Try Alternate";
     /// Malformed request, missing or bad attribute, channel rebinding conflict.
     BadRequest = 400, "Bad Request";
     /// Missing, wrong, expired or revoked credentials (answered with a challenge).
@@ -68,7 +70,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for e in StunError::ALL {
             assert!(seen.insert(e.code()), "{e:?} repeats a code");
-            assert!((400..600).contains(&e.code()), "{e:?}");
+            assert!(e.code() == 300 || (400..600).contains(&e.code()), "{e:?}");
             assert_eq!(e.label(), e.code().to_string());
             assert!(!e.reason().is_empty());
         }

@@ -7,9 +7,10 @@ use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use stun::addr::AlternateServer;
 use stun::attributes::{
-    AttrType, Attributes, RawAttribute, ATTR_DATA, ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_ADDRESS_FAMILY,
-    ATTR_SOFTWARE, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+    AttrType, Attributes, RawAttribute, ATTR_ALTERNATE_SERVER, ATTR_DATA, ATTR_NONCE, ATTR_REALM,
+    ATTR_REQUESTED_ADDRESS_FAMILY, ATTR_SOFTWARE, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::message::{
     Getter, Message, MessageType, CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, CLASS_SUCCESS_RESPONSE,
@@ -208,10 +209,26 @@ impl Engine {
                 Some(bytes)
             }
             Err(e) => {
+                // Draining or full: redirect to the fleet's alternate when it knows one.
+                let alternate = match e {
+                    StunError::InsufficientCapacity => {
+                        self.shared.fleet.as_ref().and_then(|f| f.alternate(from.transport))
+                    }
+                    _ => None,
+                };
+                let e = if alternate.is_some() { StunError::TryAlternate } else { e };
                 let attrs: Vec<u16> = m.attributes.0.iter().map(|a| a.typ.0).collect();
-                tracing::debug!(client = %from.client, code = e.code(), ?attrs, "allocate refused");
+                tracing::debug!(client = %from.client, code = e.code(), ?attrs, ?alternate, "allocate refused");
                 self.attempt(e.label());
-                Some(self.error_reply(m, e, Some(&owner.key)))
+                let mut r = self.error(m, e);
+                if let Some(a) = alternate {
+                    // AlternateServer is MAPPED-ADDRESS's encoding under its own type.
+                    let attr = AlternateServer { ip: a.ip(), port: a.port() };
+                    if let Err(e) = attr.add_to_as(&mut r, ATTR_ALTERNATE_SERVER) {
+                        tracing::debug!(error = %e, "failed to add ALTERNATE-SERVER");
+                    }
+                }
+                Some(finish(r, Some(&owner.key)))
             }
         }
     }

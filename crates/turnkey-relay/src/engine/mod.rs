@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use turnkey_auth::{NonceKey, RevocationSet, SecretRing};
 
+use crate::fleet::FleetView;
 use crate::loglimit::LogLimiter;
 use crate::metrics::{Direction, DropReason, RelayMetrics, ShardStats};
 use crate::policy::PeerPolicy;
@@ -169,6 +170,8 @@ pub struct Shared {
     pub revocations: RevocationSet,
     /// Where relayed bytes are reported (usage accounting, monthly caps).
     pub usage: Option<Arc<dyn UsageSink>>,
+    /// Fleet mode: fleet-wide quota marks, the ALTERNATE-SERVER, allocation reports.
+    pub fleet: Option<Arc<FleetView>>,
 }
 
 impl Shared {
@@ -180,6 +183,12 @@ impl Shared {
     /// Reports usage to `sink` (builder style).
     pub fn with_usage(mut self, sink: Arc<dyn UsageSink>) -> Self {
         self.usage = Some(sink);
+        self
+    }
+
+    /// Joins a fleet (builder style).
+    pub fn with_fleet(mut self, fleet: Arc<FleetView>) -> Self {
+        self.fleet = Some(fleet);
         self
     }
 
@@ -213,13 +222,16 @@ impl Shared {
     fn reserve(&self, userid: &str, per_user: u32, total: u32) -> Result<(), StunError> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let n = users.get(userid).copied().unwrap_or(0);
-        if n >= per_user {
+        if n >= per_user || self.fleet.as_ref().is_some_and(|f| f.is_full(userid)) {
             return Err(StunError::AllocationQuotaReached);
         }
         if self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t < total).then_some(t + 1)).is_err() {
             return Err(StunError::InsufficientCapacity);
         }
         users.insert(userid.into(), n + 1);
+        if let Some(f) = &self.fleet {
+            f.started(userid);
+        }
         Ok(())
     }
 
@@ -232,6 +244,9 @@ impl Shared {
             }
         }
         self.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(f) = &self.fleet {
+            f.ended(userid);
+        }
     }
 }
 

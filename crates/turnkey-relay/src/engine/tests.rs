@@ -81,9 +81,13 @@ impl Harness {
     }
 
     fn with(f: impl FnOnce(&mut EngineConfig)) -> Self {
+        Self::with_shared(f, Shared::new(RevocationSet::new()))
+    }
+
+    fn with_shared(f: impl FnOnce(&mut EngineConfig), shared: Shared) -> Self {
         let cfg = cfg_with(f);
         let ring = cfg.secrets.clone();
-        let shared = Arc::new(Shared::new(RevocationSet::new()));
+        let shared = Arc::new(shared);
         let metrics = RelayMetrics::unregistered();
         let now = Now::new(Instant::now(), Duration::from_secs(T0_UNIX));
         let engine = Engine::new(Arc::new(cfg), shared.clone(), metrics.clone(), now.mono);
@@ -785,6 +789,66 @@ fn draining_refuses_new_allocations() {
     let mut h = Harness::new();
     h.shared.start_draining();
     let (r, _) = h.allocate(tuple("203.0.113.5:1000"), "alice");
+    assert_eq!(code(&r), Some(508));
+}
+
+/// Records what the engine reports to the fleet.
+#[derive(Debug, Default)]
+struct Reports(std::sync::Mutex<Vec<String>>);
+
+impl crate::fleet::AllocationObserver for Reports {
+    fn started(&self, userid: &str) {
+        self.0.lock().unwrap().push(format!("+{userid}"));
+    }
+    fn ended(&self, userid: &str) {
+        self.0.lock().unwrap().push(format!("-{userid}"));
+    }
+}
+
+fn fleet_harness(f: impl FnOnce(&mut EngineConfig)) -> (Harness, Arc<crate::fleet::FleetView>, Arc<Reports>) {
+    let reports = Arc::new(Reports::default());
+    let view = Arc::new(crate::fleet::FleetView::new(reports.clone()));
+    let h = Harness::with_shared(f, Shared::new(RevocationSet::new()).with_fleet(view.clone()));
+    (h, view, reports)
+}
+
+#[test]
+fn fleet_marks_refuse_users_at_their_limit_elsewhere_and_allocations_are_reported() {
+    let (mut h, view, reports) = fleet_harness(|_| {});
+    view.set_full(Arc::new(["alice".to_owned()].into_iter().collect()));
+    let (r, _) = h.allocate(tuple("203.0.113.5:1000"), "alice");
+    assert_eq!(code(&r), Some(486));
+    let t = tuple("203.0.113.5:1001");
+    let (r, a) = h.allocate(t, "bob");
+    assert_eq!(code(&r), None);
+    let a = h.renew(t, a);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(0)], Some(&a))).unwrap();
+    assert_eq!(code(&r), None);
+    assert_eq!(*reports.0.lock().unwrap(), ["+bob", "-bob"]);
+    view.set_full(Arc::default());
+    let (r, _) = h.allocate(tuple("203.0.113.5:1002"), "alice");
+    assert_eq!(code(&r), None, "unmarked: allowed again");
+}
+
+#[test]
+fn a_draining_or_full_relay_answers_300_with_the_alternate_of_the_transport() {
+    let (mut h, view, _) = fleet_harness(|c| c.max_allocations = 1);
+    let alt = addr("198.51.100.7:3478");
+    view.set_alternate(Transport::Udp, Some(alt));
+    view.set_alternate(Transport::Tcp, Some(addr("198.51.100.8:3478")));
+    let (r, _) = h.allocate(tuple("203.0.113.5:1000"), "alice");
+    assert_eq!(code(&r), None);
+    // Full: redirected, with integrity (the request was authenticated).
+    let (r, a) = h.allocate(tuple("203.0.113.5:1001"), "bob");
+    assert_eq!(code(&r), Some(300));
+    let mut got = stun::addr::AlternateServer::default();
+    got.get_from_as(&r, ATTR_ALTERNATE_SERVER).unwrap();
+    assert_eq!(SocketAddr::new(got.ip, got.port), alt);
+    assert!(verify_mi(&r, &a));
+    // Draining, and no alternate known for this transport: 508 as before.
+    h.shared.start_draining();
+    view.set_alternate(Transport::Udp, None);
+    let (r, _) = h.allocate(tuple("203.0.113.5:1002"), "carol");
     assert_eq!(code(&r), Some(508));
 }
 
