@@ -188,6 +188,38 @@ impl Fleet {
     }
 }
 
+const KEY_ALLOCS_LUA: &str = r"
+local sum, cursor = 0, '0'
+repeat
+  local r = redis.call('HSCAN', KEYS[1], cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = r[1]
+  for i = 2, #r[2], 2 do sum = sum + tonumber(r[2][i]) end
+until cursor == '0'
+return sum
+";
+
+static KEY_ALLOCS: OnceLock<Script> = OnceLock::new();
+
+impl Fleet {
+    /// Live allocations on all relays of every userid minted for key `id` (`<id>:<label>`): a
+    /// scan of `<p>quota`, so O(users with live allocations); for the bandwidth status, not per
+    /// request.
+    pub async fn key_allocations(&self, id: &str) -> Result<u64, FleetError> {
+        let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !ok {
+            return Err(FleetError::InvalidName { what: "key id", value: id.to_owned() });
+        }
+        let (quota, pattern) = (self.inner.names.quota(), format!("{id}:*"));
+        self.inner
+            .call("key allocations", |mut c| async move {
+                let mut inv = KEY_ALLOCS.get_or_init(|| Script::new(KEY_ALLOCS_LUA)).prepare_invoke();
+                inv.key(quota).arg(pattern);
+                inv.invoke_async(&mut c).await
+            })
+            .await
+    }
+}
+
 fn parse_key(op: &'static str, json: &str) -> Result<KeyRecord, FleetError> {
     serde_json::from_str(json).map_err(|e| FleetError::Data { op, detail: format!("key record: {e}") })
 }

@@ -587,3 +587,20 @@ async fn background_loops_keep_issuers_current() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_allocations_sum_a_keys_userids_on_every_relay() {
+    let Some(redis) = RedisServer::start(RedisOptions::default()) else { return };
+    let (r1, r2) = (join(&redis, "r1").await, join(&redis, "r2").await);
+    let (k, other) = ("0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210");
+    for (relay, userid) in [(&r1, format!("{k}:alice")), (&r2, format!("{k}:alice")), (&r2, format!("{k}:~00ff"))] {
+        assert!(relay.reserve_allocation(&userid, 0).await.unwrap());
+    }
+    assert!(r1.reserve_allocation(&format!("{other}:alice"), 0).await.unwrap());
+    assert_eq!(r1.key_allocations(k).await.unwrap(), 3);
+    assert_eq!(r2.key_allocations(other).await.unwrap(), 1);
+    r2.release_allocation(&format!("{k}:~00ff")).await.unwrap();
+    assert_eq!(r1.key_allocations(k).await.unwrap(), 2);
+    assert_eq!(r1.key_allocations("0000").await.unwrap(), 0);
+    assert!(r1.key_allocations("a*").await.is_err(), "no glob characters reach the scan");
+}

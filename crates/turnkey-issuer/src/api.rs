@@ -9,7 +9,13 @@
 //! Revoke: the username must be a TURN REST username `<expiry>:<keyid>[:<label>]` whose key part
 //! is this key's id (another key's id → 403; not a turnkey username at all → 400) and whose
 //! expiry is at most 172800 s ahead (else it could not have been minted → 400). An already
-//! expired or already revoked username is accepted (204) with nothing to do.
+//! expired or already revoked username is accepted (204) with nothing to do. In fleet mode the
+//! revocation is also published to every relay; when that fails (Redis unreachable) the answer
+//! is 503 and the client retries (the revocation already holds on this process).
+//!
+//! `?region=` on the generate endpoints (fleet mode) prefers relays of that region.
+//! `GET /v1/fleet` (fleet mode; 404 otherwise) lists the relays with health and load; any key's
+//! token authenticates it, with the same 401 rules.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -23,6 +29,7 @@ use turnkey_auth::RestUsername;
 use crate::body::read_request;
 use crate::config::ABSOLUTE_MAX_TTL;
 use crate::error::ApiError;
+use crate::fleet::requested_region;
 use crate::ice::Shape;
 use crate::ice::{self, IceServer};
 use crate::issue::{issue, Issued, Servers};
@@ -57,13 +64,14 @@ async fn generate(
     let Path(id) = path.map_err(|_| ApiError::NotFound)?;
     let (parts, body) = req.into_parts();
     let key = authenticate(&state, &id, &parts.headers)?;
+    let region = requested_region(parts.uri.query())?;
     let request = read_request(&parts.headers, body, state.inner.config.max_body_bytes).await?;
     let ttl = request.ttl(state.inner.config.default_ttl, max_ttl(&state, &key))?;
     let custom = match shape {
         Shape::Object => request.custom_identifier.as_deref(),
         Shape::Array => None,
     };
-    let issued = issue(&state, &key, ttl, custom, shape).await?;
+    let issued = issue(&state, &key, ttl, custom, shape, region.as_deref()).await?;
     Ok(credential_response(StatusCode::CREATED, issued))
 }
 
@@ -104,18 +112,45 @@ pub(crate) async fn revoke(
             state.inner.metrics.revocations.inc();
             tracing::info!(key = %key.id, username = %username, "credential revoked");
         }
-        Revoked::Already | Revoked::AlreadyExpired => {}
+        Revoked::Already => {}
+        Revoked::AlreadyExpired => return Ok(StatusCode::NO_CONTENT.into_response()),
         Revoked::Full => return Err(ApiError::RevocationsFull),
         Revoked::Unreachable => {
             tracing::warn!(key = %key.id, "revocation refused: no relay watches this data directory's revocation list");
             return Err(ApiError::RevocationUnreachable);
         }
     }
+    // Published again when already revoked here: an earlier publish may have failed.
+    if let Some(fleet) = &state.inner.fleet {
+        if !fleet.revoke(&username, expiry.0).await {
+            return Err(ApiError::FleetUnavailable);
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/fleet` → 200 [`crate::FleetListing`] (fleet mode only).
+pub(crate) async fn fleet(State(state): State<IssuerState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let token = bearer_token(&headers)?;
+    state.inner.keys.check_any(token).ok_or(ApiError::InvalidToken)?;
+    let directory = state.inner.directory.as_ref().ok_or(ApiError::NotFound)?;
+    let mut resp = Json(directory.listing()).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// The bearer check described in the module doc.
 pub(crate) fn authenticate(state: &IssuerState, id: &str, headers: &HeaderMap) -> Result<KeyInfo, ApiError> {
+    let token = bearer_token(headers)?;
+    match state.inner.keys.check_token(id, token) {
+        TokenCheck::Valid(k) => Ok(k),
+        TokenCheck::OtherKey => Err(ApiError::WrongKey),
+        TokenCheck::Invalid => Err(ApiError::InvalidToken),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (401 when missing or malformed).
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(ApiError::MissingToken)?
@@ -129,11 +164,7 @@ pub(crate) fn authenticate(state: &IssuerState, id: &str, headers: &HeaderMap) -
     if token.is_empty() {
         return Err(ApiError::MissingToken);
     }
-    match state.inner.keys.check_token(id, token) {
-        TokenCheck::Valid(k) => Ok(k),
-        TokenCheck::OtherKey => Err(ApiError::WrongKey),
-        TokenCheck::Invalid => Err(ApiError::InvalidToken),
-    }
+    Ok(token)
 }
 
 /// The issuer's `max_ttl`, lowered by the key's own.

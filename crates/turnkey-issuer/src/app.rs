@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api::{credential_response, max_ttl};
 use crate::body::{read_request, CredentialRequest};
 use crate::error::ApiError;
+use crate::fleet::requested_region;
 use crate::ice::Shape;
 use crate::issue::issue;
 use crate::origin::same_origin;
@@ -98,7 +99,8 @@ async fn serve(state: &IssuerState, req: Request, with_body: bool, shape: Shape)
     let peer =
         req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     let client = client_ip(peer, req.headers(), &s.config.app.trusted_proxies);
-    if let Verdict::Limited { retry_after } = s.limiter.check(client, state.now()) {
+    let region = requested_region(req.uri().query())?;
+    if let Verdict::Limited { retry_after } = limit(state, client).await {
         s.metrics.rate_limited.inc();
         return Err(ApiError::RateLimited { retry_after });
     }
@@ -108,11 +110,24 @@ async fn serve(state: &IssuerState, req: Request, with_body: bool, shape: Shape)
     } else {
         CredentialRequest::default()
     };
-    let key_id = s.app_key.as_deref().ok_or(ApiError::NotConfigured)?;
-    let key = s.keys.get(key_id).ok_or(ApiError::NotConfigured)?;
+    let key_id = s.app_key().ok_or(ApiError::NotConfigured)?;
+    let key = s.keys.get(&key_id).ok_or(ApiError::NotConfigured)?;
     let ttl = request.ttl(s.config.default_ttl, max_ttl(state, &key))?;
-    let issued = issue(state, &key, ttl, None, shape).await?;
+    let issued = issue(state, &key, ttl, None, shape, region.as_deref()).await?;
     Ok(credential_response(StatusCode::OK, issued))
+}
+
+/// The rate limit: across the fleet when in fleet mode and Redis answers, else this process's.
+async fn limit(state: &IssuerState, client: IpAddr) -> Verdict {
+    let s = &state.inner;
+    if let Some(fleet) = &s.fleet {
+        let rl = &s.config.app.rate_limit;
+        let bucket = crate::ratelimit::bucket(client).to_string();
+        if let Some(v) = fleet.rate_limit(&bucket, rl.requests, rl.window_secs).await {
+            return v;
+        }
+    }
+    s.limiter.check(client, state.now())
 }
 
 /// The CORS middleware of the app routes (see the module doc).

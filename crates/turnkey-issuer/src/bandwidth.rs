@@ -50,8 +50,8 @@ pub(crate) async fn status(State(state): State<IssuerState>) -> Response {
 
 fn body(state: &IssuerState) -> Result<BandwidthStatus, ApiError> {
     let s = &state.inner;
-    let key_id = s.app_key.as_deref().ok_or(ApiError::NotConfigured)?;
-    let key = s.keys.get(key_id).ok_or(ApiError::NotConfigured)?;
+    let key_id = s.app_key().ok_or(ApiError::NotConfigured)?;
+    let key = s.keys.get(&key_id).ok_or(ApiError::NotConfigured)?;
     let usage = s.relay.bandwidth(&key.id).ok_or(ApiError::UsageUnavailable)?;
     Ok(bandwidth_status_body(usage, key.monthly_bandwidth_bytes))
 }

@@ -61,6 +61,11 @@ pub struct IssuerConfig {
     pub max_body_bytes: usize,
     /// Most revocations kept at once (default 100000); beyond it revoke answers 503.
     pub max_revocations: usize,
+    /// Fleet mode: relays per answer (default 2, so ICE has a second relay if one fails).
+    pub relays_per_answer: usize,
+    /// Fleet mode: seconds the last relay listing is still handed out while Redis is
+    /// unreachable (default 30); after that the issuer falls back (upstream, else 503).
+    pub listing_max_stale_secs: u64,
     /// The browser-facing endpoints.
     pub app: AppConfig,
     /// Cloudflare as upstream; absent means no upstream.
@@ -76,6 +81,8 @@ impl Default for IssuerConfig {
             max_ttl: ABSOLUTE_MAX_TTL,
             max_body_bytes: 16 * 1024,
             max_revocations: 100_000,
+            relays_per_answer: 2,
+            listing_max_stale_secs: 30,
             app: AppConfig::default(),
             upstream: None,
         }
@@ -271,6 +278,9 @@ impl IssuerConfig {
         if self.max_body_bytes == 0 {
             return bad("max_body_bytes must be positive");
         }
+        if !(1..=16).contains(&self.relays_per_answer) {
+            return bad("relays_per_answer must be between 1 and 16");
+        }
         for o in &self.app.allowed_origins {
             if let Err(why) = check_allowed_origin(o) {
                 return Err(Error::Config(format!("app.allowed_origins: `{o}`: {why}")));
@@ -372,6 +382,8 @@ mod tests {
             "[upstream]\nkey_id = \"k\"\ntoken_env = \"T\"\ntimeout_ms = 0",
             "[app]\nkey = \"not-hex\"",
             "[upstream]\nkey_id = \"k\"",
+            "relays_per_answer = 0",
+            "relays_per_answer = 17",
         ] {
             let c: IssuerConfig = toml::from_str(src).unwrap();
             assert!(c.validate().is_err(), "{src}");

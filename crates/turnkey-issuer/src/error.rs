@@ -42,6 +42,9 @@ pub enum Error {
     /// No key with that id exists.
     #[error("no such key: {0}")]
     NoSuchKey(String),
+    /// Keys are shared through the fleet: this store cannot create or delete them.
+    #[error("keys live in the fleet (Redis): use `turnkey keys --redis URL ...`")]
+    SharedKeys,
     /// The upstream token could not be read (the message names the file or variable only).
     #[error("upstream token unavailable: {0}")]
     UpstreamToken(String),
@@ -112,6 +115,9 @@ pub enum ApiError {
     RevocationsFull,
     /// No relay watches the revocation list, so a revocation would take effect nowhere (503).
     RevocationUnreachable,
+    /// Fleet mode: a revocation could not be published to the fleet (Redis unreachable); it
+    /// holds on this issuer's process only (503, retry).
+    FleetUnavailable,
     /// An unknown path (404).
     NotFound,
     /// A known path with another method (405).
@@ -134,7 +140,8 @@ impl ApiError {
             | Self::NotConfigured
             | Self::RevocationsFull
             | Self::RevocationUnreachable
-            | Self::UsageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::UsageUnavailable
+            | Self::FleetUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(UpstreamFailure::BadGateway) => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => {
@@ -170,6 +177,7 @@ impl ApiError {
             Self::RevocationUnreachable => {
                 "no relay watches the revocation list: start the relays with this issuer's data directory"
             }
+            Self::FleetUnavailable => "fleet state unavailable, retry",
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::Internal => "internal error",

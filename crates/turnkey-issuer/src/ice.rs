@@ -108,6 +108,24 @@ impl Advertised {
         Self { stun, turn }
     }
 
+    /// The URLs of relays chosen from the fleet registry: every relay's TURN URLs (best relay
+    /// first) and a STUN URL on each relay's UDP TURN port.
+    pub fn from_relays(relays: &[crate::fleet::HandoutRelay]) -> Self {
+        let turn: Vec<String> = relays.iter().flat_map(|r| r.urls.iter().cloned()).collect();
+        let mut stun: Vec<String> = Vec::new();
+        for s in turn.iter().filter_map(|u| crate::fleet::stun_of(u)) {
+            if !stun.contains(&s) {
+                stun.push(s);
+            }
+        }
+        Self { stun, turn }
+    }
+
+    /// Whether there is any TURN URL to hand out.
+    pub fn has_turn(&self) -> bool {
+        !self.turn.is_empty()
+    }
+
     /// The array shape: the STUN entry (if any STUN URL), then one TURN entry with the credential.
     pub fn array(&self, username: String, credential: String) -> Vec<IceServer> {
         let mut v = self.stun_only();
@@ -186,6 +204,21 @@ mod tests {
         let obj = a.object("u".into(), "p".into());
         assert_eq!(obj.urls.len(), 4);
         assert_eq!(obj.urls[0], "stun:turn.example.com:3478");
+    }
+
+    #[test]
+    fn fleet_relays_in_one_turn_entry() {
+        use crate::fleet::HandoutRelay;
+        let r = |id: &str, host: &str| HandoutRelay {
+            node_id: id.into(),
+            urls: vec![format!("turn:{host}:3478?transport=udp"), format!("turns:{host}:5349?transport=tcp")],
+        };
+        let a = Advertised::from_relays(&[r("a", "10.0.0.1"), r("b", "10.0.0.2")]);
+        let arr = a.array("u".into(), "p".into());
+        assert_eq!(arr[0].urls, vec!["stun:10.0.0.1:3478", "stun:10.0.0.2:3478"]);
+        assert_eq!(arr[1].urls.len(), 4);
+        assert_eq!(arr[1].urls[0], "turn:10.0.0.1:3478?transport=udp");
+        assert_eq!(arr[1].urls[2], "turn:10.0.0.2:3478?transport=udp");
     }
 
     #[test]

@@ -8,13 +8,14 @@
 //! | no                     | either    | upstream (failure: 502/503/504) | upstream flattened    |
 //! | no                     | none      | 503 no relay (429 if only the key's bandwidth cap is reached) | same |
 //!
-//! "Can serve" means [`crate::RelayStatus::ready`] and not
+//! "Can serve" means [`crate::RelayStatus::ready`] (fleet mode: the directory chose at least one
+//! healthy relay, whose URLs the answer then carries) and not
 //! [`crate::RelayStatus::bandwidth_exhausted`] for the key. The object shape carries a single
 //! username/credential pair, so merge mode cannot combine there and serves local credentials.
 
 use crate::config::UpstreamMode;
 use crate::error::{ApiError, UpstreamFailure};
-use crate::ice::{self, IceServer, Shape};
+use crate::ice::{self, Advertised, IceServer, Shape};
 use crate::keys::KeyInfo;
 use crate::state::IssuerState;
 
@@ -42,17 +43,24 @@ fn over_cap(state: &IssuerState, key: &KeyInfo) -> bool {
         .is_some_and(|(cap, usage)| usage.used_bytes >= cap)
 }
 
-/// Mints (or fetches) credentials for `key`, valid for `ttl` seconds.
+/// Mints (or fetches) credentials for `key`, valid for `ttl` seconds; in fleet mode for relays
+/// of `region` first (`None`: the issuer's own).
 pub(crate) async fn issue(
     state: &IssuerState,
     key: &KeyInfo,
     ttl: u64,
     custom: Option<&str>,
     shape: Shape,
+    region: Option<&str>,
 ) -> Result<Issued, ApiError> {
     let s = &state.inner;
     let now = state.now();
-    let ready = s.relay.ready();
+    let chosen = s.directory.as_ref().map(|d| Advertised::from_relays(&d.choose(region, s.config.relays_per_answer)));
+    let advertised = chosen.as_ref().unwrap_or(&s.advertised);
+    let ready = match &chosen {
+        Some(a) => a.has_turn(),
+        None => s.relay.ready(),
+    };
     let exhausted = ready && (s.relay.bandwidth_exhausted(&key.id) || over_cap(state, key));
     if ready && !exhausted {
         let userid = ice::userid(&key.id, custom);
@@ -62,9 +70,9 @@ pub(crate) async fn issue(
         })?;
         s.metrics.credentials_issued.with_label_values(&[key.id.as_str()]).inc();
         let servers = match shape {
-            Shape::Object => Servers::Object(s.advertised.object(cred.username, cred.password)),
+            Shape::Object => Servers::Object(advertised.object(cred.username, cred.password)),
             Shape::Array => {
-                let mut servers = s.advertised.array(cred.username, cred.password);
+                let mut servers = advertised.array(cred.username, cred.password);
                 if let Some(up) = s.upstream.as_ref().filter(|u| u.config().mode == UpstreamMode::Merge) {
                     // Bounded by one try's timeout, and not waited for at all while the
                     // upstream is failing (see `UpstreamClient::merge_servers`).

@@ -90,10 +90,22 @@ pub enum TokenCheck {
     Invalid,
 }
 
-/// The key directory and an in-memory cache of it. Cloning shares the cache.
+/// A key as the fleet shares it: what is known about it and the SHA-256 of its token (64
+/// lowercase hex characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The key.
+    pub info: KeyInfo,
+    /// SHA-256 of its token, hex.
+    pub token_sha256: String,
+}
+
+/// The key directory and an in-memory cache of it, or (fleet mode, [`KeyStore::shared`]) a copy
+/// of the fleet's keys replaced as a whole by the binary. Cloning shares the cache.
 #[derive(Debug, Clone)]
 pub struct KeyStore {
-    dir: PathBuf,
+    /// `None`: shared (fleet) keys, no directory.
+    dir: Option<PathBuf>,
     cache: Arc<RwLock<HashMap<String, Cached>>>,
     /// The directory's mtime at the last full scan.
     dir_stamp: Arc<Mutex<Option<SystemTime>>>,
@@ -155,13 +167,35 @@ impl KeyStore {
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("keys");
         create_private_dir(&dir)?;
-        let store = Self { dir, cache: Arc::default(), dir_stamp: Arc::default() };
+        let store = Self { dir: Some(dir), cache: Arc::default(), dir_stamp: Arc::default() };
         store.reload()?;
         Ok(store)
     }
 
-    /// Creates a key; the returned token is shown once and only its hash is stored.
-    pub fn create(&self, opts: KeyOptions, now_unix: u64) -> Result<NewKey, Error> {
+    /// An empty store of shared (fleet) keys, filled by [`KeyStore::replace_all`]; it reads no
+    /// directory and cannot create or delete keys (the binary does that in the fleet).
+    pub fn shared() -> Self {
+        Self { dir: None, cache: Arc::default(), dir_stamp: Arc::default() }
+    }
+
+    /// Replaces every key of a shared store (the fleet's current keys). Keys with a malformed
+    /// hash or id are skipped with a warning.
+    pub fn replace_all(&self, keys: Vec<SharedKey>) {
+        let mut fresh = HashMap::with_capacity(keys.len());
+        for k in keys {
+            match unhex32(&k.token_sha256).filter(|_| is_valid_key_id(&k.info.id)) {
+                Some(hash) => {
+                    fresh.insert(k.info.id.clone(), Cached { info: k.info, hash, stamp: (None, 0) });
+                }
+                None => tracing::warn!(key = %k.info.id, "skipping a malformed shared key"),
+            }
+        }
+        *self.write_cache() = fresh;
+    }
+
+    /// A new key's id, token and record (with the token's SHA-256, hex), stored nowhere yet:
+    /// [`KeyStore::create`] writes it to the directory, the binary to the fleet.
+    pub fn generate(opts: KeyOptions, now_unix: u64) -> (NewKey, SharedKey) {
         let mut rng = rand::thread_rng();
         let mut id_bytes = [0u8; 16];
         rng.fill_bytes(&mut id_bytes);
@@ -169,20 +203,54 @@ impl KeyStore {
         let mut token_bytes = [0u8; 32];
         rng.fill_bytes(&mut token_bytes);
         let token = URL_SAFE_NO_PAD.encode(token_bytes);
-        let file = KeyFile {
-            info: KeyInfo {
-                id: id.clone(),
-                max_ttl: opts.max_ttl,
-                monthly_bandwidth_bytes: opts.monthly_bandwidth_bytes,
-                created: now_unix,
-            },
-            token_sha256: hex(&token_hash(&token)),
+        let info = KeyInfo {
+            id: id.clone(),
+            max_ttl: opts.max_ttl,
+            monthly_bandwidth_bytes: opts.monthly_bandwidth_bytes,
+            created: now_unix,
         };
+        let shared = SharedKey { info, token_sha256: hex(&token_hash(&token)) };
+        (NewKey { id, token }, shared)
+    }
+
+    /// Creates a key; the returned token is shown once and only its hash is stored.
+    pub fn create(&self, opts: KeyOptions, now_unix: u64) -> Result<NewKey, Error> {
+        if self.dir.is_none() {
+            return Err(Error::SharedKeys);
+        }
+        let (new, shared) = Self::generate(opts, now_unix);
+        let file = KeyFile { info: shared.info, token_sha256: shared.token_sha256 };
+        let id = new.id.clone();
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::Malformed { path: id.clone(), message: e.to_string() })?;
         write_private(&self.key_path(&id), &json)?;
         self.refresh(&id)?;
-        Ok(NewKey { id, token })
+        Ok(new)
+    }
+
+    /// The oldest key (by creation time, then id): the app endpoints' key in fleet mode when
+    /// none is configured, the same on every issuer.
+    pub fn oldest(&self) -> Option<KeyInfo> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.values().map(|c| &c.info).min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id))).cloned()
+    }
+
+    /// The key `token` belongs to, if any (bearer check of endpoints that name no key).
+    pub fn check_any(&self, token: &str) -> Option<KeyInfo> {
+        let hash = token_hash(token);
+        if self.dir_changed() {
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "key directory rescan failed");
+            }
+        }
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let mut found = None;
+        for c in cache.values() {
+            if bool::from(c.hash.ct_eq(&hash)) {
+                found = Some(c.info.clone());
+            }
+        }
+        found
     }
 
     /// Every key, sorted by id (rescans the directory first).
@@ -196,6 +264,9 @@ impl KeyStore {
 
     /// Deletes a key (and its token file, if any). `Err(NoSuchKey)` when it does not exist.
     pub fn delete(&self, id: &str) -> Result<(), Error> {
+        if self.dir.is_none() {
+            return Err(Error::SharedKeys);
+        }
         if !is_valid_key_id(id) {
             return Err(Error::InvalidKeyId);
         }
@@ -213,10 +284,10 @@ impl KeyStore {
     /// Rescans the directory: new and changed key files are (re)read, vanished ones dropped.
     /// A malformed key file is skipped with a warning (it must not take the other keys down).
     pub fn reload(&self) -> Result<(), Error> {
+        let Some(dir) = &self.dir else { return Ok(()) };
         // Stamp first: a change during the scan makes the next check rescan again.
-        *self.dir_stamp.lock().unwrap_or_else(|p| p.into_inner()) =
-            fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
-        let rd = fs::read_dir(&self.dir).map_err(|e| Error::io(format!("reading {}", self.dir.display()), e))?;
+        *self.dir_stamp.lock().unwrap_or_else(|p| p.into_inner()) = fs::metadata(dir).and_then(|m| m.modified()).ok();
+        let rd = fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
         let mut seen = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name();
@@ -268,7 +339,8 @@ impl KeyStore {
 
     /// Whether the directory's mtime differs from the one seen by the last [`KeyStore::reload`].
     fn dir_changed(&self) -> bool {
-        let now = fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+        let Some(dir) = &self.dir else { return false };
+        let now = fs::metadata(dir).and_then(|m| m.modified()).ok();
         *self.dir_stamp.lock().unwrap_or_else(|p| p.into_inner()) != now
     }
 
@@ -284,11 +356,11 @@ impl KeyStore {
 
     /// The token file of the embedded default key.
     pub fn token_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.token"))
+        self.dir.as_deref().unwrap_or(Path::new("")).join(format!("{id}.token"))
     }
 
     fn key_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+        self.dir.as_deref().unwrap_or(Path::new("")).join(format!("{id}.json"))
     }
 
     fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Cached>> {
@@ -297,6 +369,9 @@ impl KeyStore {
 
     /// Re-reads one key file if its mtime or size changed; forgets the key if the file is gone.
     fn refresh(&self, id: &str) -> Result<(), Error> {
+        if self.dir.is_none() {
+            return Ok(());
+        }
         let path = self.key_path(id);
         let meta = match fs::metadata(&path) {
             Ok(m) => m,

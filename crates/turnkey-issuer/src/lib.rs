@@ -11,6 +11,9 @@
 //!   breaker) and the fallback/merge policy;
 //! - `GET /api/bandwidth-status` (measured usage of the app key against its monthly cap);
 //! - `/healthz`, `/readyz`, `/openapi.yaml`, and the issuer metrics ([`IssuerMetrics`]);
+//! - fleet mode ([`RelayDirectory`], [`FleetState`], shared [`KeyStore`]): the handout of
+//!   healthy relays from a registry the binary keeps, `GET /v1/fleet`, the shared rate limit
+//!   and fleet-wide revocations;
 //! - `/test`, the browser self-test page ([`SELFTEST_HTML`], served with [`selftest_csp`]);
 //! - [`serve`], the bounded HTTP server (header and idle timeouts, total and per-IP connection
 //!   caps: [`HttpLimits`]) the binary also runs `/metrics` on.
@@ -32,6 +35,7 @@ mod cli;
 mod config;
 mod error;
 mod files;
+mod fleet;
 mod http;
 mod ice;
 mod issue;
@@ -53,16 +57,21 @@ pub use config::{
     ABSOLUTE_MAX_TTL,
 };
 pub use error::{ApiError, Error, UpstreamFailure};
+pub use fleet::{FleetFuture, FleetListing, FleetRelay, FleetState, HandoutRelay, RelayDirectory};
 pub use http::{serve, HttpLimits};
 pub use ice::{
     sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, Shape, MAX_CUSTOM_ID_LEN,
 };
-pub use keys::{ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, TokenCheck};
+pub use keys::{
+    ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, SharedKey, TokenCheck,
+};
 pub use metrics::IssuerMetrics;
 pub use origin::check_allowed_origin;
 pub use ratelimit::{client_ip, RateLimiter, Verdict};
 pub use revocations::{relay_watches, RevocationStore, RevocationWatch, Revoked, REVOCATIONS_FILE, WATCH_INTERVAL};
 pub use router::{router, run_maintenance, OPENAPI_YAML};
 pub use selftest::{selftest_csp, SELFTEST_HTML};
-pub use state::{system_clock, BandwidthUsage, Clock, FixedRelayStatus, IssuerDeps, IssuerState, RelayStatus};
+pub use state::{
+    system_clock, BandwidthUsage, Clock, FixedRelayStatus, FleetDeps, IssuerDeps, IssuerState, RelayStatus,
+};
 pub use upstream::{Served, UpstreamClient};

@@ -95,7 +95,8 @@ impl RateLimiter {
     }
 }
 
-fn bucket(ip: IpAddr) -> IpAddr {
+/// The address a client is counted under: an IPv4 address, or the /64 of an IPv6 one.
+pub(crate) fn bucket(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

@@ -41,6 +41,8 @@ pub struct RevocationStore {
     path: PathBuf,
     max_entries: usize,
     write_lock: Mutex<()>,
+    /// Whether revocations reach relays by another path than the watched file (fleet mode).
+    other_delivery: bool,
 }
 
 /// What [`RevocationStore::revoke`] did.
@@ -124,7 +126,21 @@ impl RevocationStore {
         let path = data_dir.join(REVOCATIONS_FILE);
         merge_file(&path, &set, now)?;
         set.purge_expired(now);
-        Ok(Self { set, dir: data_dir.to_path_buf(), path, max_entries, write_lock: Mutex::new(()) })
+        Ok(Self {
+            set,
+            dir: data_dir.to_path_buf(),
+            path,
+            max_entries,
+            write_lock: Mutex::new(()),
+            other_delivery: false,
+        })
+    }
+
+    /// Revocations also reach relays another way (fleet mode publishes them through Redis), so
+    /// a revocation is not refused when no relay watches this data directory's list.
+    pub fn delivered_elsewhere(mut self) -> Self {
+        self.other_delivery = true;
+        self
     }
 
     /// The shared set (the relay holds a clone).
@@ -148,7 +164,7 @@ impl RevocationStore {
         if self.set.len() >= self.max_entries {
             return Ok(Revoked::Full);
         }
-        if !relay_watches(&self.dir)? {
+        if !self.other_delivery && !relay_watches(&self.dir)? {
             return Ok(Revoked::Unreachable);
         }
         self.set.revoke(username, expiry);
@@ -304,6 +320,14 @@ mod tests {
         assert_eq!(s.revoke("9:b", UnixTime(9), UnixTime(0)).unwrap(), Revoked::Full);
         std::fs::write(dir.path().join("revocations.json"), "{nope").unwrap();
         assert!(RevocationStore::load(dir.path(), RevocationSet::new(), UnixTime(0), 1).is_err());
+    }
+
+    #[test]
+    fn fleet_delivery_needs_no_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RevocationStore::load(dir.path(), RevocationSet::new(), UnixTime(0), 10).unwrap().delivered_elsewhere();
+        assert_eq!(s.revoke("9:a", UnixTime(9), UnixTime(0)).unwrap(), Revoked::New);
+        assert!(s.set().is_revoked("9:a"));
     }
 
     #[test]

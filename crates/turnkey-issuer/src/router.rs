@@ -25,7 +25,8 @@ pub fn router(state: IssuerState) -> Router {
     let v1 = Router::new()
         .route("/v1/turn/keys/{id}/credentials/generate-ice-servers", post(api::generate_ice_servers))
         .route("/v1/turn/keys/{id}/credentials/generate", post(api::generate_object))
-        .route("/v1/turn/keys/{id}/credentials/{username}/revoke", post(api::revoke));
+        .route("/v1/turn/keys/{id}/credentials/{username}/revoke", post(api::revoke))
+        .route("/v1/fleet", get(api::fleet));
     let app_routes = Router::new()
         .route("/api/turn-credentials", get(app::get_credentials).post(app::post_credentials).options(app::preflight))
         .route("/api/turn/credentials", post(app::post_turn_credentials).options(app::preflight))
@@ -62,7 +63,11 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(state): State<IssuerState>) -> Response {
-    if state.inner.relay.ready() {
+    let ready = match &state.inner.directory {
+        Some(d) => !d.choose(None, 1).is_empty(),
+        None => state.inner.relay.ready(),
+    };
+    if ready {
         Json(json!({"status": "ready"})).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready"}))).into_response()

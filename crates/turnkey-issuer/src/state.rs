@@ -10,6 +10,7 @@ use turnkey_auth::{RevocationSet, SecretRing, UnixTime};
 
 use crate::config::IssuerConfig;
 use crate::error::Error;
+use crate::fleet::{FleetState, RelayDirectory};
 use crate::ice::Advertised;
 use crate::keys::KeyStore;
 use crate::metrics::IssuerMetrics;
@@ -87,6 +88,26 @@ pub struct IssuerDeps {
     /// The key the app endpoints issue for when `config.app.key` is unset (the binary passes
     /// the embedded default key's id).
     pub app_key: Option<String>,
+    /// Fleet mode: the relay directory, shared state and shared keys (`None`: one process).
+    pub fleet: Option<FleetDeps>,
+}
+
+/// What fleet mode adds (see [`crate::fleet`]).
+#[derive(Clone)]
+pub struct FleetDeps {
+    /// The relays to hand out.
+    pub directory: Arc<dyn RelayDirectory>,
+    /// The shared rate limit and revocations.
+    pub state: Arc<dyn FleetState>,
+    /// The fleet's keys ([`KeyStore::shared`], kept current by the binary); used instead of the
+    /// data directory's `keys/`.
+    pub keys: KeyStore,
+}
+
+impl std::fmt::Debug for FleetDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetDeps").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for IssuerDeps {
@@ -122,6 +143,16 @@ pub(crate) struct Inner {
     pub limiter: RateLimiter,
     pub clock: Clock,
     pub app_key: Option<String>,
+    pub directory: Option<Arc<dyn RelayDirectory>>,
+    pub fleet: Option<Arc<dyn FleetState>>,
+}
+
+impl Inner {
+    /// The key the app endpoints issue for: configured, else the one the binary passed, else
+    /// (fleet mode) the fleet's oldest key.
+    pub(crate) fn app_key(&self) -> Option<String> {
+        self.app_key.clone().or_else(|| self.directory.as_ref().and_then(|_| self.keys.oldest()).map(|k| k.id))
+    }
 }
 
 impl IssuerState {
@@ -130,8 +161,16 @@ impl IssuerState {
     pub fn new(deps: IssuerDeps) -> Result<Self, Error> {
         deps.config.validate()?;
         let now = (deps.clock)();
-        let keys = KeyStore::open(&deps.data_dir)?;
-        let revocations = RevocationStore::load(&deps.data_dir, deps.revocations, now, deps.config.max_revocations)?;
+        let keys = match &deps.fleet {
+            Some(f) => f.keys.clone(),
+            None => KeyStore::open(&deps.data_dir)?,
+        };
+        let mut revocations =
+            RevocationStore::load(&deps.data_dir, deps.revocations, now, deps.config.max_revocations)?;
+        if deps.fleet.is_some() {
+            // The fleet publishes every revocation to every relay (api.rs), watched file or not.
+            revocations = revocations.delivered_elsewhere();
+        }
         let metrics = IssuerMetrics::register(&deps.registry)?;
         let upstream = match &deps.config.upstream {
             Some(u) => Some(UpstreamClient::new(u.clone(), metrics.clone(), deps.clock.clone())?),
@@ -151,6 +190,8 @@ impl IssuerState {
                 metrics,
                 clock: deps.clock,
                 app_key,
+                directory: deps.fleet.as_ref().map(|f| f.directory.clone()),
+                fleet: deps.fleet.map(|f| f.state),
             }),
         })
     }

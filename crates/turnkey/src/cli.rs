@@ -29,8 +29,10 @@ pub enum Command {
     CheckConfig(CheckArgs),
     /// Run the credential issuer alone (relays run elsewhere, sharing the secret).
     Issuer(Box<IssuerArgs>),
-    /// Manage TURN keys (tenants) in the data directory.
+    /// Manage TURN keys (tenants) in the data directory, or in the fleet's Redis (`--redis`).
     Keys(KeysArgs),
+    /// Print the fleet's relays with health and load (from Redis, or an issuer's `/v1/fleet`).
+    Fleet(FleetCmdArgs),
     /// Load-test any TURN server (turnkey, coturn, Cloudflare). Exit 0: the run passed its gates
     /// (`--max-loss`, `--max-p99`); 1: it did not; 2: it could not run.
     Load(Box<turnkey_load::LoadArgs>),
@@ -53,9 +55,41 @@ pub struct KeysArgs {
     /// Data directory holding `keys/`.
     #[arg(long, env = "TURNKEY_DATA_DIR", default_value = "./turnkey-data", global = true)]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// What to do.
     #[command(subcommand)]
     pub action: KeysAction,
+}
+
+/// Reaching the fleet's Redis from a one-shot command (`turnkey keys`, `turnkey fleet`).
+#[derive(Debug, Args, Clone)]
+pub struct RedisArgs {
+    /// Fleet mode: the fleet's Redis URL (`redis://` or `rediss://`); keys then live there.
+    #[arg(long, env = "TURNKEY_REDIS", hide_env_values = true, global = true)]
+    pub redis: Option<String>,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "TURNKEY_REDIS_PREFIX", default_value = turnkey_fleet::DEFAULT_PREFIX, global = true)]
+    pub redis_prefix: String,
+    /// CA certificate(s) (PEM) of the Redis server, for `rediss://` (default: system roots).
+    #[arg(long, env = "TURNKEY_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<PathBuf>,
+}
+
+/// `turnkey fleet`: from Redis (`--redis`) or from an issuer (`--issuer URL --token T`).
+#[derive(Debug, Args, Clone)]
+pub struct FleetCmdArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// An issuer's base URL (`http://host:8080`): print its `GET /v1/fleet`.
+    #[arg(long, conflicts_with = "redis")]
+    pub issuer: Option<String>,
+    /// Any TURN key's API token, for `--issuer`.
+    #[arg(long, env = "TURNKEY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the listing as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `turnkey keys create|list|delete`.
@@ -152,11 +186,15 @@ pub struct IssuerFlags {
     #[arg(long, env = "TURNKEY_PUBLIC_HOST")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_host: Option<String>,
+    /// Fleet mode: relays per credential answer.
+    #[arg(long, env = "TURNKEY_RELAYS_PER_ANSWER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relays_per_answer: Option<usize>,
 }
 
 impl IssuerFlags {
     fn is_empty(&self) -> bool {
-        self.public_host.is_none()
+        self.public_host.is_none() && self.relays_per_answer.is_none()
     }
 }
 

@@ -83,8 +83,9 @@ impl RunningIssuer {
     }
 }
 
-/// Starts the issuer when an HTTP listener is configured. `fleet` is the fleet handle in fleet
-/// mode (not used by the issuer yet).
+/// Starts the issuer when an HTTP listener is configured. In fleet mode (`fleet`) it hands out
+/// the fleet's healthy relays, uses the fleet's keys, usage, rate limit and revocations
+/// (`issuer_fleet.rs`), and creates no local default key.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start_issuer(
     s: &Settings,
@@ -97,12 +98,21 @@ pub(crate) async fn start_issuer(
     http: HttpRun,
 ) -> anyhow::Result<Option<RunningIssuer>> {
     let Some(addr) = s.node.http.0 else { return Ok(None) };
-    drop(fleet);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let default_key = turnkey_issuer::ensure_default_key(&s.node.data_dir, now)?;
-    if default_key.created {
-        tracing::info!(key_id = %default_key.id, "created the default TURN key");
-    }
+    let (default_key, relay, fleet) = match fleet {
+        Some(f) => {
+            let parts = crate::issuer_fleet::start(&f, s).await;
+            let default_key = crate::issuer_fleet::ensure_default_key(&f, &parts.deps.keys, &s.node.data_dir).await?;
+            (default_key, parts.status.clone(), Some(parts.deps))
+        }
+        None => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let default_key = turnkey_issuer::ensure_default_key(&s.node.data_dir, now)?;
+            if default_key.created {
+                tracing::info!(key_id = %default_key.id, "created the default TURN key");
+            }
+            (Some(default_key), relay, None)
+        }
+    };
     let state = IssuerState::new(IssuerDeps {
         config,
         data_dir: s.node.data_dir.clone(),
@@ -111,16 +121,20 @@ pub(crate) async fn start_issuer(
         relay,
         registry: registry.clone(),
         clock: turnkey_issuer::system_clock(),
-        app_key: Some(default_key.id.clone()),
+        // Fleet mode: the configured app key, else the fleet's oldest key.
+        app_key: default_key.as_ref().filter(|_| fleet.is_none()).map(|k| k.id.clone()),
+        fleet,
     })?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
     let addr = listener.local_addr()?;
     let maintenance = tokio::spawn(turnkey_issuer::run_maintenance(state.clone(), Duration::from_secs(5)));
     let server = tokio::spawn(http.serve(listener, turnkey_issuer::router(state)));
-    let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
+    let key_id = default_key.as_ref().map_or_else(|| "<key id>".to_owned(), |k| k.id.clone());
+    let token = default_key
+        .and_then(|k| k.token_path)
+        .map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
     let hint = format!(
-        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
-        default_key.id
+        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
     );
     Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
 }

@@ -6,8 +6,10 @@ mod config;
 mod datadir;
 mod fdlimit;
 mod fleet;
+mod fleet_cmd;
 mod fleet_relay;
 mod issuer;
+mod issuer_fleet;
 mod obs;
 mod process;
 mod serve;
@@ -27,7 +29,9 @@ fn main() -> std::process::ExitCode {
         Command::Creds(args) => serve::creds(args),
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Issuer(args) => serve::issuer(*args),
+        Command::Keys(args) if args.redis.redis.is_some() => fleet_cmd::keys(args),
         Command::Keys(args) => keys(args),
+        Command::Fleet(args) => fleet_cmd::fleet(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -150,6 +150,7 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let ring = open_data_dir(&s)?;
     let registry = new_registry()?;
     let metrics = bind_metrics(&s).await?;
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     let fleet = fleet::connect(&s, &registry).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http, &stop_rx))));
@@ -158,7 +159,8 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, fleet, &registry, http_run)
         .await?
         .context("`turnkey issuer` needs an HTTP listener (--http)")?;
-    println!("turnkey issuer listening http={}", issuer.addr);
+    let metrics_addr = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    println!("turnkey issuer listening http={} metrics={metrics_addr}", issuer.addr);
     println!("turnkey: {}", issuer.hint);
     shutdown_signal().await;
     stop_http_services(stop, metrics_task, Some(issuer)).await;

@@ -9,8 +9,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
 use turnkey_issuer::{
-    router, serve, BandwidthUsage, IssuerConfig, IssuerDeps, IssuerState, KeyOptions, KeyStore, NewKey, RelayStatus,
-    UpstreamConfig,
+    router, serve, BandwidthUsage, FleetDeps, IssuerConfig, IssuerDeps, IssuerState, KeyOptions, KeyStore, NewKey,
+    RelayStatus, UpstreamConfig,
 };
 
 use crate::cloudflare_double::CloudflareDouble;
@@ -115,6 +115,22 @@ impl Issuer {
 
     /// Starts an issuer on an existing data directory.
     pub async fn start_with(dir: TempDir, key: NewKey, other: NewKey, config: IssuerConfig) -> Self {
+        Self::start_full(dir, key, other, config, None).await
+    }
+
+    /// Starts an issuer in fleet mode: its keys are `fleet.keys` (the caller put `key` and
+    /// `other` there), its relays come from `fleet.directory`.
+    pub async fn start_fleet(key: NewKey, other: NewKey, config: IssuerConfig, fleet: FleetDeps) -> Self {
+        Self::start_full(tempfile::tempdir().unwrap(), key, other, config, Some(fleet)).await
+    }
+
+    async fn start_full(
+        dir: TempDir,
+        key: NewKey,
+        other: NewKey,
+        config: IssuerConfig,
+        fleet: Option<FleetDeps>,
+    ) -> Self {
         let clock = Arc::new(AtomicU64::new(T0));
         let relay = Arc::new(TestRelay::default());
         relay.ready.store(true, Ordering::SeqCst);
@@ -131,6 +147,7 @@ impl Issuer {
             registry: registry.clone(),
             clock: Arc::new(move || UnixTime(c.load(Ordering::SeqCst))),
             app_key: None,
+            fleet,
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

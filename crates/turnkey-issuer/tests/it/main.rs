@@ -7,6 +7,7 @@
 mod api;
 mod app;
 mod cloudflare_double;
+mod fleet;
 mod harness;
 mod selftest;
 mod shapes;
