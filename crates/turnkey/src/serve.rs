@@ -16,6 +16,7 @@ use turnkey_relay::{BoundSockets, RelayConfig};
 
 use turnkey_issuer::{AdvertiseConfig, Endpoint, FixedRelayStatus, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
 
+use crate::banner;
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::{self, Settings};
 use crate::datadir;
@@ -81,12 +82,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         udp_addrs.iter().chain(&tcp_addrs).chain(&tls_addrs).map(|a| ServiceAddr::from(*a)).collect();
     service.extend(metrics_addr.map(ServiceAddr::from));
     service.extend(s.http.map(ServiceAddr::from));
-    let policy = PeerPolicy::new(s.allow_peer.clone(), s.deny_peer.clone(), service);
-
     let relay_v4 = match (s.relay_v4, s.relay_v6) {
         (None, None) => Some(detect_ipv4()),
         (v4, _) => v4,
     };
+    let policy = peer_policy(&s, service, relay_v4);
     let mut engine = EngineConfig::new(s.realm.clone(), ring, policy);
     engine.max_lifetime = s.max_lifetime;
     engine.nonce_lifetime = s.nonce_lifetime;
@@ -159,14 +159,20 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         relay_v4.or(s.relay_v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
         sockets.shards(),
     );
-    println!(
-        "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`, then use turn:{}?transport=udp",
-        s.data_dir.display(),
-        udp_addrs.first().map_or_else(|| "HOST:3478".to_owned(), ToString::to_string),
-    );
-
+    let host = banner::usable_host(&s.issuer.public_host, s.external_v4.or(s.external_v6), relay_v4.or(s.relay_v6));
+    let bound = banner::Bound {
+        host: &host,
+        udp: &udp_addrs,
+        tcp: &tcp_addrs,
+        tls: &tls_addrs,
+        http: issuer.as_ref().map(|i| i.addr),
+        data_dir: &s.data_dir,
+    };
+    for line in banner::lines(&bound) {
+        println!("{line}");
+    }
     if let Some(i) = &issuer {
-        println!("turnkey: or ask the issuer: {}", i.hint);
+        println!("turnkey: or ask the issuer: {}", i.hint(&host));
     }
 
     let relayed = turnkey_relay::run(relay_cfg, sockets, relay_metrics, shared, shutdown_signal()).await;
@@ -181,6 +187,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         i.stop().await;
     }
     Ok(())
+}
+
+/// The peer policy: the operator's rules, the relay's own service sockets always denied, and the
+/// relay's own relayed addresses (relay and external IPs inside the relay port range) allowed, so
+/// two allocations of this relay can reach each other even on a private network (security.md).
+fn peer_policy(s: &Settings, service: Vec<ServiceAddr>, relay_v4: Option<IpAddr>) -> PeerPolicy {
+    let own = [relay_v4, s.relay_v6, s.external_v4, s.external_v6].into_iter().flatten();
+    PeerPolicy::new(s.allow_peer.clone(), s.deny_peer.clone(), service).with_own_relays(own, s.relay_ports.clone())
 }
 
 /// `turnkey issuer`: the issuer alone, for deployments with separate relay processes.
@@ -208,7 +222,8 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
             .await?
             .context("`turnkey issuer` needs an HTTP listener (--http)")?;
         println!("turnkey issuer listening http={}", issuer.addr);
-        println!("turnkey: {}", issuer.hint);
+        let host = banner::usable_host(&s.issuer.public_host, None, Some(detect_ipv4()));
+        println!("turnkey: {}", issuer.hint(&host));
         shutdown_signal().await;
         let _ = stop_tx.send(true);
         issuer.stop().await;
@@ -249,12 +264,19 @@ impl RelayStatus for LocalRelay {
 /// A running issuer.
 struct RunningIssuer {
     addr: SocketAddr,
-    hint: String,
+    /// The default key's id and how to read its token, for the banner's `curl` line.
+    key_id: String,
+    token: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     maintenance: tokio::task::JoinHandle<()>,
 }
 
 impl RunningIssuer {
+    /// The `curl` line minting ICE servers, with the issuer reached on `host`.
+    fn hint(&self, host: &str) -> String {
+        banner::issuer_hint(&format!("http://{}", banner::reach(host, self.addr)), &self.token, &self.key_id)
+    }
+
     async fn stop(self) {
         self.maintenance.abort();
         match self.server.await {
@@ -297,11 +319,7 @@ async fn start_issuer(
         let _ = stop.wait_for(|v| *v).await;
     }));
     let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
-    let hint = format!(
-        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
-        default_key.id
-    );
-    Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
+    Ok(Some(RunningIssuer { addr, key_id: default_key.id, token, server, maintenance }))
 }
 
 fn bind_listeners(s: &Settings) -> anyhow::Result<BoundSockets> {
