@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite drives, when missing:
 #   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool) and chromium (the
-#   self-test page's browser test) from Debian, aioice and schemathesis (the OpenAPI fuzzer) from PyPI.
+#   self-test page's browser test) from Debian, aioice and schemathesis (the OpenAPI fuzzer) from PyPI;
+#   for the operator paths (tests/tests/ops.rs): debootstrap, podman, runc, docker-compose and
+#   systemd-analyze from Debian, cargo-deb from crates.io, kubernetes-validate from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -11,6 +13,11 @@ command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -38,6 +45,16 @@ if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
   python3 -m pip install -q 'schemathesis>=4,<5' >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages 'schemathesis>=4,<5' >/dev/null 2>&1 || fail=1
 fi
 
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "install-test-tools: pip install kubernetes-validate"
+  python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages kubernetes-validate >/dev/null 2>&1 || fail=1
+fi
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-test-tools: cargo install --locked cargo-deb"
+  cargo install --locked cargo-deb >/dev/null 2>&1 || fail=1
+fi
+
 missing=()
 command -v turnutils_uclient >/dev/null 2>&1 || missing+=(turnutils_uclient)
 command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
@@ -46,6 +63,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
+for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-tools: missing after install: ${missing[*]}" >&2
   if [ "${CI:-}" = "true" ]; then exit 1; fi

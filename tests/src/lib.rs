@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod browser;
+pub mod ops;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};

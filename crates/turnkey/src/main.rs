@@ -5,6 +5,7 @@ mod banner;
 mod cli;
 mod config;
 mod datadir;
+mod docgen;
 mod obs;
 mod serve;
 
@@ -13,6 +14,18 @@ use clap::Parser as _;
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    // `turnkey gen-docs DIR`, for packagers, is not part of the CLI it documents (so it appears
+    // in neither the man pages nor the completions).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "gen-docs" {
+        return match docgen::generate(std::path::Path::new(&args[2])) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("turnkey: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(args) => return load(*args),
