@@ -107,7 +107,7 @@ pub fn cache_dir(name: &str) -> PathBuf {
 /// members, as in the README's `cargo run --release`, so features unify the same way and the
 /// two share one build.
 pub fn release_bin() -> PathBuf {
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let st = clean_cargo_env(&mut Command::new("cargo"))
         .args(["build", "--release", "--locked", "--bin", "turnkey"])
         .current_dir(root())
         .stdin(Stdio::null())
@@ -117,6 +117,25 @@ pub fn release_bin() -> PathBuf {
     let p = root().join("target").join("release").join("turnkey");
     assert!(p.exists(), "{} missing", p.display());
     p
+}
+
+/// Removes what cargo and nextest set for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
+/// `NEXTEST_*`, the test's `LD_LIBRARY_PATH`, ...) from a command that runs cargo, so it sees the
+/// environment of a shell: build scripts that watch such variables would otherwise rebuild the
+/// release binary the test command already built.
+pub fn clean_cargo_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        let drop = (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || k.starts_with("NEXTEST")
+            || k.starts_with("__NEXTEST")
+            || k == "LD_LIBRARY_PATH"
+            || k == "RUST_TEST_THREADS";
+        if drop {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
 }
 
 /// Runs `cmd`, failing with its output when it fails; returns stdout.

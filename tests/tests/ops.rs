@@ -7,7 +7,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use turnkey_e2e::ops::{assert_default_ports_free, readme_first_command, run_ok, wait_default_ready};
+use turnkey_e2e::ops::{assert_default_ports_free, clean_cargo_env, readme_first_command, run_ok, wait_default_ready};
 use turnkey_e2e::{bin, require, root};
 
 /// The README's first command, extracted from README.md (so the two cannot drift), run as
@@ -27,7 +27,8 @@ fn readme_first_command_serves_on_default_ports() {
     // is turnkey's. Its own process group, so the signal reaches it even if cargo did not exec.
     let mut child = {
         use std::os::unix::process::CommandExt as _;
-        Command::new("sh")
+        let mut sh = Command::new("sh");
+        clean_cargo_env(&mut sh)
             .arg("-c")
             .arg(format!("exec {cmd}"))
             .current_dir(&cwd)
@@ -188,7 +189,7 @@ fn debian_package_installs_runs_and_purges_in_debootstrap_root() {
     if !(require("debootstrap") && require("cargo-deb") && require("dpkg-deb") && require("chroot")) {
         return;
     }
-    let out = run_ok(Command::new(root().join("deploy/packaging/build-deb.sh")).current_dir(root()));
+    let out = run_ok(clean_cargo_env(Command::new(root().join("deploy/packaging/build-deb.sh")).current_dir(root())));
     let deb = std::path::PathBuf::from(out.lines().last().unwrap().trim());
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(deb.file_name().unwrap().to_str().unwrap(), format!("turnkey_{version}_amd64.deb"));
@@ -259,7 +260,7 @@ fn container_image_serves_stun_issuer_and_metrics_on_default_ports() {
     for port in ["3478/udp", "3478/tcp", "5349/tcp", "8080/tcp", "9641/tcp"] {
         assert!(cfg["ExposedPorts"].get(port).is_some(), "EXPOSE lacks {port}: {cfg:#}");
     }
-    let health = img[0]["Config"]["Healthcheck"]["Test"].to_string();
+    let health = img[0]["Healthcheck"]["Test"].to_string();
     assert!(health.contains("/readyz"), "HEALTHCHECK: {health}");
 
     let name = format!("turnkey-test-{}", std::process::id());
