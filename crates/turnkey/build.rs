@@ -17,13 +17,19 @@ fn main() {
         Ok(c) if !c.trim().is_empty() => c.trim().to_owned(),
         _ => {
             // Rebuild when HEAD moves: HEAD itself, the branch it points to, and packed refs.
+            // Only files that exist: cargo treats a missing one as always changed.
+            let watch = |p: PathBuf| {
+                if p.exists() {
+                    println!("cargo:rerun-if-changed={}", p.display());
+                }
+            };
             if let Some(dir) = git(&["rev-parse", "--git-dir"]).map(PathBuf::from) {
-                println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+                watch(dir.join("HEAD"));
             }
             if let Some(common) = git(&["rev-parse", "--git-common-dir"]).map(PathBuf::from) {
-                println!("cargo:rerun-if-changed={}", common.join("packed-refs").display());
+                watch(common.join("packed-refs"));
                 if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                    println!("cargo:rerun-if-changed={}", common.join(r).display());
+                    watch(common.join(r));
                 }
             }
             git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
