@@ -3,7 +3,9 @@
 #   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool), chromium (the
 #   self-test page's browser test), redis-server (fleet mode's shared state; redis-server,
 #   redis-cli), iproute2 and ethtool (the veth namespace tests) from Debian, aioice and
-#   schemathesis (the OpenAPI fuzzer) from PyPI.
+#   schemathesis (the OpenAPI fuzzer) from PyPI; for the operator paths (tests/tests/ops.rs):
+#   debootstrap, podman, runc, docker-compose and systemd-analyze from Debian, cargo-deb from
+#   crates.io, kubernetes-validate from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -17,6 +19,11 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # The veth tests switch GRO on with ethtool; `ip` (iproute2) makes the namespaces.
 command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -45,6 +52,16 @@ if ! python3 -c 'import schemathesis' >/dev/null 2>&1; then
   python3 -m pip install -q 'schemathesis>=4,<5' >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages 'schemathesis>=4,<5' >/dev/null 2>&1 || fail=1
 fi
 
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "install-test-tools: pip install kubernetes-validate"
+  python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages kubernetes-validate >/dev/null 2>&1 || fail=1
+fi
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-test-tools: cargo install --locked cargo-deb"
+  cargo install --locked cargo-deb >/dev/null 2>&1 || fail=1
+fi
+
 missing=()
 command -v turnutils_uclient >/dev/null 2>&1 || missing+=(turnutils_uclient)
 command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
@@ -57,6 +74,9 @@ command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
 command -v ip >/dev/null 2>&1 || missing+=(ip)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
+for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-tools: missing after install: ${missing[*]}" >&2
   if [ "${CI:-}" = "true" ]; then exit 1; fi

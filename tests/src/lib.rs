@@ -9,6 +9,7 @@
 
 pub mod browser;
 pub mod netns;
+pub mod ops;
 pub mod redis;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@ use turnkey_auth::{RevocationSet, SecretRing};
 use turnkey_issuer::{AdvertiseConfig, Endpoint, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
 use turnkey_relay::engine::Shared;
 
+use crate::banner;
 use crate::config::Settings;
 use crate::serve::Listening;
 
@@ -65,12 +66,19 @@ impl RelayStatus for LocalRelay {
 /// A running issuer.
 pub(crate) struct RunningIssuer {
     pub(crate) addr: SocketAddr,
-    pub(crate) hint: String,
+    /// The default key's id and how to read its token, for the banner's `curl` line.
+    key_id: String,
+    token: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     maintenance: tokio::task::JoinHandle<()>,
 }
 
 impl RunningIssuer {
+    /// The `curl` line minting ICE servers, with the issuer reached on `host`.
+    pub(crate) fn hint(&self, host: &str) -> String {
+        banner::issuer_hint(&format!("http://{}", banner::reach(host, self.addr)), &self.token, &self.key_id)
+    }
+
     pub(crate) async fn stop(self) {
         self.maintenance.abort();
         match self.server.await {
@@ -113,9 +121,5 @@ pub(crate) async fn start_issuer(
         let _ = stop.wait_for(|v| *v).await;
     }));
     let token = default_key.token_path.map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
-    let hint = format!(
-        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{}/credentials/generate-ice-servers",
-        default_key.id
-    );
-    Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
+    Ok(Some(RunningIssuer { addr, key_id: default_key.id, token, server, maintenance }))
 }
