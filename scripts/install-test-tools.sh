@@ -3,8 +3,10 @@
 #   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool), chromium (the
 #   self-test page's browser test), redis-server (fleet mode's shared state; redis-server,
 #   redis-cli), iproute2 and ethtool (the veth namespace tests) from Debian, aioice and
-#   schemathesis (the OpenAPI fuzzer) from PyPI,
-#   cargo-fuzz (the fuzz targets in fuzz/) from crates.io, and prlimit (util-linux, the HTTP flood test).
+#   schemathesis (the OpenAPI fuzzer) from PyPI, cargo-fuzz (the fuzz targets in fuzz/) from
+#   crates.io, prlimit (util-linux, the HTTP flood test); for the operator paths (tests/tests/ops.rs):
+#   debootstrap, podman, runc, docker-compose and systemd-analyze from Debian, cargo-deb from
+#   crates.io, kubernetes-validate from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -20,6 +22,11 @@ command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 { command -v c++ >/dev/null 2>&1; } || need_apt+=(g++)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -53,6 +60,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install -q --locked cargo-fuzz >/dev/null 2>&1 || fail=1
 fi
 
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "install-test-tools: pip install kubernetes-validate"
+  python3 -m pip install -q kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q --break-system-packages kubernetes-validate >/dev/null 2>&1 || fail=1
+fi
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "install-test-tools: cargo install --locked cargo-deb"
+  cargo install --locked cargo-deb >/dev/null 2>&1 || fail=1
+fi
+
 missing=()
 command -v turnutils_uclient >/dev/null 2>&1 || missing+=(turnutils_uclient)
 command -v turnserver >/dev/null 2>&1 || missing+=(turnserver)
@@ -67,6 +84,9 @@ python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 command -v prlimit >/dev/null 2>&1 || missing+=(prlimit)
 cargo fuzz --version >/dev/null 2>&1 || missing+=(cargo-fuzz)
+for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-test-tools: missing after install: ${missing[*]}" >&2
   if [ "${CI:-}" = "true" ]; then exit 1; fi

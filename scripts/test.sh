@@ -9,6 +9,9 @@ scripts/install-test-tools.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
+# The release binary the README's `cargo run --release -- serve`, the .deb and the container image
+# use (tests/tests/ops.rs): built once here, with the same package selection as `cargo run`.
+cargo build --release --locked --bin turnkey
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast --test-threads "${TEST_THREADS:-4}"
 else

@@ -3,7 +3,8 @@
 
 Prints one JSON object on stdout. Modes:
   relay    allocate, send --count messages through the relay to a UDP echo peer on loopback
-           (aioice binds a channel), and count the echoes that come back through the relay
+           (--echo-host, default 127.0.0.1, and --echo-port; aioice binds a channel), and count
+           the echoes that come back through the relay
   authfail expect the allocation to be refused; report the STUN error code (and the
            ALTERNATE-SERVER of a 300 Try Alternate)
   revoke   like relay, then POST the revoke URL, wait, and check that the live allocation
@@ -118,6 +119,8 @@ async def main():
     p.add_argument("--token")
     p.add_argument("--hold", type=float, default=2.0)
     p.add_argument("--revoke-wait", type=float, default=1.5, help="seconds between the revoke and the checks")
+    p.add_argument("--echo-host", default="127.0.0.1", help="address the echo peer binds (relay mode)")
+    p.add_argument("--echo-port", type=int, default=0, help="port the echo peer binds (0: any)")
     args = p.parse_args()
 
     loop = asyncio.get_running_loop()
@@ -146,7 +149,7 @@ async def main():
         print(json.dumps({"allocated": True}))
         return
 
-    echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=(args.echo_host, args.echo_port))
     echo_addr = echo_transport.get_extra_info("sockname")
     transport, protocol = await allocate(args)
     relayed = transport.get_extra_info("sockname")

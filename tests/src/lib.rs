@@ -10,6 +10,7 @@
 pub mod browser;
 pub mod fleet;
 pub mod netns;
+pub mod ops;
 pub mod redis;
 
 use std::collections::HashMap;

@@ -69,11 +69,10 @@ fn browser_call_through_turnkey(transport: &str, args: &[&str]) {
     if !require("chromium") {
         return;
     }
-    // The two peer connections' relayed addresses are both on 127.0.0.1: relaying between them
-    // is refused by the default peer policy, on purpose.
-    let mut flags = vec!["--allow-peer", "127.0.0.1"];
-    flags.extend_from_slice(args);
-    let tk = Turnkey::serve(&flags);
+    // The default peer policy (no `--allow-peer`): the two peer connections' relayed addresses
+    // are both on 127.0.0.1, the relay IP, inside the relay port range, so each is the other's
+    // self-peer and relaying between them is allowed, while every other loopback peer is not.
+    let tk = Turnkey::serve(args);
     let Run { result: r, console } = run_page(&tk, transport, &format!("selftest-{transport}.png"));
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}");
 
@@ -138,7 +137,7 @@ fn chromium_selftest_fails_when_the_relay_does_not_answer() {
         "[issuer.advertise]\nstun = [{{ port = {port} }}]\nturn_udp = [{{ port = {port} }}]\n\
          turn_tcp = []\nturns_tls = []\n"
     ));
-    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--config", config.to_str().unwrap()]);
+    let tk = Turnkey::serve(&["--config", config.to_str().unwrap()]);
     let Run { result: r, console } = run_page(&tk, "udp", "selftest-udp-relay-down.png");
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}");
 
@@ -169,15 +168,16 @@ fn chromium_selftest_fails_when_the_relay_does_not_answer() {
     assert_eq!(tk.metric("turnkey_relay_relayed_bytes_total", &[]), 0.0);
 }
 
-/// The call step really goes through turnkey: with the default peer policy (loopback refused),
-/// relay candidates are still gathered but the two relay-only peer connections cannot reach each
-/// other, and the page fails with the likely cause.
+/// The call step really goes through turnkey: when the peer policy refuses the relay's own
+/// address (an operator deny rule, which beats the self-peer rule), relay candidates are still
+/// gathered but the two relay-only peer connections cannot reach each other, and the page fails
+/// with the likely cause.
 #[test]
 fn chromium_call_fails_when_the_peer_policy_refuses_relaying() {
     if !require("chromium") {
         return;
     }
-    let tk = Turnkey::serve(&[]);
+    let tk = Turnkey::serve(&["--deny-peer", "127.0.0.1"]);
     let Run { result: r, console } = run_page(&tk, "udp", "selftest-udp-peer-denied.png");
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}");
     assert_eq!(r["done"], true, "{ctx}");

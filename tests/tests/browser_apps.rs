@@ -62,11 +62,12 @@ fn serve_site(dir: PathBuf) -> SocketAddr {
     addr
 }
 
-/// Starts turnkey relaying between loopback peers (both calling peer connections are in the
-/// page), with `issuer` appended to its config.
+/// Starts turnkey with `issuer` appended to its config and the default peer policy: both calling
+/// peer connections are in the page and relay to each other's relayed address on 127.0.0.1, which
+/// the policy allows as the relay's own (no `--allow-peer`).
 fn turnkey(issuer: &str) -> (Turnkey, tempfile::TempDir) {
     let (dir, config) = config_file(issuer);
-    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--config", config.to_str().unwrap()]);
+    let tk = Turnkey::serve(&["--config", config.to_str().unwrap()]);
     (tk, dir)
 }
 

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use turnkey_e2e::{aioice, assert_uclient_zero_loss, require, run_with_timeout, uclient, Turnkey};
+use turnkey_e2e::{aioice, assert_uclient_zero_loss, fixed_port, require, run_with_timeout, uclient, Turnkey};
 
 const ALLOW_LOOPBACK: &[&str] = &["--allow-peer", "127.0.0.1"];
 
@@ -40,18 +40,66 @@ fn aioice_wrong_password_is_refused_with_401() {
     assert!(tk.metric("turnkey_relay_auth_failures_total", &["bad_credential"]) >= 1.0);
 }
 
+/// Runs aioice's relay mode against `tk` with its echo peer on `echo_host:echo_port`.
+fn relay_to_echo(tk: &Turnkey, echo_host: &str, echo_port: u16) -> serde_json::Value {
+    let (user, pass) = tk.creds("alice", 600);
+    let server = tk.udp().to_string();
+    let port = echo_port.to_string();
+    aioice(&[
+        "relay",
+        "--server",
+        &server,
+        "--user",
+        &user,
+        "--password",
+        &pass,
+        "--count",
+        "3",
+        "--echo-host",
+        echo_host,
+        "--echo-port",
+        &port,
+    ])
+}
+
+/// The default policy refuses a loopback peer that is not one of the relay's own relayed
+/// addresses: another loopback host (127.0.0.2, the relay is on 127.0.0.1).
 #[test]
-fn default_policy_refuses_loopback_peers() {
+fn default_policy_refuses_another_private_host() {
     if !require("aioice") {
         return;
     }
     let tk = Turnkey::serve(&[]);
-    let (user, pass) = tk.creds("alice", 600);
-    let server = tk.udp().to_string();
-    let r = aioice(&["relay", "--server", &server, "--user", &user, "--password", &pass, "--count", "3"]);
+    let r = relay_to_echo(&tk, "127.0.0.2", 0);
     assert_eq!(r["received"], 0, "{r}");
-    assert_eq!(r["echo_seen"], 0, "nothing may reach a loopback peer by default: {r}");
-    assert!(tk.metric("turnkey_relay_peer_denied_total", &[]) >= 1.0);
+    assert_eq!(r["echo_seen"], 0, "nothing may reach 127.0.0.2 by default: {r}");
+    assert!(tk.metric("turnkey_relay_peer_denied_total", &[]) >= 1.0, "{}", tk.metrics());
+}
+
+/// The relay's own IP one port outside its relay port range is not a relayed address: refused.
+/// The same peer port inside the range is the self-peer rule's case and is allowed (with the
+/// echo peer standing in for another allocation), so the range, not the IP, decides.
+#[test]
+fn default_policy_refuses_the_relay_ip_one_port_outside_the_relay_range() {
+    if !require("aioice") {
+        return;
+    }
+    // `echo` is free and below the ephemeral range; the relay range starts right after it.
+    let echo = fixed_port();
+    let outside = format!("{}-{}", echo + 1, echo + 8);
+    let tk = Turnkey::serve(&["--relay-ports", &outside]);
+    let r = relay_to_echo(&tk, "127.0.0.1", echo);
+    assert_eq!(r["received"], 0, "{r}");
+    assert_eq!(r["echo_seen"], 0, "127.0.0.1:{echo} is outside the relay range {outside}: {r}");
+    assert!(tk.metric("turnkey_relay_peer_denied_total", &[]) >= 1.0, "{}", tk.metrics());
+    drop(tk);
+
+    let inside = format!("{echo}-{}", echo + 8);
+    let tk = Turnkey::serve(&["--relay-ports", &inside]);
+    let r = relay_to_echo(&tk, "127.0.0.1", echo);
+    assert_eq!(r["received"], 3, "{r}\ndrops: {}", tk.drops());
+    assert_eq!(r["echo_seen"], 3, "127.0.0.1:{echo} is inside the relay range {inside}: {r}");
+    assert_eq!(tk.metric("turnkey_relay_peer_denied_total", &[]), 0.0, "{}", tk.metrics());
 }
 
 #[test]
@@ -59,8 +107,10 @@ fn uclient_client_to_client_channels_zero_loss() {
     if !require("turnutils_uclient") {
         return;
     }
-    // Debian's uclient (coturn 4.6) picks RFC 5766 channel numbers, so this test opts in.
-    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--rfc5766-channel-numbers"]);
+    // Debian's uclient (coturn 4.6) picks RFC 5766 channel numbers, so this test opts in. No
+    // `--allow-peer`: uclient's two allocations relay to each other's relayed address on
+    // 127.0.0.1, which the default policy allows (the relay's own relayed addresses).
+    let tk = Turnkey::serve(&["--rfc5766-channel-numbers"]);
     let text = uclient(&tk, tk.udp().port(), &[]);
     assert_uclient_zero_loss(&text);
     std::thread::sleep(Duration::from_millis(1200));
@@ -73,7 +123,8 @@ fn uclient_send_indications_zero_loss() {
     if !require("turnutils_uclient") {
         return;
     }
-    let tk = Turnkey::serve(ALLOW_LOOPBACK);
+    // The default policy: Send indications between uclient's two allocations (self-peers).
+    let tk = Turnkey::serve(&[]);
     let text = uclient(&tk, tk.udp().port(), &["-s"]);
     assert_uclient_zero_loss(&text);
 }

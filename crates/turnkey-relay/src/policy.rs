@@ -17,11 +17,19 @@
 //!    **every** peer address: the relay cannot know every address that reaches it (loopback,
 //!    every interface, NAT hairpins), so the safe reading is to close the port everywhere.
 //! 3. **Operator deny rules** ([`DenyReason::OperatorRule`]) beat everything below.
-//! 4. **Special-purpose ranges** ([`SPECIAL_PURPOSE_V4`], [`SPECIAL_PURPOSE_V6`]; the lists of
+//! 4. **The relay's own relayed addresses** ([`PeerPolicy::with_own_relays`]: its relay and
+//!    external IPs, inside its relay port range) are allowed, even where the IP is private or
+//!    loopback. Such a peer is only ever another allocation of this same relay, and that
+//!    allocation must itself have granted a permission before any packet reaches its client:
+//!    this is what lets two callers on the relay's own network (the on-prem case, and the
+//!    self-test page's relay-only call) talk through it. The match is exact: the address itself
+//!    (or its IPv4-mapped form), never a re-encoded IPv6 form of it, a neighbouring address or a
+//!    port one outside the range.
+//! 5. **Special-purpose ranges** ([`SPECIAL_PURPOSE_V4`], [`SPECIAL_PURPOSE_V6`]; the lists of
 //!    `security.md`) are denied by default ([`DenyReason::SpecialPurpose`]); an operator allow
 //!    rule (CIDR, optionally with ports) covering the address reopens it. This is how tests and
 //!    demos relay over loopback: an explicit allow rule for `127.0.0.1`.
-//! 5. Anything else is allowed.
+//! 6. Anything else is allowed.
 //!
 //! ## IPv4 hidden in IPv6
 //!
@@ -75,6 +83,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -340,12 +349,16 @@ pub struct PeerPolicy {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     allow: Vec<PeerRule>,
     deny: Vec<PeerRule>,
     /// Normalised: `ip` is `None` for wildcards, never unspecified or IPv4-mapped.
     service: Vec<ServiceAddr>,
+    /// The relay's own relayed IPs (canonical, never unspecified or multicast).
+    own_ips: Vec<IpAddr>,
+    /// The relay port range of `own_ips`.
+    own_ports: (u16, u16),
 }
 
 impl PeerPolicy {
@@ -365,8 +378,33 @@ impl PeerPolicy {
                 allow: allow.into_iter().map(PeerRule::canonical).collect(),
                 deny: deny.into_iter().map(PeerRule::canonical).collect(),
                 service,
+                own_ips: Vec::new(),
+                own_ports: (1, 0),
             }),
         }
+    }
+
+    /// Allows the relay's own relayed addresses by default: `ips` (the relay and external IPs)
+    /// on a port inside `ports` (the relay port range), even where the IP is special-purpose.
+    /// Service addresses and operator deny rules still win. Unspecified, multicast and broadcast
+    /// IPs are ignored: they are never a relayed address.
+    #[must_use]
+    pub fn with_own_relays(mut self, ips: impl IntoIterator<Item = IpAddr>, ports: RangeInclusive<u16>) -> Self {
+        let inner = Arc::make_mut(&mut self.inner);
+        let usable = |ip: &IpAddr| {
+            !ip.is_unspecified() && !ip.is_multicast() && !matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+        };
+        inner.own_ips = ips.into_iter().map(|ip| ip.to_canonical()).filter(usable).collect();
+        inner.own_ips.dedup();
+        inner.own_ports = (*ports.start(), *ports.end());
+        self
+    }
+
+    /// The relay's own relayed IPs allowed by [`with_own_relays`](Self::with_own_relays), and
+    /// their port range.
+    #[must_use]
+    pub fn own_relays(&self) -> (&[IpAddr], RangeInclusive<u16>) {
+        (&self.inner.own_ips, self.inner.own_ports.0..=self.inner.own_ports.1)
     }
 
     /// The default policy: special-purpose ranges denied, no operator rules, no services.
@@ -397,6 +435,10 @@ impl PeerPolicy {
         }
         if forms.iter().any(|ip| inner.deny.iter().any(|r| r.matches(ip, port))) {
             return Verdict::Deny(DenyReason::OperatorRule);
+        }
+        let (lo, hi) = inner.own_ports;
+        if lo <= port && port <= hi && inner.own_ips.contains(&forms.primary) {
+            return Verdict::Allow;
         }
         let allowed = |ip: IpAddr| inner.allow.iter().any(|r| r.matches(ip, port));
         if is_special_purpose(forms.primary) && !allowed(forms.primary) {
@@ -823,6 +865,55 @@ mod tests {
         for peer in ["[::127.0.0.1]:5000", "[64:ff9b::7f00:1]:5000", "[2002:7f00:1::]:5000"] {
             assert!(!p.permits(sa(peer)), "{peer}");
         }
+    }
+
+    #[test]
+    fn own_relayed_addresses_are_allowed_by_default() {
+        // Relay IP 127.0.0.1 (loopback), external IP 10.1.2.3 (private), relay ports 50000-50100.
+        let ips = ["127.0.0.1", "10.1.2.3", "fd00::7"].map(|s| s.parse::<IpAddr>().unwrap());
+        let p =
+            policy(&[], &["10.1.2.3:50050"], &["127.0.0.1:50099", "0.0.0.0:9641"]).with_own_relays(ips, 50000..=50100);
+        let cases: &[(&str, Verdict)] = &[
+            // The self-peer: another allocation of this relay.
+            ("127.0.0.1:50000", Verdict::Allow),
+            ("127.0.0.1:50100", Verdict::Allow),
+            ("[::ffff:127.0.0.1]:50042", Verdict::Allow),
+            ("10.1.2.3:50001", Verdict::Allow),
+            ("[fd00::7]:50001", Verdict::Allow),
+            // One port outside the range, either side.
+            ("127.0.0.1:49999", DENY_SPECIAL),
+            ("127.0.0.1:50101", DENY_SPECIAL),
+            ("10.1.2.3:50101", DENY_SPECIAL),
+            // Another private host, even next door or in the same network.
+            ("127.0.0.2:50000", DENY_SPECIAL),
+            ("10.1.2.4:50000", DENY_SPECIAL),
+            ("[fd00::8]:50001", DENY_SPECIAL),
+            // Re-encoded forms of the relay IP are not the relay IP.
+            ("[::127.0.0.1]:50000", DENY_SPECIAL),
+            ("[64:ff9b::7f00:1]:50000", DENY_SPECIAL),
+            ("[2002:7f00:1::]:50000", DENY_SPECIAL),
+            // Service ports and operator deny rules still win.
+            ("127.0.0.1:50099", Verdict::Deny(DenyReason::ServicePort)),
+            ("10.1.2.3:50050", Verdict::Deny(DenyReason::OperatorRule)),
+            ("127.0.0.1:0", Verdict::Deny(DenyReason::Port0)),
+        ];
+        for &(peer, want) in cases {
+            assert_eq!(p.check(sa(peer)), want, "{peer}");
+        }
+        // Without own relays (the constructor alone) the same peer is refused.
+        assert_eq!(PeerPolicy::default().check(sa("127.0.0.1:50000")), DENY_SPECIAL);
+    }
+
+    #[test]
+    fn own_relays_ignore_wildcard_multicast_and_broadcast() {
+        let ips = ["0.0.0.0", "::", "224.0.0.1", "255.255.255.255", "ff02::1", "::ffff:192.168.1.5"]
+            .map(|s| s.parse::<IpAddr>().unwrap());
+        let p = PeerPolicy::default().with_own_relays(ips, 1..=65535);
+        assert_eq!(p.own_relays().0, ["192.168.1.5".parse::<IpAddr>().unwrap()]);
+        for peer in ["0.0.0.0:5000", "[::]:5000", "224.0.0.1:5000", "255.255.255.255:5000", "[ff02::1]:5000"] {
+            assert!(!p.permits(sa(peer)), "{peer}");
+        }
+        assert!(p.permits(sa("192.168.1.5:5000")));
     }
 
     #[test]

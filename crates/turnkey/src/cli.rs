@@ -11,7 +11,7 @@ use crate::config::Settings;
 
 /// turnkey: a self-hosted TURN relay and TURN credential issuer.
 #[derive(Debug, Parser)]
-#[command(name = "turnkey", version, about)]
+#[command(name = "turnkey", version = crate::obs::LONG_VERSION, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -12,6 +12,7 @@ use turnkey_fleet::Fleet;
 use turnkey_issuer::{AdvertiseConfig, Endpoint, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
 use turnkey_relay::engine::Shared;
 
+use crate::banner;
 use crate::config::Settings;
 use crate::process::HttpRun;
 use crate::serve::Listening;
@@ -67,12 +68,19 @@ impl RelayStatus for LocalRelay {
 /// A running issuer.
 pub(crate) struct RunningIssuer {
     pub(crate) addr: SocketAddr,
-    pub(crate) hint: String,
+    /// The default key's id and how to read its token, for the banner's `curl` line.
+    key_id: String,
+    token: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     maintenance: tokio::task::JoinHandle<()>,
 }
 
 impl RunningIssuer {
+    /// The `curl` line minting ICE servers, with the issuer reached on `host`.
+    pub(crate) fn hint(&self, host: &str) -> String {
+        banner::issuer_hint(&format!("http://{}", banner::reach(host, self.addr)), &self.token, &self.key_id)
+    }
+
     pub(crate) async fn stop(self) {
         self.maintenance.abort();
         match self.server.await {
@@ -133,8 +141,5 @@ pub(crate) async fn start_issuer(
     let token = default_key
         .and_then(|k| k.token_path)
         .map_or_else(|| "<token>".to_owned(), |p| format!("$(cat {})", p.display()));
-    let hint = format!(
-        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' http://{addr}/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
-    );
-    Ok(Some(RunningIssuer { addr, hint, server, maintenance }))
+    Ok(Some(RunningIssuer { addr, key_id, token, server, maintenance }))
 }

@@ -1,9 +1,11 @@
 //! `turnkey`: the binary. Thin by design: config, wiring, the metrics registry, signals and
 //! shutdown. Protocol logic lives in the library crates.
 
+mod banner;
 mod cli;
 mod config;
 mod datadir;
+mod docgen;
 mod fdlimit;
 mod fleet;
 mod fleet_cmd;
@@ -19,6 +21,18 @@ use clap::FromArgMatches as _;
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
+    // `turnkey gen-docs DIR`, for packagers, is not part of the CLI it documents (so it appears
+    // in neither the man pages nor the completions).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "gen-docs" {
+        return match docgen::generate(std::path::Path::new(&args[2])) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("turnkey: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match Cli::from_arg_matches(&cli::command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

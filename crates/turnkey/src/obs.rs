@@ -13,11 +13,20 @@ use turnkey_usage::{Bytes, Usage, UsageMetrics};
 
 use crate::config::Settings;
 
-/// `turnkey_build_info{version}` = 1.
+/// The version this binary reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit it was built from (`build.rs`; "unknown" outside a git checkout).
+pub const COMMIT: &str = env!("TURNKEY_GIT_COMMIT");
+/// `turnkey --version`: the same version and commit as `turnkey_build_info`.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TURNKEY_GIT_COMMIT"), ")");
+
+/// `turnkey_build_info{version, commit}` = 1.
 pub fn register_build_info(registry: &Registry) -> anyhow::Result<()> {
-    let g =
-        IntGaugeVec::new(Opts::new("turnkey_build_info", "Build information; the value is always 1."), &["version"])?;
-    g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let g = IntGaugeVec::new(
+        Opts::new("turnkey_build_info", "Build information; the value is always 1."),
+        &["version", "commit"],
+    )?;
+    g.with_label_values(&[VERSION, COMMIT]).set(1);
     registry.register(Box::new(g))?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use turnkey_relay::{BoundSockets, RelayConfig};
 
 use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus};
 
+use crate::banner;
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::values::ListenList;
 use crate::config::Settings;
@@ -161,7 +162,8 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
         .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     let metrics_addr = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!("turnkey issuer listening http={} metrics={metrics_addr}", issuer.addr);
-    println!("turnkey: {}", issuer.hint);
+    let host = banner::usable_host(&s.issuer.public_host, None, Some(detect_ipv4()));
+    println!("turnkey: {}", issuer.hint(&host));
     shutdown_signal().await;
     stop_http_services(stop, metrics_task, Some(issuer)).await;
     Ok(())
@@ -267,19 +269,23 @@ fn relay_config(
     tls: Option<TlsConfigs>,
 ) -> RelayConfig {
     let relay = relay_addrs(s);
-    let mut engine =
-        EngineConfig::from_settings(s.node.realm.as_str(), ring, peer_policy(s, listening, obs), s.engine.clone());
+    let policy = peer_policy(s, listening, obs, &relay);
+    let mut engine = EngineConfig::from_settings(s.node.realm.as_str(), ring, policy, s.engine.clone());
     engine.relay_v4 = relay.v4.is_some();
     engine.relay_v6 = relay.v6.is_some();
     RelayConfig { engine, relay, drain_grace: s.relay.drain_grace, stream: s.stream.clone(), tls }
 }
 
-/// The operator's peer rules, and this process's own service addresses (never relayed to).
-fn peer_policy(s: &Settings, listening: &Listening, obs: &Observability) -> PeerPolicy {
+/// The operator's peer rules, this process's own service addresses (never relayed to), and the
+/// relay's own relayed addresses (relay and external IPs inside the relay port range) allowed, so
+/// two allocations of this relay can reach each other even on a private network (security.md).
+fn peer_policy(s: &Settings, listening: &Listening, obs: &Observability, relay: &RelayAddrs) -> PeerPolicy {
     let mut service: Vec<ServiceAddr> = listening.all().map(|a| ServiceAddr::from(*a)).collect();
     service.extend(obs.metrics_addr.map(ServiceAddr::from));
     service.extend(s.node.http.0.map(ServiceAddr::from));
+    let own = [relay.v4, relay.v6, relay.external_v4, relay.external_v6].into_iter().flatten();
     PeerPolicy::new(s.relay.allow_peer.clone(), s.relay.deny_peer.clone(), service)
+        .with_own_relays(own, relay.ports.clone())
 }
 
 /// Where relay sockets bind: the configured addresses, else the primary IPv4.
@@ -323,13 +329,22 @@ fn print_banner(
         relay_cfg.relay.v4.or(relay_cfg.relay.v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
         shards,
     );
-    println!(
-        "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`, then use turn:{}?transport=udp",
-        s.node.data_dir.display(),
-        listening.udp.first().map_or_else(|| "HOST:3478".to_owned(), ToString::to_string),
-    );
+    let relay = &relay_cfg.relay;
+    let host =
+        banner::usable_host(&s.issuer.public_host, relay.external_v4.or(relay.external_v6), relay.v4.or(relay.v6));
+    let bound = banner::Bound {
+        host: &host,
+        udp: &listening.udp,
+        tcp: &listening.tcp,
+        tls: &listening.tls,
+        http: issuer.map(|i| i.addr),
+        data_dir: &s.node.data_dir,
+    };
+    for line in banner::lines(&bound) {
+        println!("{line}");
+    }
     if let Some(i) = issuer {
-        println!("turnkey: or ask the issuer: {}", i.hint);
+        println!("turnkey: or ask the issuer: {}", i.hint(&host));
     }
 }
 
