@@ -89,6 +89,22 @@ impl RecvBatch {
         self.filled
     }
 
+    /// How many datagrams of the last receive arrived coalesced by GRO (the segments of buffers
+    /// that held two or more).
+    pub fn coalesced(&self) -> usize {
+        self.meta[..self.filled]
+            .iter()
+            .map(|m| {
+                let (len, size) = (m.len.min(RECV_SLOT), segment_size(m));
+                if len > size {
+                    len.div_ceil(size)
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
     /// The datagrams of the last receive, in arrival order; a GRO buffer yields each of its
     /// segments.
     pub fn datagrams(&self) -> impl Iterator<Item = Datagram<'_>> + '_ {
