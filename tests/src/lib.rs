@@ -8,8 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod browser;
-pub mod redis;
 pub mod netns;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
@@ -120,11 +120,30 @@ impl Turnkey {
             .args(["--udp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
             .args(["--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0"])
             .args(["--relay-ip", "127.0.0.1", "--public-host", "127.0.0.1", "--shards", "2"])
-            .args(args)
-            .env("TURNKEY_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .args(args);
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Starts `turnkey serve` inside network namespace `netns` (`ip netns exec`, which keeps the
+    /// process id): UDP listening and relaying on `ip`, HTTP and metrics on the namespace's own
+    /// loopback (reach them from a thread inside it, e.g. [`netns::Netns::enter`]).
+    pub fn serve_netns(netns: &str, ip: std::net::IpAddr, args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--udp", &SocketAddr::new(ip, 0).to_string()])
+            .args(["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--relay-ip", &ip.to_string(), "--public-host", &ip.to_string()])
+            .args(args);
+        Self::spawn(cmd, data_dir)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: tempfile::TempDir) -> Self {
+        cmd.env("TURNKEY_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn turnkey");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();

@@ -197,7 +197,8 @@ impl RelayMetrics {
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connections_closed.clone()))?;
         registry.register(Box::new(m.shards.clone()))?;
-        for c in [&m.udp.gso_sends, &m.udp.gso_datagrams, &m.udp.gso_fallbacks, &m.udp.gro_datagrams, &m.udp.recv_calls] {
+        for c in [&m.udp.gso_sends, &m.udp.gso_datagrams, &m.udp.gso_fallbacks, &m.udp.gro_datagrams, &m.udp.recv_calls]
+        {
             registry.register(Box::new(c.clone()))?;
         }
         // Make the zero values visible from the first scrape.
