@@ -1,5 +1,6 @@
 //! Tests of the batching layer: property tests of the send grouping against a recording sink,
 //! and real sockets on loopback for both paths (the namespace tests in `tests/` cover a veth).
+#![allow(clippy::disallowed_methods, reason = "socket tests bound their waits by the wall clock")]
 
 use std::collections::{HashMap, HashSet};
 use std::io;
