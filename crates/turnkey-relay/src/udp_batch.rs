@@ -37,10 +37,24 @@ impl UdpSock {
         Ok(Self { socket: UdpSocket::from_std(socket)?, io })
     }
 
-    /// One non-blocking `recvmmsg` into `batch` that clears the socket's readiness when nothing
-    /// is left (`WouldBlock`).
+    /// One non-blocking `recvmmsg` into `batch`. The socket's readiness is cleared when the
+    /// kernel had nothing (`WouldBlock`) and also when it returned fewer buffers than asked: a
+    /// short batch means the queue is empty, so the next datagram raises a new readiness event,
+    /// and the extra `recvmmsg` that would only have returned `WouldBlock` is saved. (tokio
+    /// clears readiness only if no event came since it was observed, so nothing is missed.)
     pub fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        self.socket.try_io(tokio::io::Interest::READABLE, || self.io.recv(&self.socket, batch))
+        let mut got = 0;
+        let result = self.socket.try_io(tokio::io::Interest::READABLE, || {
+            got = self.io.recv(&self.socket, batch)?;
+            if got < batch.slots() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(got)
+        });
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            r => r,
+        }
     }
 }
 
@@ -171,4 +185,44 @@ fn flush(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: &mut 
     udp.gso_sends += stats.gso_sends as u64;
     udp.gso_datagrams += stats.gso_datagrams as u64;
     udp.gso_fallbacks += stats.gso_fallbacks as u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Waits (bounded) for readiness, then receives once.
+    async fn recv_once(sock: &UdpSock, batch: &mut RecvBatch) -> io::Result<usize> {
+        tokio::time::timeout(Duration::from_secs(2), sock.socket.readable())
+            .await
+            .map_err(|_| io::Error::other("no readiness event within 2 s"))??;
+        sock.recv(batch)
+    }
+
+    #[test]
+    fn a_short_batch_clears_readiness_and_the_next_datagram_raises_it_again() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let sock = UdpSock::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+            let to = sock.socket.local_addr().unwrap();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut batch = RecvBatch::new(4);
+            for round in 0..20u8 {
+                // One datagram: a short batch (readiness cleared, no extra syscall) ...
+                sender.send_to(&[round], to).unwrap();
+                assert_eq!(recv_once(&sock, &mut batch).await.unwrap(), 1, "round {round}");
+                assert_eq!(batch.datagrams().next().unwrap().data, [round]);
+                // ... and the next datagram is seen all the same.
+            }
+            // A full batch keeps readiness: the rest is received without a new event.
+            for i in 0..6u8 {
+                sender.send_to(&vec![i; usize::from(i) + 1], to).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(recv_once(&sock, &mut batch).await.unwrap(), 4);
+            assert_eq!(sock.recv(&mut batch).unwrap(), 2);
+            assert_eq!(sock.recv(&mut batch).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        });
+    }
 }

@@ -84,6 +84,11 @@ impl RecvBatch {
         Ok(self.filled)
     }
 
+    /// How many buffers one receive can fill.
+    pub fn slots(&self) -> usize {
+        self.meta.len()
+    }
+
     /// How many buffers the last receive filled.
     pub fn buffers(&self) -> usize {
         self.filled
