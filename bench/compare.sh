@@ -6,6 +6,13 @@
 #   bench/compare.sh --only profiles   CPU per message for the smooth/audio/video traffic shapes
 # With COTURN_4171_BIN=/path/to/turnserver (coturn 4.17.1, built from its upstream tag outside this
 # repository) every run adds that coturn in its fastest configuration (--udp-gso --multiplex-peer).
+# Nothing here fetches or builds coturn. The build used for docs/benchmarks.md (Debian 12):
+#   apt-get install build-essential pkg-config libssl-dev libevent-dev libsqlite3-dev
+#   git clone --depth 1 --branch 4.17.1 https://github.com/coturn/coturn.git coturn-4.17.1
+#   cd coturn-4.17.1 && CFLAGS="-O2 -g" ./configure --prefix="$PWD/inst" && make -j"$(nproc)"
+#   COTURN_4171_BIN="$PWD/bin/turnserver" bench/compare.sh
+# Give CFLAGS: coturn's configure adds no optimisation flag of its own (it compiles with -g only),
+# where Debian's package build passes -O2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec python3 bench/compare.py "$@"

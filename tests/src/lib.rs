@@ -158,6 +158,24 @@ impl Turnkey {
         Self::launch(cmd, data_dir, "turnkey issuer listening ")
     }
 
+    /// Starts `turnkey serve` inside network namespace `netns` (`ip netns exec`, which keeps the
+    /// process id): UDP listening and relaying on `ip`, HTTP and metrics on the namespace's own
+    /// loopback (reach them from a thread inside it, e.g. [`netns::Netns::enter`]).
+    pub fn serve_netns(netns: &str, ip: std::net::IpAddr, args: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns])
+            .arg(bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--udp", &SocketAddr::new(ip, 0).to_string()])
+            .args(["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--relay-ip", &ip.to_string(), "--public-host", &ip.to_string()])
+            .args(args);
+        Self::launch(cmd, data_dir, "turnkey listening ")
+    }
+
     /// Spawns `cmd` (a turnkey command line, possibly behind a wrapper such as `prlimit`) and
     /// waits for its ready line, which starts with `ready` and lists `key=addr` pairs.
     pub fn launch(mut cmd: Command, data_dir: tempfile::TempDir, ready: &str) -> Self {

@@ -101,11 +101,25 @@ fn datagrams_of_mixed_sizes_cross_a_veth_whole_and_in_order() {
     let rx = pair.b.enter(|| bind(B_V4));
     // Segments up to the MTU's 1472 bytes coalesce; a 1473 B and a 3000 B datagram cannot be
     // segments on a 1500-byte link and leave alone (the 3000 B one in IPv4 fragments).
-    let sizes = [1472, 1472, 1472, 1473, 3000, 160, 160, 100, 1200, 1200, 1];
-    let datagrams: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &len)| payload(i, len)).collect();
-    let syscalls = send(&tx, rx.1.local_addr().unwrap(), &datagrams);
     // [1472 x3] [1473] [3000] [160, 160, 100] [1200, 1200, 1]
-    assert_eq!(syscalls, 5);
-    let (got, _) = recv(&rx, datagrams.len());
+    let sizes = [1472, 1472, 1472, 1473, 3000, 160, 160, 100, 1200, 1200, 1];
+    mixed_sizes_across(&tx, &rx, &sizes, 5);
+}
+
+#[test]
+fn datagrams_over_the_mtu_leave_in_ipv6_fragments() {
+    let Some(pair) = VethPair::new() else { return };
+    let tx = pair.a.enter(|| bind(A_V6));
+    let rx = pair.b.enter(|| bind(B_V6));
+    // quinn-udp sets IPV6_DONTFRAG; UdpIo clears it, so a relayed 3000 B datagram is not refused.
+    // [1452 x2] [1453] [3000] [1200, 1200, 1]
+    mixed_sizes_across(&tx, &rx, &[1452, 1452, 1453, 3000, 1200, 1200, 1], 4);
+}
+
+fn mixed_sizes_across(tx: &(UdpIo, UdpSocket), rx: &(UdpIo, UdpSocket), sizes: &[usize], sends: usize) {
+    let datagrams: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &len)| payload(i, len)).collect();
+    let syscalls = send(tx, rx.1.local_addr().unwrap(), &datagrams);
+    assert_eq!(syscalls, sends, "one send per GSO train or lone datagram");
+    let (got, _) = recv(rx, datagrams.len());
     assert_eq!(got, datagrams);
 }

@@ -30,5 +30,6 @@ mod shard;
 pub mod stream;
 pub mod tls;
 pub mod udp;
+mod udp_batch;
 
 pub use server::{run, BoundSockets, RelayConfig};

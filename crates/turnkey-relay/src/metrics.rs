@@ -2,7 +2,7 @@
 //! (never global statics). Hot-path counters are accumulated per shard and flushed about once a
 //! second (see [`ShardStats`]), so relayed traffic moves the counters while it flows.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::engine::StunError;
 use crate::types::Transport;
@@ -34,6 +34,24 @@ pub struct RelayMetrics {
     pub connections_closed: IntCounterVec,
     /// Number of data-path shards.
     pub shards: IntGauge,
+    /// UDP batching: sends that carried a GSO train, the datagrams in them, GSO trains the
+    /// kernel refused (resent one by one), datagrams received coalesced by GRO.
+    pub udp: UdpBatchMetrics,
+}
+
+/// How much the UDP data path batched (see `crate::batch`).
+#[derive(Debug, Clone)]
+pub struct UdpBatchMetrics {
+    /// `turnkey_relay_udp_gso_sends_total`.
+    pub gso_sends: IntCounter,
+    /// `turnkey_relay_udp_gso_datagrams_total`.
+    pub gso_datagrams: IntCounter,
+    /// `turnkey_relay_udp_gso_fallbacks_total`.
+    pub gso_fallbacks: IntCounter,
+    /// `turnkey_relay_udp_gro_datagrams_total`.
+    pub gro_datagrams: IntCounter,
+    /// `turnkey_relay_udp_recv_calls_total`.
+    pub recv_calls: IntCounter,
 }
 
 /// The `reason` label values of `turnkey_relay_auth_failures_total`.
@@ -144,6 +162,28 @@ impl RelayMetrics {
                 &["transport", "reason"],
             )?,
             shards: IntGauge::new("turnkey_relay_shards", "Data-path shards (one per core).")?,
+            udp: UdpBatchMetrics {
+                gso_sends: IntCounter::new(
+                    "turnkey_relay_udp_gso_sends_total",
+                    "UDP sends that carried a GSO train (two or more datagrams in one syscall).",
+                )?,
+                gso_datagrams: IntCounter::new(
+                    "turnkey_relay_udp_gso_datagrams_total",
+                    "Datagrams sent inside GSO trains.",
+                )?,
+                gso_fallbacks: IntCounter::new(
+                    "turnkey_relay_udp_gso_fallbacks_total",
+                    "GSO trains the kernel refused, resent datagram by datagram.",
+                )?,
+                gro_datagrams: IntCounter::new(
+                    "turnkey_relay_udp_gro_datagrams_total",
+                    "Datagrams received coalesced by UDP GRO (segments of buffers that held two or more).",
+                )?,
+                recv_calls: IntCounter::new(
+                    "turnkey_relay_udp_recv_calls_total",
+                    "Batched UDP receive syscalls (recvmmsg) that returned data.",
+                )?,
+            },
         };
         registry.register(Box::new(m.allocations.clone()))?;
         registry.register(Box::new(m.allocation_attempts.clone()))?;
@@ -157,6 +197,10 @@ impl RelayMetrics {
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connections_closed.clone()))?;
         registry.register(Box::new(m.shards.clone()))?;
+        for c in [&m.udp.gso_sends, &m.udp.gso_datagrams, &m.udp.gso_fallbacks, &m.udp.gro_datagrams, &m.udp.recv_calls]
+        {
+            registry.register(Box::new(c.clone()))?;
+        }
         // Make the zero values visible from the first scrape.
         for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
             m.allocations.with_label_values(&[t.as_str()]);
@@ -221,6 +265,22 @@ pub struct ShardStats {
     bytes: [[u64; 3]; 2],
     packets: [[u64; 3]; 2],
     drops: [u64; 8],
+    udp: UdpBatchCounts,
+}
+
+/// The UDP data path's batching counts of one shard since the last flush.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UdpBatchCounts {
+    /// Sends that carried a GSO train.
+    pub gso_sends: u64,
+    /// Datagrams inside those trains.
+    pub gso_datagrams: u64,
+    /// GSO trains refused and resent one by one.
+    pub gso_fallbacks: u64,
+    /// Datagrams received coalesced by GRO.
+    pub gro_datagrams: u64,
+    /// Receive syscalls that returned data.
+    pub recv_calls: u64,
 }
 
 fn tidx(t: Transport) -> usize {
@@ -246,6 +306,18 @@ impl ShardStats {
         self.drops[r as usize] += 1;
     }
 
+    /// Counts `n` dropped packets.
+    #[inline]
+    pub fn dropped_n(&mut self, r: DropReason, n: u64) {
+        self.drops[r as usize] += n;
+    }
+
+    /// The UDP batching counts, for the driver to add to.
+    #[inline]
+    pub fn udp(&mut self) -> &mut UdpBatchCounts {
+        &mut self.udp
+    }
+
     /// How many packets were dropped for `r` since the last flush.
     pub fn drops(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
@@ -268,6 +340,12 @@ impl ShardStats {
                 m.dropped_packets.with_label_values(&[r.as_str()]).inc_by(n);
             }
         }
+        let u = self.udp;
+        m.udp.gso_sends.inc_by(u.gso_sends);
+        m.udp.gso_datagrams.inc_by(u.gso_datagrams);
+        m.udp.gso_fallbacks.inc_by(u.gso_fallbacks);
+        m.udp.gro_datagrams.inc_by(u.gro_datagrams);
+        m.udp.recv_calls.inc_by(u.recv_calls);
         *self = Self::default();
     }
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::conn::{ConnLimiter, StreamLimits};
@@ -18,6 +18,7 @@ use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
 use crate::types::{Now, Transport};
 use crate::udp::{client_loop, Ports, RelayAddrs, Reservations};
+use crate::udp_batch::UdpSock;
 use crate::RelayError;
 
 /// Everything `run` needs besides sockets.
@@ -110,6 +111,8 @@ pub async fn run(
     if cfg.tls.is_none() && sockets.tls.iter().any(|v| !v.is_empty()) {
         return Err(RelayError::Config("TLS listeners need a certificate".to_owned()));
     }
+    // Detect (and log, once) what the kernel offers for UDP GSO and GRO before the shards start.
+    crate::batch::offload();
     let limiter = ConnLimiter::new(cfg.stream.max_connections_per_ip, cfg.stream.max_connections);
     let cfg = Arc::new(cfg);
     let engine_cfg = Arc::new(cfg.engine.clone());
@@ -202,9 +205,9 @@ async fn shard_main(
     let mut tasks = Vec::new();
     for s in listeners.udp {
         let local = s.local_addr()?;
-        let s = Rc::new(UdpSocket::from_std(s)?);
-        state.borrow_mut().clients.add_udp(local, s.clone());
-        tasks.push(tokio::task::spawn_local(client_loop(state.clone(), s, local)));
+        let s = Rc::new(UdpSock::new(s)?);
+        let idx = state.borrow_mut().clients.add_udp(local, s.clone());
+        tasks.push(tokio::task::spawn_local(client_loop(state.clone(), s, idx)));
     }
     let streams = listeners.tcp.into_iter().map(|l| (l, Transport::Tcp));
     for (l, transport) in streams.chain(listeners.tls.into_iter().map(|l| (l, Transport::Tls))) {

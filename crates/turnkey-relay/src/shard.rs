@@ -1,6 +1,8 @@
-//! What one shard's drivers share: its engine, relay ports and client-facing sockets
-//! ([`ShardState`], borrowed between awaits only), the dispatch of the engine's [`Transmit`]s to
-//! UDP sockets and stream connections, and the port-0 resolution every SO_REUSEPORT bind uses.
+//! What one shard's drivers share: its engine, relay ports, client-facing sockets and UDP batch
+//! buffers ([`ShardState`], borrowed between awaits only), the dispatch of the engine's
+//! [`Transmit`]s to UDP sockets and stream connections, and the port-0 resolution every
+//! SO_REUSEPORT bind uses. (The batched UDP receive and send of a readiness event is in
+//! `udp_batch`.)
 //! The UDP driver (`udp`) and the TCP/TLS driver (`stream`) both build on this file and not on
 //! each other.
 
@@ -10,41 +12,33 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::UdpSocket;
 
 use crate::engine::{Engine, Transmit};
 use crate::metrics::DropReason;
 use crate::stream::StreamConn;
-use crate::types::{FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+use crate::types::{FiveTuple, Now, Transport};
 use crate::udp::{send_now, Ports};
+use crate::udp_batch::{UdpBatches, UdpSock};
 
 /// One shard's engine and its relay sockets, shared by the shard's tasks.
 pub(crate) struct ShardState {
     pub engine: Engine,
     pub ports: Ports,
     pub clients: ClientSockets,
+    pub batches: UdpBatches,
 }
 
 impl ShardState {
     /// A shard state with no client sockets yet.
     pub fn new(engine: Engine, ports: Ports) -> Self {
-        Self { engine, ports, clients: ClientSockets::default() }
+        Self { engine, ports, clients: ClientSockets::default(), batches: UdpBatches::new() }
     }
 
     /// Hands a datagram or frame from a client to the engine and sends its answer.
     #[inline]
     pub fn client_input(&mut self, now: Now, tuple: FiveTuple, bytes: &[u8]) {
-        let Self { engine, ports, clients } = self;
+        let Self { engine, ports, clients, .. } = self;
         let out = engine.handle_client(now, tuple, bytes, ports);
-        dispatch(engine, ports, clients, out);
-    }
-
-    /// Hands a datagram a peer sent to relay socket `relay` (payload at
-    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]`) to the engine and sends its answer.
-    #[inline]
-    pub fn peer_input(&mut self, now: Now, relay: RelayHandle, from: PeerAddr, buf: &mut [u8], len: usize) {
-        let Self { engine, ports, clients } = self;
-        let out = engine.handle_peer(now, relay, from, buf, len);
         dispatch(engine, ports, clients, out);
     }
 }
@@ -52,7 +46,7 @@ impl ShardState {
 /// Sends what the engine wants sent: to a peer from a relay socket, or to a client over its
 /// transport. What cannot be sent is counted as a drop.
 #[inline]
-fn dispatch(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: Option<Transmit<'_>>) {
+pub(crate) fn dispatch(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: Option<Transmit<'_>>) {
     let result = match out {
         Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
         Some(Transmit::Client { to, data }) => clients.send(to, &data),
@@ -66,13 +60,32 @@ fn dispatch(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: Op
 /// The shard's client-facing UDP sockets, by local address, and its TCP/TLS connections.
 #[derive(Default)]
 pub(crate) struct ClientSockets {
-    udp: Vec<(SocketAddr, Rc<UdpSocket>)>,
+    udp: Vec<(SocketAddr, Rc<UdpSock>)>,
     streams: HashMap<FiveTuple, StreamConn>,
 }
 
 impl ClientSockets {
-    pub fn add_udp(&mut self, local: SocketAddr, s: Rc<UdpSocket>) {
+    /// Adds a client-facing UDP socket; returns its index (see [`ClientSockets::udp_sock`]).
+    pub fn add_udp(&mut self, local: SocketAddr, s: Rc<UdpSock>) -> usize {
         self.udp.push((local, s));
+        self.udp.len() - 1
+    }
+
+    /// The local address of client-facing socket `idx`.
+    pub fn udp_local(&self, idx: usize) -> Option<SocketAddr> {
+        self.udp.get(idx).map(|(a, _)| *a)
+    }
+
+    /// The index of the client-facing socket bound to `local`.
+    #[inline]
+    pub fn udp_index(&self, local: SocketAddr) -> Option<usize> {
+        self.udp.iter().position(|(a, _)| *a == local)
+    }
+
+    /// Client-facing socket `idx`.
+    #[inline]
+    pub fn udp_sock(&self, idx: usize) -> Option<&UdpSock> {
+        self.udp.get(idx).map(|(_, s)| &**s)
     }
 
     pub fn add_stream(&mut self, tuple: FiveTuple, conn: StreamConn) {
@@ -105,7 +118,7 @@ impl ClientSockets {
                 let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
                     return Err(DropReason::NoAllocation);
                 };
-                send_now(s, data, to.client.0)
+                send_now(&s.socket, data, to.client.0)
             }
             Transport::Tcp | Transport::Tls => match self.streams.get(&to) {
                 Some(c) if c.try_send(data) => Ok(()),

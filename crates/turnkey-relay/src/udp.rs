@@ -3,9 +3,11 @@
 //! and the tasks that move datagrams between them and the engine.
 //!
 //! A shard is one thread running a current-thread tokio runtime; its engine lives in a
-//! `RefCell` that is borrowed only between awaits, so the data path takes no lock. On the
-//! ChannelData path a datagram is received into a reusable buffer, handed to the engine, and the
-//! borrowed slice it returns is sent: no heap allocation and no syscall besides the two.
+//! `RefCell` that is borrowed only between awaits, so the data path takes no lock. Each readiness
+//! event on a socket is one batched receive (`recvmmsg`, GRO), every datagram through the engine,
+//! and one flush of the answers (UDP GSO for trains); see `udp_batch`. A lone datagram is
+//! answered with one direct `sendto`. The buffers are the shard's, reused: no heap allocation
+//! per datagram.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,13 +27,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use crate::engine::{PortRequest, RelayBinding, RelayPorts, PEER_HEADROOM, PEER_TAILROOM};
+use crate::engine::{PortRequest, RelayBinding, RelayPorts};
 use crate::metrics::DropReason;
 use crate::shard::ShardState;
-use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+use crate::types::{PeerAddr, RelayHandle};
+use crate::udp_batch::UdpSock;
 
-/// Receive buffer size: larger than any UDP datagram, so nothing is ever truncated.
-pub(crate) const RECV_BUF: usize = 65_536;
 /// Kernel socket buffer for client-facing sockets.
 pub(crate) const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
 /// Kernel socket buffer for relay sockets.
@@ -116,7 +117,7 @@ pub(crate) struct Ports {
     addrs: RelayAddrs,
     reservations: Reservations,
     next: u32,
-    sockets: HashMap<u32, (Rc<UdpSocket>, JoinHandle<()>)>,
+    sockets: HashMap<u32, (Rc<UdpSock>, JoinHandle<()>)>,
     shard: Weak<RefCell<ShardState>>,
 }
 
@@ -135,7 +136,13 @@ impl Ports {
         let Some((s, _)) = self.sockets.get(&relay.0) else {
             return Err(DropReason::NoAllocation);
         };
-        send_now(s, data, to.0)
+        send_now(&s.socket, data, to.0)
+    }
+
+    /// Relay socket `relay`.
+    #[inline]
+    pub(crate) fn sock(&self, relay: RelayHandle) -> Option<&UdpSock> {
+        self.sockets.get(&relay.0).map(|(s, _)| &**s)
     }
 
     /// Binds a relay socket (and, for `EvenReserveNext`, the next port too).
@@ -169,7 +176,7 @@ impl Ports {
 
     fn install(&mut self, std_socket: std::net::UdpSocket) -> Option<(RelayHandle, SocketAddr)> {
         let local = std_socket.local_addr().ok()?;
-        let socket = Rc::new(UdpSocket::from_std(std_socket).ok()?);
+        let socket = Rc::new(UdpSock::new(std_socket).ok()?);
         self.next = self.next.wrapping_add(1);
         let handle = RelayHandle(self.next);
         let task = tokio::task::spawn_local(peer_loop(self.shard.clone(), socket.clone(), handle));
@@ -223,36 +230,38 @@ impl RelayPorts for Ports {
     }
 }
 
-/// Receives from clients on one client-facing socket until the shard stops.
-pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, socket: Rc<UdpSocket>, local: SocketAddr) {
-    let mut buf = vec![0u8; RECV_BUF];
+/// Receives from clients on client-facing socket `idx` until the shard stops: one batched
+/// receive per readiness event, handled and flushed before the next await.
+pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock>, idx: usize) {
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
+        if let Err(e) = sock.socket.readable().await {
+            tracing::warn!(error = %e, "udp socket no longer pollable");
+            return;
+        }
+        let result = shard.borrow_mut().client_readable(idx, &sock);
+        if let Err(e) = result {
+            if e.kind() != io::ErrorKind::WouldBlock {
                 // ICMP errors surface here on some systems; they concern one peer only.
                 tracing::trace!(error = %e, "udp recv error");
-                continue;
             }
-        };
-        let tuple = FiveTuple { transport: Transport::Udp, client: ClientAddr(from), server: local };
-        shard.borrow_mut().client_input(Now::system(), tuple, &buf[..n]);
+        }
     }
 }
 
-/// Receives from peers on one relay socket, for the life of its allocation.
-async fn peer_loop(shard: Weak<RefCell<ShardState>>, socket: Rc<UdpSocket>, handle: RelayHandle) {
-    let mut buf = vec![0u8; PEER_HEADROOM + RECV_BUF + PEER_TAILROOM];
+/// Receives from peers on one relay socket, for the life of its allocation (see
+/// [`client_loop`]).
+async fn peer_loop(shard: Weak<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
     loop {
-        let (n, from) = match socket.recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + RECV_BUF]).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::trace!(error = %e, "relay recv error");
-                continue;
-            }
-        };
+        if sock.socket.readable().await.is_err() {
+            return;
+        }
         let Some(shard) = shard.upgrade() else { return };
-        shard.borrow_mut().peer_input(Now::system(), handle, PeerAddr(from), &mut buf, n);
+        let result = shard.borrow_mut().peer_readable(handle, &sock);
+        if let Err(e) = result {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                tracing::trace!(error = %e, "relay recv error");
+            }
+        }
     }
 }
 

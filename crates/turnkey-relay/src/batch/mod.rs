@@ -68,10 +68,11 @@ fn probe() -> io::Result<Offload> {
 /// address reporting) and performs its batched syscalls. Keep one per socket, next to it.
 ///
 /// `quinn-udp` also turns path-MTU probing on (`IP_PMTUDISC_PROBE`: the DF bit, no local
-/// fragmentation), which suits QUIC but not a relay that forwards whatever its clients send:
-/// `new` puts the socket's previous path-MTU mode back, so an IPv4 datagram larger than the
-/// route's MTU still leaves in fragments as before. (`IPV6_DONTFRAG`, which `quinn-udp` also
-/// sets, has no safe setter here: an IPv6 datagram larger than the link MTU fails, counted.)
+/// fragmentation) and `IPV6_DONTFRAG`, which suit QUIC but not a relay that forwards whatever its
+/// clients send: `new` puts the socket's previous path-MTU mode back and clears `IPV6_DONTFRAG`
+/// (through `nix`, which has the safe setter rustix and socket2 lack), so a datagram larger than
+/// the route's MTU still leaves in fragments as before, over IPv4 and IPv6. GSO trains are not
+/// affected: their segments always fit the MTU.
 #[derive(Debug)]
 pub struct UdpIo {
     state: UdpSocketState,
@@ -90,6 +91,9 @@ impl UdpIo {
         }
         if let Some(mode) = v6 {
             sockopt::set_ipv6_mtu_discover(fd, mode)?;
+            use std::os::fd::AsRawFd as _;
+            nix::sys::socket::setsockopt(fd.as_raw_fd(), nix::sys::socket::sockopt::Ipv6DontFrag, &false)
+                .map_err(io::Error::from)?;
         }
         Ok(Self { state })
     }

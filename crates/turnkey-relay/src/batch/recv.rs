@@ -84,9 +84,30 @@ impl RecvBatch {
         Ok(self.filled)
     }
 
+    /// How many buffers one receive can fill.
+    pub fn slots(&self) -> usize {
+        self.meta.len()
+    }
+
     /// How many buffers the last receive filled.
     pub fn buffers(&self) -> usize {
         self.filled
+    }
+
+    /// How many datagrams of the last receive arrived coalesced by GRO (the segments of buffers
+    /// that held two or more).
+    pub fn coalesced(&self) -> usize {
+        self.meta[..self.filled]
+            .iter()
+            .map(|m| {
+                let (len, size) = (m.len.min(RECV_SLOT), segment_size(m));
+                if len > size {
+                    len.div_ceil(size)
+                } else {
+                    0
+                }
+            })
+            .sum()
     }
 
     /// The datagrams of the last receive, in arrival order; a GRO buffer yields each of its

@@ -53,6 +53,10 @@ pub struct FlushStats {
     pub failed: usize,
     /// GSO trains the kernel refused, then retried datagram by datagram.
     pub gso_fallbacks: usize,
+    /// Successful sends that carried a GSO train (two or more datagrams in one syscall).
+    pub gso_sends: usize,
+    /// Datagrams that left inside those GSO trains.
+    pub gso_datagrams: usize,
 }
 
 impl FlushStats {
@@ -167,6 +171,10 @@ fn send_train<K: Copy>(sink: &mut impl SendSink<K>, run: &Run<K>, contents: &[u8
         Ok(()) => {
             stats.sent += count;
             stats.syscalls += 1;
+            if count > 1 {
+                stats.gso_sends += 1;
+                stats.gso_datagrams += count;
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => stats.would_block += count,
         Err(_) if count > 1 => {

@@ -1,5 +1,6 @@
 //! Tests of the batching layer: property tests of the send grouping against a recording sink,
 //! and real sockets on loopback for both paths (the namespace tests in `tests/` cover a veth).
+#![allow(clippy::disallowed_methods, reason = "socket tests bound their waits by the wall clock")]
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -142,7 +143,15 @@ proptest! {
         let datagrams = expand(&p);
         let mut sink = Recorder::default();
         let stats = run_batch(&datagrams, max, &mut sink);
-        prop_assert_eq!(stats, FlushStats { sent: datagrams.len(), syscalls: sink.sent.len(), ..FlushStats::default() });
+        let trains: Vec<usize> = sink.sent.iter().filter(|s| s.segment.is_some()).map(|s| s.datagrams().len()).collect();
+        let expected = FlushStats {
+            sent: datagrams.len(),
+            syscalls: sink.sent.len(),
+            gso_sends: trains.len(),
+            gso_datagrams: trains.iter().sum(),
+            ..FlushStats::default()
+        };
+        prop_assert_eq!(stats, expected);
         let want = per_flow(datagrams.iter().map(|(f, d)| (*f, &d[..])));
         let got = per_flow(sink.sent.iter().flat_map(|s| s.datagrams().into_iter().map(move |d| ((s.key, s.to), d))));
         prop_assert_eq!(got, want);
@@ -274,6 +283,8 @@ proptest! {
         let want = fill(&mut batch, &buffers);
         let got: Vec<_> = batch.datagrams().map(|d| (d.from, d.data.to_vec())).collect();
         prop_assert_eq!(&got, &want);
+        let coalesced: usize = buffers.iter().filter(|b| b.1 > 0).map(|b| b.1 + 1).sum();
+        prop_assert_eq!(batch.coalesced(), coalesced, "datagrams that came in GRO trains");
         let mut in_place = Vec::new();
         batch.for_each_in_place(|from, _, buf, len| {
             in_place.push((from, buf[4..4 + len].to_vec()));

@@ -516,6 +516,13 @@ impl Engine {
         self.stats.dropped(reason);
     }
 
+    /// The per-shard counters, for the driver to count what it did (drops at send time, UDP
+    /// batching); flushed with the rest at the next sweep.
+    #[inline]
+    pub fn stats_mut(&mut self) -> &mut ShardStats {
+        &mut self.stats
+    }
+
     /// The per-shard counters not yet flushed (tests).
     pub fn pending_stats(&self) -> &ShardStats {
         &self.stats
