@@ -187,5 +187,4 @@ pub(crate) fn max_segment_for(to: SocketAddr) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods, reason = "socket tests bound their waits with wall-clock deadlines")]
 mod tests;
