@@ -38,6 +38,7 @@ fn fixture() -> &'static Fixture {
             registry: prometheus::Registry::new(),
             clock: Arc::new(move || UnixTime(now)),
             app_key: Some(key.id.clone()),
+            fleet: None,
         })
         .expect("issuer state");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
