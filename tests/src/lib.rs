@@ -425,6 +425,23 @@ pub fn aioice(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("bad JSON {stdout}: {e}"))
 }
 
+/// aioice's `revoke` run: allocates on `server` with `user`/`pass`, relays 5 messages, revokes
+/// the username with `POST revoke_url` (bearer `token`), then checks the live allocation and a
+/// fresh Allocate; `extra` adds flags such as `--revoke-wait`.
+pub fn aioice_revoke(
+    server: &str,
+    user: &str,
+    pass: &str,
+    revoke_url: &str,
+    token: &str,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["revoke", "--server", server, "--user", user, "--password", pass, "--count", "5"];
+    args.extend(["--revoke-url", revoke_url, "--token", token]);
+    args.extend_from_slice(extra);
+    aioice(&args)
+}
+
 /// Runs coturn's `turnutils_uclient` against `port` on 127.0.0.1 with TURN REST credentials from
 /// `tk`'s secret: 5 clients, 200 messages of 120 bytes each, plus `extra` flags (`-t` for TCP,
 /// `-S` for TLS, `-s` for Send indications). Asserts it exits successfully; returns its output.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use turnkey_e2e::fleet::{create_key, delete_key, generate, issuer, relay, turn_entry, udp_servers, wait_until};
 use turnkey_e2e::redis::{RedisOptions, RedisServer};
-use turnkey_e2e::{aioice, config_file, http, metric_sum, require, signal, Turnkey};
+use turnkey_e2e::{aioice, aioice_revoke, config_file, http, metric_sum, require, signal, Turnkey};
 
 /// `GET /v1/fleet` with `token`: the relays listed healthy.
 fn healthy(issuer: &Turnkey, token: &str) -> BTreeSet<String> {
@@ -197,21 +197,7 @@ fn relays_from_either_issuer_carry_traffic_and_keys_limits_usage_are_shared() {
     let on_r2 = r2.udp().to_string();
     let (user, pass) = credential_on(&b, &app_id, &app_token, &format!("turn:{on_r2}?transport=udp"));
     let revoke_url = format!("http://{}/v1/turn/keys/{app_id}/credentials/{user}/revoke", a.addr("http"));
-    let r = aioice(&[
-        "revoke",
-        "--server",
-        &on_r2,
-        "--user",
-        &user,
-        "--password",
-        &pass,
-        "--count",
-        "5",
-        "--revoke-url",
-        &revoke_url,
-        "--token",
-        &app_token,
-    ]);
+    let r = aioice_revoke(&on_r2, &user, &pass, &revoke_url, &app_token, &[]);
     assert_eq!((r["received"].as_u64(), r["revoke_status"].as_u64()), (Some(5), Some(204)), "{r}");
     assert_eq!(r["after_revoke_echo_seen"], 0, "the allocation on r2 stops relaying: {r}");
     assert_eq!(r["reallocate"], 401, "{r}");

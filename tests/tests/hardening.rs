@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use turnkey_e2e::{aioice, http, require, Turnkey};
+use turnkey_e2e::{aioice, aioice_revoke, http, require, Turnkey};
 
 fn generate(issuer: &Turnkey, id: &str, token: &str) -> (String, String) {
     let (status, body) = http(
@@ -57,23 +57,7 @@ fn issuer_alone_revokes_into_a_relay_only_process() {
     assert_eq!(relay.addrs["http"], "off");
     let revoke_url = format!("http://{}{revoke_path}", issuer.addr("http"));
     let started = Instant::now();
-    let r = aioice(&[
-        "revoke",
-        "--server",
-        &relay.udp().to_string(),
-        "--user",
-        &user,
-        "--password",
-        &pass,
-        "--count",
-        "5",
-        "--revoke-url",
-        &revoke_url,
-        "--token",
-        &token,
-        "--revoke-wait",
-        "1.0",
-    ]);
+    let r = aioice_revoke(&relay.udp().to_string(), &user, &pass, &revoke_url, &token, &["--revoke-wait", "1.0"]);
     assert_eq!(r["received"], 5, "{r}\ndrops: {}", relay.drops());
     assert_eq!(r["revoke_status"], 204, "{r}");
     assert_eq!(r["after_revoke_echo_seen"], 0, "the live allocation must end within 1 s of the revoke: {r}");

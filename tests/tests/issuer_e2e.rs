@@ -9,7 +9,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use turnkey_e2e::{aioice, bin, http, require, Turnkey};
+use turnkey_e2e::{aioice, aioice_revoke, bin, http, require, Turnkey};
 
 fn generate(tk: &Turnkey, id: &str, token: &str, ttl: u64) -> serde_json::Value {
     let (status, body) = http(
@@ -59,21 +59,7 @@ fn revocation_ends_live_allocations_and_survives_restart() {
     let (user, pass, _) = turn_entry(&generate(&tk, &id, &token, 600));
     let revoke_url = format!("http://{}/v1/turn/keys/{id}/credentials/{user}/revoke", tk.addr("http"));
     let server = tk.udp().to_string();
-    let r = aioice(&[
-        "revoke",
-        "--server",
-        &server,
-        "--user",
-        &user,
-        "--password",
-        &pass,
-        "--count",
-        "5",
-        "--revoke-url",
-        &revoke_url,
-        "--token",
-        &token,
-    ]);
+    let r = aioice_revoke(&server, &user, &pass, &revoke_url, &token, &[]);
     assert_eq!(r["received"], 5, "{r}\ndrops: {}", tk.drops());
     assert_eq!(r["revoke_status"], 204, "{r}");
     assert_eq!(r["after_revoke_echo_seen"], 0, "the live allocation must stop relaying: {r}");

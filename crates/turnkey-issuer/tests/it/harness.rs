@@ -81,6 +81,24 @@ impl Reply {
     }
 }
 
+/// An issuer whose upstream is a fresh Cloudflare double in `mode`, its section adjusted by
+/// `tweak`.
+pub async fn with_upstream(
+    mode: turnkey_issuer::UpstreamMode,
+    tweak: impl FnOnce(&mut UpstreamConfig),
+) -> (Issuer, CloudflareDouble) {
+    let cf = CloudflareDouble::start().await;
+    let cf2 = cf.clone();
+    let iss = Issuer::start(move |c, dir| {
+        let mut u = upstream_config(&cf2, dir);
+        u.mode = mode;
+        tweak(&mut u);
+        c.upstream = Some(u);
+    })
+    .await;
+    (iss, cf)
+}
+
 /// The upstream section pointing at `cf`, with test-sized timings.
 pub fn upstream_config(cf: &CloudflareDouble, dir: &std::path::Path) -> UpstreamConfig {
     let token_file = dir.join("cf-token");

@@ -7,23 +7,7 @@ use serde_json::{json, Value};
 use turnkey_issuer::UpstreamMode;
 
 use crate::cloudflare_double::{Behaviour, CloudflareDouble};
-use crate::harness::{assert_no_leak, upstream_config, Issuer, Reply};
-
-async fn with_upstream(
-    mode: UpstreamMode,
-    tweak: impl FnOnce(&mut turnkey_issuer::UpstreamConfig),
-) -> (Issuer, CloudflareDouble) {
-    let cf = CloudflareDouble::start().await;
-    let cf2 = cf.clone();
-    let iss = Issuer::start(move |c, dir| {
-        let mut u = upstream_config(&cf2, dir);
-        u.mode = mode;
-        tweak(&mut u);
-        c.upstream = Some(u);
-    })
-    .await;
-    (iss, cf)
-}
+use crate::harness::{assert_no_leak, upstream_config, with_upstream, Issuer, Reply};
 
 async fn generate(iss: &Issuer) -> Reply {
     let path = iss.generate_path(&iss.key.id, "generate-ice-servers");

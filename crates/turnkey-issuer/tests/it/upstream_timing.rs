@@ -11,23 +11,10 @@ use turnkey_auth::RestUsername;
 use turnkey_issuer::{UpstreamConfig, UpstreamMode};
 
 use crate::cloudflare_double::{Behaviour, CloudflareDouble};
-use crate::harness::{upstream_config, Issuer, Reply};
+use crate::harness::{with_upstream, Issuer, Reply};
 
 /// An upstream that accepts the request and never answers in the test's lifetime.
 const HANG: Behaviour = Behaviour::Slow(Duration::from_secs(600));
-
-async fn issuer(mode: UpstreamMode, tweak: impl FnOnce(&mut UpstreamConfig)) -> (Issuer, CloudflareDouble) {
-    let cf = CloudflareDouble::start().await;
-    let cf2 = cf.clone();
-    let iss = Issuer::start(move |c, dir| {
-        let mut u = upstream_config(&cf2, dir);
-        u.mode = mode;
-        tweak(&mut u);
-        c.upstream = Some(u);
-    })
-    .await;
-    (iss, cf)
-}
 
 async fn generate(iss: &Issuer, ttl: u64) -> Reply {
     let path = iss.generate_path(&iss.key.id, "generate-ice-servers");
@@ -46,7 +33,7 @@ async fn until_hits(cf: &CloudflareDouble, n: usize) {
 #[tokio::test]
 async fn the_defaults_answer_a_hanging_upstream_within_3_5_s() {
     // Only where the upstream is comes from the harness; every timing is the default.
-    let (iss, cf) = issuer(UpstreamMode::Fallback, |u| {
+    let (iss, cf) = with_upstream(UpstreamMode::Fallback, |u| {
         let d = UpstreamConfig::default();
         (u.timeout_ms, u.retries, u.backoff_base_ms, u.ttl) = (d.timeout_ms, d.retries, d.backoff_base_ms, d.ttl);
         (u.circuit_failure_threshold, u.circuit_cooldown_secs) = (d.circuit_failure_threshold, d.circuit_cooldown_secs);
@@ -67,7 +54,7 @@ async fn the_defaults_answer_a_hanging_upstream_within_3_5_s() {
 
 #[tokio::test]
 async fn concurrent_misses_share_one_fetch_even_when_it_fails() {
-    let (iss, cf) = issuer(UpstreamMode::Fallback, |u| {
+    let (iss, cf) = with_upstream(UpstreamMode::Fallback, |u| {
         u.timeout_ms = 400;
         u.retries = 2;
         u.backoff_base_ms = 50;
@@ -98,7 +85,7 @@ async fn concurrent_misses_share_one_fetch_even_when_it_fails() {
 
 #[tokio::test]
 async fn the_cooldown_starts_when_the_failure_is_recorded() {
-    let (iss, cf) = issuer(UpstreamMode::Fallback, |u| {
+    let (iss, cf) = with_upstream(UpstreamMode::Fallback, |u| {
         u.timeout_ms = 500;
         u.retries = 1;
         u.circuit_failure_threshold = 1;
@@ -148,7 +135,7 @@ async fn median_generate(iss: &Issuer, n: usize) -> (Duration, Vec<usize>) {
 
 #[tokio::test]
 async fn merge_with_a_hanging_upstream_opens_the_circuit_then_adds_nothing() {
-    let (iss, cf) = issuer(UpstreamMode::Merge, |u| {
+    let (iss, cf) = with_upstream(UpstreamMode::Merge, |u| {
         u.timeout_ms = 300;
         u.retries = 1;
         u.circuit_failure_threshold = 3;
@@ -198,7 +185,7 @@ async fn merge_with_a_hanging_upstream_opens_the_circuit_then_adds_nothing() {
 
 #[tokio::test]
 async fn an_answer_is_valid_for_the_requested_ttl_or_says_how_long() {
-    let (iss, cf) = issuer(UpstreamMode::Fallback, |u| {
+    let (iss, cf) = with_upstream(UpstreamMode::Fallback, |u| {
         u.ttl = 7200;
         u.refresh_threshold_secs = 600;
         u.retries = 1;
@@ -234,7 +221,7 @@ async fn an_answer_is_valid_for_the_requested_ttl_or_says_how_long() {
 
 #[tokio::test]
 async fn merge_never_appends_a_credential_shorter_than_asked() {
-    let (iss, cf) = issuer(UpstreamMode::Merge, |u| {
+    let (iss, cf) = with_upstream(UpstreamMode::Merge, |u| {
         u.ttl = 7200;
         u.refresh_threshold_secs = 600;
         u.retries = 1;
