@@ -156,9 +156,16 @@ fn an_unauthenticated_flood_from_one_ip_never_starves_a_client_behind_it() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // Let the flood spend the IP's budget first.
-    std::thread::sleep(Duration::from_secs(2));
-    let limited_before = tk.metric("turnkey_relay_dropped_packets_total", &["reason=\"reply_limited\""]);
+    // Let the flood spend the IP's budget first (waited for, not slept: a busy machine may take
+    // seconds to start the flood).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let limited_before = loop {
+        let n = tk.metric("turnkey_relay_dropped_packets_total", &["reason=\"reply_limited\""]);
+        if n > 1000.0 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(limited_before > 1000.0, "the flood is not being limited yet: {limited_before}");
     let (user, pass) = tk.creds("alice", 600);
     for _ in 0..3 {
