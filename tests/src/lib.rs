@@ -436,8 +436,10 @@ pub fn aioice_revoke(
     token: &str,
     extra: &[&str],
 ) -> serde_json::Value {
+    // `--token=T`, not `--token T`: a token may start with `-`, which argparse takes for a flag.
+    let token = format!("--token={token}");
     let mut args = vec!["revoke", "--server", server, "--user", user, "--password", pass, "--count", "5"];
-    args.extend(["--revoke-url", revoke_url, "--token", token]);
+    args.extend(["--revoke-url", revoke_url, &token]);
     args.extend_from_slice(extra);
     aioice(&args)
 }
