@@ -13,11 +13,25 @@ build) to core 1. Every repetition starts a fresh server. Figures are medians ov
 repetitions, with the spread (min..max). Results go to a JSON file and a Markdown section that
 docs/benchmarks.md quotes verbatim.
 
+A second turnkey build (`--turnkey-before PATH` or TURNKEY_BEFORE_BIN, e.g. the release binary of
+an earlier commit) runs as `turnkey-before` next to the others, so a change is measured before
+and after in the same run.
+
+`--net veth` runs every server inside a network namespace and the load generator inside a second
+one, joined by a veth pair with GRO on both ends (created here, deleted at exit; needs root,
+`ip` and `ethtool`): unlike loopback, the veth has a 1500-byte MTU and coalesces received trains
+in NAPI as a NIC driver does. The own echo peer then lives in the generator's namespace, across
+the veth.
+
 Usage:
-    bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles] [--coturn-4171 PATH]
+    bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles|udp]
+                     [--coturn-4171 PATH] [--turnkey-before PATH] [--net loopback|veth]
+
+`--only udp` is the UDP data path only (issue 17): capacity in pair and echo-peer mode at 100 and
+1200 B, the round trip at half load in both modes, and CPU per message for every traffic shape.
 
 Needs: coturn's `turnserver`, `taskset`, `openssl`, `wrk` (Debian; for the issuance figure), and `cargo build --release -p turnkey`
-(done by the script). Loopback only; every load is bounded in count and time.
+(done by the script). Loopback (or the namespaces it creates) only; every load is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -48,6 +62,47 @@ COARSE_STEP = 8000
 # Relayed messages per second for the CPU-per-message figure (client to client, both ways).
 CPU_RATE = 20000
 COTURN_FAST = "coturn-4.17.1"
+BEFORE = "turnkey-before"
+TURNKEY_KINDS = ("turnkey", BEFORE)
+
+
+class Net:
+    """Where servers and the load generator run: both on loopback (default), or each in its own
+    network namespace joined by a veth pair (`veth`)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.server_ip = self.load_ip = "127.0.0.1"
+        self.ns_server = self.ns_load = None
+        if kind == "veth":
+            tag = f"tkb{os.getpid()}"
+            self.ns_server, self.ns_load = f"{tag}a", f"{tag}b"
+            self.server_ip, self.load_ip = "10.213.0.1", "10.213.0.2"
+            sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+            for ns in (self.ns_server, self.ns_load):
+                sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", "veth0", "netns", self.ns_server, "type", "veth", "peer", "name", "veth0",
+               "netns", self.ns_load)
+            for ns, ip in ((self.ns_server, self.server_ip), (self.ns_load, self.load_ip)):
+                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "veth0")
+                sh("ip", "-n", ns, "link", "set", "veth0", "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+                # GRO on a veth needs its NAPI mode, which this switches on.
+                sh("ip", "netns", "exec", ns, "ethtool", "-K", "veth0", "gro", "on")
+
+    def in_server_ns(self, cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns_server, *cmd] if self.ns_server else cmd
+
+    def in_load_ns(self, cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns_load, *cmd] if self.ns_load else cmd
+
+    def close(self) -> None:
+        for ns in (self.ns_server, self.ns_load):
+            if ns:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+NET = Net("loopback")
 # Traffic shapes for the CPU-per-message comparison, each near CPU_RATE relayed messages/s (every
 # packet crosses the relay twice, in pair and in echo-peer mode): smooth pacing at 100 and 1200 B,
 # 200 voice calls (50 pkt/s of 160 B each), 48 video calls at 2 Mbit/s (30 frames/s, trains of
@@ -89,7 +144,7 @@ class Server:
     """A TURN server under test: coturn or turnkey, pinned to SERVER_CORE."""
 
     def __init__(self, kind: str, secret: str, tls: tuple[Path, Path], http: bool = False,
-                 coturn_fast: Path | None = None):
+                 coturn_fast: Path | None = None, before: Path | None = None):
         self.kind, self.secret = kind, secret
         self.http = free_port(socket.SOCK_STREAM) if http else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
@@ -99,8 +154,8 @@ class Server:
         if kind in ("coturn", COTURN_FAST):
             binary = str(coturn_fast) if kind == COTURN_FAST else "turnserver"
             cmd = [
-                binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={self.udp}",
-                f"--tls-listening-port={self.tls}", "--relay-ip=127.0.0.1", "--min-port=10000",
+                binary, "-n", f"--listening-ip={NET.server_ip}", f"--listening-port={self.udp}",
+                f"--tls-listening-port={self.tls}", f"--relay-ip={NET.server_ip}", "--min-port=10000",
                 "--max-port=29999", "--use-auth-secret", f"--static-auth-secret={secret}",
                 "--realm=bench", "--allow-loopback-peers", "--no-cli", "--no-dtls", "--relay-threads=1",
                 f"--cert={cert}", f"--pkey={key}", f"--log-file={self.dir}/coturn.log", "--simple-log",
@@ -110,16 +165,18 @@ class Server:
                 # One relay thread binds the base port (IPv4) and the next (IPv6).
                 cmd += ["--udp-gso", "--multiplex-peer", f"--multiplex-peer-port={free_udp_pair()}"]
         else:
+            ip = NET.server_ip
             cmd = [
-                str(BIN), "serve", "--data-dir", str(self.dir), f"--secret={secret}",
-                "--udp", f"127.0.0.1:{self.udp}", "--tcp", f"127.0.0.1:{self.tcp}",
-                "--tls", f"127.0.0.1:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
-                "--relay-ip", "127.0.0.1", "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
+                str(before if kind == BEFORE else BIN), "serve", "--data-dir", str(self.dir), f"--secret={secret}",
+                "--udp", f"{ip}:{self.udp}", "--tcp", f"{ip}:{self.tcp}",
+                "--tls", f"{ip}:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
+                "--relay-ip", ip, "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
+                *(["--allow-peer", NET.load_ip] if NET.ns_load else []),
                 "--shards", "1", "--http", f"127.0.0.1:{self.http}" if http else "off", "--metrics", "off", "--max-allocations-per-user", "100000",
                 "--unauth-replies-per-sec", "0",
             ]
         self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            NET.in_server_ns(["taskset", "-c", SERVER_CORE, *cmd]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=raise_nofile, env={**os.environ, "TURNKEY_LOG": "warn"},
         )
         self._wait_ready()
@@ -129,6 +186,14 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 sys.exit(f"{self.kind} exited at start with {self.proc.returncode}")
+            if NET.ns_load:
+                probe = subprocess.run(NET.in_load_ns(["bash", "-c", f"exec 3<>/dev/tcp/{NET.server_ip}/{self.tcp}"]),
+                                       capture_output=True)
+                if probe.returncode == 0:
+                    time.sleep(0.3)
+                    return
+                time.sleep(0.1)
+                continue
             try:
                 socket.create_connection(("127.0.0.1", self.tcp), timeout=0.2).close()
                 time.sleep(0.3)
@@ -196,12 +261,12 @@ def load(server: Server, transport: str, *args: str, ca: Path | None = None) -> 
     port = {"udp": server.udp, "tcp": server.tcp, "tls": server.tls}[transport]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [
-            "taskset", "-c", LOAD_CORE, str(BIN), "load", "--server", f"127.0.0.1:{port}",
+            "taskset", "-c", LOAD_CORE, str(BIN), "load", "--server", f"{NET.server_ip}:{port}",
             "--transport", transport, f"--secret={server.secret}", "--quiet", "--json", out.name, *args,
         ]
         if transport == "tls":
             cmd += ["--ca", str(ca), "--sni", "localhost"]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=raise_nofile)
+        p = subprocess.run(NET.in_load_ns(cmd), capture_output=True, text=True, timeout=600, preexec_fn=raise_nofile)
         if p.returncode == 2:
             sys.exit(f"turnkey load could not start: {p.stderr}")
         return json.loads(Path(out.name).read_text())
@@ -212,9 +277,9 @@ def spread(values: list[float]) -> dict:
 
 
 class Bench:
-    def __init__(self, reps: int, quick: bool, coturn_fast: Path | None = None):
-        self.reps, self.quick, self.coturn_fast = reps, quick, coturn_fast
-        self.kinds = ["coturn", *([COTURN_FAST] if coturn_fast else []), "turnkey"]
+    def __init__(self, reps: int, quick: bool, coturn_fast: Path | None = None, before: Path | None = None):
+        self.reps, self.quick, self.coturn_fast, self.before = reps, quick, coturn_fast, before
+        self.kinds = ["coturn", *([COTURN_FAST] if coturn_fast else []), *([BEFORE] if before else []), "turnkey"]
         self.secret = "bench-" + secrets.token_hex(16)
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
@@ -238,7 +303,7 @@ class Bench:
         out: dict[str, list] = {kind: [] for kind in kinds}
         for _ in range(self.reps):
             for kind in kinds:
-                s = Server(kind, self.secret, self.tls, coturn_fast=self.coturn_fast)
+                s = Server(kind, self.secret, self.tls, coturn_fast=self.coturn_fast, before=self.before)
                 try:
                     out[kind].append(fn(s, *a))
                 finally:
@@ -305,9 +370,10 @@ class Bench:
                 out[key] = self.each(self.cpu_profile, load_name, peer, pair=peer == "pair")
         return out
 
-    def latency(self, s: Server, offered_pps: float) -> dict:
+    def latency(self, s: Server, offered_pps: float, peer: str = "pair", payload: int = 100) -> dict:
         flows = 10
-        r = load(s, "udp", "--flows", str(flows), "--rate", f"{offered_pps / flows:.3f}", "--duration", "5")
+        r = load(s, "udp", "--flows", str(flows), "--rate", f"{offered_pps / flows:.3f}", "--duration", "5",
+                 "--payload", str(payload), *(["--echo-peer"] if peer == "echo" else []))
         rtt = r["traffic"]["rtt_us"]
         return {"p50_us": rtt["p50"], "p99_us": rtt["p99"], "loss_pct": r["traffic"]["loss_pct"]}
 
@@ -384,7 +450,30 @@ class Bench:
                 s.stop()
         return out
 
+    def udp(self) -> None:
+        """The UDP data path (issue 17): capacity in pair and echo-peer mode at 100 and 1200 B (10
+        flows), the round trip at half of coturn 4.6.1's capacity in each mode (100 B), and CPU per
+        message for every traffic shape."""
+        cap: dict = {}
+        for peer in ("pair", "echo"):
+            for payload in (100, 1200):
+                key = f"udp {payload} B x 10 flows" + (", echo peer" if peer == "echo" else "")
+                print(f"capacity {key}", file=sys.stderr, flush=True)
+                cap[key] = self.each(self.capacity, "udp", 10, payload, peer, pair=peer == "pair")
+        self.results["udp_capacity"] = cap
+        lat: dict = {}
+        for peer in ("pair", "echo"):
+            key = "udp 100 B x 10 flows" + (", echo peer" if peer == "echo" else "")
+            half = statistics.median(x["offered_pps"] for x in cap[key]["coturn"]) / 2
+            print(f"latency at {half:.0f} pkt/s, {peer}", file=sys.stderr, flush=True)
+            lat[f"{peer}, 100 B, {fmt(half)} pkt/s"] = self.each(self.latency, half, peer, pair=peer == "pair")
+        self.results["udp_latency"] = lat
+        self.results["profiles"] = self.profiles()
+
     def run(self, only: str | None) -> None:
+        if only == "udp":
+            self.udp()
+            return
         if only == "issuance":
             self.results["issuance"] = self.issuance()
             return
@@ -442,6 +531,8 @@ def fmt(x: float, digits: int = 0) -> str:
 
 def markdown(res: dict, reps: int) -> str:
     lines: list[str] = []
+    if "udp_capacity" in res:
+        udp_tables(res, lines.append)
     if "capacity" in res:
         relay_tables(res, lines.append)
     if res.get("profiles"):
@@ -508,10 +599,45 @@ def relay_tables(res: dict, add) -> None:
         f"{fmt(t[0])} ({fmt(t[1])}..{fmt(t[2])}) | |")
 
 
+def udp_tables(res: dict, add) -> None:
+    """Capacity and round trips of `--only udp`: one column per server measured (median, min..max),
+    then turnkey's ratio to each other server."""
+    def table(title: str, rows: dict, field: str, digits: int, scale: float = 1.0) -> None:
+        kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey") if any(k in r for r in rows.values())]
+        others = [k for k in kinds if k != "turnkey"]
+        add("")
+        add(f"| {title} | " + " | ".join(f"{k} (min..max)" for k in kinds) + " | "
+            + " | ".join(f"turnkey / {k}" for k in others) + " |")
+        add("|---|" + "---|" * (len(kinds) + len(others)))
+        for key, runs in rows.items():
+            cells, mids = [], {}
+            for k in kinds:
+                if k not in runs:
+                    cells.append("n/a (no pair mode under --multiplex-peer)")
+                    continue
+                m, lo, hi = (scale * x for x in med(runs[k], field))
+                mids[k] = m
+                extra = ""
+                if "server_cpu_peak_pct" in runs[k][0]:
+                    extra = f"; CPU {med(runs[k], 'server_cpu_peak_pct')[0]:.0f}%"
+                    if all(r["at_ceiling"] for r in runs[k]):
+                        extra += " (ramp ceiling)"
+                cells.append(f"{fmt(m, digits)} ({fmt(lo, digits)}..{fmt(hi, digits)}){extra}")
+            ratios = [f"{mids['turnkey'] / max(mids[k], 1e-9):.2f}×" if k in mids and "turnkey" in mids else ""
+                      for k in others]
+            add(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+
+    table("UDP capacity, relayed msgs/s at loss ≤ 0.1% (server CPU at peak)", res["udp_capacity"],
+          "relayed_msgs_per_s", 0)
+    lat = res["udp_latency"]
+    table("round trip p50 at half of coturn 4.6.1's capacity (µs)", lat, "p50_us", 0)
+    table("round trip p99 at half of coturn 4.6.1's capacity (µs)", lat, "p99_us", 0)
+
+
 def profile_table(profiles: dict, add) -> None:
     """Server CPU per relayed message (user + system, and the user/system split) per traffic shape,
     with turnkey's ratio to every other server measured."""
-    kinds = [k for k in ("coturn", COTURN_FAST, "turnkey") if any(k in runs for runs in profiles.values())]
+    kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey") if any(k in runs for runs in profiles.values())]
     others = [k for k in kinds if k != "turnkey"]
     add("")
     add("| load (UDP, µs of server CPU per relayed message; user / system) | "
@@ -564,7 +690,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one repetition, fewer configurations (about 3 minutes)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench")
-    ap.add_argument("--only", choices=["issuance", "profiles"], help="run only this part")
+    ap.add_argument("--only", choices=["issuance", "profiles", "udp"], help="run only this part")
+    ap.add_argument("--turnkey-before", type=Path, default=os.environ.get("TURNKEY_BEFORE_BIN") or None,
+                    help="another turnkey binary (e.g. an earlier commit's release build), run as "
+                         "turnkey-before next to the others (default: $TURNKEY_BEFORE_BIN)")
+    ap.add_argument("--net", choices=["loopback", "veth"], default="loopback",
+                    help="veth: servers and load generator in two network namespaces joined by a veth pair")
     ap.add_argument("--coturn-4171", type=Path, default=os.environ.get("COTURN_4171_BIN") or None,
                     help="turnserver of coturn 4.17.1, run in its fastest configuration next to the others "
                          "(default: $COTURN_4171_BIN; without it only coturn 4.6.1 and turnkey run)")
@@ -582,11 +713,25 @@ def main() -> None:
         sys.exit("needs 2 cores: one for the server, one for the load generator")
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "turnkey"], cwd=ROOT, check=True)
     reps = 1 if a.quick else a.reps
-    b = Bench(reps, a.quick, a.coturn_4171)
+    global NET
+    if a.net == "veth":
+        if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("ethtool"):
+            sys.exit("--net veth needs root, ip and ethtool")
+        if a.only not in ("udp", "profiles"):
+            sys.exit("--net veth runs the UDP loads only: give --only udp or --only profiles")
+    NET = Net(a.net)
+    before = a.turnkey_before.resolve() if a.turnkey_before else None
+    b = Bench(reps, a.quick, a.coturn_4171, before)
     started = time.time()
-    b.run(a.only)
+    try:
+        b.run(a.only)
+    finally:
+        NET.close()
     a.out.mkdir(parents=True, exist_ok=True)
     b.results["machine"] = machine()
+    b.results["net"] = a.net
+    if before:
+        b.results["turnkey_before"] = str(before)
     b.results["minutes"] = round((time.time() - started) / 60, 1)
     (a.out / "compare.json").write_text(json.dumps(b.results, indent=2))
     md = f"Machine: {b.results['machine']}.\n\n" + markdown(b.results, reps) + "\n"

@@ -80,7 +80,8 @@ pub struct LoadArgs {
     /// Send to this UDP echo peer instead of pairing allocations (relay, ramp).
     #[arg(long, value_name = "ADDR", conflicts_with = "echo_peer")]
     pub peer_addr: Option<String>,
-    /// Run an own UDP echo peer on loopback, one socket per flow, instead of pairing allocations.
+    /// Run an own UDP echo peer, one socket per flow, instead of pairing allocations; it binds the
+    /// address this host sends from towards --server (loopback for a server on this machine).
     #[arg(long)]
     pub echo_peer: bool,
     /// TLS: accept any server certificate.

@@ -303,6 +303,24 @@ pub async fn reflect_loop(
     (tx, rx, keepalive)
 }
 
+/// The address the own echo peer binds: the one this host sends from towards `server` (what the
+/// kernel's route picks), so the relay can reach it: 127.0.0.1 or ::1 for a server on this
+/// machine, the address on the shared link for a server across a veth or a LAN. Loopback when
+/// the route cannot be found.
+pub fn echo_ip(server: SocketAddr) -> std::net::IpAddr {
+    let (any, lo): (SocketAddr, std::net::IpAddr) = if server.is_ipv4() {
+        ((std::net::Ipv4Addr::UNSPECIFIED, 0).into(), std::net::Ipv4Addr::LOCALHOST.into())
+    } else {
+        ((std::net::Ipv6Addr::UNSPECIFIED, 0).into(), std::net::Ipv6Addr::LOCALHOST.into())
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(server).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(lo)
+}
+
 /// A UDP echo peer: returns every datagram to its sender until `stop` changes.
 pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; 65_536];
@@ -324,6 +342,13 @@ mod tests {
     use crate::args::TransportKind;
     use crate::client::Credentials;
     use crate::transport::Target;
+
+    #[test]
+    fn echo_ip_is_the_source_address_towards_the_server() {
+        assert_eq!(echo_ip("127.0.0.1:3478".parse().unwrap()).to_string(), "127.0.0.1");
+        assert!(echo_ip("127.0.0.9:3478".parse().unwrap()).is_loopback());
+        assert!(echo_ip("[::1]:3478".parse().unwrap()).is_loopback());
+    }
 
     /// Runs `send_loop` over UDP to a plain socket and returns each packet's sequence number and
     /// arrival time, in seconds since the first one.

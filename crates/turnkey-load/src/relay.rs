@@ -2,7 +2,7 @@
 //! allocation that reflects, the tool's own echo socket, or `--peer-addr`), run sending phases
 //! through them, and release every allocation at the end.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,11 +131,7 @@ async fn setup_flow_inner(
     let (peer_addr, far) = match peer {
         PeerKind::External(a) => (a, None),
         PeerKind::OwnEcho => {
-            let ip = if ctx.target.server.is_ipv4() {
-                IpAddr::V4(Ipv4Addr::LOCALHOST)
-            } else {
-                IpAddr::V6(Ipv6Addr::LOCALHOST)
-            };
+            let ip = flow::echo_ip(ctx.target.server);
             let sock = UdpSocket::bind((ip, 0))
                 .await
                 .map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;

@@ -17,6 +17,10 @@ pub const MAX_GSO_SEGMENT_V6: usize = 1452;
 /// Largest GSO train in bytes (an IP packet's 64 KiB less headers, with margin).
 pub const MAX_GSO_BYTES: usize = 64_000;
 
+/// Up to this many runs a push finds the run to join by a linear scan (cheaper than hashing for
+/// the few destinations of a typical receive batch); past it, by a map built at that point.
+const SCAN_RUNS: usize = 16;
+
 /// One send: a single datagram (`segment_size` None) or a GSO train of `segment_size`-byte
 /// datagrams, the last possibly shorter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +88,8 @@ struct Run<K> {
 #[derive(Debug)]
 pub struct SendBatch<K> {
     runs: Vec<Run<K>>,
+    /// The newest run per socket, destination and ECN value; kept only while there are more
+    /// than [`SCAN_RUNS`] runs.
     open: HashMap<(K, SocketAddr, Option<u8>), usize>,
     pool: Vec<Vec<u8>>,
     max_segments: usize,
@@ -113,7 +119,7 @@ impl<K: Copy + Eq + Hash> SendBatch<K> {
     pub fn push(&mut self, key: K, to: SocketAddr, ecn: Option<Ecn>, data: &[u8]) {
         self.queued += 1;
         let id = (key, to, ecn.map(|e| e as u8));
-        if let Some(&i) = self.open.get(&id) {
+        if let Some(i) = self.newest_run(id) {
             let run = &mut self.runs[i];
             // An empty datagram is never a segment: it would vanish from the train.
             let fits = !run.sealed
@@ -133,7 +139,23 @@ impl<K: Copy + Eq + Hash> SendBatch<K> {
         // A datagram too large to be a GSO segment (or empty) is a run of its own.
         let sealed = self.max_segments == 1 || data.is_empty() || data.len() > max_segment_for(to);
         self.runs.push(Run { key, to, ecn, segment: data.len(), count: 1, sealed, buf });
-        self.open.insert(id, self.runs.len() - 1);
+        if !self.open.is_empty() {
+            self.open.insert(id, self.runs.len() - 1);
+        }
+    }
+
+    /// The index of the newest run of `id`.
+    fn newest_run(&mut self, id: (K, SocketAddr, Option<u8>)) -> Option<usize> {
+        let same = |r: &Run<K>| (r.key, r.to, r.ecn.map(|e| e as u8)) == id;
+        if self.runs.len() <= SCAN_RUNS {
+            return self.runs.iter().rposition(same);
+        }
+        if self.open.is_empty() {
+            for (i, r) in self.runs.iter().enumerate() {
+                self.open.insert((r.key, r.to, r.ecn.map(|e| e as u8)), i);
+            }
+        }
+        self.open.get(&id).copied()
     }
 
     /// Sends every queued datagram, run by run in the order the runs were started (so each

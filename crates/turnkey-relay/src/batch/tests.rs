@@ -133,6 +133,26 @@ fn run_batch(datagrams: &[(Flow, Vec<u8>)], max: usize, sink: &mut Recorder) -> 
     stats
 }
 
+#[test]
+fn a_batch_fanning_out_to_many_destinations_still_joins_each_train() {
+    // 40 destinations (past the linear scan, so the run index is used), each sent 3 datagrams
+    // interleaved: every destination's three leave as one train of three, in order.
+    let flows: Vec<Flow> = (0..40u16).map(|i| (1u8, SocketAddr::from(([127, 0, 0, 1], 1000 + i)))).collect();
+    let mut datagrams = Vec::new();
+    for round in 0..3u8 {
+        for (n, f) in flows.iter().enumerate() {
+            datagrams.push((*f, vec![round; 100 + n]));
+        }
+    }
+    let mut sink = Recorder::default();
+    let stats = run_batch(&datagrams, 64, &mut sink);
+    assert_eq!((stats.sent, stats.syscalls, sink.sent.len()), (120, 40, 40));
+    for (n, s) in sink.sent.iter().enumerate() {
+        assert_eq!(s.to, flows[n].1);
+        assert_eq!(s.datagrams(), vec![&vec![0u8; 100 + n][..], &vec![1u8; 100 + n][..], &vec![2u8; 100 + n][..]]);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
