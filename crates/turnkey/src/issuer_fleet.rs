@@ -3,7 +3,7 @@
 //! issuer crate through its traits ([`RelayDirectory`], [`FleetState`], [`RelayStatus`]).
 //!
 //! Nothing here touches Redis per request: the relay listing is refreshed every heartbeat
-//! interval (kept up to `[issuer] listing_max_stale_secs` while Redis is unreachable, then empty
+//! interval and patched at once when a relay announces a change on `<p>relay-changes` (kept up to `[issuer] listing_max_stale_secs` while Redis is unreachable, then empty
 //! so the issuer falls back), the keys every second, the usage of the keys that need it every
 //! second. Only the app endpoints' rate limit and revocations are Redis calls, and both fall
 //! back when Redis does not answer (local limit; 503 for a revocation).
