@@ -10,11 +10,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use turnkey_fleet::{
-    handout, Fleet, KeyRecord, KeysSnapshot, RateVerdict, Region, RelaySnapshot, RelayStatus as Relay,
+    handout, Fleet, KeyRecord, KeysSnapshot, NodeId, RateVerdict, Region, RelaySnapshot, RelayStatus as Relay,
 };
 use turnkey_issuer::{
     BandwidthUsage, FleetDeps, FleetFuture, FleetListing, FleetRelay, FleetState, HandoutRelay, KeyInfo, KeyOptions,
@@ -63,6 +63,40 @@ struct Directory {
     stale_after_ms: u64,
     max_stale_ms: u64,
     seed: AtomicU64,
+    handed: Mutex<Handed>,
+}
+
+/// What this issuer handed out since each relay's last heartbeat: relays named in answers whose
+/// allocations the relay's beat cannot show yet. A relay's count starts again at 0 when a newer
+/// beat of it is seen (its `allocations` then include what the count stood for).
+#[derive(Debug, Default)]
+struct Handed {
+    /// Node id -> (Redis time of the beat the count is relative to, handouts since).
+    since_beat: HashMap<NodeId, (u64, u64)>,
+}
+
+impl Handed {
+    /// The pending counts for `snap`'s relays (counts of older beats reset).
+    fn pending(&mut self, snap: &RelaySnapshot) -> HashMap<NodeId, u64> {
+        self.since_beat.retain(|node, _| snap.relays.iter().any(|r| &r.node_id == node));
+        let mut out = HashMap::with_capacity(snap.relays.len());
+        for r in &snap.relays {
+            let beat_at = snap.server_time_ms.saturating_sub(r.age_ms);
+            let e = self.since_beat.entry(r.node_id.clone()).or_insert((beat_at, 0));
+            if e.0 != beat_at {
+                *e = (beat_at, 0);
+            }
+            out.insert(r.node_id.clone(), e.1);
+        }
+        out
+    }
+
+    /// Counts one handout of `node`.
+    fn handed_out(&mut self, node: &NodeId) {
+        if let Some(e) = self.since_beat.get_mut(node) {
+            e.1 += 1;
+        }
+    }
 }
 
 impl Directory {
@@ -84,6 +118,7 @@ impl Directory {
             stale_after_ms: millis(stale_after),
             max_stale_ms: millis(max_stale),
             seed: AtomicU64::new(rand_seed()),
+            handed: Mutex::default(),
         }
     }
 
@@ -91,9 +126,14 @@ impl Directory {
     /// exactly 3 beats after its last one, whenever the listing was read), and the age past
     /// which one is not handed out (longer for a listing kept while Redis is unreachable).
     fn relays_now(&self) -> (Vec<Relay>, u64, bool) {
+        self.relays_and_snapshot().0
+    }
+
+    /// [`Directory::relays_now`], and the listing it comes from.
+    fn relays_and_snapshot(&self) -> ((Vec<Relay>, u64, bool), Arc<RelaySnapshot>) {
         let l = self.listing.read().unwrap_or_else(|p| p.into_inner());
         let (relays, stale) = aged(&l.snap, l.at.elapsed(), self.stale_after_ms, self.max_stale_ms);
-        (relays, stale, l.snap.cached)
+        ((relays, stale, l.snap.cached), l.snap.clone())
     }
 }
 
@@ -111,11 +151,20 @@ fn aged(snap: &RelaySnapshot, elapsed: Duration, stale_after_ms: u64, max_stale_
 
 impl RelayDirectory for Directory {
     fn choose(&self, region: Option<&str>, count: usize) -> Vec<HandoutRelay> {
-        let (relays, stale, _) = self.relays_now();
+        let ((relays, stale, _), snap) = self.relays_and_snapshot();
         let asked = region.and_then(|r| Region::new(r).ok());
         let region = asked.as_ref().or(self.region.as_ref());
         let seed = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        handout::choose(&relays, region, count, stale, seed).into_iter().map(handout_relay).collect()
+        // Every relay named counts as one allocation to come (browsers allocate on each TURN
+        // server of an answer) until its next heartbeat shows what really happened.
+        let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = handed.pending(&snap);
+        let chosen = handout::choose_pending(&relays, region, count, stale, seed, &pending);
+        for r in &chosen {
+            handed.handed_out(&r.node_id);
+        }
+        drop(handed);
+        chosen.into_iter().map(handout_relay).collect()
     }
 
     fn listing(&self) -> FleetListing {
@@ -366,6 +415,32 @@ mod tests {
         assert_eq!(handout::choose(&now, None, 5, stale, 1).len(), 2);
         let (now, stale) = aged(&cached, Duration::from_secs(40), 6000, 30_000);
         assert!(handout::choose(&now, None, 5, stale, 1).is_empty());
+    }
+
+    #[test]
+    fn handouts_count_until_the_relays_next_beat() {
+        let mut h = Handed::default();
+        let snap =
+            RelaySnapshot { server_time_ms: 10_000, relays: vec![relay("a", 1000), relay("b", 500)], cached: false };
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        assert_eq!(h.pending(&snap)[&a], 0);
+        h.handed_out(&a);
+        h.handed_out(&a);
+        h.handed_out(&b);
+        let p = h.pending(&snap);
+        assert_eq!((p[&a], p[&b]), (2, 1));
+        // A listing read later, same beats: the counts stay. A new beat of a: a's count restarts.
+        let later =
+            RelaySnapshot { server_time_ms: 11_000, relays: vec![relay("a", 2000), relay("b", 1500)], ..snap.clone() };
+        let p = h.pending(&later);
+        assert_eq!((p[&a], p[&b]), (2, 1));
+        let beat = RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100), relay("b", 2500)], ..snap };
+        let p = h.pending(&beat);
+        assert_eq!((p[&a], p[&b]), (0, 1));
+        // A relay gone from the listing is forgotten.
+        let gone = RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100)], cached: false };
+        let p = h.pending(&gone);
+        assert_eq!((p.len(), h.since_beat.len()), (1, 1));
     }
 
     #[test]
