@@ -13,7 +13,6 @@
 //! the hash tie-break. Pending handouts never make a relay ineligible: only what the relay
 //! itself measured does.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::names::{NodeId, Region};
@@ -66,23 +65,23 @@ pub fn choose<'a>(
     stale_after_ms: u64,
     seed: u64,
 ) -> Vec<&'a RelayStatus> {
-    choose_pending(relays, region, count, stale_after_ms, seed, &HashMap::new())
+    choose_pending(relays, region, count, stale_after_ms, seed, |_| 0)
 }
 
-/// [`choose`], ranking each relay as if it held `pending[node]` more allocations than its last
-/// heartbeat shows (what this issuer handed out since; absent: 0).
+/// [`choose`], ranking each relay as if it held `pending(node)` more allocations than its last
+/// heartbeat shows (what this issuer handed out since).
 pub fn choose_pending<'a>(
     relays: &'a [RelayStatus],
     region: Option<&Region>,
     count: usize,
     stale_after_ms: u64,
     seed: u64,
-    pending: &HashMap<NodeId, u64>,
+    pending: impl Fn(&NodeId) -> u64,
 ) -> Vec<&'a RelayStatus> {
     let mut ok: Vec<&RelayStatus> = relays.iter().filter(|r| eligible(r, stale_after_ms)).collect();
     ok.sort_by_cached_key(|r| {
         let away = region.is_some() && r.beat.region.as_ref() != region;
-        let extra = pending.get(&r.node_id).copied().unwrap_or(0);
+        let extra = pending(&r.node_id);
         (away, pending_step(r, extra), tiebreak(seed, &r.node_id))
     });
     ok.truncate(count);
@@ -110,6 +109,8 @@ pub fn alternate<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -134,6 +135,11 @@ mod tests {
             },
             age_ms,
         }
+    }
+
+    /// Pending counts from a map (absent: 0).
+    fn of(m: &HashMap<NodeId, u64>) -> impl Fn(&NodeId) -> u64 + '_ {
+        |n| m.get(n).copied().unwrap_or(0)
     }
 
     fn ids(v: &[&RelayStatus]) -> Vec<String> {
@@ -197,11 +203,11 @@ mod tests {
         // 10 pending on a: 20 % against b's 10 %, whatever the seed.
         let pending = HashMap::from([(a.clone(), 10)]);
         for seed in 0..32 {
-            assert_eq!(ids(&choose_pending(&rs, None, 2, STALE, seed, &pending)), ["b", "a"]);
+            assert_eq!(ids(&choose_pending(&rs, None, 2, STALE, seed, of(&pending))), ["b", "a"]);
         }
         // Pending past capacity: still handed out (only the relay's own figures exclude it).
         let pending = HashMap::from([(a, 1000)]);
-        assert_eq!(ids(&choose_pending(&rs, None, 2, STALE, 3, &pending)), ["b", "a"]);
+        assert_eq!(ids(&choose_pending(&rs, None, 2, STALE, 3, of(&pending))), ["b", "a"]);
     }
 
     fn arb_relay() -> impl Strategy<Value = RelayStatus> {
@@ -273,8 +279,8 @@ mod tests {
         ) {
             let plain = ids(&choose(&relays, None, count, STALE, seed));
             let zeros: HashMap<NodeId, u64> = relays.iter().map(|r| (r.node_id.clone(), 0)).collect();
-            prop_assert_eq!(&plain, &ids(&choose_pending(&relays, None, count, STALE, seed, &HashMap::new())));
-            prop_assert_eq!(&plain, &ids(&choose_pending(&relays, None, count, STALE, seed, &zeros)));
+            prop_assert_eq!(&plain, &ids(&choose_pending(&relays, None, count, STALE, seed, |_| 0)));
+            prop_assert_eq!(&plain, &ids(&choose_pending(&relays, None, count, STALE, seed, of(&zeros))));
         }
 
         #[test]
@@ -288,7 +294,7 @@ mod tests {
             let region = region.map(|r| Region::new(r).unwrap());
             let pending: HashMap<NodeId, u64> =
                 (0..40u32).map(|i| (NodeId::new(format!("n{i}")).unwrap(), pend[i as usize])).collect();
-            let got = choose_pending(&relays, region.as_ref(), count, STALE, seed, &pending);
+            let got = choose_pending(&relays, region.as_ref(), count, STALE, seed, of(&pending));
             // The same relays are eligible: pending counts never exclude one.
             let eligible_n = relays.iter().filter(|r| eligible(r, STALE)).count();
             prop_assert_eq!(got.len(), count.min(eligible_n));
@@ -324,7 +330,7 @@ mod tests {
                 allocs.iter().enumerate().map(|(i, a)| relay(&format!("r{i}"), None, *a, 100, false, 0)).collect();
             let mut pending: HashMap<NodeId, u64> = HashMap::new();
             for k in 0..burst {
-                let got = choose_pending(&rs, None, 1, STALE, seed.wrapping_add(k), &pending);
+                let got = choose_pending(&rs, None, 1, STALE, seed.wrapping_add(k), of(&pending));
                 *pending.entry(got[0].node_id.clone()).or_default() += 1;
             }
             let pend = |r: &RelayStatus| pending.get(&r.node_id).copied().unwrap_or(0);

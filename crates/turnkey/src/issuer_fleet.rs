@@ -73,22 +73,32 @@ struct Directory {
 struct Handed {
     /// Node id -> (Redis time of the beat the count is relative to, handouts since).
     since_beat: HashMap<NodeId, (u64, u64)>,
+    /// The listing the counts were last lined up with (they are again only when it changes, not
+    /// per request).
+    seen: Option<Arc<RelaySnapshot>>,
 }
 
 impl Handed {
-    /// The pending counts for `snap`'s relays (counts of older beats reset).
-    fn pending(&mut self, snap: &RelaySnapshot) -> HashMap<NodeId, u64> {
+    /// Lines the counts up with `snap`: a relay whose beat is newer than the one its count is
+    /// relative to starts again at 0; relays no longer listed are forgotten.
+    fn sync(&mut self, snap: &Arc<RelaySnapshot>) {
+        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            return;
+        }
         self.since_beat.retain(|node, _| snap.relays.iter().any(|r| &r.node_id == node));
-        let mut out = HashMap::with_capacity(snap.relays.len());
         for r in &snap.relays {
             let beat_at = snap.server_time_ms.saturating_sub(r.age_ms);
             let e = self.since_beat.entry(r.node_id.clone()).or_insert((beat_at, 0));
             if e.0 != beat_at {
                 *e = (beat_at, 0);
             }
-            out.insert(r.node_id.clone(), e.1);
         }
-        out
+        self.seen = Some(snap.clone());
+    }
+
+    /// Handouts of `node` since its last beat.
+    fn pending(&self, node: &NodeId) -> u64 {
+        self.since_beat.get(node).map_or(0, |e| e.1)
     }
 
     /// Counts one handout of `node`.
@@ -158,8 +168,8 @@ impl RelayDirectory for Directory {
         // Every relay named counts as one allocation to come (browsers allocate on each TURN
         // server of an answer) until its next heartbeat shows what really happened.
         let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = handed.pending(&snap);
-        let chosen = handout::choose_pending(&relays, region, count, stale, seed, &pending);
+        handed.sync(&snap);
+        let chosen = handout::choose_pending(&relays, region, count, stale, seed, |n| handed.pending(n));
         for r in &chosen {
             handed.handed_out(&r.node_id);
         }
@@ -420,27 +430,32 @@ mod tests {
     #[test]
     fn handouts_count_until_the_relays_next_beat() {
         let mut h = Handed::default();
-        let snap =
-            RelaySnapshot { server_time_ms: 10_000, relays: vec![relay("a", 1000), relay("b", 500)], cached: false };
+        let snap = Arc::new(RelaySnapshot {
+            server_time_ms: 10_000,
+            relays: vec![relay("a", 1000), relay("b", 500)],
+            cached: false,
+        });
         let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
-        assert_eq!(h.pending(&snap)[&a], 0);
+        h.sync(&snap);
+        assert_eq!(h.pending(&a), 0);
         h.handed_out(&a);
         h.handed_out(&a);
         h.handed_out(&b);
-        let p = h.pending(&snap);
-        assert_eq!((p[&a], p[&b]), (2, 1));
+        h.sync(&snap);
+        assert_eq!((h.pending(&a), h.pending(&b)), (2, 1));
         // A listing read later, same beats: the counts stay. A new beat of a: a's count restarts.
         let later =
-            RelaySnapshot { server_time_ms: 11_000, relays: vec![relay("a", 2000), relay("b", 1500)], ..snap.clone() };
-        let p = h.pending(&later);
-        assert_eq!((p[&a], p[&b]), (2, 1));
-        let beat = RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100), relay("b", 2500)], ..snap };
-        let p = h.pending(&beat);
-        assert_eq!((p[&a], p[&b]), (0, 1));
+            RelaySnapshot { server_time_ms: 11_000, relays: vec![relay("a", 2000), relay("b", 1500)], cached: false };
+        h.sync(&Arc::new(later));
+        assert_eq!((h.pending(&a), h.pending(&b)), (2, 1));
+        let beat =
+            RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100), relay("b", 2500)], cached: false };
+        h.sync(&Arc::new(beat));
+        assert_eq!((h.pending(&a), h.pending(&b)), (0, 1));
         // A relay gone from the listing is forgotten.
         let gone = RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100)], cached: false };
-        let p = h.pending(&gone);
-        assert_eq!((p.len(), h.since_beat.len()), (1, 1));
+        h.sync(&Arc::new(gone));
+        assert_eq!((h.pending(&b), h.since_beat.len()), (0, 1));
     }
 
     #[test]
