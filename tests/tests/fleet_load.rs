@@ -3,7 +3,7 @@
 //! `turnkey load --issuer URL` without `--server` asks the issuer for ICE servers before every
 //! allocation, as apps do, and allocates at the first TURN URL of its transport: the storm is
 //! spread over the three relays, and the report's per-server counts must equal what each relay
-//! counted in its own Prometheus metrics.
+//! counted in its own Prometheus metrics (over UDP, TCP and TLS).
 
 // Test code: a missing field is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -12,12 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use turnkey_e2e::fleet::{create_key, issuer, relay, wait_until};
+use turnkey_e2e::fleet::{create_key, issuer, relay_with_tls, wait_until};
 use turnkey_e2e::redis::{RedisOptions, RedisServer};
 use turnkey_e2e::{bin, http, run_with_timeout, Turnkey};
 
 /// Allocations of one storm.
 const COUNT: u64 = 300;
+/// Allocations of the storm over TLS.
+const TLS_COUNT: u64 = 90;
 
 /// Successful Allocates a relay counted.
 fn successes(r: &Turnkey) -> u64 {
@@ -66,7 +68,7 @@ fn load_through_the_issuer_spreads_a_storm_over_three_relays_and_counts_match_ea
     // Every issued credential has the key's userid: let one user hold the whole storm; over TCP
     // the storm holds all its connections from 127.0.0.1 at once.
     let quota = ["--max-allocations-per-user", "10000", "--max-connections-per-ip", "1000"];
-    let relays = [relay(&url, "r1", None, &quota), relay(&url, "r2", None, &quota), relay(&url, "r3", None, &quota)];
+    let relays = ["r1", "r2", "r3"].map(|node| relay_with_tls(&url, node, None, &quota));
     let (id, token) = create_key(&url, &[]);
     let iss = issuer(&url, "issuer-a", None, &[]);
     let dir = tempfile::tempdir().unwrap();
@@ -74,34 +76,21 @@ fn load_through_the_issuer_spreads_a_storm_over_three_relays_and_counts_match_ea
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     assert!(wait_until(Duration::from_secs(10), || healthy(&iss, &token) == 3).is_some(), "three relays listed");
 
-    for transport in ["udp", "tcp"] {
+    // TLS: `turns:` URLs, fewer allocations (each is a TLS handshake in a debug build).
+    for (transport, count) in [("udp", COUNT), ("tcp", COUNT), ("tls", TLS_COUNT)] {
         let by_addr: BTreeMap<String, &Turnkey> = relays.iter().map(|r| (r.addr(transport).to_string(), r)).collect();
         let before: BTreeMap<String, u64> = by_addr.iter().map(|(a, r)| (a.clone(), successes(r))).collect();
-        let count = COUNT.to_string();
-        let r = load(
-            &iss,
-            &id,
-            &token_file,
-            &[
-                "--scenario",
-                "allocations",
-                "--transport",
-                transport,
-                "--count",
-                &count,
-                "--concurrency",
-                "16",
-                "--hold",
-                "2",
-            ],
-        );
+        let n = count.to_string();
+        let mut args = vec!["--scenario", "allocations", "--transport", transport, "--count", &n];
+        args.extend(["--concurrency", "16", "--hold", "2", "--insecure"]);
+        let r = load(&iss, &id, &token_file, &args);
         let a = &r["allocations"];
-        assert_eq!((a["attempted"].as_u64(), a["succeeded"].as_u64()), (Some(COUNT), Some(COUNT)), "{r}");
+        assert_eq!((a["attempted"].as_u64(), a["succeeded"].as_u64()), (Some(count), Some(count)), "{r}");
         assert_eq!(r["errors"], serde_json::json!({}), "{r}");
         let i = &r["issuer"];
         assert_eq!(
             (i["fetches"].as_u64(), i["failed"].as_u64()),
-            (Some(COUNT), Some(0)),
+            (Some(count), Some(0)),
             "one answer per allocation: {r}"
         );
         assert!(i["p50_ms"].as_f64().unwrap() > 0.0 && i["p99_ms"].as_f64() >= i["p50_ms"].as_f64(), "{i}");
@@ -114,11 +103,11 @@ fn load_through_the_issuer_spreads_a_storm_over_three_relays_and_counts_match_ea
         for s in servers {
             let ok = s["succeeded"].as_u64().unwrap();
             assert_eq!((s["attempted"].as_u64(), s["failed"].as_u64()), (Some(ok), Some(0)), "{s}");
-            assert!(ok * 100 >= COUNT * 15, "every relay gets at least 15 % of the storm: {s}");
+            assert!(ok * 100 >= count * 15, "every relay gets at least 15 % of the storm: {s}");
             assert!(s["p50_ms"].as_f64().unwrap() > 0.0, "{s}");
             sum += ok;
         }
-        assert_eq!(sum, COUNT, "{r}");
+        assert_eq!(sum, count, "{r}");
         assert!(r["server"].as_str().unwrap().split(',').count() == 3, "{r}");
 
         // Each relay's own count of successful Allocates equals the report's figure for it.
