@@ -16,8 +16,18 @@ pub const SECRET: &str = "fleet-e2e-shared-secret";
 /// Starts a relay: UDP and TCP on 127.0.0.1 port 0, no TLS, no issuer, metrics on port 0,
 /// relaying to 127.0.0.1 (the tests' echo peers), joined to `redis`.
 pub fn relay(redis: &str, node: &str, region: Option<&str>, extra: &[&str]) -> Turnkey {
+    relay_on(redis, node, region, "off", extra)
+}
+
+/// [`relay`] with a TLS listener on 127.0.0.1 port 0 too (`addr("tls")`, the data directory's
+/// generated self-signed certificate).
+pub fn relay_with_tls(redis: &str, node: &str, region: Option<&str>, extra: &[&str]) -> Turnkey {
+    relay_on(redis, node, region, "127.0.0.1:0", extra)
+}
+
+fn relay_on(redis: &str, node: &str, region: Option<&str>, tls: &str, extra: &[&str]) -> Turnkey {
     let mut args: Vec<String> =
-        ["serve", "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", "off", "--http", "off"]
+        ["serve", "--udp", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--tls", tls, "--http", "off"]
             .iter()
             .map(|s| s.to_string())
             .collect();

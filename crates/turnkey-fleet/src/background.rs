@@ -4,11 +4,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::{Fleet, KeysSnapshot, RelayBeat, RelaySnapshot};
+use crate::changes::RelayChangeEvent;
+use crate::names::NodeId;
+use crate::{Fleet, KeysSnapshot, RelayBeat, RelaySnapshot, RelayStatus};
 
 impl Fleet {
     /// Publishes `beat()` every heartbeat interval (the first at once).
@@ -38,20 +40,61 @@ impl Fleet {
     /// right): handouts read it without touching Redis. While Redis is unreachable it keeps the
     /// last listing up to `max_stale` (marked `cached`), then becomes empty (the caller falls
     /// back). Starts empty until the first listing.
+    ///
+    /// Besides the periodic refresh, a relay that joins, starts or stops draining, or leaves
+    /// (announced on `<p>relay-changes`, [`Fleet::relay_changes`]) is updated in the copy at once:
+    /// one `GET` of its record ([`Fleet::relay`]), not a whole listing, so a burst of changes
+    /// (a fleet restarting) costs one small read per change per issuer.
     pub fn watch_relays(&self, every: Duration, max_stale: Duration) -> watch::Receiver<Arc<RelaySnapshot>> {
         let empty = Arc::new(RelaySnapshot { server_time_ms: 0, relays: Vec::new(), cached: false });
         let (tx, rx) = watch::channel(empty.clone());
         let weak = Arc::downgrade(&self.inner);
+        let mut changes = Some(self.relay_changes());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The copy as last read in full or patched, and when.
+            let mut read_at = Instant::now();
             loop {
-                tick.tick().await;
+                let event = match &mut changes {
+                    Some(c) => tokio::select! {
+                        _ = tick.tick() => None,
+                        ev = c.recv() => match ev {
+                            Some(ev) => Some(ev),
+                            None => {
+                                // The subscription ended (the fleet is going away).
+                                changes = None;
+                                continue;
+                            }
+                        },
+                    },
+                    None => {
+                        tick.tick().await;
+                        None
+                    }
+                };
                 let Some(inner) = weak.upgrade() else { return };
-                let snap = match (Fleet { inner }).healthy_relays_or_cached(max_stale).await {
+                let fleet = Fleet { inner };
+                if let Some(RelayChangeEvent::Changed(c)) = &event {
+                    let current = tx.borrow().clone();
+                    if !current.cached && current.server_time_ms != 0 {
+                        if let Ok(now) = fleet.relay(&c.node_id).await {
+                            let patched = Arc::new(patch(&current, read_at.elapsed(), &c.node_id, now));
+                            read_at = Instant::now();
+                            if tx.send(patched).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                // A tick, a (re)subscription, an unreadable message, or a change the copy could
+                // not take: read the whole listing.
+                let snap = match fleet.healthy_relays_or_cached(max_stale).await {
                     Ok(s) => Arc::new(s),
                     Err(_) => empty.clone(),
                 };
+                read_at = Instant::now();
                 if tx.send(snap).is_err() {
                     return;
                 }
@@ -133,5 +176,61 @@ impl Fleet {
         });
         self.inner.spawned(task);
         rx
+    }
+}
+
+/// `snap` read `elapsed` ago, with every heartbeat age advanced by `elapsed` (so ages stay true
+/// whenever the copy is read) and `node`'s entry replaced by `now` (its current record, age 0),
+/// or removed when it has none.
+fn patch(snap: &RelaySnapshot, elapsed: Duration, node: &NodeId, now: Option<RelayStatus>) -> RelaySnapshot {
+    let extra = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let mut relays: Vec<RelayStatus> = snap
+        .relays
+        .iter()
+        .filter(|r| &r.node_id != node)
+        .map(|r| RelayStatus { age_ms: r.age_ms.saturating_add(extra), ..r.clone() })
+        .collect();
+    relays.extend(now);
+    relays.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    RelaySnapshot { server_time_ms: snap.server_time_ms.saturating_add(extra), relays, cached: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AdvertisedUrl, Transport};
+
+    fn relay(id: &str, age_ms: u64, draining: bool) -> RelayStatus {
+        RelayStatus {
+            node_id: NodeId::new(id).unwrap(),
+            beat: RelayBeat {
+                region: None,
+                urls: vec![AdvertisedUrl { transport: Transport::Udp, url: format!("turn:{id}:3478") }],
+                allocations: 0,
+                allocation_capacity: 10,
+                relayed_bps: 0,
+                bandwidth_capacity_bps: None,
+                draining,
+            },
+            age_ms,
+        }
+    }
+
+    #[test]
+    fn a_change_patches_one_relay_and_ages_the_rest() {
+        let snap = RelaySnapshot {
+            server_time_ms: 10_000,
+            relays: vec![relay("a", 100, false), relay("b", 1500, false)],
+            cached: false,
+        };
+        let b = NodeId::new("b").unwrap();
+        let p = patch(&snap, Duration::from_millis(700), &b, Some(relay("b", 0, true)));
+        assert_eq!(p.server_time_ms, 10_700);
+        assert_eq!(p.relays, vec![relay("a", 800, false), relay("b", 0, true)]);
+        let gone = patch(&snap, Duration::ZERO, &b, None);
+        assert_eq!(gone.relays, vec![relay("a", 100, false)]);
+        let c = NodeId::new("c").unwrap();
+        let joined = patch(&snap, Duration::ZERO, &c, Some(relay("c", 0, false)));
+        assert_eq!(joined.relays.iter().map(|r| r.node_id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
     }
 }

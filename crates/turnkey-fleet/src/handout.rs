@@ -6,6 +6,12 @@
 //! and the node id, so a burst of requests between two heartbeats (when loads look equal) is
 //! spread over the equally loaded relays instead of all landing on the first by name.
 //! [`alternate`] picks the relay a draining or full relay redirects to (300 Try Alternate).
+//!
+//! [`choose_pending`] also takes the issuer's own handouts since each relay's last heartbeat
+//! (`pending`: relays named in answers the relay's beat cannot show yet) and counts them as
+//! allocations when ranking, so a burst between two heartbeats is spread by load, not only by
+//! the hash tie-break. Pending handouts never make a relay ineligible: only what the relay
+//! itself measured does.
 
 use std::hash::{Hash, Hasher};
 
@@ -22,7 +28,20 @@ pub fn eligible(r: &RelayStatus, stale_after_ms: u64) -> bool {
 }
 
 fn load_step(r: &RelayStatus) -> u64 {
-    let l = r.beat.load();
+    step(r.beat.load())
+}
+
+/// The load step of `r` with `pending` more allocations than its heartbeat shows.
+fn pending_step(r: &RelayStatus, pending: u64) -> u64 {
+    let b = &r.beat;
+    if pending == 0 || b.allocation_capacity == 0 {
+        return load_step(r);
+    }
+    let with = b.allocations.saturating_add(pending) as f64 / b.allocation_capacity as f64;
+    step(b.load().max(with))
+}
+
+fn step(l: f64) -> u64 {
     if l.is_finite() {
         (l * LOAD_STEPS).floor() as u64
     } else {
@@ -46,10 +65,24 @@ pub fn choose<'a>(
     stale_after_ms: u64,
     seed: u64,
 ) -> Vec<&'a RelayStatus> {
+    choose_pending(relays, region, count, stale_after_ms, seed, |_| 0)
+}
+
+/// [`choose`], ranking each relay as if it held `pending(node)` more allocations than its last
+/// heartbeat shows (what this issuer handed out since).
+pub fn choose_pending<'a>(
+    relays: &'a [RelayStatus],
+    region: Option<&Region>,
+    count: usize,
+    stale_after_ms: u64,
+    seed: u64,
+    pending: impl Fn(&NodeId) -> u64,
+) -> Vec<&'a RelayStatus> {
     let mut ok: Vec<&RelayStatus> = relays.iter().filter(|r| eligible(r, stale_after_ms)).collect();
     ok.sort_by_cached_key(|r| {
         let away = region.is_some() && r.beat.region.as_ref() != region;
-        (away, load_step(r), tiebreak(seed, &r.node_id))
+        let extra = pending(&r.node_id);
+        (away, pending_step(r, extra), tiebreak(seed, &r.node_id))
     });
     ok.truncate(count);
     ok
@@ -76,6 +109,8 @@ pub fn alternate<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use proptest::prelude::*;
 
     use super::*;
@@ -100,6 +135,11 @@ mod tests {
             },
             age_ms,
         }
+    }
+
+    /// Pending counts from a map (absent: 0).
+    fn of(m: &HashMap<NodeId, u64>) -> impl Fn(&NodeId) -> u64 + '_ {
+        |n| m.get(n).copied().unwrap_or(0)
     }
 
     fn ids(v: &[&RelayStatus]) -> Vec<String> {
@@ -154,6 +194,20 @@ mod tests {
         assert!(alternate(&rs, &me, Transport::Tls, None, STALE).is_none());
         rs[2].beat.draining = true;
         assert_eq!(alternate(&rs, &me, Transport::Tcp, None, STALE).unwrap().node_id.as_str(), "busy");
+    }
+
+    #[test]
+    fn pending_handouts_rank_but_never_exclude() {
+        let rs = vec![relay("a", None, 10, 100, false, 0), relay("b", None, 10, 100, false, 0)];
+        let a = NodeId::new("a").unwrap();
+        // 10 pending on a: 20 % against b's 10 %, whatever the seed.
+        let pending = HashMap::from([(a.clone(), 10)]);
+        for seed in 0..32 {
+            assert_eq!(ids(&choose_pending(&rs, None, 2, STALE, seed, of(&pending))), ["b", "a"]);
+        }
+        // Pending past capacity: still handed out (only the relay's own figures exclude it).
+        let pending = HashMap::from([(a, 1000)]);
+        assert_eq!(ids(&choose_pending(&rs, None, 2, STALE, 3, of(&pending))), ["b", "a"]);
     }
 
     fn arb_relay() -> impl Strategy<Value = RelayStatus> {
@@ -213,6 +267,85 @@ mod tests {
                     if class(r) == class(last) && !got.iter().any(|g| std::ptr::eq(*g, r)) {
                         prop_assert!(load_step(r) >= load_step(last));
                     }
+                }
+            }
+        }
+
+        #[test]
+        fn no_pending_is_plain_choice(
+            relays in prop::collection::vec(arb_relay(), 0..30),
+            count in 0usize..6,
+            seed in any::<u64>(),
+        ) {
+            let plain = ids(&choose(&relays, None, count, STALE, seed));
+            let zeros: HashMap<NodeId, u64> = relays.iter().map(|r| (r.node_id.clone(), 0)).collect();
+            prop_assert_eq!(&plain, &ids(&choose_pending(&relays, None, count, STALE, seed, |_| 0)));
+            prop_assert_eq!(&plain, &ids(&choose_pending(&relays, None, count, STALE, seed, of(&zeros))));
+        }
+
+        #[test]
+        fn pending_choice_properties(
+            relays in prop::collection::vec(arb_relay(), 0..30),
+            pend in prop::collection::vec(0u64..200, 40),
+            region in prop::option::of(prop::sample::select(vec!["eu", "us", "ap"])),
+            count in 0usize..6,
+            seed in any::<u64>(),
+        ) {
+            let region = region.map(|r| Region::new(r).unwrap());
+            let pending: HashMap<NodeId, u64> =
+                (0..40u32).map(|i| (NodeId::new(format!("n{i}")).unwrap(), pend[i as usize])).collect();
+            let got = choose_pending(&relays, region.as_ref(), count, STALE, seed, of(&pending));
+            // The same relays are eligible: pending counts never exclude one.
+            let eligible_n = relays.iter().filter(|r| eligible(r, STALE)).count();
+            prop_assert_eq!(got.len(), count.min(eligible_n));
+            let home = |r: &RelayStatus| region.is_none() || r.beat.region.as_ref() == region.as_ref();
+            let step_of = |r: &RelayStatus| pending_step(r, pending.get(&r.node_id).copied().unwrap_or(0));
+            // Home region first; within a class, steps (with pending) never decrease, and no
+            // eligible relay of the last one's class left out has a lower step.
+            let first_away = got.iter().position(|r| !home(r)).unwrap_or(got.len());
+            prop_assert!(got[first_away..].iter().all(|r| !home(r)));
+            for w in got.windows(2) {
+                if home(w[0]) == home(w[1]) {
+                    prop_assert!(step_of(w[0]) <= step_of(w[1]));
+                }
+            }
+            if let Some(last) = got.last() {
+                for r in relays.iter().filter(|r| eligible(r, STALE) && home(r) == home(last)) {
+                    if !got.iter().any(|g| std::ptr::eq(*g, r)) {
+                        prop_assert!(step_of(r) >= step_of(last));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_burst_between_heartbeats_is_spread_by_load(
+            allocs in prop::collection::vec(0u64..40, 2..6),
+            burst in 1u64..300,
+            seed in any::<u64>(),
+        ) {
+            // Relays of capacity 100 with measured loads `allocs`; `burst` answers of one relay
+            // each before any relay beats again, every handout counted as pending.
+            let rs: Vec<RelayStatus> =
+                allocs.iter().enumerate().map(|(i, a)| relay(&format!("r{i}"), None, *a, 100, false, 0)).collect();
+            let mut pending: HashMap<NodeId, u64> = HashMap::new();
+            for k in 0..burst {
+                let got = choose_pending(&rs, None, 1, STALE, seed.wrapping_add(k), of(&pending));
+                *pending.entry(got[0].node_id.clone()).or_default() += 1;
+            }
+            let pend = |r: &RelayStatus| pending.get(&r.node_id).copied().unwrap_or(0);
+            prop_assert_eq!(rs.iter().map(pend).sum::<u64>(), burst);
+            for a in rs.iter().filter(|a| pend(a) > 0) {
+                for b in &rs {
+                    // a's last pick had a step <= b's step at that time <= b's final step.
+                    let (at_last_pick, b_final) = (pending_step(a, pend(a) - 1), pending_step(b, pend(b)));
+                    prop_assert!(
+                        at_last_pick <= b_final,
+                        "{} picked at step {} while {} ends at step {}", a.node_id, at_last_pick, b.node_id, b_final
+                    );
+                    // In allocations: within one step (5) of each other.
+                    let total = |r: &RelayStatus| r.beat.allocations + pend(r);
+                    prop_assert!(total(a) <= total(b) + 5, "{} {} vs {} {}", a.node_id, total(a), b.node_id, total(b));
                 }
             }
         }

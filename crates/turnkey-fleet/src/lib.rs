@@ -5,7 +5,8 @@
 //!
 //! - the relay registry: heartbeats ([`Fleet::heartbeat`]) that expire after 3 missed beats,
 //!   the list of healthy relays ([`Fleet::healthy_relays`]) and the handout choice
-//!   ([`handout::choose`], [`handout::alternate`]: pure functions);
+//!   ([`handout::choose`], [`handout::alternate`]: pure functions), and relay state changes
+//!   announced at once ([`Fleet::relay_changes`]);
 //! - revocations: a persisted set plus pub/sub ([`Fleet::revoke`],
 //!   [`Fleet::subscribe_revocations`], which replays the set on every (re)connect);
 //! - TURN keys (tenants) shared by all issuers ([`Fleet::create_key`], [`Fleet::keys_if_changed`]);
@@ -27,6 +28,7 @@
 //! they derive from the prefix.
 
 mod background;
+mod changes;
 mod client;
 mod config;
 mod error;
@@ -40,6 +42,7 @@ mod revocation;
 mod tenants;
 mod usage;
 
+pub use changes::{Change, RelayChange, RelayChangeEvent};
 pub use client::Fleet;
 pub use config::{redact_url, FleetConfig};
 pub use error::FleetError;

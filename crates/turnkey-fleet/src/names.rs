@@ -133,6 +133,12 @@ impl Names {
         format!("{}revocations", self.prefix)
     }
 
+    /// `<p>relay-changes`: the pub/sub channel on which relays announce that they joined,
+    /// started or stopped draining, or left (issuers re-read the listing at once).
+    pub(crate) fn relay_changes_channel(&self) -> String {
+        format!("{}relay-changes", self.prefix)
+    }
+
     /// `<p>keys`: hash key id -> key record (JSON).
     pub(crate) fn keys(&self) -> String {
         format!("{}keys", self.prefix)
@@ -184,5 +190,6 @@ mod tests {
         assert_eq!(n.usage(1_700_000_000, "ab"), "tk:usage:1700000000:ab");
         assert_eq!(n.rate(300, "1.2.3.4"), "tk:rl:300:1.2.3.4");
         assert_eq!(n.revocations_channel(), "tk:revocations");
+        assert_eq!(n.relay_changes_channel(), "tk:relay-changes");
     }
 }

@@ -5,6 +5,11 @@
 //! also reaps relays whose record expired (at most 16 per beat): their allocation counts leave
 //! the fleet-wide quota (see `quota.rs`), so a SIGKILLed relay frees its users' quota within
 //! 3 beats plus one beat of any live relay.
+//!
+//! A relay that joins (its record was missing), starts or stops draining, or leaves publishes
+//! `{"node_id", "change": "joined"|"draining"|"resumed"|"left"}` on `<p>relay-changes` in the
+//! same script; issuers subscribed to it ([`Fleet::relay_changes`]) re-read that relay's record
+//! ([`Fleet::relay`]) at once instead of waiting for their next periodic listing.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -109,7 +114,7 @@ struct Stored {
     beat: RelayBeat,
 }
 
-const BEAT_LUA: &str = r"
+const BEAT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
@@ -129,11 +134,21 @@ for _, id in ipairs(stale) do
     redis.call('ZREM', KEYS[2], id)
   end
 end
-local existed = redis.call('EXISTS', KEYS[1])
+local was = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-return existed
-";
+local draining = ARGV[5] == '1'
+if not was then
+  redis.call('PUBLISH', ARGV[6], '{"node_id":"' .. ARGV[1] .. '","change":"joined"}')
+elseif (string.find(was, '"draining":true', 1, true) ~= nil) ~= draining then
+  local change = draining and 'draining' or 'resumed'
+  redis.call('PUBLISH', ARGV[6], '{"node_id":"' .. ARGV[1] .. '","change":"' .. change .. '"}')
+end
+if was then
+  return 1
+end
+return 0
+"#;
 
 const LIST_LUA: &str = r"
 local t = redis.call('TIME')
@@ -151,7 +166,7 @@ end
 return out
 ";
 
-const LEAVE_LUA: &str = r"
+const LEAVE_LUA: &str = r#"
 local h = redis.call('HGETALL', KEYS[4])
 for i = 1, #h, 2 do
   local n = redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1]))
@@ -162,8 +177,9 @@ for i = 1, #h, 2 do
 end
 redis.call('DEL', KEYS[4], KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', ARGV[2], '{"node_id":"' .. ARGV[1] .. '","change":"left"}')
 return 1
-";
+"#;
 
 /// The script `src`, with the quota-mark helper (`unmark`) defined before it.
 fn script(cell: &'static OnceLock<Script>, src: &str) -> &'static Script {
@@ -193,6 +209,7 @@ impl Fleet {
         let ttl_ms = millis(i.cfg.stale_after());
         let (relay, relays, quota, prefix) = (i.names.relay(node), i.names.relays(), i.names.quota(), i.names.prefix());
         let full = (i.names.quota_full(), i.names.quota_full_version());
+        let (draining, channel) = (beat.draining, i.names.relay_changes_channel());
         let existed: i64 = i
             .call("heartbeat", |mut c| async move {
                 let mut inv = script(&BEAT, BEAT_LUA).prepare_invoke();
@@ -204,7 +221,9 @@ impl Fleet {
                     .arg(node.as_str())
                     .arg(json)
                     .arg(ttl_ms)
-                    .arg(prefix);
+                    .arg(prefix)
+                    .arg(if draining { "1" } else { "0" })
+                    .arg(channel);
                 inv.invoke_async(&mut c).await
             })
             .await?;
@@ -226,13 +245,14 @@ impl Fleet {
             i.names.quota_full(),
             i.names.quota_full_version(),
         ];
+        let channel = i.names.relay_changes_channel();
         let _: i64 = i
             .call("deregister", |mut c| async move {
                 let mut inv = script(&LEAVE, LEAVE_LUA).prepare_invoke();
                 for k in keys {
                     inv.key(k);
                 }
-                inv.arg(node.as_str());
+                inv.arg(node.as_str()).arg(channel);
                 inv.invoke_async(&mut c).await
             })
             .await?;
@@ -275,6 +295,20 @@ impl Fleet {
         i.metrics.set_ages(&ages);
         *i.relays_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), snap.clone()));
         Ok(snap)
+    }
+
+    /// One relay's current record (heartbeat age 0: it is read now), `None` when it has none
+    /// (it left, or its record expired). What an issuer reads when a relay announces a change.
+    pub async fn relay(&self, node: &NodeId) -> Result<Option<RelayStatus>, FleetError> {
+        let key = self.inner.names.relay(node);
+        let raw: Option<String> = self
+            .inner
+            .call("read relay", |mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        let Some(json) = raw else { return Ok(None) };
+        let stored: Stored =
+            serde_json::from_str(&json).map_err(|e| FleetError::Data { op: "read relay", detail: e.to_string() })?;
+        Ok(Some(RelayStatus { node_id: stored.node_id, beat: stored.beat, age_ms: 0 }))
     }
 
     /// [`Fleet::healthy_relays`], or while Redis is unreachable the last successful listing if

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use turnkey_e2e::redis::{RedisOptions, RedisServer, RedisTls};
 use turnkey_fleet::handout;
 use turnkey_fleet::{
-    AdvertisedUrl, Fleet, FleetConfig, FleetError, FleetMetrics, KeyRecord, NodeId, RateVerdict, Region, RelayBeat,
-    Revocation, Transport, UsageBytes,
+    AdvertisedUrl, Change, Fleet, FleetConfig, FleetError, FleetMetrics, KeyRecord, NodeId, RateVerdict, Region,
+    RelayBeat, RelayChange, RelayChangeEvent, Revocation, Transport, UsageBytes,
 };
 
 const BEAT: Duration = Duration::from_millis(200);
@@ -603,4 +603,70 @@ async fn key_allocations_sum_a_keys_userids_on_every_relay() {
     assert_eq!(r1.key_allocations(k).await.unwrap(), 2);
     assert_eq!(r1.key_allocations("0000").await.unwrap(), 0);
     assert!(r1.key_allocations("a*").await.is_err(), "no glob characters reach the scan");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_state_changes_are_announced_and_resubscribed_after_a_restart() {
+    let Some(mut redis) = RedisServer::start(RedisOptions::default()) else { return };
+    let (r1, issuer) = (join(&redis, "r1").await, join(&redis, "issuer1").await);
+    let mut changes = issuer.relay_changes();
+    assert_eq!(next(&mut changes, 5000).await, Some(RelayChangeEvent::Subscribed));
+    // Joined, draining, resumed, left: each announced; a beat that changes nothing is not.
+    let r1_did = |change| Some(RelayChangeEvent::Changed(RelayChange { node_id: NodeId::new("r1").unwrap(), change }));
+    r1.heartbeat(&beat(None, 0, false)).await.unwrap();
+    assert_eq!(next(&mut changes, 2000).await, r1_did(Change::Joined));
+    r1.heartbeat(&beat(None, 5, false)).await.unwrap();
+    assert_eq!(next(&mut changes, 300).await, None, "an ordinary beat is not a change");
+    r1.heartbeat(&beat(None, 5, true)).await.unwrap();
+    assert_eq!(next(&mut changes, 2000).await, r1_did(Change::Draining));
+    r1.heartbeat(&beat(None, 5, true)).await.unwrap();
+    assert_eq!(next(&mut changes, 300).await, None, "still draining is not a change");
+    r1.heartbeat(&beat(None, 5, false)).await.unwrap();
+    assert_eq!(next(&mut changes, 2000).await, r1_did(Change::Resumed));
+    r1.deregister().await.unwrap();
+    assert_eq!(next(&mut changes, 2000).await, r1_did(Change::Left));
+
+    // A listing kept by watch_relays follows a change at once, not at its next refresh (10 s).
+    let r2 = join(&redis, "r2").await;
+    r2.heartbeat(&beat(None, 0, false)).await.unwrap();
+    let mut listing = issuer.watch_relays(Duration::from_secs(10), Duration::from_secs(30));
+    let first = tokio::time::timeout(Duration::from_secs(2), listing.wait_for(|s| s.relays.len() == 1)).await.is_ok();
+    assert!(first, "first listing");
+    let t = Instant::now();
+    r2.heartbeat(&beat(None, 0, true)).await.unwrap();
+    let drained = tokio::time::timeout(
+        Duration::from_secs(2),
+        listing.wait_for(|s| s.relays.iter().any(|r| r.node_id.as_str() == "r2" && r.beat.draining)),
+    )
+    .await
+    .is_ok();
+    assert!(drained, "the listing shows r2 draining at once");
+    let r3 = join(&redis, "r3").await;
+    r3.heartbeat(&beat(None, 0, false)).await.unwrap();
+    r2.deregister().await.unwrap();
+    let updated = tokio::time::timeout(
+        Duration::from_secs(2),
+        listing.wait_for(|s| s.relays.iter().map(|r| r.node_id.as_str()).collect::<Vec<_>>() == ["r3"]),
+    )
+    .await
+    .is_ok();
+    assert!(updated, "r2 left and r3 joined: {:?}", names(&listing.borrow()));
+    assert!(t.elapsed() < Duration::from_secs(2), "all before the periodic refresh: {:?}", t.elapsed());
+
+    // Redis restarts: the subscription comes back by itself.
+    while next(&mut changes, 100).await.is_some() {}
+    redis.kill();
+    redis.restart();
+    back(&issuer).await;
+    back(&r3).await;
+    assert_eq!(next(&mut changes, 5000).await, Some(RelayChangeEvent::Subscribed), "resubscribed");
+    r3.heartbeat(&beat(None, 0, false)).await.unwrap();
+    let r3_joined =
+        RelayChangeEvent::Changed(RelayChange { node_id: NodeId::new("r3").unwrap(), change: Change::Joined });
+    assert_eq!(next(&mut changes, 2000).await, Some(r3_joined), "Redis came back empty: r3 joins again");
+}
+
+/// The next event of `changes` within `ms` milliseconds.
+async fn next(changes: &mut tokio::sync::mpsc::Receiver<RelayChangeEvent>, ms: u64) -> Option<RelayChangeEvent> {
+    tokio::time::timeout(Duration::from_millis(ms), changes.recv()).await.ok().flatten()
 }

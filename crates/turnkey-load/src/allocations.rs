@@ -17,7 +17,7 @@ use crate::client::{new_tid, TurnClient};
 use crate::flow::{data_of, Received};
 use crate::proto::{attr, class, method, MessageWriter};
 use crate::report::{new_histogram, Percentiles, Report};
-use crate::{Ctx, LoadError};
+use crate::{Ctx, LoadError, Route};
 
 /// Unauthenticated Allocates sent between reads when flooding.
 const WORKER_BATCH: u64 = 64;
@@ -134,14 +134,17 @@ async fn release_all(ctx: &Ctx, held: Vec<TurnClient>) {
 /// Pipelines unauthenticated Allocates over `--concurrency` connections and counts the answers
 /// by error code; what never got an answer is counted as `"no answer"`.
 async fn unauthenticated(ctx: &Ctx, bound: Bound, report: &mut Report) -> Result<(), LoadError> {
+    let Route::Fixed(target) = &ctx.route else {
+        return Err(LoadError::Args("--unauthenticated needs --server".into()));
+    };
     let start = Instant::now();
     let per_worker_rate = ctx.args.rate.map(|r| r / f64::from(ctx.args.concurrency));
     let per_worker_count = bound.count.map(|c| c.div_ceil(u64::from(ctx.args.concurrency)));
     let mut set = JoinSet::new();
     for _ in 0..ctx.args.concurrency {
-        let ctx = ctx.clone();
+        let (ctx, target) = (ctx.clone(), target.clone());
         set.spawn(async move {
-            let (mut tx, mut rx) = ctx.target.connect().await?;
+            let (mut tx, mut rx) = target.connect().await?;
             let drain = Duration::from_millis(ctx.args.drain_ms);
             let mut codes: BTreeMap<String, u64> = BTreeMap::new();
             let mut buf = Vec::with_capacity(64);
@@ -197,6 +200,7 @@ async fn unauthenticated(ctx: &Ctx, bound: Bound, report: &mut Report) -> Result
     if sent > answered {
         *report.errors.entry("no answer".into()).or_insert(0) += sent - answered;
     }
+    ctx.servers.record_failures(target.server, sent);
     let elapsed = (last - start).as_secs_f64();
     let a = &mut report.allocations;
     a.attempted = sent;

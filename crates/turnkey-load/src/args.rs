@@ -10,9 +10,10 @@ use crate::LoadError;
 /// Arguments of `turnkey load`: drive a TURN server and measure it.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// TURN server, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub server: String,
+    /// TURN server, HOST:PORT. Optional with --issuer: each allocation (allocations) or flow
+    /// (relay, ramp) then goes to the first TURN URL of --transport in a fresh issuer answer.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "issuer")]
+    pub server: Option<String>,
     /// Transport to the server.
     #[arg(long, value_enum, default_value_t = TransportKind::Udp)]
     pub transport: TransportKind,
@@ -287,6 +288,14 @@ impl LoadArgs {
                 return bad("credentials needed: --user/--password, --secret, or --issuer/--key-id/--token-file".into());
             }
         }
+        if self.server.is_none() {
+            if self.issuer.is_none() {
+                return bad("--server is needed (or --issuer to ask it for relays)".into());
+            }
+            if self.unauthenticated {
+                return bad("--unauthenticated needs --server".into());
+            }
+        }
         let default = match self.scenario {
             Scenario::Ramp => 3.0,
             _ => 10.0,
@@ -327,13 +336,13 @@ impl LoadArgs {
         }
     }
 
-    /// The host part of `--server`, for TLS verification.
-    pub fn server_host(&self) -> &str {
-        let s = self.server.as_str();
-        match s.rsplit_once(':') {
+    /// The host part of `--server`, for TLS verification (`None` without `--server`).
+    pub fn server_host(&self) -> Option<&str> {
+        let s = self.server.as_deref()?;
+        Some(match s.rsplit_once(':') {
             Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
             None => s,
-        }
+        })
     }
 }
 
@@ -361,7 +370,7 @@ mod tests {
         assert_eq!(b.duration, Duration::from_secs(10));
         assert_eq!(b.count, None);
         assert_eq!(a.flow_rate(), Some(50.0));
-        assert_eq!(a.server_host(), "127.0.0.1");
+        assert_eq!(a.server_host(), Some("127.0.0.1"));
     }
 
     #[test]
@@ -441,9 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn server_is_optional_with_an_issuer_only() {
+        assert!(Cli::try_parse_from(["x", "--secret", "s"]).is_err(), "--server or --issuer");
+        let issuer = ["x", "--issuer", "http://127.0.0.1:1/v1/turn", "--key-id", "k", "--token-file", "t"];
+        let a = Cli::try_parse_from(issuer).unwrap().args;
+        assert_eq!((a.server.as_deref(), a.server_host()), (None, None));
+        assert!(a.bound().is_ok());
+        let mut v = issuer.to_vec();
+        v.extend(["--scenario", "allocations", "--unauthenticated"]);
+        assert!(Cli::try_parse_from(v).unwrap().args.bound().is_err(), "unauthenticated needs --server");
+        assert!(Cli::try_parse_from(["x", "--issuer", "http://h/v1/turn"]).is_err(), "key id and token file too");
+    }
+
+    #[test]
     fn ipv6_host_for_sni() {
         let mut a = parse(&[]);
-        a.server = "[::1]:5349".into();
-        assert_eq!(a.server_host(), "::1");
+        a.server = Some("[::1]:5349".into());
+        assert_eq!(a.server_host(), Some("::1"));
     }
 }

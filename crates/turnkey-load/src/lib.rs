@@ -26,6 +26,8 @@ pub mod creds;
 mod error;
 pub mod flow;
 pub mod framing;
+pub mod ice;
+pub mod issuer;
 pub mod packet;
 pub mod progress;
 pub mod proto;
@@ -44,12 +46,14 @@ use tokio::time::Instant;
 
 pub use args::{LoadArgs, Mode, Profile, Scenario, TransportKind};
 pub use error::LoadError;
-pub use report::{Allocations, Percentiles, Ramp, RampStep, Report, Traffic, Verdict};
+pub use report::{Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic, Verdict};
 
-use client::{Auth, TurnClient};
+use client::{Auth, Credentials, TurnClient};
 use creds::CredentialSource;
+use issuer::IssuerClient;
 use progress::Progress;
 use relay::PeerKind;
+use report::ServerTally;
 use transport::Target;
 
 /// Runs the load the arguments describe and returns its report (also written to `--json`).
@@ -57,15 +61,46 @@ use transport::Target;
 /// could not start (bad arguments, unresolvable server, TLS setup, issuer unreachable).
 pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     args.bound()?;
-    let server = resolve(&args.server).await?;
-    let sni = args.sni.clone().unwrap_or_else(|| args.server_host().to_string());
-    let target = Target::new(server, args.transport, &sni, args.insecure, args.ca.as_deref())?;
+    let issuer = match (&args.issuer, &args.key_id, &args.token_file) {
+        (Some(url), Some(key_id), Some(token_file)) => {
+            let token = std::fs::read_to_string(token_file).map_err(|source| LoadError::Io {
+                context: format!("read token file {}", token_file.display()),
+                source,
+            })?;
+            // Asked once (with --server), or per allocation or flow within --timeout.
+            let timeout = if args.server.is_some() { 15.0 } else { args.timeout };
+            let connections = args.concurrency as usize;
+            let ttl = args.credential_ttl;
+            let c = IssuerClient::new(url, key_id, token.trim(), ttl, Duration::from_secs_f64(timeout), connections)?;
+            Some(Arc::new(c))
+        }
+        _ => None,
+    };
+    let (route, server) = match (&args.server, &issuer) {
+        (Some(s), _) => {
+            let server = resolve(s).await?;
+            let sni = args.sni.clone().or_else(|| args.server_host().map(str::to_owned)).unwrap_or_default();
+            (Route::Fixed(Target::new(server, args.transport, &sni, args.insecure, args.ca.as_deref())?), server)
+        }
+        (None, Some(issuer)) => {
+            // The TLS settings every handed-out server shares; the name to verify is --sni or
+            // the host of the URL each answer names.
+            let unspecified = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            let sni = args.sni.as_deref().unwrap_or("localhost");
+            let template = Target::new(unspecified, args.transport, sni, args.insecure, args.ca.as_deref())?;
+            (Route::Issuer { template, issuer: issuer.clone() }, unspecified)
+        }
+        (None, None) => return Err(LoadError::Args("--server or --issuer is needed".into())),
+    };
     let peer = match (&args.peer_addr, args.echo_peer) {
         (Some(p), _) => PeerKind::External(resolve(p).await?),
         (None, true) => PeerKind::OwnEcho,
         (None, false) => PeerKind::Pair,
     };
-    let creds = CredentialSource::from_args(&args).await?;
+    let creds = match route {
+        Route::Fixed(_) => CredentialSource::from_args(&args, issuer.as_deref()).await?,
+        Route::Issuer { .. } => CredentialSource::None,
+    };
     let mut report = Report {
         scenario: name(args.scenario),
         transport: name(args.transport),
@@ -86,8 +121,9 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     let ctx = Ctx {
         timeout: Duration::from_secs_f64(args.timeout),
         args: Arc::new(args),
-        target,
+        route,
         creds: Arc::new(creds),
+        servers: Arc::default(),
         progress: Arc::default(),
         epoch: std::time::Instant::now(),
     };
@@ -100,6 +136,11 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     let _ = stop_tx.send(true);
     let _ = display.await;
     result?;
+    report.servers = ctx.servers.report();
+    if let Route::Issuer { .. } = ctx.route {
+        report.server = report.servers.iter().map(|s| s.server.as_str()).collect::<Vec<_>>().join(",");
+    }
+    report.issuer = issuer.map(|i| i.report());
     report.judge(ctx.args.max_loss, ctx.args.max_p99);
     if let Some(path) = &ctx.args.json {
         let json = serde_json::to_vec_pretty(&report).map_err(|e| LoadError::Report(e.to_string()))?;
@@ -129,26 +170,85 @@ async fn resolve(addr: &str) -> Result<std::net::SocketAddr, LoadError> {
         .ok_or_else(|| LoadError::Resolve(addr.to_string()))
 }
 
+/// Where allocations go: one server, or the first URL of each fresh issuer answer.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// `--server`.
+    Fixed(Target),
+    /// `--issuer` without `--server`: `template` holds the transport and TLS settings.
+    Issuer { template: Target, issuer: Arc<IssuerClient> },
+}
+
+/// Where one allocation (or every allocation of a flow) goes, and with which credentials.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub(crate) target: Target,
+    creds: Credentials,
+}
+
 /// What every task of a run shares.
 #[derive(Debug, Clone)]
 pub(crate) struct Ctx {
     pub(crate) args: Arc<LoadArgs>,
-    pub(crate) target: Target,
+    pub(crate) route: Route,
     pub(crate) creds: Arc<CredentialSource>,
+    pub(crate) servers: Arc<ServerTally>,
     pub(crate) progress: Arc<Progress>,
     pub(crate) epoch: std::time::Instant,
     pub(crate) timeout: Duration,
 }
 
 impl Ctx {
-    /// Connects and allocates with the credentials of allocation `n`; pushes the time taken
-    /// (connection set-up and the 401 round included, microseconds) to `times` on success.
-    pub(crate) async fn allocate(&self, n: u64, times: &mut Vec<u64>) -> Result<TurnClient, LoadError> {
-        let t0 = Instant::now();
+    /// Where allocation `n` goes: `--server` with the credentials of allocation `n`, or (issuer
+    /// mode) the first TURN URL of `--transport` in a fresh issuer answer, with its credential.
+    /// A failure counts as a failed allocation.
+    pub(crate) async fn lease(&self, n: u64) -> Result<Lease, LoadError> {
         let r = async {
-            let creds = self.creds.for_allocation(n)?;
-            let auth = Auth::new(&creds, self.args.realm.clone());
-            let mut c = TurnClient::connect(&self.target, auth.clone(), self.timeout).await?;
+            match &self.route {
+                Route::Fixed(target) => Ok(Lease { target: target.clone(), creds: self.creds.for_allocation(n)? }),
+                Route::Issuer { template, issuer } => {
+                    let body = issuer.fetch().await?;
+                    let pick = ice::pick(&body, self.args.transport)?;
+                    let addr = match pick.url.host.parse::<std::net::IpAddr>() {
+                        Ok(ip) => std::net::SocketAddr::new(ip, pick.url.port),
+                        Err(_) => resolve(&pick.url.host_port()).await?,
+                    };
+                    let sni = self.args.sni.as_deref().unwrap_or(&pick.url.host);
+                    Ok(Lease { target: template.with_server(addr, Some(sni))?, creds: pick.credentials })
+                }
+            }
+        }
+        .await;
+        if r.is_err() {
+            self.progress.alloc_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Where the second allocation of a flow whose first went to `first` goes: the same server
+    /// and credential in issuer mode (one answer per flow, like one app), else allocation `n`'s.
+    pub(crate) fn pair_lease(&self, first: &Lease, n: u64) -> Result<Lease, LoadError> {
+        match &self.route {
+            Route::Fixed(_) => Ok(Lease { target: first.target.clone(), creds: self.creds.for_allocation(n)? }),
+            Route::Issuer { .. } => Ok(first.clone()),
+        }
+    }
+
+    /// Allocation `n`: [`Ctx::lease`], then [`Ctx::allocate_at`].
+    pub(crate) async fn allocate(&self, n: u64, times: &mut Vec<u64>) -> Result<TurnClient, LoadError> {
+        let lease = self.lease(n).await?;
+        self.allocate_at(&lease, times).await
+    }
+
+    /// Connects and allocates as `lease` says; pushes the time taken (connection set-up and the
+    /// 401 round included, microseconds) to `times` on success, and counts the outcome for the
+    /// lease's server.
+    pub(crate) async fn allocate_at(&self, lease: &Lease, times: &mut Vec<u64>) -> Result<TurnClient, LoadError> {
+        let t0 = Instant::now();
+        let target = &lease.target;
+        let r = async {
+            let auth = Auth::new(&lease.creds, self.args.realm.clone());
+            let mut c = TurnClient::connect(target, auth.clone(), self.timeout).await?;
             match c.allocate(self.args.lifetime).await {
                 // 437: the server already holds an allocation on this 5-tuple. Either our own
                 // retransmitted Allocate was granted first (coturn answers the retransmission
@@ -159,7 +259,7 @@ impl Ctx {
                     if c.retransmitted() {
                         let _ = c.refresh(0).await;
                     }
-                    let mut c = TurnClient::connect(&self.target, auth, self.timeout).await?;
+                    let mut c = TurnClient::connect(target, auth, self.timeout).await?;
                     c.allocate(self.args.lifetime).await?;
                     Ok(c)
                 }
@@ -170,10 +270,13 @@ impl Ctx {
         .await;
         match &r {
             Ok(_) => {
-                times.push((t0.elapsed().as_micros() as u64).max(1));
+                let us = (t0.elapsed().as_micros() as u64).max(1);
+                times.push(us);
+                self.servers.record(target.server, Some(us));
                 self.progress.alloc_ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
+                self.servers.record(target.server, None);
                 self.progress.alloc_failed.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -126,12 +126,15 @@ async fn setup_flow_inner(
     times: &mut Vec<u64>,
 ) -> Result<Flow, LoadError> {
     let channel = ctx.args.mode == Mode::Channel;
-    let mut near = ctx.allocate(u64::from(id) * 2, times).await?;
-    let near_relayed = near.relayed().unwrap_or(ctx.target.server);
+    // Issuer mode: one answer per flow (as one app asks once per call), both allocations there.
+    let lease = ctx.lease(u64::from(id) * 2).await?;
+    let server = lease.target.server;
+    let mut near = ctx.allocate_at(&lease, times).await?;
+    let near_relayed = near.relayed().unwrap_or(server);
     let (peer_addr, far) = match peer {
         PeerKind::External(a) => (a, None),
         PeerKind::OwnEcho => {
-            let ip = flow::echo_ip(ctx.target.server);
+            let ip = flow::echo_ip(server);
             let sock = UdpSocket::bind((ip, 0))
                 .await
                 .map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;
@@ -141,8 +144,9 @@ async fn setup_flow_inner(
             (addr, None)
         }
         PeerKind::Pair => {
-            let mut far = ctx.allocate(u64::from(id) * 2 + 1, times).await?;
-            let far_relayed = far.relayed().unwrap_or(ctx.target.server);
+            let far_lease = ctx.pair_lease(&lease, u64::from(id) * 2 + 1)?;
+            let mut far = ctx.allocate_at(&far_lease, times).await?;
+            let far_relayed = far.relayed().unwrap_or(server);
             bind(&mut far, channel, near_relayed).await?;
             (far_relayed, Some(far))
         }

@@ -17,7 +17,8 @@ pub struct Report {
     pub transport: String,
     /// `channel` or `send`.
     pub mode: String,
-    /// The server address used.
+    /// The server address used (`--server`, resolved); with `--issuer` and no `--server`, every
+    /// server the issuer handed out, comma-separated (see `servers`).
     pub server: String,
     /// `pair` (two allocations per flow), `echo` (own echo peer) or the `--peer-addr`.
     pub peer: String,
@@ -37,6 +38,10 @@ pub struct Report {
     pub traffic: Traffic,
     /// Allocation figures (every scenario).
     pub allocations: Allocations,
+    /// Allocations per TURN server, by address (one entry for a `--server` run).
+    pub servers: Vec<ServerReport>,
+    /// The credential issuer's fetches (`null` without `--issuer`).
+    pub issuer: Option<IssuerReport>,
     /// Failures by STUN error code (`"401"`, `"438"`, ...) or kind (`"timeout"`, `"io"`, ...).
     pub errors: BTreeMap<String, u64>,
     /// The first message seen for each error kind (e.g. why a TLS handshake failed).
@@ -87,6 +92,95 @@ pub struct Allocations {
     pub per_sec: f64,
     /// Time from the first Allocate to the success answer (401 round included), microseconds.
     pub time_us: Percentiles,
+}
+
+/// The allocations one TURN server got.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerReport {
+    /// Its address, `host:port` (IPv6 in brackets).
+    pub server: String,
+    /// Allocations tried there.
+    pub attempted: u64,
+    /// Allocations it granted.
+    pub succeeded: u64,
+    /// Allocations it refused, or that failed on the way (connection, timeout).
+    pub failed: u64,
+    /// Median time to allocate there (successes), milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile time to allocate there (successes), milliseconds.
+    pub p99_ms: f64,
+}
+
+/// The credential issuer's fetches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IssuerReport {
+    /// The issuer's base URL.
+    pub url: String,
+    /// POSTs to `generate-ice-servers` made.
+    pub fetches: u64,
+    /// Those that failed (HTTP error, unreachable, timed out), also counted in `errors.issuer`.
+    pub failed: u64,
+    /// Median time of a successful fetch, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile time of a successful fetch, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// Per-server allocation counts and times, shared by the tasks of a run.
+#[derive(Debug, Default)]
+pub struct ServerTally {
+    servers: std::sync::Mutex<BTreeMap<std::net::SocketAddr, Tally>>,
+}
+
+/// One server's counts: attempted, succeeded, the successes' times (µs).
+#[derive(Debug, Default)]
+struct Tally {
+    attempted: u64,
+    succeeded: u64,
+    times_us: Option<Histogram<u64>>,
+}
+
+impl ServerTally {
+    /// Counts one allocation tried at `server`: `Some(µs)` when it succeeded in that time.
+    pub fn record(&self, server: std::net::SocketAddr, success_us: Option<u64>) {
+        let Ok(mut m) = self.servers.lock() else { return };
+        let t = m.entry(server).or_default();
+        t.attempted += 1;
+        if let Some(us) = success_us {
+            t.succeeded += 1;
+            if t.times_us.is_none() {
+                t.times_us = new_histogram().ok();
+            }
+            if let Some(h) = &mut t.times_us {
+                h.saturating_record(us.max(1));
+            }
+        }
+    }
+
+    /// Counts `n` attempts at `server` that all failed (the unauthenticated storm).
+    pub fn record_failures(&self, server: std::net::SocketAddr, n: u64) {
+        if let Ok(mut m) = self.servers.lock() {
+            m.entry(server).or_default().attempted += n;
+        }
+    }
+
+    /// Every server, by address.
+    pub fn report(&self) -> Vec<ServerReport> {
+        let Ok(m) = self.servers.lock() else { return Vec::new() };
+        m.iter()
+            .map(|(addr, t)| {
+                let q = |x: f64| t.times_us.as_ref().map_or(0.0, |h| h.value_at_quantile(x) as f64 / 1e3);
+                ServerReport {
+                    server: addr.to_string(),
+                    attempted: t.attempted,
+                    succeeded: t.succeeded,
+                    failed: t.attempted - t.succeeded,
+                    p50_ms: q(0.50),
+                    p99_ms: q(0.99),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Percentiles of a histogram of microseconds.
@@ -310,6 +404,23 @@ impl fmt::Display for Report {
             t.p99 as f64 / 1e3,
             t.max as f64 / 1e3
         )?;
+        if self.servers.len() > 1 || self.issuer.is_some() {
+            writeln!(f, "  per server:")?;
+            for sv in &self.servers {
+                writeln!(
+                    f,
+                    "    {}: {} ok / {} tried ({} failed), allocate ms p50 {:.3} p99 {:.3}",
+                    sv.server, sv.succeeded, sv.attempted, sv.failed, sv.p50_ms, sv.p99_ms
+                )?;
+            }
+        }
+        if let Some(i) = &self.issuer {
+            writeln!(
+                f,
+                "  issuer {}: {} fetches ({} failed), ms p50 {:.3} p99 {:.3}",
+                i.url, i.fetches, i.failed, i.p50_ms, i.p99_ms
+            )?;
+        }
         if let Some(ramp) = &self.ramp {
             writeln!(f, "  ramp (threshold {}% loss):", ramp.threshold_pct)?;
             for (i, s) in ramp.steps.iter().enumerate() {
@@ -400,5 +511,37 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["traffic"]["sent"], 100);
         assert_eq!(json["verdict"]["passed"], false);
+        assert_eq!((json["servers"].as_array().map(Vec::len), &json["issuer"]), (Some(0), &serde_json::Value::Null));
+    }
+
+    #[test]
+    fn server_tally_counts_per_server() {
+        let t = ServerTally::default();
+        let (a, b): (std::net::SocketAddr, std::net::SocketAddr) =
+            ("127.0.0.1:40002".parse().unwrap(), "[::1]:40001".parse().unwrap());
+        for us in [1000, 2000, 3000] {
+            t.record(a, Some(us));
+        }
+        t.record(a, None);
+        t.record(b, None);
+        t.record_failures(b, 2);
+        let r = t.report();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].server.as_str(), r[0].attempted, r[0].succeeded, r[0].failed), ("127.0.0.1:40002", 4, 3, 1));
+        assert!((r[0].p50_ms - 2.0).abs() < 0.01 && (r[0].p99_ms - 3.0).abs() < 0.01, "{:?}", r[0]);
+        assert_eq!(
+            r[1],
+            ServerReport {
+                server: "[::1]:40001".into(),
+                attempted: 3,
+                succeeded: 0,
+                failed: 3,
+                p50_ms: 0.0,
+                p99_ms: 0.0
+            }
+        );
+        let report = Report { scenario: "allocations".into(), servers: r, ..Report::default() };
+        let text = report.to_string();
+        assert!(text.contains("127.0.0.1:40002: 3 ok / 4 tried (1 failed)"), "{text}");
     }
 }

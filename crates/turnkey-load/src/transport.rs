@@ -53,6 +53,16 @@ impl Target {
         Ok(Self { server, kind, tls })
     }
 
+    /// The same transport and TLS settings towards another server; `sni` replaces the name to
+    /// verify (TLS), else the current one is kept.
+    pub fn with_server(&self, server: SocketAddr, sni: Option<&str>) -> Result<Self, LoadError> {
+        let tls = match (&self.tls, sni) {
+            (Some((connector, _)), Some(sni)) => Some((connector.clone(), server_name(sni)?)),
+            (tls, _) => tls.clone(),
+        };
+        Ok(Self { server, kind: self.kind, tls })
+    }
+
     /// Opens a new connection (a fresh UDP 5-tuple, or a TCP/TLS connection).
     pub async fn connect(&self) -> Result<(Tx, Rx), LoadError> {
         let io_err = |context: &str| {

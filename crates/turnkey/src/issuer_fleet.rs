@@ -3,18 +3,18 @@
 //! issuer crate through its traits ([`RelayDirectory`], [`FleetState`], [`RelayStatus`]).
 //!
 //! Nothing here touches Redis per request: the relay listing is refreshed every heartbeat
-//! interval (kept up to `[issuer] listing_max_stale_secs` while Redis is unreachable, then empty
+//! interval and patched at once when a relay announces a change on `<p>relay-changes` (kept up to `[issuer] listing_max_stale_secs` while Redis is unreachable, then empty
 //! so the issuer falls back), the keys every second, the usage of the keys that need it every
 //! second. Only the app endpoints' rate limit and revocations are Redis calls, and both fall
 //! back when Redis does not answer (local limit; 503 for a revocation).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use turnkey_fleet::{
-    handout, Fleet, KeyRecord, KeysSnapshot, RateVerdict, Region, RelaySnapshot, RelayStatus as Relay,
+    handout, Fleet, KeyRecord, KeysSnapshot, NodeId, RateVerdict, Region, RelaySnapshot, RelayStatus as Relay,
 };
 use turnkey_issuer::{
     BandwidthUsage, FleetDeps, FleetFuture, FleetListing, FleetRelay, FleetState, HandoutRelay, KeyInfo, KeyOptions,
@@ -63,6 +63,50 @@ struct Directory {
     stale_after_ms: u64,
     max_stale_ms: u64,
     seed: AtomicU64,
+    handed: Mutex<Handed>,
+}
+
+/// What this issuer handed out since each relay's last heartbeat: relays named in answers whose
+/// allocations the relay's beat cannot show yet. A relay's count starts again at 0 when a newer
+/// beat of it is seen (its `allocations` then include what the count stood for).
+#[derive(Debug, Default)]
+struct Handed {
+    /// Node id -> (Redis time of the beat the count is relative to, handouts since).
+    since_beat: HashMap<NodeId, (u64, u64)>,
+    /// The listing the counts were last lined up with (they are again only when it changes, not
+    /// per request).
+    seen: Option<Arc<RelaySnapshot>>,
+}
+
+impl Handed {
+    /// Lines the counts up with `snap`: a relay whose beat is newer than the one its count is
+    /// relative to starts again at 0; relays no longer listed are forgotten.
+    fn sync(&mut self, snap: &Arc<RelaySnapshot>) {
+        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            return;
+        }
+        self.since_beat.retain(|node, _| snap.relays.iter().any(|r| &r.node_id == node));
+        for r in &snap.relays {
+            let beat_at = snap.server_time_ms.saturating_sub(r.age_ms);
+            let e = self.since_beat.entry(r.node_id.clone()).or_insert((beat_at, 0));
+            if e.0 != beat_at {
+                *e = (beat_at, 0);
+            }
+        }
+        self.seen = Some(snap.clone());
+    }
+
+    /// Handouts of `node` since its last beat.
+    fn pending(&self, node: &NodeId) -> u64 {
+        self.since_beat.get(node).map_or(0, |e| e.1)
+    }
+
+    /// Counts one handout of `node`.
+    fn handed_out(&mut self, node: &NodeId) {
+        if let Some(e) = self.since_beat.get_mut(node) {
+            e.1 += 1;
+        }
+    }
 }
 
 impl Directory {
@@ -84,6 +128,7 @@ impl Directory {
             stale_after_ms: millis(stale_after),
             max_stale_ms: millis(max_stale),
             seed: AtomicU64::new(rand_seed()),
+            handed: Mutex::default(),
         }
     }
 
@@ -91,9 +136,14 @@ impl Directory {
     /// exactly 3 beats after its last one, whenever the listing was read), and the age past
     /// which one is not handed out (longer for a listing kept while Redis is unreachable).
     fn relays_now(&self) -> (Vec<Relay>, u64, bool) {
+        self.relays_and_snapshot().0
+    }
+
+    /// [`Directory::relays_now`], and the listing it comes from.
+    fn relays_and_snapshot(&self) -> ((Vec<Relay>, u64, bool), Arc<RelaySnapshot>) {
         let l = self.listing.read().unwrap_or_else(|p| p.into_inner());
         let (relays, stale) = aged(&l.snap, l.at.elapsed(), self.stale_after_ms, self.max_stale_ms);
-        (relays, stale, l.snap.cached)
+        ((relays, stale, l.snap.cached), l.snap.clone())
     }
 }
 
@@ -111,11 +161,20 @@ fn aged(snap: &RelaySnapshot, elapsed: Duration, stale_after_ms: u64, max_stale_
 
 impl RelayDirectory for Directory {
     fn choose(&self, region: Option<&str>, count: usize) -> Vec<HandoutRelay> {
-        let (relays, stale, _) = self.relays_now();
+        let ((relays, stale, _), snap) = self.relays_and_snapshot();
         let asked = region.and_then(|r| Region::new(r).ok());
         let region = asked.as_ref().or(self.region.as_ref());
         let seed = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        handout::choose(&relays, region, count, stale, seed).into_iter().map(handout_relay).collect()
+        // Every relay named counts as one allocation to come (browsers allocate on each TURN
+        // server of an answer) until its next heartbeat shows what really happened.
+        let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        handed.sync(&snap);
+        let chosen = handout::choose_pending(&relays, region, count, stale, seed, |n| handed.pending(n));
+        for r in &chosen {
+            handed.handed_out(&r.node_id);
+        }
+        drop(handed);
+        chosen.into_iter().map(handout_relay).collect()
     }
 
     fn listing(&self) -> FleetListing {
@@ -366,6 +425,37 @@ mod tests {
         assert_eq!(handout::choose(&now, None, 5, stale, 1).len(), 2);
         let (now, stale) = aged(&cached, Duration::from_secs(40), 6000, 30_000);
         assert!(handout::choose(&now, None, 5, stale, 1).is_empty());
+    }
+
+    #[test]
+    fn handouts_count_until_the_relays_next_beat() {
+        let mut h = Handed::default();
+        let snap = Arc::new(RelaySnapshot {
+            server_time_ms: 10_000,
+            relays: vec![relay("a", 1000), relay("b", 500)],
+            cached: false,
+        });
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        h.sync(&snap);
+        assert_eq!(h.pending(&a), 0);
+        h.handed_out(&a);
+        h.handed_out(&a);
+        h.handed_out(&b);
+        h.sync(&snap);
+        assert_eq!((h.pending(&a), h.pending(&b)), (2, 1));
+        // A listing read later, same beats: the counts stay. A new beat of a: a's count restarts.
+        let later =
+            RelaySnapshot { server_time_ms: 11_000, relays: vec![relay("a", 2000), relay("b", 1500)], cached: false };
+        h.sync(&Arc::new(later));
+        assert_eq!((h.pending(&a), h.pending(&b)), (2, 1));
+        let beat =
+            RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100), relay("b", 2500)], cached: false };
+        h.sync(&Arc::new(beat));
+        assert_eq!((h.pending(&a), h.pending(&b)), (0, 1));
+        // A relay gone from the listing is forgotten.
+        let gone = RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100)], cached: false };
+        h.sync(&Arc::new(gone));
+        assert_eq!((h.pending(&b), h.since_beat.len()), (0, 1));
     }
 
     #[test]
