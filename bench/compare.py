@@ -171,7 +171,9 @@ class Server:
                 "--udp", f"{ip}:{self.udp}", "--tcp", f"{ip}:{self.tcp}",
                 "--tls", f"{ip}:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
                 "--relay-ip", ip, "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
-                *(["--allow-peer", NET.load_ip] if NET.ns_load else []),
+                # Over the veth: the generator's echo peer, and the server's own relayed
+                # addresses (pair mode; an earlier build may not allow those by itself).
+                *(["--allow-peer", NET.load_ip, "--allow-peer", NET.server_ip] if NET.ns_load else []),
                 "--shards", "1", "--http", f"127.0.0.1:{self.http}" if http else "off", "--metrics", "off", "--max-allocations-per-user", "100000",
                 "--unauth-replies-per-sec", "0",
             ]

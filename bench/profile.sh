@@ -20,7 +20,7 @@ LOAD=target/release/turnkey
 command -v perf >/dev/null || { echo "perf is missing (apt-get install linux-perf)"; exit 2; }
 [ -x "$LOAD" ] || cargo build --release --locked -p turnkey
 OUT=target/bench; mkdir -p "$OUT"
-DIR=$(mktemp -d); trap 'kill $SPID 2>/dev/null || true; rm -rf "$DIR"' EXIT
+DIR=$(mktemp -d); trap 'kill $SPID 2>/dev/null && wait $SPID 2>/dev/null; rm -rf "$DIR"' EXIT
 SECRET=profile-$RANDOM$RANDOM
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$DIR/key.pem" \

@@ -151,9 +151,108 @@ pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr
     probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
+/// Checks, after this process bound `ours` SO_REUSEPORT sockets on `addr`, that no other socket
+/// is bound to exactly that address (`/proc/net/{udp,tcp}{,6}`: unconnected UDP sockets, or TCP
+/// listeners). This closes the window the probe of [`unshared_port`] leaves: two processes that
+/// both pass the probe at the same instant and then both bind see each other's sockets here, so
+/// at most one of them keeps running (when both bound before either checked, both stop). Where
+/// the table cannot be read, nothing is checked.
+pub(crate) fn check_alone(addr: SocketAddr, ty: Type, ours: usize) -> io::Result<()> {
+    let (table, state) = match (ty == Type::STREAM, addr.is_ipv6()) {
+        (false, false) => ("/proc/net/udp", "07"),
+        (false, true) => ("/proc/net/udp6", "07"),
+        (true, false) => ("/proc/net/tcp", "0A"),
+        (true, true) => ("/proc/net/tcp6", "0A"),
+    };
+    let Ok(text) = std::fs::read_to_string(table) else { return Ok(()) };
+    let found = bound_to(&text, addr, state);
+    if found > ours {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} other socket(s) joined {addr} while this process bound it", found - ours),
+        ));
+    }
+    Ok(())
+}
+
+/// How many lines of a `/proc/net/{udp,tcp}{,6}` table have local address `addr` and state
+/// `state` (hex: `07` unconnected UDP, `0A` TCP listen).
+fn bound_to(table: &str, addr: SocketAddr, state: &str) -> usize {
+    // The kernel prints each 32-bit word of the address as the hex of its in-memory value.
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+        std::net::IpAddr::V6(v6) => v6
+            .octets()
+            .chunks_exact(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect(),
+    };
+    let local = format!("{ip}:{:04X}", addr.port());
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut f = line.split_whitespace();
+            let (local_f, st) = (f.nth(1), f.nth(1));
+            local_f.is_some_and(|l| l.eq_ignore_ascii_case(&local)) && st == Some(state)
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn a_foreign_reuseport_socket_that_joined_after_the_probe_is_seen() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let udp = crate::udp::bind_udp_shards(addr, 2).unwrap();
+            let at = udp[0].local_addr().unwrap();
+            check_alone(at, Type::DGRAM, 2).unwrap();
+            // What a second process racing past the probe would do: join the group.
+            let intruder = Socket::new(Domain::for_address(at), Type::DGRAM, None).unwrap();
+            intruder.set_reuse_port(true).unwrap();
+            if at.is_ipv6() {
+                intruder.set_only_v6(true).unwrap();
+            }
+            intruder.bind(&at.into()).unwrap();
+            let e = check_alone(at, Type::DGRAM, 2).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+
+            let tcp = crate::stream::bind_tcp_shards(addr, 2).unwrap();
+            let at = tcp[0].local_addr().unwrap();
+            check_alone(at, Type::STREAM, 2).unwrap();
+            // An accepted connection on the same local address is not a listener.
+            let _client = std::net::TcpStream::connect(at).unwrap();
+            check_alone(at, Type::STREAM, 2).unwrap();
+            let intruder = Socket::new(Domain::for_address(at), Type::STREAM, None).unwrap();
+            intruder.set_reuse_port(true).unwrap();
+            intruder.set_reuse_address(true).unwrap();
+            if at.is_ipv6() {
+                intruder.set_only_v6(true).unwrap();
+            }
+            intruder.bind(&at.into()).unwrap();
+            intruder.listen(8).unwrap();
+            assert_eq!(check_alone(at, Type::STREAM, 2).unwrap_err().kind(), io::ErrorKind::AddrInUse);
+        }
+    }
+
+    #[test]
+    fn proc_net_lines_are_matched_by_exact_address_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0100007F:0D96 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0\n\
+   1: 0100007F:0D96 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1 2 0\n\
+   2: 00000000:0D96 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0\n";
+        assert_eq!(
+            bound_to(table, "127.0.0.1:3478".parse().unwrap(), "07"),
+            if cfg!(target_endian = "little") { 1 } else { 0 }
+        );
+        assert_eq!(bound_to(table, "0.0.0.0:3478".parse().unwrap(), "07"), 1);
+        assert_eq!(bound_to(table, "0.0.0.0:3479".parse().unwrap(), "07"), 0);
+    }
 
     #[test]
     fn tcp_port_zero_never_joins_another_reuseport_group() {

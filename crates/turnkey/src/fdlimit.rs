@@ -7,11 +7,63 @@
 //! connections can take at most a quarter of the descriptors; the rest stays for relay sockets,
 //! TCP/TLS clients and files. The limit is only known once the process runs, so the config's
 //! default is the rule (`auto`), and this module is the one place it is turned into a number.
+//!
+//! The relay's own caps are held to the descriptors it is left ([`relay_limits`]): every
+//! allocation holds a relay socket and every TCP/TLS client a connection, so `max_allocations`
+//! plus `max_connections` never exceed three quarters of the limit (less a reserve for listeners
+//! and files). A cap the limit cannot carry is lowered at start, with a warning naming both
+//! numbers, so a full relay answers 508 (and a full listener refuses connections) instead of
+//! failing inside `socket()` or `accept()` with EMFILE.
 
 use turnkey_issuer::HttpLimits;
 
+use turnkey_relay::conn::StreamLimits;
+use turnkey_relay::engine::EngineSettings;
+
 use crate::config::values::ConnCap;
 use crate::config::HttpLimitsSettings;
+
+/// Descriptors kept back from the relay's share for listeners, the data directory's files,
+/// Redis and log output.
+const RESERVE: u64 = 64;
+
+/// The relay's allocation and connection caps in force under `nofile` open files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayCaps {
+    /// Allocations (each holds one relay socket).
+    pub max_allocations: u32,
+    /// TCP/TLS client connections.
+    pub max_connections: u32,
+}
+
+/// Lowers `engine.max_allocations` and `stream.max_connections` to what `nofile` descriptors can
+/// carry next to the HTTP listeners' quarter: connections to a quarter of the relay's share
+/// (each TCP/TLS client also holds its allocation's relay socket), allocations to the rest.
+/// Logs a warning for each cap lowered; returns the caps in force.
+pub fn relay_limits(engine: &mut EngineSettings, stream: &mut StreamLimits, nofile: u64) -> RelayCaps {
+    let share = (nofile / 4 * 3).saturating_sub(RESERVE).max(32);
+    let conn_room = u32::try_from(share / 4).unwrap_or(u32::MAX);
+    if stream.max_connections > conn_room {
+        tracing::warn!(
+            configured = stream.max_connections,
+            in_force = conn_room,
+            nofile,
+            "max_connections lowered to what the open-file limit can carry (raise LimitNOFILE / ulimit -n)"
+        );
+        stream.max_connections = conn_room;
+    }
+    let alloc_room = u32::try_from(share - u64::from(stream.max_connections)).unwrap_or(u32::MAX);
+    if engine.max_allocations > alloc_room {
+        tracing::warn!(
+            configured = engine.max_allocations,
+            in_force = alloc_room,
+            nofile,
+            "max_allocations lowered to what the open-file limit can carry (raise LimitNOFILE / ulimit -n)"
+        );
+        engine.max_allocations = alloc_room;
+    }
+    RelayCaps { max_allocations: engine.max_allocations, max_connections: stream.max_connections }
+}
 
 /// Raises the soft open-file limit to the hard one; returns the soft limit now in force.
 pub fn raise_nofile() -> u64 {
@@ -68,6 +120,30 @@ mod tests {
         explicit.max_connections = ConnCap::Fixed(NonZeroU32::new(10).unwrap());
         let l = http_limits(&explicit, 1024);
         assert_eq!((l.max_connections, l.max_connections_per_ip), (10, 10));
+    }
+
+    #[test]
+    fn relay_caps_fit_the_descriptors_left_by_http() {
+        let (mut e, mut st) = (EngineSettings::default(), StreamLimits::default());
+        // 1024: 704 for the relay, a quarter of it for connections.
+        let caps = relay_limits(&mut e, &mut st, 1024);
+        assert_eq!(caps, RelayCaps { max_allocations: 528, max_connections: 176 });
+        assert_eq!((e.max_allocations, st.max_connections), (528, 176));
+        let http = http_limits(&unset(), 1024);
+        let worst =
+            u64::from(caps.max_allocations) + u64::from(caps.max_connections) + 2 * u64::from(http.max_connections);
+        assert!(worst + RESERVE <= 1024, "allocations, connections and HTTP together: {worst}");
+        // A large limit leaves the configured caps alone.
+        let (mut e, mut st) = (EngineSettings::default(), StreamLimits::default());
+        let caps = relay_limits(&mut e, &mut st, 1 << 20);
+        assert_eq!((caps.max_allocations, caps.max_connections), (50_000, 20_000));
+        // Lower explicit caps are kept; a tiny limit still leaves a floor.
+        let (mut e, mut st) = (EngineSettings::default(), StreamLimits::default());
+        (e.max_allocations, st.max_connections) = (100, 10);
+        assert_eq!(relay_limits(&mut e, &mut st, 4096).max_allocations, 100);
+        let (mut e, mut st) = (EngineSettings::default(), StreamLimits::default());
+        let caps = relay_limits(&mut e, &mut st, 16);
+        assert_eq!((caps.max_allocations, caps.max_connections), (24, 8));
     }
 
     #[test]

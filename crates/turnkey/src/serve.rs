@@ -34,9 +34,11 @@ use crate::process::{
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = args.load()?;
+    let mut settings = args.load()?;
     init_logging(settings.node.log_format);
-    let http = fdlimit::http_limits(&settings.http_limits, fdlimit::raise_nofile());
+    let nofile = fdlimit::raise_nofile();
+    let http = fdlimit::http_limits(&settings.http_limits, nofile);
+    fdlimit::relay_limits(&mut settings.engine, &mut settings.stream, nofile);
     runtime()?.block_on(run(settings, http))
 }
 
