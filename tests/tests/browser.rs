@@ -47,14 +47,16 @@ fn run_page(tk: &Turnkey, transport: &str, shot: &str) -> Run {
     Run { result, console }
 }
 
-/// Polls `turnkey_relay_relayed_bytes_total{transport}` (flushed every 500 ms) until it is positive.
-fn relayed_bytes(tk: &Turnkey, transport: &str) -> (f64, f64) {
+/// Polls `turnkey_relay_relayed_bytes_total{transport}` (flushed at every 500 ms sweep, so a
+/// call's bytes can arrive in more than one update) until both directions exceed `at_least`, or
+/// 5 s have passed.
+fn relayed_bytes(tk: &Turnkey, transport: &str, at_least: f64) -> (f64, f64) {
     let label = format!("transport=\"{transport}\"");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let c2p = tk.metric("turnkey_relay_relayed_bytes_total", &["client_to_peer", &label]);
         let p2c = tk.metric("turnkey_relay_relayed_bytes_total", &["peer_to_client", &label]);
-        if (c2p > 0.0 && p2c > 0.0) || Instant::now() > deadline {
+        if (c2p > at_least && p2c > at_least) || Instant::now() > deadline {
             return (c2p, p2c);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -103,7 +105,7 @@ fn browser_call_through_turnkey(transport: &str, args: &[&str]) {
 
     // 10 echoed messages of ~150 bytes each way, plus DTLS and SCTP: both directions of both
     // allocations went through the relay.
-    let (c2p, p2c) = relayed_bytes(&tk, transport);
+    let (c2p, p2c) = relayed_bytes(&tk, transport, 3000.0);
     assert!(c2p > 3000.0 && p2c > 3000.0, "relayed bytes c2p={c2p} p2c={p2c}\n{}", tk.metrics());
 }
 

@@ -81,6 +81,9 @@ impl Fleet {
                         if let Ok(now) = fleet.relay(&c.node_id).await {
                             let patched = Arc::new(patch(&current, read_at.elapsed(), &c.node_id, now));
                             read_at = Instant::now();
+                            // The patched copy is now the newest listing: it is what a read
+                            // failing next (Redis gone) falls back to, not the older full read.
+                            fleet.remember_listing(&patched);
                             if tx.send(patched).is_err() {
                                 return;
                             }

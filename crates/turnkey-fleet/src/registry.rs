@@ -293,8 +293,14 @@ impl Fleet {
         let ages: Vec<(&str, f64)> =
             snap.relays.iter().map(|r| (r.node_id.as_str(), r.age_ms as f64 / 1000.0)).collect();
         i.metrics.set_ages(&ages);
-        *i.relays_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), snap.clone()));
+        self.remember_listing(&snap);
         Ok(snap)
+    }
+
+    /// Makes `snap` (read or patched just now) the listing that
+    /// [`Fleet::healthy_relays_or_cached`] falls back to.
+    pub(crate) fn remember_listing(&self, snap: &RelaySnapshot) {
+        *self.inner.relays_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), snap.clone()));
     }
 
     /// One relay's current record (heartbeat age 0: it is read now), `None` when it has none

@@ -44,25 +44,36 @@ pub fn relay_limits(engine: &mut EngineSettings, stream: &mut StreamLimits, nofi
     let share = (nofile / 4 * 3).saturating_sub(RESERVE).max(32);
     let conn_room = u32::try_from(share / 4).unwrap_or(u32::MAX);
     if stream.max_connections > conn_room {
-        tracing::warn!(
-            configured = stream.max_connections,
-            in_force = conn_room,
-            nofile,
-            "max_connections lowered to what the open-file limit can carry (raise LimitNOFILE / ulimit -n)"
-        );
+        lowered("max_connections", stream.max_connections, StreamLimits::default().max_connections, conn_room, nofile);
         stream.max_connections = conn_room;
     }
     let alloc_room = u32::try_from(share - u64::from(stream.max_connections)).unwrap_or(u32::MAX);
     if engine.max_allocations > alloc_room {
-        tracing::warn!(
-            configured = engine.max_allocations,
-            in_force = alloc_room,
+        lowered(
+            "max_allocations",
+            engine.max_allocations,
+            EngineSettings::default().max_allocations,
+            alloc_room,
             nofile,
-            "max_allocations lowered to what the open-file limit can carry (raise LimitNOFILE / ulimit -n)"
         );
         engine.max_allocations = alloc_room;
     }
     RelayCaps { max_allocations: engine.max_allocations, max_connections: stream.max_connections }
+}
+
+/// Logs a lowered cap: a warning when the operator set it, an info line when it is the default.
+fn lowered(setting: &str, configured: u32, default: u32, in_force: u32, nofile: u64) {
+    if configured == default {
+        tracing::info!(setting, default, in_force, nofile, "cap sized to the open-file limit");
+    } else {
+        tracing::warn!(
+            setting,
+            configured,
+            in_force,
+            nofile,
+            "cap lowered to what the open-file limit can carry (raise LimitNOFILE / ulimit -n)"
+        );
+    }
 }
 
 /// Raises the soft open-file limit to the hard one; returns the soft limit now in force.
