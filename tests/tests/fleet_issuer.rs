@@ -21,15 +21,18 @@ use turnkey_e2e::fleet::{create_key, delete_key, generate, issuer, relay, turn_e
 use turnkey_e2e::redis::{RedisOptions, RedisServer};
 use turnkey_e2e::{aioice, aioice_revoke, config_file, http, metric_sum, require, signal, Turnkey};
 
-/// `GET /v1/fleet` with `token`: the relays listed healthy.
-fn healthy(issuer: &Turnkey, token: &str) -> BTreeSet<String> {
+/// `GET /v1/fleet` with `token`: the relays listed.
+fn fleet_relays(issuer: &Turnkey, token: &str) -> Vec<serde_json::Value> {
     let bearer = format!("Bearer {token}");
     let (status, body) = http(issuer.addr("http"), "GET", "/v1/fleet", &[("Authorization", &bearer)], None);
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["relays"]
-        .as_array()
-        .unwrap()
+    v["relays"].as_array().unwrap().clone()
+}
+
+/// `GET /v1/fleet` with `token`: the relays listed healthy.
+fn healthy(issuer: &Turnkey, token: &str) -> BTreeSet<String> {
+    fleet_relays(issuer, token)
         .iter()
         .filter(|r| r["healthy"] == true)
         .map(|r| r["node_id"].as_str().unwrap().to_owned())
@@ -263,13 +266,7 @@ fn redis_outage_keeps_the_last_relays_for_a_bounded_time_then_falls_back() {
 
 /// `GET /v1/fleet` with `token`: each relay's live allocations as its last heartbeat reported.
 fn allocations(issuer: &Turnkey, token: &str) -> std::collections::BTreeMap<String, u64> {
-    let bearer = format!("Bearer {token}");
-    let (status, body) = http(issuer.addr("http"), "GET", "/v1/fleet", &[("Authorization", &bearer)], None);
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["relays"]
-        .as_array()
-        .unwrap()
+    fleet_relays(issuer, token)
         .iter()
         .map(|r| (r["node_id"].as_str().unwrap().to_owned(), r["allocations"].as_u64().unwrap()))
         .collect()
@@ -327,6 +324,10 @@ fn handout_steers_by_measured_load_and_a_released_relay_comes_back() {
         allocations(&two, &token).get("r1") == Some(&0) && named(&two, &id, &token, "").contains(&u1)
     });
     assert!(back.is_some(), "released r1 comes back: {:?}", allocations(&two, &token));
+    // Each issuer refreshes its own copy of the listing (every heartbeat interval): the other one
+    // may see r1's idle beat up to one interval later.
+    let seen = wait_until(Duration::from_secs(6), || allocations(&all3, &token).get("r1") == Some(&0));
+    assert!(seen.is_some(), "issuer-a sees r1 idle: {:?}", allocations(&all3, &token));
     let firsts: BTreeSet<String> = (0..12).map(|_| named(&all3, &id, &token, "")[0].clone()).collect();
     assert!(firsts.contains(&u1), "r1 first again for some answers: {firsts:?}");
 }

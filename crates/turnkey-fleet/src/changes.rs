@@ -99,19 +99,9 @@ impl Inner {
         tx: &mpsc::Sender<RelayChangeEvent>,
         epoch: &mut watch::Receiver<u64>,
     ) -> Followed {
-        if !self.is_up_now() {
-            return Followed::Lost("redis down".to_owned());
-        }
-        let channel = self.names.relay_changes_channel();
-        let connect = async {
-            let mut ps = self.pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps)
-        };
-        let mut ps = match tokio::time::timeout(self.cfg.op_timeout * 2, connect).await {
-            Ok(Ok(ps)) => ps,
-            Ok(Err(e)) => return Followed::Lost(e.to_string()),
-            Err(_) => return Followed::Lost("subscribe timed out".to_owned()),
+        let mut ps = match self.subscribed(&self.names.relay_changes_channel()).await {
+            Ok(ps) => ps,
+            Err(why) => return Followed::Lost(why),
         };
         if tx.send(RelayChangeEvent::Subscribed).await.is_err() {
             return Followed::ReceiverGone;

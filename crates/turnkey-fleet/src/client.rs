@@ -207,6 +207,24 @@ impl Inner {
         self.client.get_async_pubsub().await
     }
 
+    /// A pub/sub connection subscribed to `channel`, within twice the operation timeout; the
+    /// error says why not (Redis down, refused, timed out). Every subscriber starts here.
+    pub(crate) async fn subscribed(&self, channel: &str) -> Result<redis::aio::PubSub, String> {
+        if !self.is_up_now() {
+            return Err("redis down".to_owned());
+        }
+        let connect = async {
+            let mut ps = self.pubsub().await?;
+            ps.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        };
+        match tokio::time::timeout(self.cfg.op_timeout * 2, connect).await {
+            Ok(Ok(ps)) => Ok(ps),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("subscribe timed out".to_owned()),
+        }
+    }
+
     fn current_conn(&self) -> Option<ConnectionManager> {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -177,19 +177,9 @@ impl Inner {
         tx: &mpsc::Sender<Revocation>,
         epoch: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Ended {
-        if !self.is_up_now() {
-            return Ended::Lost("redis down".to_owned());
-        }
-        let channel = self.names.revocations_channel();
-        let connect = async {
-            let mut ps = self.pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(ps)
-        };
-        let mut ps = match tokio::time::timeout(self.cfg.op_timeout * 2, connect).await {
-            Ok(Ok(ps)) => ps,
-            Ok(Err(e)) => return Ended::Lost(e.to_string()),
-            Err(_) => return Ended::Lost("subscribe timed out".to_owned()),
+        let mut ps = match self.subscribed(&self.names.revocations_channel()).await {
+            Ok(ps) => ps,
+            Err(why) => return Ended::Lost(why),
         };
         // Subscribed first, then replayed: nothing published in between is missed.
         let live = match self.live_revocations().await {

@@ -458,8 +458,14 @@ impl Engine {
         self.may_reply(now, from).then_some(bytes)
     }
 
-    /// Whether the reply limiter lets a reply to `from` go now; counts the drop if not.
+    /// Whether the reply limiter lets a reply to `from` go now; counts the drop if not. Only
+    /// UDP is limited: a TCP or TLS client completed a handshake from its address, so a reply
+    /// reflects nothing to a spoofed victim, and a reply dropped on a stream is never asked for
+    /// again (no retransmission) and would stall the client until its timeout.
     fn may_reply(&mut self, now: Now, from: FiveTuple) -> bool {
+        if from.transport != crate::types::Transport::Udp {
+            return true;
+        }
         let ok = self.limiter.allow(from.client.0, now.mono);
         if !ok {
             self.stats.dropped(DropReason::ReplyLimited);

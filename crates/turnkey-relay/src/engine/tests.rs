@@ -970,6 +970,25 @@ fn refusals_to_a_returning_5_tuple_are_never_limited() {
     assert!(h.send(other, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&borrowed))).is_none());
 }
 
+/// TCP and TLS clients proved their address with a handshake and never retransmit: their first
+/// requests are answered whatever the IP's UDP budget, so an allocation storm over TCP from one
+/// address never stalls on a withheld 401.
+#[test]
+fn stream_first_contacts_are_never_reply_limited() {
+    let mut h = Harness::with(|c| c.unauth_replies_per_sec = 1);
+    let bare = request(METHOD_ALLOCATE, &[Attr::Transport(17)], None);
+    for p in 0..100 {
+        h.send(tuple(&format!("198.51.100.7:{}", 40_000 + p)), &bare);
+    }
+    assert!(h.send(tuple("198.51.100.7:3001"), &bare).is_none(), "the IP's UDP budget is spent");
+    for p in 0..200 {
+        let mut t = tuple(&format!("198.51.100.7:{}", 50_000 + p));
+        t.transport = if p % 2 == 0 { Transport::Tcp } else { Transport::Tls };
+        let r = h.send(t, &bare).unwrap_or_else(|| panic!("stream first contact {p} unanswered"));
+        assert_eq!(code(&r), Some(401));
+    }
+}
+
 #[test]
 fn unauthenticated_flood_creates_no_state() {
     let mut h = Harness::new();
