@@ -151,6 +151,30 @@ pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr
     probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
 }
 
+/// Probes `addr` ([`unshared_port`]), binds `n` sockets on the address found with `bind`, and
+/// checks that no other process joined in between ([`check_alone`]). For port 0 a collision
+/// (another process that resolved the same ephemeral port at the same instant) is retried with a
+/// fresh port, up to 8 times; for an explicit port it is the error.
+pub(crate) fn bind_alone<S>(
+    addr: SocketAddr,
+    ty: Type,
+    n: usize,
+    bind: impl Fn(SocketAddr) -> io::Result<S>,
+) -> io::Result<Vec<S>> {
+    let mut collisions = 0;
+    loop {
+        let at = unshared_port(addr, ty)?;
+        let socks = (0..n.max(1)).map(|_| bind(at)).collect::<io::Result<Vec<_>>>()?;
+        match check_alone(at, ty, socks.len()) {
+            Err(e) if addr.port() == 0 && collisions < 8 && e.kind() == io::ErrorKind::AddrInUse => {
+                collisions += 1;
+                drop(socks);
+            }
+            checked => return checked.map(|()| socks),
+        }
+    }
+}
+
 /// Checks, after this process bound `ours` SO_REUSEPORT sockets on `addr`, that no other socket
 /// is bound to exactly that address (`/proc/net/{udp,tcp}{,6}`: unconnected UDP sockets, or TCP
 /// listeners). This closes the window the probe of [`unshared_port`] leaves: two processes that
@@ -238,6 +262,37 @@ mod tests {
             intruder.listen(8).unwrap();
             assert_eq!(check_alone(at, Type::STREAM, 2).unwrap_err().kind(), io::ErrorKind::AddrInUse);
         }
+    }
+
+    /// Another process resolving the same ephemeral port at the same instant (simulated: the
+    /// first bind also lets an intruder join): port 0 moves to a fresh port; an explicit port is
+    /// refused.
+    #[test]
+    fn a_port_zero_collision_is_retried_on_a_fresh_port() {
+        let intruders = std::cell::RefCell::new(Vec::new());
+        let bind = |at: SocketAddr| {
+            let s = Socket::new(Domain::for_address(at), Type::DGRAM, None)?;
+            s.set_reuse_port(true)?;
+            s.bind(&at.into())?;
+            if intruders.borrow().is_empty() {
+                let other = Socket::new(Domain::for_address(at), Type::DGRAM, None)?;
+                other.set_reuse_port(true)?;
+                other.bind(&at.into())?;
+                intruders.borrow_mut().push((at, other));
+            }
+            Ok(s)
+        };
+        let socks = bind_alone("127.0.0.1:0".parse().unwrap(), Type::DGRAM, 2, bind).unwrap();
+        let got = socks[0].local_addr().unwrap().as_socket().unwrap();
+        let (collided, _) = intruders.borrow()[0];
+        assert_ne!(got.port(), collided.port(), "moved off the port another process joined");
+        assert_eq!(socks.len(), 2);
+        drop(socks);
+
+        intruders.borrow_mut().clear();
+        let explicit = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let e = bind_alone(explicit, Type::DGRAM, 1, bind).expect_err("an explicit port is refused");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]

@@ -49,12 +49,9 @@ const BACKLOG: i32 = 1024;
 
 /// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
 /// them), after `shard::unshared_port` made sure no other socket owns the address (and resolved
-/// port 0); `shard::check_alone` then makes sure none joined in between.
+/// port 0); `shard::bind_alone` then makes sure none joined in between.
 pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let addr = crate::shard::unshared_port(addr, Type::STREAM)?;
-    let listeners = (0..n.max(1)).map(|_| bind_listener(addr)).collect::<io::Result<Vec<_>>>()?;
-    crate::shard::check_alone(addr, Type::STREAM, listeners.len())?;
-    Ok(listeners)
+    crate::shard::bind_alone(addr, Type::STREAM, n, bind_listener)
 }
 
 fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -57,12 +57,9 @@ pub struct RelayAddrs {
 
 /// Binds `n` UDP sockets on `addr` with SO_REUSEPORT (the kernel hashes each client to one of
 /// them), after `shard::unshared_port` made sure no other socket owns the address (and resolved
-/// port 0); `shard::check_alone` then makes sure none joined in between.
+/// port 0); `shard::bind_alone` then makes sure none joined in between.
 pub fn bind_udp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let addr = crate::shard::unshared_port(addr, Type::DGRAM)?;
-    let socks = (0..n.max(1)).map(|_| bind_reuseport(addr)).collect::<io::Result<Vec<_>>>()?;
-    crate::shard::check_alone(addr, Type::DGRAM, socks.len())?;
-    Ok(socks)
+    crate::shard::bind_alone(addr, Type::DGRAM, n, bind_reuseport)
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
