@@ -121,16 +121,7 @@ local ttl = tonumber(ARGV[3])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - ttl, 'LIMIT', 0, 16)
 for _, id in ipairs(stale) do
   if id ~= ARGV[1] and redis.call('EXISTS', ARGV[4] .. 'relay:' .. id) == 0 then
-    local akey = ARGV[4] .. 'alloc:' .. id
-    local h = redis.call('HGETALL', akey)
-    for i = 1, #h, 2 do
-      local n = redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1]))
-      if n <= 0 then
-        redis.call('HDEL', KEYS[3], h[i])
-      end
-      unmark(KEYS[4], KEYS[5], h[i], n)
-    end
-    redis.call('DEL', akey)
+    drop_allocs(KEYS[3], KEYS[4], KEYS[5], ARGV[4] .. 'alloc:' .. id)
     redis.call('ZREM', KEYS[2], id)
   end
 end
@@ -167,23 +158,33 @@ return out
 ";
 
 const LEAVE_LUA: &str = r#"
-local h = redis.call('HGETALL', KEYS[4])
-for i = 1, #h, 2 do
-  local n = redis.call('HINCRBY', KEYS[3], h[i], -tonumber(h[i + 1]))
-  if n <= 0 then
-    redis.call('HDEL', KEYS[3], h[i])
-  end
-  unmark(KEYS[5], KEYS[6], h[i], n)
-end
-redis.call('DEL', KEYS[4], KEYS[1])
+drop_allocs(KEYS[3], KEYS[5], KEYS[6], KEYS[4])
+redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], '{"node_id":"' .. ARGV[1] .. '","change":"left"}')
 return 1
 "#;
 
-/// The script `src`, with the quota-mark helper (`unmark`) defined before it.
+/// Lua: `drop_allocs(quota, full, version, akey)` takes a relay's per-user allocation counts
+/// (hash `akey`) off the fleet-wide counts, unmarking users that fall below their limit, and
+/// deletes `akey`: what a leaving relay does for itself and a heartbeat does for a dead one.
+const DROP_ALLOCS_LUA: &str = r"
+local function drop_allocs(quota, full, ver, akey)
+  local h = redis.call('HGETALL', akey)
+  for i = 1, #h, 2 do
+    local n = redis.call('HINCRBY', quota, h[i], -tonumber(h[i + 1]))
+    if n <= 0 then
+      redis.call('HDEL', quota, h[i])
+    end
+    unmark(full, ver, h[i], n)
+  end
+  redis.call('DEL', akey)
+end
+";
+
+/// The script `src`, with the quota-mark helpers (`unmark`, `drop_allocs`) defined before it.
 fn script(cell: &'static OnceLock<Script>, src: &str) -> &'static Script {
-    cell.get_or_init(|| Script::new(&format!("{}{src}", crate::quota::UNMARK_LUA)))
+    cell.get_or_init(|| Script::new(&format!("{}{DROP_ALLOCS_LUA}{src}", crate::quota::UNMARK_LUA)))
 }
 
 static BEAT: OnceLock<Script> = OnceLock::new();
