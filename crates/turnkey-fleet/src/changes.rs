@@ -5,13 +5,11 @@
 //! refresh stays the fallback: a message lost while the subscription was down is covered by the
 //! [`RelayChangeEvent::Subscribed`] event at every (re)subscription and by the next refresh.
 
-use std::sync::Arc;
-
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::client::Inner;
+use crate::client::{Ended, Inner};
 use crate::names::NodeId;
 use crate::Fleet;
 
@@ -57,38 +55,12 @@ impl Fleet {
     /// up slows the subscriber down.
     pub fn relay_changes(&self) -> mpsc::Receiver<RelayChangeEvent> {
         let (tx, rx) = mpsc::channel(256);
-        let weak = Arc::downgrade(&self.inner);
-        let task = tokio::spawn(async move {
-            let mut epoch = match weak.upgrade() {
-                Some(i) => i.epoch.subscribe(),
-                None => return,
-            };
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let retry = inner.cfg.health_interval;
-                epoch.mark_unchanged();
-                let ended = inner.follow_relay_changes(&tx, &mut epoch).await;
-                drop(inner);
-                match ended {
-                    Followed::ReceiverGone => return,
-                    Followed::Reconnected => {}
-                    Followed::Lost(reason) => {
-                        tracing::debug!(reason, "fleet: relay-changes subscription lost; resubscribing");
-                        let _ = tokio::time::timeout(retry, epoch.changed()).await;
-                    }
-                }
-            }
+        self.inner.spawn_resubscribing("relay-changes", move |inner, mut epoch| {
+            let tx = tx.clone();
+            async move { (inner.follow_relay_changes(&tx, &mut epoch).await, epoch) }
         });
-        self.inner.spawned(task);
         rx
     }
-}
-
-/// Why one subscription ended.
-enum Followed {
-    ReceiverGone,
-    Reconnected,
-    Lost(String),
 }
 
 impl Inner {
@@ -98,19 +70,19 @@ impl Inner {
         &self,
         tx: &mpsc::Sender<RelayChangeEvent>,
         epoch: &mut watch::Receiver<u64>,
-    ) -> Followed {
+    ) -> Ended {
         let mut ps = match self.subscribed(&self.names.relay_changes_channel()).await {
             Ok(ps) => ps,
-            Err(why) => return Followed::Lost(why),
+            Err(why) => return Ended::Lost(why),
         };
         if tx.send(RelayChangeEvent::Subscribed).await.is_err() {
-            return Followed::ReceiverGone;
+            return Ended::ReceiverGone;
         }
         let mut stream = ps.on_message();
         loop {
             tokio::select! {
                 msg = stream.next() => {
-                    let Some(msg) = msg else { return Followed::Lost("connection closed".to_owned()) };
+                    let Some(msg) = msg else { return Ended::Lost("connection closed".to_owned()) };
                     let ev = match serde_json::from_slice::<RelayChange>(msg.get_payload_bytes()) {
                         Ok(c) => {
                             tracing::debug!(node = %c.node_id, change = ?c.change, "fleet: relay changed");
@@ -122,15 +94,15 @@ impl Inner {
                         }
                     };
                     if tx.send(ev).await.is_err() {
-                        return Followed::ReceiverGone;
+                        return Ended::ReceiverGone;
                     }
                 }
                 changed = epoch.changed() => {
                     if changed.is_err() {
-                        return Followed::ReceiverGone;
+                        return Ended::ReceiverGone;
                     }
                     // Redis went away and came back: this connection may be a dead one.
-                    return Followed::Reconnected;
+                    return Ended::Reconnected;
                 }
             }
         }

@@ -191,6 +191,16 @@ async fn health_loop(weak: Weak<Inner>, recheck: Arc<Notify>) {
     }
 }
 
+/// Why one subscription of a [`Inner::spawn_resubscribing`] subscriber ended.
+pub(crate) enum Ended {
+    /// The consumer is gone (or the fleet is).
+    ReceiverGone,
+    /// Redis came back after an outage: subscribe again at once.
+    Reconnected,
+    /// The connection failed or closed.
+    Lost(String),
+}
+
 impl Inner {
     pub(crate) fn spawned(&self, task: JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,6 +215,37 @@ impl Inner {
     /// A dedicated pub/sub connection (not bounded here; the caller bounds it).
     pub(crate) async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
         self.client.get_async_pubsub().await
+    }
+
+    /// Spawns a subscriber that runs `once` (one subscription, until it ends) over and over: at
+    /// once after Redis reconnected, and after a lost connection when Redis is back or one
+    /// health interval later. It stops when `once` reports the receiver gone or the fleet is
+    /// dropped. `once` gets the reconnect epoch to watch and hands it back.
+    pub(crate) fn spawn_resubscribing<F, Fut>(self: &Arc<Self>, what: &'static str, mut once: F)
+    where
+        F: FnMut(Arc<Inner>, watch::Receiver<u64>) -> Fut + Send + 'static,
+        Fut: Future<Output = (Ended, watch::Receiver<u64>)> + Send,
+    {
+        let weak = Arc::downgrade(self);
+        let mut epoch = self.epoch.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let retry = inner.cfg.health_interval;
+                epoch.mark_unchanged();
+                let (ended, back) = once(inner, epoch).await;
+                epoch = back;
+                match ended {
+                    Ended::ReceiverGone => return,
+                    Ended::Reconnected => {}
+                    Ended::Lost(reason) => {
+                        tracing::debug!(subscription = what, reason, "fleet: subscription lost; resubscribing");
+                        let _ = tokio::time::timeout(retry, epoch.changed()).await;
+                    }
+                }
+            }
+        });
+        self.spawned(task);
     }
 
     /// A pub/sub connection subscribed to `channel`, within twice the operation timeout; the

@@ -12,7 +12,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::client::Inner;
+use crate::client::{Ended, Inner};
 use crate::{Fleet, FleetError};
 
 /// One revocation event.
@@ -96,42 +96,12 @@ impl Fleet {
     /// slows the subscriber down, it loses nothing.
     pub fn subscribe_revocations(&self) -> RevocationSubscription {
         let (tx, rx) = mpsc::channel(4096);
-        let weak = std::sync::Arc::downgrade(&self.inner);
-        let task = tokio::spawn(async move {
-            let mut epoch = match weak.upgrade() {
-                Some(i) => i.epoch.subscribe(),
-                None => return,
-            };
-            loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let retry = inner.cfg.health_interval;
-                epoch.mark_unchanged();
-                let ended = inner.subscribe_once(&tx, &mut epoch).await;
-                drop(inner);
-                match ended {
-                    Ended::ReceiverGone => return,
-                    Ended::Reconnected => continue,
-                    Ended::Lost(e) => {
-                        tracing::debug!(error = %e, "fleet: revocation subscription lost; resubscribing");
-                        // Wait for Redis to come back, or retry after one health interval.
-                        let _ = tokio::time::timeout(retry, epoch.changed()).await;
-                    }
-                }
-            }
+        self.inner.spawn_resubscribing("revocations", move |inner, mut epoch| {
+            let tx = tx.clone();
+            async move { (inner.subscribe_once(&tx, &mut epoch).await, epoch) }
         });
-        self.inner.spawned(task);
         RevocationSubscription { rx }
     }
-}
-
-/// Why one subscription ended.
-enum Ended {
-    /// The consumer dropped its [`RevocationSubscription`] (or the fleet is gone).
-    ReceiverGone,
-    /// Redis came back after an outage: subscribe and replay again at once.
-    Reconnected,
-    /// The connection failed or closed.
-    Lost(String),
 }
 
 impl Inner {
