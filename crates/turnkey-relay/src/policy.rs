@@ -31,6 +31,12 @@
 //!    demos relay over loopback: an explicit allow rule for `127.0.0.1`.
 //! 6. Anything else is allowed.
 //!
+//! A permission (CreatePermission) is for an IP, never a port (RFC 8656 §9):
+//! [`PeerPolicy::check_permission`] allows an IP when `check` allows it on at least one port,
+//! whatever port (0 included) the request carried. ChannelBind and Send name a port and go
+//! through `check` itself, so service ports and port-limited rules still hold for every packet
+//! the relay sends.
+//!
 //! ## IPv4 hidden in IPv6
 //!
 //! The classic bypass is to re-encode a private IPv4 address as IPv6. Before checking, the peer
@@ -450,6 +456,34 @@ impl PeerPolicy {
             }
         }
         Verdict::Allow
+    }
+
+    /// Decides whether a permission for `ip` may be installed (CreatePermission). RFC 8656 §9
+    /// keys a permission on the IP alone and ignores the port of the request's
+    /// XOR-PEER-ADDRESS (pion/turn sends port 0 on every permission refresh), so the answer
+    /// is: allowed when [`check`](Self::check) allows `ip` on at least one port. The rules that
+    /// depend on a port (service ports, rules with ports, the own-relays port range) still
+    /// decide every ChannelBind and Send, which carry one. A denial carries the reason `check` gives
+    /// on a port that is not a service port. Does not allocate.
+    #[must_use]
+    pub fn check_permission(&self, ip: IpAddr) -> Verdict {
+        let inner = &*self.inner;
+        // `check` is constant between the edges of its port-dependent rules, so the first port
+        // of every such stretch stands for all of its ports.
+        let rule_edges = inner.allow.iter().chain(&inner.deny).filter_map(|r| r.ports);
+        let edges = rule_edges
+            .chain(inner.service.iter().map(|s| (s.port, s.port)))
+            .chain(std::iter::once(inner.own_ports))
+            .flat_map(|(first, last)| [first, last.saturating_add(1)]);
+        let mut denied = DenyReason::ServicePort;
+        for port in std::iter::once(1).chain(edges).filter(|&p| p != 0) {
+            match self.check(SocketAddr::new(ip, port)) {
+                Verdict::Allow => return Verdict::Allow,
+                Verdict::Deny(reason) if denied == DenyReason::ServicePort => denied = reason,
+                Verdict::Deny(_) => {}
+            }
+        }
+        Verdict::Deny(denied)
     }
 
     /// `true` if [`check`](Self::check) allows `peer`.
@@ -1078,6 +1112,50 @@ mod tests {
     }
 
     #[test]
+    fn permissions_ignore_the_port() {
+        // Relay IP 127.0.0.1 with relay ports 50000-50100; listener on 127.0.0.1:3478, metrics
+        // on every address's 9641; 10.0.0.0/8 reopened on 4000-5000 only; 8.8.8.8:53 closed.
+        let p = policy(&["10.0.0.0/8:4000-5000"], &["8.8.8.8:53", "9.9.9.0/24"], &["127.0.0.1:3478", "0.0.0.0:9641"])
+            .with_own_relays(["127.0.0.1".parse().unwrap()], 50000..=50100);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let cases: &[(&str, Verdict)] = &[
+            ("8.8.8.8", Verdict::Allow),
+            ("2606:4700::1111", Verdict::Allow),
+            // Reachable on some port: the relay's own relayed range, the reopened range.
+            ("127.0.0.1", Verdict::Allow),
+            ("::ffff:127.0.0.1", Verdict::Allow),
+            ("10.1.2.3", Verdict::Allow),
+            // Reachable on no port.
+            ("127.0.0.2", DENY_SPECIAL),
+            ("192.168.1.1", DENY_SPECIAL),
+            ("169.254.169.254", DENY_SPECIAL),
+            ("0.0.0.0", DENY_SPECIAL),
+            ("9.9.9.9", Verdict::Deny(DenyReason::OperatorRule)),
+            ("2002:a01:203::", DENY_SPECIAL),
+        ];
+        for &(peer, want) in cases {
+            assert_eq!(p.check_permission(ip(peer)), want, "{peer}");
+        }
+        // The port-dependent rules still hold where a port is named (ChannelBind, Send).
+        for (peer, want) in [
+            ("127.0.0.1:3478", Verdict::Deny(DenyReason::ServicePort)),
+            ("127.0.0.1:9641", Verdict::Deny(DenyReason::ServicePort)),
+            ("8.8.8.8:9641", Verdict::Deny(DenyReason::ServicePort)),
+            ("127.0.0.1:6379", DENY_SPECIAL),
+            ("10.1.2.3:22", DENY_SPECIAL),
+            ("8.8.8.8:53", Verdict::Deny(DenyReason::OperatorRule)),
+            ("8.8.8.8:0", Verdict::Deny(DenyReason::Port0)),
+        ] {
+            assert_eq!(p.check(sa(peer)), want, "{peer}");
+        }
+        // An IP whose only allowed ports are service ports is refused, for its other reason.
+        let p = policy(&["127.0.0.1:3478"], &[], &["127.0.0.1:3478"]);
+        assert_eq!(p.check_permission(ip("127.0.0.1")), DENY_SPECIAL);
+        let p = policy(&[], &[], &["[::]:1", "0.0.0.0:2"]);
+        assert_eq!(p.check_permission(ip("8.8.8.8")), Verdict::Allow);
+    }
+
+    #[test]
     fn policy_is_send_sync_clone() {
         fn assert_traits<T: Send + Sync + Clone + 'static>() {}
         assert_traits::<PeerPolicy>();
@@ -1098,6 +1176,14 @@ mod tests {
         let ports =
             proptest::option::of((any::<u16>(), any::<u16>())).prop_map(|p| p.map(|(a, b)| (a.min(b), a.max(b))));
         (net, ports).prop_map(|(n, p)| PeerRule::new(n, p).unwrap())
+    }
+
+    /// Rules whose network holds `ip` (any prefix length), with or without ports.
+    fn arb_rule_around(ip: IpAddr) -> impl Strategy<Value = PeerRule> {
+        let max = if ip.is_ipv4() { 32u8 } else { 128 };
+        let ports =
+            proptest::option::of((any::<u16>(), any::<u16>())).prop_map(|p| p.map(|(a, b)| (a.min(b), a.max(b))));
+        (0..=max, ports).prop_map(move |(len, p)| PeerRule::new(IpNet::new(ip, len).unwrap(), p).unwrap())
     }
 
     /// Addresses biased towards the interesting prefixes.
@@ -1159,6 +1245,29 @@ mod tests {
         #[test]
         fn parse_never_panics(s in "\\PC{0,40}") {
             let _ = s.parse::<PeerRule>();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// `check_permission` is exactly "`check` allows some port": every port is tried.
+        #[test]
+        fn permission_is_allowed_iff_some_port_is(
+            (ip, allow, deny, services) in arb_ip().prop_flat_map(|ip| {
+                let rules = || proptest::collection::vec(prop_oneof![arb_rule(), arb_rule_around(ip)], 0..4);
+                let service = (proptest::option::of(Just(ip)), any::<u16>());
+                (Just(ip), rules(), rules(), proptest::collection::vec(service, 0..3))
+            }),
+            own in proptest::option::of((any::<u16>(), any::<u16>())),
+        ) {
+            let services = services.into_iter().map(|(ip, port)| ServiceAddr { ip, port }).collect();
+            let mut p = PeerPolicy::new(allow, deny, services);
+            if let Some((a, b)) = own {
+                p = p.with_own_relays([ip], a.min(b)..=a.max(b));
+            }
+            let some_port = (1..=u16::MAX).any(|port| p.permits(SocketAddr::new(ip, port)));
+            prop_assert_eq!(p.check_permission(ip).is_allowed(), some_port);
         }
     }
 }

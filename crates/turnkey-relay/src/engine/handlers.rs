@@ -37,6 +37,7 @@ use super::error::StunError;
 use super::message::{self, add, add_error, finish, response, Parsed};
 use super::{Engine, PortRequest, RelayPorts, Transmit};
 use crate::metrics::{Direction, DropReason};
+use crate::policy::{DenyReason, Verdict};
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr};
 
 /// Why authentication produced no [`Owner`]: the encoded answer and its error, or nothing (the
@@ -356,7 +357,9 @@ impl Engine {
         let mut ips: Vec<IpAddr> = Vec::new();
         for attr in m.attributes.0.iter().filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS) {
             let peer = peer_address(&one_attribute(m, attr))?;
-            self.check_peer(idx, peer, "create_permission")?;
+            // RFC 8656 §9: a permission is for the IP; the port (0 in pion's refreshes) is ignored.
+            let verdict = self.cfg.policy.check_permission(peer.ip());
+            self.check_peer(now, idx, peer, verdict, "create_permission")?;
             ips.push(peer.ip());
         }
         if ips.is_empty() {
@@ -377,7 +380,7 @@ impl Engine {
             return Err(StunError::BadRequest);
         }
         let peer = peer_address(m)?;
-        self.check_peer(idx, peer, "channel_bind")?;
+        self.check_peer(now, idx, peer, self.cfg.policy.check(peer), "channel_bind")?;
         let grant = self.grant(now);
         let a = self.allocs[idx].as_mut().ok_or(StunError::AllocationMismatch)?;
         a.bind_channel(number, PeerAddr(peer), &grant)?;
@@ -394,8 +397,8 @@ impl Engine {
             self.stats.dropped(DropReason::Malformed);
             return None;
         };
-        if !self.cfg.policy.permits(peer) {
-            self.metrics.peer_denied.with_label_values(&["send"]).inc();
+        if let Verdict::Deny(reason) = self.cfg.policy.check(peer) {
+            self.peer_denied(now, from, peer, reason, "send");
             self.stats.dropped(DropReason::DeniedPeer);
             return None;
         }
@@ -403,17 +406,34 @@ impl Engine {
         Some(Transmit::Peer { relay, to: PeerAddr(peer), data: Cow::Owned(data.0) })
     }
 
-    /// Policy and address-family checks shared by CreatePermission and ChannelBind.
-    fn check_peer(&mut self, idx: usize, peer: SocketAddr, path: &str) -> Result<(), StunError> {
-        let v6 = self.allocs[idx].as_ref().is_some_and(|a| a.relay_addr().is_ipv6());
+    /// The address-family check and the policy's `verdict`, shared by CreatePermission and
+    /// ChannelBind.
+    fn check_peer(
+        &mut self,
+        now: Now,
+        idx: usize,
+        peer: SocketAddr,
+        verdict: Verdict,
+        path: &str,
+    ) -> Result<(), StunError> {
+        let Some(a) = self.allocs[idx].as_ref() else { return Err(StunError::AllocationMismatch) };
+        let (tuple, v6) = (a.tuple(), a.relay_addr().is_ipv6());
         if peer.is_ipv6() != v6 {
             return Err(StunError::PeerAddressFamilyMismatch);
         }
-        if !self.cfg.policy.permits(peer) {
-            self.metrics.peer_denied.with_label_values(&[path]).inc();
+        if let Verdict::Deny(reason) = verdict {
+            self.peer_denied(now, tuple, peer, reason, path);
             return Err(StunError::Forbidden);
         }
         Ok(())
+    }
+
+    /// Counts a peer the policy refused on `path` and logs it (debug, rate-limited).
+    fn peer_denied(&mut self, now: Now, from: FiveTuple, peer: SocketAddr, reason: DenyReason, path: &str) {
+        self.metrics.peer_denied.with_label_values(&[path]).inc();
+        if let Some(suppressed) = self.peer_log.allow(now.mono) {
+            tracing::debug!(client = %from.client, %peer, reason = reason.as_str(), path, suppressed, "peer denied");
+        }
     }
 
     /// The lifetimes and caps a CreatePermission or ChannelBind at `now` grants.

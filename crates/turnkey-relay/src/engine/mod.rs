@@ -52,7 +52,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 pub const PEER_HEADROOM: usize = 4;
 /// Bytes the driver must leave free after a peer's payload (room for stream padding).
 pub const PEER_TAILROOM: usize = 3;
-/// Log lines per second and shard for noisy events (authentication failures, garbage).
+/// Log lines per second and shard for noisy events (authentication failures, garbage, denied
+/// peers).
 pub const NOISY_LOG_LINES_PER_SEC: u32 = 5;
 
 /// Everything the engine needs to decide; built once by the binary.
@@ -324,6 +325,7 @@ pub struct Engine {
     seen_usage_generation: u64,
     auth_log: LogLimiter,
     garbage_log: LogLimiter,
+    peer_log: LogLimiter,
 }
 
 impl Engine {
@@ -350,6 +352,7 @@ impl Engine {
             seen_usage_generation,
             auth_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
             garbage_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
+            peer_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
         }
     }
 

@@ -469,6 +469,98 @@ fn operator_allow_rule_opens_loopback() {
     assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
 }
 
+/// CreatePermission ignores the peer port (RFC 8656 §9): `port` in the request, then whether
+/// peers of that IP on `probe_ports` reach the client, and the live permission count.
+fn permit_with_port(port: u16, probe_ports: &[u16]) -> (Vec<bool>, i64) {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    let peer = SocketAddr::new(addr(PEER).ip(), port);
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(peer)], Some(&a))).unwrap();
+    assert_eq!(r.typ, MessageType::new(METHOD_CREATE_PERMISSION, CLASS_SUCCESS_RESPONSE), "port {port}");
+    let relay = h.relay_handle(t);
+    let reached =
+        probe_ports.iter().map(|p| from_peer(&mut h, relay, &format!("8.8.8.8:{p}"), b"x").is_some()).collect();
+    h.advance(1);
+    (reached, h.metrics.permissions.get())
+}
+
+#[test]
+fn create_permission_ignores_the_peer_port() {
+    let probes = [1, 9, 3478, 40000, 65535];
+    let (zero, n_zero) = permit_with_port(0, &probes);
+    let (any, n_any) = permit_with_port(51234, &probes);
+    assert_eq!((zero.clone(), n_zero), (any, n_any), "port 0 and port 51234 install the same permission");
+    assert_eq!((zero, n_zero), (vec![true; probes.len()], 1), "every port of the IP is reachable");
+    // The RFC example: one request naming the same IP on two ports is one permission.
+    let mut h = Harness::with(|c| c.max_permissions = 1);
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    let two = [Attr::Peer(addr("8.8.8.8:0")), Attr::Peer(addr("8.8.8.8:7"))];
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &two, Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{r}");
+    // An IP reachable on no port is refused whatever the port, and counted as a denial.
+    for denied in ["10.0.0.1:0", "127.0.0.1:0", "169.254.169.254:80"] {
+        let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr(denied))], Some(&a))).unwrap();
+        assert_eq!(code(&r), Some(403), "{denied}");
+    }
+    assert_eq!(h.metrics.peer_denied.with_label_values(&["create_permission"]).get(), 3);
+}
+
+#[test]
+fn port_zero_refreshes_keep_a_permission_past_300_seconds() {
+    // pion/turn refreshes its permissions every 120 s with CreatePermission to port 0.
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(3600)], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    let relay = h.relay_handle(t);
+    let mut a = a;
+    for _ in 0..2 {
+        h.advance(120);
+        a = h.renew(t, a);
+        let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("8.8.8.8:0"))], Some(&a))).unwrap();
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{r}");
+    }
+    h.advance(70); // 310 s after the first permission, 70 s after the last refresh.
+    assert!(from_peer(&mut h, relay, PEER, b"x").is_some());
+    assert!(from_peer(&mut h, relay, "8.8.8.8:5", b"x").is_some());
+}
+
+#[test]
+fn port_rules_still_hold_where_a_port_is_named() {
+    // Loopback reopened for the test; the relay's own listener is 127.0.0.1:3478.
+    let mut h = Harness::with(|c| {
+        c.policy = PeerPolicy::new(
+            vec!["127.0.0.1/32".parse::<PeerRule>().unwrap()],
+            vec![],
+            vec![crate::policy::ServiceAddr { ip: Some(addr("127.0.0.1:3478").ip()), port: 3478 }],
+        );
+    });
+    let t = tuple("203.0.113.5:5555");
+    let (_, a) = h.allocate(t, "alice");
+    let r = h.send(t, &request(METHOD_CREATE_PERMISSION, &[Attr::Peer(addr("127.0.0.1:0"))], Some(&a))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{r}");
+    // ChannelBind and Send name a port: port 0 and the service port stay refused.
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, "127.0.0.1:3478"), Some(403));
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, "127.0.0.1:0"), Some(403));
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4000, "127.0.0.1:9"), None);
+    let send = |to: &str| {
+        build(
+            MessageType::new(METHOD_SEND, CLASS_INDICATION),
+            &[Attr::Peer(addr(to)), Attr::Data(b"hi".to_vec())],
+            None,
+            &[],
+        )
+    };
+    assert!(h.engine.handle_client(h.now, t, &send("127.0.0.1:3478"), &mut h.ports).is_none());
+    assert!(h.engine.handle_client(h.now, t, &send("127.0.0.1:0"), &mut h.ports).is_none());
+    assert!(h.engine.handle_client(h.now, t, &send("127.0.0.1:10"), &mut h.ports).is_some());
+    assert_eq!(h.metrics.peer_denied.with_label_values(&["channel_bind"]).get(), 2);
+    assert_eq!(h.metrics.peer_denied.with_label_values(&["send"]).get(), 2);
+}
+
 #[test]
 fn channel_bind_range_and_rebinding_rules() {
     let mut h = Harness::new();
