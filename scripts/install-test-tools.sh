@@ -4,7 +4,9 @@
 #   self-test page's browser test), redis-server (fleet mode's shared state; redis-server,
 #   redis-cli), iproute2 and ethtool (the veth namespace tests) from Debian, aioice and
 #   schemathesis (the OpenAPI fuzzer) from PyPI, cargo-fuzz (the fuzz targets in fuzz/) from
-#   crates.io, prlimit (util-linux, the HTTP flood test); for the operator paths (tests/tests/ops.rs):
+#   crates.io, prlimit (util-linux, the HTTP flood test); golang-go and golang-github-pion-turn.v2-dev
+#   (pion/turn's client), firefox-esr and libnss3-tools (Firefox's browser tests); for the operator
+#   paths (tests/tests/ops.rs):
 #   debootstrap, podman, runc, docker-compose and systemd-analyze from Debian, cargo-deb from
 #   crates.io, kubernetes-validate from PyPI.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
@@ -27,6 +29,13 @@ command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# pion/turn's client (tests/tests/pion_turn.rs) is built offline in GOPATH mode from Debian's Go
+# sources; Firefox (firefox-esr) is the second browser of the browser tests, with certutil
+# (libnss3-tools) for the test CA in its profile.
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+[ -f /usr/share/gocode/src/github.com/pion/turn/v2/client.go ] || need_apt+=(golang-github-pion-turn.v2-dev)
+command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
+command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -84,6 +93,10 @@ python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 command -v prlimit >/dev/null 2>&1 || missing+=(prlimit)
 cargo fuzz --version >/dev/null 2>&1 || missing+=(cargo-fuzz)
+[ -f /usr/share/gocode/src/github.com/pion/turn/v2/client.go ] || missing+=(golang-github-pion-turn.v2-dev)
+for t in go firefox-esr certutil; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+done
 for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod fleet;
 pub mod netns;
 pub mod ops;
+pub mod pion;
 pub mod redis;
 
 use std::collections::HashMap;
