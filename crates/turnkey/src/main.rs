@@ -15,6 +15,7 @@ mod issuer_fleet;
 mod obs;
 mod process;
 mod serve;
+mod turns;
 
 use clap::FromArgMatches as _;
 
@@ -91,7 +92,10 @@ fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    config::Settings::load(Some(path), toml::Table::new())?;
+    let settings = config::Settings::load(Some(path), toml::Table::new())?;
     println!("{}: ok", path.display());
+    for line in turns::config_warnings(&settings) {
+        println!("{line}");
+    }
     Ok(())
 }

@@ -345,6 +345,9 @@ fn print_banner(
     for line in banner::lines(&bound) {
         println!("{line}");
     }
+    for line in crate::turns::banner_warnings(s, &host, &listening.tls) {
+        println!("{line}");
+    }
     if let Some(i) = issuer {
         println!("turnkey: or ask the issuer: {}", i.hint(&host));
     }
