@@ -259,7 +259,7 @@ pub fn extension_id(dir: &Path) -> String {
 }
 
 /// SIGKILLs the process group led by `child` (started with `process_group(0)`) and reaps it.
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
     let _ = child.kill();
     let _ = child.wait();
