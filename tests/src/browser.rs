@@ -131,33 +131,12 @@ impl Chromium {
     /// Sends one CDP command and waits (10 s at most) for its answer; panics on a CDP error.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws.send(Message::text(msg)).unwrap_or_else(|e| panic!("CDP send {method}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "CDP {method}: no answer in 10 s");
-            let msg = match self.ws.read() {
-                Ok(m) => m,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-                {
-                    continue
-                }
-                Err(e) => panic!("CDP {method}: {e}"),
-            };
-            let Ok(text) = msg.to_text() else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
-            if v["id"] == json!(id) {
-                if let Some(err) = v.get("error") {
-                    panic!("CDP {method} failed: {err}");
-                }
-                return v["result"].clone();
-            }
-            if v.get("method").is_some() {
-                self.events.push(v);
-            }
+        let msg = json!({"id": self.next_id, "method": method, "params": params});
+        let v = ws_call(&mut self.ws, msg, Duration::from_secs(10), &mut self.events);
+        if let Some(err) = v.get("error") {
+            panic!("CDP {method} failed: {err}");
         }
+        v["result"].clone()
     }
 
     /// Evaluates `expr` in the page and returns its value (by value).
@@ -256,6 +235,36 @@ pub fn extension_id(dir: &Path) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
     digest[..16].iter().flat_map(|b| [b >> 4, b & 0xf]).map(|n| char::from(b'a' + n)).collect()
+}
+
+/// Sends `msg`, a JSON command with an `id` and a `method`, on a CDP or WebDriver BiDi websocket
+/// (read timeout set short) and returns the whole answer carrying that id; each protocol checks
+/// its own error shape. Events (messages with a `method`) that arrive meanwhile go to `events`.
+/// Panics when no answer comes within `timeout`.
+pub(crate) fn ws_call(ws: &mut WebSocket<TcpStream>, msg: Value, timeout: Duration, events: &mut Vec<Value>) -> Value {
+    let (id, method) = (msg["id"].clone(), msg["method"].as_str().unwrap_or("?").to_owned());
+    ws.send(Message::text(msg.to_string())).unwrap_or_else(|e| panic!("send {method}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        assert!(Instant::now() < deadline, "{method}: no answer in {timeout:?}");
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                continue
+            }
+            Err(e) => panic!("{method}: {e}"),
+        };
+        let Ok(text) = msg.to_text() else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
+        if v["id"] == id {
+            return v;
+        }
+        if v.get("method").is_some() {
+            events.push(v);
+        }
+    }
 }
 
 /// SIGKILLs the process group led by `child` (started with `process_group(0)`) and reaps it.

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use crate::browser::kill_group;
+use crate::browser::{kill_group, ws_call};
 
 /// How a test profile is set up.
 #[derive(Debug, Default, Clone)]
@@ -128,33 +128,12 @@ impl Firefox {
     /// Sends one BiDi command and waits (60 s at most) for its answer; panics on an error.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
-        let id = self.next_id;
-        let msg = json!({"id": id, "method": method, "params": params}).to_string();
-        self.ws.send(Message::text(msg)).unwrap_or_else(|e| panic!("BiDi send {method}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(Instant::now() < deadline, "BiDi {method}: no answer in 60 s");
-            let msg = match self.ws.read() {
-                Ok(m) => m,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-                {
-                    continue
-                }
-                Err(e) => panic!("BiDi {method}: {e}"),
-            };
-            let Ok(text) = msg.to_text() else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
-            if v["id"] == json!(id) {
-                if v["type"] == "error" {
-                    panic!("BiDi {method} failed: {v}");
-                }
-                return v["result"].clone();
-            }
-            if v["type"] == "event" {
-                self.events.push(v);
-            }
+        let msg = json!({"id": self.next_id, "method": method, "params": params});
+        let v = ws_call(&mut self.ws, msg, Duration::from_secs(60), &mut self.events);
+        if v["type"] == "error" {
+            panic!("BiDi {method} failed: {v}");
         }
+        v["result"].clone()
     }
 
     /// Evaluates `expr` in the page; returns its value when it is a string, number or boolean,

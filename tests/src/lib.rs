@@ -270,6 +270,22 @@ impl Turnkey {
         metric_sum(&self.metrics(), name, labels)
     }
 
+    /// `turnkey_relay_relayed_bytes_total{transport}` (client_to_peer, peer_to_client), polled
+    /// until both exceed `at_least` or 5 s have passed (counters are flushed every 500 ms, so a
+    /// call's bytes can arrive in more than one update).
+    pub fn relayed_bytes(&self, transport: &str, at_least: f64) -> (f64, f64) {
+        let label = format!("transport=\"{transport}\"");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c2p = self.metric("turnkey_relay_relayed_bytes_total", &["client_to_peer", &label]);
+            let p2c = self.metric("turnkey_relay_relayed_bytes_total", &["peer_to_client", &label]);
+            if (c2p > at_least && p2c > at_least) || Instant::now() > deadline {
+                return (c2p, p2c);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The relay's non-zero drop counters, one per line (context for a failed delivery assert).
     pub fn drops(&self) -> String {
         self.metrics()

@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use turnkey_e2e::browser::Chromium;
@@ -45,22 +45,6 @@ fn run_page(tk: &Turnkey, transport: &str, shot: &str) -> Run {
     );
     let result: Value = serde_json::from_str(json.as_str().unwrap_or("null")).unwrap();
     Run { result, console }
-}
-
-/// Polls `turnkey_relay_relayed_bytes_total{transport}` (flushed at every 500 ms sweep, so a
-/// call's bytes can arrive in more than one update) until both directions exceed `at_least`, or
-/// 5 s have passed.
-fn relayed_bytes(tk: &Turnkey, transport: &str, at_least: f64) -> (f64, f64) {
-    let label = format!("transport=\"{transport}\"");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let c2p = tk.metric("turnkey_relay_relayed_bytes_total", &["client_to_peer", &label]);
-        let p2c = tk.metric("turnkey_relay_relayed_bytes_total", &["peer_to_client", &label]);
-        if (c2p > at_least && p2c > at_least) || Instant::now() > deadline {
-            return (c2p, p2c);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The whole proof for one transport: relay candidates on every advertised URL of `transport`,
@@ -105,7 +89,7 @@ fn browser_call_through_turnkey(transport: &str, args: &[&str]) {
 
     // 10 echoed messages of ~150 bytes each way, plus DTLS and SCTP: both directions of both
     // allocations went through the relay.
-    let (c2p, p2c) = relayed_bytes(&tk, transport, 3000.0);
+    let (c2p, p2c) = tk.relayed_bytes(transport, 3000.0);
     assert!(c2p > 3000.0 && p2c > 3000.0, "relayed bytes c2p={c2p} p2c={p2c}\n{}", tk.metrics());
 }
 

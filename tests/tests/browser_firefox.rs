@@ -80,21 +80,6 @@ fn run_page(tk: &Turnkey, profile: &Profile, query: &str, shot: &str) -> Run {
     Run { result, console, log }
 }
 
-/// Polls `turnkey_relay_relayed_bytes_total{transport}` until both directions exceed
-/// `at_least`, or 5 s have passed.
-fn relayed_bytes(tk: &Turnkey, transport: &str, at_least: f64) -> (f64, f64) {
-    let label = format!("transport=\"{transport}\"");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let c2p = tk.metric("turnkey_relay_relayed_bytes_total", &["client_to_peer", &label]);
-        let p2c = tk.metric("turnkey_relay_relayed_bytes_total", &["peer_to_client", &label]);
-        if (c2p > at_least && p2c > at_least) || Instant::now() > deadline {
-            return (c2p, p2c);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// turnkey deployed as Firefox needs it: relay-only calls through it over UDP, TCP and TLS, all
 /// from one `/test` run, and turnkey's metrics counting the relayed bytes of each transport.
 #[test]
@@ -136,7 +121,7 @@ fn firefox_relay_only_calls_over_udp_tcp_and_tls_with_a_named_relay() {
     }
     assert_eq!(r["pass"], true, "{ctx}");
     for transport in ["udp", "tcp", "tls"] {
-        let (c2p, p2c) = relayed_bytes(&tk, transport, 3000.0);
+        let (c2p, p2c) = tk.relayed_bytes(transport, 3000.0);
         assert!(c2p > 3000.0 && p2c > 3000.0, "{transport}: relayed bytes c2p={c2p} p2c={p2c}\n{}", tk.metrics());
     }
 }
