@@ -29,8 +29,9 @@ async function gather(config) {
       if (!e.candidate) return resolve();
       if (e.candidate.type === "relay") {
         // Chromium leaves relayProtocol unset on UDP relay candidates: the TURN URL says it.
+        // Firefox gives neither on the candidate: its stats do (below).
         const url = e.candidate.url || e.url || "";
-        const protocol = e.candidate.relayProtocol || transportOf(url);
+        const protocol = e.candidate.relayProtocol || (url ? transportOf(url) : null);
         relays.push({ protocol, url, address: e.candidate.address + ":" + e.candidate.port });
       }
     };
@@ -38,6 +39,16 @@ async function gather(config) {
   });
   await pc.setLocalDescription(await pc.createOffer());
   await complete;
+  if (relays.some((r) => !r.protocol)) {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== "local-candidate" || s.candidateType !== "relay") return;
+      const r = relays.find((x) => x.address === (s.address || s.ip) + ":" + s.port);
+      if (r && !r.protocol) {
+        r.protocol = s.relayProtocol || null;
+        r.url = r.url || s.url || "";
+      }
+    });
+  }
   pc.close();
   return relays;
 }

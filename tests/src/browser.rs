@@ -41,6 +41,33 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--remote-debugging-port=0",
 ];
 
+/// What the page tests do with a browser, whichever protocol drives it: Chromium over CDP,
+/// Firefox over WebDriver BiDi ([`crate::firefox::Firefox`]).
+pub trait Page {
+    /// Navigates the page to `url`.
+    fn navigate(&mut self, url: &str);
+    /// Evaluates `expr` in the page and returns its (primitive) value.
+    fn eval(&mut self, expr: &str) -> Value;
+    /// Saves a PNG of the page to `path`.
+    fn screenshot(&mut self, path: &Path);
+    /// The page's console messages and errors, one per line.
+    fn console(&self) -> String;
+    /// The browser's own output.
+    fn log(&self) -> String;
+
+    /// Polls `expr` until it is `true` or `timeout` passes; returns whether it became true.
+    fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.eval(expr) == json!(true) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        false
+    }
+}
+
 /// A running headless Chromium with one page attached over CDP.
 #[derive(Debug)]
 pub struct Chromium {
@@ -139,30 +166,6 @@ impl Chromium {
         v["result"].clone()
     }
 
-    /// Evaluates `expr` in the page and returns its value (by value).
-    pub fn eval(&mut self, expr: &str) -> Value {
-        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}));
-        r["result"]["value"].clone()
-    }
-
-    /// Navigates the page to `url`.
-    pub fn navigate(&mut self, url: &str) {
-        let r = self.call("Page.navigate", json!({"url": url}));
-        assert!(r.get("errorText").is_none(), "navigation to {url} failed: {r}");
-    }
-
-    /// Polls `expr` until it is `true` or `timeout` passes; returns whether it became true.
-    pub fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.eval(expr) == json!(true) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        false
-    }
-
     /// Renders like a phone: 412 CSS px wide, touch, mobile viewport rules.
     pub fn phone_viewport(&mut self) {
         self.call(
@@ -170,9 +173,23 @@ impl Chromium {
             json!({"width": 412, "height": 915, "deviceScaleFactor": 1, "mobile": true}),
         );
     }
+}
+
+impl Page for Chromium {
+    /// Evaluates `expr` in the page and returns its value (by value).
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}));
+        r["result"]["value"].clone()
+    }
+
+    /// Navigates the page to `url`.
+    fn navigate(&mut self, url: &str) {
+        let r = self.call("Page.navigate", json!({"url": url}));
+        assert!(r.get("errorText").is_none(), "navigation to {url} failed: {r}");
+    }
 
     /// Saves a PNG of the whole page (beyond the viewport) to `path`.
-    pub fn screenshot(&mut self, path: &Path) {
+    fn screenshot(&mut self, path: &Path) {
         let r = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true}));
         let png = base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap_or("")).unwrap();
         if let Some(dir) = path.parent() {
@@ -183,7 +200,7 @@ impl Chromium {
 
     /// Console messages, uncaught exceptions and browser log entries (CSP violations among them),
     /// one per line, for failure messages.
-    pub fn console(&self) -> String {
+    fn console(&self) -> String {
         let mut out = String::new();
         for e in &self.events {
             let p = &e["params"];
@@ -208,7 +225,7 @@ impl Chromium {
     }
 
     /// The browser's own stdout/stderr so far.
-    pub fn log(&self) -> String {
+    fn log(&self) -> String {
         read_log(self.profile.path())
     }
 }

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use crate::browser::{kill_group, ws_call};
+use crate::browser::{kill_group, ws_call, Page};
 
 /// How a test profile is set up.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +27,56 @@ pub struct Profile {
     pub trusted_cas: Vec<PathBuf>,
     /// Host names resolved to loopback (`network.dns.localDomains`), e.g. a `turns:` host name.
     pub local_domains: Vec<String>,
+}
+
+/// The relay's DNS name in the Firefox tests: resolved to loopback inside the profile only
+/// ([`Profile::local_domains`]), and named by the tests' [`TestCa`] certificates.
+pub const TURN_NAME: &str = "turn.turnkey.test";
+
+/// A test CA and a server certificate it issued, as PEM files (kept while the value lives).
+#[derive(Debug)]
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    /// The CA certificate (to import into a browser profile).
+    pub ca: PathBuf,
+    /// The server certificate followed by the CA's (turnkey's `--tls-cert`).
+    pub cert: PathBuf,
+    /// The server key (turnkey's `--tls-key`).
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A fresh CA and a certificate for `names` (DNS names or IP addresses) issued by it.
+    pub fn issue(names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey browser test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("turnkey"));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let me = Self {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            _dir: dir,
+        };
+        std::fs::write(&me.ca, ca.pem()).unwrap();
+        std::fs::write(&me.cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&me.key, key.serialize_pem()).unwrap();
+        me
+    }
+
+    /// `turnkey serve` flags serving this certificate.
+    pub fn tls_args(&self) -> [&str; 4] {
+        ["--tls-cert", self.cert.to_str().unwrap(), "--tls-key", self.key.to_str().unwrap()]
+    }
 }
 
 /// The prefs of every run: no first-run or update noise, nothing fetched from the network by the
@@ -136,9 +186,24 @@ impl Firefox {
         v["result"].clone()
     }
 
+    /// A phone-sized viewport (412 x 915 CSS px).
+    pub fn phone_viewport(&mut self) {
+        self.call(
+            "browsingContext.setViewport",
+            json!({"context": self.context, "viewport": {"width": 412, "height": 915}}),
+        );
+    }
+}
+
+impl Page for Firefox {
+    /// Navigates the tab to `url` and waits for the load event.
+    fn navigate(&mut self, url: &str) {
+        self.call("browsingContext.navigate", json!({"context": self.context, "url": url, "wait": "complete"}));
+    }
+
     /// Evaluates `expr` in the page; returns its value when it is a string, number or boolean,
     /// else null (stringify objects with `JSON.stringify`). Panics on an exception.
-    pub fn eval(&mut self, expr: &str) -> Value {
+    fn eval(&mut self, expr: &str) -> Value {
         let target = json!({"context": self.context});
         let r = self.call(
             "script.evaluate",
@@ -151,33 +216,8 @@ impl Firefox {
         }
     }
 
-    /// Navigates the tab to `url` and waits for the load event.
-    pub fn navigate(&mut self, url: &str) {
-        self.call("browsingContext.navigate", json!({"context": self.context, "url": url, "wait": "complete"}));
-    }
-
-    /// Polls `expr` until it is `true` or `timeout` passes; returns whether it became true.
-    pub fn wait_for(&mut self, expr: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.eval(expr) == json!(true) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        false
-    }
-
-    /// A phone-sized viewport (412 x 915 CSS px).
-    pub fn phone_viewport(&mut self) {
-        self.call(
-            "browsingContext.setViewport",
-            json!({"context": self.context, "viewport": {"width": 412, "height": 915}}),
-        );
-    }
-
     /// Saves a PNG of the whole document to `path`.
-    pub fn screenshot(&mut self, path: &Path) {
+    fn screenshot(&mut self, path: &Path) {
         let r = self.call("browsingContext.captureScreenshot", json!({"context": self.context, "origin": "document"}));
         let png = base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap_or("")).unwrap();
         if let Some(dir) = path.parent() {
@@ -187,7 +227,7 @@ impl Firefox {
     }
 
     /// Console messages and errors, one per line, for failure messages.
-    pub fn console(&self) -> String {
+    fn console(&self) -> String {
         let mut out = String::new();
         for e in self.events.iter().filter(|e| e["method"] == "log.entryAdded") {
             let p = &e["params"];
@@ -197,7 +237,7 @@ impl Firefox {
     }
 
     /// The browser's own stdout/stderr so far (last 60 lines).
-    pub fn log(&self) -> String {
+    fn log(&self) -> String {
         read_log(self.dir.path())
     }
 }

@@ -11,7 +11,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use serde_json::Value;
-use turnkey_e2e::browser::Chromium;
+use turnkey_e2e::browser::{Chromium, Page as _};
 use turnkey_e2e::{artifacts, config_file, require, Turnkey};
 
 /// How long the page may take from navigation to `turnkeyResult.done`.

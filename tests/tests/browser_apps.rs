@@ -7,7 +7,8 @@
 //!   origin, served the object shape by `[issuer.app.shape]`;
 //! - an array-shape page (`generate-ice-servers` answer, `POST {"ttl"}`) on its own origin;
 //! - a real unpacked Manifest V3 extension (`--load-extension`), whose page calls from its
-//!   `chrome-extension://<id>` origin with `?shape=object`.
+//!   `chrome-extension://<id>` origin with `?shape=object`;
+//! - the array-shape page in Firefox too, with turnkey deployed as Firefox needs for `turns:`.
 
 // Test code: a missing field in the page's JSON is a failure, so unwrap panics on purpose.
 #![allow(clippy::unwrap_used)]
@@ -18,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use turnkey_e2e::browser::{extension_id, Chromium};
+use turnkey_e2e::browser::{extension_id, Chromium, Page};
+use turnkey_e2e::firefox::{Firefox, Profile, TestCa, TURN_NAME};
 use turnkey_e2e::{artifacts, config_file, require, root, Turnkey};
 
 /// How long a page may take from navigation to `appResult.done` (a gather and three calls).
@@ -71,8 +73,9 @@ fn turnkey(issuer: &str) -> (Turnkey, tempfile::TempDir) {
     (tk, dir)
 }
 
-/// Loads `url` in `chrome`, waits for `appResult.done`, saves a screenshot and returns the result.
-fn run_page(chrome: &mut Chromium, url: &str, shot: &str) -> Value {
+/// Loads `url` in `chrome` (Chromium or Firefox), waits for `appResult.done`, saves a screenshot
+/// and returns the result.
+fn run_page(chrome: &mut impl Page, url: &str, shot: &str) -> Value {
     chrome.navigate(url);
     let done = chrome.wait_for("!!(window.appResult && window.appResult.done)", PAGE_TIMEOUT);
     let path = artifacts().join(shot);
@@ -176,6 +179,32 @@ fn chromium_array_shape_app_relays_over_udp_tcp_and_tls() {
     let preflight =
         tk.metric("turnkey_issuer_requests_total", &["endpoint=\"/api/turn/credentials\"", "status=\"204\""]);
     assert_eq!((ok, preflight), (1.0, 1.0), "{}", tk.metrics());
+}
+
+/// The array-shape app in Firefox (Gecko's own ICE stack), with turnkey deployed as Firefox needs
+/// for TURN over TLS: a DNS name as `--public-host` and a certificate for it from a CA the
+/// profile trusts (see browser_firefox.rs for why, and for the setups Firefox refuses).
+#[test]
+fn firefox_array_shape_app_relays_over_udp_tcp_and_tls() {
+    if !(require("firefox-esr") && require("certutil")) {
+        return;
+    }
+    let site = serve_site(apps());
+    let origin = format!("http://{site}");
+    let certs = TestCa::issue(&[TURN_NAME]);
+    let (_dir, config) = config_file(&format!("[issuer.app]\nallowed_origins = [\"{origin}\"]\n"));
+    let args = [&["--config", config.to_str().unwrap(), "--public-host", TURN_NAME][..], &certs.tls_args()].concat();
+    let tk = Turnkey::serve(&args);
+    let profile = Profile { trusted_cas: vec![certs.ca.clone()], local_domains: vec![TURN_NAME.to_owned()] };
+    let mut firefox = Firefox::launch(&profile);
+    let url = format!("{origin}/array.html?issuer=http://{}", tk.addr("http"));
+    let r = run_page(&mut firefox, &url, "app-array-shape-firefox.png");
+    let console = firefox.console();
+    assert_relayed_everywhere(&tk, &r, &console);
+    let servers = r["iceServers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "STUN entry, then the TURN entry: {r:#}");
+    let urls = servers[1]["urls"].as_array().unwrap();
+    assert!(urls.iter().any(|u| u.as_str().unwrap().starts_with(&format!("turns:{TURN_NAME}:"))), "{r:#}");
 }
 
 /// Copies the extension and the shared harness into a fresh directory (its path fixes the id).

@@ -12,44 +12,21 @@
 // Test code: a missing field in the page's JSON is a failure, so unwrap panics on purpose.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use turnkey_e2e::firefox::{Firefox, Profile};
+use turnkey_e2e::browser::Page as _;
+use turnkey_e2e::firefox::{Firefox, Profile, TestCa, TURN_NAME};
 use turnkey_e2e::{artifacts, require, Turnkey};
 
-/// The relay's DNS name in these tests (resolved to loopback inside the Firefox profile only).
-const NAME: &str = "turn.turnkey.test";
+/// The relay's DNS name (resolved to loopback inside the Firefox profile only).
+const NAME: &str = TURN_NAME;
 /// How long the page may take from navigation to `turnkeyResult.done`.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Whether Firefox and certutil are installed (fails under CI=true when not).
 fn tools() -> bool {
     require("firefox-esr") && require("certutil")
-}
-
-/// A test CA and a certificate it issued for `names` (DNS names or IP addresses), as PEM files:
-/// (dir, ca, cert chain, key).
-fn ca_and_certificate(names: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey browser test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, NAME);
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let (ca_pem, cert_pem, key_pem) =
-        (dir.path().join("ca.pem"), dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&ca_pem, ca.pem()).unwrap();
-    std::fs::write(&cert_pem, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
-    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
-    (dir, ca_pem, cert_pem, key_pem)
 }
 
 /// The outcome of one page run.
@@ -87,16 +64,9 @@ fn firefox_relay_only_calls_over_udp_tcp_and_tls_with_a_named_relay() {
     if !tools() {
         return;
     }
-    let (_certs, ca, cert, key) = ca_and_certificate(&[NAME]);
-    let tk = Turnkey::serve(&[
-        "--public-host",
-        NAME,
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
-    let profile = Profile { trusted_cas: vec![ca], local_domains: vec![NAME.to_owned()] };
+    let certs = TestCa::issue(&[NAME]);
+    let tk = Turnkey::serve(&[&["--public-host", NAME][..], &certs.tls_args()].concat());
+    let profile = Profile { trusted_cas: vec![certs.ca.clone()], local_domains: vec![NAME.to_owned()] };
     let Run { result: r, console, log } = run_page(&tk, &profile, "", "selftest-firefox.png");
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}\nfirefox log:\n{log}");
 
@@ -135,9 +105,9 @@ fn firefox_ignores_a_turns_url_naming_an_ip_address() {
     if !tools() {
         return;
     }
-    let (_certs, ca, cert, key) = ca_and_certificate(&[NAME, "127.0.0.1"]);
-    let tk = Turnkey::serve(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
-    let profile = Profile { trusted_cas: vec![ca], local_domains: vec![NAME.to_owned()] };
+    let certs = TestCa::issue(&[NAME, "127.0.0.1"]);
+    let tk = Turnkey::serve(&certs.tls_args());
+    let profile = Profile { trusted_cas: vec![certs.ca.clone()], local_domains: vec![NAME.to_owned()] };
     let Run { result: r, console, log } = run_page(&tk, &profile, "?transport=tls", "selftest-firefox-tls-ip.png");
     let ctx = format!("turnkeyResult = {r:#}\nconsole:\n{console}\nfirefox log:\n{log}");
 
