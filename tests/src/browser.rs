@@ -109,22 +109,17 @@ impl Chromium {
         let mut child = cmd.spawn().expect("spawn chromium");
         let port_file = profile.path().join("profile").join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let port: u16 = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
-            {
-                break p;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("chromium exited ({status}) before listening:\n{}", read_log(profile.path()));
-            }
-            if Instant::now() > deadline {
-                kill_group(&mut child);
-                panic!("chromium did not open its DevTools port in 30 s:\n{}", read_log(profile.path()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let port = wait_for_port(
+            &mut child,
+            "chromium",
+            deadline,
+            || {
+                std::fs::read_to_string(&port_file)
+                    .ok()
+                    .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()))
+            },
+            || read_log(profile.path()),
+        );
         let devtools = SocketAddr::from(([127, 0, 0, 1], port));
         let ws_url = loop {
             let (status, body) = crate::http(devtools, "GET", "/json/list", &[], None);
@@ -281,6 +276,30 @@ pub(crate) fn ws_call(ws: &mut WebSocket<TcpStream>, msg: Value, timeout: Durati
         if v.get("method").is_some() {
             events.push(v);
         }
+    }
+}
+
+/// Polls `read` for the remote-debugging port the browser `what` (led by `child`) chose; panics
+/// with `log()` when the browser exits first or `deadline` passes.
+pub(crate) fn wait_for_port(
+    child: &mut Child,
+    what: &str,
+    deadline: Instant,
+    read: impl Fn() -> Option<u16>,
+    log: impl Fn() -> String,
+) -> u16 {
+    loop {
+        if let Some(p) = read() {
+            return p;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited ({status}) before listening:\n{}", log());
+        }
+        if Instant::now() > deadline {
+            kill_group(child);
+            panic!("{what} did not open its remote-debugging port in time:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

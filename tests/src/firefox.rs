@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use crate::browser::{kill_group, ws_call, Page};
+use crate::browser::{kill_group, wait_for_port, ws_call, Page};
 
 /// How a test profile is set up.
 #[derive(Debug, Default, Clone)]
@@ -143,24 +143,19 @@ impl Firefox {
         let mut child = cmd.spawn().expect("spawn firefox-esr");
         let port_file = prof.join("WebDriverBiDiServer.json");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let port: u16 = loop {
-            let port = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                .and_then(|v| v["ws_port"].as_u64())
-                .and_then(|p| u16::try_from(p).ok());
-            if let Some(p) = port {
-                break p;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("firefox exited ({status}) before listening:\n{}", read_log(dir.path()));
-            }
-            if Instant::now() > deadline {
-                kill_group(&mut child);
-                panic!("firefox did not open its WebDriver BiDi port in 60 s:\n{}", read_log(dir.path()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let port = wait_for_port(
+            &mut child,
+            "firefox",
+            deadline,
+            || {
+                std::fs::read_to_string(&port_file)
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                    .and_then(|v| v["ws_port"].as_u64())
+                    .and_then(|p| u16::try_from(p).ok())
+            },
+            || read_log(dir.path()),
+        );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
         stream.set_nodelay(true).unwrap();
