@@ -314,3 +314,96 @@ fn a_storm_from_one_host_names_the_unauthenticated_reply_limit() {
     assert!(o.status.success(), "{t}");
     assert!(!t.contains("hint: answers went missing"), "the lifted limit still loses answers: {t}");
 }
+
+/// The relay DaemonSet as rendered (`deploy/kubernetes/render.py`): its relay.toml and each env
+/// variable of the relay container as `NAME=value` or `NAME=fieldRef:PATH`.
+fn rendered_relay_pod() -> (String, Vec<(String, String)>) {
+    let script = r#"
+import json, subprocess, sys, yaml
+docs = list(yaml.safe_load_all(subprocess.check_output([sys.executable, sys.argv[1]])))
+conf = [d for d in docs if d["kind"] == "ConfigMap"][0]["data"]["relay.toml"]
+ds = [d for d in docs if d["kind"] == "DaemonSet"][0]
+env = []
+for e in ds["spec"]["template"]["spec"]["containers"][0].get("env", []):
+    if "value" in e:
+        env.append([e["name"], e["value"]])
+    else:
+        env.append([e["name"], "fieldRef:" + e["valueFrom"]["fieldRef"]["fieldPath"]])
+print(json.dumps({"conf": conf, "env": env}))
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(turnkey_e2e::root().join("deploy/kubernetes/render.py"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let env = v["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_owned(), p[1].as_str().unwrap().to_owned()))
+        .collect();
+    (v["conf"].as_str().unwrap().to_owned(), env)
+}
+
+#[test]
+fn kubernetes_relay_pods_advertise_their_own_node() {
+    // PyYAML comes with kubernetes-validate (the test command installs it).
+    if !require("kubernetes-validate") {
+        return;
+    }
+    let (conf, env) = rendered_relay_pod();
+    let from_node = env
+        .iter()
+        .filter(|(k, _)| k == "TURNKEY_EXTERNAL_IP" || k == "TURNKEY_PUBLIC_HOST")
+        .any(|(_, v)| v == "fieldRef:status.hostIP" || v == "fieldRef:spec.nodeName");
+    assert!(from_node, "no per-node address from the downward API: {env:?}");
+    // Two pods on two nodes, as the kubelet would start them (the config file of the ConfigMap,
+    // the env resolved for each node), with listeners moved to loopback port 0 and without the
+    // fleet's Redis: each must advertise its own node's address, in the banner and the issuer.
+    let mut seen = Vec::new();
+    for (node, host_ip) in [("node-a", "127.0.0.2"), ("node-b", "127.0.0.3")] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("relay.toml");
+        std::fs::write(&cfg, &conf).unwrap();
+        std::fs::write(dir.path().join("secret"), "k8s-test-secret\n").unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").arg("--config").arg(&cfg).current_dir(dir.path());
+        for (k, v) in &env {
+            let value = match v.as_str() {
+                "fieldRef:status.hostIP" => host_ip.to_owned(),
+                "fieldRef:spec.nodeName" => node.to_owned(),
+                other => other.to_owned(),
+            };
+            if k != "TURNKEY_REDIS" {
+                cmd.env(k, value);
+            }
+        }
+        cmd.arg("--data-dir").arg(dir.path());
+        cmd.args(["--secret-file", "secret", "--udp", "0.0.0.0:0", "--tcp", "0.0.0.0:0"]).args([
+            "--tls",
+            "off",
+            "--http",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--relay-ip",
+            "127.0.0.1",
+        ]);
+        let tk = Turnkey::launch(cmd, dir, "turnkey listening ");
+        let (id, token) = tk.default_key();
+        let (status, body) = http(
+            tk.addr("http"),
+            "POST",
+            &format!("/v1/turn/keys/{id}/credentials/generate-ice-servers"),
+            &[("Authorization", &format!("Bearer {token}")), ("Content-Type", "application/json")],
+            Some(r#"{"ttl": 600}"#),
+        );
+        assert_eq!(status, 201, "{body}");
+        let want = format!("turn:{host_ip}:{}?transport=udp", tk.udp().port());
+        assert!(body.contains(&want), "the pod on {node} does not advertise its node ({want}): {body}");
+        seen.push(want);
+    }
+    assert_ne!(seen[0], seen[1]);
+}
