@@ -52,6 +52,9 @@ pub fn check(wanted: &[(Role, SocketAddr)]) -> anyhow::Result<()> {
     for &(role, addr) in wanted.iter().filter(|(_, a)| a.port() != 0) {
         match probe(role, addr) {
             Ok(s) => held.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                failed.push(format!("{} {addr} ({}: already in use by another process)", role.name(), role.flag()));
+            }
             Err(e) => failed.push(format!("{} {addr} ({}: {e})", role.name(), role.flag())),
         }
     }
@@ -106,6 +109,7 @@ mod tests {
         for part in [format!("udp {u} (--udp"), format!("tcp {t} (--tcp"), format!("http {t} (--http")] {
             assert!(text.contains(&part), "{part}: {text}");
         }
+        assert!(text.contains("already in use by another process"), "{text}");
         assert!(!text.contains(&free.to_string()), "{text}");
         check(&[(Role::Udp, "127.0.0.1:0".parse().unwrap()), (Role::Metrics, free)]).unwrap();
     }
