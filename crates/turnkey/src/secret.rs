@@ -75,7 +75,7 @@ fn missing(path: &Path) -> String {
 /// banner). An inline secret is never printed: the operator substitutes it.
 pub fn creds_command(source: &Source) -> String {
     match source {
-        Source::Inline => "turnkey creds --secret \"$TURNKEY_SECRET\" --user alice".to_owned(),
+        Source::Inline => "turnkey creds --secret <this relay's --secret> --user alice".to_owned(),
         Source::File(p) => format!("turnkey creds --secret-file {} --user alice", p.display()),
         Source::DataDir(d) => format!("turnkey creds --data-dir {} --user alice", d.display()),
     }
@@ -119,7 +119,7 @@ mod tests {
             creds_command(&Source::DataDir("./r1-data".into())),
             "turnkey creds --data-dir ./r1-data --user alice"
         );
-        assert!(!creds_command(&Source::Inline).contains("--data-dir"));
+        assert_eq!(creds_command(&Source::Inline), "turnkey creds --secret <this relay's --secret> --user alice");
     }
 
     #[test]
