@@ -21,6 +21,7 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; } || need_apt+=(redis-server)
 # The veth tests switch GRO on with ethtool; `ip` (iproute2) makes the namespaces.
 command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)  # the docs' command blocks (tests/tests/docs.rs)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 { command -v c++ >/dev/null 2>&1; } || need_apt+=(g++)

@@ -26,6 +26,7 @@ pub mod creds;
 mod error;
 pub mod flow;
 pub mod framing;
+pub mod hints;
 pub mod ice;
 pub mod issuer;
 pub mod packet;
@@ -141,7 +142,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
         report.server = report.servers.iter().map(|s| s.server.as_str()).collect::<Vec<_>>().join(",");
     }
     report.issuer = issuer.map(|i| i.report());
-    report.judge(ctx.args.max_loss, ctx.args.max_p99);
+    report.judge(ctx.args.max_loss, ctx.args.max_p99, ctx.args.unauthenticated);
     if let Some(path) = &ctx.args.json {
         let json = serde_json::to_vec_pretty(&report).map_err(|e| LoadError::Report(e.to_string()))?;
         std::fs::write(path, json)
@@ -153,8 +154,12 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
 /// Runs the load, prints the human summary on stdout, and returns whether the run passed (the
 /// binary exits non-zero when it did not).
 pub async fn run_cli(args: LoadArgs) -> Result<bool, LoadError> {
+    let unauthenticated = args.unauthenticated;
     let report = run(args).await?;
     print!("{report}");
+    for hint in hints::of(&report, unauthenticated) {
+        println!("  hint: {hint}");
+    }
     Ok(report.verdict.passed)
 }
 

@@ -303,13 +303,20 @@ impl Report {
         self.count_error(label);
     }
 
-    /// Fills the verdict: thresholds, and the run having done what was asked.
-    pub fn judge(&mut self, max_loss_pct: Option<f64>, max_p99_ms: Option<f64>) {
+    /// Fills the verdict: thresholds, and the run having done what was asked. Only an
+    /// `--unauthenticated` storm (bare Allocates, a 401 is its expected answer) passes with no
+    /// allocation granted; a storm refused with 401 fails naming it (a wrong or expired secret).
+    pub fn judge(&mut self, max_loss_pct: Option<f64>, max_p99_ms: Option<f64>, unauthenticated: bool) {
         let mut v = Verdict { max_loss_pct, max_p99_ms, ..Verdict::default() };
         let t = &self.traffic;
         if self.scenario == "allocations" {
-            if self.allocations.succeeded == 0 && self.errors.keys().all(|k| k != "401") {
-                v.violations.push("no allocation succeeded".into());
+            if self.allocations.succeeded == 0 && !unauthenticated {
+                v.violations.push(match self.errors.get("401") {
+                    Some(n) => format!(
+                        "no allocation succeeded ({n} refused with 401 Unauthorized: wrong or expired credentials)"
+                    ),
+                    None => "no allocation succeeded".into(),
+                });
             }
         } else if self.flows_established == 0 {
             v.violations.push("no flow could be set up".into());
@@ -498,13 +505,13 @@ mod tests {
             traffic: Traffic::compute(100, 98, 0, 100, Duration::from_secs(1), &h),
             ..Report::default()
         };
-        r.judge(Some(5.0), Some(50.0));
+        r.judge(Some(5.0), Some(50.0), false);
         assert!(r.verdict.passed, "{:?}", r.verdict);
-        r.judge(Some(1.0), Some(10.0));
+        r.judge(Some(1.0), Some(10.0), false);
         assert!(!r.verdict.passed);
         assert_eq!(r.verdict.violations.len(), 2);
         r.flows_established = 0;
-        r.judge(None, None);
+        r.judge(None, None, false);
         assert!(!r.verdict.passed);
         let text = r.to_string();
         assert!(text.contains("FAIL"), "{text}");
@@ -512,6 +519,17 @@ mod tests {
         assert_eq!(json["traffic"]["sent"], 100);
         assert_eq!(json["verdict"]["passed"], false);
         assert_eq!((json["servers"].as_array().map(Vec::len), &json["issuer"]), (Some(0), &serde_json::Value::Null));
+    }
+
+    #[test]
+    fn a_storm_refused_with_401_fails_unless_unauthenticated() {
+        let mut r = Report { scenario: "allocations".into(), ..Report::default() };
+        r.errors.insert("401".into(), 20);
+        r.judge(None, None, false);
+        assert!(!r.verdict.passed);
+        assert!(r.verdict.violations[0].contains("20 refused with 401"), "{:?}", r.verdict);
+        r.judge(None, None, true);
+        assert!(r.verdict.passed, "{:?}", r.verdict);
     }
 
     #[test]

@@ -1,45 +1,17 @@
-//! The start-up banner: the lines a newcomer copies. Every address in it is one a client can use:
-//! the configured public host, else the external IP, else the relay IP; never a wildcard such as
-//! `0.0.0.0` or `::` that a listener happens to be bound to.
+//! The start-up banner: the lines a newcomer copies. Every address in it is one a client can use,
+//! named by the rule the issuer's answers and the fleet heartbeat share ([`Reach`],
+//! `advertise.rs`); never a wildcard such as `0.0.0.0` or `::` that a listener happens to be
+//! bound to.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::net::SocketAddr;
 
-/// The host a client should use: the operator's `public_host` when one is configured (anything
-/// but the default `localhost`), else the external IP (1:1 NAT), else the relay IP.
-pub fn usable_host(public_host: &str, external: Option<IpAddr>, relay: Option<IpAddr>) -> String {
-    if !public_host.is_empty() && public_host != "localhost" {
-        return public_host.to_owned();
-    }
-    match external.or(relay).filter(|ip| !ip.is_unspecified()) {
-        Some(ip) => url_host(ip),
-        None => public_host.to_owned(),
-    }
-}
-
-/// `ip` as the host part of a URL (IPv6 in brackets).
-fn url_host(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
-
-/// `host:port` of a listener as a client reaches it: a wildcard listener is reached on `host`,
-/// one bound to a specific address on that address.
-pub fn reach(host: &str, addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        format!("{host}:{}", addr.port())
-    } else {
-        addr.to_string()
-    }
-}
+use crate::advertise::Reach;
 
 /// What `turnkey serve` bound, for [`lines`].
 #[derive(Debug, Clone, Copy)]
 pub struct Bound<'a> {
-    /// The usable host ([`usable_host`]).
-    pub host: &'a str,
+    /// How clients reach each listener (the one rule).
+    pub reach: &'a Reach,
     /// UDP listeners.
     pub udp: &'a [SocketAddr],
     /// TCP listeners.
@@ -48,32 +20,22 @@ pub struct Bound<'a> {
     pub tls: &'a [SocketAddr],
     /// The issuer's listener.
     pub http: Option<SocketAddr>,
-    /// The data directory.
-    pub data_dir: &'a Path,
+    /// The `turnkey creds` command minting with this process's secret (`secret::creds_command`).
+    pub creds: &'a str,
 }
 
 /// The human part of the banner (after the machine-readable `turnkey listening ...` line).
 pub fn lines(b: &Bound<'_>) -> Vec<String> {
-    let mut urls = Vec::new();
-    if let Some(a) = b.udp.first() {
-        urls.push(format!("turn:{}?transport=udp", reach(b.host, *a)));
-    }
-    if let Some(a) = b.tcp.first() {
-        urls.push(format!("turn:{}?transport=tcp", reach(b.host, *a)));
-    }
-    if let Some(a) = b.tls.first() {
-        urls.push(format!("turns:{}?transport=tcp", reach(b.host, *a)));
-    }
+    let first = |addrs: &[SocketAddr]| addrs.first().copied().into_iter().collect::<Vec<_>>();
+    let urls: Vec<String> =
+        b.reach.urls(&first(b.udp), &first(b.tcp), &first(b.tls)).into_iter().map(|u| u.url).collect();
     let mut out = Vec::new();
     if !urls.is_empty() {
         out.push(format!("turnkey: TURN URLs: {}", urls.join(" ")));
     }
-    out.push(format!(
-        "turnkey: get a credential with `turnkey creds --data-dir {} --user alice`",
-        b.data_dir.display()
-    ));
+    out.push(format!("turnkey: get a credential with `{}`", b.creds));
     if let Some(h) = b.http {
-        out.push(format!("turnkey: self-test page: http://{}/test", reach(b.host, h)));
+        out.push(format!("turnkey: self-test page: http://{}/test", b.reach.addr(h)));
     }
     out
 }
@@ -91,31 +53,29 @@ mod tests {
 
     use super::*;
 
-    fn ip(s: &str) -> Option<IpAddr> {
-        Some(s.parse().unwrap())
-    }
-
-    #[test]
-    fn host_prefers_public_host_then_external_then_relay() {
-        assert_eq!(usable_host("turn.example.com", ip("203.0.113.9"), ip("10.0.0.2")), "turn.example.com");
-        assert_eq!(usable_host("localhost", ip("203.0.113.9"), ip("10.0.0.2")), "203.0.113.9");
-        assert_eq!(usable_host("localhost", None, ip("10.0.0.2")), "10.0.0.2");
-        assert_eq!(usable_host("localhost", None, ip("2001:db8::5")), "[2001:db8::5]");
-        assert_eq!(usable_host("localhost", None, ip("0.0.0.0")), "localhost");
-        assert_eq!(usable_host("localhost", None, None), "localhost");
+    fn reach(public_host: &str, relay_ip: &str) -> Reach {
+        let relay = turnkey_relay::udp::RelayAddrs {
+            v4: Some(relay_ip.parse().unwrap()),
+            v6: None,
+            external_v4: None,
+            external_v6: None,
+            ports: 49152..=65535,
+        };
+        Reach::new(public_host, &relay)
     }
 
     #[test]
     fn banner_never_names_a_wildcard() {
         let wild: Vec<SocketAddr> = vec!["0.0.0.0:3478".parse().unwrap(), "[::]:3478".parse().unwrap()];
         let tls: Vec<SocketAddr> = vec!["[::]:5349".parse().unwrap()];
+        let reach = reach("localhost", "192.168.1.20");
         let b = Bound {
-            host: "192.168.1.20",
+            reach: &reach,
             udp: &wild,
             tcp: &wild,
             tls: &tls,
             http: Some("0.0.0.0:8080".parse().unwrap()),
-            data_dir: Path::new("./turnkey-data"),
+            creds: "turnkey creds --data-dir ./turnkey-data --user alice",
         };
         let text = lines(&b).join("\n");
         assert!(text.contains(
@@ -128,18 +88,18 @@ mod tests {
     #[test]
     fn specific_listeners_are_named_as_bound() {
         let udp: Vec<SocketAddr> = vec!["127.0.0.1:40000".parse().unwrap()];
+        let reach = reach("localhost", "10.0.0.2");
         let b = Bound {
-            host: "10.0.0.2",
+            reach: &reach,
             udp: &udp,
             tcp: &[],
             tls: &[],
             http: Some("127.0.0.1:8081".parse().unwrap()),
-            data_dir: Path::new("/var/lib/turnkey"),
+            creds: "turnkey creds --data-dir /var/lib/turnkey --user alice",
         };
         let l = lines(&b);
         assert_eq!(l[0], "turnkey: TURN URLs: turn:127.0.0.1:40000?transport=udp");
         assert_eq!(l[1], "turnkey: get a credential with `turnkey creds --data-dir /var/lib/turnkey --user alice`");
         assert_eq!(l[2], "turnkey: self-test page: http://127.0.0.1:8081/test");
-        assert_eq!(reach("h", "[::1]:80".parse().unwrap()), "[::1]:80");
     }
 }

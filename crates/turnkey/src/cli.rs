@@ -23,8 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay (and its metrics endpoint) with the embedded default or a config.
     Serve(Box<ServeArgs>),
-    /// Print a TURN REST username/credential pair as JSON.
+    /// Print a TURN REST username/credential pair as JSON (never creates a secret).
     Creds(CredsArgs),
+    /// Create the shared secret for `--secret-file` (`turnkey secret generate --out FILE`).
+    Secret(SecretArgs),
     /// Validate a config file, reporting every error at once.
     CheckConfig(CheckArgs),
     /// Run the credential issuer alone (relays run elsewhere, sharing the secret).
@@ -393,6 +395,26 @@ pub struct CredsArgs {
     /// Validity in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub ttl: u64,
+}
+
+/// `turnkey secret`.
+#[derive(Debug, Args, Clone)]
+pub struct SecretArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SecretAction,
+}
+
+/// `turnkey secret generate`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum SecretAction {
+    /// A new random secret (32 bytes, base64url): written to `--out` (mode 0600, never replacing
+    /// an existing file), else printed.
+    Generate {
+        /// The secret file to create (e.g. /etc/turnkey/secret, then `--secret-file` it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `turnkey check-config`.

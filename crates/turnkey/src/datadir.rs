@@ -37,11 +37,16 @@ pub fn secret(dir: &Path) -> anyhow::Result<(String, bool)> {
         return Ok((first, false));
     }
     ensure(dir)?;
-    let mut bytes = [0u8; 32];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
-    let secret = URL_SAFE_NO_PAD.encode(bytes);
+    let secret = new_secret();
     write_private(&path, format!("{secret}\n").as_bytes())?;
     Ok((secret, true))
+}
+
+/// A new random secret: 32 bytes from the OS-seeded CSPRNG, base64url without padding.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Directory (inside the data directory) of the generated TLS certificate.

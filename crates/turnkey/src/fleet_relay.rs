@@ -15,6 +15,7 @@ use turnkey_relay::fleet::{AllocationObserver, FleetView};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::usage::{UsageDelta, UsageSink};
 
+use crate::advertise::Reach;
 use crate::config::Settings;
 use crate::serve::Listening;
 
@@ -71,6 +72,44 @@ async fn reconcile(fleet: Fleet, mut rx: tokio::sync::mpsc::UnboundedReceiver<Co
             Counted::Ended(u) => {
                 let _ = fleet.release_allocation(&u).await;
             }
+        }
+    }
+}
+
+/// Refuses to join when another live process already holds this node id: two relays under one
+/// id overwrite each other's record, and one of them is never listed or handed out. A record of
+/// this id that keeps beating for one more heartbeat interval belongs to a live process; one that
+/// does not is a crashed predecessor's, and this relay takes it over. Checked before the first
+/// heartbeat. A Redis that cannot answer is no reason to refuse (logged; the start goes on).
+pub(crate) async fn ensure_node_id_free(fleet: &Fleet) -> anyhow::Result<()> {
+    let cfg = fleet.config();
+    let node = cfg.node_id.clone();
+    let age = |snap: &turnkey_fleet::RelaySnapshot| snap.relays.iter().find(|r| r.node_id == node).map(|r| r.age_ms);
+    let first = match fleet.healthy_relays().await {
+        Ok(snap) => age(&snap),
+        Err(e) => {
+            tracing::warn!(error = %e, node_id = %node, "fleet: cannot check that no live process holds this node id");
+            return Ok(());
+        }
+    };
+    let Some(first_age) = first else { return Ok(()) };
+    let waited = cfg.beat_interval + cfg.beat_interval / 2;
+    tracing::info!(node_id = %node, age_ms = first_age, "fleet: a record of this node id exists; checking whether its process is alive");
+    tokio::time::sleep(waited).await;
+    let again = match fleet.healthy_relays().await {
+        Ok(snap) => age(&snap),
+        Err(_) => None,
+    };
+    let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+    match again {
+        Some(a) if a < first_age + waited_ms => anyhow::bail!(
+            "node id \"{node}\" is held by another live relay (it beat {a} ms ago): two relays under one id overwrite each \
+             other's record and one is never handed out; give each process its own --node-id (TURNKEY_NODE_ID; the \
+             default is the host name)"
+        ),
+        _ => {
+            tracing::info!(node_id = %node, "fleet: the previous holder of this node id stopped beating; taking it over");
+            Ok(())
         }
     }
 }
@@ -285,41 +324,8 @@ impl UsageSink for FleetUsage {
     }
 }
 
-/// The TURN URLs this relay advertises, one per listener: on `public_host` when it is set, else
-/// the external IP, else the listener's own IP, else the relay IP (never an unspecified address).
+/// The TURN URLs this relay advertises, one per listener, on the hosts the banner prints (the
+/// one rule: `advertise.rs`).
 pub(crate) fn advertised_urls(s: &Settings, listening: &Listening, relay: &RelayAddrs) -> Vec<AdvertisedUrl> {
-    let public = s.issuer.public_host.trim();
-    let named = (!public.is_empty() && public != turnkey_issuer::IssuerConfig::default().public_host).then_some(public);
-    let host = |a: &SocketAddr| -> Option<String> {
-        if let Some(h) = named {
-            return Some(bracket(h));
-        }
-        let (external, bound) = if a.is_ipv4() { (relay.external_v4, relay.v4) } else { (relay.external_v6, relay.v6) };
-        let ip = external.or((!a.ip().is_unspecified()).then_some(a.ip())).or(bound.filter(|ip| !ip.is_unspecified()));
-        ip.map(|ip: IpAddr| bracket(&ip.to_string()))
-    };
-    let mut out: Vec<AdvertisedUrl> = Vec::new();
-    let groups = [
-        (Transport::Udp, &listening.udp, "turn", "udp"),
-        (Transport::Tcp, &listening.tcp, "turn", "tcp"),
-        (Transport::Tls, &listening.tls, "turns", "tcp"),
-    ];
-    for (transport, addrs, scheme, tp) in groups {
-        for a in addrs {
-            let Some(h) = host(a) else { continue };
-            let url = format!("{scheme}:{h}:{}?transport={tp}", a.port());
-            if !out.iter().any(|u| u.url == url) {
-                out.push(AdvertisedUrl { transport, url });
-            }
-        }
-    }
-    out
-}
-
-fn bracket(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
+    Reach::new(&s.issuer.public_host, relay).urls(&listening.udp, &listening.tcp, &listening.tls)
 }

@@ -9,31 +9,23 @@ use anyhow::Context as _;
 use prometheus::Registry;
 use turnkey_auth::{RevocationSet, SecretRing};
 use turnkey_fleet::Fleet;
-use turnkey_issuer::{AdvertiseConfig, Endpoint, IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
+use turnkey_issuer::{IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
 use turnkey_relay::engine::Shared;
+use turnkey_relay::udp::RelayAddrs;
 
+use crate::advertise::Reach;
 use crate::banner;
 use crate::config::Settings;
 use crate::process::HttpRun;
 use crate::serve::Listening;
 
 /// The issuer's configuration; unless `[issuer.advertise]` is set, it advertises exactly the
-/// listeners this process has.
-pub(crate) fn advertised(s: &Settings, listening: &Listening) -> IssuerConfig {
+/// listeners this process has, on the hosts the banner prints (the one rule, [`Reach`]).
+pub(crate) fn advertised(s: &Settings, listening: &Listening, relay: &RelayAddrs) -> IssuerConfig {
     let mut cfg = s.issuer.clone();
     if !s.advertise_explicit() {
-        let endpoints = |addrs: &[SocketAddr]| -> Vec<Endpoint> {
-            let mut ports: Vec<u16> = addrs.iter().map(SocketAddr::port).collect();
-            ports.dedup();
-            ports.into_iter().map(Endpoint::port).collect()
-        };
-        let eps = endpoints(&listening.udp);
-        cfg.advertise = AdvertiseConfig {
-            stun: eps.clone(),
-            turn_udp: eps,
-            turn_tcp: endpoints(&listening.tcp),
-            turns_tls: endpoints(&listening.tls),
-        };
+        let reach = Reach::new(&s.issuer.public_host, relay);
+        cfg.advertise = reach.issuer_endpoints(&listening.udp, &listening.tcp, &listening.tls);
     }
     cfg
 }
@@ -76,9 +68,9 @@ pub(crate) struct RunningIssuer {
 }
 
 impl RunningIssuer {
-    /// The `curl` line minting ICE servers, with the issuer reached on `host`.
-    pub(crate) fn hint(&self, host: &str) -> String {
-        banner::issuer_hint(&format!("http://{}", banner::reach(host, self.addr)), &self.token, &self.key_id)
+    /// The `curl` line minting ICE servers, with the issuer reached as `reach` says.
+    pub(crate) fn hint(&self, reach: &Reach) -> String {
+        banner::issuer_hint(&format!("http://{}", reach.addr(self.addr)), &self.token, &self.key_id)
     }
 
     pub(crate) async fn stop(self) {

@@ -1,6 +1,7 @@
 //! `turnkey`: the binary. Thin by design: config, wiring, the metrics registry, signals and
 //! shutdown. Protocol logic lives in the library crates.
 
+mod advertise;
 mod banner;
 mod cli;
 mod config;
@@ -13,7 +14,9 @@ mod fleet_relay;
 mod issuer;
 mod issuer_fleet;
 mod obs;
+mod preflight;
 mod process;
+mod secret;
 mod serve;
 mod turns;
 
@@ -42,6 +45,9 @@ fn main() -> std::process::ExitCode {
         Command::Load(args) => return load(*args),
         Command::Serve(args) => serve::serve(*args),
         Command::Creds(args) => serve::creds(args),
+        Command::Secret(args) => match args.action {
+            cli::SecretAction::Generate { out } => secret::generate(out.as_deref()),
+        },
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Issuer(args) => serve::issuer(*args),
         Command::Keys(args) if args.redis.redis.is_some() => fleet_cmd::keys(args),

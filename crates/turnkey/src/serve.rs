@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use prometheus::Registry;
-use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
+use turnkey_auth::{RevocationSet, SecretRing, UnixTime};
 use turnkey_fleet::Fleet;
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
@@ -18,6 +18,7 @@ use turnkey_relay::{BoundSockets, RelayConfig};
 
 use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus};
 
+use crate::advertise::Reach;
 use crate::banner;
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
 use crate::config::values::ListenList;
@@ -28,9 +29,11 @@ use crate::fleet;
 use crate::fleet_relay::{self, FleetRelay, FleetUsage};
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
+use crate::preflight::{self, Role};
 use crate::process::{
     bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup, HttpRun,
 };
+use crate::secret;
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -53,7 +56,7 @@ pub fn issuer(args: IssuerArgs) -> anyhow::Result<()> {
 /// Prints a credential minted with the configured secret.
 pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
     let settings = args.common.load()?;
-    let (ring, _) = secret_ring(&settings)?;
+    let (ring, _, _) = secret::ring(&settings, secret::Create::Never)?;
     let now = UnixTime(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs());
     let c = ring.mint(&args.user, now, args.ttl)?;
     let out = serde_json::json!({
@@ -67,12 +70,15 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
 }
 
 async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
-    let ring = open_data_dir(&s)?;
     let sockets = bind_listeners(&s)?;
+    let (ring, secret_source) = open_data_dir(&s)?;
     let listening = Listening::of(&sockets);
     let tls = start_tls(&s, &listening)?;
     let mut obs = Observability::start(&s).await?;
     let fleet = fleet::connect(&s, &obs.registry).await?;
+    if let Some(f) = &fleet {
+        fleet_relay::ensure_node_id_free(f).await?;
+    }
     let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
     let revocations = RevocationSet::new();
     watch_revocations(&s, &revocations)?;
@@ -93,7 +99,7 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     });
     let issuer = start_issuer(
         &s,
-        advertised(&s, &listening),
+        advertised(&s, &listening, &relay_cfg.relay),
         ring,
         revocations,
         status,
@@ -102,7 +108,7 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
         HttpRun::new(&http, &stop_http_rx),
     )
     .await?;
-    print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards());
+    print_banner(&s, &listening, &relay_cfg, issuer.as_ref(), obs.metrics_addr, sockets.shards(), &secret_source);
 
     let shutdown = async {
         shutdown_signal().await;
@@ -150,7 +156,8 @@ fn join_fleet(
 }
 
 async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
-    let ring = open_data_dir(&s)?;
+    preflight::check(&service_addrs(&s))?;
+    let (ring, _) = open_data_dir(&s)?;
     let registry = new_registry()?;
     let metrics = bind_metrics(&s).await?;
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
@@ -164,8 +171,8 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
         .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     let metrics_addr = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!("turnkey issuer listening http={} metrics={metrics_addr}", issuer.addr);
-    let host = banner::usable_host(&s.issuer.public_host, None, Some(detect_ipv4()));
-    println!("turnkey: {}", issuer.hint(&host));
+    let here = RelayAddrs { v4: Some(detect_ipv4()), v6: None, external_v4: None, external_v6: None, ports: 0..=0 };
+    println!("turnkey: {}", issuer.hint(&Reach::new(&s.issuer.public_host, &here)));
     shutdown_signal().await;
     stop_http_services(stop, metrics_task, Some(issuer)).await;
     Ok(())
@@ -187,15 +194,15 @@ async fn stop_http_services(
 }
 
 /// Creates the data directory, makes sure it is writable (usage, revocations and keys are saved
-/// there) and reads (or generates) the secret ring.
-fn open_data_dir(s: &Settings) -> anyhow::Result<SecretRing> {
+/// there) and reads (or, on the first start, generates) the secret ring.
+fn open_data_dir(s: &Settings) -> anyhow::Result<(SecretRing, secret::Source)> {
     datadir::ensure(&s.node.data_dir)?;
     datadir::check_writable(&s.node.data_dir)?;
-    let (ring, generated) = secret_ring(s)?;
+    let (ring, source, generated) = secret::ring(s, secret::Create::OnFirstStart)?;
     if generated {
         tracing::info!(path = %s.node.data_dir.join(datadir::SECRET_FILE).display(), "generated a new secret");
     }
-    Ok(ring)
+    Ok((ring, source))
 }
 
 /// Loads `<data_dir>/revocations.json` into the relay's set and keeps merging it as issuers in
@@ -313,6 +320,7 @@ fn print_banner(
     issuer: Option<&RunningIssuer>,
     metrics_addr: Option<SocketAddr>,
     shards: usize,
+    secret_source: &secret::Source,
 ) {
     let list = |addrs: &[SocketAddr]| -> String {
         if addrs.is_empty() {
@@ -331,25 +339,24 @@ fn print_banner(
         relay_cfg.relay.v4.or(relay_cfg.relay.v6).map_or_else(|| "none".to_owned(), |a| a.to_string()),
         shards,
     );
-    let relay = &relay_cfg.relay;
-    let host =
-        banner::usable_host(&s.issuer.public_host, relay.external_v4.or(relay.external_v6), relay.v4.or(relay.v6));
+    let reach = Reach::new(&s.issuer.public_host, &relay_cfg.relay);
     let bound = banner::Bound {
-        host: &host,
+        reach: &reach,
         udp: &listening.udp,
         tcp: &listening.tcp,
         tls: &listening.tls,
         http: issuer.map(|i| i.addr),
-        data_dir: &s.node.data_dir,
+        creds: &secret::creds_command(secret_source),
     };
     for line in banner::lines(&bound) {
         println!("{line}");
     }
-    for line in crate::turns::banner_warnings(s, &host, &listening.tls) {
+    let tls_host = listening.tls.first().map(|tls| reach.host(*tls).unwrap_or_else(|| "localhost".to_owned()));
+    for line in crate::turns::banner_warnings(s, tls_host.as_deref().unwrap_or_default(), &listening.tls) {
         println!("{line}");
     }
     if let Some(i) = issuer {
-        println!("turnkey: or ask the issuer: {}", i.hint(&host));
+        println!("turnkey: or ask the issuer: {}", i.hint(&reach));
     }
 }
 
@@ -368,7 +375,19 @@ fn bind_listeners(s: &Settings) -> anyhow::Result<BoundSockets> {
             })
             .collect()
     };
-    Ok(BoundSockets::bind(&usable(&s.relay.udp), &usable(&s.relay.tcp), &usable(&s.relay.tls), s.node.shards())?)
+    let (udp, tcp, tls) = (usable(&s.relay.udp), usable(&s.relay.tcp), usable(&s.relay.tls));
+    let mut wanted = service_addrs(s);
+    for (role, list) in [(Role::Udp, &udp), (Role::Tcp, &tcp), (Role::Tls, &tls)] {
+        wanted.extend(list.iter().map(|a| (role, *a)));
+    }
+    preflight::check(&wanted)?;
+    Ok(BoundSockets::bind(&udp, &tcp, &tls, s.node.shards())?)
+}
+
+/// The issuer's and `/metrics`' listening addresses, for [`preflight::check`].
+fn service_addrs(s: &Settings) -> Vec<(Role, SocketAddr)> {
+    let http = s.node.http.0.map(|a| (Role::Http, a));
+    http.into_iter().chain(s.metrics.listen.0.map(|a| (Role::Metrics, a))).collect()
 }
 
 /// The TLS certificate: the configured files, else a self-signed one kept in the data directory.
@@ -395,21 +414,6 @@ fn tls_certificate(s: &Settings) -> anyhow::Result<Arc<CertResolver>> {
         .with_context(|| format!("cannot load TLS certificate {} / key {}", cert.display(), key.display()))?;
     tracing::info!(cert = %cert.display(), "TLS certificate loaded (reloaded when the files change or on SIGHUP)");
     Ok(resolver)
-}
-
-/// The secret ring: inline secrets, else the secret file, else the data directory's generated one.
-fn secret_ring(s: &Settings) -> anyhow::Result<(SecretRing, bool)> {
-    let n = &s.node;
-    let (secrets, generated) = if !n.secrets.0.is_empty() {
-        (n.secrets.0.clone(), false)
-    } else if let Some(path) = &n.secret_file {
-        (datadir::read_secrets(path)?, false)
-    } else {
-        let (one, generated) = datadir::secret(&n.data_dir)?;
-        (vec![one], generated)
-    };
-    let ring = SecretRing::new(secrets.iter().map(|x| Secret::new(x.trim().as_bytes())).collect())?;
-    Ok((ring, generated))
 }
 
 /// The address the kernel would use to reach the internet (no packet is sent), else loopback.

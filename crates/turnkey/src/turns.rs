@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use crate::banner;
+use crate::advertise::Reach;
 use crate::config::Settings;
 
 /// The banner's warnings: `s` serves TLS on `tls` (none: nothing to say) and advertises `host`.
@@ -27,10 +27,17 @@ pub fn config_warnings(s: &Settings) -> Vec<String> {
         return Vec::new();
     }
     let r = &s.relay;
-    let public = &s.issuer.public_host;
-    let host = banner::usable_host(public, r.external_ip.v4.or(r.external_ip.v6), r.relay_ip.v4.or(r.relay_ip.v6));
-    let detected = host == *public && (public.is_empty() || public == "localhost");
-    warnings(&problems((!detected).then_some(host.as_str()), cert_of(s)))
+    let addrs = turnkey_relay::udp::RelayAddrs {
+        v4: r.relay_ip.v4,
+        v6: r.relay_ip.v6,
+        external_v4: r.external_ip.v4,
+        external_v6: r.external_ip.v6,
+        ports: r.relay_ports.range(),
+    };
+    // The TLS listener the banner names first; with neither a public host nor an address
+    // configured the rule finds none here: the address detected at start, an IP address too.
+    let host = r.tls.addrs.first().and_then(|tls| Reach::new(&s.issuer.public_host, &addrs).host(*tls));
+    warnings(&problems(host.as_deref(), cert_of(s)))
 }
 
 fn cert_of(s: &Settings) -> Cert<'_> {
