@@ -280,6 +280,14 @@ fn a_loopback_echo_peer_refused_with_403_hints_at_allow_peer() {
     let args = [&base[..], &["--secret", &secret, "--duration", "1", "--quiet"]].concat();
     let o = turnkey(&args, Path::new("/"));
     let t = text(&o);
+    // The relay IP is 127.0.0.1 here, so the permission is granted (its own relay ports are
+    // reachable) and each Send to the echo port is dropped without an answer.
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("nothing was delivered") && t.contains("--allow-peer 127.0.0.1"), "{t}");
+    // In channel mode the ChannelBind itself is refused with 403.
+    let base = ["load", "--server", &tk.tcp().to_string(), "--transport", "tcp", "--echo-peer"];
+    let o = turnkey(&[&base[..], &["--secret", &secret, "--duration", "1", "--quiet"]].concat(), Path::new("/"));
+    let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("403") && t.contains("--allow-peer 127.0.0.1"), "{t}");
     // The relay the example describes (loopback peers allowed) passes.

@@ -27,6 +27,20 @@ pub fn of(report: &Report, unauthenticated: bool) -> Vec<String> {
             count("403")
         ));
     }
+    if report.scenario != "allocations"
+        && report.mode == "send"
+        && report.traffic.sent > 0
+        && report.traffic.delivered == 0
+    {
+        out.push(
+            "every packet was lost: a relay drops a Send indication to a peer it refuses without an error \
+             (RFC 8656 §11.2), and turnkey refuses loopback and private peers by default (a CreatePermission \
+             for its own relay IP is granted, since other allocations live there, but only on its relay \
+             ports); for --echo-peer (or a --peer-addr) on such an address, start the relay with \
+             --allow-peer <that IP> (e.g. --allow-peer 127.0.0.1 on one host)"
+                .to_owned(),
+        );
+    }
     if report.transport == "udp" && answers_went_missing(report, unauthenticated) {
         out.push(
             "answers went missing while the server was up: turnkey limits its replies to unauthenticated \
@@ -61,6 +75,21 @@ mod tests {
         r.allocations.time_us.count = succeeded;
         r.allocations.time_us.p90 = p90_us;
         r
+    }
+
+    #[test]
+    fn sends_that_all_vanish_name_the_peer_policy() {
+        let mut r =
+            Report { scenario: "relay".into(), transport: "tcp".into(), mode: "send".into(), ..Report::default() };
+        r.traffic.sent = 50;
+        let h = of(&r, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h[0].contains("--allow-peer 127.0.0.1"), "{h:?}");
+        r.traffic.delivered = 1;
+        assert!(of(&r, false).is_empty());
+        r.traffic.delivered = 0;
+        r.mode = "channel".into();
+        assert!(of(&r, false).is_empty(), "a ChannelBind answers 403 itself");
     }
 
     #[test]

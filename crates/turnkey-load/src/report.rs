@@ -322,6 +322,8 @@ impl Report {
             v.violations.push("no flow could be set up".into());
         } else if t.sent == 0 {
             v.violations.push("nothing was sent".into());
+        } else if t.delivered == 0 {
+            v.violations.push(format!("nothing was delivered (all {} sent were lost)", t.sent));
         }
         if let Some(max) = max_loss_pct {
             if t.loss_pct > max {
