@@ -199,8 +199,8 @@ async fn shard_main(
         tls: streams.tls,
         metrics: metrics.clone(),
     });
-    let engine = Engine::new(cfg, shared, metrics, now.mono);
-    let state = Rc::new(RefCell::new(ShardState::new(engine, ports)));
+    let engine = Engine::new(cfg, shared, now.mono);
+    let state = Rc::new(RefCell::new(ShardState::new(engine, ports, metrics)));
     state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
     let mut tasks = Vec::new();
     for s in listeners.udp {
@@ -218,8 +218,7 @@ async fn shard_main(
         let deadline = state.borrow().engine.poll_timeout();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let st = &mut *state.borrow_mut();
-                st.engine.handle_timeout(Now::system(), &mut st.ports);
+                state.borrow_mut().sweep(Now::system());
             }
             _ = stop.changed() => break,
         }
@@ -228,8 +227,7 @@ async fn shard_main(
         t.abort();
     }
     crate::stream::close_all(&state, &ctx);
-    let st = &mut *state.borrow_mut();
-    st.engine.close_all(&mut st.ports);
+    state.borrow_mut().close_all();
     Ok(())
 }
 

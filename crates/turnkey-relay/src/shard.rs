@@ -13,8 +13,8 @@ use std::rc::Rc;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::engine::{Engine, Transmit};
-use crate::metrics::DropReason;
+use crate::engine::{Engine, Event, Transmit};
+use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
 use crate::stream::StreamConn;
 use crate::types::{FiveTuple, Now, Transport};
 use crate::udp::{send_now, Ports};
@@ -26,12 +26,21 @@ pub(crate) struct ShardState {
     pub ports: Ports,
     pub clients: ClientSockets,
     pub batches: UdpBatches,
+    metrics: RelayMetrics,
+    exporter: StatsExporter,
 }
 
 impl ShardState {
-    /// A shard state with no client sockets yet.
-    pub fn new(engine: Engine, ports: Ports) -> Self {
-        Self { engine, ports, clients: ClientSockets::default(), batches: UdpBatches::new() }
+    /// A shard state with no client sockets yet, exporting its engine's counts into `metrics`.
+    pub fn new(engine: Engine, ports: Ports, metrics: RelayMetrics) -> Self {
+        Self {
+            engine,
+            ports,
+            clients: ClientSockets::default(),
+            batches: UdpBatches::new(),
+            metrics,
+            exporter: StatsExporter::default(),
+        }
     }
 
     /// Hands a datagram or frame from a client to the engine and sends its answer.
@@ -40,6 +49,53 @@ impl ShardState {
         let Self { engine, ports, clients, .. } = self;
         let out = engine.handle_client(now, tuple, bytes, ports);
         dispatch(engine, ports, clients, out);
+        self.settle();
+    }
+
+    /// After a call into the engine that may have changed its state: takes its events and
+    /// exports the control-path counts if they moved (the data path's wait for [`Self::sweep`]).
+    #[inline]
+    pub fn settle(&mut self) {
+        while let Some(e) = self.engine.poll_event() {
+            log_event(&e);
+        }
+        if self.exporter.control_moved(self.engine.stats()) {
+            self.exporter.export(self.engine.stats(), &self.metrics);
+        }
+    }
+
+    /// The engine's timer (expiry, revocations, usage), then every count exported.
+    pub fn sweep(&mut self, now: Now) {
+        self.engine.handle_timeout(now, &mut self.ports);
+        self.export_all();
+    }
+
+    /// Ends every allocation (shutdown) and exports the final counts.
+    pub fn close_all(&mut self) {
+        self.engine.close_all(&mut self.ports);
+        self.export_all();
+    }
+
+    fn export_all(&mut self) {
+        while let Some(e) = self.engine.poll_event() {
+            log_event(&e);
+        }
+        self.exporter.export(self.engine.stats(), &self.metrics);
+        self.batches.counts.flush(&self.metrics.udp);
+    }
+}
+
+/// The debug lines of allocations starting and ending.
+fn log_event(e: &Event) {
+    match e {
+        Event::AllocationCreated { alloc, .. } => {
+            tracing::debug!(client = %alloc.tuple.client, relay = %alloc.relayed, id = %alloc.id, "allocation created");
+        }
+        Event::AllocationEnded { alloc, reason } => {
+            let reason = reason.as_str();
+            tracing::debug!(client = %alloc.tuple.client, relay = %alloc.relayed, id = %alloc.id, reason, "allocation ended");
+        }
+        _ => tracing::trace!(event = ?e, "engine event"),
     }
 }
 

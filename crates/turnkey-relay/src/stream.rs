@@ -208,6 +208,7 @@ fn finish(shard: &RefCell<ShardState>, ctx: &StreamCtx, tuple: FiveTuple, reason
     let Some(conn) = st.clients.remove_stream(&tuple) else { return };
     drop(conn);
     st.engine.client_closed(tuple, &mut st.ports);
+    st.settle();
     ctx.metrics.connections.with_label_values(&[tuple.transport.as_str()]).dec();
     ctx.count_close(tuple.transport, reason);
     tracing::debug!(client = %tuple.client, transport = tuple.transport.as_str(), reason = reason.as_str(), "connection closed");
@@ -362,10 +363,10 @@ mod tests {
     fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
         let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
         let cfg = EngineConfig::new("r", ring, PeerPolicy::new(vec![], vec![], vec![]));
-        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), metrics.clone(), Instant::now());
+        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), Instant::now());
         let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
         let ports = Ports::new(addrs, Reservations::default());
-        Rc::new(RefCell::new(ShardState::new(engine, ports)))
+        Rc::new(RefCell::new(ShardState::new(engine, ports, metrics.clone())))
     }
 
     /// A shard serving plain TCP on a loopback port with `limits` (call inside a `LocalSet`).

@@ -14,6 +14,7 @@ use stun::xoraddr::XorMappedAddress;
 use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
 
 use super::*;
+use crate::metrics::{RelayMetrics, StatsExporter};
 use crate::policy::{PeerPolicy, PeerRule};
 use crate::types::{ClientAddr, Transport};
 
@@ -63,7 +64,11 @@ struct Harness {
     now: Now,
     shared: Arc<Shared>,
     ring: SecretRing,
+    /// What the driver would export: after each request and each sweep.
     metrics: RelayMetrics,
+    exporter: StatsExporter,
+    /// The engine's events, in order, as the driver would poll them.
+    events: Vec<Event>,
 }
 
 fn cfg_with(f: impl FnOnce(&mut EngineConfig)) -> EngineConfig {
@@ -90,24 +95,46 @@ impl Harness {
         let shared = Arc::new(shared);
         let metrics = RelayMetrics::unregistered();
         let now = Now::new(Instant::now(), Duration::from_secs(T0_UNIX));
-        let engine = Engine::new(Arc::new(cfg), shared.clone(), metrics.clone(), now.mono);
-        Self { engine, ports: FakePorts::default(), now, shared, ring, metrics }
+        let engine = Engine::new(Arc::new(cfg), shared.clone(), now.mono);
+        let (exporter, events) = (StatsExporter::default(), Vec::new());
+        Self { engine, ports: FakePorts::default(), now, shared, ring, metrics, exporter, events }
     }
 
     fn advance(&mut self, secs: u64) {
-        self.now = self.now.advance(Duration::from_secs(secs));
+        self.advance_by(Duration::from_secs(secs));
+    }
+
+    fn advance_by(&mut self, d: Duration) {
+        self.now = self.now.advance(d);
         self.engine.handle_timeout(self.now, &mut self.ports);
+        self.settle();
+    }
+
+    /// What the driver does after each call: polls the events, exports the counts.
+    fn settle(&mut self) {
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push(e);
+        }
+        self.exporter.export(self.engine.stats(), &self.metrics);
+    }
+
+    /// The events since the last call.
+    fn take_events(&mut self) -> Vec<Event> {
+        self.settle();
+        std::mem::take(&mut self.events)
     }
 
     /// Sends `bytes` from `tuple`; returns the reply to the client, decoded.
     fn send(&mut self, tuple: FiveTuple, bytes: &[u8]) -> Option<Message> {
-        match self.engine.handle_client(self.now, tuple, bytes, &mut self.ports)? {
+        let reply = match self.engine.handle_client(self.now, tuple, bytes, &mut self.ports)? {
             Transmit::Client { to, data } => {
                 assert_eq!(to, tuple);
-                Some(decode(&data))
+                decode(&data)
             }
             Transmit::Peer { .. } => panic!("unexpected peer transmit"),
-        }
+        };
+        self.settle();
+        Some(reply)
     }
 
     fn creds(&self, user: &str, ttl: u64) -> (String, String) {
@@ -525,7 +552,7 @@ fn channel_data_flows_both_ways_without_copies() {
     let mut liar = channel_data(0x4001, b"abc");
     liar[3] = 200;
     assert!(h.engine.handle_client(h.now, t, &liar, &mut h.ports).is_none());
-    assert_eq!(h.engine.pending_stats().drops(DropReason::Malformed), 1);
+    assert_eq!(h.engine.stats().drops(DropReason::Malformed), 1);
     h.advance(1);
     let c2p = h.metrics.relayed_bytes.with_label_values(&["client_to_peer", "udp"]).get();
     let p2c = h.metrics.relayed_bytes.with_label_values(&["peer_to_client", "udp"]).get();
@@ -861,7 +888,7 @@ fn bandwidth_cap_drops_excess() {
     let cd = channel_data(0x4001, &[0u8; 400]);
     let sent = (0..10).filter(|_| h.engine.handle_client(h.now, t, &cd, &mut h.ports).is_some()).count();
     assert_eq!(sent, 2);
-    assert_eq!(h.engine.pending_stats().drops(DropReason::RateCap), 8);
+    assert_eq!(h.engine.stats().drops(DropReason::RateCap), 8);
 }
 
 #[test]
@@ -1123,7 +1150,7 @@ fn usage_is_reported_at_each_sweep_and_caps_stop_relaying() {
     let sink = Arc::new(FakeUsage::default());
     let mut h = Harness::new();
     h.shared = Arc::new(Shared::new(RevocationSet::new()).with_usage(sink.clone()));
-    h.engine = Engine::new(h.engine.cfg.clone(), h.shared.clone(), h.metrics.clone(), h.now.mono);
+    h.engine = Engine::new(h.engine.cfg.clone(), h.shared.clone(), h.now.mono);
     let t = tuple("203.0.113.5:5555");
     let a = with_permission(&mut h, t);
     assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), None);
@@ -1143,7 +1170,7 @@ fn usage_is_reported_at_each_sweep_and_caps_stop_relaying() {
     h.advance(1);
     assert!(h.engine.handle_client(h.now, t, &channel_data(0x4001, b"ping"), &mut h.ports).is_none());
     assert!(from_peer(&mut h, relay, PEER, b"pong!").is_none());
-    assert_eq!(h.engine.pending_stats().drops(DropReason::UsageCap), 2);
+    assert_eq!(h.engine.stats().drops(DropReason::UsageCap), 2);
     let (r, _) = h.allocate(tuple("203.0.113.6:5555"), "alice");
     assert_eq!(code(&r), Some(486));
     // Lifted (new period): relaying resumes; bytes of an allocation that ends are still reported.
@@ -1154,3 +1181,5 @@ fn usage_is_reported_at_each_sweep_and_caps_stop_relaying() {
     h.engine.close_all(&mut h.ports);
     assert_eq!(sink.recorded.lock().unwrap()["alice"], (17, 5));
 }
+
+mod events;
