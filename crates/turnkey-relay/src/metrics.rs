@@ -301,4 +301,53 @@ mod tests {
         assert_eq!(results, expected);
         assert_eq!(expected.len(), 14, "success and the 13 error codes");
     }
+
+    #[test]
+    fn an_engines_counts_are_exported_once_each_by_difference() {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use turnkey_auth::{Secret, SecretRing};
+
+        use crate::engine::{Engine, EngineConfig, Shared};
+        use crate::policy::PeerPolicy;
+        use crate::types::{ClientAddr, FiveTuple, Now};
+
+        struct NoPorts;
+        impl crate::engine::RelayPorts for NoPorts {
+            fn bind(&mut self, _: bool, _: crate::engine::PortRequest) -> Option<crate::engine::RelayBinding> {
+                None
+            }
+            fn release(&mut self, _: crate::types::RelayHandle) {}
+        }
+        let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
+        let mut cfg = EngineConfig::new("r", ring, PeerPolicy::new(vec![], vec![], vec![]));
+        cfg.unauth_replies_per_sec = 0;
+        #[allow(clippy::disallowed_methods, reason = "a test's arbitrary start")]
+        let now = Now::new(Instant::now(), Duration::from_secs(1_800_000_000));
+        let mut engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), now.mono);
+        let from = FiveTuple {
+            transport: Transport::Udp,
+            client: ClientAddr("203.0.113.5:5555".parse().unwrap()),
+            server: "192.0.2.10:3478".parse().unwrap(),
+        };
+        // An Allocate without credentials (header only: a 401), and garbage (dropped).
+        let mut allocate = vec![0x00, 0x03, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        allocate.extend_from_slice(&[7; 12]);
+        assert!(engine.handle_client(now, from, &allocate, &mut NoPorts).is_some());
+        assert!(engine.handle_client(now, from, &[0xFF; 8], &mut NoPorts).is_none());
+        let m = RelayMetrics::unregistered();
+        let mut exporter = StatsExporter::default();
+        assert!(exporter.control_moved(engine.stats()));
+        for _ in 0..2 {
+            exporter.export(engine.stats(), &m);
+            assert!(!exporter.control_moved(engine.stats()));
+            assert_eq!(m.allocation_attempts.with_label_values(&["401"]).get(), 1);
+            assert_eq!(m.auth_failures.with_label_values(&["missing_integrity"]).get(), 1);
+            assert_eq!(m.dropped_packets.with_label_values(&["malformed"]).get(), 1);
+        }
+        assert!(engine.handle_client(now, from, &[0xFF; 8], &mut NoPorts).is_none());
+        exporter.export(engine.stats(), &m);
+        assert_eq!(m.dropped_packets.with_label_values(&["malformed"]).get(), 2);
+    }
 }

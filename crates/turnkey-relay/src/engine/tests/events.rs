@@ -111,8 +111,8 @@ fn credential_expiry_revocation_connection_close_kill_and_drain_each_name_their_
     assert_ne!(alloc.id, AllocationId(0));
     h.engine.close_all(&mut h.ports);
     ended(&mut h, alloc, EndReason::Drained);
-    assert_eq!(h.metrics.allocations.with_label_values(&["udp"]).get(), 0);
-    assert_eq!(h.metrics.allocations.with_label_values(&["tcp"]).get(), 0);
+    assert_eq!(h.engine.stats().allocations(Transport::Udp), 0);
+    assert_eq!(h.engine.stats().allocations(Transport::Tcp), 0);
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn permissions_are_installed_refreshed_and_expire_once_then_install_anew() {
     h.advance_by(Duration::from_millis(1));
     to_sweep(&mut h);
     assert_eq!(h.take_events(), vec![Event::PermissionExpired { alloc, peer, expired: deadline }]);
-    assert_eq!(h.metrics.permissions.get(), 0);
+    assert_eq!(h.engine.stats().permissions(), 0);
     h.advance(10);
     assert!(h.take_events().is_empty(), "once");
     permit(&mut h);
@@ -150,9 +150,9 @@ fn permissions_are_installed_refreshed_and_expire_once_then_install_anew() {
         vec![Event::PermissionInstalled { alloc, peer, expires: h.now.mono + 5 * MIN }],
         "a permission asked for again after it expired is a new one"
     );
-    assert_eq!(h.metrics.permissions.get(), 0, "the gauge moves with the sweep");
+    assert_eq!(h.engine.stats().permissions(), 0, "counted at the sweep");
     h.advance(1);
-    assert_eq!(h.metrics.permissions.get(), 1);
+    assert_eq!(h.engine.stats().permissions(), 1);
 }
 
 #[test]
@@ -215,7 +215,7 @@ fn channels_are_bound_refreshed_and_expire_once_then_bind_anew() {
     let left = expires - h.now.mono;
     h.advance_by(left);
     assert_eq!(h.take_events(), vec![Event::ChannelExpired { alloc, number, peer, expired: expires }]);
-    assert_eq!(h.metrics.channels.get(), 0);
+    assert_eq!(h.engine.stats().channels(), 0);
     h.advance(1);
     assert!(h.take_events().is_empty(), "once");
     // Still reserved for the same peer (RFC 8656 §12): binding it again is a new binding.
