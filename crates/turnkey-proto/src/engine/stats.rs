@@ -1,6 +1,6 @@
 //! [`EngineStats`]: what one engine counted, as plain data (as quinn-proto's `ConnectionStats`).
 //! Counters only grow and gauges hold the current value; the driver exports them (Prometheus, in
-//! `crate::metrics`) by the difference since its last export, so the engine holds no metric
+//! turnkey-relay's `metrics`) by the difference since its last export, so the engine holds no metric
 //! handle and the labels below are the one list of their values.
 
 use super::error::StunError;
