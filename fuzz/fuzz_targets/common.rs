@@ -27,7 +27,7 @@ pub struct Ports {
 }
 
 impl RelayPorts for Ports {
-    fn bind(&mut self, ipv6: bool, _request: PortRequest) -> Option<RelayBinding> {
+    fn bind(&mut self, _now: Instant, ipv6: bool, _request: PortRequest) -> Option<RelayBinding> {
         if self.live.len() >= 64 {
             return None;
         }

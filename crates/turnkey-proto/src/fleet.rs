@@ -6,7 +6,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "fleet marks and alternates: written by background tasks, read on Allocate only, never per packet"
+)]
+use std::sync::RwLock;
 
 use crate::types::Transport;
 

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod framing;
 pub mod loglimit;
 pub mod policy;
+pub mod ports;
 pub mod settings;
 pub mod types;
 pub mod usage;

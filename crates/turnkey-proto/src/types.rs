@@ -100,13 +100,6 @@ impl Now {
         Self { mono, wall }
     }
 
-    /// The current time, read from the system (drivers only; the engine never calls this).
-    #[allow(clippy::disallowed_methods, reason = "the drivers' one reading of the clock for the engine")]
-    pub fn system() -> Self {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Self { mono: Instant::now(), wall }
-    }
-
     /// Unix seconds.
     pub fn unix(&self) -> UnixTime {
         UnixTime(self.wall.as_secs())

@@ -11,6 +11,7 @@
 //! (secret ring, nonces, revocation set) and nothing else.
 
 pub mod batch;
+pub mod clock;
 mod error;
 pub mod metrics;
 mod outq;

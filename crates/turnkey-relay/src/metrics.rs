@@ -315,7 +315,12 @@ mod tests {
 
         struct NoPorts;
         impl crate::engine::RelayPorts for NoPorts {
-            fn bind(&mut self, _: bool, _: crate::engine::PortRequest) -> Option<crate::engine::RelayBinding> {
+            fn bind(
+                &mut self,
+                _: Instant,
+                _: bool,
+                _: crate::engine::PortRequest,
+            ) -> Option<crate::engine::RelayBinding> {
                 None
             }
             fn release(&mut self, _: crate::types::RelayHandle) {}

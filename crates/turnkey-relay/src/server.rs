@@ -16,7 +16,7 @@ use crate::metrics::RelayMetrics;
 use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
-use crate::types::{Now, Transport};
+use crate::types::Transport;
 use crate::udp::{client_loop, Ports, RelayAddrs, Reservations};
 use crate::udp_batch::UdpSock;
 use crate::RelayError;
@@ -192,7 +192,7 @@ async fn shard_main(
     streams: StreamSettings,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let now = Now::system();
+    let now = crate::clock::now();
     let ctx = Rc::new(StreamCtx {
         limits: streams.limits,
         limiter: streams.limiter,
@@ -218,7 +218,7 @@ async fn shard_main(
         let deadline = state.borrow().engine.poll_timeout();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
-                state.borrow_mut().sweep(Now::system());
+                state.borrow_mut().sweep(crate::clock::now());
             }
             _ = stop.changed() => break,
         }

@@ -38,7 +38,7 @@ use crate::metrics::RelayMetrics;
 use crate::outq::{out_queue, OutReceiver, OutSender};
 use crate::shard::ShardState;
 use crate::tls::TlsConfigs;
-use crate::types::{ClientAddr, FiveTuple, Now, Transport};
+use crate::types::{ClientAddr, FiveTuple, Transport};
 
 /// Bytes read from a connection at once (also the decoder's `max_read`).
 const READ_BUF: usize = 16 * 1024;
@@ -280,7 +280,7 @@ where
 /// message was among them (the allocation may have changed).
 fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDecoder) -> Result<bool, FramingError> {
     let st = &mut *shard.borrow_mut();
-    let now = Now::system();
+    let now = crate::clock::now();
     let mut stun = false;
     while let Some(frame) = decoder.next_frame()? {
         stun |= matches!(frame, Frame::Stun(_));

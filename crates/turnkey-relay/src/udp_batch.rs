@@ -17,7 +17,7 @@ use crate::batch::{offload, RecvBatch, SendBatch, Sockets, UdpIo};
 use crate::engine::{Engine, Transmit, PEER_HEADROOM, PEER_TAILROOM};
 use crate::metrics::{DropReason, UdpBatchCounts};
 use crate::shard::{ClientSockets, ShardState};
-use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+use crate::types::{ClientAddr, FiveTuple, PeerAddr, RelayHandle, Transport};
 use crate::udp::Ports;
 
 /// Buffers per receive syscall (`quinn_udp::BATCH_SIZE` on Linux).
@@ -95,7 +95,7 @@ impl ShardState {
         let Self { engine, ports, clients, batches, .. } = self;
         sock.recv(&mut batches.client)?;
         let Some(local) = clients.udp_local(idx) else { return Ok(()) };
-        let now = Now::system();
+        let now = crate::clock::now();
         let UdpBatches { client: rb, out, counts, .. } = batches;
         let direct = count_receive(counts, rb);
         for d in rb.datagrams() {
@@ -113,7 +113,7 @@ impl ShardState {
     pub fn peer_readable(&mut self, relay: RelayHandle, sock: &UdpSock) -> io::Result<()> {
         let Self { engine, ports, clients, batches, .. } = self;
         sock.recv(&mut batches.peer)?;
-        let now = Now::system();
+        let now = crate::clock::now();
         let UdpBatches { peer: rb, out, counts, .. } = batches;
         let direct = count_receive(counts, rb);
         rb.for_each_in_place(|from, _ecn, buf, len| {

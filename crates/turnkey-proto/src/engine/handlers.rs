@@ -301,7 +301,7 @@ impl Engine {
         }
         let lifetime = self.granted_lifetime(optional::<Lifetime>(m)?.map(|l| l.0));
         self.shared.reserve(&owner.userid, self.cfg.max_allocations_per_user, self.cfg.max_allocations)?;
-        let Some(binding) = ports.bind(ipv6, request) else {
+        let Some(binding) = ports.bind(now.mono, ipv6, request) else {
             self.shared.release(&owner.userid);
             return Err(StunError::InsufficientCapacity);
         };

@@ -292,9 +292,11 @@ pub enum PortRequest {
 
 /// The driver's side of relay sockets, handed to the engine on each call that may need it.
 pub trait RelayPorts {
-    /// Binds a relay socket of the given family as `request` asks; `None` when no port is free
-    /// or the reservation is unknown (the engine answers 508).
-    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding>;
+    /// Binds a relay socket of the given family as `request` asks, at `now` (the engine's time:
+    /// reservations are held and redeemed by it; the ports to try come from
+    /// [`crate::ports::candidates`]); `None` when no port is free or the reservation is unknown
+    /// (the engine answers 508).
+    fn bind(&mut self, now: Instant, ipv6: bool, request: PortRequest) -> Option<RelayBinding>;
     /// Closes a relay socket whose allocation ended.
     fn release(&mut self, handle: RelayHandle);
 }

@@ -31,7 +31,7 @@ struct FakePorts {
 }
 
 impl RelayPorts for FakePorts {
-    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
+    fn bind(&mut self, _now: Instant, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
         if self.exhausted {
             return None;
         }
