@@ -149,7 +149,9 @@ pub async fn run(
     shutdown.await;
     shared.start_draining();
     tracing::info!(live = shared.allocations(), grace = ?cfg.drain_grace, "draining: no new allocations");
+    #[allow(clippy::disallowed_methods, reason = "the drain's grace period is the driver's clock")]
     let deadline = tokio::time::Instant::now() + cfg.drain_grace;
+    #[allow(clippy::disallowed_methods, reason = "the drain's grace period is the driver's clock")]
     while shared.allocations() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -154,6 +154,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
+#[allow(clippy::disallowed_methods, reason = "the stream driver's clock (tokio's, so tests can pause it)")]
 fn mono_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -338,6 +339,7 @@ async fn stalls_within<T>(
             return Poll::Ready(Some(v));
         }
         if !armed {
+            #[allow(clippy::disallowed_methods, reason = "the write timeout runs on the driver's clock")]
             sleep.as_mut().reset(tokio::time::Instant::now() + limit);
             armed = true;
         }
