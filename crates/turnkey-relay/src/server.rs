@@ -203,7 +203,6 @@ async fn shard_main(
     });
     let engine = Engine::new(cfg, shared, now.mono);
     let state = Rc::new(RefCell::new(ShardState::new(engine, ports, metrics)));
-    state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
     let mut tasks = Vec::new();
     for s in listeners.udp {
         let local = s.local_addr()?;

@@ -16,6 +16,7 @@ use socket2::{Domain, Socket, Type};
 use crate::engine::{Engine, Event, Transmit};
 use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
 use crate::stream::StreamConn;
+use crate::types::RelayHandle;
 use crate::types::{FiveTuple, Now, Transport};
 use crate::udp::{send_now, Ports};
 use crate::udp_batch::{UdpBatches, UdpSock};
@@ -28,6 +29,8 @@ pub(crate) struct ShardState {
     pub batches: UdpBatches,
     metrics: RelayMetrics,
     exporter: StatsExporter,
+    /// Relay sockets of allocations created since `udp::start_relays` last ran.
+    created: Vec<RelayHandle>,
 }
 
 impl ShardState {
@@ -40,6 +43,7 @@ impl ShardState {
             batches: UdpBatches::new(),
             metrics,
             exporter: StatsExporter::default(),
+            created: Vec::new(),
         }
     }
 
@@ -56,9 +60,7 @@ impl ShardState {
     /// exports the control-path counts if they moved (the data path's wait for [`Self::sweep`]).
     #[inline]
     pub fn settle(&mut self) {
-        while let Some(e) = self.engine.poll_event() {
-            log_event(&e);
-        }
+        self.poll_events();
         if self.exporter.control_moved(self.engine.stats()) {
             self.exporter.export(self.engine.stats(), &self.metrics);
         }
@@ -76,10 +78,22 @@ impl ShardState {
         self.export_all();
     }
 
-    fn export_all(&mut self) {
+    /// The relay sockets whose receive tasks are to start (see `udp::start_relays`).
+    pub fn take_created(&mut self) -> Vec<RelayHandle> {
+        std::mem::take(&mut self.created)
+    }
+
+    fn poll_events(&mut self) {
         while let Some(e) = self.engine.poll_event() {
+            if let Event::AllocationCreated { alloc, .. } = &e {
+                self.created.push(alloc.relay);
+            }
             log_event(&e);
         }
+    }
+
+    fn export_all(&mut self) {
+        self.poll_events();
         self.exporter.export(self.engine.stats(), &self.metrics);
         self.batches.counts.flush(&self.metrics.udp);
     }

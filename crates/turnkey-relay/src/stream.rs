@@ -279,15 +279,23 @@ where
 
 /// Hands every complete frame to the engine and sends what it answers; `Ok(true)` if a STUN
 /// message was among them (the allocation may have changed).
-fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDecoder) -> Result<bool, FramingError> {
-    let st = &mut *shard.borrow_mut();
-    let now = crate::clock::now();
-    let mut stun = false;
-    while let Some(frame) = decoder.next_frame()? {
-        stun |= matches!(frame, Frame::Stun(_));
-        st.client_input(now, tuple, frame.as_bytes());
-    }
-    Ok(stun)
+fn process(
+    shard: &Rc<RefCell<ShardState>>,
+    tuple: FiveTuple,
+    decoder: &mut StreamDecoder,
+) -> Result<bool, FramingError> {
+    let result = (|| {
+        let st = &mut *shard.borrow_mut();
+        let now = crate::clock::now();
+        let mut stun = false;
+        while let Some(frame) = decoder.next_frame()? {
+            stun |= matches!(frame, Frame::Stun(_));
+            st.client_input(now, tuple, frame.as_bytes());
+        }
+        Ok(stun)
+    })();
+    crate::udp::start_relays(shard);
+    result
 }
 
 /// Writes queued frames until the queue closes; returns why the connection must close if a write

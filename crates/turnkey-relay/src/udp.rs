@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -80,13 +80,14 @@ fn set_buffers(s: &Socket, size: usize) {
 /// and the 30 s lifetime are turnkey-proto's).
 pub type Reservations = turnkey_proto::ports::Reservations<std::net::UdpSocket>;
 
-/// Relay sockets of one shard; the engine binds and releases them through [`RelayPorts`].
+/// Relay sockets of one shard; the engine binds and releases them through [`RelayPorts`]. A
+/// socket's receive task is started from the engine's `AllocationCreated` event
+/// ([`start_relays`]), not while the engine is deciding.
 pub(crate) struct Ports {
     addrs: RelayAddrs,
     reservations: Reservations,
     next: u32,
-    sockets: HashMap<u32, (Rc<UdpSock>, JoinHandle<()>)>,
-    shard: Weak<RefCell<ShardState>>,
+    sockets: HashMap<u32, (Rc<UdpSock>, Option<JoinHandle<()>>)>,
     /// Port draws and reservation tokens.
     rng: StdRng,
 }
@@ -94,11 +95,7 @@ pub(crate) struct Ports {
 impl Ports {
     pub fn new(addrs: RelayAddrs, reservations: Reservations) -> Self {
         let rng = StdRng::from_entropy();
-        Self { addrs, reservations, next: 0, sockets: HashMap::new(), shard: Weak::new(), rng }
-    }
-
-    pub fn set_shard(&mut self, shard: Weak<RefCell<ShardState>>) {
-        self.shard = shard;
+        Self { addrs, reservations, next: 0, sockets: HashMap::new(), rng }
     }
 
     /// Sends from a relay socket to a peer.
@@ -140,8 +137,7 @@ impl Ports {
         let socket = Rc::new(UdpSock::new(std_socket).ok()?);
         self.next = self.next.wrapping_add(1);
         let handle = RelayHandle(self.next);
-        let task = tokio::task::spawn_local(peer_loop(self.shard.clone(), socket.clone(), handle));
-        self.sockets.insert(handle.0, (socket, task));
+        self.sockets.insert(handle.0, (socket, None));
         let external = if local.is_ipv6() { self.addrs.external_v6 } else { self.addrs.external_v4 };
         Some((handle, SocketAddr::new(external.unwrap_or(local.ip()), local.port())))
     }
@@ -183,8 +179,25 @@ impl RelayPorts for Ports {
     }
 
     fn release(&mut self, handle: RelayHandle) {
-        if let Some((_, task)) = self.sockets.remove(&handle.0) {
+        if let Some((_, Some(task))) = self.sockets.remove(&handle.0) {
             task.abort();
+        }
+    }
+}
+
+/// Starts the receive task of every relay socket whose allocation the engine created since the
+/// last call (the shard's `settle` noted them from `AllocationCreated` events); a socket whose
+/// allocation already ended is gone and skipped. Called by the tasks that fed the engine, once
+/// their borrow of the shard ended.
+pub(crate) fn start_relays(shard: &Rc<RefCell<ShardState>>) {
+    let created = shard.borrow_mut().take_created();
+    for handle in created {
+        let sock = shard.borrow().ports.sockets.get(&handle.0).map(|(s, _)| s.clone());
+        let Some(sock) = sock else { continue };
+        let task = tokio::task::spawn_local(peer_loop(shard.clone(), sock, handle));
+        match shard.borrow_mut().ports.sockets.get_mut(&handle.0) {
+            Some((_, slot)) => *slot = Some(task),
+            None => task.abort(),
         }
     }
 }
@@ -198,6 +211,7 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
             return;
         }
         let result = shard.borrow_mut().client_readable(idx, &sock);
+        start_relays(&shard);
         if let Err(e) = result {
             if e.kind() != io::ErrorKind::WouldBlock {
                 // ICMP errors surface here on some systems; they concern one peer only.
@@ -209,12 +223,11 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
 
 /// Receives from peers on one relay socket, for the life of its allocation (see
 /// [`client_loop`]).
-async fn peer_loop(shard: Weak<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
+async fn peer_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
     loop {
         if sock.socket.readable().await.is_err() {
             return;
         }
-        let Some(shard) = shard.upgrade() else { return };
         let result = shard.borrow_mut().peer_readable(handle, &sock);
         if let Err(e) = result {
             if e.kind() != io::ErrorKind::WouldBlock {
