@@ -19,10 +19,7 @@ pub fn usable_host(public_host: &str, external: Option<IpAddr>, relay: Option<Ip
 
 /// `ip` as the host part of a URL (IPv6 in brackets).
 fn url_host(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
+    turnkey_types::bracketed(&ip.to_string()).into_owned()
 }
 
 /// `host:port` of a listener as a client reaches it: a wildcard listener is reached on `host`,

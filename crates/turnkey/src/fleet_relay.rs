@@ -14,6 +14,7 @@ use turnkey_relay::engine::Shared;
 use turnkey_relay::fleet::{AllocationObserver, FleetView};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::usage::{UsageDelta, UsageSink};
+use turnkey_types::TurnUrl;
 
 use crate::config::Settings;
 use crate::serve::Listening;
@@ -200,18 +201,14 @@ async fn set_alternates(fleet: &Fleet, beat: &BeatSource) {
     };
     let cfg = fleet.config();
     let stale_ms = u64::try_from(cfg.stale_after().as_millis()).unwrap_or(u64::MAX);
-    for (ours, theirs) in [
-        (turnkey_relay::Transport::Udp, Transport::Udp),
-        (turnkey_relay::Transport::Tcp, Transport::Tcp),
-        (turnkey_relay::Transport::Tls, Transport::Tls),
-    ] {
-        let alt = handout::alternate(&snap.relays, &cfg.node_id, theirs, cfg.region.as_ref(), stale_ms);
-        let url = alt.and_then(|r| r.beat.urls_for(theirs).next().map(str::to_owned));
+    for transport in Transport::ALL {
+        let alt = handout::alternate(&snap.relays, &cfg.node_id, transport, cfg.region.as_ref(), stale_ms);
+        let url = alt.and_then(|r| r.beat.urls_for(transport).next().map(str::to_owned));
         let addr = match url {
             Some(u) => resolve(&u).await,
             None => None,
         };
-        view.set_alternate(ours, addr);
+        view.set_alternate(transport, addr);
     }
 }
 
@@ -292,34 +289,22 @@ pub(crate) fn advertised_urls(s: &Settings, listening: &Listening, relay: &Relay
     let named = (!public.is_empty() && public != turnkey_issuer::IssuerConfig::default().public_host).then_some(public);
     let host = |a: &SocketAddr| -> Option<String> {
         if let Some(h) = named {
-            return Some(bracket(h));
+            return Some(h.to_owned());
         }
         let (external, bound) = if a.is_ipv4() { (relay.external_v4, relay.v4) } else { (relay.external_v6, relay.v6) };
         let ip = external.or((!a.ip().is_unspecified()).then_some(a.ip())).or(bound.filter(|ip| !ip.is_unspecified()));
-        ip.map(|ip: IpAddr| bracket(&ip.to_string()))
+        ip.map(|ip: IpAddr| ip.to_string())
     };
     let mut out: Vec<AdvertisedUrl> = Vec::new();
-    let groups = [
-        (Transport::Udp, &listening.udp, "turn", "udp"),
-        (Transport::Tcp, &listening.tcp, "turn", "tcp"),
-        (Transport::Tls, &listening.tls, "turns", "tcp"),
-    ];
-    for (transport, addrs, scheme, tp) in groups {
+    let groups = [(Transport::Udp, &listening.udp), (Transport::Tcp, &listening.tcp), (Transport::Tls, &listening.tls)];
+    for (transport, addrs) in groups {
         for a in addrs {
             let Some(h) = host(a) else { continue };
-            let url = format!("{scheme}:{h}:{}?transport={tp}", a.port());
+            let url = TurnUrl::turn(transport, &h, a.port()).to_string();
             if !out.iter().any(|u| u.url == url) {
                 out.push(AdvertisedUrl { transport, url });
             }
         }
     }
     out
-}
-
-fn bracket(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
 }

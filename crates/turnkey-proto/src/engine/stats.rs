@@ -157,7 +157,7 @@ impl DeniedPath {
 }
 
 /// Every transport, in the index order of the per-transport counts.
-pub const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+pub const TRANSPORTS: [Transport; 3] = Transport::ALL;
 
 const RESULTS: usize = 1 + StunError::ALL.len();
 
