@@ -1,7 +1,7 @@
 //! A TURN engine with time and ports driven by the fuzz target, and the client side of the
 //! long-term credential dance, so fuzzed requests reach the authenticated handlers too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +11,9 @@ use stun::integrity::MessageIntegrity;
 use stun::message::{Message, Setter as _};
 use stun::textattrs::TextAttribute;
 use turnkey_auth::{RevocationSet, Secret, SecretRing, UnixTime};
-use turnkey_relay::engine::{Engine, EngineConfig, PortRequest, RelayBinding, RelayPorts, Shared, Transmit};
-use turnkey_relay::metrics::RelayMetrics;
+use turnkey_relay::engine::{
+    AllocationId, Engine, EngineConfig, Event, PortRequest, RelayBinding, RelayPorts, Shared, Transmit,
+};
 use turnkey_relay::policy::PeerPolicy;
 use turnkey_relay::{ClientAddr, FiveTuple, Now, RelayHandle, Transport};
 
@@ -26,7 +27,7 @@ pub struct Ports {
 }
 
 impl RelayPorts for Ports {
-    fn bind(&mut self, ipv6: bool, _request: PortRequest) -> Option<RelayBinding> {
+    fn bind(&mut self, _now: Instant, ipv6: bool, _request: PortRequest) -> Option<RelayBinding> {
         if self.live.len() >= 64 {
             return None;
         }
@@ -48,6 +49,8 @@ pub struct Harness {
     pub now: Now,
     ring: SecretRing,
     nonce: HashMap<FiveTuple, String>,
+    /// Allocations the events said are live (the event contract is checked on every call).
+    live: HashSet<AllocationId>,
 }
 
 impl Harness {
@@ -56,11 +59,10 @@ impl Harness {
         let mut cfg = EngineConfig::new(REALM, ring.clone(), PeerPolicy::new(vec![], vec![], vec![]));
         cfg.relay_v4 = true;
         cfg.relay_v6 = true;
-        let metrics = RelayMetrics::new(&prometheus::Registry::new()).expect("fresh registry");
         let mono = Instant::now();
-        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::new(RevocationSet::new())), metrics, mono);
+        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::new(RevocationSet::new())), mono);
         let now = Now::new(mono, Duration::from_secs(T0));
-        Self { engine, ports: Ports::default(), now, ring, nonce: HashMap::new() }
+        Self { engine, ports: Ports::default(), now, ring, nonce: HashMap::new(), live: HashSet::new() }
     }
 
     pub fn tuple(selector: u8) -> FiveTuple {
@@ -87,6 +89,21 @@ impl Harness {
                 }
             }
         }
+        self.check_events();
+    }
+
+    /// Every event names a live allocation; each is created once and ended once; the live count
+    /// the engine reports is the events' count.
+    fn check_events(&mut self) {
+        while let Some(e) = self.engine.poll_event() {
+            let id = e.alloc().id;
+            match e {
+                Event::AllocationCreated { .. } => assert!(self.live.insert(id), "{id} created twice"),
+                Event::AllocationEnded { .. } => assert!(self.live.remove(&id), "{id} ended but not live"),
+                _ => assert!(self.live.contains(&id), "an event for {id}, which is not live: {e:?}"),
+            }
+        }
+        assert_eq!(self.live.len(), self.engine.allocation_count());
     }
 
     /// If `buf` decodes as STUN, re-signs it with valid credentials (USERNAME, REALM, the nonce
@@ -122,6 +139,7 @@ impl Harness {
         let d = Duration::from_secs(u64::from(secs));
         self.now = Now::new(self.now.mono + d, self.now.wall + d);
         self.engine.handle_timeout(self.now, &mut self.ports);
+        self.check_events();
     }
 }
 

@@ -20,17 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::names::{NodeId, Region};
 use crate::{Fleet, FleetError};
 
-/// A TURN transport a relay advertises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TURN over UDP.
-    Udp,
-    /// TURN over TCP.
-    Tcp,
-    /// TURN over TLS (`turns:`).
-    Tls,
-}
+/// A TURN transport a relay advertises (the workspace's one `Transport`, `"udp"` in JSON).
+pub use turnkey_types::Transport;
 
 /// One URL a relay advertises, e.g. `turn:relay1.example.com:3478?transport=udp`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

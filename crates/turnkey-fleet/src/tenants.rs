@@ -33,10 +33,7 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     fn validate(&self) -> Result<(), FleetError> {
-        let ok_id = !self.id.is_empty()
-            && self.id.len() <= 64
-            && self.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !ok_id {
+        if !turnkey_types::KeyId::is_valid(&self.id) {
             return Err(FleetError::InvalidName { what: "key id", value: self.id.clone() });
         }
         let ok_hash =

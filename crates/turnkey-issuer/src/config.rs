@@ -291,7 +291,7 @@ impl IssuerConfig {
         }
         if let Some(key) = &self.app.key {
             if !crate::keys::is_valid_key_id(key) {
-                return bad("app.key must be a key id (32 hex characters)");
+                return bad("app.key must be a key id (1-64 characters of A-Z a-z 0-9 . _ -)");
             }
         }
         if let Some(u) = &self.upstream {
@@ -380,7 +380,7 @@ mod tests {
             "[app]\nallowed_origins = [\"moz-extension://not-a-uuid\"]",
             "[app]\nallowed_origins = [\"https://app.example.com/\"]",
             "[upstream]\nkey_id = \"k\"\ntoken_env = \"T\"\ntimeout_ms = 0",
-            "[app]\nkey = \"not-hex\"",
+            "[app]\nkey = \"not/a key:id\"",
             "[upstream]\nkey_id = \"k\"",
             "relays_per_answer = 0",
             "relays_per_answer = 17",

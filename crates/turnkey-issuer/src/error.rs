@@ -37,7 +37,7 @@ pub enum Error {
         message: String,
     },
     /// A key id is not 32 lowercase hex characters.
-    #[error("invalid key id (expected 32 hex characters)")]
+    #[error("invalid key id (expected 1-64 characters of A-Z a-z 0-9 . _ -)")]
     InvalidKeyId,
     /// No key with that id exists.
     #[error("no such key: {0}")]

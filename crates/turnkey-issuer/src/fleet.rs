@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::ratelimit::Verdict;
+use turnkey_types::{Transport, TurnUrl, UrlKind};
 
 /// A boxed future, so the traits below stay object safe.
 pub type FleetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -119,9 +120,8 @@ pub(crate) fn requested_region(query: Option<&str>) -> Result<Option<String>, Ap
 /// The `stun:host:port` of a `turn:host:port?transport=udp` URL (STUN runs on a relay's UDP
 /// TURN port).
 pub(crate) fn stun_of(turn_url: &str) -> Option<String> {
-    let rest = turn_url.strip_prefix("turn:")?;
-    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    (query == "transport=udp" || query.is_empty()).then(|| format!("stun:{hostport}"))
+    let u: TurnUrl = turn_url.parse().ok()?;
+    (u.kind == UrlKind::Turn(Transport::Udp)).then(|| TurnUrl::new(UrlKind::Stun, &u.host, u.port).to_string())
 }
 
 #[cfg(test)]

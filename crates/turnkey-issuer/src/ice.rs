@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AdvertiseConfig, Endpoint};
+use turnkey_types::{Transport, TurnUrl, UrlKind};
 
 /// The longest `customIdentifier` kept (longer ones are truncated).
 pub const MAX_CUSTOM_ID_LEN: usize = 64;
@@ -92,18 +93,16 @@ pub struct Advertised {
 impl Advertised {
     /// Builds `stun:host:port`, `turn:host:port?transport=udp|tcp`, `turns:host:port?transport=tcp`.
     pub fn new(public_host: &str, a: &AdvertiseConfig) -> Self {
-        let fmt = |scheme: &str, e: &Endpoint, suffix: &str| {
-            let host = e.host.as_deref().unwrap_or(public_host);
-            let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
-            format!("{scheme}:{host}:{}{suffix}", e.port)
+        let fmt = |kind: UrlKind, e: &Endpoint| {
+            TurnUrl::new(kind, e.host.as_deref().unwrap_or(public_host), e.port).to_string()
         };
-        let stun = a.stun.iter().map(|e| fmt("stun", e, "")).collect();
+        let stun = a.stun.iter().map(|e| fmt(UrlKind::Stun, e)).collect();
         let turn = a
             .turn_udp
             .iter()
-            .map(|e| fmt("turn", e, "?transport=udp"))
-            .chain(a.turn_tcp.iter().map(|e| fmt("turn", e, "?transport=tcp")))
-            .chain(a.turns_tls.iter().map(|e| fmt("turns", e, "?transport=tcp")))
+            .map(|e| fmt(UrlKind::Turn(Transport::Udp), e))
+            .chain(a.turn_tcp.iter().map(|e| fmt(UrlKind::Turn(Transport::Tcp), e)))
+            .chain(a.turns_tls.iter().map(|e| fmt(UrlKind::Turn(Transport::Tls), e)))
             .collect();
         Self { stun, turn }
     }

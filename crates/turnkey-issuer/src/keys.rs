@@ -136,9 +136,10 @@ struct KeyFile {
     token_sha256: String,
 }
 
-/// Whether `id` is a key id: exactly 32 lowercase hex characters.
+/// Whether `id` is a key id: the workspace's one rule ([`turnkey_types::KeyId`]: 1-64 characters
+/// of `A-Z a-z 0-9 . _ -`; the 32 hex characters this crate generates are one case).
 pub fn is_valid_key_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    turnkey_types::KeyId::is_valid(id)
 }
 
 /// Creates the embedded default key on first start (no key in `<data_dir>/keys/`), writing its

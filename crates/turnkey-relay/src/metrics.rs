@@ -1,10 +1,14 @@
 //! The relay's Prometheus metrics, defined once and registered into a registry the binary passes in
-//! (never global statics). Hot-path counters are accumulated per shard and flushed about once a
-//! second (see [`ShardStats`]), so relayed traffic moves the counters while it flows.
+//! (never global statics), and their export from what each shard's engine counted
+//! ([`EngineStats`], plain data): [`StatsExporter`] adds the difference since its last export.
+//! A shard exports the control-path counts (allocations, Allocate results, authentication
+//! failures) as soon as they move, and everything (relayed bytes, drops) with its 500 ms sweep, so
+//! relayed traffic moves the counters while it flows.
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::engine::StunError;
+pub use crate::engine::{AuthFailure, DeniedPath, Direction, DropReason};
+use crate::engine::{EngineStats, TRANSPORTS};
 use crate::types::Transport;
 
 /// Every metric the relay exports.
@@ -52,68 +56,6 @@ pub struct UdpBatchMetrics {
     pub gro_datagrams: IntCounter,
     /// `turnkey_relay_udp_recv_calls_total`.
     pub recv_calls: IntCounter,
-}
-
-/// The `reason` label values of `turnkey_relay_auth_failures_total`.
-pub const AUTH_FAILURE_REASONS: [&str; 9] = [
-    "missing_integrity",
-    "bad_request",
-    "stale_nonce",
-    "wrong_realm",
-    "wrong_credentials",
-    "malformed_username",
-    "expired",
-    "revoked",
-    "bad_credential",
-];
-
-/// Why a packet was dropped (metric label values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// No permission installed for the peer.
-    NoPermission,
-    /// The peer policy refused the address.
-    DeniedPeer,
-    /// The allocation's bandwidth cap was exceeded.
-    RateCap,
-    /// A connection's outbound queue was full, or a socket send would block.
-    QueueFull,
-    /// Not a valid STUN message or ChannelData.
-    Malformed,
-    /// No allocation or channel for the packet.
-    NoAllocation,
-    /// An unauthenticated reply suppressed by the per-IP limiter.
-    ReplyLimited,
-    /// The allocation's TURN key reached its monthly cap (relay enforcement on).
-    UsageCap,
-}
-
-impl DropReason {
-    /// All reasons, in label order.
-    pub const ALL: [DropReason; 8] = [
-        Self::NoPermission,
-        Self::DeniedPeer,
-        Self::RateCap,
-        Self::QueueFull,
-        Self::Malformed,
-        Self::NoAllocation,
-        Self::ReplyLimited,
-        Self::UsageCap,
-    ];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoPermission => "no_permission",
-            Self::DeniedPeer => "denied_peer",
-            Self::RateCap => "rate_cap",
-            Self::QueueFull => "queue_full",
-            Self::Malformed => "malformed",
-            Self::NoAllocation => "no_allocation",
-            Self::ReplyLimited => "reply_limited",
-            Self::UsageCap => "usage_cap",
-        }
-    }
 }
 
 impl RelayMetrics {
@@ -215,15 +157,14 @@ impl RelayMetrics {
         for t in [Transport::Tcp, Transport::Tls] {
             m.connections.with_label_values(&[t.as_str()]);
         }
-        for p in ["create_permission", "channel_bind", "send"] {
-            m.peer_denied.with_label_values(&[p]);
+        for p in DeniedPath::ALL {
+            m.peer_denied.with_label_values(&[p.as_str()]);
         }
-        for r in AUTH_FAILURE_REASONS {
-            m.auth_failures.with_label_values(&[r]);
+        for r in AuthFailure::ALL {
+            m.auth_failures.with_label_values(&[r.as_str()]);
         }
-        m.allocation_attempts.with_label_values(&["success"]);
-        for e in StunError::ALL {
-            m.allocation_attempts.with_label_values(&[e.label()]);
+        for r in EngineStats::allocate_results() {
+            m.allocation_attempts.with_label_values(&[r]);
         }
         Ok(m)
     }
@@ -235,37 +176,6 @@ impl RelayMetrics {
             Err(e) => unreachable!("a fresh registry cannot hold duplicates: {e}"),
         }
     }
-}
-
-/// Direction of relayed traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the client through the relay to a peer.
-    ClientToPeer,
-    /// From a peer through the relay to the client.
-    PeerToClient,
-}
-
-impl Direction {
-    /// Both directions.
-    pub const ALL: [Direction; 2] = [Self::ClientToPeer, Self::PeerToClient];
-
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientToPeer => "client_to_peer",
-            Self::PeerToClient => "peer_to_client",
-        }
-    }
-}
-
-/// Per-shard counters for the data path: plain integers, flushed into [`RelayMetrics`].
-#[derive(Debug, Default, Clone)]
-pub struct ShardStats {
-    bytes: [[u64; 3]; 2],
-    packets: [[u64; 3]; 2],
-    drops: [u64; 8],
-    udp: UdpBatchCounts,
 }
 
 /// The UDP data path's batching counts of one shard since the last flush.
@@ -283,70 +193,90 @@ pub struct UdpBatchCounts {
     pub recv_calls: u64,
 }
 
-fn tidx(t: Transport) -> usize {
-    match t {
-        Transport::Udp => 0,
-        Transport::Tcp => 1,
-        Transport::Tls => 2,
+impl UdpBatchCounts {
+    /// Adds the counts into `m` and resets them.
+    pub fn flush(&mut self, m: &UdpBatchMetrics) {
+        m.gso_sends.inc_by(self.gso_sends);
+        m.gso_datagrams.inc_by(self.gso_datagrams);
+        m.gso_fallbacks.inc_by(self.gso_fallbacks);
+        m.gro_datagrams.inc_by(self.gro_datagrams);
+        m.recv_calls.inc_by(self.recv_calls);
+        *self = Self::default();
     }
 }
 
-impl ShardStats {
-    /// Counts one relayed packet of `len` payload bytes.
+/// One shard's export of its engine's [`EngineStats`] into [`RelayMetrics`]: each export adds
+/// what moved since the previous one (counters) or the change of a current value (gauges), so
+/// any number of shards share the metrics.
+#[derive(Debug, Default)]
+pub struct StatsExporter {
+    last: EngineStats,
+}
+
+fn add_counter(c: &IntCounter, now: u64, last: u64) {
+    if now > last {
+        c.inc_by(now - last);
+    }
+}
+
+fn add_gauge(g: &IntGauge, now: u64, last: u64) {
+    if now != last {
+        g.add(now as i64 - last as i64);
+    }
+}
+
+impl StatsExporter {
+    /// Whether the control-path counts moved since the last export.
     #[inline]
-    pub fn relayed(&mut self, dir: Direction, t: Transport, len: usize) {
-        let d = dir as usize;
-        self.bytes[d][tidx(t)] += len as u64;
-        self.packets[d][tidx(t)] += 1;
+    pub fn control_moved(&self, s: &EngineStats) -> bool {
+        s.control_version() != self.last.control_version()
     }
 
-    /// Counts one dropped packet.
-    #[inline]
-    pub fn dropped(&mut self, r: DropReason) {
-        self.drops[r as usize] += 1;
-    }
-
-    /// Counts `n` dropped packets.
-    #[inline]
-    pub fn dropped_n(&mut self, r: DropReason, n: u64) {
-        self.drops[r as usize] += n;
-    }
-
-    /// The UDP batching counts, for the driver to add to.
-    #[inline]
-    pub fn udp(&mut self) -> &mut UdpBatchCounts {
-        &mut self.udp
-    }
-
-    /// How many packets were dropped for `r` since the last flush.
-    pub fn drops(&self, r: DropReason) -> u64 {
-        self.drops[r as usize]
-    }
-
-    /// Adds the counts into `m` and resets them.
-    pub fn flush(&mut self, m: &RelayMetrics) {
+    /// Adds what `s` counted since the last export into `m`.
+    pub fn export(&mut self, s: &EngineStats, m: &RelayMetrics) {
+        let last = &self.last;
         for dir in Direction::ALL {
-            for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
-                let (b, p) = (self.bytes[dir as usize][tidx(t)], self.packets[dir as usize][tidx(t)]);
-                if p > 0 {
-                    m.relayed_bytes.with_label_values(&[dir.as_str(), t.as_str()]).inc_by(b);
-                    m.relayed_packets.with_label_values(&[dir.as_str(), t.as_str()]).inc_by(p);
+            for t in TRANSPORTS {
+                let (b, p) = s.relayed_total(dir, t);
+                let (lb, lp) = last.relayed_total(dir, t);
+                if p != lp {
+                    add_counter(&m.relayed_bytes.with_label_values(&[dir.as_str(), t.as_str()]), b, lb);
+                    add_counter(&m.relayed_packets.with_label_values(&[dir.as_str(), t.as_str()]), p, lp);
                 }
             }
         }
         for r in DropReason::ALL {
-            let n = self.drops[r as usize];
-            if n > 0 {
-                m.dropped_packets.with_label_values(&[r.as_str()]).inc_by(n);
+            if s.drops(r) != last.drops(r) {
+                add_counter(&m.dropped_packets.with_label_values(&[r.as_str()]), s.drops(r), last.drops(r));
             }
         }
-        let u = self.udp;
-        m.udp.gso_sends.inc_by(u.gso_sends);
-        m.udp.gso_datagrams.inc_by(u.gso_datagrams);
-        m.udp.gso_fallbacks.inc_by(u.gso_fallbacks);
-        m.udp.gro_datagrams.inc_by(u.gro_datagrams);
-        m.udp.recv_calls.inc_by(u.recv_calls);
-        *self = Self::default();
+        if s.control_version() != last.control_version() {
+            for ((label, n), (_, l)) in s.allocation_attempts().zip(last.allocation_attempts()) {
+                if n != l {
+                    add_counter(&m.allocation_attempts.with_label_values(&[label]), n, l);
+                }
+            }
+            for r in AuthFailure::ALL {
+                if s.auth_failures(r) != last.auth_failures(r) {
+                    let c = m.auth_failures.with_label_values(&[r.as_str()]);
+                    add_counter(&c, s.auth_failures(r), last.auth_failures(r));
+                }
+            }
+            for p in DeniedPath::ALL {
+                if s.peer_denials(p) != last.peer_denials(p) {
+                    let c = m.peer_denied.with_label_values(&[p.as_str()]);
+                    add_counter(&c, s.peer_denials(p), last.peer_denials(p));
+                }
+            }
+            for t in TRANSPORTS {
+                if s.allocations(t) != last.allocations(t) {
+                    add_gauge(&m.allocations.with_label_values(&[t.as_str()]), s.allocations(t), last.allocations(t));
+                }
+            }
+        }
+        add_gauge(&m.permissions, s.permissions(), last.permissions());
+        add_gauge(&m.channels, s.channels(), last.channels());
+        self.last = s.clone();
     }
 }
 
@@ -366,8 +296,63 @@ mod tests {
         let mut results: Vec<String> =
             family.get_metric().iter().map(|m| m.get_label()[0].value().to_owned()).collect();
         results.sort();
-        let mut expected: Vec<String> = StunError::ALL.iter().map(|e| e.code().to_string()).collect();
-        expected.push("success".to_owned());
+        let mut expected: Vec<String> = EngineStats::allocate_results().map(str::to_owned).collect();
+        expected.sort();
         assert_eq!(results, expected);
+        assert_eq!(expected.len(), 14, "success and the 13 error codes");
+    }
+
+    #[test]
+    fn an_engines_counts_are_exported_once_each_by_difference() {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use turnkey_auth::{Secret, SecretRing};
+
+        use crate::engine::{Engine, EngineConfig, Shared};
+        use crate::policy::PeerPolicy;
+        use crate::types::{ClientAddr, FiveTuple, Now};
+
+        struct NoPorts;
+        impl crate::engine::RelayPorts for NoPorts {
+            fn bind(
+                &mut self,
+                _: Instant,
+                _: bool,
+                _: crate::engine::PortRequest,
+            ) -> Option<crate::engine::RelayBinding> {
+                None
+            }
+            fn release(&mut self, _: crate::types::RelayHandle) {}
+        }
+        let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
+        let mut cfg = EngineConfig::new("r", ring, PeerPolicy::new(vec![], vec![], vec![]));
+        cfg.unauth_replies_per_sec = 0;
+        #[allow(clippy::disallowed_methods, reason = "a test's arbitrary start")]
+        let now = Now::new(Instant::now(), Duration::from_secs(1_800_000_000));
+        let mut engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), now.mono);
+        let from = FiveTuple {
+            transport: Transport::Udp,
+            client: ClientAddr("203.0.113.5:5555".parse().unwrap()),
+            server: "192.0.2.10:3478".parse().unwrap(),
+        };
+        // An Allocate without credentials (header only: a 401), and garbage (dropped).
+        let mut allocate = vec![0x00, 0x03, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        allocate.extend_from_slice(&[7; 12]);
+        assert!(engine.handle_client(now, from, &allocate, &mut NoPorts).is_some());
+        assert!(engine.handle_client(now, from, &[0xFF; 8], &mut NoPorts).is_none());
+        let m = RelayMetrics::unregistered();
+        let mut exporter = StatsExporter::default();
+        assert!(exporter.control_moved(engine.stats()));
+        for _ in 0..2 {
+            exporter.export(engine.stats(), &m);
+            assert!(!exporter.control_moved(engine.stats()));
+            assert_eq!(m.allocation_attempts.with_label_values(&["401"]).get(), 1);
+            assert_eq!(m.auth_failures.with_label_values(&["missing_integrity"]).get(), 1);
+            assert_eq!(m.dropped_packets.with_label_values(&["malformed"]).get(), 1);
+        }
+        assert!(engine.handle_client(now, from, &[0xFF; 8], &mut NoPorts).is_none());
+        exporter.export(engine.stats(), &m);
+        assert_eq!(m.dropped_packets.with_label_values(&["malformed"]).get(), 2);
     }
 }

@@ -16,7 +16,7 @@ use crate::metrics::RelayMetrics;
 use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
-use crate::types::{Now, Transport};
+use crate::types::Transport;
 use crate::udp::{client_loop, Ports, RelayAddrs, Reservations};
 use crate::udp_batch::UdpSock;
 use crate::RelayError;
@@ -149,7 +149,9 @@ pub async fn run(
     shutdown.await;
     shared.start_draining();
     tracing::info!(live = shared.allocations(), grace = ?cfg.drain_grace, "draining: no new allocations");
+    #[allow(clippy::disallowed_methods, reason = "the drain's grace period is the driver's clock")]
     let deadline = tokio::time::Instant::now() + cfg.drain_grace;
+    #[allow(clippy::disallowed_methods, reason = "the drain's grace period is the driver's clock")]
     while shared.allocations() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -192,16 +194,15 @@ async fn shard_main(
     streams: StreamSettings,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let now = Now::system();
+    let now = crate::clock::now();
     let ctx = Rc::new(StreamCtx {
         limits: streams.limits,
         limiter: streams.limiter,
         tls: streams.tls,
         metrics: metrics.clone(),
     });
-    let engine = Engine::new(cfg, shared, metrics, now.mono);
-    let state = Rc::new(RefCell::new(ShardState::new(engine, ports)));
-    state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
+    let engine = Engine::new(cfg, shared, now.mono);
+    let state = Rc::new(RefCell::new(ShardState::new(engine, ports, metrics)));
     let mut tasks = Vec::new();
     for s in listeners.udp {
         let local = s.local_addr()?;
@@ -218,8 +219,7 @@ async fn shard_main(
         let deadline = state.borrow().engine.poll_timeout();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let st = &mut *state.borrow_mut();
-                st.engine.handle_timeout(Now::system(), &mut st.ports);
+                state.borrow_mut().sweep(crate::clock::now());
             }
             _ = stop.changed() => break,
         }
@@ -228,8 +228,7 @@ async fn shard_main(
         t.abort();
     }
     crate::stream::close_all(&state, &ctx);
-    let st = &mut *state.borrow_mut();
-    st.engine.close_all(&mut st.ports);
+    state.borrow_mut().close_all();
     Ok(())
 }
 

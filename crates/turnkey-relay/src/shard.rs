@@ -6,6 +6,7 @@
 //! The UDP driver (`udp`) and the TCP/TLS driver (`stream`) both build on this file and not on
 //! each other.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -13,9 +14,10 @@ use std::rc::Rc;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::engine::{Engine, Transmit};
-use crate::metrics::DropReason;
+use crate::engine::{Engine, Event, Transmit};
+use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
 use crate::stream::StreamConn;
+use crate::types::RelayHandle;
 use crate::types::{FiveTuple, Now, Transport};
 use crate::udp::{send_now, Ports};
 use crate::udp_batch::{UdpBatches, UdpSock};
@@ -26,12 +28,24 @@ pub(crate) struct ShardState {
     pub ports: Ports,
     pub clients: ClientSockets,
     pub batches: UdpBatches,
+    metrics: RelayMetrics,
+    exporter: StatsExporter,
+    /// Relay sockets of allocations created since [`ShardState::start_relays`] last ran.
+    created: Vec<RelayHandle>,
 }
 
 impl ShardState {
-    /// A shard state with no client sockets yet.
-    pub fn new(engine: Engine, ports: Ports) -> Self {
-        Self { engine, ports, clients: ClientSockets::default(), batches: UdpBatches::new() }
+    /// A shard state with no client sockets yet, exporting its engine's counts into `metrics`.
+    pub fn new(engine: Engine, ports: Ports, metrics: RelayMetrics) -> Self {
+        Self {
+            engine,
+            ports,
+            clients: ClientSockets::default(),
+            batches: UdpBatches::new(),
+            metrics,
+            exporter: StatsExporter::default(),
+            created: Vec::new(),
+        }
     }
 
     /// Hands a datagram or frame from a client to the engine and sends its answer.
@@ -40,6 +54,71 @@ impl ShardState {
         let Self { engine, ports, clients, .. } = self;
         let out = engine.handle_client(now, tuple, bytes, ports);
         dispatch(engine, ports, clients, out);
+        self.settle();
+    }
+
+    /// After a call into the engine that may have changed its state: takes its events and
+    /// exports the control-path counts if they moved (the data path's wait for [`Self::sweep`]).
+    #[inline]
+    pub fn settle(&mut self) {
+        self.poll_events();
+        if self.exporter.control_moved(self.engine.stats()) {
+            self.exporter.export(self.engine.stats(), &self.metrics);
+        }
+    }
+
+    /// The engine's timer (expiry, revocations, usage), then every count exported.
+    pub fn sweep(&mut self, now: Now) {
+        self.engine.handle_timeout(now, &mut self.ports);
+        self.export_all();
+    }
+
+    /// Ends every allocation (shutdown) and exports the final counts.
+    pub fn close_all(&mut self) {
+        self.engine.close_all(&mut self.ports);
+        self.export_all();
+    }
+
+    /// Starts the receive task of every relay socket whose allocation the engine created since
+    /// the last call (noted from `AllocationCreated` events); a socket whose allocation already
+    /// ended is gone and skipped. Called by the tasks that fed the engine, once their borrow of
+    /// the shard ended.
+    pub fn start_relays(shard: &Rc<RefCell<Self>>) {
+        let created = std::mem::take(&mut shard.borrow_mut().created);
+        for handle in created {
+            let Some(sock) = shard.borrow().ports.sock_rc(handle) else { continue };
+            let task = tokio::task::spawn_local(crate::udp::peer_loop(shard.clone(), sock, handle));
+            shard.borrow_mut().ports.set_task(handle, task);
+        }
+    }
+
+    fn poll_events(&mut self) {
+        while let Some(e) = self.engine.poll_event() {
+            if let Event::AllocationCreated { alloc, .. } = &e {
+                self.created.push(alloc.relay);
+            }
+            log_event(&e);
+        }
+    }
+
+    fn export_all(&mut self) {
+        self.poll_events();
+        self.exporter.export(self.engine.stats(), &self.metrics);
+        self.batches.counts.flush(&self.metrics.udp);
+    }
+}
+
+/// The debug lines of allocations starting and ending.
+fn log_event(e: &Event) {
+    match e {
+        Event::AllocationCreated { alloc, .. } => {
+            tracing::debug!(client = %alloc.tuple.client, relay = %alloc.relayed, id = %alloc.id, "allocation created");
+        }
+        Event::AllocationEnded { alloc, reason } => {
+            let reason = reason.as_str();
+            tracing::debug!(client = %alloc.tuple.client, relay = %alloc.relayed, id = %alloc.id, reason, "allocation ended");
+        }
+        _ => tracing::trace!(event = ?e, "engine event"),
     }
 }
 

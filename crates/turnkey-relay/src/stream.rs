@@ -38,7 +38,7 @@ use crate::metrics::RelayMetrics;
 use crate::outq::{out_queue, OutReceiver, OutSender};
 use crate::shard::ShardState;
 use crate::tls::TlsConfigs;
-use crate::types::{ClientAddr, FiveTuple, Now, Transport};
+use crate::types::{ClientAddr, FiveTuple, Transport};
 
 /// Bytes read from a connection at once (also the decoder's `max_read`).
 const READ_BUF: usize = 16 * 1024;
@@ -154,6 +154,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
+#[allow(clippy::disallowed_methods, reason = "the stream driver's clock (tokio's, so tests can pause it)")]
 fn mono_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -208,6 +209,7 @@ fn finish(shard: &RefCell<ShardState>, ctx: &StreamCtx, tuple: FiveTuple, reason
     let Some(conn) = st.clients.remove_stream(&tuple) else { return };
     drop(conn);
     st.engine.client_closed(tuple, &mut st.ports);
+    st.settle();
     ctx.metrics.connections.with_label_values(&[tuple.transport.as_str()]).dec();
     ctx.count_close(tuple.transport, reason);
     tracing::debug!(client = %tuple.client, transport = tuple.transport.as_str(), reason = reason.as_str(), "connection closed");
@@ -277,15 +279,23 @@ where
 
 /// Hands every complete frame to the engine and sends what it answers; `Ok(true)` if a STUN
 /// message was among them (the allocation may have changed).
-fn process(shard: &RefCell<ShardState>, tuple: FiveTuple, decoder: &mut StreamDecoder) -> Result<bool, FramingError> {
-    let st = &mut *shard.borrow_mut();
-    let now = Now::system();
-    let mut stun = false;
-    while let Some(frame) = decoder.next_frame()? {
-        stun |= matches!(frame, Frame::Stun(_));
-        st.client_input(now, tuple, frame.as_bytes());
-    }
-    Ok(stun)
+fn process(
+    shard: &Rc<RefCell<ShardState>>,
+    tuple: FiveTuple,
+    decoder: &mut StreamDecoder,
+) -> Result<bool, FramingError> {
+    let result = (|| {
+        let st = &mut *shard.borrow_mut();
+        let now = crate::clock::now();
+        let mut stun = false;
+        while let Some(frame) = decoder.next_frame()? {
+            stun |= matches!(frame, Frame::Stun(_));
+            st.client_input(now, tuple, frame.as_bytes());
+        }
+        Ok(stun)
+    })();
+    ShardState::start_relays(shard);
+    result
 }
 
 /// Writes queued frames until the queue closes; returns why the connection must close if a write
@@ -337,6 +347,7 @@ async fn stalls_within<T>(
             return Poll::Ready(Some(v));
         }
         if !armed {
+            #[allow(clippy::disallowed_methods, reason = "the write timeout runs on the driver's clock")]
             sleep.as_mut().reset(tokio::time::Instant::now() + limit);
             armed = true;
         }
@@ -362,10 +373,10 @@ mod tests {
     fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
         let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
         let cfg = EngineConfig::new("r", ring, PeerPolicy::new(vec![], vec![], vec![]));
-        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), metrics.clone(), Instant::now());
+        let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), Instant::now());
         let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
         let ports = Ports::new(addrs, Reservations::default());
-        Rc::new(RefCell::new(ShardState::new(engine, ports)))
+        Rc::new(RefCell::new(ShardState::new(engine, ports, metrics.clone())))
     }
 
     /// A shard serving plain TCP on a loopback port with `limits` (call inside a `LocalSet`).

@@ -8,9 +8,11 @@
 //! the previous certificate in service (and is retried on the next poll).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 #[allow(clippy::disallowed_types, reason = "reload bookkeeping: locked on a reload check, never per packet")]
 use std::sync::Mutex;
-use std::sync::{Arc, RwLock};
+#[allow(clippy::disallowed_types, reason = "the certificate: swapped on reload, read once per handshake")]
+use std::sync::RwLock;
 use std::time::Duration;
 
 use tokio_rustls::rustls::crypto::CryptoProvider;

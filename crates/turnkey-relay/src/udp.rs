@@ -14,18 +14,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::rc::{Rc, Weak};
-use std::sync::Arc;
-#[allow(
-    clippy::disallowed_types,
-    reason = "held EVEN-PORT reservations: locked on Allocate only, never per packet"
-)]
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Instant;
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
+use turnkey_proto::ports::candidates;
 
 use crate::engine::{PortRequest, RelayBinding, RelayPorts};
 use crate::metrics::DropReason;
@@ -37,8 +34,6 @@ use crate::udp_batch::UdpSock;
 pub(crate) const CLIENT_SOCKET_BUFFER: usize = 4 << 20;
 /// Kernel socket buffer for relay sockets.
 const RELAY_SOCKET_BUFFER: usize = 1 << 20;
-/// Random ports tried before an Allocate gets 508.
-const BIND_ATTEMPTS: usize = 64;
 
 /// Where relay sockets are bound and what is advertised.
 #[derive(Debug, Clone)]
@@ -80,53 +75,27 @@ fn set_buffers(s: &Socket, size: usize) {
     let _ = s.set_send_buffer_size(size);
 }
 
-/// How long a reserved port (EVEN-PORT with the R bit) is held for its RESERVATION-TOKEN.
-const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+/// Sockets held for RESERVATION-TOKENs, shared by every shard: the Allocate that redeems a token
+/// may arrive on any shard, so the held socket moves to whichever shard asks first (the rules
+/// and the 30 s lifetime are turnkey-proto's).
+pub type Reservations = turnkey_proto::ports::Reservations<std::net::UdpSocket>;
 
-/// Ports held for RESERVATION-TOKENs, shared by every shard: the Allocate that redeems a token
-/// may arrive on any shard, so the held socket moves to whichever shard asks first.
-#[derive(Debug, Default, Clone)]
-#[allow(clippy::disallowed_types, reason = "held EVEN-PORT reservations: locked on Allocate only, never per packet")]
-pub struct Reservations {
-    inner: Arc<Mutex<HashMap<u64, (std::net::UdpSocket, Instant)>>>,
-}
-
-impl Reservations {
-    fn hold(&self, socket: std::net::UdpSocket, now: Instant) -> u64 {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (_, at)| now.duration_since(*at) < RESERVATION_LIFETIME);
-        loop {
-            let token: u64 = rand::random();
-            if let std::collections::hash_map::Entry::Vacant(e) = map.entry(token) {
-                e.insert((socket, now));
-                return token;
-            }
-        }
-    }
-
-    fn take(&self, token: u64, now: Instant) -> Option<std::net::UdpSocket> {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (socket, at) = map.remove(&token)?;
-        (now.duration_since(at) < RESERVATION_LIFETIME).then_some(socket)
-    }
-}
-
-/// Relay sockets of one shard; the engine binds and releases them through [`RelayPorts`].
+/// Relay sockets of one shard; the engine binds and releases them through [`RelayPorts`]. A
+/// socket's receive task is started from the engine's `AllocationCreated` event
+/// ([`start_relays`]), not while the engine is deciding.
 pub(crate) struct Ports {
     addrs: RelayAddrs,
     reservations: Reservations,
     next: u32,
-    sockets: HashMap<u32, (Rc<UdpSock>, JoinHandle<()>)>,
-    shard: Weak<RefCell<ShardState>>,
+    sockets: HashMap<u32, (Rc<UdpSock>, Option<JoinHandle<()>>)>,
+    /// Port draws and reservation tokens.
+    rng: StdRng,
 }
 
 impl Ports {
     pub fn new(addrs: RelayAddrs, reservations: Reservations) -> Self {
-        Self { addrs, reservations, next: 0, sockets: HashMap::new(), shard: Weak::new() }
-    }
-
-    pub fn set_shard(&mut self, shard: Weak<RefCell<ShardState>>) {
-        self.shard = shard;
+        let rng = StdRng::from_entropy();
+        Self { addrs, reservations, next: 0, sockets: HashMap::new(), rng }
     }
 
     /// Sends from a relay socket to a peer.
@@ -144,30 +113,20 @@ impl Ports {
         self.sockets.get(&relay.0).map(|(s, _)| &**s)
     }
 
-    /// Binds a relay socket (and, for `EvenReserveNext`, the next port too).
+    /// Binds a relay socket on the first free port the engine's rules choose (and, with the R
+    /// bit, the next port too).
     fn bind_socket(
-        &self,
+        &mut self,
         ip: IpAddr,
         request: PortRequest,
     ) -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
-        let (lo, hi) = (*self.addrs.ports.start(), *self.addrs.ports.end());
-        for _ in 0..BIND_ATTEMPTS {
-            let mut port = rand::Rng::gen_range(&mut rand::thread_rng(), lo..=hi);
-            let even = matches!(request, PortRequest::Even | PortRequest::EvenReserveNext);
-            if even {
-                port &= !1;
-                if port < lo {
-                    continue;
-                }
-            }
-            let Some(s) = bind_relay(SocketAddr::new(ip, port)) else { continue };
-            if request != PortRequest::EvenReserveNext {
+        for c in candidates(request, self.addrs.ports.clone(), &mut self.rng)? {
+            let Some(s) = bind_relay(SocketAddr::new(ip, c.port)) else { continue };
+            if !c.reserve_next {
                 return Some((s, None));
             }
-            if port < hi {
-                if let Some(next) = bind_relay(SocketAddr::new(ip, port + 1)) {
-                    return Some((s, Some(next)));
-                }
+            if let Some(next) = bind_relay(SocketAddr::new(ip, c.port + 1)) {
+                return Some((s, Some(next)));
             }
         }
         None
@@ -178,8 +137,7 @@ impl Ports {
         let socket = Rc::new(UdpSock::new(std_socket).ok()?);
         self.next = self.next.wrapping_add(1);
         let handle = RelayHandle(self.next);
-        let task = tokio::task::spawn_local(peer_loop(self.shard.clone(), socket.clone(), handle));
-        self.sockets.insert(handle.0, (socket, task));
+        self.sockets.insert(handle.0, (socket, None));
         let external = if local.is_ipv6() { self.addrs.external_v6 } else { self.addrs.external_v4 };
         Some((handle, SocketAddr::new(external.unwrap_or(local.ip()), local.port())))
     }
@@ -207,9 +165,7 @@ fn bind_relay(addr: SocketAddr) -> Option<std::net::UdpSocket> {
 }
 
 impl RelayPorts for Ports {
-    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
-        #[allow(clippy::disallowed_methods, reason = "the driver's clock: how long a reserved port is held")]
-        let now = Instant::now();
+    fn bind(&mut self, now: Instant, ipv6: bool, request: PortRequest) -> Option<RelayBinding> {
         let (socket, next) = match request {
             PortRequest::Reserved(token) => (self.reservations.take(token, now)?, None),
             _ => {
@@ -218,13 +174,28 @@ impl RelayPorts for Ports {
             }
         };
         let (handle, advertised) = self.install(socket)?;
-        let reservation = next.map(|n| self.reservations.hold(n, now));
+        let reservation = next.map(|n| self.reservations.hold(n, now, &mut self.rng));
         Some(RelayBinding { handle, advertised, reservation })
     }
 
     fn release(&mut self, handle: RelayHandle) {
-        if let Some((_, task)) = self.sockets.remove(&handle.0) {
+        if let Some((_, Some(task))) = self.sockets.remove(&handle.0) {
             task.abort();
+        }
+    }
+}
+
+impl Ports {
+    /// Relay socket `relay`, shared (for its receive task).
+    pub(crate) fn sock_rc(&self, relay: RelayHandle) -> Option<Rc<UdpSock>> {
+        self.sockets.get(&relay.0).map(|(s, _)| s.clone())
+    }
+
+    /// Records the receive task of relay socket `relay`; aborts it if the socket is gone.
+    pub(crate) fn set_task(&mut self, relay: RelayHandle, task: JoinHandle<()>) {
+        match self.sockets.get_mut(&relay.0) {
+            Some((_, slot)) => *slot = Some(task),
+            None => task.abort(),
         }
     }
 }
@@ -238,6 +209,7 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
             return;
         }
         let result = shard.borrow_mut().client_readable(idx, &sock);
+        ShardState::start_relays(&shard);
         if let Err(e) = result {
             if e.kind() != io::ErrorKind::WouldBlock {
                 // ICMP errors surface here on some systems; they concern one peer only.
@@ -249,12 +221,11 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
 
 /// Receives from peers on one relay socket, for the life of its allocation (see
 /// [`client_loop`]).
-async fn peer_loop(shard: Weak<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
+pub(crate) async fn peer_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
     loop {
         if sock.socket.readable().await.is_err() {
             return;
         }
-        let Some(shard) = shard.upgrade() else { return };
         let result = shard.borrow_mut().peer_readable(handle, &sock);
         if let Err(e) = result {
             if e.kind() != io::ErrorKind::WouldBlock {
@@ -268,6 +239,7 @@ async fn peer_loop(shard: Weak<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: 
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::time::Duration;
 
     /// Another process's SO_REUSEPORT sockets (same user) on ports the kernel could hand out.
     fn foreign_reuseport(n: usize) -> (Vec<std::net::UdpSocket>, HashSet<u16>) {
@@ -309,7 +281,8 @@ mod tests {
             let mut ports = Ports::new(addrs, Reservations::default());
             for i in 0..20u8 {
                 // No await between the bind and the send.
-                let binding = ports.bind(false, PortRequest::Any).unwrap();
+                #[allow(clippy::disallowed_methods, reason = "any instant: no reservation involved")]
+                let binding = ports.bind(Instant::now(), false, PortRequest::Any).unwrap();
                 assert_eq!(ports.send(binding.handle, to, &[i]), Ok(()), "datagram {i}");
                 let mut buf = [0u8; 4];
                 let (n, from) = peer.recv_from(&mut buf).unwrap();

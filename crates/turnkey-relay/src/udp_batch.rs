@@ -15,9 +15,9 @@ use tokio::net::UdpSocket;
 
 use crate::batch::{offload, RecvBatch, SendBatch, Sockets, UdpIo};
 use crate::engine::{Engine, Transmit, PEER_HEADROOM, PEER_TAILROOM};
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, UdpBatchCounts};
 use crate::shard::{ClientSockets, ShardState};
-use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+use crate::types::{ClientAddr, FiveTuple, PeerAddr, RelayHandle, Transport};
 use crate::udp::Ports;
 
 /// Buffers per receive syscall (`quinn_udp::BATCH_SIZE` on Linux).
@@ -73,6 +73,8 @@ pub(crate) struct UdpBatches {
     client: RecvBatch,
     peer: RecvBatch,
     out: SendBatch<SockKey>,
+    /// How much was batched since the last export.
+    pub counts: UdpBatchCounts,
 }
 
 impl UdpBatches {
@@ -81,6 +83,7 @@ impl UdpBatches {
             client: RecvBatch::new(RECV_SLOTS),
             peer: RecvBatch::with_room(RECV_SLOTS, PEER_HEADROOM, PEER_TAILROOM),
             out: SendBatch::new(offload().gso_segments),
+            counts: UdpBatchCounts::default(),
         }
     }
 }
@@ -89,42 +92,42 @@ impl ShardState {
     /// Receives once on client-facing socket `idx` (whatever is there) and handles it; returns
     /// the receive's error (`WouldBlock`: nothing was there).
     pub fn client_readable(&mut self, idx: usize, sock: &UdpSock) -> io::Result<()> {
-        let Self { engine, ports, clients, batches } = self;
+        let Self { engine, ports, clients, batches, .. } = self;
         sock.recv(&mut batches.client)?;
         let Some(local) = clients.udp_local(idx) else { return Ok(()) };
-        let now = Now::system();
-        let UdpBatches { client: rb, out, .. } = batches;
-        let direct = count_receive(engine, rb);
+        let now = crate::clock::now();
+        let UdpBatches { client: rb, out, counts, .. } = batches;
+        let direct = count_receive(counts, rb);
         for d in rb.datagrams() {
             let tuple = FiveTuple { transport: Transport::Udp, client: ClientAddr(d.from), server: local };
             let t = engine.handle_client(now, tuple, d.data, ports);
             emit(engine, ports, clients, out, direct, t);
         }
-        flush(engine, ports, clients, out);
+        flush(engine, ports, clients, out, counts);
+        self.settle();
         Ok(())
     }
 
     /// Receives once on relay socket `relay` and handles what came (see
     /// [`ShardState::client_readable`]).
     pub fn peer_readable(&mut self, relay: RelayHandle, sock: &UdpSock) -> io::Result<()> {
-        let Self { engine, ports, clients, batches } = self;
+        let Self { engine, ports, clients, batches, .. } = self;
         sock.recv(&mut batches.peer)?;
-        let now = Now::system();
-        let UdpBatches { peer: rb, out, .. } = batches;
-        let direct = count_receive(engine, rb);
+        let now = crate::clock::now();
+        let UdpBatches { peer: rb, out, counts, .. } = batches;
+        let direct = count_receive(counts, rb);
         rb.for_each_in_place(|from, _ecn, buf, len| {
             let t = engine.handle_peer(now, relay, PeerAddr(from), buf, len);
             emit(engine, ports, clients, out, direct, t);
         });
-        flush(engine, ports, clients, out);
+        flush(engine, ports, clients, out, counts);
         Ok(())
     }
 }
 
 /// Counts one receive; true when it brought a single datagram (answered directly).
-fn count_receive(engine: &mut Engine, rb: &RecvBatch) -> bool {
+fn count_receive(udp: &mut UdpBatchCounts, rb: &RecvBatch) -> bool {
     let coalesced = rb.coalesced();
-    let udp = engine.stats_mut().udp();
     udp.recv_calls += 1;
     udp.gro_datagrams += coalesced as u64;
     rb.buffers() == 1 && coalesced == 0
@@ -167,7 +170,13 @@ fn emit(
 
 /// Sends the batch: one syscall per GSO run; what the kernel refuses is counted as dropped
 /// (`queue_full`, as a single send's failure is), the others still leave.
-fn flush(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: &mut SendBatch<SockKey>) {
+fn flush(
+    engine: &mut Engine,
+    ports: &Ports,
+    clients: &ClientSockets,
+    out: &mut SendBatch<SockKey>,
+    udp: &mut UdpBatchCounts,
+) {
     if out.is_empty() {
         return;
     }
@@ -179,9 +188,7 @@ fn flush(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: &mut 
         Some((&s.io, &s.socket))
     });
     let stats = out.flush(&mut sink);
-    let counts = engine.stats_mut();
-    counts.dropped_n(DropReason::QueueFull, stats.dropped() as u64);
-    let udp = counts.udp();
+    engine.count_drops(DropReason::QueueFull, stats.dropped() as u64);
     udp.gso_sends += stats.gso_sends as u64;
     udp.gso_datagrams += stats.gso_datagrams as u64;
     udp.gso_fallbacks += stats.gso_fallbacks as u64;

@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use turnkey_fleet::{AdvertisedUrl, Transport};
 use turnkey_issuer::{AdvertiseConfig, Endpoint};
 use turnkey_relay::udp::RelayAddrs;
+use turnkey_types::TurnUrl;
 
 /// The inputs of the rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +60,12 @@ impl Reach {
 
     /// The TURN URLs of `udp`, `tcp` and `tls` listeners, one per distinct URL, in that order.
     pub fn urls(&self, udp: &[SocketAddr], tcp: &[SocketAddr], tls: &[SocketAddr]) -> Vec<AdvertisedUrl> {
-        let groups = [
-            (Transport::Udp, udp, "turn", "udp"),
-            (Transport::Tcp, tcp, "turn", "tcp"),
-            (Transport::Tls, tls, "turns", "tcp"),
-        ];
+        let groups = [(Transport::Udp, udp), (Transport::Tcp, tcp), (Transport::Tls, tls)];
         let mut out: Vec<AdvertisedUrl> = Vec::new();
-        for (transport, addrs, scheme, tp) in groups {
+        for (transport, addrs) in groups {
             for a in addrs {
                 let Some(h) = self.host(*a) else { continue };
-                let url = format!("{scheme}:{h}:{}?transport={tp}", a.port());
+                let url = TurnUrl::turn(transport, &h, a.port()).to_string();
                 if !out.iter().any(|u| u.url == url) {
                     out.push(AdvertisedUrl { transport, url });
                 }
@@ -98,18 +95,11 @@ impl Reach {
 
 /// `ip` as the host part of a URL (IPv6 in brackets).
 fn url_host(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
+    bracket(&ip.to_string())
 }
 
 fn bracket(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
+    turnkey_types::bracketed(host).into_owned()
 }
 
 #[cfg(test)]

@@ -239,18 +239,14 @@ async fn set_alternates(fleet: &Fleet, beat: &BeatSource) {
     };
     let cfg = fleet.config();
     let stale_ms = u64::try_from(cfg.stale_after().as_millis()).unwrap_or(u64::MAX);
-    for (ours, theirs) in [
-        (turnkey_relay::Transport::Udp, Transport::Udp),
-        (turnkey_relay::Transport::Tcp, Transport::Tcp),
-        (turnkey_relay::Transport::Tls, Transport::Tls),
-    ] {
-        let alt = handout::alternate(&snap.relays, &cfg.node_id, theirs, cfg.region.as_ref(), stale_ms);
-        let url = alt.and_then(|r| r.beat.urls_for(theirs).next().map(str::to_owned));
+    for transport in Transport::ALL {
+        let alt = handout::alternate(&snap.relays, &cfg.node_id, transport, cfg.region.as_ref(), stale_ms);
+        let url = alt.and_then(|r| r.beat.urls_for(transport).next().map(str::to_owned));
         let addr = match url {
             Some(u) => resolve(&u).await,
             None => None,
         };
-        view.set_alternate(ours, addr);
+        view.set_alternate(transport, addr);
     }
 }
 

@@ -7,33 +7,8 @@ use std::time::{Duration, Instant};
 
 use turnkey_auth::UnixTime;
 
-/// The transport a client reached us over. Part of the 5-tuple: the same address over UDP and over
-/// TCP are two different clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// Plain UDP.
-    Udp,
-    /// TCP with RFC 8656 §12 stream framing.
-    Tcp,
-    /// TLS over TCP, same framing.
-    Tls,
-}
-
-impl Transport {
-    /// A stable lower-case name, used in metric labels and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Udp => "udp",
-            Self::Tcp => "tcp",
-            Self::Tls => "tls",
-        }
-    }
-
-    /// Whether messages travel on a byte stream (ChannelData then padded to 4 bytes).
-    pub fn is_stream(self) -> bool {
-        !matches!(self, Self::Udp)
-    }
-}
+/// The transport a client reached us over (the workspace's one `Transport`).
+pub use turnkey_types::Transport;
 
 /// A client's transport address (where its requests and ChannelData come from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,13 +73,6 @@ impl Now {
     /// A time from its two parts.
     pub fn new(mono: Instant, wall: Duration) -> Self {
         Self { mono, wall }
-    }
-
-    /// The current time, read from the system (drivers only; the engine never calls this).
-    #[allow(clippy::disallowed_methods, reason = "the drivers' one reading of the clock for the engine")]
-    pub fn system() -> Self {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Self { mono: Instant::now(), wall }
     }
 
     /// Unix seconds.

@@ -5,13 +5,21 @@
 //! by the driver through the [`RelayPorts`] capability the engine is handed per call. One engine
 //! serves one shard; state shared between shards (quotas, drain flag, revocations) lives in
 //! [`Shared`] and is touched only on the control path.
+//!
+//! What changed in its state (allocations, permissions, channels) the engine tells its driver
+//! through [`Engine::poll_event`]; the contract (one event per edge, order, deadlines, what a
+//! driver must do) is in [`event`]. What it counted is plain data ([`EngineStats`]), exported by
+//! the driver. Its randomness (transaction ids of Data indications) comes from a generator seeded
+//! from [`EngineConfig::rng_seed`]: the same seed and the same inputs give the same outputs.
 
 mod allocation;
 mod bucket;
 mod error;
+pub mod event;
 mod handlers;
 mod limiter;
 mod message;
+mod stats;
 #[cfg(test)]
 #[allow(
     clippy::disallowed_methods,
@@ -21,7 +29,7 @@ mod message;
 mod tests;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -32,11 +40,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use turnkey_auth::{NonceKey, RevocationSet, SecretRing};
 
 use crate::fleet::FleetView;
 use crate::loglimit::LogLimiter;
-use crate::metrics::{Direction, DropReason, RelayMetrics, ShardStats};
 use crate::policy::PeerPolicy;
 pub use crate::settings::EngineSettings;
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
@@ -44,9 +53,11 @@ use crate::usage::{UsageDelta, UsageSink};
 
 use allocation::Allocation;
 pub(crate) use error::StunError;
+pub use event::{AllocationId, AllocationRef, EndReason, Event};
 use limiter::ReplyLimiter;
+pub use stats::{AuthFailure, DeniedPath, Direction, DropReason, EngineStats, TRANSPORTS};
 
-/// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, metrics flush).
+/// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, usage).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Bytes the driver must leave free before a peer's payload (room for a ChannelData header).
 pub const PEER_HEADROOM: usize = 4;
@@ -97,6 +108,10 @@ pub struct EngineConfig {
     pub unauth_replies_per_sec: u32,
     /// SOFTWARE attribute on responses (none by default: replies to strangers stay small).
     pub software: Option<String>,
+    /// Seed of the engine's random number generator (as quinn-proto's `rng_seed`): `None` seeds
+    /// it from the operating system; a fixed seed makes the engine's outputs a function of its
+    /// inputs (replay tests).
+    pub rng_seed: Option<[u8; 32]>,
 }
 
 impl EngineConfig {
@@ -145,6 +160,7 @@ impl EngineConfig {
             rfc5766_channel_numbers,
             unauth_replies_per_sec,
             software,
+            rng_seed: None,
         }
     }
 
@@ -277,9 +293,11 @@ pub enum PortRequest {
 
 /// The driver's side of relay sockets, handed to the engine on each call that may need it.
 pub trait RelayPorts {
-    /// Binds a relay socket of the given family as `request` asks; `None` when no port is free
-    /// or the reservation is unknown (the engine answers 508).
-    fn bind(&mut self, ipv6: bool, request: PortRequest) -> Option<RelayBinding>;
+    /// Binds a relay socket of the given family as `request` asks, at `now` (the engine's time:
+    /// reservations are held and redeemed by it; the ports to try come from
+    /// [`crate::ports::candidates`]); `None` when no port is free or the reservation is unknown
+    /// (the engine answers 508).
+    fn bind(&mut self, now: Instant, ipv6: bool, request: PortRequest) -> Option<RelayBinding>;
     /// Closes a relay socket whose allocation ended.
     fn release(&mut self, handle: RelayHandle);
 }
@@ -310,8 +328,10 @@ pub enum Transmit<'a> {
 pub struct Engine {
     cfg: Arc<EngineConfig>,
     shared: Arc<Shared>,
-    metrics: RelayMetrics,
-    stats: ShardStats,
+    stats: EngineStats,
+    events: VecDeque<Event>,
+    next_id: u64,
+    rng: StdRng,
     allocs: Vec<Option<Allocation>>,
     free: Vec<usize>,
     by_tuple: HashMap<FiveTuple, usize>,
@@ -319,8 +339,6 @@ pub struct Engine {
     limiter: ReplyLimiter,
     next_sweep: Instant,
     seen_revocations: u64,
-    reported_permissions: i64,
-    reported_channels: i64,
     usage_batch: Vec<(Arc<str>, UsageDelta)>,
     seen_usage_generation: u64,
     auth_log: LogLimiter,
@@ -330,15 +348,21 @@ pub struct Engine {
 
 impl Engine {
     /// A new shard engine starting at `now`.
-    pub fn new(cfg: Arc<EngineConfig>, shared: Arc<Shared>, metrics: RelayMetrics, now: Instant) -> Self {
+    pub fn new(cfg: Arc<EngineConfig>, shared: Arc<Shared>, now: Instant) -> Self {
         let limiter = ReplyLimiter::new(cfg.unauth_replies_per_sec, now);
         let seen_revocations = shared.revocations.generation();
         let seen_usage_generation = shared.usage.as_ref().map_or(0, |u| u.generation());
+        let rng = match cfg.rng_seed {
+            Some(seed) => StdRng::from_seed(seed),
+            None => StdRng::from_entropy(),
+        };
         Self {
             cfg,
             shared,
-            metrics,
-            stats: ShardStats::default(),
+            stats: EngineStats::default(),
+            events: VecDeque::new(),
+            next_id: 0,
+            rng,
             allocs: Vec::new(),
             free: Vec::new(),
             by_tuple: HashMap::new(),
@@ -346,8 +370,6 @@ impl Engine {
             limiter,
             next_sweep: now + SWEEP_INTERVAL,
             seen_revocations,
-            reported_permissions: 0,
-            reported_channels: 0,
             usage_batch: Vec::new(),
             seen_usage_generation,
             auth_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
@@ -387,7 +409,7 @@ impl Engine {
         len: usize,
     ) -> Option<Transmit<'a>> {
         let Some(&idx) = self.by_relay.get(&relay) else {
-            self.stats.dropped(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation, 1);
             return None;
         };
         let a = self.admit(idx, from.0.ip(), len, Direction::PeerToClient, now.mono)?;
@@ -407,15 +429,29 @@ impl Engine {
             return Some(Transmit::Client { to, data: Cow::Borrowed(&buf[..total]) });
         }
         let payload = &buf[PEER_HEADROOM..PEER_HEADROOM + len];
-        let data = handlers::data_indication(from, payload);
+        let data = handlers::data_indication(from, payload, &mut self.rng);
         Some(Transmit::Client { to, data: Cow::Owned(data) })
     }
 
     /// A stream client's connection closed: its allocation ends at once.
     pub fn client_closed(&mut self, tuple: FiveTuple, ports: &mut dyn RelayPorts) {
         if let Some(&idx) = self.by_tuple.get(&tuple) {
-            self.remove(idx, ports);
+            self.remove(idx, ports, EndReason::ConnectionClosed);
         }
+    }
+
+    /// Ends allocation `id` at once ([`EndReason::Killed`]); false if it is not live here.
+    pub fn kill(&mut self, id: AllocationId, ports: &mut dyn RelayPorts) -> bool {
+        let found = self.allocs.iter().position(|a| a.as_ref().is_some_and(|a| a.aref().id == id));
+        if let Some(idx) = found {
+            self.remove(idx, ports, EndReason::Killed);
+        }
+        found.is_some()
+    }
+
+    /// The next change of state not yet polled (see [`event`] for the contract).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
     }
 
     /// Whether `tuple` holds an allocation.
@@ -429,7 +465,8 @@ impl Engine {
     }
 
     /// Expires allocations, permissions and channels, ends revoked or expired credentials'
-    /// allocations, and flushes metrics. Cheap to call early.
+    /// allocations, counts the live permissions and channels, and hands usage to the sink.
+    /// Cheap to call early.
     pub fn handle_timeout(&mut self, now: Now, ports: &mut dyn RelayPorts) {
         if now.mono < self.next_sweep {
             return;
@@ -442,13 +479,20 @@ impl Engine {
         let check_usage = usage_generation != self.seen_usage_generation;
         self.seen_usage_generation = usage_generation;
         let unix = now.unix();
-        let (mut perms, mut chans) = (0i64, 0i64);
+        let (mut perms, mut chans) = (0u64, 0u64);
         for idx in 0..self.allocs.len() {
             let Some(a) = self.allocs[idx].as_mut() else { continue };
-            let ended =
-                a.ended(now.mono, unix) || (check_revoked && self.shared.revocations.is_revoked(&a.owner().username));
-            if ended {
-                self.remove(idx, ports);
+            let ended = if check_revoked && self.shared.revocations.is_revoked(&a.owner().username) {
+                Some(EndReason::Revoked)
+            } else if a.credential_expired(unix) {
+                Some(EndReason::CredentialExpired)
+            } else if a.ended(now.mono, unix) {
+                Some(EndReason::Expired)
+            } else {
+                None
+            };
+            if let Some(reason) = ended {
+                self.remove(idx, ports, reason);
                 continue;
             }
             if check_usage {
@@ -457,15 +501,11 @@ impl Engine {
             if let Some(d) = a.take_unreported() {
                 self.usage_batch.push((a.owner().userid.clone(), d));
             }
-            let (p, c) = a.prune(now.mono);
-            perms += p as i64;
-            chans += c as i64;
+            let (p, c) = a.prune(now.mono, &mut self.events);
+            perms += p as u64;
+            chans += c as u64;
         }
-        self.metrics.permissions.add(perms - self.reported_permissions);
-        self.metrics.channels.add(chans - self.reported_channels);
-        self.reported_permissions = perms;
-        self.reported_channels = chans;
-        self.stats.flush(&self.metrics);
+        self.stats.set_bindings(perms, chans);
         self.flush_usage();
     }
 
@@ -482,7 +522,7 @@ impl Engine {
 
     /// Counts a malformed packet, logging it (at debug, rate-limited).
     fn garbage(&mut self, now: Instant, from: FiveTuple, what: &str) {
-        self.stats.dropped(DropReason::Malformed);
+        self.stats.dropped(DropReason::Malformed, 1);
         if let Some(suppressed) = self.garbage_log.allow(now) {
             tracing::debug!(client = %from.client, what, suppressed, "dropped malformed packet");
         }
@@ -502,32 +542,28 @@ impl Engine {
     pub fn close_all(&mut self, ports: &mut dyn RelayPorts) {
         for idx in 0..self.allocs.len() {
             if self.allocs[idx].is_some() {
-                self.remove(idx, ports);
+                self.remove(idx, ports, EndReason::Drained);
             }
         }
-        self.stats.flush(&self.metrics);
+        self.stats.set_bindings(0, 0);
         self.flush_usage();
-        self.metrics.permissions.sub(self.reported_permissions);
-        self.metrics.channels.sub(self.reported_channels);
-        self.reported_permissions = 0;
-        self.reported_channels = 0;
     }
 
     /// Counts a packet the driver could not deliver.
     #[inline]
     pub fn count_drop(&mut self, reason: DropReason) {
-        self.stats.dropped(reason);
+        self.stats.dropped(reason, 1);
     }
 
-    /// The per-shard counters, for the driver to count what it did (drops at send time, UDP
-    /// batching); flushed with the rest at the next sweep.
+    /// Counts `n` packets the driver could not deliver (a batch's refused sends).
     #[inline]
-    pub fn stats_mut(&mut self) -> &mut ShardStats {
-        &mut self.stats
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        self.stats.dropped(reason, n);
     }
 
-    /// The per-shard counters not yet flushed (tests).
-    pub fn pending_stats(&self) -> &ShardStats {
+    /// What the engine counted since it started (the driver exports it).
+    #[inline]
+    pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
 
@@ -546,11 +582,11 @@ impl Engine {
             return None;
         }
         let Some(&idx) = self.by_tuple.get(&from) else {
-            self.stats.dropped(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation, 1);
             return None;
         };
         let Some(peer) = self.allocs[idx].as_ref()?.channel_peer(number, now) else {
-            self.stats.dropped(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation, 1);
             return None;
         };
         let relay = self.admit(idx, peer.0.ip(), len, Direction::ClientToPeer, now)?.relay();
@@ -568,15 +604,22 @@ impl Engine {
                 Some(a)
             }
             Err(reason) => {
-                self.stats.dropped(reason);
+                self.stats.dropped(reason, 1);
                 None
             }
         }
     }
 
+    /// A fresh [`AllocationId`].
+    fn next_id(&mut self) -> AllocationId {
+        self.next_id += 1;
+        AllocationId(self.next_id)
+    }
+
     fn insert(&mut self, a: Allocation) -> usize {
         let (tuple, relay) = (a.tuple(), a.relay());
-        self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).inc();
+        self.stats.allocation(tuple.transport, true);
+        self.events.push_back(Event::AllocationCreated { alloc: a.aref(), expires: a.expires() });
         let idx = match self.free.pop() {
             Some(i) => {
                 self.allocs[i] = Some(a);
@@ -592,7 +635,7 @@ impl Engine {
         idx
     }
 
-    fn remove(&mut self, idx: usize, ports: &mut dyn RelayPorts) {
+    fn remove(&mut self, idx: usize, ports: &mut dyn RelayPorts, reason: EndReason) {
         let Some(mut a) = self.allocs[idx].take() else { return };
         let tuple = a.tuple();
         self.by_tuple.remove(&tuple);
@@ -602,8 +645,8 @@ impl Engine {
         if let Some(d) = a.take_unreported() {
             self.usage_batch.push((a.owner().userid.clone(), d));
         }
-        self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).dec();
+        self.stats.allocation(tuple.transport, false);
+        self.events.push_back(Event::AllocationEnded { alloc: a.aref(), reason });
         self.free.push(idx);
-        tracing::debug!(client = %tuple.client, relay = %a.relay_addr(), "allocation ended");
     }
 }

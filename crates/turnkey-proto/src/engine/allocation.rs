@@ -2,6 +2,7 @@
 //! Its fields are private: the data path goes through [`Allocation::admit`], the control path
 //! through the methods below.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,8 @@ use turnkey_auth::UnixTime;
 
 use super::bucket::TokenBucket;
 use super::error::StunError;
-use crate::metrics::{Direction, DropReason};
+use super::event::{AllocationId, AllocationRef, Event};
+use super::stats::{Direction, DropReason};
 use crate::types::{ChannelNumber, FiveTuple, PeerAddr, RelayHandle};
 use crate::usage::UsageDelta;
 
@@ -41,10 +43,15 @@ pub(crate) struct Grant {
     pub max_channels: usize,
 }
 
+/// Events of an allocation's permissions and channels are queued here (see [`Event`]).
+pub(crate) type Events = VecDeque<Event>;
+
 #[derive(Debug)]
 struct Permission {
     ip: IpAddr,
     expires: Instant,
+    /// Announced live ([`Event::PermissionInstalled`]) and not yet expired.
+    live: bool,
 }
 
 #[derive(Debug)]
@@ -52,6 +59,8 @@ struct Channel {
     number: ChannelNumber,
     peer: PeerAddr,
     expires: Instant,
+    /// Announced live ([`Event::ChannelBound`]) and not yet expired.
+    live: bool,
 }
 
 /// The outcome of a ChannelBind against the RFC's rebinding rules.
@@ -67,6 +76,7 @@ enum BindCheck {
 
 #[derive(Debug)]
 pub(crate) struct Allocation {
+    id: AllocationId,
     tuple: FiveTuple,
     relay: RelayHandle,
     relay_addr: SocketAddr,
@@ -87,9 +97,11 @@ pub(crate) struct Allocation {
 }
 
 impl Allocation {
-    /// A new allocation of `relay` (advertised as `relay_addr`) for `tuple`, live until `expires`;
-    /// `answer` is the Allocate success it was created with (transaction id, bytes).
+    /// A new allocation `id` of `relay` (advertised as `relay_addr`) for `tuple`, live until
+    /// `expires`; `answer` is the Allocate success it was created with (transaction id, bytes).
+    #[allow(clippy::too_many_arguments, reason = "one constructor, called from one place")]
     pub fn new(
+        id: AllocationId,
         tuple: FiveTuple,
         relay: (RelayHandle, SocketAddr),
         owner: Owner,
@@ -99,6 +111,7 @@ impl Allocation {
         answer: ([u8; 12], Vec<u8>),
     ) -> Self {
         Self {
+            id,
             tuple,
             relay: relay.0,
             relay_addr: relay.1,
@@ -132,6 +145,21 @@ impl Allocation {
         self.bytes_relayed += len as u64;
         self.unreported[dir as usize] += len as u64;
         Ok(())
+    }
+
+    /// How events name this allocation.
+    pub fn aref(&self) -> AllocationRef {
+        AllocationRef { id: self.id, tuple: self.tuple, relay: self.relay, relayed: self.relay_addr }
+    }
+
+    /// When the allocation expires unless refreshed.
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+
+    /// Whether the credential ran out (as opposed to the allocation's lifetime).
+    pub fn credential_expired(&self, unix: UnixTime) -> bool {
+        self.owner.expiry <= unix
     }
 
     /// The client's 5-tuple.
@@ -204,7 +232,7 @@ impl Allocation {
 
     /// Installs or refreshes permissions for every IP in `ips` (CreatePermission), all or none:
     /// 508 if they would exceed the cap.
-    pub fn permit_all(&mut self, ips: &[IpAddr], g: &Grant) -> Result<(), StunError> {
+    pub fn permit_all(&mut self, ips: &[IpAddr], g: &Grant, ev: &mut Events) -> Result<(), StunError> {
         let live = self.permissions.iter().filter(|p| p.expires > g.now).count();
         let new =
             ips.iter().enumerate().filter(|(i, ip)| !ips[..*i].contains(ip) && !self.permitted(**ip, g.now)).count();
@@ -212,37 +240,74 @@ impl Allocation {
             return Err(StunError::InsufficientCapacity);
         }
         for ip in ips {
-            self.permit(*ip, g.permission_until, g.now, g.max_permissions);
+            self.permit(*ip, g, ev);
         }
         Ok(())
     }
 
     /// Binds (or refreshes) channel `number` to `peer` under RFC 8656 §12's rebinding rules, and
     /// installs or refreshes the peer's permission.
-    pub fn bind_channel(&mut self, number: ChannelNumber, peer: PeerAddr, g: &Grant) -> Result<(), StunError> {
-        self.prune(g.now);
+    pub fn bind_channel(
+        &mut self,
+        number: ChannelNumber,
+        peer: PeerAddr,
+        g: &Grant,
+        ev: &mut Events,
+    ) -> Result<(), StunError> {
+        self.prune(g.now, ev);
+        let (alloc, expires) = (self.aref(), g.channel_until);
         match self.check_bind(number, peer, g.now) {
             BindCheck::Conflict => return Err(StunError::BadRequest),
-            BindCheck::Refresh(i) => self.channels[i].expires = g.channel_until,
+            BindCheck::Refresh(i) => {
+                let c = &mut self.channels[i];
+                c.expires = expires;
+                ev.push_back(if c.live {
+                    Event::ChannelRefreshed { alloc, number, peer, expires }
+                } else {
+                    Event::ChannelBound { alloc, number, peer, expires }
+                });
+                c.live = true;
+            }
             BindCheck::New => {
                 if self.live_channels(g.now) >= g.max_channels {
                     return Err(StunError::InsufficientCapacity);
                 }
-                self.channels.push(Channel { number, peer, expires: g.channel_until });
+                self.channels.push(Channel { number, peer, expires, live: true });
+                ev.push_back(Event::ChannelBound { alloc, number, peer, expires });
             }
         }
-        if !self.permit(peer.0.ip(), g.permission_until, g.now, g.max_permissions) {
+        if !self.permit(peer.0.ip(), g, ev) {
             return Err(StunError::InsufficientCapacity);
         }
         Ok(())
     }
 
-    /// Drops expired permissions and channels whose cooldown is over; returns the live
-    /// (permissions, channels) counts.
-    pub fn prune(&mut self, now: Instant) -> (usize, usize) {
-        self.permissions.retain(|p| p.expires > now);
+    /// Drops expired permissions and channels whose cooldown is over, announcing each
+    /// permission and channel whose deadline passed; returns the live (permissions, channels)
+    /// counts.
+    pub fn prune(&mut self, now: Instant, ev: &mut Events) -> (usize, usize) {
+        self.expire_permissions(now, ev);
+        let alloc = self.aref();
+        for c in self.channels.iter_mut().filter(|c| c.live && c.expires <= now) {
+            c.live = false;
+            ev.push_back(Event::ChannelExpired { alloc, number: c.number, peer: c.peer, expired: c.expires });
+        }
         self.channels.retain(|c| c.expires + CHANNEL_COOLDOWN > now);
         (self.permissions.len(), self.live_channels(now))
+    }
+
+    /// Drops the permissions whose deadline passed, announcing each.
+    fn expire_permissions(&mut self, now: Instant, ev: &mut Events) {
+        let alloc = self.aref();
+        self.permissions.retain(|p| {
+            if p.expires > now {
+                return true;
+            }
+            if p.live {
+                ev.push_back(Event::PermissionExpired { alloc, peer: p.ip, expired: p.expires });
+            }
+            false
+        });
     }
 
     /// Whether a live permission exists for `ip`.
@@ -251,17 +316,31 @@ impl Allocation {
         self.permissions.iter().any(|p| p.ip == ip && p.expires > now)
     }
 
-    /// Installs or refreshes a permission. Returns false if `cap` would be exceeded.
-    fn permit(&mut self, ip: IpAddr, until: Instant, now: Instant, cap: usize) -> bool {
+    /// Installs or refreshes a permission for `ip` as `g` grants. Returns false if its cap
+    /// would be exceeded.
+    fn permit(&mut self, ip: IpAddr, g: &Grant, ev: &mut Events) -> bool {
+        let (alloc, expires) = (self.aref(), g.permission_until);
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
-            p.expires = until;
-            return true;
+            if p.expires > g.now {
+                // Live: extended (or, if never announced, installed).
+                let was = p.live;
+                p.expires = expires;
+                p.live = true;
+                ev.push_back(if was {
+                    Event::PermissionRefreshed { alloc, peer: ip, expires }
+                } else {
+                    Event::PermissionInstalled { alloc, peer: ip, expires }
+                });
+                return true;
+            }
         }
-        self.permissions.retain(|p| p.expires > now);
-        if self.permissions.len() >= cap {
+        // Expired ones go (announced), then a fresh one is installed.
+        self.expire_permissions(g.now, ev);
+        if self.permissions.len() >= g.max_permissions {
             return false;
         }
-        self.permissions.push(Permission { ip, expires: until });
+        self.permissions.push(Permission { ip, expires, live: true });
+        ev.push_back(Event::PermissionInstalled { alloc, peer: ip, expires });
         true
     }
 

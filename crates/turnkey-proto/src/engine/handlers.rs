@@ -34,9 +34,10 @@ use turnkey_auth::{long_term_key, NonceStatus, RestUsername};
 
 use super::allocation::{Allocation, Grant, Owner};
 use super::error::StunError;
+use super::event::{EndReason, Event};
 use super::message::{self, add, add_error, finish, response, Parsed};
+use super::stats::{AuthFailure, DeniedPath, Direction, DropReason};
 use super::{Engine, PortRequest, RelayPorts, Transmit};
-use crate::metrics::{Direction, DropReason};
 use crate::policy::{DenyReason, Verdict};
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr};
 
@@ -143,13 +144,13 @@ impl Engine {
     ) -> Result<Owner, Refused> {
         let m = &p.msg;
         let Some(mi_offset) = p.mi_offset else {
-            self.auth_failed(now, from, "missing_integrity");
+            self.auth_failed(now, from, AuthFailure::MissingIntegrity);
             return Err(self.challenge(now, from, m, StunError::Unauthorized, Gate::FirstContact));
         };
         let (Some(username), Some(realm), Some(nonce)) =
             (text(m, ATTR_USERNAME), text(m, ATTR_REALM), m.get(ATTR_NONCE).ok())
         else {
-            self.auth_failed(now, from, "bad_request");
+            self.auth_failed(now, from, AuthFailure::BadRequest);
             let bytes = finish(self.error(m, StunError::BadRequest), None);
             return Err(self.refuse(now, from, StunError::BadRequest, bytes));
         };
@@ -162,18 +163,18 @@ impl Engine {
                 let window = self.cfg.nonce_lifetime.saturating_add(self.cfg.max_lifetime).as_secs();
                 let ours = status == NonceStatus::Stale
                     && self.cfg.nonce_key.check(&nonce, now.unix(), from.client.0, window) == NonceStatus::Valid;
-                self.auth_failed(now, from, "stale_nonce");
+                self.auth_failed(now, from, AuthFailure::StaleNonce);
                 let gate = if ours { Gate::Proven } else { Gate::FirstContact };
                 return Err(self.challenge(now, from, m, StunError::StaleNonce, gate));
             }
         };
         if realm != self.cfg.realm {
-            self.auth_failed(now, from, "wrong_realm");
+            self.auth_failed(now, from, AuthFailure::WrongRealm);
             return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         }
         let allocation = existing.and_then(|i| self.allocs[i].as_ref()).map(Allocation::owner);
         if allocation.is_some_and(|o| *o.username != *username) {
-            self.auth_failed(now, from, "wrong_credentials");
+            self.auth_failed(now, from, AuthFailure::WrongCredentials);
             let e = StunError::WrongCredentials;
             return Err(Refused::Reply(e, self.error_reply(m, e, None)));
         }
@@ -181,16 +182,16 @@ impl Engine {
         let parsed = match RestUsername::parse(&username) {
             Ok(u) => u,
             Err(_) => {
-                self.auth_failed(now, from, "malformed_username");
+                self.auth_failed(now, from, AuthFailure::MalformedUsername);
                 return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
             }
         };
         if parsed.check_expiry(now.unix()).is_err() {
-            self.auth_failed(now, from, "expired");
+            self.auth_failed(now, from, AuthFailure::Expired);
             return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         }
         if self.shared.revocations.is_revoked(&username) {
-            self.auth_failed(now, from, "revoked");
+            self.auth_failed(now, from, AuthFailure::Revoked);
             return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         }
         let key = match cached {
@@ -204,7 +205,7 @@ impl Engine {
                 .find(|k| message::integrity_matches(&m.raw, mi_offset, k)),
         };
         let Some(key) = key else {
-            self.auth_failed(now, from, "bad_credential");
+            self.auth_failed(now, from, AuthFailure::BadCredential);
             return Err(self.challenge(now, from, m, StunError::Unauthorized, gate));
         };
         let (userid, expiry) = (parsed.userid().into(), parsed.expiry());
@@ -217,14 +218,14 @@ impl Engine {
         let owner = match self.authenticate(now, from, p, existing) {
             Ok(o) => o,
             Err(Refused::Reply(e, bytes)) => {
-                self.attempt(e.label());
+                self.stats.attempt(Some(e));
                 return Some(bytes);
             }
             Err(Refused::Drop) => return None,
         };
         match self.allocate_authenticated(now, from, m, &owner, existing, ports) {
             Ok(bytes) => {
-                self.attempt("success");
+                self.stats.attempt(None);
                 Some(bytes)
             }
             Err(e) => {
@@ -238,7 +239,7 @@ impl Engine {
                 let e = if alternate.is_some() { StunError::TryAlternate } else { e };
                 let attrs: Vec<u16> = m.attributes.0.iter().map(|a| a.typ.0).collect();
                 tracing::debug!(client = %from.client, code = e.code(), ?attrs, ?alternate, "allocate refused");
-                self.attempt(e.label());
+                self.stats.attempt(Some(e));
                 let mut r = self.error(m, e);
                 if let Some(a) = alternate {
                     // AlternateServer is MAPPED-ADDRESS's encoding under its own type.
@@ -301,7 +302,7 @@ impl Engine {
         }
         let lifetime = self.granted_lifetime(optional::<Lifetime>(m)?.map(|l| l.0));
         self.shared.reserve(&owner.userid, self.cfg.max_allocations_per_user, self.cfg.max_allocations)?;
-        let Some(binding) = ports.bind(ipv6, request) else {
+        let Some(binding) = ports.bind(now.mono, ipv6, request) else {
             self.shared.release(&owner.userid);
             return Err(StunError::InsufficientCapacity);
         };
@@ -315,7 +316,9 @@ impl Engine {
         }
         self.add_software(&mut r);
         let bytes = finish(r, Some(&owner.key));
+        let id = self.next_id();
         let a = Allocation::new(
+            id,
             from,
             (binding.handle, relayed),
             owner.clone(),
@@ -324,7 +327,6 @@ impl Engine {
             now.mono,
             (m.transaction_id.0, bytes.clone()),
         );
-        tracing::debug!(client = %from.client, relay = %relayed, "allocation created");
         self.insert(a);
         Ok(bytes)
     }
@@ -339,12 +341,13 @@ impl Engine {
             Ok(Some(_)) | Err(_) => return Err(StunError::PeerAddressFamilyMismatch),
         }
         let lifetime = if requested == Some(Duration::ZERO) {
-            self.remove(idx, ports);
+            self.remove(idx, ports, EndReason::Deleted);
             Duration::ZERO
         } else {
             let l = self.granted_lifetime(requested);
             if let Some(a) = self.allocs[idx].as_mut() {
                 a.refresh(now.mono + l);
+                self.events.push_back(Event::AllocationRefreshed { alloc: a.aref(), expires: a.expires() });
             }
             l
         };
@@ -359,7 +362,7 @@ impl Engine {
             let peer = peer_address(&one_attribute(m, attr))?;
             // RFC 8656 §9: a permission is for the IP; the port (0 in pion's refreshes) is ignored.
             let verdict = self.cfg.policy.check_permission(peer.ip());
-            self.check_peer(now, idx, peer, verdict, "create_permission")?;
+            self.check_peer(now, idx, peer, verdict, DeniedPath::CreatePermission)?;
             ips.push(peer.ip());
         }
         if ips.is_empty() {
@@ -367,7 +370,7 @@ impl Engine {
         }
         let grant = self.grant(now);
         let a = self.allocs[idx].as_mut().ok_or(StunError::AllocationMismatch)?;
-        a.permit_all(&ips, &grant)?;
+        a.permit_all(&ips, &grant, &mut self.events)?;
         Ok(response(m, CLASS_SUCCESS_RESPONSE))
     }
 
@@ -380,26 +383,26 @@ impl Engine {
             return Err(StunError::BadRequest);
         }
         let peer = peer_address(m)?;
-        self.check_peer(now, idx, peer, self.cfg.policy.check(peer), "channel_bind")?;
+        self.check_peer(now, idx, peer, self.cfg.policy.check(peer), DeniedPath::ChannelBind)?;
         let grant = self.grant(now);
         let a = self.allocs[idx].as_mut().ok_or(StunError::AllocationMismatch)?;
-        a.bind_channel(number, PeerAddr(peer), &grant)?;
+        a.bind_channel(number, PeerAddr(peer), &grant, &mut self.events)?;
         Ok(response(m, CLASS_SUCCESS_RESPONSE))
     }
 
     fn send_indication<'a>(&mut self, now: Now, from: FiveTuple, m: &Message) -> Option<Transmit<'a>> {
         let Some(&idx) = self.by_tuple.get(&from) else {
-            self.stats.dropped(DropReason::NoAllocation);
+            self.stats.dropped(DropReason::NoAllocation, 1);
             return None;
         };
         let mut data = Data::default();
         let (Ok(peer), Ok(())) = (peer_address(m), data.get_from(m)) else {
-            self.stats.dropped(DropReason::Malformed);
+            self.stats.dropped(DropReason::Malformed, 1);
             return None;
         };
         if let Verdict::Deny(reason) = self.cfg.policy.check(peer) {
-            self.peer_denied(now, from, peer, reason, "send");
-            self.stats.dropped(DropReason::DeniedPeer);
+            self.peer_denied(now, from, peer, reason, DeniedPath::Send);
+            self.stats.dropped(DropReason::DeniedPeer, 1);
             return None;
         }
         let relay = self.admit(idx, peer.ip(), data.0.len(), Direction::ClientToPeer, now.mono)?.relay();
@@ -414,7 +417,7 @@ impl Engine {
         idx: usize,
         peer: SocketAddr,
         verdict: Verdict,
-        path: &str,
+        path: DeniedPath,
     ) -> Result<(), StunError> {
         let Some(a) = self.allocs[idx].as_ref() else { return Err(StunError::AllocationMismatch) };
         let (tuple, v6) = (a.tuple(), a.relay_addr().is_ipv6());
@@ -429,9 +432,10 @@ impl Engine {
     }
 
     /// Counts a peer the policy refused on `path` and logs it (debug, rate-limited).
-    fn peer_denied(&mut self, now: Now, from: FiveTuple, peer: SocketAddr, reason: DenyReason, path: &str) {
-        self.metrics.peer_denied.with_label_values(&[path]).inc();
+    fn peer_denied(&mut self, now: Now, from: FiveTuple, peer: SocketAddr, reason: DenyReason, path: DeniedPath) {
+        self.stats.peer_denied(path);
         if let Some(suppressed) = self.peer_log.allow(now.mono) {
+            let path = path.as_str();
             tracing::debug!(client = %from.client, %peer, reason = reason.as_str(), path, suppressed, "peer denied");
         }
     }
@@ -488,7 +492,7 @@ impl Engine {
         }
         let ok = self.limiter.allow(from.client.0, now.mono);
         if !ok {
-            self.stats.dropped(DropReason::ReplyLimited);
+            self.stats.dropped(DropReason::ReplyLimited, 1);
         }
         ok
     }
@@ -521,26 +525,23 @@ impl Engine {
         }
     }
 
-    fn auth_failed(&mut self, now: Now, from: FiveTuple, reason: &str) {
-        self.metrics.auth_failures.with_label_values(&[reason]).inc();
+    fn auth_failed(&mut self, now: Now, from: FiveTuple, why: AuthFailure) {
+        self.stats.auth_failed(why);
         // Challenges without credentials are the normal first round trip, not failures worth a line.
-        if !matches!(reason, "missing_integrity" | "stale_nonce") {
+        if !matches!(why, AuthFailure::MissingIntegrity | AuthFailure::StaleNonce) {
             if let Some(suppressed) = self.auth_log.allow(now.mono) {
+                let reason = why.as_str();
                 tracing::info!(client = %from.client, reason, suppressed, "TURN authentication failed");
             }
         }
     }
-
-    fn attempt(&self, result: &str) {
-        self.metrics.allocation_attempts.with_label_values(&[result]).inc();
-    }
 }
 
-/// A Data indication carrying `payload` from `peer`.
-pub(super) fn data_indication(peer: PeerAddr, payload: &[u8]) -> Vec<u8> {
+/// A Data indication carrying `payload` from `peer`, with a transaction id drawn from `rng`.
+pub(super) fn data_indication(peer: PeerAddr, payload: &[u8], rng: &mut impl rand::RngCore) -> Vec<u8> {
     let mut m = Message::new();
     m.set_type(MessageType::new(METHOD_DATA, CLASS_INDICATION));
-    m.transaction_id.0 = rand::random();
+    rng.fill_bytes(&mut m.transaction_id.0);
     m.write_header();
     add(&mut m, &PeerAddress { ip: peer.0.ip(), port: peer.0.port() });
     // Not turn::proto's Data: it owns a Vec, which would copy every relayed payload once more.

@@ -6,7 +6,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "fleet marks and alternates: written by background tasks, read on Allocate only, never per packet"
+)]
+use std::sync::RwLock;
 
 use crate::types::Transport;
 
@@ -20,6 +25,10 @@ pub trait AllocationObserver: Send + Sync + std::fmt::Debug {
 
 /// The fleet's state as the engine reads it.
 #[derive(Debug)]
+#[allow(
+    clippy::disallowed_types,
+    reason = "fleet marks and alternates: written by background tasks, read on Allocate only, never per packet"
+)]
 pub struct FleetView {
     full: RwLock<Arc<HashSet<String>>>,
     /// ALTERNATE-SERVER per transport (UDP, TCP, TLS).
@@ -35,6 +44,10 @@ fn slot(t: Transport) -> usize {
     }
 }
 
+#[allow(
+    clippy::disallowed_types,
+    reason = "fleet marks and alternates: written by background tasks, read on Allocate only, never per packet"
+)]
 impl FleetView {
     /// A view reporting allocations to `observer`; nobody full, no alternate yet.
     pub fn new(observer: Arc<dyn AllocationObserver>) -> Self {

@@ -2,7 +2,7 @@
 //! ([`ConnTimers`], handed the time by the caller), why they close ([`CloseReason`]), and the
 //! per-IP and total connection caps shared by every shard ([`ConnLimiter`]).
 //!
-//! The driver ([`crate::stream`]) owns sockets and tokio timers; everything it decides about a
+//! The driver (turnkey-relay's `stream`) owns sockets and tokio timers; everything it decides about a
 //! connection's life is decided here, so it can be tested with time passed in by hand.
 
 use std::collections::HashMap;
