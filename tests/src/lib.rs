@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod netns;
 pub mod ops;
 pub mod redis;
+pub mod sentinel;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
