@@ -160,6 +160,8 @@ fn is_outage(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
+        // `min-replicas-to-write`: the primary has no replica good enough to take a write.
+        || e.code() == Some("NOREPLICAS")
         || matches!(
             e.kind(),
             ErrorKind::BusyLoadingError

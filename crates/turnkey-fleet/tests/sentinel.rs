@@ -9,8 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+use turnkey_e2e::redis::{RedisOptions, RedisServer};
 use turnkey_e2e::sentinel::SentinelSet;
-use turnkey_fleet::{Fleet, FleetConfig, FleetMetrics, NodeId, RateVerdict, Revocation, UsageBytes};
+use turnkey_fleet::{
+    AdvertisedUrl, Fleet, FleetConfig, FleetMetrics, NodeId, RateVerdict, RelayBeat, Revocation, Transport, UsageBytes,
+};
 
 const PERIOD: u64 = 1_700_000_000;
 
@@ -20,6 +23,18 @@ async fn join(url: &str, node: &str) -> Fleet {
     let f = Fleet::connect(c, FleetMetrics::unregistered()).await.unwrap();
     assert!(f.wait_up(Duration::from_secs(5)).await, "{node} did not reach the primary");
     f
+}
+
+fn beat() -> RelayBeat {
+    RelayBeat {
+        region: None,
+        urls: vec![AdvertisedUrl { transport: Transport::Udp, url: "turn:127.0.0.1:3478?transport=udp".into() }],
+        allocations: 1,
+        allocation_capacity: 100,
+        relayed_bps: 0,
+        bandwidth_capacity_bps: None,
+        draining: false,
+    }
 }
 
 fn bytes(c: u64, p: u64) -> UsageBytes {
@@ -51,6 +66,7 @@ async fn failover_is_followed_and_an_unreplicated_usage_batch_counts_once() {
     issuer.revoke("1:before", far).await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), sub.recv()).await.unwrap().unwrap();
 
+    relay.heartbeat(&beat()).await.unwrap();
     // Batch 1 is applied and confirmed on the replica (it reports its offset every second).
     relay.add_usage(PERIOD, "k1", None, bytes(100, 200)).unwrap();
     assert_eq!(relay.flush_usage().await.unwrap(), 1);
@@ -72,6 +88,8 @@ async fn failover_is_followed_and_an_unreplicated_usage_batch_counts_once() {
     relay.add_usage(PERIOD, "k1", None, bytes(1000, 2000)).unwrap();
     assert_eq!(relay.flush_usage().await.unwrap(), 1, "the old primary acknowledged batch 2");
     assert_eq!(relay.unconfirmed_usage_batches(), vec![2]);
+    // An allocation reserved in the same unreplicated moment.
+    assert!(relay.reserve_allocation("1:bob", 5).await.unwrap());
     tokio::task::block_in_place(|| set.servers[0].kill());
     set.servers[1].signal("CONT");
 
@@ -108,6 +126,12 @@ async fn failover_is_followed_and_an_unreplicated_usage_batch_counts_once() {
     }
     assert_eq!(issuer.usage(PERIOD, "k1").await.unwrap().bytes, bytes(1101, 2202));
 
+    // The reserve the old primary never replicated: the relay's next beat republishes its own
+    // counts (a reconnect makes them suspect), so the fleet-wide count is right again.
+    assert_eq!(issuer.fleet_allocations("1:bob").await.unwrap(), 0, "lost with the old primary");
+    relay.heartbeat(&beat()).await.unwrap();
+    assert_eq!(issuer.fleet_allocations("1:bob").await.unwrap(), 1, "republished at the next beat");
+
     // Rate limits and quotas work on the new primary.
     assert!(matches!(issuer.rate_limit("198.51.100.7", 2, 300).await.unwrap(), RateVerdict::Allow));
     assert!(relay.reserve_allocation("1:alice", 5).await.unwrap());
@@ -126,4 +150,27 @@ async fn a_sentinel_url_with_no_reachable_sentinel_starts_degraded() {
     .unwrap();
     assert!(!f.is_up());
     assert!(f.revoke("1:x", 4_000_000_000).await.unwrap_err().is_unavailable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_without_a_good_replica_refuses_writes_as_an_outage() {
+    // `min-replicas-to-write 1` with no replica: Redis answers NOREPLICAS; the handle treats it
+    // as "Redis cannot take this now" (the caller keeps its state and retries), not as a bug.
+    let Some(redis) = RedisServer::start(RedisOptions::default()) else { return };
+    let f = Fleet::connect(FleetConfig::new(redis.url(), NodeId::new("n").unwrap()), FleetMetrics::unregistered())
+        .await
+        .unwrap();
+    assert!(f.wait_up(Duration::from_secs(5)).await);
+    redis.cli(&["CONFIG", "SET", "min-replicas-to-write", "1"]).unwrap();
+    let e = f.revoke("1:x", 4_000_000_000).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    f.add_usage(PERIOD, "k1", None, bytes(5, 5)).unwrap();
+    assert!(f.flush_usage().await.unwrap_err().is_unavailable());
+    redis.cli(&["CONFIG", "SET", "min-replicas-to-write", "0"]).unwrap();
+    assert!(f.wait_up(Duration::from_secs(5)).await);
+    eventually(Duration::from_secs(5), "the kept batch is applied once writes are taken", || {
+        let f = f.clone();
+        async move { f.flush_usage().await.is_ok() && f.usage(PERIOD, "k1").await.is_ok_and(|t| t.bytes == bytes(5, 5)) }
+    })
+    .await;
 }
