@@ -16,6 +16,7 @@ mod error;
 pub mod fleet;
 pub mod framing;
 pub mod loglimit;
+pub mod loopclock;
 pub mod metrics;
 mod outq;
 pub mod policy;

@@ -48,6 +48,11 @@ use limiter::ReplyLimiter;
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, metrics flush).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Allocations one sweep ends at most. A sweep that reaches it stops there, and the next one,
+/// due at once, goes on from that allocation (a revocation that ends thousands at once): the
+/// driver runs the shard's other work in between, so no packet waits for the whole teardown
+/// (measured: docs/benchmarks.md, "Shard stalls").
+pub const MAX_ENDED_PER_SWEEP: usize = 256;
 /// Bytes the driver must leave free before a peer's payload (room for a ChannelData header).
 pub const PEER_HEADROOM: usize = 4;
 /// Bytes the driver must leave free after a peer's payload (room for stream padding).
@@ -318,12 +323,28 @@ pub struct Engine {
     limiter: ReplyLimiter,
     next_sweep: Instant,
     seen_revocations: u64,
+    /// Where the unfinished sweep round goes on (see [`MAX_ENDED_PER_SWEEP`]); 0: a new round.
+    sweep: SweepRound,
     reported_permissions: i64,
     reported_channels: i64,
     usage_batch: Vec<(Arc<str>, UsageDelta)>,
     seen_usage_generation: u64,
     auth_log: LogLimiter,
     garbage_log: LogLimiter,
+}
+
+/// One sweep round over every allocation, possibly in several steps.
+#[derive(Debug, Default)]
+struct SweepRound {
+    /// The allocation slot the next step starts at (0: the round is done, a new one starts).
+    resume_at: usize,
+    /// A revocation came since the last round: ask the revocation set for every allocation.
+    check_revoked: bool,
+    /// The usage caps changed since the last round.
+    check_usage: bool,
+    /// Live permissions and channels counted so far in this round.
+    permissions: i64,
+    channels: i64,
 }
 
 impl Engine {
@@ -344,6 +365,7 @@ impl Engine {
             limiter,
             next_sweep: now + SWEEP_INTERVAL,
             seen_revocations,
+            sweep: SweepRound::default(),
             reported_permissions: 0,
             reported_channels: 0,
             usage_batch: Vec::new(),
@@ -426,26 +448,36 @@ impl Engine {
     }
 
     /// Expires allocations, permissions and channels, ends revoked or expired credentials'
-    /// allocations, and flushes metrics. Cheap to call early.
+    /// allocations (at most [`MAX_ENDED_PER_SWEEP`]; the next sweep is then due at once), and
+    /// flushes metrics. Cheap to call early.
     pub fn handle_timeout(&mut self, now: Now, ports: &mut dyn RelayPorts) {
         if now.mono < self.next_sweep {
             return;
         }
-        self.next_sweep = now.mono + SWEEP_INTERVAL;
-        let generation = self.shared.revocations.generation();
-        let check_revoked = generation != self.seen_revocations;
-        self.seen_revocations = generation;
-        let usage_generation = self.shared.usage.as_ref().map_or(0, |u| u.generation());
-        let check_usage = usage_generation != self.seen_usage_generation;
-        self.seen_usage_generation = usage_generation;
+        if self.sweep.resume_at == 0 {
+            let generation = self.shared.revocations.generation();
+            let usage_generation = self.shared.usage.as_ref().map_or(0, |u| u.generation());
+            self.sweep = SweepRound {
+                check_revoked: generation != self.seen_revocations,
+                check_usage: usage_generation != self.seen_usage_generation,
+                ..SweepRound::default()
+            };
+            self.seen_revocations = generation;
+            self.seen_usage_generation = usage_generation;
+        }
+        let (check_revoked, check_usage) = (self.sweep.check_revoked, self.sweep.check_usage);
         let unix = now.unix();
-        let (mut perms, mut chans) = (0i64, 0i64);
-        for idx in 0..self.allocs.len() {
-            let Some(a) = self.allocs[idx].as_mut() else { continue };
+        let mut ended_now = 0usize;
+        let mut idx = self.sweep.resume_at;
+        while idx < self.allocs.len() && ended_now < MAX_ENDED_PER_SWEEP {
+            let i = idx;
+            idx += 1;
+            let Some(a) = self.allocs[i].as_mut() else { continue };
             let ended =
                 a.ended(now.mono, unix) || (check_revoked && self.shared.revocations.is_revoked(&a.owner().username));
             if ended {
-                self.remove(idx, ports);
+                ended_now += 1;
+                self.remove(i, ports);
                 continue;
             }
             if check_usage {
@@ -455,13 +487,21 @@ impl Engine {
                 self.usage_batch.push((a.owner().userid.clone(), d));
             }
             let (p, c) = a.prune(now.mono);
-            perms += p as i64;
-            chans += c as i64;
+            self.sweep.permissions += p as i64;
+            self.sweep.channels += c as i64;
         }
-        self.metrics.permissions.add(perms - self.reported_permissions);
-        self.metrics.channels.add(chans - self.reported_channels);
-        self.reported_permissions = perms;
-        self.reported_channels = chans;
+        if idx < self.allocs.len() {
+            self.sweep.resume_at = idx;
+            self.next_sweep = now.mono;
+        } else {
+            let (perms, chans) = (self.sweep.permissions, self.sweep.channels);
+            self.metrics.permissions.add(perms - self.reported_permissions);
+            self.metrics.channels.add(chans - self.reported_channels);
+            self.reported_permissions = perms;
+            self.reported_channels = chans;
+            self.sweep = SweepRound::default();
+            self.next_sweep = now.mono + SWEEP_INTERVAL;
+        }
         self.stats.flush(&self.metrics);
         self.flush_usage();
     }
