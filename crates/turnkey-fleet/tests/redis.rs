@@ -3,13 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{bytes, eventually};
 
 use turnkey_e2e::redis::{RedisOptions, RedisServer, RedisTls};
 use turnkey_fleet::handout;
 use turnkey_fleet::{
     AdvertisedUrl, Change, Fleet, FleetConfig, FleetError, FleetMetrics, KeyRecord, NodeId, RateVerdict, Region,
-    RelayBeat, RelayChange, RelayChangeEvent, Revocation, Transport, UsageBytes,
+    RelayBeat, RelayChange, RelayChangeEvent, Revocation, Transport,
 };
 
 const BEAT: Duration = Duration::from_millis(200);
@@ -49,24 +53,6 @@ fn beat(region: Option<&str>, allocations: u64, draining: bool) -> RelayBeat {
 
 fn names(f: &turnkey_fleet::RelaySnapshot) -> Vec<String> {
     f.relays.iter().map(|r| r.node_id.to_string()).collect()
-}
-
-fn bytes(c: u64, p: u64) -> UsageBytes {
-    UsageBytes { client_to_peer: c, peer_to_client: p }
-}
-
-/// Polls `f` every 20 ms until it returns true or `within` passes; returns the time it took.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::{bytes, eventually};
 
 use turnkey_e2e::redis::{RedisOptions, RedisServer};
 use turnkey_e2e::sentinel::SentinelSet;
 use turnkey_fleet::{
-    AdvertisedUrl, Fleet, FleetConfig, FleetMetrics, NodeId, RateVerdict, RelayBeat, Revocation, Transport, UsageBytes,
+    AdvertisedUrl, Fleet, FleetConfig, FleetMetrics, NodeId, RateVerdict, RelayBeat, Revocation, Transport,
 };
 
 const PERIOD: u64 = 1_700_000_000;
@@ -35,23 +39,6 @@ fn beat() -> RelayBeat {
         bandwidth_capacity_bps: None,
         draining: false,
     }
-}
-
-fn bytes(c: u64, p: u64) -> UsageBytes {
-    UsageBytes { client_to_peer: c, peer_to_client: p }
-}
-
-async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
