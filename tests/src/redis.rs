@@ -75,6 +75,9 @@ impl RedisServer {
                 args.extend(["--port".into(), "0".into(), "--tls-port".into(), port.to_string()]);
                 args.extend(["--tls-cert-file".into(), c, "--tls-key-file".into(), k, "--tls-ca-cert-file".into(), ca]);
                 args.extend(["--tls-auth-clients".into(), "no".into()]);
+                if opts.replica_of.is_some() {
+                    args.extend(["--tls-replication".into(), "yes".into()]);
+                }
             }
             None => args.extend(["--port".into(), port.to_string()]),
         }

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis::{RedisOptions, RedisServer};
+use crate::redis::{RedisOptions, RedisServer, RedisTls};
 
 /// The name the sentinels monitor the primary under.
 pub const SERVICE: &str = "mymaster";
@@ -26,6 +26,7 @@ pub struct SentinelSet {
     pub servers: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
     password: Option<String>,
+    tls: bool,
     dir: tempfile::TempDir,
 }
 
@@ -33,19 +34,43 @@ impl SentinelSet {
     /// Starts everything and waits until every sentinel knows the primary and its replica,
     /// or `None` when `redis-server` / `redis-sentinel` is not installed (see [`crate::require`]).
     pub fn start(password: Option<&str>) -> Option<Self> {
+        Self::start_with(password, None)
+    }
+
+    /// [`Self::start`] with TLS everywhere (servers, replication, sentinels: TLS ports only, one
+    /// certificate for 127.0.0.1); the URL is then `rediss+sentinel://` and [`Self::ca_file`]
+    /// the CA to trust.
+    pub fn start_with(password: Option<&str>, tls: Option<RedisTls>) -> Option<Self> {
         if !crate::require("redis-sentinel") {
             return None;
         }
-        let opts = RedisOptions { password: password.map(str::to_owned), ..RedisOptions::default() };
+        let opts = RedisOptions { password: password.map(str::to_owned), tls: tls.clone(), ..RedisOptions::default() };
         let primary = RedisServer::start(opts.clone())?;
         let replica = RedisServer::start(RedisOptions { replica_of: Some(primary.port()), ..opts })?;
         let dir = tempfile::tempdir().unwrap();
+        let tls_conf = match &tls {
+            None => String::new(),
+            Some(t) => {
+                let write = |name: &str, pem: &str| {
+                    let p = dir.path().join(name);
+                    std::fs::write(&p, pem).unwrap();
+                    p.display().to_string()
+                };
+                let (c, k, ca) =
+                    (write("srv.pem", &t.cert_pem), write("srv.key", &t.key_pem), write("ca.pem", &t.ca_pem));
+                format!(
+                    "tls-cert-file {c}\ntls-key-file {k}\ntls-ca-cert-file {ca}\ntls-auth-clients no\n\
+                     tls-replication yes\n"
+                )
+            }
+        };
         let mut sentinels = Vec::new();
         for i in 0..3 {
             let port = crate::fixed_port();
             let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            let ports = if tls.is_some() { format!("port 0\ntls-port {port}\n") } else { format!("port {port}\n") };
             let mut text = format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {d}\nlogfile {d}/sentinel-{i}.log\n\
+                "{ports}{tls_conf}bind 127.0.0.1\ndaemonize no\ndir {d}\nlogfile {d}/sentinel-{i}.log\n\
                  sentinel monitor {SERVICE} 127.0.0.1 {p} 2\n\
                  sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n\
                  sentinel failover-timeout {SERVICE} 5000\nsentinel parallel-syncs {SERVICE} 1\n",
@@ -65,7 +90,13 @@ impl SentinelSet {
                 .expect("start redis-sentinel");
             sentinels.push(Sentinel { child, port });
         }
-        let set = Self { servers: vec![primary, replica], sentinels, password: password.map(str::to_owned), dir };
+        let set = Self {
+            servers: vec![primary, replica],
+            sentinels,
+            password: password.map(str::to_owned),
+            tls: tls.is_some(),
+            dir,
+        };
         set.wait_ready();
         Some(set)
     }
@@ -96,11 +127,18 @@ impl SentinelSet {
         }
     }
 
-    /// `redis+sentinel://[:password@]127.0.0.1:<s1>,127.0.0.1:<s2>,127.0.0.1:<s3>/mymaster`.
+    /// `redis+sentinel://[:password@]127.0.0.1:<s1>,127.0.0.1:<s2>,127.0.0.1:<s3>/mymaster`
+    /// (`rediss+sentinel://` with TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
         let auth = self.password.as_ref().map(|pw| format!(":{pw}@")).unwrap_or_default();
-        format!("redis+sentinel://{auth}{}/{SERVICE}", hosts.join(","))
+        let scheme = if self.tls { "rediss+sentinel" } else { "redis+sentinel" };
+        format!("{scheme}://{auth}{}/{SERVICE}", hosts.join(","))
+    }
+
+    /// The CA file clients must trust (TLS only).
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.pem"))
     }
 
     /// The port the sentinels currently name as the primary's.
@@ -132,12 +170,12 @@ impl SentinelSet {
     }
 
     fn sentinel_cli(&self, i: usize, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.sentinels[i].port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.sentinels[i].port.to_string()]);
+        if self.tls {
+            cmd.args(["--tls", "--cacert", self.dir.path().join("ca.pem").to_str().unwrap()]);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{bytes, eventually};
 
-use turnkey_e2e::redis::{RedisOptions, RedisServer};
+use turnkey_e2e::redis::{RedisOptions, RedisServer, RedisTls};
 use turnkey_e2e::sentinel::SentinelSet;
 use turnkey_fleet::{
     AdvertisedUrl, Fleet, FleetConfig, FleetMetrics, NodeId, RateVerdict, RelayBeat, Revocation, Transport,
@@ -160,4 +160,45 @@ async fn a_primary_without_a_good_replica_refuses_writes_as_an_outage() {
         async move { f.flush_usage().await.is_ok() && f.usage(PERIOD, "k1").await.is_ok_and(|t| t.bytes == bytes(5, 5)) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_over_tls_is_followed() {
+    // rediss+sentinel://: TLS to the sentinels and the primary, the servers' CA from the CA file.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey sentinel test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "redis sentinel test server");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let tls = RedisTls { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), ca_pem: ca.pem() };
+    let Some(mut set) = tokio::task::block_in_place(|| SentinelSet::start_with(Some("tls-pw"), Some(tls))) else {
+        return;
+    };
+    let url = set.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let mut c = FleetConfig::new(url.clone(), NodeId::new("tls-relay").unwrap());
+    c.ca_file = set.ca_file();
+    let f = Fleet::connect(c, FleetMetrics::unregistered()).await.unwrap();
+    assert!(f.wait_up(Duration::from_secs(5)).await, "connected over TLS through the sentinels");
+    f.revoke("1:before", 4_000_000_000).await.unwrap();
+    // Without the CA nothing is trusted.
+    let untrusted =
+        Fleet::connect(FleetConfig::new(url, NodeId::new("n").unwrap()), FleetMetrics::unregistered()).await.unwrap();
+    assert!(!untrusted.is_up());
+
+    let old = set.primary_port().unwrap();
+    let primary = set.servers.iter_mut().find(|s| s.port() == old).unwrap();
+    tokio::task::block_in_place(|| primary.kill());
+    tokio::task::block_in_place(|| set.wait_failover(old, Duration::from_secs(30)));
+    eventually(Duration::from_secs(5), "a write on the new primary over TLS", || {
+        let f = f.clone();
+        async move { f.revoke("1:after", 4_000_000_000).await.is_ok() }
+    })
+    .await;
+    let all = f.revocations().await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
 }
