@@ -3,7 +3,8 @@
 //! `--redis redis+sentinel://...`), aioice calls running. The primary is SIGKILLed and the
 //! sentinels promote the replica: the calls never stop, a revocation issued during the failover
 //! (503 until the new primary answers, then 204) ends its allocation, the usage totals in Redis
-//! equal the relays' own counters, and a key created after the failover works on both issuers.
+//! equal the relays' own counters, `turnkey fleet` lists the relays from the new primary, and a
+//! key created after the failover works on both issuers.
 
 // Test code: a missing field is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -121,6 +122,22 @@ fn a_sentinel_failover_loses_no_call_no_usage_and_no_revocation() {
     };
     let same = wait_until(Duration::from_secs(15), || relays() > 0 && redis_usage(&set, &id) == Some(relays()));
     assert!(same.is_some(), "relays counted {} bytes, the new primary holds {:?}", relays(), redis_usage(&set, &id));
+
+    // `turnkey fleet --redis` (TURNKEY_REDIS here) reads the relay table from the new primary.
+    let listed = wait_until(Duration::from_secs(10), || {
+        let out = std::process::Command::new(turnkey_e2e::bin())
+            .args(["fleet", "--json"])
+            .env("TURNKEY_REDIS", &url)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let nodes: Vec<&str> = v["relays"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["node_id"].as_str()).collect())
+            .unwrap_or_default();
+        nodes.contains(&"r1") && nodes.contains(&"r2")
+    });
+    assert!(listed.is_some(), "turnkey fleet lists both relays from the new primary");
 
     // A key created after the failover works on both issuers.
     let (id2, token2) = create_key(&url, &[]);
