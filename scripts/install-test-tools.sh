@@ -2,7 +2,7 @@
 # Installs the real peers the test suite drives, when missing:
 #   coturn (turnutils_uclient, turnserver), prometheus (prometheus, promtool), chromium (the
 #   self-test page's browser test), redis-server (fleet mode's shared state; redis-server,
-#   redis-cli), iproute2 and ethtool (the veth namespace tests) from Debian, aioice and
+#   redis-cli; redis-sentinel for the failover tests), iproute2 and ethtool (the veth namespace tests) from Debian, aioice and
 #   schemathesis (the OpenAPI fuzzer) from PyPI, cargo-fuzz (the fuzz targets in fuzz/) from
 #   crates.io, prlimit (util-linux, the HTTP flood test); golang-go and golang-github-pion-turn.v2-dev
 #   (pion/turn's client), firefox-esr and libnss3-tools (Firefox's browser tests); for the operator
@@ -19,11 +19,15 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need_apt+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 { command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; } || need_apt+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)
 # The veth tests switch GRO on with ethtool; `ip` (iproute2) makes the namespaces.
 command -v ethtool >/dev/null 2>&1 || need_apt+=(ethtool)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)  # the docs' command blocks (tests/tests/docs.rs)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+# The 2-minute soak (tests/tests/soak.rs runs scripts/soak.sh): certificates and the issuer API.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 { command -v c++ >/dev/null 2>&1; } || need_apt+=(g++)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)
@@ -53,6 +57,7 @@ if command -v systemctl >/dev/null 2>&1; then
   as_root systemctl stop coturn >/dev/null 2>&1 || true
   as_root systemctl stop prometheus >/dev/null 2>&1 || true
   as_root systemctl stop redis-server >/dev/null 2>&1 || true
+  as_root systemctl stop redis-sentinel >/dev/null 2>&1 || true
 fi
 
 if ! python3 -c 'import aioice' >/dev/null 2>&1; then
@@ -88,11 +93,14 @@ command -v promtool >/dev/null 2>&1 || missing+=(promtool)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-cli)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
 command -v ip >/dev/null 2>&1 || missing+=(ip)
 python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 command -v prlimit >/dev/null 2>&1 || missing+=(prlimit)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 cargo fuzz --version >/dev/null 2>&1 || missing+=(cargo-fuzz)
 [ -f /usr/share/gocode/src/github.com/pion/turn/v2/client.go ] || missing+=(golang-github-pion-turn.v2-dev)
 for t in go firefox-esr certutil; do

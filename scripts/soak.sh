@@ -130,7 +130,9 @@ issue() {
     code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" \
       "http://$HTTP/v1/turn/keys/$KEY/credentials/$user/revoke")
     [[ $code == 204 ]] || echo "revocation $n: HTTP $code" >>"$OUT/failures"
+    echo "$(date +%s.%N) revoked $n" >>"$OUT/events"
     sleep 1
+    echo "$(date +%s.%N) revoked-retry-over-tcp $n" >>"$OUT/events"
     "$TURNKEY_BIN" load --server "$TCP" --transport tcp --user "$user" --password "$pass" \
       --scenario allocations --count 1 --quiet --json "$OUT/revoked-retry.json" >/dev/null 2>&1 || true
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(r["allocations"]["succeeded"] != 0 or "401" not in r["errors"])' \
@@ -156,6 +158,7 @@ fingerprint() {
     leaf
     want=$(openssl x509 -in "$TLSDIR/cert.pem" -noout -fingerprint -sha256)
     kill -HUP "$SERVER"
+    echo "$(date +%s.%N) reload $n" >>"$OUT/events"
     sleep 1
     got=$(fingerprint)
     [[ $got == "$want" ]] || echo "reload $n: served $got, want $want" >>"$OUT/failures"
@@ -167,17 +170,22 @@ fingerprint() {
 pids+=($!)
 
 # Samples: one line per second.
-echo "t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets" >"$OUT/samples.csv"
+# Drops by the relay's reason, TCP/TLS connections closed by the write timeout, the longest shard
+# stall so far (turnkey_relay_shard_stall_max_seconds) and the Unix time (to line up with
+# <out>/events: each revocation, the TCP retry with the revoked credential, each reload).
+echo "t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets,dropped_queue_full,dropped_other,write_timeouts,stall_max_ms,unix" >"$OUT/samples.csv"
 start=$SECONDS
 while (( SECONDS - start < DURATION )) && kill -0 "$SERVER" 2>/dev/null; do
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER/status")
   fds=$(ls "/proc/$SERVER/fd" | wc -l)
-  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" '
+  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" -v unix="$(date +%s.%N)" '
     /^turnkey_relay_allocations[ {]/ { a += $NF }
     /^turnkey_relay_connections[ {]/ { c += $NF }
     /^turnkey_relay_relayed_packets_total[ {]/ { p += $NF }
-    /^turnkey_relay_dropped_packets_total[ {]/ { d += $NF }
-    END { printf "%d,%d,%d,%d,%d,%d,%d\n", t, rss, fds, a, c, p, d }' >>"$OUT/samples.csv"
+    /^turnkey_relay_dropped_packets_total[ {]/ { d += $NF; if ($0 ~ /reason="queue_full"/) q += $NF }
+    /^turnkey_relay_connections_closed_total[ {].*reason="write_timeout"/ { w += $NF }
+    /^turnkey_relay_shard_stall_max_seconds[ {]/ { if ($NF * 1000 > s) s = $NF * 1000 }
+    END { printf "%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%s\n", t, rss, fds, a, c, p, d, q, d - q, w, s, unix }' >>"$OUT/samples.csv"
   sleep 1
 done
 
@@ -206,6 +214,13 @@ for key, bound in (("rss_kib", rss_bound), ("fds", fd_bound)):
     if b - a > bound:
         problems.append(f"{key} grew by {b - a:.0f} (bound {bound})")
 print(f"rss_kib: max {max(int(r['rss_kib']) for r in rows)}; fds: max {max(int(r['fds']) for r in rows)}")
+end = rows[-1]
+print(f"relay drops: queue_full {end['dropped_queue_full']}, other {end['dropped_other']}; "
+      f"write timeouts {end['write_timeouts']}; longest shard stall {end['stall_max_ms']} ms")
+for a, b in zip(rows, rows[1:]):
+    if int(b["dropped_packets"]) > int(a["dropped_packets"]):
+        print(f"drops at t={b['t']} (unix {b['unix']}): +{int(b['dropped_packets']) - int(a['dropped_packets'])}"
+              f" (queue_full +{int(b['dropped_queue_full']) - int(a['dropped_queue_full'])})")
 for t in ("udp", "tcp", "tls"):
     try:
         tr = json.load(open(f"{out}/load-{t}.json"))["traffic"]

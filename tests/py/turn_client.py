@@ -7,7 +7,8 @@ Prints one JSON object on stdout. Modes:
            the echoes that come back through the relay
   authfail expect the allocation to be refused; report the STUN error code (and the
            ALTERNATE-SERVER of a 300 Try Alternate)
-  revoke   like relay, then POST the revoke URL, wait, and check that the live allocation
+  revoke   like relay, then POST the revoke URL (after --revoke-after seconds; a 503 is
+           retried for --revoke-retry seconds), wait, and check that the live allocation
            stopped relaying and that a new allocation is refused
   abandon  allocate, print the relayed address, wait --hold seconds, then exit without
            deallocating or closing anything (the OS closes the connection)
@@ -19,6 +20,7 @@ import os
 import ssl
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import aioice.stun
@@ -76,14 +78,17 @@ async def allocate(args):
     )
 
 
-async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0):
+async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0, interval=0.0):
     """Ping-pong: sends each message and waits up to `timeout` seconds for its own echo (late
-    echoes of earlier messages are skipped), so a slow, loaded machine delays but never fails.
-    Returns (echoes received, their payload bytes, indexes of the messages never echoed)."""
+    echoes of earlier messages are skipped), so a slow, loaded machine delays but never fails;
+    `interval` seconds between messages make a call that lasts. Returns (echoes received, their
+    payload bytes, indexes of the messages never echoed)."""
     received = 0
     payload_bytes = 0
     missing = []
     for i in range(count):
+        if i and interval:
+            await asyncio.sleep(interval)
         msg = (f"{i:08d}".encode() * (size // 8 + 1))[:size]
         transport.sendto(msg, echo_addr)
         deadline = time.monotonic() + timeout
@@ -119,6 +124,9 @@ async def main():
     p.add_argument("--token")
     p.add_argument("--hold", type=float, default=2.0)
     p.add_argument("--revoke-wait", type=float, default=1.5, help="seconds between the revoke and the checks")
+    p.add_argument("--revoke-after", type=float, default=0.0, help="seconds between the relaying and the revoke")
+    p.add_argument("--revoke-retry", type=float, default=0.0, help="seconds a 503 answer to the revoke is retried")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between messages (relay mode)")
     p.add_argument("--echo-host", default="127.0.0.1", help="address the echo peer binds (relay mode)")
     p.add_argument("--echo-port", type=int, default=0, help="port the echo peer binds (0: any)")
     args = p.parse_args()
@@ -153,7 +161,9 @@ async def main():
     echo_addr = echo_transport.get_extra_info("sockname")
     transport, protocol = await allocate(args)
     relayed = transport.get_extra_info("sockname")
-    received, payload_bytes, missing = await exchange(transport, protocol, echo_addr, args.count, args.size)
+    received, payload_bytes, missing = await exchange(
+        transport, protocol, echo_addr, args.count, args.size, interval=args.interval
+    )
     result = {
         "relayed": f"{relayed[0]}:{relayed[1]}",
         "sent": args.count,
@@ -165,9 +175,20 @@ async def main():
         "task_errors": task_errors,
     }
     if args.mode == "revoke":
+        await asyncio.sleep(args.revoke_after)
         req = urllib.request.Request(args.revoke_url, method="POST", headers={"Authorization": f"Bearer {args.token}"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            result["revoke_status"] = r.status
+        retry_until = time.monotonic() + args.revoke_retry
+        result["revoke_503s"] = 0
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    result["revoke_status"] = r.status
+                break
+            except urllib.error.HTTPError as e:
+                if e.code != 503 or time.monotonic() >= retry_until:
+                    raise
+                result["revoke_503s"] += 1
+                await asyncio.sleep(0.05)
         await asyncio.sleep(args.revoke_wait)
         before = echo.received
         after, _, _ = await exchange(transport, protocol, echo_addr, 5, args.size, timeout=0.3)

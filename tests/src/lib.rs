@@ -15,6 +15,7 @@ pub mod netns;
 pub mod ops;
 pub mod pion;
 pub mod redis;
+pub mod sentinel;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};

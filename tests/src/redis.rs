@@ -14,6 +14,9 @@ pub struct RedisOptions {
     pub appendonly: bool,
     /// TLS only (`rediss://`): PEM server certificate, key and CA, written to the temp dir.
     pub tls: Option<RedisTls>,
+    /// Starts as a replica of the server on this loopback port (`replicaof`, `masterauth` with
+    /// the same password): the Sentinel tests' replica.
+    pub replica_of: Option<u16>,
 }
 
 /// PEM texts for a TLS server.
@@ -50,6 +53,12 @@ impl RedisServer {
         args.extend(["--logfile".into(), dir.path().join("redis.log").to_str().unwrap().to_owned()]);
         if let Some(pw) = &opts.password {
             args.extend(["--requirepass".into(), pw.clone()]);
+            if opts.replica_of.is_some() {
+                args.extend(["--masterauth".into(), pw.clone()]);
+            }
+        }
+        if let Some(primary) = opts.replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]);
         }
         if opts.appendonly {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
@@ -66,6 +75,9 @@ impl RedisServer {
                 args.extend(["--port".into(), "0".into(), "--tls-port".into(), port.to_string()]);
                 args.extend(["--tls-cert-file".into(), c, "--tls-key-file".into(), k, "--tls-ca-cert-file".into(), ca]);
                 args.extend(["--tls-auth-clients".into(), "no".into()]);
+                if opts.replica_of.is_some() {
+                    args.extend(["--tls-replication".into(), "yes".into()]);
+                }
             }
             None => args.extend(["--port".into(), port.to_string()]),
         }
@@ -120,6 +132,13 @@ impl RedisServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running server.
+    pub fn signal(&self, signal: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([&format!("-{signal}"), &c.id().to_string()]).status();
         }
     }
 

@@ -15,6 +15,7 @@ use crate::config::redact_url;
 use crate::names::Names;
 use crate::quota::QuotaMirror;
 use crate::registry::RelaySnapshot;
+use crate::target::RedisTarget;
 use crate::usage::UsageBuffer;
 use crate::{FleetConfig, FleetError, FleetMetrics};
 
@@ -41,8 +42,10 @@ pub(crate) struct Inner {
     pub(crate) metrics: FleetMetrics,
     /// Random per process: usage sequence numbers are scoped by it.
     pub(crate) incarnation: String,
-    client: redis::Client,
-    conn: RwLock<Option<ConnectionManager>>,
+    target: RedisTarget,
+    /// The primary's connection, its client (pub/sub connections) and its address (under
+    /// Sentinel: the address the sentinels reported, compared at every health check).
+    conn: RwLock<Option<Primary>>,
     up: AtomicBool,
     ever_up: AtomicBool,
     /// Bumped every time Redis becomes reachable (subscribers resubscribe and replay).
@@ -58,6 +61,13 @@ pub(crate) struct Inner {
     /// next PING reconnects, so one failed call costs one reconnect, not a health interval).
     recheck: Arc<Notify>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Clone)]
+struct Primary {
+    conn: ConnectionManager,
+    client: redis::Client,
+    addr: String,
 }
 
 impl Drop for Inner {
@@ -76,7 +86,7 @@ impl Fleet {
     /// (calls fail fast with [`FleetError::Unavailable`]) and connects when Redis appears.
     pub async fn connect(cfg: FleetConfig, metrics: FleetMetrics) -> Result<Fleet, FleetError> {
         cfg.validate()?;
-        let client = build_client(&cfg)?;
+        let target = RedisTarget::new(&cfg.url, cfg.ca_file.as_deref())?;
         let mut inc = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut inc);
         let incarnation = inc.iter().map(|b| format!("{b:02x}")).collect::<String>();
@@ -86,7 +96,7 @@ impl Fleet {
             names: Names::new(&cfg.prefix),
             metrics,
             incarnation,
-            client,
+            target,
             conn: RwLock::new(None),
             up: AtomicBool::new(false),
             ever_up: AtomicBool::new(false),
@@ -144,29 +154,14 @@ impl Fleet {
     }
 }
 
-fn build_client(cfg: &FleetConfig) -> Result<redis::Client, FleetError> {
-    if cfg.url.starts_with("rediss://") {
-        // rustls needs a process-wide crypto provider; turnkey uses ring everywhere. Already
-        // installed (by this or another component) is fine.
-        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    }
-    let bad = |e: RedisError| FleetError::Config(vec![format!("redis url {:?}: {e}", redact_url(&cfg.url))]);
-    match &cfg.ca_file {
-        None => redis::Client::open(cfg.url.as_str()).map_err(bad),
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| FleetError::CaFile { path: path.clone(), source })?;
-            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-            redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(bad)
-        }
-    }
-}
-
 /// Whether a client error means "Redis is not there" rather than "Redis said no".
 fn is_outage(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
+        // `min-replicas-to-write`: the primary has no replica good enough to take a write.
+        || e.code() == Some("NOREPLICAS")
         || matches!(
             e.kind(),
             ErrorKind::BusyLoadingError
@@ -181,7 +176,13 @@ fn is_outage(e: &RedisError) -> bool {
 async fn health_loop(weak: Weak<Inner>, recheck: Arc<Notify>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        let interval = inner.cfg.health_interval;
+        // Under Sentinel a lost primary is looked for 4 times as often: the sentinels' answer
+        // changes the moment they promote a replica, and every subscription waits for it.
+        let interval = if inner.target.is_sentinel() && !inner.is_up_now() {
+            inner.cfg.health_interval / 4
+        } else {
+            inner.cfg.health_interval
+        };
         inner.check_health().await;
         drop(inner);
         tokio::select! {
@@ -214,7 +215,8 @@ impl Inner {
 
     /// A dedicated pub/sub connection (not bounded here; the caller bounds it).
     pub(crate) async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
-        self.client.get_async_pubsub().await
+        let client = self.current().map(|p| p.client).ok_or((ErrorKind::IoError, "no primary yet"))?;
+        client.get_async_pubsub().await
     }
 
     /// Spawns a subscriber that runs `once` (one subscription, until it ends) over and over: at
@@ -266,41 +268,86 @@ impl Inner {
         }
     }
 
-    fn current_conn(&self) -> Option<ConnectionManager> {
+    fn current(&self) -> Option<Primary> {
         self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Creates the connection if there is none, then PINGs; flips the up state accordingly.
+    fn current_conn(&self) -> Option<ConnectionManager> {
+        self.current().map(|p| p.conn)
+    }
+
+    /// Finds the primary (under Sentinel: asks the sentinels), connects to it if it is new or
+    /// there is no connection yet, then checks it answers as a primary; flips the up state
+    /// accordingly. A primary that moved bumps the reconnect epoch even if the old one still
+    /// answered (subscribers resubscribe, unconfirmed usage is sent again).
     async fn check_health(&self) {
-        let conn = match self.current_conn() {
-            Some(c) => c,
-            None => {
-                let mcfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.cfg.op_timeout)
-                    .set_response_timeout(self.cfg.op_timeout)
-                    .set_number_of_retries(1)
-                    .set_max_delay(1000);
-                let made = tokio::time::timeout(
-                    self.cfg.op_timeout * 2,
-                    ConnectionManager::new_with_config(self.client.clone(), mcfg),
-                )
-                .await;
-                match made {
-                    Ok(Ok(c)) => {
-                        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
-                        c
-                    }
-                    Ok(Err(e)) => return self.mark_down("connect", &e.to_string()),
-                    Err(_) => return self.mark_down("connect", "timed out"),
-                }
+        let current = self.current();
+        let resolved = match self.target.resolve(self.cfg.op_timeout).await {
+            Ok(r) => Some(r),
+            // No sentinel answered: keep using the primary we know, if any.
+            Err(e) if current.is_none() => return self.mark_down("find the primary", &e.to_string()),
+            Err(e) => {
+                tracing::debug!(error = %e, "fleet: no sentinel answered; keeping the known primary");
+                None
             }
         };
-        let mut c = conn;
-        let ping = tokio::time::timeout(self.cfg.op_timeout, redis::cmd("PING").query_async::<String>(&mut c)).await;
-        match ping {
-            Ok(Ok(_)) => self.mark_up(),
+        let (primary, moved) = match (current, resolved) {
+            (Some(cur), None) => (cur, false),
+            (Some(cur), Some(r)) if cur.addr == r.addr => (cur, false),
+            (cur, Some(r)) => match self.connect_primary(r.client, r.addr).await {
+                Ok(p) => {
+                    let moved = cur.is_some();
+                    if let Some(old) = cur {
+                        tracing::warn!(from = %redact_url(&old.addr), to = %redact_url(&p.addr), "fleet: the redis primary moved; reconnected to the new one");
+                    }
+                    *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(p.clone());
+                    (p, moved)
+                }
+                Err(e) => return self.mark_down("connect", &e),
+            },
+            (None, None) => return self.mark_down("connect", "no primary"),
+        };
+        let mut c = primary.conn;
+        let check = async {
+            if self.target.is_sentinel() {
+                // A demoted primary still answers PING; ROLE tells.
+                let role: redis::Value = redis::cmd("ROLE").query_async(&mut c).await?;
+                match role {
+                    redis::Value::Array(v) if matches!(v.first(), Some(redis::Value::BulkString(b)) if b == b"master") => {
+                        Ok(())
+                    }
+                    _ => Err(RedisError::from((ErrorKind::ReadOnly, "not the primary (any more)"))),
+                }
+            } else {
+                redis::cmd("PING").query_async::<String>(&mut c).await.map(drop)
+            }
+        };
+        match tokio::time::timeout(self.cfg.op_timeout, check).await {
+            Ok(Ok(())) => {
+                if moved {
+                    // Reconnected somewhere else: everyone re-reads as after an outage.
+                    self.up.store(false, Ordering::Release);
+                }
+                self.mark_up()
+            }
             Ok(Err(e)) => self.mark_down("ping", &e.to_string()),
             Err(_) => self.mark_down("ping", "timed out"),
+        }
+    }
+
+    async fn connect_primary(&self, client: redis::Client, addr: String) -> Result<Primary, String> {
+        let mcfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.cfg.op_timeout)
+            .set_response_timeout(self.cfg.op_timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1000);
+        let made =
+            tokio::time::timeout(self.cfg.op_timeout * 2, ConnectionManager::new_with_config(client.clone(), mcfg))
+                .await;
+        match made {
+            Ok(Ok(conn)) => Ok(Primary { conn, client, addr }),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
         }
     }
 

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::names::{NodeId, Region, DEFAULT_PREFIX};
+use crate::target::{is_sentinel_url, SentinelUrl};
 use crate::FleetError;
 
 /// The fleet settings of one process (a relay, an issuer, or both).
 #[derive(Clone)]
 pub struct FleetConfig {
-    /// `redis://[:password@]host[:port][/db]` or `rediss://...` (TLS). Never logged: its
-    /// `Debug` hides the password.
+    /// `redis://[:password@]host[:port][/db]` or `rediss://...` (TLS), or a Sentinel-monitored
+    /// primary: `redis+sentinel://[:password@]host1:26379,host2:26379/mymaster[/db]`
+    /// (`rediss+sentinel://` for TLS). Never logged: its `Debug` hides the password.
     pub url: String,
     /// Every key and channel starts with this (default `turnkey:`).
     pub prefix: String,
@@ -21,7 +23,7 @@ pub struct FleetConfig {
     /// This process's region, if any.
     pub region: Option<Region>,
     /// PEM file with the CA certificate(s) that sign the Redis server's certificate for
-    /// `rediss://` (default: the system's trust store).
+    /// `rediss://` or `rediss+sentinel://` (default: the system's trust store).
     pub ca_file: Option<PathBuf>,
     /// Heartbeat interval (default 2 s); a relay is stale after 3 missed beats.
     pub beat_interval: Duration,
@@ -85,13 +87,21 @@ impl FleetConfig {
     pub fn validate(&self) -> Result<(), FleetError> {
         let mut errs = Vec::new();
         let scheme_ok = self.url.starts_with("redis://") || self.url.starts_with("rediss://");
-        if !scheme_ok {
-            errs.push(format!("redis url {:?} must start with redis:// or rediss://", redact_url(&self.url)));
+        if is_sentinel_url(&self.url) {
+            if let Err(e) = SentinelUrl::parse(&self.url) {
+                errs.push(format!("redis url {:?}: {e}", redact_url(&self.url)));
+            }
+        } else if !scheme_ok {
+            errs.push(format!(
+                "redis url {:?} must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://",
+                redact_url(&self.url)
+            ));
         } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.url.as_str()) {
             errs.push(format!("redis url {:?} does not parse: {e}", redact_url(&self.url)));
         }
-        if self.ca_file.is_some() && !self.url.starts_with("rediss://") {
-            errs.push("a redis CA file needs a rediss:// url".to_owned());
+        let tls = self.url.starts_with("rediss://") || self.url.starts_with("rediss+sentinel://");
+        if self.ca_file.is_some() && !tls {
+            errs.push("a redis CA file needs a rediss:// or rediss+sentinel:// url".to_owned());
         }
         let prefix_ok = !self.prefix.is_empty()
             && self.prefix.len() <= 64
@@ -135,6 +145,10 @@ mod tests {
         cfg("redis://127.0.0.1:6379").validate().unwrap();
         cfg("redis://:secret@127.0.0.1:6379/2").validate().unwrap();
         cfg("rediss://user:secret@redis.example:6380").validate().unwrap();
+        cfg("redis+sentinel://host1:26379,host2:26379/mymaster").validate().unwrap();
+        cfg("rediss+sentinel://:secret@host1,[::1]:26380/mymaster/2").validate().unwrap();
+        let bad = cfg("redis+sentinel://:secret@host1:26379").validate().unwrap_err().to_string();
+        assert!(bad.contains("primary") && !bad.contains("secret"), "{bad}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod quota;
 mod ratelimit;
 mod registry;
 mod revocation;
+mod target;
 mod tenants;
 mod usage;
 
@@ -51,5 +52,6 @@ pub use names::{NodeId, Region, DEFAULT_PREFIX};
 pub use ratelimit::RateVerdict;
 pub use registry::{AdvertisedUrl, RelayBeat, RelaySnapshot, RelayStatus, Transport};
 pub use revocation::{Revocation, RevocationSubscription};
+pub use target::{is_sentinel_url, RedisTarget, SentinelUrl, SENTINEL_PORT};
 pub use tenants::{KeyRecord, KeysSnapshot};
 pub use usage::{UsageBatch, UsageBytes, UsageEntry, UsageTotals};

@@ -20,13 +20,16 @@ pub(crate) struct QuotaMirror {
     counts: HashMap<String, u64>,
     /// Redis may not hold `counts` (a call failed, or this process has not published yet).
     dirty: bool,
+    /// The reconnect epoch `counts` were last published in: after a reconnect (a failover's new
+    /// primary may lack reserves the old one acknowledged) they are published again.
+    synced_epoch: u64,
 }
 
 impl Default for QuotaMirror {
     fn default() -> Self {
         // A new process publishes its (empty) part at its first beat, replacing whatever a
         // previous process with the same node id left behind.
-        Self { counts: HashMap::new(), dirty: true }
+        Self { counts: HashMap::new(), dirty: true, synced_epoch: 0 }
     }
 }
 
@@ -226,7 +229,8 @@ impl Fleet {
     pub(crate) async fn sync_quota_if_needed(&self, record_was_missing: bool) -> Result<(), FleetError> {
         let i = &self.inner;
         let mut mirror = i.quota.lock().await;
-        if !record_was_missing && !mirror.dirty {
+        let epoch = *i.epoch.borrow();
+        if !record_was_missing && !mirror.dirty && mirror.synced_epoch == epoch {
             return Ok(());
         }
         let keys = (i.names.quota(), i.names.alloc(&i.cfg.node_id));
@@ -245,6 +249,7 @@ impl Fleet {
         match r {
             Ok(_) => {
                 mirror.dirty = false;
+                mirror.synced_epoch = epoch;
                 Ok(())
             }
             Err(e) => {

@@ -3,13 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{bytes, eventually};
 
 use turnkey_e2e::redis::{RedisOptions, RedisServer, RedisTls};
 use turnkey_fleet::handout;
 use turnkey_fleet::{
     AdvertisedUrl, Change, Fleet, FleetConfig, FleetError, FleetMetrics, KeyRecord, NodeId, RateVerdict, Region,
-    RelayBeat, RelayChange, RelayChangeEvent, Revocation, Transport, UsageBytes,
+    RelayBeat, RelayChange, RelayChangeEvent, Revocation, Transport,
 };
 
 const BEAT: Duration = Duration::from_millis(200);
@@ -49,24 +53,6 @@ fn beat(region: Option<&str>, allocations: u64, draining: bool) -> RelayBeat {
 
 fn names(f: &turnkey_fleet::RelaySnapshot) -> Vec<String> {
     f.relays.iter().map(|r| r.node_id.to_string()).collect()
-}
-
-fn bytes(c: u64, p: u64) -> UsageBytes {
-    UsageBytes { client_to_peer: c, peer_to_client: p }
-}
-
-/// Polls `f` every 20 ms until it returns true or `within` passes; returns the time it took.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,8 +474,10 @@ async fn redis_restart_midway_converges() {
     assert_eq!(r1.local_allocations("1:u").await, 2);
     assert_eq!(issuer.fleet_allocations("1:u").await.unwrap(), 3);
     // The first batch was acknowledged before the restart and lost with Redis's memory (this
-    // Redis keeps no append-only file); what was buffered during the outage arrives exactly once.
-    assert_eq!(issuer.usage(5, "k").await.unwrap().bytes, bytes(3, 3));
+    // Redis keeps no append-only file): no replica ever confirmed it, so r1 sent it again after
+    // the reconnect; what was buffered during the outage arrives too, each exactly once.
+    assert_eq!(r1.unconfirmed_usage_batches(), vec![1, 2], "no replica: nothing is ever confirmed");
+    assert_eq!(issuer.usage(5, "k").await.unwrap().bytes, bytes(13, 13));
     assert_eq!(r1.flush_usage().await.unwrap(), 0);
 }
 

@@ -41,6 +41,8 @@ pub struct RelayMetrics {
     /// UDP batching: sends that carried a GSO train, the datagrams in them, GSO trains the
     /// kernel refused (resent one by one), datagrams received coalesced by GRO.
     pub udp: UdpBatchMetrics,
+    /// How long each shard's loop holds its own work up (`turnkey_relay_shard_stall_*`).
+    pub shard_loop: crate::loopclock::LoopMetrics,
 }
 
 /// How much the UDP data path batched (see `crate::batch`).
@@ -104,6 +106,7 @@ impl RelayMetrics {
                 &["transport", "reason"],
             )?,
             shards: IntGauge::new("turnkey_relay_shards", "Data-path shards (one per core).")?,
+            shard_loop: crate::loopclock::LoopMetrics::new(registry)?,
             udp: UdpBatchMetrics {
                 gso_sends: IntCounter::new(
                     "turnkey_relay_udp_gso_sends_total",

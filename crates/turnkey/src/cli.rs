@@ -67,13 +67,15 @@ pub struct KeysArgs {
 /// Reaching the fleet's Redis from a one-shot command (`turnkey keys`, `turnkey fleet`).
 #[derive(Debug, Args, Clone)]
 pub struct RedisArgs {
-    /// Fleet mode: the fleet's Redis URL (`redis://` or `rediss://`); keys then live there.
+    /// Fleet mode: the fleet's Redis URL (`redis://`, `rediss://`, or Sentinel's
+    /// `redis+sentinel://h1:26379,h2:26379/mymaster`); keys then live there.
     #[arg(long, env = "TURNKEY_REDIS", hide_env_values = true, global = true)]
     pub redis: Option<String>,
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "TURNKEY_REDIS_PREFIX", default_value = turnkey_fleet::DEFAULT_PREFIX, global = true)]
     pub redis_prefix: String,
-    /// CA certificate(s) (PEM) of the Redis server, for `rediss://` (default: system roots).
+    /// CA certificate(s) (PEM) of the Redis server, for `rediss://` and `rediss+sentinel://`
+    /// (default: system roots).
     #[arg(long, env = "TURNKEY_REDIS_CA_FILE", global = true)]
     pub redis_ca_file: Option<PathBuf>,
 }
@@ -234,7 +236,9 @@ impl HttpLimitArgs {
 /// `[fleet]` flags: joining a fleet (fleet mode starts when `--redis` is given).
 #[derive(Debug, Args, Clone, Default, Serialize)]
 pub struct FleetArgs {
-    /// Redis URL (`redis://[:password@]host[:port][/db]` or `rediss://`): join a fleet.
+    /// Redis URL (`redis://[:password@]host[:port][/db]`, `rediss://`, or a Sentinel-monitored
+    /// primary `redis+sentinel://[:password@]h1:26379,h2:26379/mymaster`, `rediss+sentinel://`):
+    /// join a fleet.
     #[arg(long, env = "TURNKEY_REDIS", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<String>,
@@ -242,7 +246,8 @@ pub struct FleetArgs {
     #[arg(long, env = "TURNKEY_REDIS_PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_prefix: Option<String>,
-    /// CA certificate(s) (PEM) of the Redis server, for `rediss://` (default: system roots).
+    /// CA certificate(s) (PEM) of the Redis server, for `rediss://` and `rediss+sentinel://`
+    /// (default: system roots).
     #[arg(long, env = "TURNKEY_REDIS_CA_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_ca_file: Option<PathBuf>,

@@ -59,6 +59,11 @@ pub use stats::{AuthFailure, DeniedPath, Direction, DropReason, EngineStats, TRA
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, usage).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Allocations one sweep ends at most. A sweep that reaches it stops there, and the next one,
+/// due at once, goes on from that allocation (a revocation that ends thousands at once): the
+/// driver runs the shard's other work in between, so no packet waits for the whole teardown
+/// (measured: docs/benchmarks.md, "Shard stalls").
+pub const MAX_ENDED_PER_SWEEP: usize = 256;
 /// Bytes the driver must leave free before a peer's payload (room for a ChannelData header).
 pub const PEER_HEADROOM: usize = 4;
 /// Bytes the driver must leave free after a peer's payload (room for stream padding).
@@ -339,11 +344,27 @@ pub struct Engine {
     limiter: ReplyLimiter,
     next_sweep: Instant,
     seen_revocations: u64,
+    /// Where the unfinished sweep round goes on (see [`MAX_ENDED_PER_SWEEP`]); 0: a new round.
+    sweep: SweepRound,
     usage_batch: Vec<(Arc<str>, UsageDelta)>,
     seen_usage_generation: u64,
     auth_log: LogLimiter,
     garbage_log: LogLimiter,
     peer_log: LogLimiter,
+}
+
+/// One sweep round over every allocation, possibly in several steps.
+#[derive(Debug, Default)]
+struct SweepRound {
+    /// The allocation slot the next step starts at (0: the round is done, a new one starts).
+    resume_at: usize,
+    /// A revocation came since the last round: ask the revocation set for every allocation.
+    check_revoked: bool,
+    /// The usage caps changed since the last round.
+    check_usage: bool,
+    /// Live permissions and channels counted so far in this round.
+    permissions: u64,
+    channels: u64,
 }
 
 impl Engine {
@@ -370,6 +391,7 @@ impl Engine {
             limiter,
             next_sweep: now + SWEEP_INTERVAL,
             seen_revocations,
+            sweep: SweepRound::default(),
             usage_batch: Vec::new(),
             seen_usage_generation,
             auth_log: LogLimiter::new(NOISY_LOG_LINES_PER_SEC),
@@ -465,23 +487,31 @@ impl Engine {
     }
 
     /// Expires allocations, permissions and channels, ends revoked or expired credentials'
-    /// allocations, counts the live permissions and channels, and hands usage to the sink.
-    /// Cheap to call early.
+    /// allocations (at most [`MAX_ENDED_PER_SWEEP`]; the next sweep is then due at once), counts
+    /// the live permissions and channels, and hands usage to the sink. Cheap to call early.
     pub fn handle_timeout(&mut self, now: Now, ports: &mut dyn RelayPorts) {
         if now.mono < self.next_sweep {
             return;
         }
-        self.next_sweep = now.mono + SWEEP_INTERVAL;
-        let generation = self.shared.revocations.generation();
-        let check_revoked = generation != self.seen_revocations;
-        self.seen_revocations = generation;
-        let usage_generation = self.shared.usage.as_ref().map_or(0, |u| u.generation());
-        let check_usage = usage_generation != self.seen_usage_generation;
-        self.seen_usage_generation = usage_generation;
+        if self.sweep.resume_at == 0 {
+            let generation = self.shared.revocations.generation();
+            let usage_generation = self.shared.usage.as_ref().map_or(0, |u| u.generation());
+            self.sweep = SweepRound {
+                check_revoked: generation != self.seen_revocations,
+                check_usage: usage_generation != self.seen_usage_generation,
+                ..SweepRound::default()
+            };
+            self.seen_revocations = generation;
+            self.seen_usage_generation = usage_generation;
+        }
+        let (check_revoked, check_usage) = (self.sweep.check_revoked, self.sweep.check_usage);
         let unix = now.unix();
-        let (mut perms, mut chans) = (0u64, 0u64);
-        for idx in 0..self.allocs.len() {
-            let Some(a) = self.allocs[idx].as_mut() else { continue };
+        let mut ended_now = 0usize;
+        let mut idx = self.sweep.resume_at;
+        while idx < self.allocs.len() && ended_now < MAX_ENDED_PER_SWEEP {
+            let i = idx;
+            idx += 1;
+            let Some(a) = self.allocs[i].as_mut() else { continue };
             let ended = if check_revoked && self.shared.revocations.is_revoked(&a.owner().username) {
                 Some(EndReason::Revoked)
             } else if a.credential_expired(unix) {
@@ -492,7 +522,8 @@ impl Engine {
                 None
             };
             if let Some(reason) = ended {
-                self.remove(idx, ports, reason);
+                ended_now += 1;
+                self.remove(i, ports, reason);
                 continue;
             }
             if check_usage {
@@ -502,10 +533,17 @@ impl Engine {
                 self.usage_batch.push((a.owner().userid.clone(), d));
             }
             let (p, c) = a.prune(now.mono, &mut self.events);
-            perms += p as u64;
-            chans += c as u64;
+            self.sweep.permissions += p as u64;
+            self.sweep.channels += c as u64;
         }
-        self.stats.set_bindings(perms, chans);
+        if idx < self.allocs.len() {
+            self.sweep.resume_at = idx;
+            self.next_sweep = now.mono;
+        } else {
+            self.stats.set_bindings(self.sweep.permissions, self.sweep.channels);
+            self.sweep = SweepRound::default();
+            self.next_sweep = now.mono + SWEEP_INTERVAL;
+        }
         self.flush_usage();
     }
 

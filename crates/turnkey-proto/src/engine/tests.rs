@@ -457,6 +457,37 @@ fn credential_expiry_and_revocation_tear_down_allocations() {
 }
 
 #[test]
+fn a_mass_revocation_is_ended_in_bounded_sweeps() {
+    let mut h = Harness::with(|c| c.max_allocations_per_user = 10_000);
+    let n = MAX_ENDED_PER_SWEEP * 2 + 10;
+    let (u, p) = h.creds("crowd", 3600);
+    for i in 0..n {
+        let t = tuple(&format!("203.0.{}.{}:5555", 1 + i / 250, 1 + i % 250));
+        let a = Auth { user: u.clone(), pass: p.clone(), nonce: h.nonce(t) };
+        let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a))).unwrap();
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{i}");
+    }
+    let (bob, _) = {
+        let t = tuple("198.51.100.9:5555");
+        h.allocate(t, "bob")
+    };
+    assert_eq!(bob.typ.class, CLASS_SUCCESS_RESPONSE);
+    assert_eq!(h.shared.allocations() as usize, n + 1);
+    h.shared.revocations.revoke(&u, UnixTime(T0_UNIX + 10_000));
+    h.advance(1);
+    // One sweep ends at most MAX_ENDED_PER_SWEEP, and asks for the next at once...
+    assert_eq!(h.shared.allocations() as usize, n + 1 - MAX_ENDED_PER_SWEEP);
+    assert!(h.engine.poll_timeout() <= h.now.mono);
+    // ...which go on (no new revocation needed) until every revoked one is gone.
+    h.engine.handle_timeout(h.now, &mut h.ports);
+    assert_eq!(h.shared.allocations() as usize, n + 1 - 2 * MAX_ENDED_PER_SWEEP);
+    h.engine.handle_timeout(h.now, &mut h.ports);
+    assert_eq!(h.shared.allocations(), 1, "only bob's allocation is left");
+    assert!(h.engine.poll_timeout() > h.now.mono, "back to the sweep interval");
+    assert_eq!(h.ports.released.len(), n);
+}
+
+#[test]
 fn create_permission_is_atomic_and_denies_special_addresses() {
     let mut h = Harness::new();
     let t = tuple("203.0.113.5:5555");

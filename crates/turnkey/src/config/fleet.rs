@@ -11,12 +11,14 @@ use turnkey_fleet::{FleetConfig, NodeId, Region, DEFAULT_PREFIX};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FleetSettings {
-    /// `redis://[:password@]host[:port][/db]` or `rediss://...`; absent: no fleet.
+    /// `redis://[:password@]host[:port][/db]`, `rediss://...`, or
+    /// `redis+sentinel://[:password@]h1:26379,h2:26379/mymaster` (`rediss+sentinel://`); absent:
+    /// no fleet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisUrl>,
     /// Prefix of every Redis key and channel.
     pub redis_prefix: String,
-    /// PEM file with the CA certificate(s) of the Redis server (`rediss://` only).
+    /// PEM file with the CA certificate(s) of the Redis server (`rediss://`, `rediss+sentinel://`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_ca_file: Option<PathBuf>,
     /// This process's name in the fleet (default: the host name).

@@ -227,6 +227,12 @@ fn fleet_keys_reach_their_owner() {
     assert_eq!((cfg.node_id.as_str(), cfg.region.as_ref().map(|r| r.as_str())), ("relay-1", Some("eu")));
     // No URL: no fleet, whatever else is set.
     assert!(parse("[fleet]\nregion = \"eu\"\n").unwrap().fleet.config().is_none());
+    // Sentinel: the primary is asked of the sentinels named in the URL.
+    let url = "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster";
+    let s = parse(&format!("[fleet]\nredis = \"{url}\"\n")).unwrap();
+    assert_eq!(s.fleet.config().unwrap().url, url);
+    let msg = errors("[fleet]\nredis = \"redis+sentinel://:pw@10.0.0.1:26379\"\n");
+    assert!(msg.contains("primary") && !msg.contains(":pw@"), "{msg}");
 }
 
 #[test]

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Shard stalls (issue 25): the longest time a relay shard held its own work up
+# (turnkey_relay_shard_stall_seconds, a 10 ms probe per shard) while
+#   1. one revocation ends N allocations at once (default 10,000; the sweep ends at most 256 per
+#      step and lets the shard's I/O run in between), and
+#   2. the TLS certificate is reloaded 20 times (SIGHUP, 100 ms apart).
+# A quiet window first gives the noise floor. One relay (1 shard, fleet mode on a throwaway redis-server, UDP and TLS on loopback), `turnkey
+# load --scenario allocations` holding the N allocations with one TURN REST credential, the
+# revocation published to Redis as an issuer does. Prints the longest stall of each window (the
+# histogram bucket it fell in) and the maximum since start.
+#
+#   BIN=target/release/turnkey N=10000 bench/stall.sh
+#
+# Run it on an otherwise idle machine with a release build: a busy machine deschedules the
+# shard thread, which the probe counts as a stall too.
+set -euo pipefail
+BIN=${BIN:-target/release/turnkey}
+N=${N:-10000}
+D=$(mktemp -d)
+RP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+cleanup() { kill "${LPID:-}" "${TPID:-}" "${RPID:-}" 2>/dev/null || true; rm -rf "$D"; }
+trap cleanup EXIT
+redis-server --port "$RP" --bind 127.0.0.1 --save '' --daemonize no --dir "$D" >/dev/null 2>&1 &
+RPID=$!
+for _ in $(seq 50); do redis-cli -p "$RP" PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+SECRET=stall-bench-secret
+"$BIN" serve --udp 127.0.0.1:0 --tcp off --tls 127.0.0.1:0 --http off --metrics 127.0.0.1:0 \
+  --relay-ip 127.0.0.1 --shards 1 --redis "redis://127.0.0.1:$RP" --node-id stall --secret "$SECRET" \
+  --data-dir "$D/data" --allow-peer 127.0.0.1 --max-allocations-per-user "$N" >"$D/out" 2>"$D/err" &
+TPID=$!
+for _ in $(seq 100); do grep -q "turnkey listening" "$D/out" && break; sleep 0.2; done
+field() { grep "turnkey listening" "$D/out" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
+UDP=$(field udp); MET=$(field metrics)
+metrics() { curl -s "http://$MET/metrics"; }
+held() { metrics | awk '/^turnkey_relay_allocations\{/{s+=$2} END{print s+0}'; }
+CREDS=$("$BIN" creds --secret "$SECRET" --user victim --ttl 3600)
+U=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["username"])')
+P=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["credential"])')
+"$BIN" load --server "$UDP" --user "$U" --password "$P" --scenario allocations --count "$N" \
+  --concurrency 64 --hold 600 --quiet >"$D/load.json" 2>"$D/load.err" &
+LPID=$!
+PREV=x
+for _ in $(seq 600); do
+  A=$(held); [ "$A" -ge "$N" ] && break
+  [ "$PREV" = "$A" ] && [ "$A" -gt 0 ] && break; PREV=$A; sleep 2
+done
+echo "allocations held: $A"
+sleep 2
+window() { # name, command...: the longest stall while the command runs (and 1 s after)
+  local name=$1; shift
+  metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/before"
+  "$@"; sleep 1
+  metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/after"
+  python3 - "$D/before" "$D/after" "$name" <<'PY'
+import re, sys
+def read(p):
+    return {re.search(r'le="([^"]+)"', l).group(1): float(l.split()[-1]) for l in open(p)}
+b, a = read(sys.argv[1]), read(sys.argv[2])
+order = sorted(a, key=lambda x: float("inf") if x == "+Inf" else float(x))
+prev, longest, low = 0.0, None, "0"
+for le in order:
+    n = a[le] - b.get(le, 0)
+    if n > prev:
+        longest, low_seen = le, low
+    prev, low = n, le
+print(f"{sys.argv[3]}: {a['+Inf'] - b['+Inf']:.0f} probes, longest stall in ({low_seen}, {longest}] s")
+PY
+}
+revoke_all() {
+  local exp=${U%%:*} t0 t1
+  t0=$(date +%s.%N)
+  redis-cli -p "$RP" ZADD turnkey:revoked "$exp" "$U" >/dev/null
+  redis-cli -p "$RP" PUBLISH turnkey:revocations "{\"kind\":\"username\",\"username\":\"$U\",\"expiry\":$exp}" >/dev/null
+  for _ in $(seq 300); do [ "$(held)" -eq 0 ] && break; sleep 0.05; done
+  t1=$(date +%s.%N)
+  echo "revocation: $A allocations ended in $(python3 -c "print(round($t1 - $t0, 3))") s"
+}
+reloads() { for _ in $(seq 20); do kill -HUP "$TPID"; sleep 0.1; done; }
+window "quiet 2 s (the noise floor: nothing but the held allocations)" sleep 2
+window "revocation of $A allocations" revoke_all
+window "20 certificate reloads" reloads
+metrics | grep '^turnkey_relay_shard_stall_max_seconds'
