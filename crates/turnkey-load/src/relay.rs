@@ -15,12 +15,12 @@ use tokio::time::Instant;
 use crate::args::{Mode, Scenario};
 use crate::client::{Auth, TurnClient};
 use crate::flow::{self, FlowCounters, Keepalive, PacketTemplate, SendPlan, Wire, CHANNEL};
-use crate::report::{new_histogram, Percentiles, Ramp, RampStep, Report, Traffic};
+use crate::report::{new_histogram, Ramp, RampStep, Report, Traffic};
 use crate::transport::{Rx, Tx};
 use crate::{Ctx, LoadError};
 
 /// Where each flow's packets go.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     /// A second allocation of the tool, reflecting through the relay.
     Pair,
@@ -102,7 +102,7 @@ async fn setup_flows(
     report.allocations.succeeded = ok;
     report.allocations.failed = failed;
     report.allocations.attempted = ok + failed;
-    report.allocations.time_us = Percentiles::from_histogram(&alloc_times);
+    report.allocations.set_times(&alloc_times);
     Ok(flows)
 }
 
