@@ -422,3 +422,70 @@ fn a_worker_dying_during_the_run_is_reported_and_the_others_kept() {
     assert_eq!(merged["traffic"]["rtt_us"], pooled_rtt(&refs));
     assert!(text.contains("missing: worker"), "{text}");
 }
+
+/// `deploy/kubernetes/load/` renders (render.py) into a Job that passes `kubernetes-validate
+/// --strict`, runs all its workers at once as an Indexed Job (parallelism = completions =
+/// `--workers`, never retried: a restarted worker would be an extra one), in worker mode, with
+/// a run id unique to the Job.
+#[test]
+fn kubernetes_load_job_validates_and_runs_every_worker_at_once() {
+    if !require("kubernetes-validate") {
+        return;
+    }
+    let root = turnkey_e2e::root();
+    let out = run_with_timeout(
+        Command::new("python3").arg(root.join("deploy/kubernetes/render.py")).arg(root.join("deploy/kubernetes/load")),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "render.py: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("load.yaml");
+    std::fs::write(&all, &out.stdout).unwrap();
+    let v = run_with_timeout(Command::new("kubernetes-validate").arg("--strict").arg(&all), Duration::from_secs(60));
+    assert!(
+        v.status.success(),
+        "kubernetes-validate: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let to_json = "import sys, json, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let j = run_with_timeout(Command::new("python3").args(["-c", to_json]).arg(&all), Duration::from_secs(30));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(docs.len(), 1);
+    let job = &docs[0];
+    assert_eq!(job["kind"], "Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    assert_eq!(spec["backoffLimit"], 0);
+    assert_eq!(spec["parallelism"], spec["completions"], "every worker runs at once");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let after = |flag: &str| args.iter().position(|a| *a == flag).map(|i| args[i + 1]);
+    assert_eq!(args[0], "load");
+    assert_eq!(after("--workers").unwrap().parse::<u64>().unwrap(), spec["completions"].as_u64().unwrap());
+    assert!(after("--coordinate").unwrap().starts_with("redis://"));
+    assert_eq!(after("--run-id"), Some("$(RUN_ID)"));
+    assert!(args.contains(&"--merge-report"));
+    let env = c["env"].as_array().unwrap();
+    let run_id = env.iter().find(|e| e["name"] == "RUN_ID").unwrap();
+    assert_eq!(run_id["valueFrom"]["fieldRef"]["fieldPath"], "metadata.labels['batch.kubernetes.io/controller-uid']");
+    assert_eq!(job["metadata"]["labels"]["app.kubernetes.io/part-of"], "turnkey");
+    // The arguments are ones `turnkey load` accepts (values substituted, no server contacted:
+    // an unknown flag or a bad value fails the parse before any connection, with exit 2 and
+    // clap's message; a good parse fails only on the unresolvable example host).
+    let real: Vec<String> = args
+        .iter()
+        .map(|a| match *a {
+            "$(TARGET)" => "unresolvable.invalid:3478".to_string(),
+            "$(TURN_SECRET)" => "s3cret".to_string(),
+            "$(RUN_ID)" => "k8s-check".to_string(),
+            a => a.replace("redis://turnkey-redis:6379", "redis://127.0.0.1:1"),
+        })
+        .collect();
+    let out = run_with_timeout(Command::new(bin()).args(&real), Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("coordination: connecting to Redis"), "the flags parse; only Redis is missing: {err}");
+}
