@@ -419,7 +419,8 @@ fn a_worker_dying_during_the_run_is_reported_and_the_others_kept() {
     let sent: u64 = kept.iter().map(|r| u(&r["traffic"]["sent"])).sum();
     assert_eq!(u(&merged["traffic"]["sent"]), sent, "the others' results are kept");
     let refs: Vec<&serde_json::Value> = kept.iter().collect();
-    assert_eq!(merged["traffic"]["rtt_us"], pooled_rtt(&refs));
+    let kept_traffic: Vec<&serde_json::Value> = kept.iter().map(|r| &r["traffic"]).collect();
+    assert_eq!(merged["traffic"]["rtt_us"], pooled_rtt(&refs), "merged {} from {kept_traffic:?}", merged["traffic"]);
     assert!(text.contains("missing: worker"), "{text}");
 }
 

@@ -11,6 +11,7 @@
 //! | `alive:{i}` | present while worker `i` runs: set with a 5 s expiry, renewed every second |
 //! | `start` | the barrier's outcome, written once (`SET NX`): `go`, or `abort: why` |
 //! | `result:{i}` | worker `i`'s JSON report |
+//! | `progress:{i}` | worker `i`'s live counters (`sent delivered allocations-ok failed`), renewed every second: each worker's progress line shows the whole run |
 //!
 //! The barrier opens when all N have joined and every `alive:{i}` is present; whoever sees that
 //! first writes `go`. A worker that never arrives within `--barrier-timeout`, or that joined and
@@ -25,9 +26,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
+use crate::progress::Progress;
 use crate::report::Report;
 use crate::LoadError;
 
@@ -140,7 +144,15 @@ impl Worker {
     /// Joins run `run_id` of `workers` workers and waits at the start barrier (at most
     /// `barrier`). Returns once every worker is there; fails, with the reason, when the run
     /// was aborted (a worker missing or dead before the start).
-    pub async fn join(url: &str, run_id: &str, workers: u32, barrier: Duration) -> Result<Self, LoadError> {
+    /// While it runs, the worker publishes its `progress` counters every second (`progress:{i}`,
+    /// expiring with `alive`) and reads the others', so its progress line shows the whole run.
+    pub async fn join(
+        url: &str,
+        run_id: &str,
+        workers: u32,
+        barrier: Duration,
+        progress: Arc<Progress>,
+    ) -> Result<Self, LoadError> {
         let keys = RunKeys::connect(url, run_id).await?;
         keys.set_nx("workers", &workers.to_string()).await?;
         if let Some(n) = keys.workers().await? {
@@ -167,9 +179,28 @@ impl Worker {
         let heartbeat = {
             let keys = keys.clone();
             tokio::spawn(async move {
+                let mine = format!("progress:{index}");
+                let theirs: Vec<String> =
+                    (0..workers).filter(|&j| j != index).map(|j| keys.key(&format!("progress:{j}"))).collect();
                 loop {
                     tokio::time::sleep(ALIVE_EVERY).await;
                     let _ = keys.set_px(&alive, "1", ALIVE_TTL_MS).await;
+                    let local = progress.local().map(|n| n.to_string()).join(" ");
+                    let _ = keys.set_px(&mine, &local, ALIVE_TTL_MS).await;
+                    if theirs.is_empty() {
+                        continue;
+                    }
+                    let got: Result<Vec<Option<String>>, _> =
+                        redis::cmd("MGET").arg(&theirs).query_async(&mut keys.con.clone()).await;
+                    if let Ok(got) = got {
+                        let mut sum = [0u64; 4];
+                        for v in got.iter().flatten() {
+                            for (s, n) in sum.iter_mut().zip(v.split(' ')) {
+                                *s += n.parse::<u64>().unwrap_or(0);
+                            }
+                        }
+                        progress.set_others(sum);
+                    }
                 }
             })
         };

@@ -85,7 +85,7 @@ pub fn main(args: LoadArgs, prog: &str) -> std::process::ExitCode {
 /// Failures of single allocations are counted in [`Report::errors`]; an `Err` means the run
 /// could not start (bad arguments, unresolvable server, TLS setup, issuer unreachable).
 pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
-    run_as(args, None).await
+    run_as(args, None, Arc::default()).await
 }
 
 /// A coordinated worker's run: joins the run's start barrier, runs the load with user names of
@@ -97,12 +97,13 @@ pub async fn run_worker(args: LoadArgs) -> Result<Report, LoadError> {
         return Err(LoadError::Args("--coordinate needs --run-id and --workers".into()));
     };
     let barrier = Duration::from_secs_f64(args.barrier_timeout);
-    let worker = coordinate::Worker::join(&url, &run_id, workers, barrier).await?;
+    let progress = Arc::new(Progress::default());
+    let worker = coordinate::Worker::join(&url, &run_id, workers, barrier, progress.clone()).await?;
     let index = worker.index;
     let merge = args.merge_report && index == 0;
     let json = args.json.clone();
     let wait = bound.duration + Duration::from_secs_f64(args.timeout * 4.0 + args.drain_ms as f64 / 1e3 + 60.0);
-    let report = run_as(args, Some(index)).await?;
+    let report = run_as(args, Some(index), progress).await?;
     let keys = worker.publish(&report).await?;
     if !merge {
         return Ok(report);
@@ -118,7 +119,7 @@ fn write_json(report: &Report, path: Option<&std::path::Path>) -> Result<(), Loa
     std::fs::write(path, json).map_err(|source| LoadError::Io { context: format!("write {}", path.display()), source })
 }
 
-async fn run_as(args: LoadArgs, worker: Option<u32>) -> Result<Report, LoadError> {
+async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) -> Result<Report, LoadError> {
     args.bound()?;
     let issuer = match (&args.issuer, &args.key_id, &args.token_file) {
         (Some(url), Some(key_id), Some(token_file)) => {
@@ -196,7 +197,7 @@ async fn run_as(args: LoadArgs, worker: Option<u32>) -> Result<Report, LoadError
         route,
         creds: Arc::new(creds),
         servers: Arc::default(),
-        progress: Arc::default(),
+        progress,
         epoch: std::time::Instant::now(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
