@@ -490,3 +490,51 @@ fn kubernetes_load_job_validates_and_runs_every_worker_at_once() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("coordination: connecting to Redis"), "the flags parse; only Redis is missing: {err}");
 }
+
+/// `--server-metrics`: the relay's own CPU and relayed-packet counter, scraped before and after,
+/// give its CPU per relayed message beside the load figures; in a ramp, per step.
+#[test]
+fn server_metrics_report_the_relays_cpu_per_relayed_message() {
+    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1"]);
+    let (server, secret) = (tk.udp().to_string(), tk.secret());
+    let url = format!("http://{}/metrics", tk.addr("metrics"));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let args = ["--server", &server, "--secret", &secret, "--quiet", "--server-metrics", &url, "--json"];
+    let extra = ["--flows", "2", "--rate", "200", "--count", "200", "--max-loss", "0"];
+    let out =
+        finish(spawn_load(None, &[&args[..], &[json.to_str().unwrap()], &extra[..]].concat()), Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(0));
+    let r = read_json(&json);
+    let c = &r["server_cost"];
+    assert_eq!(c["relayed_from"], "server", "{r}");
+    // Pairs: each packet crosses both allocations each way (the drain outlasts the relay's
+    // 500 ms counter flush, so the second scrape sees every packet).
+    assert_eq!(u(&c["relayed_messages"]), 4 * u(&r["traffic"]["delivered"]), "{r}");
+    // (turnkey's process_cpu_seconds_total counts whole seconds: a 1 s run may show 0 or 1.)
+    let cpu = c["cpu_seconds"].as_f64().unwrap();
+    assert!((0.0..=2.0).contains(&cpu), "{r}");
+    let per = c["cpu_us_per_message"].as_f64().unwrap();
+    assert!((per - cpu * 1e6 / 1600.0).abs() < 1e-6, "{r}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("messages relayed (counted by the server)"));
+    // A ramp reports the server's CPU per step.
+    let ramp = ["--scenario", "ramp", "--flows", "2", "--rate", "100", "--ramp-steps", "2", "--duration", "1"];
+    let out =
+        finish(spawn_load(None, &[&args[..], &[json.to_str().unwrap()], &ramp[..]].concat()), Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(0));
+    let r = read_json(&json);
+    let steps = r["ramp"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{r}");
+    assert!(steps.iter().all(|s| s["server_cost"]["relayed_messages"].as_u64().unwrap() > 0), "{r}");
+    // An endpoint without process_cpu_seconds_total is refused at the start.
+    let bad = format!("http://{}/healthz", tk.addr("http"));
+    let out = finish(
+        spawn_load(
+            None,
+            &["--server", &server, "--secret", &secret, "--quiet", "--count", "5", "--server-metrics", &bad],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server metrics"));
+}

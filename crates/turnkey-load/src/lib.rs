@@ -215,11 +215,15 @@ async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) ->
     }
     report.issuer = issuer.map(|i| i.report());
     if let Some((client, url, before, t0)) = metrics {
+        let window = t0.elapsed();
+        // The server's counters may lag its last packets (turnkey flushes its data-path counts
+        // every 500 ms): scrape again after a settling second.
+        tokio::time::sleep(servercost::SETTLE).await;
         let after = servercost::scrape(&client, &url).await?;
         let t = &report.traffic;
         let per_trip = if peer == PeerKind::Pair { 2 } else { 1 };
         let load_messages = (t.sent + t.delivered) * per_trip;
-        report.server_cost = Some(servercost::ServerCost::between(&url, before, after, t0.elapsed(), load_messages));
+        report.server_cost = Some(servercost::ServerCost::between(&url, before, after, window, load_messages));
     }
     report.judge(ctx.args.max_loss, ctx.args.max_p99);
     write_json(&report, ctx.args.json.as_deref())?;

@@ -213,7 +213,12 @@ fn merge_ramp(reports: &[Report], payload: usize, out: &mut Report) -> Result<Op
             out.traffic = traffic.clone();
             out.rate_per_flow_pps = Some(rate);
         }
-        ramp.steps.push(RampStep { rate_per_flow_pps: rate, traffic });
+        // The widest scrape of the step stands for it (see `server_cost` in `merge`).
+        let server_cost = ramps
+            .iter()
+            .filter_map(|r| r.steps[i].server_cost.clone())
+            .max_by(|a, b| a.window_secs.total_cmp(&b.window_secs));
+        ramp.steps.push(RampStep { rate_per_flow_pps: rate, traffic, server_cost });
         if lossy {
             ramp.first_lossy_step = Some(i);
             break;

@@ -279,6 +279,9 @@ pub struct RampStep {
     pub rate_per_flow_pps: f64,
     /// The step's figures.
     pub traffic: Traffic,
+    /// The target's CPU during the step (`--server-metrics`; `null` without): where a ramp
+    /// ends on the server's core, its last steps show `cpu_pct` near 100.
+    pub server_cost: Option<crate::servercost::ServerCost>,
 }
 
 /// The thresholds and whether they were met.
@@ -486,9 +489,12 @@ impl fmt::Display for Report {
         if let Some(ramp) = &self.ramp {
             writeln!(f, "  ramp (threshold {}% loss):", ramp.threshold_pct)?;
             for (i, s) in ramp.steps.iter().enumerate() {
+                let cpu = s.server_cost.as_ref().map_or(String::new(), |c| {
+                    format!(", server CPU {:.1}% ({:.3} us/message)", c.cpu_pct, c.cpu_us_per_message)
+                });
                 writeln!(
                     f,
-                    "    step {i}: {} pkt/s per flow, offered {}pkt/s, delivered {}pkt/s, loss {:.3}%, p99 {:.3} ms{}",
+                    "    step {i}: {} pkt/s per flow, offered {}pkt/s, delivered {}pkt/s, loss {:.3}%, p99 {:.3} ms{cpu}{}",
                     s.rate_per_flow_pps,
                     rate(s.traffic.offered_pps),
                     rate(s.traffic.delivered_pps),

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::LoadError;
 
+/// How long after the run the second scrape waits, so the server's counters include its last
+/// packets (turnkey flushes its data-path counters every 500 ms).
+pub const SETTLE: Duration = Duration::from_secs(1);
+
 /// The counter turnkey counts relayed packets in (both directions, every transport).
 pub const RELAYED_COUNTER: &str = "turnkey_relay_relayed_packets_total";
 /// The standard process CPU counter.
@@ -43,7 +47,10 @@ pub struct ServerCost {
     pub cpu_us_per_message: f64,
     /// Average server CPU use over the scrapes' window, percent of one core.
     pub cpu_pct: f64,
-    /// Seconds between the two scrapes.
+    /// The run's window in seconds (from the first scrape to the end of the run; the second
+    /// scrape comes [`SETTLE`] later). Note the counter's resolution: turnkey's (the
+    /// `prometheus` crate's process collector) counts whole seconds, so runs of a few seconds
+    /// give coarse figures; measure for 30 s or more.
     pub window_secs: f64,
 }
 
