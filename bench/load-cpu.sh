@@ -42,7 +42,7 @@ run() {
     extra=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["traffic"]; print("sent %d delivered %d loss %.3f%% in %.2f s, %.0f pkt/s" % (t["sent"], t["delivered"], t["loss_pct"], t["elapsed_secs"], t["offered_pps"]))' "$DIR/report.json")
     rm -f "$DIR/report.json"
   else
-    extra=$(grep -E "tot_send_msgs|tot_recv_msgs|Total transmit time" "$DIR/out" | tr -s ' ' | tr '\n' ' ' | cut -c1-200)
+    extra=$(grep -E "Total transmit time|Total lost packets" "$DIR/out" | sed 's/^[0-9]*: *: *//' | tr '\n' ' ' | cut -c1-160)
   fi
   python3 -c 'import sys; u,s=float(sys.argv[2]),float(sys.argv[3]); print(f"{sys.argv[1]:<40} cpu {u:.2f}+{s:.2f} s  {1e6*(u+s)/160000:.2f} us/packet sent  {sys.argv[4]}")' "$name" "$u" "$s" "$extra"
 }
