@@ -170,6 +170,16 @@ fn pooled_rtt(reports: &[&serde_json::Value]) -> serde_json::Value {
     serde_json::to_value(p).unwrap()
 }
 
+/// Asserts two `rtt_us` objects are equal: the integer percentiles exactly, the mean to within
+/// rounding (serde_json's default float parsing may differ from the written value by one ulp).
+fn assert_same_percentiles(a: &serde_json::Value, b: &serde_json::Value, context: &str) {
+    for k in ["count", "min", "p50", "p90", "p99", "max"] {
+        assert_eq!(a[k], b[k], "{k}: {a} vs {b} ({context})");
+    }
+    let (x, y) = (a["mean"].as_f64().unwrap(), b["mean"].as_f64().unwrap());
+    assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "mean: {a} vs {b} ({context})");
+}
+
 /// Waits until every allocation is released and the shards flushed their counters.
 fn settle(metrics: impl Fn() -> String) {
     for _ in 0..100 {
@@ -284,7 +294,7 @@ fn three_workers_in_three_namespaces_merge_to_the_relays_own_counts() {
     assert_eq!(granted, 12);
     // Percentiles equal those of the pooled samples (not an average of the workers').
     let refs: Vec<&serde_json::Value> = parts.iter().collect();
-    assert_eq!(merged["traffic"]["rtt_us"], pooled_rtt(&refs));
+    assert_same_percentiles(&merged["traffic"]["rtt_us"], &pooled_rtt(&refs), "merged vs pooled");
     assert_eq!(u(&merged["traffic"]["rtt_us"]["count"]), u(&merged["traffic"]["delivered"]));
     // One server row, the sum of the workers' rows.
     assert_eq!(merged["servers"].as_array().unwrap().len(), 1, "{merged}");
@@ -298,9 +308,15 @@ fn three_workers_in_three_namespaces_merge_to_the_relays_own_counts() {
     let out = finish(spawn_load(None, &args), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0));
     let from_files = read_json(&file_json);
-    for key in ["traffic", "allocations", "servers", "workers", "flows_established", "errors", "verdict"] {
+    for key in ["servers", "workers", "flows_established", "errors", "verdict"] {
         assert_eq!(from_files[key], merged[key], "{key}");
     }
+    for key in ["sent", "delivered", "lost", "reordered", "rtt_hist"] {
+        assert_eq!(from_files["traffic"][key], merged["traffic"][key], "traffic.{key}");
+    }
+    assert_same_percentiles(&from_files["traffic"]["rtt_us"], &merged["traffic"]["rtt_us"], "files vs Redis");
+    assert_eq!(from_files["allocations"]["time_hist"], merged["allocations"]["time_hist"]);
+    assert_same_percentiles(&from_files["allocations"]["time_us"], &merged["allocations"]["time_us"], "allocations");
 }
 
 /// A turnkey on loopback and a redis-server for the failure cases.
@@ -420,7 +436,8 @@ fn a_worker_dying_during_the_run_is_reported_and_the_others_kept() {
     assert_eq!(u(&merged["traffic"]["sent"]), sent, "the others' results are kept");
     let refs: Vec<&serde_json::Value> = kept.iter().collect();
     let kept_traffic: Vec<&serde_json::Value> = kept.iter().map(|r| &r["traffic"]).collect();
-    assert_eq!(merged["traffic"]["rtt_us"], pooled_rtt(&refs), "merged {} from {kept_traffic:?}", merged["traffic"]);
+    let context = format!("merged {} from {kept_traffic:?}", merged["traffic"]);
+    assert_same_percentiles(&merged["traffic"]["rtt_us"], &pooled_rtt(&refs), &context);
     assert!(text.contains("missing: worker"), "{text}");
 }
 

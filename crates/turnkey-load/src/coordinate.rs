@@ -7,7 +7,7 @@
 //! | key | what |
 //! |---|---|
 //! | `workers` | N, set by the first worker to join (a worker given another N is refused) |
-//! | `joined` | counter: each worker's `INCR` is its index + 1 (a worker past N is refused) |
+//! | `joined` | counter: each worker's `INCR` is its index + 1, its `alive` key set in the same script (a worker past N is refused) |
 //! | `alive:{i}` | present while worker `i` runs: set with a 5 s expiry, renewed every second |
 //! | `start` | the barrier's outcome, written once (`SET NX`): `go`, or `abort: why` |
 //! | `result:{i}` | worker `i`'s JSON report |
@@ -42,6 +42,14 @@ const ALIVE_EVERY: Duration = Duration::from_secs(1);
 const KEEP_SECS: u64 = 86_400;
 /// How often the barrier and `report` look again.
 const POLL: Duration = Duration::from_millis(100);
+
+/// Joining: the counter's next value is the worker's index + 1; its `alive` key is set with it.
+const JOIN: &str = r"
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', ARGV[2] .. (n - 1), '1', 'PX', ARGV[3])
+return n
+";
 
 fn redis_err(what: &str) -> impl Fn(redis::RedisError) -> LoadError + '_ {
     move |e| LoadError::Coordinate(format!("{what}: {e}"))
@@ -161,13 +169,16 @@ impl Worker {
             }
         }
         keys.started().await?;
-        let joined: i64 = redis::cmd("INCR")
-            .arg(keys.key("joined"))
-            .query_async(&mut keys.con.clone())
+        // The index and the `alive` key in one step: a worker looking at the barrier never sees
+        // a joined worker without its heartbeat (it would take it for dead).
+        let joined: i64 = redis::Script::new(JOIN)
+            .key(keys.key("joined"))
+            .arg(KEEP_SECS)
+            .arg(keys.key("alive:"))
+            .arg(ALIVE_TTL_MS)
+            .invoke_async(&mut keys.con.clone())
             .await
-            .map_err(redis_err("INCR"))?;
-        let _: Result<(), _> =
-            redis::cmd("EXPIRE").arg(keys.key("joined")).arg(KEEP_SECS).query_async(&mut keys.con.clone()).await;
+            .map_err(redis_err("join"))?;
         if joined < 1 || joined > i64::from(workers) {
             return Err(LoadError::Coordinate(format!(
                 "run {run_id} already has its {workers} workers (this would be number {joined}); use a new --run-id"
@@ -175,7 +186,6 @@ impl Worker {
         }
         let index = (joined - 1) as u32;
         let alive = format!("alive:{index}");
-        keys.set_px(&alive, "1", ALIVE_TTL_MS).await?;
         let heartbeat = {
             let keys = keys.clone();
             tokio::spawn(async move {

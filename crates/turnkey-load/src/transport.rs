@@ -258,15 +258,24 @@ impl Rx {
                 }
                 loop {
                     u.sock.readable().await?;
+                    // A batch shorter than the buffers means the queue is empty: readiness is
+                    // cleared with it (as the relay does), so the next datagram raises a new
+                    // event and the `recvmmsg` that would only return `WouldBlock` is saved.
+                    // (tokio keeps readiness that arrived meanwhile: nothing is missed.)
+                    let mut got = 0;
                     let r = u.sock.try_io(tokio::io::Interest::READABLE, || {
                         BATCH.with(|b| {
                             let mut b = b.borrow_mut();
-                            u.io.recv(&*u.sock, &mut b)?;
+                            got = u.io.recv(&*u.sock, &mut b)?;
                             b.datagrams().for_each(|d| f(d.data));
+                            if got < b.slots() {
+                                return Err(io::ErrorKind::WouldBlock.into());
+                            }
                             Ok(())
                         })
                     });
                     match r {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Ok(()),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         r => return r,
                     }
