@@ -16,7 +16,7 @@ use crate::args::Bound;
 use crate::client::{new_tid, TurnClient};
 use crate::flow::{data_of, Received};
 use crate::proto::{attr, class, method, MessageWriter};
-use crate::report::{new_histogram, Percentiles, Report};
+use crate::report::{new_histogram, Report};
 use crate::{Ctx, LoadError, Route};
 
 /// Unauthenticated Allocates sent between reads when flooding.
@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> Result<(), LoadError> {
     a.failed = ctx.progress.alloc_failed.load(Ordering::Relaxed);
     a.attempted = a.succeeded + a.failed;
     a.per_sec = if elapsed > 0.0 { a.succeeded as f64 / elapsed } else { 0.0 };
-    a.time_us = Percentiles::from_histogram(&times);
+    a.set_times(&times);
     report.traffic.elapsed_secs = elapsed;
     if let Some(hold) = ctx.args.hold {
         tokio::time::sleep(Duration::from_secs_f64(hold)).await;

@@ -9,7 +9,11 @@ use crate::LoadError;
 
 /// Arguments of `turnkey load`: drive a TURN server and measure it.
 #[derive(Debug, Clone, Args)]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 pub struct LoadArgs {
+    /// `merge` or `report` (without one: run a load).
+    #[command(subcommand)]
+    pub action: Option<LoadAction>,
     /// TURN server, HOST:PORT. Optional with --issuer: each allocation (allocations) or flow
     /// (relay, ramp) then goes to the first TURN URL of --transport in a fresh issuer answer.
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "issuer")]
@@ -130,6 +134,70 @@ pub struct LoadArgs {
     /// Never print live progress, even on a terminal.
     #[arg(long)]
     pub quiet: bool,
+    /// Threads generating load, flows spread over them (default: every core of the machine).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Worker mode: coordinate with the other workers of the run through this Redis
+    /// (`redis://` or `rediss://`): a start barrier, disjoint user names, results published.
+    #[arg(long, value_name = "URL", requires_all = ["run_id", "workers"])]
+    pub coordinate: Option<String>,
+    /// Worker mode: the run's name, shared by its workers (letters, digits, `-`, `_`, `.`).
+    #[arg(long, value_name = "ID", requires = "coordinate")]
+    pub run_id: Option<String>,
+    /// Worker mode: how many workers the run has (the barrier waits for all of them).
+    #[arg(long, value_name = "N", requires = "coordinate")]
+    pub workers: Option<u32>,
+    /// Worker mode: seconds to wait at the start barrier for every worker.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub barrier_timeout: f64,
+    /// Worker mode: the first worker waits for every result and prints (and writes to --json)
+    /// the merged report instead of its own.
+    #[arg(long, requires = "coordinate")]
+    pub merge_report: bool,
+    /// The target's Prometheus endpoint (e.g. http://relay:9090/metrics): scraped before and
+    /// after the run for `process_cpu_seconds_total` (and turnkey's relayed-packet counters) to
+    /// report the server's CPU per relayed message.
+    #[arg(long, value_name = "URL")]
+    pub server_metrics: Option<String>,
+}
+
+/// `turnkey load merge|report`: combine the results of several workers.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LoadAction {
+    /// Merge JSON reports (`--json` of each worker) exactly: counts summed, latency histograms
+    /// merged, per-relay rows kept.
+    Merge(MergeArgs),
+    /// Merge the results a coordinated run's workers published in Redis (waits for each worker
+    /// to finish or be found dead).
+    Report(ReportArgs),
+}
+
+/// `turnkey load merge`.
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// The JSON reports to merge.
+    #[arg(required = true, value_name = "REPORT.json")]
+    pub files: Vec<PathBuf>,
+    /// Write the merged report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `turnkey load report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The Redis the workers coordinated through.
+    #[arg(long, value_name = "URL")]
+    pub coordinate: String,
+    /// The run's name.
+    #[arg(long, value_name = "ID")]
+    pub run_id: String,
+    /// Seconds to wait for running workers to publish their results.
+    #[arg(long, value_name = "SECS", default_value_t = 600.0)]
+    pub wait: f64,
+    /// Write the merged report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// The traffic shape of a flow.
@@ -263,6 +331,18 @@ impl LoadArgs {
         if !(self.timeout.is_finite() && self.timeout > 0.0) {
             return bad("--timeout must be a positive number".into());
         }
+        if self.threads == Some(0) || self.workers == Some(0) {
+            return bad("--threads and --workers must be at least 1".into());
+        }
+        if !(self.barrier_timeout.is_finite() && self.barrier_timeout > 0.0) {
+            return bad("--barrier-timeout must be a positive number".into());
+        }
+        if let Some(id) = &self.run_id {
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+            if id.is_empty() || id.len() > 64 || !id.chars().all(ok) {
+                return bad("--run-id: 1 to 64 letters, digits, '-', '_' or '.'".into());
+            }
+        }
         if self.count == Some(0) {
             return bad("--count must be at least 1".into());
         }
@@ -361,6 +441,26 @@ mod tests {
         let mut v = vec!["x", "--server", "127.0.0.1:3478", "--user", "u", "--password", "p"];
         v.extend_from_slice(extra);
         Cli::try_parse_from(v).unwrap().args
+    }
+
+    #[test]
+    fn merge_and_report_need_no_server_and_a_run_does() {
+        let a = Cli::try_parse_from(["x", "merge", "a.json", "b.json", "--json", "m.json"]).unwrap().args;
+        let Some(LoadAction::Merge(m)) = a.action else { panic!("not merge") };
+        assert_eq!(m.files, [PathBuf::from("a.json"), PathBuf::from("b.json")]);
+        assert_eq!(m.json, Some(PathBuf::from("m.json")));
+        let a = Cli::try_parse_from(["x", "report", "--coordinate", "redis://h", "--run-id", "r1"]).unwrap().args;
+        assert!(matches!(a.action, Some(LoadAction::Report(ReportArgs { wait: 600.0, .. }))));
+        assert!(Cli::try_parse_from(["x", "merge"]).is_err(), "merge needs files");
+        assert!(Cli::try_parse_from(["x", "--flows", "2"]).is_err(), "a run needs --server");
+        // Worker mode needs its three flags together; the run id is checked.
+        assert!(Cli::try_parse_from(["x", "--server", "h:1", "--coordinate", "redis://h"]).is_err());
+        let w = parse(&["--coordinate", "redis://h", "--run-id", "bad id", "--workers", "3"]);
+        assert!(w.bound().is_err());
+        let w = parse(&["--coordinate", "redis://h", "--run-id", "run-1", "--workers", "3", "--threads", "2"]);
+        assert_eq!((w.workers, w.threads), (Some(3), Some(2)));
+        assert!(w.bound().is_ok());
+        assert!(parse(&["--threads", "0"]).bound().is_err());
     }
 
     #[test]

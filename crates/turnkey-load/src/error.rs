@@ -45,9 +45,15 @@ pub enum LoadError {
     /// Credentials could not be minted.
     #[error("credentials: {0}")]
     Credentials(String),
-    /// The JSON report could not be written.
+    /// The JSON report could not be written, read or merged.
     #[error("report: {0}")]
     Report(String),
+    /// Worker mode: Redis unreachable, or the run aborted (a worker missing at the barrier).
+    #[error("coordination: {0}")]
+    Coordinate(String),
+    /// `--server-metrics` could not be scraped.
+    #[error("server metrics: {0}")]
+    Metrics(String),
 }
 
 impl LoadError {
@@ -65,6 +71,8 @@ impl LoadError {
             LoadError::Issuer(_) => "issuer".into(),
             LoadError::Credentials(_) => "credentials".into(),
             LoadError::Report(_) => "report".into(),
+            LoadError::Coordinate(_) => "coordinate".into(),
+            LoadError::Metrics(_) => "metrics".into(),
         }
     }
 }

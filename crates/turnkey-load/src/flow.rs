@@ -20,8 +20,11 @@ use crate::transport::{Rx, Tx};
 
 /// How often permissions, channels and allocations are refreshed during long runs.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-/// Packets sent between yields when flooding.
+/// Packets sent between yields when flooding (one GSO train over UDP).
 const FLOOD_BATCH: u64 = 32;
+/// Most packets one paced wake-up sends as one train (a sender woken late catches up in trains
+/// of this size instead of one send per packet).
+const MAX_BURST: u64 = 64;
 
 /// Live counters of a flow, read by the progress display.
 #[derive(Debug, Default)]
@@ -134,6 +137,9 @@ pub async fn send_loop(
     let max = plan.count.unwrap_or(u64::MAX);
     let train = plan.train.max(1);
     let mut seq = 0u64;
+    // Every packet due at a wake-up is stamped into this buffer (reused: no allocation per
+    // packet) and leaves as one train: a GSO send over UDP, one write on a stream.
+    let mut burst = Vec::new();
     loop {
         let now = Instant::now();
         if now >= end || seq >= max {
@@ -145,12 +151,19 @@ pub async fn send_loop(
         }
         .min(max);
         while seq < target {
-            let frame = tpl.stamp(Stamp { flow, phase, seq, sent_ns: since(epoch) });
-            if let Err(e) = tx.send(frame).await {
+            burst.clear();
+            let n = (target - seq).min(MAX_BURST);
+            let mut size = 0;
+            for k in 0..n {
+                let frame = tpl.stamp(Stamp { flow, phase, seq: seq + k, sent_ns: since(epoch) });
+                size = frame.len();
+                burst.extend_from_slice(frame);
+            }
+            if let Err(e) = tx.send_train(&burst, size).await {
                 counters.sent.store(seq, Ordering::Relaxed);
                 return (seq, Some(e));
             }
-            seq += 1;
+            seq += n;
         }
         counters.sent.store(seq, Ordering::Relaxed);
         if let Err(e) = keepalive.tick(tx).await {
@@ -204,11 +217,7 @@ pub async fn recv_loop(
     loop {
         tokio::select! {
             biased;
-            r = rx.recv() => {
-                let frame = match r {
-                    Ok(f) => f,
-                    Err(e) => { out.error = Some(e); break; }
-                };
+            r = rx.recv_each(|frame| {
                 let data = match data_of(frame) {
                     Received::Data(d) | Received::Indication(d, _) => d,
                     Received::Error(code, nonce) => {
@@ -216,13 +225,13 @@ pub async fn recv_loop(
                         if let (438, Some(n), Ok(mut slot)) = (code, nonce, fresh_nonce.lock()) {
                             *slot = Some(n.to_vec());
                         }
-                        continue;
+                        return;
                     }
-                    Received::Other => continue,
+                    Received::Other => return,
                 };
-                let Some(s) = Stamp::read(data) else { continue };
+                let Some(s) = Stamp::read(data) else { return };
                 if s.flow != flow || s.phase != phase {
-                    continue;
+                    return;
                 }
                 out.delivered += 1;
                 if s.seq < next_seq {
@@ -232,6 +241,11 @@ pub async fn recv_loop(
                 }
                 let us = since(epoch).saturating_sub(s.sent_ns) / 1000;
                 out.rtt.saturating_record(us.max(1));
+            }) => {
+                if let Err(e) = r {
+                    out.error = Some(e);
+                    break;
+                }
                 counters.delivered.store(out.delivered, Ordering::Relaxed);
             }
             changed = done.changed(), if total.is_none() => {
@@ -262,33 +276,57 @@ pub async fn reflect_loop(
     mut keepalive: Keepalive,
     mut stop: watch::Receiver<bool>,
 ) -> (Tx, Rx, Keepalive) {
+    // What one receive brought back is sent as trains: runs of same-size frames (the pair's
+    // packets all have one size) go out as one GSO send over UDP, one write on a stream. The
+    // buffers are reused: no allocation per packet.
     let mut out = Vec::with_capacity(65_600);
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut indication = Vec::with_capacity(65_600);
+    let stream = tx.is_stream();
     let tick = sleep_until(keepalive.next());
     tokio::pin!(tick);
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = rx.recv() => {
-                let Ok(frame) = r else { break };
-                let sent = match data_of(frame) {
-                    Received::Data(_) => tx.send(frame).await,
+            r = rx.recv_each(|frame| {
+                let bytes = match data_of(frame) {
+                    Received::Data(_) => frame,
                     Received::Indication(data, peer) => {
                         let tid = [9u8; 12];
-                        MessageWriter::new(&mut out, method::SEND | class::INDICATION, tid)
+                        MessageWriter::new(&mut indication, method::SEND | class::INDICATION, tid)
                             .xor_addr(attr::XOR_PEER_ADDRESS, peer)
                             .attr(attr::DATA, data);
-                        tx.send(&out).await
+                        &indication[..]
                     }
                     Received::Error(438, Some(n)) => {
                         if let Ok(mut slot) = keepalive.fresh_nonce.lock() {
                             *slot = Some(n.to_vec());
                         }
-                        Ok(())
+                        return;
                     }
-                    _ => Ok(()),
+                    _ => return,
                 };
-                if sent.is_err() {
+                // (size, count) runs; a stream needs no runs (one write of everything).
+                match runs.last_mut() {
+                    Some((size, count)) if stream || *size == bytes.len() => *count += 1,
+                    _ => runs.push((bytes.len(), 1)),
+                }
+                out.extend_from_slice(bytes);
+            }) => {
+                if r.is_err() {
+                    break;
+                }
+                let mut at = 0;
+                let mut failed = false;
+                for &(size, count) in &runs {
+                    let len = if stream { out.len() } else { size * count };
+                    failed |= tx.send_train(&out[at..at + len], size).await.is_err();
+                    at += len;
+                }
+                out.clear();
+                runs.clear();
+                if failed {
                     break;
                 }
             }

@@ -98,10 +98,7 @@ impl IssuerClient {
         if let Ok(s) = self.stats.lock() {
             r.fetches = s.fetches;
             r.failed = s.failed;
-            if !s.times_us.is_empty() {
-                r.p50_ms = s.times_us.value_at_quantile(0.50) as f64 / 1e3;
-                r.p99_ms = s.times_us.value_at_quantile(0.99) as f64 / 1e3;
-            }
+            r.set_times(&s.times_us);
         }
         r
     }

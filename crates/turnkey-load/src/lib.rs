@@ -22,6 +22,7 @@
 
 pub mod args;
 pub mod client;
+pub mod coordinate;
 pub mod creds;
 mod error;
 pub mod flow;
@@ -29,10 +30,12 @@ pub mod framing;
 pub mod hints;
 pub mod ice;
 pub mod issuer;
+pub mod merge;
 pub mod packet;
 pub mod progress;
 pub mod proto;
 pub mod report;
+pub mod servercost;
 pub mod transport;
 
 mod allocations;
@@ -45,7 +48,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use args::{LoadArgs, Mode, Profile, Scenario, TransportKind};
+pub use args::{LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario, TransportKind};
 pub use error::LoadError;
 pub use report::{Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic, Verdict};
 
@@ -57,10 +60,67 @@ use relay::PeerKind;
 use report::ServerTally;
 use transport::Target;
 
+/// The whole command for a binary (`turnkey load`, `turnkey-load`): builds the runtime with
+/// `--threads` workers (default: every core), runs the load or `merge` / `report`, prints the
+/// summary. Exit 0: passed; 1: a gate failed; 2: could not run (`prog` prefixes the error).
+pub fn main(args: LoadArgs, prog: &str) -> std::process::ExitCode {
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{prog}: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run_cli(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Runs the load the arguments describe and returns its report (also written to `--json`).
 /// Failures of single allocations are counted in [`Report::errors`]; an `Err` means the run
 /// could not start (bad arguments, unresolvable server, TLS setup, issuer unreachable).
 pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
+    run_as(args, None, Arc::default()).await
+}
+
+/// A coordinated worker's run: joins the run's start barrier, runs the load with user names of
+/// its own, publishes its report. With `--merge-report` the first worker then waits for the
+/// others and returns (and writes to `--json`) the merged report.
+pub async fn run_worker(args: LoadArgs) -> Result<Report, LoadError> {
+    let bound = args.bound()?;
+    let (Some(url), Some(run_id), Some(workers)) = (args.coordinate.clone(), args.run_id.clone(), args.workers) else {
+        return Err(LoadError::Args("--coordinate needs --run-id and --workers".into()));
+    };
+    let barrier = Duration::from_secs_f64(args.barrier_timeout);
+    let progress = Arc::new(Progress::default());
+    let worker = coordinate::Worker::join(&url, &run_id, workers, barrier, progress.clone()).await?;
+    let index = worker.index;
+    let merge = args.merge_report && index == 0;
+    let json = args.json.clone();
+    let wait = bound.duration + Duration::from_secs_f64(args.timeout * 4.0 + args.drain_ms as f64 / 1e3 + 60.0);
+    let report = run_as(args, Some(index), progress).await?;
+    let keys = worker.publish(&report).await?;
+    if !merge {
+        return Ok(report);
+    }
+    let merged = coordinate::collect(&keys, wait).await?;
+    write_json(&merged, json.as_deref())?;
+    Ok(merged)
+}
+
+fn write_json(report: &Report, path: Option<&std::path::Path>) -> Result<(), LoadError> {
+    let Some(path) = path else { return Ok(()) };
+    let json = serde_json::to_vec_pretty(report).map_err(|e| LoadError::Report(e.to_string()))?;
+    std::fs::write(path, json).map_err(|source| LoadError::Io { context: format!("write {}", path.display()), source })
+}
+
+async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) -> Result<Report, LoadError> {
     args.bound()?;
     let issuer = match (&args.issuer, &args.key_id, &args.token_file) {
         (Some(url), Some(key_id), Some(token_file)) => {
@@ -98,9 +158,21 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
         (None, true) => PeerKind::OwnEcho,
         (None, false) => PeerKind::Pair,
     };
-    let creds = match route {
+    let mut creds = match route {
         Route::Fixed(_) => CredentialSource::from_args(&args, issuer.as_deref()).await?,
         Route::Issuer { .. } => CredentialSource::None,
+    };
+    if let (Some(i), CredentialSource::Secret { user, .. }) = (worker, &mut creds) {
+        // Worker mode: user ids no other worker mints.
+        *user = format!("{user}-w{i}");
+    }
+    let metrics = match &args.server_metrics {
+        Some(url) => {
+            let client = reqwest::Client::new();
+            let before = servercost::scrape(&client, url).await?;
+            Some((client, url.clone(), before, Instant::now()))
+        }
+        None => None,
     };
     let mut report = Report {
         scenario: name(args.scenario),
@@ -117,6 +189,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
         rate_per_flow_pps: args.flow_rate(),
         profile: name(args.profile),
         frame_packets: (args.profile == args::Profile::Video).then(|| args.pace().train),
+        workers: 1,
         ..Report::default()
     };
     let ctx = Ctx {
@@ -125,7 +198,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
         route,
         creds: Arc::new(creds),
         servers: Arc::default(),
-        progress: Arc::default(),
+        progress,
         epoch: std::time::Instant::now(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -142,20 +215,45 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
         report.server = report.servers.iter().map(|s| s.server.as_str()).collect::<Vec<_>>().join(",");
     }
     report.issuer = issuer.map(|i| i.report());
-    report.judge(ctx.args.max_loss, ctx.args.max_p99, ctx.args.unauthenticated);
-    if let Some(path) = &ctx.args.json {
-        let json = serde_json::to_vec_pretty(&report).map_err(|e| LoadError::Report(e.to_string()))?;
-        std::fs::write(path, json)
-            .map_err(|source| LoadError::Io { context: format!("write {}", path.display()), source })?;
+    if let Some((client, url, before, t0)) = metrics {
+        let window = t0.elapsed();
+        // The server's counters may lag its last packets (turnkey flushes its data-path counts
+        // every 500 ms): scrape again after a settling second.
+        tokio::time::sleep(servercost::SETTLE).await;
+        let after = servercost::scrape(&client, &url).await?;
+        let t = &report.traffic;
+        let per_trip = if peer == PeerKind::Pair { 2 } else { 1 };
+        let load_messages = (t.sent + t.delivered) * per_trip;
+        report.server_cost = Some(servercost::ServerCost::between(&url, before, after, window, load_messages));
     }
+    report.judge(ctx.args.max_loss, ctx.args.max_p99, ctx.args.unauthenticated);
+    write_json(&report, ctx.args.json.as_deref())?;
     Ok(report)
 }
 
-/// Runs the load, prints the human summary on stdout, and returns whether the run passed (the
-/// binary exits non-zero when it did not).
+/// Runs the load (a worker's with `--coordinate`), or `merge` / `report`; prints the human
+/// summary on stdout, and returns whether the run passed (the binary exits non-zero when it
+/// did not).
 pub async fn run_cli(args: LoadArgs) -> Result<bool, LoadError> {
     let unauthenticated = args.unauthenticated;
-    let report = run(args).await?;
+    let report = match &args.action {
+        Some(LoadAction::Merge(m)) => {
+            let r = merge::merge_files(&m.files)?;
+            write_json(&r, m.json.as_deref())?;
+            r
+        }
+        Some(LoadAction::Report(a)) => {
+            if !(a.wait.is_finite() && a.wait >= 0.0) {
+                return Err(LoadError::Args("--wait must be a number of seconds".into()));
+            }
+            let keys = coordinate::RunKeys::connect(&a.coordinate, &a.run_id).await?;
+            let r = coordinate::collect(&keys, Duration::from_secs_f64(a.wait)).await?;
+            write_json(&r, a.json.as_deref())?;
+            r
+        }
+        None if args.coordinate.is_some() => run_worker(args).await?,
+        None => run(args).await?,
+    };
     print!("{report}");
     for hint in hints::of(&report, unauthenticated) {
         println!("  hint: {hint}");

@@ -18,6 +18,9 @@ pub struct Progress {
     pub alloc_ok: AtomicU64,
     /// Allocations refused or timed out.
     pub alloc_failed: AtomicU64,
+    /// Worker mode: the other workers' published counters (sent, delivered, allocations ok,
+    /// failed), added to this process's in the line so it shows the whole run.
+    others: Mutex<[u64; 4]>,
 }
 
 impl Progress {
@@ -38,6 +41,20 @@ impl Progress {
         }
     }
 
+    /// This process's counters: sent, delivered, allocations ok, failed (what a worker
+    /// publishes for the others' progress lines).
+    pub fn local(&self) -> [u64; 4] {
+        let (sent, delivered) = self.totals();
+        [sent, delivered, self.alloc_ok.load(Ordering::Relaxed), self.alloc_failed.load(Ordering::Relaxed)]
+    }
+
+    /// Worker mode: the sum of the other workers' [`Progress::local`] counters.
+    pub fn set_others(&self, others: [u64; 4]) {
+        if let Ok(mut o) = self.others.lock() {
+            *o = others;
+        }
+    }
+
     fn totals(&self) -> (u64, u64) {
         self.flows.lock().map_or((0, 0), |v| {
             v.iter()
@@ -47,7 +64,9 @@ impl Progress {
 
     /// One status line.
     fn line(&self, secs: u64, last: &mut (u64, u64)) -> String {
+        let others = self.others.lock().map_or([0; 4], |o| *o);
         let (sent, delivered) = self.totals();
+        let (sent, delivered) = (sent + others[0], delivered + others[1]);
         // Counters reset between ramp steps: treat a drop as a fresh start.
         let ds = sent.saturating_sub(last.0.min(sent));
         let dd = delivered.saturating_sub(last.1.min(delivered));
@@ -55,8 +74,8 @@ impl Progress {
         let loss = if sent > 0 { sent.saturating_sub(delivered) as f64 * 100.0 / sent as f64 } else { 0.0 };
         format!(
             "\r[{secs:>4}s] send {ds:>8} pkt/s  recv {dd:>8} pkt/s  sent {sent:>10}  in flight/lost {loss:>6.2}%  allocations {} ok {} failed ",
-            self.alloc_ok.load(Ordering::Relaxed),
-            self.alloc_failed.load(Ordering::Relaxed),
+            self.alloc_ok.load(Ordering::Relaxed) + others[2],
+            self.alloc_failed.load(Ordering::Relaxed) + others[3],
         )
     }
 }
@@ -103,5 +122,11 @@ mod tests {
         p.reset_flows();
         let l = p.line(2, &mut last);
         assert!(l.contains("send        0"), "{l}");
+        // Worker mode: the other workers' counters join the line.
+        c.sent.store(100, Ordering::Relaxed);
+        p.set_others([300, 200, 4, 1]);
+        assert_eq!(p.local(), [100, 0, 0, 0]);
+        let l = p.line(3, &mut last);
+        assert!(l.contains("sent        400") && l.contains("50.00%") && l.contains("4 ok 1 failed"), "{l}");
     }
 }

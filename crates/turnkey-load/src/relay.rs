@@ -15,12 +15,13 @@ use tokio::time::Instant;
 use crate::args::{Mode, Scenario};
 use crate::client::{Auth, TurnClient};
 use crate::flow::{self, FlowCounters, Keepalive, PacketTemplate, SendPlan, Wire, CHANNEL};
-use crate::report::{new_histogram, Percentiles, Ramp, RampStep, Report, Traffic};
+use crate::report::{new_histogram, Ramp, RampStep, Report, Traffic};
+use crate::servercost::{self, ServerCost};
 use crate::transport::{Rx, Tx};
 use crate::{Ctx, LoadError};
 
 /// Where each flow's packets go.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     /// A second allocation of the tool, reflecting through the relay.
     Pair,
@@ -39,7 +40,7 @@ pub async fn run(ctx: &Ctx, peer: PeerKind, report: &mut Report) -> Result<(), L
     let bound = args.bound()?;
     if !flows.is_empty() {
         if args.scenario == Scenario::Ramp {
-            ramp(ctx, &mut flows, bound.duration, report).await;
+            ramp(ctx, peer, &mut flows, bound.duration, report).await;
         } else {
             let pace = args.pace();
             let plan =
@@ -102,7 +103,7 @@ async fn setup_flows(
     report.allocations.succeeded = ok;
     report.allocations.failed = failed;
     report.allocations.attempted = ok + failed;
-    report.allocations.time_us = Percentiles::from_histogram(&alloc_times);
+    report.allocations.set_times(&alloc_times);
     Ok(flows)
 }
 
@@ -239,24 +240,37 @@ async fn run_phase(
     Ok(Traffic::compute(sent, delivered, reordered, ctx.args.payload(), last_end - start, &rtt))
 }
 
-async fn ramp(ctx: &Ctx, flows: &mut [Flow], step_time: Duration, report: &mut Report) {
+async fn ramp(ctx: &Ctx, peer: PeerKind, flows: &mut [Flow], step_time: Duration, report: &mut Report) {
     let args = &ctx.args;
+    let http = reqwest::Client::new();
     let start = args.rate.unwrap_or(100.0);
     let step = args.ramp_step.unwrap_or(start);
     let mut ramp = Ramp { threshold_pct: args.ramp_loss, ..Ramp::default() };
     for i in 0..args.ramp_steps {
         let rate = start + step * f64::from(i);
         let plan = SendPlan { rate: Some(rate), train: 1, duration: step_time, count: None };
+        let before = match &args.server_metrics {
+            Some(url) => servercost::scrape(&http, url).await.ok().map(|b| (url, b, Instant::now())),
+            None => None,
+        };
         let Ok(traffic) = run_phase(ctx, flows, i + 1, plan, report).await else {
             break;
         };
+        let mut server_cost = None;
+        if let Some((url, b, t0)) = before {
+            if let Ok(a) = servercost::scrape(&http, url).await {
+                let per_trip = if peer == PeerKind::Pair { 2 } else { 1 };
+                let load = (traffic.sent + traffic.delivered) * per_trip;
+                server_cost = Some(ServerCost::between(url, b, a, t0.elapsed(), load));
+            }
+        }
         let lossy = traffic.loss_pct > args.ramp_loss;
         if !lossy {
             ramp.max_loss_free_pps = Some(traffic.offered_pps);
             report.traffic = traffic.clone();
             report.rate_per_flow_pps = Some(rate);
         }
-        ramp.steps.push(RampStep { rate_per_flow_pps: rate, traffic });
+        ramp.steps.push(RampStep { rate_per_flow_pps: rate, traffic, server_cost });
         if lossy {
             ramp.first_lossy_step = Some(i as usize);
             break;

@@ -6,10 +6,11 @@ use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// `relay`, `allocations` or `ramp`.
     pub scenario: String,
@@ -50,10 +51,17 @@ pub struct Report {
     pub ramp: Option<Ramp>,
     /// Whether the run met `--max-loss` and `--max-p99`.
     pub verdict: Verdict,
+    /// Processes whose results this report holds (1 for a single run; `merge` sums them).
+    pub workers: u32,
+    /// Workers of a coordinated run whose results are missing, and why (each fails the verdict).
+    pub missing_workers: Vec<String>,
+    /// The target's CPU over the run (`--server-metrics`; `null` without).
+    pub server_cost: Option<crate::servercost::ServerCost>,
 }
 
 /// Packet counts and rates of a sending window.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Traffic {
     /// Length of the sending window in seconds.
     pub elapsed_secs: f64,
@@ -77,10 +85,14 @@ pub struct Traffic {
     pub delivered_bps: f64,
     /// Round-trip time (client → relay → peer → relay → client), microseconds.
     pub rtt_us: Percentiles,
+    /// The round trips' HDR histogram: V2 serialization, base64 (empty: no samples); what
+    /// `turnkey load merge` adds up.
+    pub rtt_hist: String,
 }
 
 /// Allocation outcomes and times.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Allocations {
     /// Allocations tried.
     pub attempted: u64,
@@ -92,10 +104,21 @@ pub struct Allocations {
     pub per_sec: f64,
     /// Time from the first Allocate to the success answer (401 round included), microseconds.
     pub time_us: Percentiles,
+    /// `time_us`'s HDR histogram: V2 serialization, base64 (empty: no samples).
+    pub time_hist: String,
+}
+
+impl Allocations {
+    /// Sets `time_us` and `time_hist` from the histogram of allocation times.
+    pub fn set_times(&mut self, h: &Histogram<u64>) {
+        self.time_us = Percentiles::from_histogram(h);
+        self.time_hist = crate::merge::encode_histogram(h);
+    }
 }
 
 /// The allocations one TURN server got.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServerReport {
     /// Its address, `host:port` (IPv6 in brackets).
     pub server: String,
@@ -109,10 +132,29 @@ pub struct ServerReport {
     pub p50_ms: f64,
     /// 99th percentile time to allocate there (successes), milliseconds.
     pub p99_ms: f64,
+    /// The successes' times to allocate (µs): V2 serialization, base64 (empty: none).
+    pub time_hist: String,
+}
+
+impl ServerReport {
+    /// Sets the percentiles and `time_hist` from the histogram of allocation times (µs).
+    pub fn set_times(&mut self, h: &Histogram<u64>) {
+        (self.p50_ms, self.p99_ms) = p50_p99_ms(h);
+        self.time_hist = crate::merge::encode_histogram(h);
+    }
+}
+
+/// The median and 99th percentile of a histogram of µs, in milliseconds (0 when empty).
+fn p50_p99_ms(h: &Histogram<u64>) -> (f64, f64) {
+    if h.is_empty() {
+        return (0.0, 0.0);
+    }
+    (h.value_at_quantile(0.50) as f64 / 1e3, h.value_at_quantile(0.99) as f64 / 1e3)
 }
 
 /// The credential issuer's fetches.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IssuerReport {
     /// The issuer's base URL.
     pub url: String,
@@ -124,6 +166,16 @@ pub struct IssuerReport {
     pub p50_ms: f64,
     /// 99th percentile time of a successful fetch, milliseconds.
     pub p99_ms: f64,
+    /// The successful fetches' times (µs): V2 serialization, base64 (empty: none).
+    pub time_hist: String,
+}
+
+impl IssuerReport {
+    /// Sets the percentiles and `time_hist` from the histogram of fetch times (µs).
+    pub fn set_times(&mut self, h: &Histogram<u64>) {
+        (self.p50_ms, self.p99_ms) = p50_p99_ms(h);
+        self.time_hist = crate::merge::encode_histogram(h);
+    }
 }
 
 /// Per-server allocation counts and times, shared by the tasks of a run.
@@ -169,22 +221,25 @@ impl ServerTally {
         let Ok(m) = self.servers.lock() else { return Vec::new() };
         m.iter()
             .map(|(addr, t)| {
-                let q = |x: f64| t.times_us.as_ref().map_or(0.0, |h| h.value_at_quantile(x) as f64 / 1e3);
-                ServerReport {
+                let mut r = ServerReport {
                     server: addr.to_string(),
                     attempted: t.attempted,
                     succeeded: t.succeeded,
                     failed: t.attempted - t.succeeded,
-                    p50_ms: q(0.50),
-                    p99_ms: q(0.99),
+                    ..ServerReport::default()
+                };
+                if let Some(h) = &t.times_us {
+                    r.set_times(h);
                 }
+                r
             })
             .collect()
     }
 }
 
 /// Percentiles of a histogram of microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -203,7 +258,8 @@ pub struct Percentiles {
 }
 
 /// The ramp's steps and where loss first crossed the threshold.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Ramp {
     /// Loss percentage that ends the ramp.
     pub threshold_pct: f64,
@@ -216,21 +272,29 @@ pub struct Ramp {
 }
 
 /// One ramp step.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RampStep {
     /// Packets per second per flow asked for.
     pub rate_per_flow_pps: f64,
     /// The step's figures.
     pub traffic: Traffic,
+    /// The target's CPU during the step (`--server-metrics`; `null` without): where a ramp
+    /// ends on the server's core, its last steps show `cpu_pct` near 100.
+    pub server_cost: Option<crate::servercost::ServerCost>,
 }
 
 /// The thresholds and whether they were met.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Verdict {
     /// `--max-loss`.
     pub max_loss_pct: Option<f64>,
     /// `--max-p99`.
     pub max_p99_ms: Option<f64>,
+    /// `--unauthenticated`: bare Allocates, a 401 is the expected answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
     /// No threshold exceeded and the run did what was asked.
     pub passed: bool,
     /// Why it failed.
@@ -286,6 +350,7 @@ impl Traffic {
             delivered_pps: per_sec(delivered),
             delivered_bps: per_sec(delivered) * bits,
             rtt_us: Percentiles::from_histogram(rtt),
+            rtt_hist: crate::merge::encode_histogram(rtt),
         }
     }
 }
@@ -307,7 +372,7 @@ impl Report {
     /// `--unauthenticated` storm (bare Allocates, a 401 is its expected answer) passes with no
     /// allocation granted; a storm refused with 401 fails naming it (a wrong or expired secret).
     pub fn judge(&mut self, max_loss_pct: Option<f64>, max_p99_ms: Option<f64>, unauthenticated: bool) {
-        let mut v = Verdict { max_loss_pct, max_p99_ms, ..Verdict::default() };
+        let mut v = Verdict { max_loss_pct, max_p99_ms, unauthenticated, ..Verdict::default() };
         let t = &self.traffic;
         if self.scenario == "allocations" {
             if self.allocations.succeeded == 0 && !unauthenticated {
@@ -335,6 +400,9 @@ impl Report {
             if p99_ms > max {
                 v.violations.push(format!("p99 round trip {p99_ms:.3} ms exceeds --max-p99 {max} ms"));
             }
+        }
+        for w in &self.missing_workers {
+            v.violations.push(format!("missing worker: {w}"));
         }
         v.passed = v.violations.is_empty();
         self.verdict = v;
@@ -433,9 +501,12 @@ impl fmt::Display for Report {
         if let Some(ramp) = &self.ramp {
             writeln!(f, "  ramp (threshold {}% loss):", ramp.threshold_pct)?;
             for (i, s) in ramp.steps.iter().enumerate() {
+                let cpu = s.server_cost.as_ref().map_or(String::new(), |c| {
+                    format!(", server CPU {:.1}% ({:.3} us/message)", c.cpu_pct, c.cpu_us_per_message)
+                });
                 writeln!(
                     f,
-                    "    step {i}: {} pkt/s per flow, offered {}pkt/s, delivered {}pkt/s, loss {:.3}%, p99 {:.3} ms{}",
+                    "    step {i}: {} pkt/s per flow, offered {}pkt/s, delivered {}pkt/s, loss {:.3}%, p99 {:.3} ms{cpu}{}",
                     s.rate_per_flow_pps,
                     rate(s.traffic.offered_pps),
                     rate(s.traffic.delivered_pps),
@@ -447,6 +518,19 @@ impl fmt::Display for Report {
             match ramp.max_loss_free_pps {
                 Some(p) => writeln!(f, "  capacity under threshold: {}pkt/s", rate(p))?,
                 None => writeln!(f, "  no step stayed under the threshold")?,
+            }
+        }
+        if let Some(c) = &self.server_cost {
+            writeln!(
+                f,
+                "  server CPU {:.3} s over {:.2} s ({:.1}% of a core), {} messages relayed (counted by the {}): {:.3} us/message",
+                c.cpu_seconds, c.window_secs, c.cpu_pct, c.relayed_messages, c.relayed_from, c.cpu_us_per_message
+            )?;
+        }
+        if self.workers > 1 || !self.missing_workers.is_empty() {
+            writeln!(f, "  merged from {} worker(s)", self.workers)?;
+            for w in &self.missing_workers {
+                writeln!(f, "  missing: {w}")?;
             }
         }
         if !self.errors.is_empty() {
@@ -557,7 +641,8 @@ mod tests {
                 succeeded: 0,
                 failed: 3,
                 p50_ms: 0.0,
-                p99_ms: 0.0
+                p99_ms: 0.0,
+                time_hist: String::new(),
             }
         );
         let report = Report { scenario: "allocations".into(), servers: r, ..Report::default() };

@@ -15,6 +15,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertStore};
 use tokio_rustls::TlsConnector;
 
+use turnkey_batch::{Outgoing, RecvBatch, UdpIo, MAX_GSO_BYTES, MAX_GSO_SEGMENT_V4, MAX_GSO_SEGMENT_V6};
+
 use crate::args::TransportKind;
 use crate::framing::StreamBuf;
 use crate::LoadError;
@@ -78,8 +80,10 @@ impl Target {
                 };
                 let sock = UdpSocket::bind(bind).await.map_err(io_err("bind UDP"))?;
                 sock.connect(self.server).await.map_err(io_err("connect UDP"))?;
+                let io = Arc::new(UdpIo::new(&sock).map_err(io_err("UDP offload"))?);
                 let sock = Arc::new(sock);
-                Ok((Tx::Udp(sock.clone()), Rx::Udp(sock, vec![0u8; 65_536].into_boxed_slice())))
+                let tx = Tx::Udp(UdpTx { sock: sock.clone(), io: io.clone(), to: self.server });
+                Ok((tx, Rx::Udp(UdpRx { sock, io, own: RecvBatch::new(1), next: 0 })))
             }
             (TransportKind::Tcp, _) => {
                 let s = TcpStream::connect(self.server).await.map_err(io_err("connect TCP"))?;
@@ -101,10 +105,18 @@ impl Target {
 
 /// The sending half of a connection.
 pub enum Tx {
-    /// A connected UDP socket.
-    Udp(Arc<UdpSocket>),
+    /// A connected UDP socket, batched (GSO) through turnkey-batch.
+    Udp(UdpTx),
     /// The write half of a TCP or TLS stream.
     Stream(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+/// A connected UDP socket's sending side.
+#[derive(Debug)]
+pub struct UdpTx {
+    sock: Arc<UdpSocket>,
+    io: Arc<UdpIo>,
+    to: SocketAddr,
 }
 
 impl std::fmt::Debug for Tx {
@@ -120,8 +132,41 @@ impl Tx {
     /// Sends one frame (a datagram, or bytes on the stream; the caller pads ChannelData).
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         match self {
-            Tx::Udp(s) => s.send(frame).await.map(|_| ()),
+            Tx::Udp(u) => u.sock.send(frame).await.map(|_| ()),
             Tx::Stream(w) => w.write_all(frame).await,
+        }
+    }
+
+    /// Sends `count` frames of `size` bytes each, back to back in `frames`: over UDP as GSO
+    /// trains (one `sendmsg` per up to 64 datagrams; one per datagram where GSO is missing or
+    /// the frames are too large to be segments), on a stream with one write.
+    pub async fn send_train(&mut self, frames: &[u8], size: usize) -> io::Result<()> {
+        match self {
+            Tx::Udp(u) => {
+                let limit = if u.to.is_ipv4() { MAX_GSO_SEGMENT_V4 } else { MAX_GSO_SEGMENT_V6 };
+                let segs =
+                    if size == 0 || size > limit { 1 } else { u.io.max_gso_segments().min(MAX_GSO_BYTES / size) };
+                for piece in frames.chunks(size.max(1) * segs.max(1)) {
+                    let out = Outgoing {
+                        to: u.to,
+                        ecn: None,
+                        contents: piece,
+                        segment_size: (piece.len() > size).then_some(size),
+                    };
+                    loop {
+                        u.sock.writable().await?;
+                        match u.sock.try_io(tokio::io::Interest::WRITABLE, || u.io.send(&*u.sock, &out)) {
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            r => {
+                                r?;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Tx::Stream(w) => w.write_all(frames).await,
         }
     }
 
@@ -133,10 +178,27 @@ impl Tx {
 
 /// The receiving half of a connection.
 pub enum Rx {
-    /// A connected UDP socket and its datagram buffer.
-    Udp(Arc<UdpSocket>, Box<[u8]>),
+    /// A connected UDP socket (GRO on) and its own one-buffer batch for [`Rx::recv`].
+    Udp(UdpRx),
     /// The read half of a TCP or TLS stream and its framing buffer.
     Stream(Box<dyn AsyncRead + Send + Unpin>, StreamBuf),
+}
+
+/// A connected UDP socket's receiving side.
+#[derive(Debug)]
+pub struct UdpRx {
+    sock: Arc<UdpSocket>,
+    io: Arc<UdpIo>,
+    /// One 64 KiB buffer: a datagram, or a GRO train whose segments [`Rx::recv`] returns one
+    /// by one (`next`: how many it returned).
+    own: RecvBatch,
+    next: usize,
+}
+
+thread_local! {
+    /// The data path's receive buffers, one set per thread (never held across an await): one
+    /// `recvmmsg` fills up to 32 of them, each a datagram or a GRO train.
+    static BATCH: std::cell::RefCell<RecvBatch> = std::cell::RefCell::new(RecvBatch::new(32));
 }
 
 impl std::fmt::Debug for Rx {
@@ -152,17 +214,26 @@ impl Rx {
     /// Receives the next frame. Cancel-safe: a cancelled call loses no bytes.
     pub async fn recv(&mut self) -> io::Result<&[u8]> {
         match self {
-            Rx::Udp(s, buf) => {
-                let n = s.recv(buf).await?;
-                Ok(&buf[..n])
+            Rx::Udp(u) => {
+                loop {
+                    if u.own.datagrams().nth(u.next).is_some() {
+                        break;
+                    }
+                    u.next = 0;
+                    u.sock.readable().await?;
+                    match u.sock.try_io(tokio::io::Interest::READABLE, || u.io.recv(&*u.sock, &mut u.own)) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => r?,
+                    };
+                }
+                u.next += 1;
+                Ok(u.own.datagrams().nth(u.next - 1).map_or(&[][..], |d| d.data))
             }
             Rx::Stream(r, sb) => loop {
                 match sb.next_frame() {
                     Ok(Some(range)) => return Ok(sb.slice(range)),
                     Ok(None) => {}
-                    Err(e) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("unframeable stream: {e:?}")))
-                    }
+                    Err(e) => return Err(unframeable(e)),
                 }
                 let n = r.read(sb.spare()).await?;
                 if n == 0 {
@@ -172,6 +243,71 @@ impl Rx {
             },
         }
     }
+
+    /// Waits for data and hands `f` every frame one receive brought: over UDP one `recvmmsg`
+    /// (GRO trains split back into datagrams), on a stream one read (every whole frame in the
+    /// buffer). `f` runs synchronously; no buffer is allocated. Cancel-safe.
+    pub async fn recv_each(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        match self {
+            Rx::Udp(u) => {
+                // Segments left over from `recv` first.
+                let left: usize = u.own.datagrams().skip(u.next).map(|d| f(d.data)).count();
+                u.next += left;
+                if left > 0 {
+                    return Ok(());
+                }
+                loop {
+                    u.sock.readable().await?;
+                    // A batch shorter than the buffers means the queue is empty: readiness is
+                    // cleared with it (as the relay does), so the next datagram raises a new
+                    // event and the `recvmmsg` that would only return `WouldBlock` is saved.
+                    // (tokio keeps readiness that arrived meanwhile: nothing is missed.)
+                    let mut got = 0;
+                    let r = u.sock.try_io(tokio::io::Interest::READABLE, || {
+                        BATCH.with(|b| {
+                            let mut b = b.borrow_mut();
+                            got = u.io.recv(&*u.sock, &mut b)?;
+                            b.datagrams().for_each(|d| f(d.data));
+                            if got < b.slots() {
+                                return Err(io::ErrorKind::WouldBlock.into());
+                            }
+                            Ok(())
+                        })
+                    });
+                    match r {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        r => return r,
+                    }
+                }
+            }
+            Rx::Stream(r, sb) => loop {
+                let mut any = false;
+                loop {
+                    match sb.next_frame() {
+                        Ok(Some(range)) => {
+                            f(sb.slice(range));
+                            any = true;
+                        }
+                        Ok(None) => break,
+                        Err(e) => return Err(unframeable(e)),
+                    }
+                }
+                if any {
+                    return Ok(());
+                }
+                let n = r.read(sb.spare()).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                sb.filled(n);
+            },
+        }
+    }
+}
+
+fn unframeable(e: impl std::fmt::Debug) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("unframeable stream: {e:?}"))
 }
 
 fn server_name(sni: &str) -> Result<ServerName<'static>, LoadError> {

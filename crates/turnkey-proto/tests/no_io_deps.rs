@@ -90,6 +90,8 @@ fn turnkey_proto_reaches_no_runtime_socket_or_metrics_crate() {
     assert!(reachable(&g, &root, &[]).contains("tokio"));
     // The relay, which drives it, does reach them directly (the graph is read correctly).
     let relay = g.iter().find(|(_, (n, _))| n == "turnkey-relay").map(|(id, _)| id.clone()).unwrap();
-    let relay_direct: HashSet<&str> = g[&relay].1.iter().map(|d| g[d].0.as_str()).collect();
-    assert!(FORBIDDEN.iter().all(|f| relay_direct.contains(f)), "{relay_direct:?}");
+    // The check can see each forbidden crate: the relay's drivers reach every one (quinn-udp
+    // through turnkey-batch).
+    let relay_reach = reachable(&g, &relay, &[]);
+    assert!(FORBIDDEN.iter().all(|f| relay_reach.contains(*f)), "{relay_reach:?}");
 }

@@ -10,7 +10,9 @@
 //! It must not import axum or the issuer: credentials reach it through `turnkey-auth`
 //! (secret ring, nonces, revocation set) and nothing else.
 
-pub mod batch;
+/// Batched UDP I/O (GSO/GRO over quinn-udp) lives in its own crate, shared with `turnkey-load`;
+/// re-exported under its old path so the drivers and tests keep `batch::...`.
+pub use turnkey_batch as batch;
 pub mod clock;
 mod error;
 pub mod loopclock;

@@ -65,21 +65,7 @@ fn main() -> std::process::ExitCode {
 
 /// `turnkey load`: exit 0 when the run passed its gates, 1 when it did not, 2 when it could not run.
 fn load(args: turnkey_load::LoadArgs) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("turnkey load: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    match rt.block_on(turnkey_load::run_cli(args)) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
-        Err(e) => {
-            eprintln!("turnkey load: {e}");
-            std::process::ExitCode::from(2)
-        }
-    }
+    turnkey_load::main(args, "turnkey load")
 }
 
 fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {

@@ -176,7 +176,7 @@ where
 }
 
 /// The family-dependent largest GSO segment (see [`MAX_GSO_SEGMENT_V4`]).
-pub(crate) fn max_segment_for(to: SocketAddr) -> usize {
+fn max_segment_for(to: SocketAddr) -> usize {
     // An IPv4-mapped destination on a dual-stack socket leaves as IPv4 (smaller header): the IPv6
     // limit is safe for it too.
     if to.is_ipv4() {

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Generator CPU per packet (issue 23): `turnkey load` builds and coturn's turnutils_uclient, the
+# same load against the same turnkey server, server on core 0 and generator on core 1, loopback.
+# Pair mode, 10 flows (uclient: 20 clients in pairs) of 100-byte packets, 160,000 packets sent by
+# the near sides; flooding, and paced at 20,000 packets/s (10 flows x 2,000/s; uclient: 20 clients
+# x one message per ms). CPU (user + system, from /usr/bin/time) is divided by the 160,000
+# packets sent (each is also received back, so per packet sent *and* received, halve it).
+#
+#   bench/load-cpu.sh SERVER_TURNKEY LOAD_BIN [LOAD_BIN ...]
+#   bench/load-cpu.sh target/release/turnkey /tmp/base/turnkey-load target/release/turnkey-load
+#
+# Each LOAD_BIN is a `turnkey-load` (or `turnkey`, called as `turnkey load`) binary. A fresh
+# server per run. Run it on an otherwise idle machine; REPS (default 3) repetitions each.
+set -uo pipefail
+[ $# -ge 2 ] || { sed -n 2,13p "$0"; exit 2; }
+SERVER=$(realpath "$1"); shift
+REPS=${REPS:-3}
+DIR=$(mktemp -d); trap 'kill $SPID 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+SECRET=bench-$RANDOM$RANDOM
+SPID=
+start_server() {
+  [ -n "$SPID" ] && { kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true; }
+  rm -rf "$DIR/data"
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$SECRET" \
+    --udp 127.0.0.1:$PORT --tcp 127.0.0.1:$PORT --tls off --relay-ip 127.0.0.1 \
+    --relay-ports 10000-29999 --allow-peer 127.0.0.1 --shards 1 --http off --metrics off \
+    --max-allocations-per-user 100000 --unauth-replies-per-sec 0 --rfc5766-channel-numbers >/dev/null 2>&1 &
+  SPID=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+}
+# run NAME CMD...: prints NAME, CPU seconds, µs per packet sent, and the generator's own figures.
+run() {
+  local name=$1; shift
+  start_server
+  local args=("${@//@PORT@/$PORT}")
+  /usr/bin/time -f "%U %S" -o "$DIR/time" taskset -c 1 "${args[@]}" >"$DIR/out" 2>&1
+  [ -n "${VERBOSE:-}" ] && cat "$DIR/out"
+  read -r u s < <(tail -1 "$DIR/time")
+  local extra=""
+  if [ -s "$DIR/report.json" ]; then
+    extra=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["traffic"]; print("sent %d delivered %d loss %.3f%% in %.2f s, %.0f pkt/s" % (t["sent"], t["delivered"], t["loss_pct"], t["elapsed_secs"], t["offered_pps"]))' "$DIR/report.json")
+    rm -f "$DIR/report.json"
+  else
+    extra=$(grep -E "Total transmit time|Total lost packets" "$DIR/out" | sed 's/^[0-9]*: *: *//' | tr '\n' ' ' | cut -c1-160)
+  fi
+  python3 -c 'import sys; u,s=float(sys.argv[2]),float(sys.argv[3]); print(f"{sys.argv[1]:<40} cpu {u:.2f}+{s:.2f} s  {1e6*(u+s)/160000:.2f} us/packet sent  {sys.argv[4]}")' "$name" "$u" "$s" "$extra"
+}
+loadcmd() { case "$(basename "$1")" in turnkey) echo "$1 load";; *) echo "$1";; esac; }
+for rep in $(seq "$REPS"); do
+  for bin in "$@"; do
+    L=$(loadcmd "$(realpath "$bin")")
+    run "$bin flood #$rep" $L --server 127.0.0.1:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --flood --quiet --json "$DIR/report.json" --drain-ms 500
+  done
+  run "uclient flood #$rep" turnutils_uclient -y -c -m 20 -n 8000 -l 100 -z 0 -W "$SECRET" -u bench -p @PORT@ 127.0.0.1
+  for bin in "$@"; do
+    L=$(loadcmd "$(realpath "$bin")")
+    run "$bin 20k/s #$rep" $L --server 127.0.0.1:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --rate 2000 --quiet --json "$DIR/report.json" --drain-ms 500
+  done
+  run "uclient 20k/s #$rep" turnutils_uclient -y -c -m 20 -n 8000 -l 100 -z 1 -W "$SECRET" -u bench -p @PORT@ 127.0.0.1
+done
