@@ -274,7 +274,9 @@ fn a_storm_refused_with_401_exits_1_naming_it() {
 
 #[test]
 fn a_loopback_echo_peer_refused_with_403_hints_at_allow_peer() {
-    let tk = Turnkey::serve(&[]);
+    // Relay ports below the ephemeral range the echo peer binds in: an echo port inside the relay
+    // range would be one of the relay's own relayed addresses, which the default policy allows.
+    let tk = Turnkey::serve(&["--relay-ports", "20000-29999"]);
     let secret = tk.secret();
     let base = ["load", "--server", &tk.tcp().to_string(), "--transport", "tcp", "--mode", "send", "--echo-peer"];
     let args = [&base[..], &["--secret", &secret, "--duration", "1", "--quiet"]].concat();

@@ -86,8 +86,9 @@ fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let settings = config::Settings::load(Some(path), toml::Table::new())?;
     println!("{}: ok", path.display());
+    // Warnings go to stderr: stdout stays the one `ok` line scripts compare.
     for line in turns::config_warnings(&settings) {
-        println!("{line}");
+        eprintln!("{line}");
     }
     Ok(())
 }
