@@ -91,6 +91,25 @@ pub fn ifindex(iface: &str) -> Result<u32, FastPathError> {
     nix::net::if_::if_nametoindex(iface).map_err(|_| FastPathError::UnknownInterface(iface.to_string()))
 }
 
+/// Whether forwarding is on for an interface, per family (`net.ipv4.conf.IF.forwarding`,
+/// `net.ipv6.conf.IF.forwarding`). bpf_fib_lookup answers only for an ingress interface with
+/// forwarding on; without it the program passes every datagram of that family to user space as
+/// `forwarding_off`. docs/fastpath.md says what turning it on means for a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarding {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+/// Reads [`Forwarding`] for `iface` in the calling thread's network namespace.
+pub fn forwarding(iface: &str) -> Forwarding {
+    let on = |family: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"))
+            .is_ok_and(|v| v.trim() != "0")
+    };
+    Forwarding { ipv4: on("ipv4"), ipv6: on("ipv6") }
+}
+
 impl FastPath {
     /// Attaches the relaying program to `iface` per `mode`; returns how it ended up. `Off` and an
     /// `Auto` that could not attach return `UserSpace` with the reason (log it); `Xdp` that could
@@ -106,6 +125,15 @@ impl FastPath {
         match self.attach_index(iface, index, PROGRAM_NAME) {
             Ok((link, how)) => {
                 self.allow_egress(index)?;
+                let f = forwarding(iface);
+                if !f.ipv4 || !f.ipv6 {
+                    tracing::warn!(
+                        iface,
+                        ipv4 = f.ipv4,
+                        ipv6 = f.ipv6,
+                        "fast path attached, but forwarding is off on the interface for a family: its datagrams stay in user space (docs/fastpath.md)"
+                    );
+                }
                 self.attached
                     .insert(iface.to_string(), crate::attach::Attachment { ifindex: index, link, mode: how.clone() });
                 Ok(how)

@@ -15,7 +15,7 @@ mod metrics;
 mod program;
 mod stats;
 
-pub use attach::{ifindex, AttachedMode, FastPathMode};
+pub use attach::{forwarding, ifindex, AttachedMode, FastPathMode, Forwarding};
 pub use entry::{AllocKey, AllocationEntry, ChannelBinding, KernelClock, KernelDeadline};
 pub use error::FastPathError;
 pub use metrics::FastPathMetrics;

@@ -112,6 +112,7 @@ fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
     user_listener.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
     fp.add_listener(listener).unwrap();
     fp.add_relay_ip(relayed.ip()).unwrap();
+    assert_eq!(turnkey_fastpath::forwarding("r0"), turnkey_fastpath::Forwarding { ipv4: true, ipv6: false });
     assert_eq!(fp.attach("r0", FastPathMode::Xdp).unwrap(), AttachedMode::Native);
     let shown = sh(&format!("ip -n {r} -d link show r0"));
     assert!(shown.contains("xdp"), "ip link shows the program: {shown}");
@@ -184,8 +185,7 @@ fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
 fn auto_falls_back_and_off_attaches_nothing() {
     let Some(mut fp) = load_or_skip() else { return };
     common::private_netns();
-    // A device without an IPv4 stack cannot be attached natively or generically? Every netdev
-    // takes generic XDP, so use one that does not exist for the failure path.
+    // An interface that does not exist is an error in every mode that attaches.
     assert!(fp.attach("tkfp-nonexistent", FastPathMode::Auto).is_err(), "an unknown interface is an error");
     assert_eq!(fp.attach("lo", FastPathMode::Off).unwrap(), AttachedMode::UserSpace("fast_path = off".to_string()));
     assert!(fp.attached().is_empty());
