@@ -39,7 +39,7 @@ enum fp_counter {
 	PASS_LENGTH,            // IP / UDP / ChannelData lengths disagree
 	PASS_STUN,              // a STUN message to a listener (requests, refreshes, ...)
 	PASS_SEND_INDICATION,   // a Send indication
-	PASS_NOT_CHANNEL_DATA,  // neither STUN nor ChannelData (reserved first bits or channel)
+	PASS_NOT_CHANNEL_DATA,  // neither STUN nor ChannelData (first two bits 10 or 11)
 	PASS_PADDED,            // ChannelData with padding (RFC 8656 §12.5): user space trims it
 	PASS_NO_CHANNEL,        // ChannelData with no kernel entry for its 5-tuple and channel
 	PASS_NO_PEER,           // UDP to a relayed address from a peer with no kernel entry
@@ -278,7 +278,9 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 				return PASS_SEND_INDICATION;
 			return PASS_STUN;
 		}
-		if (b0 < 0x40 || b0 > 0x4f)
+		// 0x4000-0x4FFF (RFC 8656), 0x5000-0x7FFF for RFC 5766 clients when the relay allows
+		// them: only channels user space bound have entries.
+		if ((b0 & 0xc0) != 0x40)
 			return PASS_NOT_CHANNEL_DATA;
 		__u16 dlen = ((__u16)payload[2] << 8) | payload[3];
 		if (plen - CHANNEL_HDR != dlen) {

@@ -74,7 +74,8 @@ pub struct ChannelBinding {
     pub client: SocketAddr,
     /// The relay's listening address the client sends to (and receives from).
     pub listener: SocketAddr,
-    /// The channel number, 0x4000..=0x4FFF.
+    /// The channel number: 0x4000..=0x4FFF (RFC 8656), or up to 0x7FFF when the relay accepts
+    /// RFC 5766 clients' numbers.
     pub channel: u16,
     /// The allocation's relayed address.
     pub relayed: SocketAddr,
@@ -91,7 +92,7 @@ impl ChannelBinding {
         &self,
         deadline: KernelDeadline,
     ) -> Result<(ChanKey, ChanVal, PeerKey, PeerVal), FastPathError> {
-        if !(0x4000..=0x4fff).contains(&self.channel) {
+        if !(0x4000..=0x7fff).contains(&self.channel) {
             return Err(FastPathError::InvalidChannel(self.channel));
         }
         let (client, fam_c) = abi::addr_bytes(self.client.ip());
@@ -186,7 +187,9 @@ mod tests {
             alloc: AllocKey(1),
         };
         assert!(matches!(b.entries(KernelDeadline(1)), Err(FastPathError::MixedFamilies)));
-        let b = ChannelBinding { channel: 0x5000, ..b };
-        assert!(matches!(b.entries(KernelDeadline(1)), Err(FastPathError::InvalidChannel(0x5000))));
+        let b = ChannelBinding { channel: 0x8000, ..b };
+        assert!(matches!(b.entries(KernelDeadline(1)), Err(FastPathError::InvalidChannel(0x8000))));
+        let b = ChannelBinding { channel: 0x3fff, ..b };
+        assert!(matches!(b.entries(KernelDeadline(1)), Err(FastPathError::InvalidChannel(0x3fff))));
     }
 }

@@ -21,8 +21,8 @@ pub enum FastPathError {
     /// The interface is not attached by this fast path.
     #[error("interface {0} is not attached")]
     NotAttached(String),
-    /// A channel number outside 0x4000..=0x4FFF.
-    #[error("channel number {0:#06x} is outside 0x4000..=0x4FFF")]
+    /// A channel number outside 0x4000..=0x7FFF.
+    #[error("channel number {0:#06x} is outside 0x4000..=0x7FFF")]
     InvalidChannel(u16),
     /// Client and relayed sides of different families (RFC 6156): relayed in user space.
     #[error("client and relayed address families differ: relayed in user space")]

@@ -19,7 +19,7 @@ pub use attach::{forwarding, ifindex, AttachedMode, FastPathMode, Forwarding};
 pub use entry::{AllocKey, AllocationEntry, ChannelBinding, KernelClock, KernelDeadline};
 pub use error::FastPathError;
 pub use metrics::FastPathMetrics;
-pub use program::{action, FastPath, TestRunOutcome, PASS_STUB_NAME, PROGRAM_NAME};
+pub use program::{action, FastPath, RunStats, TestRunOutcome, PASS_STUB_NAME, PROGRAM_NAME};
 pub use stats::{AllocCounters, PassReason, ProgramCounters};
 
 /// The compiled program (clang at build time), or `None` when the build had no clang.

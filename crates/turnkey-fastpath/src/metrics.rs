@@ -1,7 +1,8 @@
 //! FastPathMetrics: the fast path's Prometheus series, registered into a registry passed in. The
 //! relay exports them; values come from the kernel counters it reads at each sweep.
 //!   turnkey_relay_fastpath_mode{interface, mode}              1 for how each interface relays
-//!   turnkey_relay_fastpath_packets_total{direction}           to_peer | to_client
+//!   turnkey_relay_fastpath_packets_total{direction}           client_to_peer | peer_to_client
+//!                                                             (turnkey_relay_relayed_*'s labels)
 //!   turnkey_relay_fastpath_bytes_total{direction}             application data bytes
 //!   turnkey_relay_fastpath_passes_total{reason}               packets handed to user space
 
@@ -49,7 +50,7 @@ impl FastPathMetrics {
         for r in PassReason::ALL {
             passes.with_label_values(&[r.label()]);
         }
-        for d in ["to_peer", "to_client"] {
+        for d in ["client_to_peer", "peer_to_client"] {
             packets.with_label_values(&[d]);
             bytes.with_label_values(&[d]);
         }
@@ -65,10 +66,10 @@ impl FastPathMetrics {
 
     /// Adds kernel-relayed traffic (the deltas of allocations' counters since the last sweep).
     pub fn add_relayed(&self, delta: &AllocCounters) {
-        self.packets.with_label_values(&["to_peer"]).inc_by(delta.to_peer_packets);
-        self.bytes.with_label_values(&["to_peer"]).inc_by(delta.to_peer_bytes);
-        self.packets.with_label_values(&["to_client"]).inc_by(delta.to_client_packets);
-        self.bytes.with_label_values(&["to_client"]).inc_by(delta.to_client_bytes);
+        self.packets.with_label_values(&["client_to_peer"]).inc_by(delta.to_peer_packets);
+        self.bytes.with_label_values(&["client_to_peer"]).inc_by(delta.to_peer_bytes);
+        self.packets.with_label_values(&["peer_to_client"]).inc_by(delta.to_client_packets);
+        self.bytes.with_label_values(&["peer_to_client"]).inc_by(delta.to_client_bytes);
     }
 
     /// Brings the pass counters up to the kernel's totals.
@@ -99,6 +100,7 @@ mod tests {
         assert_eq!(m.mode.with_label_values(&["eth0", "generic"]).get(), 1);
         assert_eq!(m.mode.with_label_values(&["eth0", "native"]).get(), 0);
         m.add_relayed(&AllocCounters { to_peer_packets: 2, to_peer_bytes: 200, ..Default::default() });
-        assert_eq!(m.bytes.with_label_values(&["to_peer"]).get(), 200);
+        assert_eq!(m.bytes.with_label_values(&["client_to_peer"]).get(), 200);
+        assert_eq!(m.packets.with_label_values(&["peer_to_client"]).get(), 0);
     }
 }

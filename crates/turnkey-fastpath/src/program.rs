@@ -32,6 +32,16 @@ pub struct FastPath {
     pub(crate) tx_ports: DevMapHash<MapData>,
     pub(crate) attached: BTreeMap<String, Attachment>,
     cpus: usize,
+    /// Holds BPF_ENABLE_STATS while the fast path wants run-time figures (dropped: off again).
+    run_stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// The program's own cost as the kernel accounts it (BPF_ENABLE_STATS): total run time and runs,
+/// over every CPU and interface, since stats were enabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunStats {
+    pub run_time: std::time::Duration,
+    pub run_count: u64,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -102,6 +112,7 @@ impl FastPath {
             ebpf,
             attached: BTreeMap::new(),
             cpus,
+            run_stats: None,
         })
     }
 
@@ -205,6 +216,25 @@ impl FastPath {
             tx: sums[ACT_TX as usize],
             redirected: sums[ACT_REDIRECT as usize],
         })
+    }
+
+    /// Turns on the kernel's run-time accounting of BPF programs (BPF_ENABLE_STATS, the same as
+    /// `sysctl kernel.bpf_stats_enabled=1` but only while this fast path lives). It costs two
+    /// clock reads per packet, so it is for measuring, or for a relay that exports BPF time.
+    pub fn enable_run_stats(&mut self) -> Result<(), FastPathError> {
+        if self.run_stats.is_none() {
+            let fd =
+                aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| FastPathError::Load(e.to_string()))?;
+            self.run_stats = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// The relaying program's run time and run count (zero unless stats are enabled, here or by
+    /// the sysctl).
+    pub fn run_stats(&mut self) -> Result<RunStats, FastPathError> {
+        let info = self.program(PROGRAM_NAME)?.info().map_err(|e| FastPathError::Load(e.to_string()))?;
+        Ok(RunStats { run_time: info.run_time(), run_count: info.run_count() })
     }
 
     /// Allows XDP_REDIRECT to `ifindex` (every attached interface is allowed already).

@@ -193,6 +193,15 @@ fn ipv4_both_directions_rewrite_with_valid_checksums() {
     assert_eq!((c.to_peer_packets, c.to_peer_bytes), (1, data.len() as u64));
     assert_eq!((c.to_client_packets, c.to_client_bytes), (1, reply.len() as u64));
     assert_eq!(net.fp.counters().unwrap().tx, 2);
+
+    // An RFC 5766 client's channel number (0x5000-0x7FFF, when the relay accepts them): relayed
+    // once bound, user space's before.
+    let legacy = ChannelBinding { client: sa("10.1.0.2:5002"), channel: 0x7fff, relayed: sa("10.1.0.1:50002"), ..b };
+    let frame = udp_frame(CLIENT_MAC, net.relay_mac, legacy.client, legacy.listener, &channel_data(0x7fff, data));
+    expect_pass(&mut net, &frame, PassReason::NoChannel);
+    bind(&mut net.fp, &legacy);
+    let out = run(&mut net, &frame, action::TX);
+    expect_frame(&out, net.relay_mac, PEER_MAC, legacy.relayed, legacy.peer, data);
 }
 
 #[test]
@@ -362,15 +371,10 @@ fn every_unsure_packet_goes_to_user_space() {
     expect_pass(&mut net, &udp_frame(CLIENT_MAC, rm, b.client, b.listener, &stun), PassReason::Stun);
     stun[1] = 0x16;
     expect_pass(&mut net, &udp_frame(CLIENT_MAC, rm, b.client, b.listener, &stun), PassReason::SendIndication);
-    // Reserved first bits, a reserved channel number.
+    // First bits 10 (not STUN, not ChannelData).
     expect_pass(
         &mut net,
         &udp_frame(CLIENT_MAC, rm, b.client, b.listener, &[0x80, 1, 0, 0]),
-        PassReason::NotChannelData,
-    );
-    expect_pass(
-        &mut net,
-        &udp_frame(CLIENT_MAC, rm, b.client, b.listener, &channel_data(0x5000, b"x")),
         PassReason::NotChannelData,
     );
     // A channel with no kernel entry; another client's 5-tuple on a bound channel number.

@@ -15,7 +15,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
-use turnkey_fastpath::{AllocKey, AllocationEntry, AttachedMode, ChannelBinding, FastPathMode, KernelClock};
+use turnkey_fastpath::{AllocKey, AllocationEntry, AttachedMode, ChannelBinding, FastPath, FastPathMode, KernelClock};
 
 use common::{load_or_skip, sh};
 
@@ -23,6 +23,7 @@ use common::{load_or_skip, sh};
 struct Namespaces {
     relay: String,
     outside: String,
+    tag: String,
 }
 
 impl Drop for Namespaces {
@@ -70,16 +71,33 @@ fn require(tool: &str) -> bool {
     found
 }
 
-#[test]
-fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
+/// The relay namespace (r0: 10.77.0.1, the program attached natively, forwarding on) and the
+/// outside (o0: client 10.77.0.2, peer 10.77.0.3, the XDP_PASS stub, TX checksum offload off),
+/// with one allocation and its channel bound; None when the test must skip.
+struct Pair {
+    fp: FastPath,
+    _stub: FastPath,
+    client: UdpSocket,
+    peer: UdpSocket,
+    user_listener: UdpSocket,
+    user_relayed: UdpSocket,
+    listener: SocketAddr,
+    relayed: SocketAddr,
+    binding: ChannelBinding,
+    clock: KernelClock,
+    // Last: the namespaces go after every socket and program in them.
+    ns: Namespaces,
+}
+
+fn pair() -> Option<Pair> {
     if !require("ip") || !require("ethtool") {
-        return;
+        return None;
     }
-    let Some(_probe) = load_or_skip() else { return };
+    let _probe = load_or_skip()?;
     drop(_probe);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let tag = format!("{}-{}", std::process::id(), nanos % 100_000);
-    let ns = Namespaces { relay: format!("tkfp22r-{tag}"), outside: format!("tkfp22o-{tag}") };
+    let ns = Namespaces { relay: format!("tkfp22r-{tag}"), outside: format!("tkfp22o-{tag}"), tag: tag.clone() };
     let (r, o) = (&ns.relay, &ns.outside);
     sh(&format!("ip netns add {r} && ip netns add {o}"));
     sh(&format!("ip -n {r} link add r0 type veth peer name o0 netns {o}"));
@@ -130,6 +148,17 @@ fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
     fp.set_allocation(AllocKey(7), AllocationEntry { deadline: far, budget_bytes: None }).unwrap();
     fp.bind_channel(&binding, far).unwrap();
 
+    Some(Pair { fp, _stub: stub, client, peer, user_listener, user_relayed, listener, relayed, binding, clock, ns })
+}
+
+#[test]
+fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
+    let Some(Pair { mut fp, _stub, client, peer, user_listener, user_relayed, listener, relayed, binding, clock, ns }) =
+        pair()
+    else {
+        return;
+    };
+    let (r, tag) = (&ns.relay, ns.tag.clone());
     // client -> peer: the bare payload, from the relayed address.
     client.send_to(&channel_data(0x4001, b"ping through the kernel"), listener).unwrap();
     let (got, from) = recv(&peer).expect("the peer receives the relayed datagram");
@@ -201,4 +230,39 @@ fn auto_falls_back_and_off_attaches_nothing() {
         m => panic!("expected user space, got {m:?}"),
     }
     assert!(fp.attach("tkfpx", FastPathMode::Xdp).is_err());
+}
+
+/// The program's own cost per relayed datagram on this machine (BPF_ENABLE_STATS run time / run
+/// count), for docs/fastpath.md: `cargo nextest run -p turnkey-fastpath --run-ignored only
+/// cost_per_packet --no-capture`. A measurement, not a check: it asserts only that every datagram
+/// ran the program and arrived.
+#[test]
+#[ignore = "a measurement; run on demand"]
+fn cost_per_packet() {
+    let Some(mut p) = pair() else { return };
+    p.fp.enable_run_stats().unwrap();
+    let n: u64 = std::env::var("FASTPATH_COST_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    for (label, size) in [("100 B", 100usize), ("1000 B", 1000)] {
+        let msg = channel_data(0x4001, &vec![0x5a; size]);
+        let before = p.fp.run_stats().unwrap();
+        let mut got = 0u64;
+        let mut buf = [0u8; 2048];
+        p.peer.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        // Batches of 50 sent, then read back, so the peer's socket buffer never overflows.
+        for _ in 0..n / 50 {
+            for _ in 0..50 {
+                p.client.send_to(&msg, p.listener).unwrap();
+            }
+            let mut batch = 0;
+            while batch < 50 && p.peer.recv_from(&mut buf).is_ok() {
+                batch += 1;
+            }
+            got += batch;
+        }
+        let after = p.fp.run_stats().unwrap();
+        let runs = after.run_count - before.run_count;
+        let ns = (after.run_time - before.run_time).as_nanos() as f64 / runs.max(1) as f64;
+        println!("turnkey_xdp client->peer ChannelData {label}: {runs} runs, {ns:.0} ns per run, {got}/{n} received");
+        assert!(runs >= n, "every datagram ran the program");
+    }
 }
