@@ -460,6 +460,54 @@ static __always_inline int egress_ok(struct xdp_md *ctx, const struct bpf_fib_lo
 	return ifindex == ctx->ingress_ifindex || bpf_map_lookup_elem(&fp_tx_ports, &ifindex) != NULL;
 }
 
+// From the addresses and ports to a decided, routed plan: 0 or a pass reason. `ip_len` is the IP
+// packet's length as it arrived (header included); `*delta` is what the rewrite adds (+4, 0, -4).
+static __always_inline __u32 plan_and_route(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
+					    const struct udphdr *udp, __u32 ip_len, struct plan *p,
+					    struct bpf_fib_lookup *fib, int *delta)
+{
+	__u32 r = decide(ctx, family, src, dst, udp->source, udp->dest, bpf_ntohs(udp->len) - sizeof(*udp), p);
+	if (r)
+		return r;
+	*delta = (p->add ? CHANNEL_HDR : 0) - (p->strip ? CHANNEL_HDR : 0);
+	if (ip_len + *delta > 0xffff)
+		return PASS_LENGTH;
+	r = route(ctx, family, p, ip_len + *delta, fib);
+	if (r)
+		return r;
+	if (!egress_ok(ctx, fib))
+		return PASS_NO_TX_PORT;
+	return 0;
+}
+
+// Writes the new headers (moving the head by `delta`) and the ChannelData header when one is
+// added, then counts and sends. `l3` is the new IP header, `l3_len` its (constant) size.
+static __always_inline int emit(struct xdp_md *ctx, const struct plan *p, const struct bpf_fib_lookup *fib,
+				int delta, __be16 proto, const void *l3, const __u32 l3_len, const struct udphdr *udp)
+{
+	if (delta && bpf_xdp_adjust_head(ctx, -delta))
+		return pass(PASS_ADJUST_FAILED);
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u8 *hdr = data + sizeof(struct ethhdr) + l3_len + sizeof(struct udphdr);
+	if ((void *)hdr > end)
+		return pass(PASS_ADJUST_FAILED);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	eth->h_proto = proto;
+	__builtin_memcpy(data + sizeof(struct ethhdr), l3, l3_len);
+	__builtin_memcpy(data + sizeof(struct ethhdr) + l3_len, udp, sizeof(*udp));
+	if (p->add) {
+		if ((void *)(hdr + CHANNEL_HDR) > end) // (4 bytes were just added: cannot happen)
+			return pass(PASS_ADJUST_FAILED);
+		__builtin_memcpy(hdr, &p->add_chan, 2);
+		hdr[2] = p->data_len >> 8;
+		hdr[3] = p->data_len & 0xff;
+	}
+	return finish(ctx, p, fib);
+}
+
 static __always_inline int handle_v4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -503,53 +551,23 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	__builtin_memcpy(dst, &oip.daddr, 4);
 
 	struct plan p = {};
-	__u32 r = decide(ctx, FAM_V4, src, dst, oudp.source, oudp.dest, ulen - sizeof(struct udphdr), &p);
-	if (r)
-		return pass(r);
-	int delta = (p.add ? CHANNEL_HDR : 0) - (p.strip ? CHANNEL_HDR : 0);
-	__u16 ntot = tot + delta;
 	struct bpf_fib_lookup fib;
-	r = route(ctx, FAM_V4, &p, ntot, &fib);
+	int delta = 0;
+	__u32 r = plan_and_route(ctx, FAM_V4, src, dst, &oudp, tot, &p, &fib, &delta);
 	if (r)
 		return pass(r);
-	if (!egress_ok(ctx, &fib))
-		return pass(PASS_NO_TX_PORT);
 
 	__be16 nulen = bpf_htons(ulen + delta);
 	__u16 ncheck = oudp.check ? udp_csum(oudp.check, src, dst, oudp.source, oudp.dest, oudp.len, &p, nulen) : 0;
-
 	struct iphdr nip = oip;
-	nip.tot_len = bpf_htons(ntot);
+	nip.tot_len = bpf_htons(tot + delta);
 	nip.ttl = RELAY_TTL;
 	__builtin_memcpy(&nip.saddr, p.src, 4);
 	__builtin_memcpy(&nip.daddr, p.dst, 4);
 	nip.check = 0;
 	nip.check = csum_fold((__u64)(__u32)bpf_csum_diff(0, 0, (__be32 *)&nip, sizeof(nip), 0));
 	struct udphdr nudp = { .source = p.sport, .dest = p.dport, .len = nulen, .check = ncheck };
-
-	if (delta && bpf_xdp_adjust_head(ctx, -delta))
-		return pass(PASS_ADJUST_FAILED);
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *wip = (void *)(eth + 1);
-	struct udphdr *wudp = (void *)(wip + 1);
-	__u8 *hdr = (void *)(wudp + 1);
-	if ((void *)hdr > end)
-		return pass(PASS_ADJUST_FAILED);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IP);
-	*wip = nip;
-	*wudp = nudp;
-	if (p.add) {
-		if ((void *)(hdr + CHANNEL_HDR) > end) // (4 bytes were just added: cannot happen)
-			return pass(PASS_ADJUST_FAILED);
-		__builtin_memcpy(hdr, &p.add_chan, 2);
-		hdr[2] = p.data_len >> 8;
-		hdr[3] = p.data_len & 0xff;
-	}
-	return finish(ctx, &p, &fib);
+	return emit(ctx, &p, &fib, delta, bpf_htons(ETH_P_IP), &nip, sizeof(nip), &nudp);
 }
 
 static __always_inline int handle_v6(struct xdp_md *ctx)
@@ -587,16 +605,11 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 	__builtin_memcpy(dst, &oip.daddr, 16);
 
 	struct plan p = {};
-	__u32 r = decide(ctx, FAM_V6, src, dst, oudp.source, oudp.dest, ulen - sizeof(struct udphdr), &p);
-	if (r)
-		return pass(r);
-	int delta = (p.add ? CHANNEL_HDR : 0) - (p.strip ? CHANNEL_HDR : 0);
 	struct bpf_fib_lookup fib;
-	r = route(ctx, FAM_V6, &p, sizeof(struct ipv6hdr) + plen6 + delta, &fib);
+	int delta = 0;
+	__u32 r = plan_and_route(ctx, FAM_V6, src, dst, &oudp, sizeof(struct ipv6hdr) + plen6, &p, &fib, &delta);
 	if (r)
 		return pass(r);
-	if (!egress_ok(ctx, &fib))
-		return pass(PASS_NO_TX_PORT);
 
 	__be16 nulen = bpf_htons(ulen + delta);
 	__u16 ncheck = udp_csum(oudp.check, src, dst, oudp.source, oudp.dest, oudp.len, &p, nulen);
@@ -606,30 +619,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 	__builtin_memcpy(&nip.saddr, p.src, 16);
 	__builtin_memcpy(&nip.daddr, p.dst, 16);
 	struct udphdr nudp = { .source = p.sport, .dest = p.dport, .len = nulen, .check = ncheck };
-
-	if (delta && bpf_xdp_adjust_head(ctx, -delta))
-		return pass(PASS_ADJUST_FAILED);
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	struct ipv6hdr *wip = (void *)(eth + 1);
-	struct udphdr *wudp = (void *)(wip + 1);
-	__u8 *hdr = (void *)(wudp + 1);
-	if ((void *)hdr > end)
-		return pass(PASS_ADJUST_FAILED);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	eth->h_proto = bpf_htons(ETH_P_IPV6);
-	*wip = nip;
-	*wudp = nudp;
-	if (p.add) {
-		if ((void *)(hdr + CHANNEL_HDR) > end) // (4 bytes were just added: cannot happen)
-			return pass(PASS_ADJUST_FAILED);
-		__builtin_memcpy(hdr, &p.add_chan, 2);
-		hdr[2] = p.data_len >> 8;
-		hdr[3] = p.data_len & 0xff;
-	}
-	return finish(ctx, &p, &fib);
+	return emit(ctx, &p, &fib, delta, bpf_htons(ETH_P_IPV6), &nip, sizeof(nip), &nudp);
 }
 
 SEC("xdp")

@@ -39,7 +39,7 @@ fn setup() -> Option<Net> {
     sh("ip addr add 10.2.0.1/24 dev tkc");
     sh("for d in tka tkb tkc tkd; do ip link set $d up; done");
     // bpf_fib_lookup answers only with forwarding on for the ingress interface (docs/fastpath.md).
-    sh("sysctl -qw net.ipv4.conf.tka.forwarding=1 net.ipv6.conf.tka.forwarding=1");
+    sh("echo 1 > /proc/sys/net/ipv4/conf/tka/forwarding && echo 1 > /proc/sys/net/ipv6/conf/tka/forwarding");
     sh("ip neigh replace 10.1.0.2 lladdr 02:00:00:00:00:02 dev tka nud permanent");
     sh("ip neigh replace 10.1.0.3 lladdr 02:00:00:00:00:03 dev tka nud permanent");
     sh("ip -6 neigh replace fd00:1::2 lladdr 02:00:00:00:00:02 dev tka nud permanent");
@@ -260,9 +260,9 @@ fn another_egress_interface_is_redirected_when_forwarding_else_passed() {
     let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"far"));
 
     // Forwarding off on the ingress interface: the kernel gives no next hop, user space relays.
-    sh("sysctl -qw net.ipv4.conf.tka.forwarding=0");
+    sh("echo 0 > /proc/sys/net/ipv4/conf/tka/forwarding");
     expect_pass(&mut net, &frame, PassReason::ForwardingOff);
-    sh("sysctl -qw net.ipv4.conf.tka.forwarding=1");
+    sh("echo 1 > /proc/sys/net/ipv4/conf/tka/forwarding");
     // Not an interface the fast path may send on yet.
     expect_pass(&mut net, &frame, PassReason::NoTxPort);
     net.fp.allow_egress(ifindex("tkc").unwrap()).unwrap();

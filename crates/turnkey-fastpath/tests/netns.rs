@@ -107,7 +107,7 @@ fn pair() -> Option<Pair> {
     ));
     // Local senders hand the veth CHECKSUM_PARTIAL packets: the program rewrites real checksums.
     sh(&format!("ip netns exec {o} ethtool -K o0 tx off >/dev/null"));
-    sh(&format!("ip netns exec {r} sysctl -qw net.ipv4.conf.r0.forwarding=1"));
+    sh(&format!("ip netns exec {r} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/r0/forwarding'"));
     let o_mac = sh(&format!("ip -n {o} -br link show o0 | awk '{{print $3}}'")).trim().to_string();
     for ip in ["10.77.0.2", "10.77.0.3"] {
         sh(&format!("ip -n {r} neigh replace {ip} lladdr {o_mac} dev r0 nud permanent"));
