@@ -232,6 +232,58 @@ fn auto_falls_back_and_off_attaches_nothing() {
     assert!(fp.attach("tkfpx", FastPathMode::Xdp).is_err());
 }
 
+#[test]
+fn veth_relays_ipv6_both_directions() {
+    let Some(mut p) = pair() else { return };
+    let (r, o) = (p.ns.relay.clone(), p.ns.outside.clone());
+    sh(&format!("ip -n {o} addr add fd00:77::2/64 dev o0 nodad && ip -n {o} addr add fd00:77::3/64 dev o0 nodad"));
+    sh(&format!("ip -n {r} addr add fd00:77::1/64 dev r0 nodad"));
+    sh(&format!("ip netns exec {r} sh -c 'echo 1 > /proc/sys/net/ipv6/conf/r0/forwarding'"));
+    let o_mac = sh(&format!("ip -n {o} -br link show o0 | awk '{{print $3}}'")).trim().to_string();
+    let r_mac = sh(&format!("ip -n {r} -br link show r0 | awk '{{print $3}}'")).trim().to_string();
+    for ip in ["fd00:77::2", "fd00:77::3"] {
+        sh(&format!("ip -n {r} -6 neigh replace {ip} lladdr {o_mac} dev r0 nud permanent"));
+    }
+    sh(&format!("ip -n {o} -6 neigh replace fd00:77::1 lladdr {r_mac} dev o0 nud permanent"));
+
+    enter(&o);
+    let client = socket("[fd00:77::2]:0");
+    let peer = socket("[fd00:77::3]:0");
+    enter(&r);
+    let listener: SocketAddr = "[fd00:77::1]:3478".parse().unwrap();
+    let relayed: SocketAddr = "[fd00:77::1]:50000".parse().unwrap();
+    let user_listener = socket("[fd00:77::1]:3478");
+    let user_relayed = socket("[fd00:77::1]:50000");
+    user_listener.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    p.fp.add_listener(listener).unwrap();
+    p.fp.add_relay_ip(relayed.ip()).unwrap();
+    let binding = ChannelBinding {
+        client: client.local_addr().unwrap(),
+        listener,
+        channel: 0x4fff,
+        relayed,
+        peer: peer.local_addr().unwrap(),
+        alloc: AllocKey(8),
+    };
+    let far = p.clock.deadline(Instant::now() + Duration::from_secs(120));
+    p.fp.set_allocation(AllocKey(8), AllocationEntry { deadline: far, budget_bytes: None }).unwrap();
+    p.fp.bind_channel(&binding, far).unwrap();
+
+    let mut total = 0;
+    for data in [&b"x"[..], b"odd-sized payload", &[0xc3u8; 1200][..]] {
+        client.send_to(&channel_data(0x4fff, data), listener).unwrap();
+        let (got, from) = recv(&peer).expect("the peer receives the relayed datagram over IPv6");
+        assert_eq!((got.as_slice(), from), (data, relayed));
+        peer.send_to(data, relayed).unwrap();
+        let (got, from) = recv(&client).expect("the client receives ChannelData over IPv6");
+        assert_eq!((got, from), (channel_data(0x4fff, data), listener));
+        total += data.len() as u64;
+    }
+    assert!(recv(&user_listener).is_none() && recv(&user_relayed).is_none(), "user space received a relayed datagram");
+    let c = p.fp.alloc_counters(AllocKey(8)).unwrap();
+    assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (3, total, 3, total));
+}
+
 /// The program's own cost per relayed datagram on this machine (BPF_ENABLE_STATS run time / run
 /// count), for docs/fastpath.md: `cargo nextest run -p turnkey-fastpath --run-ignored only
 /// cost_per_packet --no-capture`. A measurement, not a check: it asserts only that every datagram
