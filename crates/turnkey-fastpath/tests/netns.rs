@@ -24,12 +24,17 @@ struct Namespaces {
     relay: String,
     outside: String,
     tag: String,
+    /// More namespaces a test adds (deleted too).
+    extra: Vec<String>,
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.relay]).status();
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.outside]).status();
+        for ns in &self.extra {
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }
 
@@ -97,7 +102,12 @@ fn pair() -> Option<Pair> {
     drop(_probe);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let tag = format!("{}-{}", std::process::id(), nanos % 100_000);
-    let ns = Namespaces { relay: format!("tkfp22r-{tag}"), outside: format!("tkfp22o-{tag}"), tag: tag.clone() };
+    let ns = Namespaces {
+        relay: format!("tkfp22r-{tag}"),
+        outside: format!("tkfp22o-{tag}"),
+        tag: tag.clone(),
+        extra: Vec::new(),
+    };
     let (r, o) = (&ns.relay, &ns.outside);
     sh(&format!("ip netns add {r} && ip netns add {o}"));
     sh(&format!("ip -n {r} link add r0 type veth peer name o0 netns {o}"));
@@ -282,6 +292,57 @@ fn veth_relays_ipv6_both_directions() {
     assert!(recv(&user_listener).is_none() && recv(&user_relayed).is_none(), "user space received a relayed datagram");
     let c = p.fp.alloc_counters(AllocKey(8)).unwrap();
     assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (3, total, 3, total));
+}
+
+/// A peer behind a second interface of the relay (a third namespace): client -> peer leaves r1
+/// and peer -> client leaves r0 by XDP_REDIRECT through the devmap of attached interfaces.
+#[test]
+fn veth_redirects_between_two_relay_interfaces() {
+    let Some(mut p) = pair() else { return };
+    let r = p.ns.relay.clone();
+    let far = format!("tkfp22p-{}", p.ns.tag);
+    p.ns.extra.push(far.clone());
+    sh(&format!("ip netns add {far}"));
+    sh(&format!("ip -n {r} link add r1 type veth peer name p0 netns {far}"));
+    sh(&format!("ip -n {r} addr add 10.78.0.1/24 dev r1 && ip -n {r} link set r1 up"));
+    sh(&format!(
+        "ip -n {far} addr add 10.78.0.3/24 dev p0 && ip -n {far} link set p0 up && ip -n {far} link set lo up"
+    ));
+    sh(&format!("ip netns exec {far} ethtool -K p0 tx off >/dev/null"));
+    sh(&format!("ip netns exec {r} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/r1/forwarding'"));
+    let p_mac = sh(&format!("ip -n {far} -br link show p0 | awk '{{print $3}}'")).trim().to_string();
+    sh(&format!("ip -n {r} neigh replace 10.78.0.3 lladdr {p_mac} dev r1 nud permanent"));
+
+    enter(&far);
+    let mut stub = load_or_skip().unwrap();
+    stub.attach_pass_stub("p0").unwrap();
+    let far_peer = socket("10.78.0.3:0");
+    enter(&r);
+    let relayed: SocketAddr = "10.78.0.1:50001".parse().unwrap();
+    let user_relayed = socket("10.78.0.1:50001");
+    p.fp.add_relay_ip(relayed.ip()).unwrap();
+    assert_eq!(p.fp.attach("r1", FastPathMode::Xdp).unwrap(), AttachedMode::Native);
+    let binding = ChannelBinding {
+        client: p.client.local_addr().unwrap(),
+        listener: p.listener,
+        channel: 0x4002,
+        relayed,
+        peer: far_peer.local_addr().unwrap(),
+        alloc: AllocKey(9),
+    };
+    let deadline = p.clock.deadline(Instant::now() + Duration::from_secs(120));
+    p.fp.set_allocation(AllocKey(9), AllocationEntry { deadline, budget_bytes: None }).unwrap();
+    p.fp.bind_channel(&binding, deadline).unwrap();
+
+    let before = p.fp.counters().unwrap().redirected;
+    p.client.send_to(&channel_data(0x4002, b"over there"), p.listener).unwrap();
+    let (got, from) = recv(&far_peer).expect("the far peer receives the redirected datagram");
+    assert_eq!((got.as_slice(), from), (&b"over there"[..], relayed));
+    far_peer.send_to(b"and back", relayed).unwrap();
+    let (got, from) = recv(&p.client).expect("the client receives the redirected ChannelData");
+    assert_eq!((got, from), (channel_data(0x4002, b"and back"), p.listener));
+    assert!(recv(&p.user_listener).is_none() && recv(&user_relayed).is_none());
+    assert_eq!(p.fp.counters().unwrap().redirected, before + 2);
 }
 
 /// The program's own cost per relayed datagram on this machine (BPF_ENABLE_STATS run time / run
