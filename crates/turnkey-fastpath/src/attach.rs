@@ -91,6 +91,20 @@ pub fn ifindex(iface: &str) -> Result<u32, FastPathError> {
     nix::net::if_::if_nametoindex(iface).map_err(|_| FastPathError::UnknownInterface(iface.to_string()))
 }
 
+/// The interface that carries `ip` (what `auto` attaches to for a relay address), in the calling
+/// thread's network namespace; None when no interface has it (a wildcard, or not local).
+pub fn interface_of(ip: std::net::IpAddr) -> Option<String> {
+    let ip = ip.to_canonical();
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        let addr = ifa.address?;
+        let found = match ip {
+            std::net::IpAddr::V4(v4) => addr.as_sockaddr_in().is_some_and(|a| a.ip() == u32::from(v4)),
+            std::net::IpAddr::V6(v6) => addr.as_sockaddr_in6().is_some_and(|a| a.ip() == v6),
+        };
+        found.then_some(ifa.interface_name)
+    })
+}
+
 /// Whether forwarding is on for an interface, per family (`net.ipv4.conf.IF.forwarding`,
 /// `net.ipv6.conf.IF.forwarding`). bpf_fib_lookup answers only for an ingress interface with
 /// forwarding on; without it the program passes every datagram of that family to user space as

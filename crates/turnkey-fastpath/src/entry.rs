@@ -30,7 +30,6 @@ pub struct KernelClock {
 
 impl KernelClock {
     /// Anchors the conversion now (reads the clock: call it from the driver, not the engine).
-    #[allow(clippy::disallowed_methods)]
     pub fn new() -> Self {
         let instant = Instant::now();
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);

@@ -15,7 +15,7 @@ mod metrics;
 mod program;
 mod stats;
 
-pub use attach::{forwarding, ifindex, AttachedMode, FastPathMode, Forwarding};
+pub use attach::{forwarding, ifindex, interface_of, AttachedMode, FastPathMode, Forwarding};
 pub use entry::{AllocKey, AllocationEntry, ChannelBinding, KernelClock, KernelDeadline};
 pub use error::FastPathError;
 pub use metrics::FastPathMetrics;

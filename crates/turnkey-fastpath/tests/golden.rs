@@ -52,6 +52,10 @@ fn setup() -> Option<Net> {
         fp.add_relay_ip(ip.parse().unwrap()).unwrap();
     }
     let ingress = ifindex("tka").unwrap();
+    assert_eq!(turnkey_fastpath::interface_of("10.1.0.1".parse().unwrap()).as_deref(), Some("tka"));
+    assert_eq!(turnkey_fastpath::interface_of("fd00:1::1".parse().unwrap()).as_deref(), Some("tka"));
+    assert_eq!(turnkey_fastpath::interface_of("10.2.0.1".parse().unwrap()).as_deref(), Some("tkc"));
+    assert_eq!(turnkey_fastpath::interface_of("192.0.2.1".parse().unwrap()), None);
     Some(Net { fp, ingress, relay_mac: mac("tka") })
 }
 
