@@ -2,7 +2,7 @@
 //! relay's addresses through it, reads counters from it, and attaches it to interfaces
 //! (`attach.rs`). Dropping it detaches every attachment and frees the maps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::{DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
@@ -34,6 +34,8 @@ pub struct FastPath {
     cpus: usize,
     /// Holds BPF_ENABLE_STATS while the fast path wants run-time figures (dropped: off again).
     run_stats: Option<std::os::fd::OwnedFd>,
+    /// Each allocation's counters as the last sweep read them.
+    swept: StdHashMap<u32, AllocCounters>,
 }
 
 /// The program's own cost as the kernel accounts it (BPF_ENABLE_STATS): total run time and runs,
@@ -113,6 +115,7 @@ impl FastPath {
             attached: BTreeMap::new(),
             cpus,
             run_stats: None,
+            swept: StdHashMap::new(),
         })
     }
 
@@ -155,13 +158,32 @@ impl FastPath {
         self.allocs.insert(alloc.0, v, 0).map_err(|e| op_err("insert", "fp_allocs", e))
     }
 
-    /// Removes an allocation and returns its final counters (the channels that name it stop being
-    /// relayed at once: the program passes them as `no_allocation`).
+    /// Removes an allocation and returns what it relayed since the last [`FastPath::sweep`] (so
+    /// that sweeps plus removals count every byte once). The channels that name it stop being
+    /// relayed at once: the program passes them as `no_allocation`.
     pub fn remove_allocation(&mut self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
         let _ = self.allocs.remove(&alloc.0);
         let counters = self.alloc_counters(alloc)?;
         let _ = self.alloc_stats.remove(&alloc.0);
-        Ok(counters)
+        let earlier = self.swept.remove(&alloc.0).unwrap_or_default();
+        Ok(counters.since(&earlier))
+    }
+
+    /// What each allocation relayed in the kernel since the previous sweep (allocations with
+    /// nothing new are left out): the driver adds these to usage accounting, caps and the
+    /// `turnkey_relay_relayed_*` counters, so totals are the same with the fast path on or off.
+    pub fn sweep(&mut self) -> Result<Vec<(AllocKey, AllocCounters)>, FastPathError> {
+        let keys: Vec<u32> = self.alloc_stats.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let now = self.alloc_counters(AllocKey(key))?;
+            let earlier = self.swept.insert(key, now).unwrap_or_default();
+            let delta = now.since(&earlier);
+            if !delta.is_zero() {
+                out.push((AllocKey(key), delta));
+            }
+        }
+        Ok(out)
     }
 
     /// Binds (or refreshes, with a new deadline) a channel in both directions.

@@ -106,6 +106,23 @@ pub struct AllocCounters {
     pub to_client_bytes: u64,
 }
 
+impl AllocCounters {
+    /// What was added since `earlier` (a reading of the same allocation).
+    pub fn since(&self, earlier: &AllocCounters) -> AllocCounters {
+        AllocCounters {
+            to_peer_packets: self.to_peer_packets.saturating_sub(earlier.to_peer_packets),
+            to_peer_bytes: self.to_peer_bytes.saturating_sub(earlier.to_peer_bytes),
+            to_client_packets: self.to_client_packets.saturating_sub(earlier.to_client_packets),
+            to_client_bytes: self.to_client_bytes.saturating_sub(earlier.to_client_bytes),
+        }
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        *self == AllocCounters::default()
+    }
+}
+
 /// The program's global counters (summed over CPUs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProgramCounters {

@@ -198,6 +198,22 @@ fn ipv4_both_directions_rewrite_with_valid_checksums() {
     assert_eq!((c.to_client_packets, c.to_client_bytes), (1, reply.len() as u64));
     assert_eq!(net.fp.counters().unwrap().tx, 2);
 
+    // Sweeps hand out what is new, once; a removal hands out the rest.
+    assert_eq!(net.fp.sweep().unwrap(), vec![(AllocKey(1), c)]);
+    assert_eq!(net.fp.sweep().unwrap(), vec![]);
+    let frame = udp_frame(PEER_MAC, net.relay_mac, b.peer, b.relayed, reply);
+    run(&mut net, &frame, action::TX);
+    let once = turnkey_fastpath::AllocCounters {
+        to_client_packets: 1,
+        to_client_bytes: reply.len() as u64,
+        ..Default::default()
+    };
+    assert_eq!(net.fp.sweep().unwrap(), vec![(AllocKey(1), once)]);
+    run(&mut net, &frame, action::TX);
+    assert_eq!(net.fp.remove_allocation(AllocKey(1)).unwrap(), once);
+    assert_eq!(net.fp.sweep().unwrap(), vec![]);
+    alive(&mut net.fp, 1, None);
+
     // An RFC 5766 client's channel number (0x5000-0x7FFF, when the relay accepts them): relayed
     // once bound, user space's before.
     let legacy = ChannelBinding { client: sa("10.1.0.2:5002"), channel: 0x7fff, relayed: sa("10.1.0.1:50002"), ..b };
