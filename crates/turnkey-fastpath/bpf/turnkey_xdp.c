@@ -255,13 +255,13 @@ static __always_inline int is_addr(const __u8 *addr, __be16 port, __u8 family)
 	return bpf_map_lookup_elem(&fp_addrs, &k) != NULL;
 }
 
-// The decision: 0 and a filled plan, or a pass reason. `payload` points at the UDP payload,
-// `plen` is its length (already checked against the IP and UDP lengths).
+// The decision: 0 and a filled plan, or a pass reason. `plen` is the UDP payload's length
+// (already checked against the IP and UDP lengths).
 static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
 				    __be16 sport, __be16 dport, __u32 plen, struct plan *p)
 {
 	void *end = (void *)(long)ctx->data_end;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 	__u32 off = family == FAM_V4 ? sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr)
 				     : sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
 	__u8 *payload = (void *)(long)ctx->data + off;
@@ -298,6 +298,7 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 		struct fp_chan_val *cv = bpf_map_lookup_elem(&fp_channels, &ck);
 		if (!cv)
 			return PASS_NO_CHANNEL;
+		now = bpf_ktime_get_ns(); // (read only for packets with an entry)
 		if (now >= cv->deadline_ns)
 			return PASS_EXPIRED;
 		__u32 r = alloc_check(cv->alloc, now, dlen);
@@ -354,6 +355,7 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
 	if (!pv)
 		return PASS_NO_PEER;
+	now = bpf_ktime_get_ns();
 	if (now >= pv->deadline_ns)
 		return PASS_EXPIRED;
 	if (plen > 0xffff)
