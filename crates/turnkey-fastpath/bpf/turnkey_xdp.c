@@ -255,16 +255,13 @@ static __always_inline int is_addr(const __u8 *addr, __be16 port, __u8 family)
 	return bpf_map_lookup_elem(&fp_addrs, &k) != NULL;
 }
 
-// The decision: 0 and a filled plan, or a pass reason. `plen` is the UDP payload's length
-// (already checked against the IP and UDP lengths).
+// The decision: 0 and a filled plan, or a pass reason. `payload` is the UDP payload in the packet,
+// `plen` its length (already checked against the IP and UDP lengths).
 static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
-				    __be16 sport, __be16 dport, __u32 plen, struct plan *p)
+				    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen, struct plan *p)
 {
 	void *end = (void *)(long)ctx->data_end;
 	__u64 now;
-	__u32 off = family == FAM_V4 ? sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr)
-				     : sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
-	__u8 *payload = (void *)(long)ctx->data + off;
 
 	if (is_addr(dst, dport, family)) {
 		// client -> listener
@@ -465,10 +462,10 @@ static __always_inline int egress_ok(struct xdp_md *ctx, const struct bpf_fib_lo
 // From the addresses and ports to a decided, routed plan: 0 or a pass reason. `ip_len` is the IP
 // packet's length as it arrived (header included); `*delta` is what the rewrite adds (+4, 0, -4).
 static __always_inline __u32 plan_and_route(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
-					    const struct udphdr *udp, __u32 ip_len, struct plan *p,
+					    const struct udphdr *udp, const __u8 *payload, __u32 ip_len, struct plan *p,
 					    struct bpf_fib_lookup *fib, int *delta)
 {
-	__u32 r = decide(ctx, family, src, dst, udp->source, udp->dest, bpf_ntohs(udp->len) - sizeof(*udp), p);
+	__u32 r = decide(ctx, family, src, dst, udp->source, udp->dest, payload, bpf_ntohs(udp->len) - sizeof(*udp), p);
 	if (r)
 		return r;
 	*delta = (p->add ? CHANNEL_HDR : 0) - (p->strip ? CHANNEL_HDR : 0);
@@ -555,7 +552,7 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	struct plan p = {};
 	struct bpf_fib_lookup fib;
 	int delta = 0;
-	__u32 r = plan_and_route(ctx, FAM_V4, src, dst, &oudp, tot, &p, &fib, &delta);
+	__u32 r = plan_and_route(ctx, FAM_V4, src, dst, &oudp, (const __u8 *)(udp + 1), tot, &p, &fib, &delta);
 	if (r)
 		return pass(r);
 
@@ -609,7 +606,8 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 	struct plan p = {};
 	struct bpf_fib_lookup fib;
 	int delta = 0;
-	__u32 r = plan_and_route(ctx, FAM_V6, src, dst, &oudp, sizeof(struct ipv6hdr) + plen6, &p, &fib, &delta);
+	__u32 r = plan_and_route(ctx, FAM_V6, src, dst, &oudp, (const __u8 *)(udp + 1), sizeof(struct ipv6hdr) + plen6,
+				 &p, &fib, &delta);
 	if (r)
 		return pass(r);
 

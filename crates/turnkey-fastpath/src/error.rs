@@ -9,6 +9,9 @@ pub enum FastPathError {
     /// The kernel refused to load the program or create its maps (not root, no BPF, verifier).
     #[error("loading the XDP program failed: {0}")]
     Load(String),
+    /// The verifier rejected the program (a bug in this build, never an environment problem).
+    #[error("the kernel verifier rejected {program}: {log}")]
+    Rejected { program: &'static str, log: String },
     /// A map the program declares is missing or of another type (a build mismatch).
     #[error("map {name}: {reason}")]
     Map { name: &'static str, reason: String },

@@ -70,6 +70,23 @@ pub mod action {
     pub const REDIRECT: u32 = 4;
 }
 
+/// EACCES / EINVAL from BPF_PROG_LOAD with a verifier log: the program is wrong. Anything else
+/// (EPERM without CAP_BPF, ENOSYS, ...) is the environment.
+fn load_error(name: &'static str, e: aya::programs::ProgramError) -> FastPathError {
+    if let aya::programs::ProgramError::LoadError { io_error, verifier_log } = &e {
+        let code = io_error.raw_os_error();
+        if code == Some(rustix::io::Errno::ACCESS.raw_os_error())
+            || code == Some(rustix::io::Errno::INVAL.raw_os_error())
+        {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let log = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            return FastPathError::Rejected { program: name, log };
+        }
+    }
+    FastPathError::Load(format!("{name}: {e}"))
+}
+
 fn map_err(name: &'static str, e: impl std::fmt::Display) -> FastPathError {
     FastPathError::Map { name, reason: e.to_string() }
 }
@@ -94,13 +111,13 @@ impl FastPath {
             return Err(FastPathError::Unavailable(crate::UNAVAILABLE.to_string()));
         };
         let mut ebpf = Ebpf::load(object).map_err(|e| FastPathError::Load(e.to_string()))?;
-        for name in [PROGRAM_NAME, PASS_STUB_NAME] {
+        for name in [PROGRAM_NAME, PASS_STUB_NAME] as [&'static str; 2] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| FastPathError::Load(format!("program {name} missing from the object")))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| FastPathError::Load(e.to_string()))?;
-            prog.load().map_err(|e| FastPathError::Load(format!("{name}: {e}")))?;
+            prog.load().map_err(|e| load_error(name, e))?;
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| FastPathError::Load(format!("{what}: {e}")))?;
         Ok(Self {

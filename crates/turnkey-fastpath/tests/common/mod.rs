@@ -18,6 +18,8 @@ pub fn load_or_skip() -> Option<FastPath> {
     } else {
         match FastPath::load() {
             Ok(fp) => return Some(fp),
+            // A rejected program is a bug, whatever the environment: never a skip.
+            Err(e @ turnkey_fastpath::FastPathError::Rejected { .. }) => panic!("{e}"),
             Err(e) => Some(format!("loading the program failed: {e}")),
         }
     };
