@@ -6,7 +6,8 @@
 #   schemathesis (the OpenAPI fuzzer) from PyPI, cargo-fuzz (the fuzz targets in fuzz/) from
 #   crates.io, prlimit (util-linux, the HTTP flood test); for the operator paths (tests/tests/ops.rs):
 #   debootstrap, podman, runc, docker-compose and systemd-analyze from Debian, cargo-deb from
-#   crates.io, kubernetes-validate from PyPI.
+#   crates.io, kubernetes-validate from PyPI; for the kernel fast path (crates/turnkey-fastpath):
+#   clang and libbpf-dev (build.rs compiles the XDP program) and bpftool from Debian.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -27,6 +28,9 @@ command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
+command -v bpftool >/dev/null 2>&1 || need_apt+=(bpftool)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -84,7 +88,8 @@ python3 -c 'import aioice' >/dev/null 2>&1 || missing+=(aioice)
 python3 -c 'import schemathesis' >/dev/null 2>&1 || missing+=(schemathesis)
 command -v prlimit >/dev/null 2>&1 || missing+=(prlimit)
 cargo fuzz --version >/dev/null 2>&1 || missing+=(cargo-fuzz)
-for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb; do
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb clang bpftool; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -68,6 +68,7 @@ pub fn creds(args: CredsArgs) -> anyhow::Result<()> {
 
 async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let ring = open_data_dir(&s)?;
+    crate::fastpath::start(s.relay.fast_path)?;
     let sockets = bind_listeners(&s)?;
     let listening = Listening::of(&sockets);
     let tls = start_tls(&s, &listening)?;
