@@ -6,6 +6,7 @@
 //! The UDP driver (`udp`) and the TCP/TLS driver (`stream`) both build on this file and not on
 //! each other.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ pub(crate) struct ShardState {
     pub batches: UdpBatches,
     metrics: RelayMetrics,
     exporter: StatsExporter,
-    /// Relay sockets of allocations created since `udp::start_relays` last ran.
+    /// Relay sockets of allocations created since [`ShardState::start_relays`] last ran.
     created: Vec<RelayHandle>,
 }
 
@@ -78,9 +79,17 @@ impl ShardState {
         self.export_all();
     }
 
-    /// The relay sockets whose receive tasks are to start (see `udp::start_relays`).
-    pub fn take_created(&mut self) -> Vec<RelayHandle> {
-        std::mem::take(&mut self.created)
+    /// Starts the receive task of every relay socket whose allocation the engine created since
+    /// the last call (noted from `AllocationCreated` events); a socket whose allocation already
+    /// ended is gone and skipped. Called by the tasks that fed the engine, once their borrow of
+    /// the shard ended.
+    pub fn start_relays(shard: &Rc<RefCell<Self>>) {
+        let created = std::mem::take(&mut shard.borrow_mut().created);
+        for handle in created {
+            let Some(sock) = shard.borrow().ports.sock_rc(handle) else { continue };
+            let task = tokio::task::spawn_local(crate::udp::peer_loop(shard.clone(), sock, handle));
+            shard.borrow_mut().ports.set_task(handle, task);
+        }
     }
 
     fn poll_events(&mut self) {

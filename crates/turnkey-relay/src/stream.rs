@@ -294,7 +294,7 @@ fn process(
         }
         Ok(stun)
     })();
-    crate::udp::start_relays(shard);
+    ShardState::start_relays(shard);
     result
 }
 

@@ -185,17 +185,15 @@ impl RelayPorts for Ports {
     }
 }
 
-/// Starts the receive task of every relay socket whose allocation the engine created since the
-/// last call (the shard's `settle` noted them from `AllocationCreated` events); a socket whose
-/// allocation already ended is gone and skipped. Called by the tasks that fed the engine, once
-/// their borrow of the shard ended.
-pub(crate) fn start_relays(shard: &Rc<RefCell<ShardState>>) {
-    let created = shard.borrow_mut().take_created();
-    for handle in created {
-        let sock = shard.borrow().ports.sockets.get(&handle.0).map(|(s, _)| s.clone());
-        let Some(sock) = sock else { continue };
-        let task = tokio::task::spawn_local(peer_loop(shard.clone(), sock, handle));
-        match shard.borrow_mut().ports.sockets.get_mut(&handle.0) {
+impl Ports {
+    /// Relay socket `relay`, shared (for its receive task).
+    pub(crate) fn sock_rc(&self, relay: RelayHandle) -> Option<Rc<UdpSock>> {
+        self.sockets.get(&relay.0).map(|(s, _)| s.clone())
+    }
+
+    /// Records the receive task of relay socket `relay`; aborts it if the socket is gone.
+    pub(crate) fn set_task(&mut self, relay: RelayHandle, task: JoinHandle<()>) {
+        match self.sockets.get_mut(&relay.0) {
             Some((_, slot)) => *slot = Some(task),
             None => task.abort(),
         }
@@ -211,7 +209,7 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
             return;
         }
         let result = shard.borrow_mut().client_readable(idx, &sock);
-        start_relays(&shard);
+        ShardState::start_relays(&shard);
         if let Err(e) = result {
             if e.kind() != io::ErrorKind::WouldBlock {
                 // ICMP errors surface here on some systems; they concern one peer only.
@@ -223,7 +221,7 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
 
 /// Receives from peers on one relay socket, for the life of its allocation (see
 /// [`client_loop`]).
-async fn peer_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
+pub(crate) async fn peer_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
     loop {
         if sock.socket.readable().await.is_err() {
             return;
