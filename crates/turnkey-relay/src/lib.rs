@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod clock;
 mod error;
+pub mod fastpath;
 pub mod metrics;
 mod outq;
 // The sans-IO parts live in turnkey-proto; re-exported under their old paths.

@@ -1,0 +1,214 @@
+//! The relay feeding the kernel fast path, end to end: the real `turnkey serve` in namespace `a`
+//! on a veth (forwarding on), `turnkey load` (ChannelBind, then ChannelData) and a UDP echo peer in
+//! namespace `b`, whose veth end runs the XDP_PASS stub with TX checksum offload off (the veth
+//! traps in docs/fastpath.md). With `--fast-path xdp` the kernel relays the channels: its counters
+//! move, the relayed totals still equal what was sent (the kernel's share added at each sweep),
+//! and after SIGTERM's drain nothing is left attached. With `--fast-path off` the same run gives the
+//! same totals in user space. `auto` on an interface with forwarding off stays in user space and
+//! says why; `xdp` refuses to start there. Skipped with a message where namespaces or BPF are
+//! missing; required under CI=true.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use turnkey_e2e::netns::{VethPair, A_V4, B_V4};
+use turnkey_e2e::{bin, http, metric_sum, run_with_timeout, Turnkey};
+use turnkey_fastpath::FastPath;
+
+/// A plain UDP echo peer in namespace `b` (stops when dropped).
+struct EchoPeer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoPeer {
+    fn start(pair: &VethPair) -> Self {
+        let socket = pair.b.enter(|| UdpSocket::bind(SocketAddr::new(B_V4, 0)).unwrap());
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Self { addr, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The pair with the fast path's prerequisites: forwarding on in `a` (unless `forwarding` is
+/// false), TX checksum offload off and the XDP_PASS stub on `b`'s end. None: skip.
+fn setup(forwarding: bool) -> Option<(VethPair, FastPath)> {
+    let pair = VethPair::new()?;
+    let stub = match pair.b.enter(FastPath::load) {
+        Ok(fp) => fp,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("the fast path cannot load under CI: {e}"),
+        Err(e) => {
+            eprintln!("SKIP: the fast path cannot load here: {e}");
+            return None;
+        }
+    };
+    let mut stub = stub;
+    pair.b.enter(|| stub.attach_pass_stub("veth0")).unwrap();
+    sh(&format!("ip netns exec {} ethtool -K veth0 tx off >/dev/null", pair.b.name()));
+    if forwarding {
+        sh(&format!(
+            "ip netns exec {} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/veth0/forwarding; echo 1 > /proc/sys/net/ipv6/conf/veth0/forwarding'",
+            pair.a.name()
+        ));
+    }
+    Some((pair, stub))
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `turnkey load` in namespace `b` through the relay to `peer`: its exit code and JSON report.
+fn load_in(pair: &VethPair, tk: &Turnkey, peer: SocketAddr) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", pair.b.name()])
+        .arg(bin())
+        .args(["load", "--server", &tk.udp().to_string(), "--secret", &tk.secret(), "--quiet", "--json"])
+        .arg(&json)
+        .args(["--flows", "4", "--rate", "200", "--duration", "3", "--max-loss", "0"])
+        .args(["--peer-addr", &peer.to_string()]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(90));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("[turnkey load] {text}");
+    assert_ne!(out.status.code(), Some(2), "turnkey load could not start: {text}");
+    let report = std::fs::read(&json).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn metrics(pair: &VethPair, tk: &Turnkey) -> String {
+    let addr = tk.addr("metrics");
+    pair.a.enter(move || http(addr, "GET", "/metrics", &[], None).1)
+}
+
+fn xdp_attached(pair: &VethPair) -> bool {
+    let link = sh(&format!("ip -n {} -d link show dev veth0", pair.a.name()));
+    link.contains("prog/xdp")
+}
+
+/// Runs the load through a relay started with `fast_path`; returns (sent, relayed c2p, relayed
+/// p2c, kernel c2p packets, kernel p2c packets).
+fn relay_run(pair: &VethPair, fast_path: &str) -> (u64, u64, u64, u64, u64) {
+    let peer_ip = B_V4.to_string();
+    let mut tk = Turnkey::serve_netns(
+        pair.a.name(),
+        A_V4,
+        &["--allow-peer", &peer_ip, "--shards", "2", "--fast-path", fast_path],
+    );
+    assert_eq!(xdp_attached(pair), fast_path == "xdp", "attached only with the fast path on");
+    let peer = EchoPeer::start(pair);
+    let (code, r) = load_in(pair, &tk, peer.addr);
+    assert_eq!(code, 0, "{r}");
+    let sent = r["traffic"]["sent"].as_u64().unwrap();
+    assert_eq!(r["traffic"]["delivered"].as_u64(), Some(sent), "zero loss: {r}");
+    drop(peer);
+    // Kernel counters and the engine's reach Prometheus at the shards' next sweeps (500 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = metrics(pair, &tk);
+    let relayed =
+        |dir: &str| metric_sum(&text, "turnkey_relay_relayed_packets_total", &[&format!("direction=\"{dir}\"")]) as u64;
+    let kernel = |dir: &str| {
+        metric_sum(&text, "turnkey_relay_fastpath_packets_total", &[&format!("direction=\"{dir}\"")]) as u64
+    };
+    let out = (
+        sent,
+        relayed("client_to_peer"),
+        relayed("peer_to_client"),
+        kernel("client_to_peer"),
+        kernel("peer_to_client"),
+    );
+    eprintln!("fast_path={fast_path}: sent, relayed c2p, p2c, kernel c2p, p2c = {out:?}");
+    if fast_path == "xdp" {
+        let mode = metric_sum(&text, "turnkey_relay_fastpath_mode", &["interface=\"veth0\"", "mode=\"native\""]);
+        assert_eq!(mode, 1.0, "native XDP on the veth:\n{text}");
+        let stun = metric_sum(&text, "turnkey_relay_fastpath_passes_total", &["reason=\"stun\""]);
+        assert!(stun > 0.0, "STUN went to user space:\n{text}");
+    }
+    // SIGTERM: drain, then the program is detached.
+    let status = tk.signal_and_wait("TERM", Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "turnkey stopped cleanly: {status:?}");
+    assert!(!xdp_attached(pair), "nothing attached after exit");
+    out
+}
+
+#[test]
+fn bound_channels_are_relayed_by_the_kernel_with_the_same_totals_as_user_space() {
+    let Some((pair, _stub)) = setup(true) else { return };
+    let started = Instant::now();
+    let (sent, c2p, p2c, k_c2p, k_p2c) = relay_run(&pair, "xdp");
+    assert_eq!((c2p, p2c), (sent, sent), "relayed totals include the kernel's share");
+    // The load's first datagrams may arrive before the ChannelBind's events reached the kernel:
+    // nearly all, not necessarily all, are the kernel's.
+    assert!(
+        k_c2p * 10 >= sent * 9 && k_p2c * 10 >= sent * 9,
+        "the kernel relayed the channels: {k_c2p} {k_p2c} of {sent}"
+    );
+    assert!(k_c2p <= sent && k_p2c <= sent);
+
+    let (sent_off, c2p_off, p2c_off, k_c2p_off, k_p2c_off) = relay_run(&pair, "off");
+    assert_eq!((c2p_off, p2c_off), (sent_off, sent_off), "user space relayed everything");
+    assert_eq!((k_c2p_off, k_p2c_off), (0, 0), "no kernel series moved with the fast path off");
+    eprintln!("both runs in {:?}", started.elapsed());
+}
+
+#[test]
+fn auto_stays_in_user_space_when_forwarding_is_off_and_xdp_refuses_to_start() {
+    let Some((pair, _stub)) = setup(false) else { return };
+    let peer_ip = B_V4.to_string();
+    let tk = Turnkey::serve_netns(pair.a.name(), A_V4, &["--allow-peer", &peer_ip, "--fast-path", "auto"]);
+    assert!(!xdp_attached(&pair), "auto left the interface alone");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut said = false;
+    while !said && Instant::now() < deadline {
+        if let Ok(line) = tk.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            said = line.contains("forwarding is off");
+        }
+    }
+    assert!(said, "auto said why it stays in user space");
+    let peer = EchoPeer::start(&pair);
+    let (code, r) = load_in(&pair, &tk, peer.addr);
+    assert_eq!(code, 0, "user space relays: {r}");
+    drop(tk);
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", pair.a.name()])
+        .arg(bin())
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--udp", &SocketAddr::new(A_V4, 0).to_string(), "--relay-ip", &A_V4.to_string()])
+        .args(["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--fast-path", "xdp"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "xdp refuses to start: {text}");
+    assert!(text.contains("forwarding is off"), "{text}");
+    assert!(!xdp_attached(&pair));
+}
