@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use turnkey_e2e::netns::{VethPair, A_V4, B_V4};
-use turnkey_e2e::{bin, http, metric_sum, run_with_timeout, Turnkey};
+use turnkey_e2e::{bin, http, metric_sum, require, root, run_with_timeout, Turnkey};
 use turnkey_fastpath::FastPath;
 
 /// A plain UDP echo peer in namespace `b` (stops when dropped).
@@ -211,4 +211,100 @@ fn auto_stays_in_user_space_when_forwarding_is_off_and_xdp_refuses_to_start() {
     assert!(!out.status.success(), "xdp refuses to start: {text}");
     assert!(text.contains("forwarding is off"), "{text}");
     assert!(!xdp_attached(&pair));
+}
+
+/// `turnkey serve --fast-path xdp` in namespace `a`, its issuer on the veth address too (so
+/// clients in `b` can call it).
+fn serve_xdp(pair: &VethPair, extra: &[&str]) -> Turnkey {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", pair.a.name()])
+        .arg(bin())
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--udp", &SocketAddr::new(A_V4, 0).to_string(), "--relay-ip", &A_V4.to_string()])
+        .args(["--public-host", &A_V4.to_string(), "--http", &SocketAddr::new(A_V4, 0).to_string()])
+        .args(["--metrics", "127.0.0.1:0", "--allow-peer", &B_V4.to_string(), "--fast-path", "xdp"])
+        .args(extra);
+    Turnkey::launch(cmd, data, "turnkey listening ")
+}
+
+fn kernel_packets(text: &str, dir: &str) -> u64 {
+    metric_sum(text, "turnkey_relay_fastpath_packets_total", &[&format!("direction=\"{dir}\"")]) as u64
+}
+
+fn relayed_packets(text: &str, dir: &str) -> u64 {
+    metric_sum(text, "turnkey_relay_relayed_packets_total", &[&format!("direction=\"{dir}\"")]) as u64
+}
+
+/// aioice (binds a channel) relays through the kernel; revoking its username stops the live
+/// allocation within one sweep, kernel path included (the revoke is the allocation's end event).
+#[test]
+fn aioice_relays_through_the_kernel_and_revocation_stops_it() {
+    if !require("aioice") {
+        return;
+    }
+    let Some((pair, _stub)) = setup(true) else { return };
+    let tk = serve_xdp(&pair, &[]);
+    let (id, token) = tk.default_key();
+    let http_addr = tk.addr("http");
+    let body = format!("{{\"ttl\": 600}}");
+    let auth = format!("Bearer {token}");
+    let path = format!("/v1/turn/keys/{id}/credentials/generate-ice-servers");
+    let (status, body) = pair.a.enter(|| {
+        http(http_addr, "POST", &path, &[("Authorization", &auth), ("Content-Type", "application/json")], Some(&body))
+    });
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let user = v["iceServers"][1]["username"].as_str().unwrap().to_owned();
+    let pass = v["iceServers"][1]["credential"].as_str().unwrap().to_owned();
+    let revoke_url = format!("http://{http_addr}/v1/turn/keys/{id}/credentials/{user}/revoke");
+    let script = root().join("tests/py/turn_client.py");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", pair.b.name(), "python3"])
+        .arg(script)
+        .args(["revoke", "--server", &tk.udp().to_string(), "--user", &user, "--password", &pass])
+        .args(["--count", "20", "--echo-host", &B_V4.to_string(), "--revoke-url", &revoke_url])
+        .arg(format!("--token={token}"))
+        .args(["--revoke-wait", "1.5"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "aioice: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(r["received"], 20, "{r}");
+    assert_eq!(r["revoke_status"], 204, "{r}");
+    assert_eq!(r["after_revoke_echo_seen"], 0, "the revoked allocation stopped relaying: {r}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = metrics(&pair, &tk);
+    let (k_c2p, k_p2c) = (kernel_packets(&text, "client_to_peer"), kernel_packets(&text, "peer_to_client"));
+    eprintln!("aioice: kernel relayed {k_c2p} / {k_p2c} of 20 each way");
+    assert!(k_c2p >= 15 && k_p2c >= 15, "aioice's channel was relayed by the kernel: {k_c2p} {k_p2c}\n{text}");
+    assert_eq!(relayed_packets(&text, "client_to_peer"), 20, "nothing relayed after the revocation:\n{text}");
+}
+
+/// coturn's turnutils_uclient -y: clients in `b` talk to each other through their allocations
+/// (the peer is another allocation's relayed address: hairpin), over channels, in the kernel.
+#[test]
+fn uclient_client_to_client_relays_hairpin_in_the_kernel() {
+    if !require("turnutils_uclient") {
+        return;
+    }
+    let Some((pair, _stub)) = setup(true) else { return };
+    // Debian's uclient (coturn 4.6) picks RFC 5766 channel numbers (the kernel relays them too).
+    let tk = serve_xdp(&pair, &["--rfc5766-channel-numbers"]);
+    let secret = tk.secret();
+    let port = tk.udp().port().to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", pair.b.name(), "turnutils_uclient"])
+        .args(["-W", &secret, "-u", "uclient", "-y", "-m", "4", "-n", "200", "-l", "120", "-p", &port])
+        .arg(A_V4.to_string());
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    turnkey_e2e::assert_uclient_zero_loss(&text);
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = metrics(&pair, &tk);
+    let (k_c2p, relayed) = (kernel_packets(&m, "client_to_peer"), relayed_packets(&m, "client_to_peer"));
+    eprintln!("uclient -y: kernel {k_c2p} of {relayed} client to peer");
+    assert!(k_c2p > 0 && k_c2p * 10 >= relayed * 9, "hairpin relayed in the kernel: {k_c2p} of {relayed}\n{m}");
 }
