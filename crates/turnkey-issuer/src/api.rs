@@ -87,12 +87,11 @@ pub(crate) async fn revoke(
     let parsed = RestUsername::parse(&username)
         .map_err(|_| ApiError::BadRequest("not a TURN REST username <expiry>:<userid>"))?;
     let owner = ice::key_of_userid(parsed.userid());
-    if owner != key.id {
-        // Another key of this service minted it (403), or no key here did (400).
-        if is_valid_key_id(owner) && state.inner.keys.get(owner).is_some() {
-            return Err(ApiError::ForeignUsername);
-        }
+    if !is_valid_key_id(owner) {
         return Err(ApiError::BadRequest("username was not issued by this service"));
+    }
+    if owner != key.id {
+        return Err(ApiError::ForeignUsername);
     }
     let now = state.now();
     if parsed.expiry() > now.plus_secs(ABSOLUTE_MAX_TTL) {

@@ -199,10 +199,14 @@ async fn revoke_marks_persists_and_is_owner_only() {
     assert_eq!(iss.post_json(&revoke(&iss.other.id, &username), Some(&iss.other.token), None).await.status, 403);
     assert!(!iss.revocations.is_revoked(&username));
     // Not a TURN REST username / not one of ours.
-    for bad in ["garbage", "123", "123:someone-else"] {
+    for bad in ["garbage", "123", "123:not+a+key"] {
         let r = iss.post_json(&revoke(&iss.key.id, bad), Some(&iss.key.token), None).await;
         assert_eq!(r.status, 400, "{bad}");
     }
+    // A userid naming another key id (one rule for key ids: `someone-else` is one) is another
+    // key's username.
+    let r = iss.post_json(&revoke(&iss.key.id, "123:someone-else"), Some(&iss.key.token), None).await;
+    assert_eq!(r.status, 403);
     // Expiry beyond any TTL could not have been minted.
     let far = format!("{}:{}", T0 + 200_000, iss.key.id);
     assert_eq!(iss.post_json(&revoke(&iss.key.id, &far), Some(&iss.key.token), None).await.status, 400);
