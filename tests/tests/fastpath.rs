@@ -248,7 +248,7 @@ fn aioice_relays_through_the_kernel_and_revocation_stops_it() {
     let tk = serve_xdp(&pair, &[]);
     let (id, token) = tk.default_key();
     let http_addr = tk.addr("http");
-    let body = format!("{{\"ttl\": 600}}");
+    let body = r#"{"ttl": 600}"#.to_string();
     let auth = format!("Bearer {token}");
     let path = format!("/v1/turn/keys/{id}/credentials/generate-ice-servers");
     let (status, body) = pair.a.enter(|| {
