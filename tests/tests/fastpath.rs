@@ -225,6 +225,7 @@ fn serve_xdp(pair: &VethPair, extra: &[&str]) -> Turnkey {
         .args(["--udp", &SocketAddr::new(A_V4, 0).to_string(), "--relay-ip", &A_V4.to_string()])
         .args(["--public-host", &A_V4.to_string(), "--http", &SocketAddr::new(A_V4, 0).to_string()])
         .args(["--metrics", "127.0.0.1:0", "--allow-peer", &B_V4.to_string(), "--fast-path", "xdp"])
+        .args(["--tcp", &SocketAddr::new(A_V4, 0).to_string(), "--tls", &SocketAddr::new(A_V4, 0).to_string()])
         .args(extra);
     Turnkey::launch(cmd, data, "turnkey listening ")
 }
@@ -307,4 +308,111 @@ fn uclient_client_to_client_relays_hairpin_in_the_kernel() {
     let (k_c2p, relayed) = (kernel_packets(&m, "client_to_peer"), relayed_packets(&m, "client_to_peer"));
     eprintln!("uclient -y: kernel {k_c2p} of {relayed} client to peer");
     assert!(k_c2p > 0 && k_c2p * 10 >= relayed * 9, "hairpin relayed in the kernel: {k_c2p} of {relayed}\n{m}");
+}
+
+/// webrtc-rs's `turn::client` in namespace `b`: the first sends go as Send indications while it
+/// binds a channel in the background, the rest as ChannelData, which the kernel relays (the
+/// payloads are a multiple of 4 bytes: webrtc-rs pads ChannelData over UDP, and padded
+/// ChannelData stays in user space).
+#[test]
+fn webrtc_rs_turn_client_relays_through_the_kernel() {
+    use turn::client::{Client, ClientConfig};
+    use webrtc_util::Conn;
+
+    let Some((pair, _stub)) = setup(true) else { return };
+    let tk = serve_xdp(&pair, &[]);
+    let peer = EchoPeer::start(&pair);
+    let (user, pass) = tk.creds("webrtc-rs", 600);
+    let std_socket = pair.b.enter(|| UdpSocket::bind(SocketAddr::new(B_V4, 0)).unwrap());
+    std_socket.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let received = rt.block_on(async {
+        let conn: Arc<dyn Conn + Send + Sync> = Arc::new(tokio::net::UdpSocket::from_std(std_socket).unwrap());
+        let server = tk.udp().to_string();
+        let config = ClientConfig {
+            stun_serv_addr: server.clone(),
+            turn_serv_addr: server,
+            username: user,
+            password: pass,
+            realm: String::new(),
+            software: String::new(),
+            rto_in_ms: 0,
+            conn,
+            vnet: None,
+        };
+        let client = Client::new(config).await.unwrap();
+        client.listen().await.unwrap();
+        let relay = client.allocate().await.expect("allocate through turnkey");
+        let mut received = 0;
+        let mut buf = vec![0u8; 2048];
+        for round in 0..10 {
+            for i in 0..20 {
+                // 100 bytes: webrtc-rs pads ChannelData over UDP to a multiple of 4, and the
+                // program leaves padded ChannelData to user space (counted as `padded`).
+                let msg = format!("{round:04}-{i:05}").repeat(10);
+                relay.send_to(msg.as_bytes(), peer.addr).await.unwrap();
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            for _ in 0..20 {
+                match tokio::time::timeout_at(deadline, relay.recv_from(&mut buf)).await {
+                    Ok(Ok((_, from))) if from == peer.addr => received += 1,
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        client.close().await.unwrap();
+        received
+    });
+    assert_eq!(received, 200, "every echo came back");
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = metrics(&pair, &tk);
+    let (k_c2p, relayed) = (kernel_packets(&text, "client_to_peer"), relayed_packets(&text, "client_to_peer"));
+    eprintln!("webrtc-rs: kernel {k_c2p} of {relayed} client to peer");
+    assert_eq!(relayed, 200, "{text}");
+    assert!(k_c2p >= 100, "once the channel is bound the kernel relays: {k_c2p} of 200\n{text}");
+    assert_eq!(metric_sum(&text, "turnkey_relay_fastpath_passes_total", &["reason=\"padded\""]), 0.0);
+}
+
+/// An interface another live turnkey holds: `auto` leaves it to user space (never replacing the
+/// live program) and says why, `xdp` refuses to start; the first process keeps relaying in the
+/// kernel.
+#[test]
+fn a_live_attachment_is_never_replaced() {
+    let Some((pair, _stub)) = setup(true) else { return };
+    let first = serve_xdp(&pair, &[]);
+    let link = |pair: &VethPair| sh(&format!("ip -n {} -d link show dev veth0", pair.a.name()));
+    let before = link(&pair);
+    assert!(before.contains("prog/xdp"), "{before}");
+    let peer_ip = B_V4.to_string();
+    let second = Turnkey::serve_netns(pair.a.name(), A_V4, &["--allow-peer", &peer_ip, "--fast-path", "auto"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut said = false;
+    while !said && Instant::now() < deadline {
+        if let Ok(line) = second.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            said = line.contains("fast path: user space");
+        }
+    }
+    assert!(said, "the second process stays in user space and says so");
+    assert_eq!(link(&pair), before, "the first process's program is still the one attached");
+    let peer = EchoPeer::start(&pair);
+    let (code, r) = load_in(&pair, &second, peer.addr);
+    assert_eq!(code, 0, "the second process relays in user space: {r}");
+    let (code, r) = load_in(&pair, &first, peer.addr);
+    assert_eq!(code, 0, "the first still relays: {r}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = metrics(&pair, &first);
+    assert!(kernel_packets(&text, "client_to_peer") > 0, "the first relays in the kernel:\n{text}");
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", pair.a.name()])
+        .arg(bin())
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--udp", &SocketAddr::new(A_V4, 0).to_string(), "--relay-ip", &A_V4.to_string()])
+        .args(["--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--fast-path", "xdp"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(!out.status.success(), "xdp refuses an interface another process holds");
+    assert_eq!(link(&pair), before);
 }
