@@ -416,3 +416,83 @@ fn a_live_attachment_is_never_replaced() {
     assert!(!out.status.success(), "xdp refuses an interface another process holds");
     assert_eq!(link(&pair), before);
 }
+
+/// Refresh and expiry with the kernel relaying: an allocation granted 3 s, a channel bound, data
+/// both ways in the kernel; a Refresh extends the kernel's deadline (still relayed after the
+/// first 3 s); without another Refresh the kernel stops at the deadline (strict, before any
+/// sweep can notice) and nothing more is relayed either way.
+#[test]
+fn refresh_extends_and_expiry_stops_kernel_relaying() {
+    use turnkey_load::client::{Auth, Credentials, TurnClient};
+    use turnkey_load::transport::Target;
+    use turnkey_load::TransportKind;
+
+    let Some((pair, _stub)) = setup(true) else { return };
+    let (_dir, config) = turnkey_e2e::config_file("[relay]\nmax_lifetime = 3\n");
+    let tk = serve_xdp(&pair, &["--config", config.to_str().unwrap()]);
+    let (username, password) = tk.creds("expiry", 600);
+    let server = tk.udp();
+    let (before_expiry, after_refresh, after_expiry) = pair.b.enter(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let peer = tokio::net::UdpSocket::bind(SocketAddr::new(B_V4, 0)).await.unwrap();
+            let target = Target::new(server, TransportKind::Udp, "", true, None).unwrap();
+            let auth = Auth::new(&Credentials { username, password }, None);
+            let mut c = TurnClient::connect(&target, auth, Duration::from_secs(5)).await.unwrap();
+            let relayed = c.allocate(3).await.unwrap();
+            c.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+            let (mut tx, mut rx, auth) = c.into_parts();
+            // One round: 10 ChannelData to the peer, 10 answers back; counts what arrived.
+            async fn round(
+                tx: &mut turnkey_load::transport::Tx,
+                rx: &mut turnkey_load::transport::Rx,
+                peer: &tokio::net::UdpSocket,
+                relayed: SocketAddr,
+            ) -> (usize, usize) {
+                let mut frame = vec![0x40, 0x00, 0x00, 100];
+                frame.extend_from_slice(&[7u8; 100]);
+                let (mut to_peer, mut to_client) = (0, 0);
+                let mut buf = [0u8; 2048];
+                for _ in 0..10 {
+                    tx.send(&frame).await.unwrap();
+                    if let Ok(Ok((n, from))) =
+                        tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf)).await
+                    {
+                        assert_eq!((n, from), (100, relayed), "the payload alone, from the relayed address");
+                        to_peer += 1;
+                    }
+                    peer.send_to(&[9u8; 100], relayed).await.unwrap();
+                    if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                        if got.len() == 104 && got[..4] == [0x40, 0x00, 0x00, 100] {
+                            to_client += 1;
+                        }
+                    }
+                }
+                (to_peer, to_client)
+            }
+            let first = round(&mut tx, &mut rx, &peer, relayed).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let mut c = TurnClient::from_parts(tx, rx, auth, Duration::from_secs(5));
+            c.refresh(3).await.unwrap();
+            let (mut tx, mut rx, _) = c.into_parts();
+            // Past the first deadline (3 s after the Allocate): relayed thanks to the Refresh.
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            let second = round(&mut tx, &mut rx, &peer, relayed).await;
+            // Past the refreshed deadline: nothing.
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            let third = round(&mut tx, &mut rx, &peer, relayed).await;
+            (first, second, third)
+        })
+    });
+    assert_eq!(before_expiry, (10, 10), "relayed both ways");
+    assert_eq!(after_refresh, (10, 10), "the Refresh extended relaying past the first deadline");
+    assert_eq!(after_expiry, (0, 0), "nothing relayed after the allocation expired");
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = metrics(&pair, &tk);
+    let (k_c2p, k_p2c) = (kernel_packets(&text, "client_to_peer"), kernel_packets(&text, "peer_to_client"));
+    // The ChannelBind's answer leaves before the shard mirrors the event into the map: the first
+    // datagram may still be user space's.
+    assert!(k_c2p >= 18 && k_p2c >= 18, "the live rounds went through the kernel: {k_c2p} {k_p2c}\n{text}");
+    assert_eq!(relayed_packets(&text, "client_to_peer"), 20, "nothing relayed after expiry:\n{text}");
+    assert_eq!(relayed_packets(&text, "peer_to_client"), 20, "nothing relayed after expiry:\n{text}");
+}
