@@ -109,6 +109,25 @@ fn metrics(pair: &VethPair, tk: &Turnkey) -> String {
     pair.a.enter(move || http(addr, "GET", "/metrics", &[], None).1)
 }
 
+/// The metrics once the shards' sweeps have folded the kernel's counters in: every kernel series
+/// at most its relayed total, and the relayed totals at least `min_relayed` each way (polled up to
+/// 10 s: a loaded machine can delay a shard's 500 ms sweep).
+fn settled_metrics(pair: &VethPair, tk: &Turnkey, min_relayed: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(600));
+        let text = metrics(pair, tk);
+        let settled = ["client_to_peer", "peer_to_client"].iter().all(|d| {
+            let relayed = metric_sum(&text, "turnkey_relay_relayed_packets_total", &[&format!("direction=\"{d}\"")]);
+            let kernel = metric_sum(&text, "turnkey_relay_fastpath_packets_total", &[&format!("direction=\"{d}\"")]);
+            relayed as u64 >= min_relayed && kernel <= relayed
+        });
+        if settled || Instant::now() > deadline {
+            return text;
+        }
+    }
+}
+
 fn xdp_attached(pair: &VethPair) -> bool {
     let link = sh(&format!("ip -n {} -d link show dev veth0", pair.a.name()));
     link.contains("prog/xdp")
@@ -131,8 +150,7 @@ fn relay_run(pair: &VethPair, fast_path: &str) -> (u64, u64, u64, u64, u64) {
     assert_eq!(r["traffic"]["delivered"].as_u64(), Some(sent), "zero loss: {r}");
     drop(peer);
     // Kernel counters and the engine's reach Prometheus at the shards' next sweeps (500 ms).
-    std::thread::sleep(Duration::from_millis(1500));
-    let text = metrics(pair, &tk);
+    let text = settled_metrics(pair, &tk, sent);
     let relayed =
         |dir: &str| metric_sum(&text, "turnkey_relay_relayed_packets_total", &[&format!("direction=\"{dir}\"")]) as u64;
     let kernel = |dir: &str| {
@@ -275,8 +293,7 @@ fn aioice_relays_through_the_kernel_and_revocation_stops_it() {
     assert_eq!(r["received"], 20, "{r}");
     assert_eq!(r["revoke_status"], 204, "{r}");
     assert_eq!(r["after_revoke_echo_seen"], 0, "the revoked allocation stopped relaying: {r}");
-    std::thread::sleep(Duration::from_millis(1200));
-    let text = metrics(&pair, &tk);
+    let text = settled_metrics(&pair, &tk, 20);
     let (k_c2p, k_p2c) = (kernel_packets(&text, "client_to_peer"), kernel_packets(&text, "peer_to_client"));
     eprintln!("aioice: kernel relayed {k_c2p} / {k_p2c} of 20 each way");
     assert!(k_c2p >= 15 && k_p2c >= 15, "aioice's channel was relayed by the kernel: {k_c2p} {k_p2c}\n{text}");
@@ -303,8 +320,7 @@ fn uclient_client_to_client_relays_hairpin_in_the_kernel() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     turnkey_e2e::assert_uclient_zero_loss(&text);
-    std::thread::sleep(Duration::from_millis(1200));
-    let m = metrics(&pair, &tk);
+    let m = settled_metrics(&pair, &tk, 1);
     let (k_c2p, relayed) = (kernel_packets(&m, "client_to_peer"), relayed_packets(&m, "client_to_peer"));
     eprintln!("uclient -y: kernel {k_c2p} of {relayed} client to peer");
     assert!(k_c2p > 0 && k_c2p * 10 >= relayed * 9, "hairpin relayed in the kernel: {k_c2p} of {relayed}\n{m}");
@@ -365,8 +381,7 @@ fn webrtc_rs_turn_client_relays_through_the_kernel() {
         received
     });
     assert_eq!(received, 200, "every echo came back");
-    std::thread::sleep(Duration::from_millis(1200));
-    let text = metrics(&pair, &tk);
+    let text = settled_metrics(&pair, &tk, 200);
     let (k_c2p, relayed) = (kernel_packets(&text, "client_to_peer"), relayed_packets(&text, "client_to_peer"));
     eprintln!("webrtc-rs: kernel {k_c2p} of {relayed} client to peer");
     assert_eq!(relayed, 200, "{text}");
@@ -400,8 +415,8 @@ fn a_live_attachment_is_never_replaced() {
     assert_eq!(code, 0, "the second process relays in user space: {r}");
     let (code, r) = load_in(&pair, &first, peer.addr);
     assert_eq!(code, 0, "the first still relays: {r}");
-    std::thread::sleep(Duration::from_millis(1200));
-    let text = metrics(&pair, &first);
+    let sent = r["traffic"]["sent"].as_u64().unwrap();
+    let text = settled_metrics(&pair, &first, sent);
     assert!(kernel_packets(&text, "client_to_peer") > 0, "the first relays in the kernel:\n{text}");
 
     let data = tempfile::tempdir().unwrap();
@@ -487,8 +502,7 @@ fn refresh_extends_and_expiry_stops_kernel_relaying() {
     assert_eq!(before_expiry, (10, 10), "relayed both ways");
     assert_eq!(after_refresh, (10, 10), "the Refresh extended relaying past the first deadline");
     assert_eq!(after_expiry, (0, 0), "nothing relayed after the allocation expired");
-    std::thread::sleep(Duration::from_millis(1200));
-    let text = metrics(&pair, &tk);
+    let text = settled_metrics(&pair, &tk, 20);
     let (k_c2p, k_p2c) = (kernel_packets(&text, "client_to_peer"), kernel_packets(&text, "peer_to_client"));
     // The ChannelBind's answer leaves before the shard mirrors the event into the map: the first
     // datagram may still be user space's.

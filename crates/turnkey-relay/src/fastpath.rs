@@ -210,13 +210,17 @@ impl KernelPath {
                         let _ = inner.fp.unbind_channel(&m.binding(*number, *peer));
                     }
                 }
+                // Read by an earlier sweep (already in the fast path's metrics), not yet handed to
+                // this shard's engine; plus what the kernel counted since that sweep.
                 let mut rest = inner.pending.remove(&m.key).unwrap_or_default();
                 match inner.fp.remove_allocation(m.key) {
-                    Ok(c) => add(&mut rest, &c),
+                    Ok(c) => {
+                        inner.metrics.add_relayed(&c);
+                        add(&mut rest, &c);
+                    }
                     Err(err) => tracing::warn!(%err, "fast path: reading an ended allocation's counters"),
                 }
                 if !rest.is_zero() {
-                    inner.metrics.add_relayed(&rest);
                     engine.add_offloaded(alloc, &m.userid, to_offloaded(&rest));
                 }
             }
