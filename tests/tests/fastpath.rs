@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use turnkey_e2e::netns::{VethPair, A_V4, B_V4};
 use turnkey_e2e::{bin, http, metric_sum, require, root, run_with_timeout, Turnkey};
 use turnkey_fastpath::FastPath;
+use turnkey_load::client::{Auth, Credentials, TurnClient};
+use turnkey_load::transport::{Rx, Target, Tx};
+use turnkey_load::TransportKind;
 
 /// A plain UDP echo peer in namespace `b` (stops when dropped).
 struct EchoPeer {
@@ -438,10 +441,6 @@ fn a_live_attachment_is_never_replaced() {
 /// sweep can notice) and nothing more is relayed either way.
 #[test]
 fn refresh_extends_and_expiry_stops_kernel_relaying() {
-    use turnkey_load::client::{Auth, Credentials, TurnClient};
-    use turnkey_load::transport::Target;
-    use turnkey_load::TransportKind;
-
     let Some((pair, _stub)) = setup(true) else { return };
     let (_dir, config) = turnkey_e2e::config_file("[relay]\nmax_lifetime = 3\n");
     let tk = serve_xdp(&pair, &["--config", config.to_str().unwrap()]);
@@ -457,34 +456,6 @@ fn refresh_extends_and_expiry_stops_kernel_relaying() {
             let relayed = c.allocate(3).await.unwrap();
             c.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
             let (mut tx, mut rx, auth) = c.into_parts();
-            // One round: 10 ChannelData to the peer, 10 answers back; counts what arrived.
-            async fn round(
-                tx: &mut turnkey_load::transport::Tx,
-                rx: &mut turnkey_load::transport::Rx,
-                peer: &tokio::net::UdpSocket,
-                relayed: SocketAddr,
-            ) -> (usize, usize) {
-                let mut frame = vec![0x40, 0x00, 0x00, 100];
-                frame.extend_from_slice(&[7u8; 100]);
-                let (mut to_peer, mut to_client) = (0, 0);
-                let mut buf = [0u8; 2048];
-                for _ in 0..10 {
-                    tx.send(&frame).await.unwrap();
-                    if let Ok(Ok((n, from))) =
-                        tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf)).await
-                    {
-                        assert_eq!((n, from), (100, relayed), "the payload alone, from the relayed address");
-                        to_peer += 1;
-                    }
-                    peer.send_to(&[9u8; 100], relayed).await.unwrap();
-                    if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
-                        if got.len() == 104 && got[..4] == [0x40, 0x00, 0x00, 100] {
-                            to_client += 1;
-                        }
-                    }
-                }
-                (to_peer, to_client)
-            }
             let first = round(&mut tx, &mut rx, &peer, relayed).await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let mut c = TurnClient::from_parts(tx, rx, auth, Duration::from_secs(5));
@@ -509,4 +480,84 @@ fn refresh_extends_and_expiry_stops_kernel_relaying() {
     assert!(k_c2p >= 18 && k_p2c >= 18, "the live rounds went through the kernel: {k_c2p} {k_p2c}\n{text}");
     assert_eq!(relayed_packets(&text, "client_to_peer"), 20, "nothing relayed after expiry:\n{text}");
     assert_eq!(relayed_packets(&text, "peer_to_client"), 20, "nothing relayed after expiry:\n{text}");
+}
+
+/// One round: 10 ChannelData to the peer, 10 answers back; counts what arrived.
+async fn round(tx: &mut Tx, rx: &mut Rx, peer: &tokio::net::UdpSocket, relayed: SocketAddr) -> (usize, usize) {
+    let mut frame = vec![0x40, 0x00, 0x00, 100];
+    frame.extend_from_slice(&[7u8; 100]);
+    let (mut to_peer, mut to_client) = (0, 0);
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        tx.send(&frame).await.unwrap();
+        if let Ok(Ok((n, from))) = tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut buf)).await {
+            assert_eq!((n, from), (100, relayed), "the payload alone, from the relayed address");
+            to_peer += 1;
+        }
+        peer.send_to(&[9u8; 100], relayed).await.unwrap();
+        if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            if got.len() == 104 && got[..4] == [0x40, 0x00, 0x00, 100] {
+                to_client += 1;
+            }
+        }
+    }
+    (to_peer, to_client)
+}
+
+/// A key's monthly cap counts kernel-relayed bytes, and reaching it takes the live allocation's
+/// channel out of the kernel: nothing more is relayed either way (enforce_on_relay).
+#[test]
+fn a_monthly_cap_reached_by_kernel_traffic_stops_kernel_relaying() {
+    let Some((pair, _stub)) = setup(true) else { return };
+    let (_dir, config) = turnkey_e2e::config_file("[usage]\nflush_interval = 1\nenforce_on_relay = true\n");
+    let tk = serve_xdp(&pair, &["--config", config.to_str().unwrap()]);
+    let (id, token) = tk.default_key();
+    // The cap, as an operator sets it in the key's file; picked up at the next flush tick.
+    let path = tk.data_dir.path().join("keys").join(format!("{id}.json"));
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["monthly_bandwidth_bytes"] = serde_json::json!(3000);
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric_sum(&metrics(&pair, &tk), "turnkey_usage_monthly_cap_bytes", &[&id]) != 3000.0 {
+        assert!(Instant::now() < deadline, "the cap was not loaded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let http_addr = tk.addr("http");
+    let (auth, body) = (format!("Bearer {token}"), r#"{"ttl": 600}"#.to_string());
+    let path = format!("/v1/turn/keys/{id}/credentials/generate-ice-servers");
+    let (status, body) = pair.a.enter(|| {
+        http(http_addr, "POST", &path, &[("Authorization", &auth), ("Content-Type", "application/json")], Some(&body))
+    });
+    assert_eq!(status, 201, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let username = v["iceServers"][1]["username"].as_str().unwrap().to_owned();
+    let password = v["iceServers"][1]["credential"].as_str().unwrap().to_owned();
+    let server = tk.udp();
+    let (first, second, capped) = pair.b.enter(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let peer = tokio::net::UdpSocket::bind(SocketAddr::new(B_V4, 0)).await.unwrap();
+            let target = Target::new(server, TransportKind::Udp, "", true, None).unwrap();
+            let auth = Auth::new(&Credentials { username, password }, None);
+            let mut c = TurnClient::connect(&target, auth, Duration::from_secs(5)).await.unwrap();
+            let relayed = c.allocate(600).await.unwrap();
+            c.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+            let (mut tx, mut rx, _) = c.into_parts();
+            // 2,000 bytes per round (10 x 100 each way): the second passes the 3,000-byte cap.
+            let first = round(&mut tx, &mut rx, &peer, relayed).await;
+            let second = round(&mut tx, &mut rx, &peer, relayed).await;
+            // The kernel's counts reach the ledger at the next sweep, the cap the engine at the
+            // next flush tick and sweep, and the channel leaves the kernel after that sweep.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let capped = round(&mut tx, &mut rx, &peer, relayed).await;
+            (first, second, capped)
+        })
+    });
+    assert_eq!((first, second), ((10, 10), (10, 10)), "relayed before the cap");
+    assert_eq!(capped, (0, 0), "nothing relayed once the cap was reached");
+    let text = settled_metrics(&pair, &tk, 40);
+    let (k_c2p, k_p2c) = (kernel_packets(&text, "client_to_peer"), kernel_packets(&text, "peer_to_client"));
+    assert!(k_c2p >= 18 && k_p2c >= 18, "the rounds before the cap went through the kernel: {k_c2p} {k_p2c}");
+    assert_eq!(relayed_packets(&text, "client_to_peer"), 20, "nothing relayed after the cap:\n{text}");
+    assert!(metric_sum(&text, "turnkey_usage_period_bytes", &[&format!("key=\"{id}\"")]) >= 4000.0, "{text}");
 }
