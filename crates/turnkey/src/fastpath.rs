@@ -66,25 +66,35 @@ pub fn start(
     if udp_listeners.is_empty() {
         return unavailable("no UDP listener".to_string());
     }
+    let metrics = FastPathMetrics::register(registry)?;
+    let relay_ips: Vec<IpAddr> = [relay.v4, relay.v6].into_iter().flatten().collect();
+    let addrs: Vec<IpAddr> = udp_listeners.iter().map(SocketAddr::ip).chain(relay_ips.iter().copied()).collect();
+    // Which interface each address needs, before anything is loaded (loopback-only processes,
+    // such as the test suite's, never load the program).
+    let mut wanted: Vec<(IpAddr, String)> = Vec::new();
+    for ip in addrs {
+        match interface_for(ip, mode) {
+            Ok(iface) => wanted.push((ip, iface)),
+            Err(why) if mode == FastPathMode::Xdp => anyhow::bail!("fast_path = xdp: {why} (docs/fastpath.md)"),
+            Err(why) => {
+                if let Some(iface) = turnkey_fastpath::interface_of(ip) {
+                    metrics.set_mode(&iface, &AttachedMode::UserSpace(why.clone()));
+                }
+                tracing::info!(address = %ip, reason = %why, "fast path: user space for this address");
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(None);
+    }
     let mut fp = match FastPath::load() {
         Ok(fp) => fp,
         Err(e) => return unavailable(e.to_string()),
     };
-    let metrics = FastPathMetrics::register(registry)?;
-    let relay_ips: Vec<IpAddr> = [relay.v4, relay.v6].into_iter().flatten().collect();
-    let addrs: Vec<IpAddr> = udp_listeners.iter().map(SocketAddr::ip).chain(relay_ips.iter().copied()).collect();
     // Each interface once: its outcome, and the addresses it carries.
     let mut outcome: BTreeMap<String, AttachedMode> = BTreeMap::new();
     let mut served: Vec<IpAddr> = Vec::new();
-    for ip in addrs {
-        let iface = match interface_for(ip, mode) {
-            Ok(iface) => iface,
-            Err(why) if mode == FastPathMode::Xdp => anyhow::bail!("fast_path = xdp: {why} (docs/fastpath.md)"),
-            Err(why) => {
-                tracing::info!(address = %ip, reason = %why, "fast path: user space for this address");
-                continue;
-            }
-        };
+    for (ip, iface) in wanted {
         let how = match outcome.get(&iface) {
             Some(how) => how.clone(),
             None => {
@@ -107,6 +117,9 @@ pub fn start(
     let listeners: Vec<SocketAddr> = udp_listeners.iter().filter(|a| served.contains(&a.ip())).copied().collect();
     let relays: Vec<IpAddr> = relay_ips.into_iter().filter(|ip| served.contains(ip)).collect();
     if listeners.is_empty() || relays.is_empty() {
+        for (iface, _) in outcome {
+            metrics.set_mode(&iface, &AttachedMode::UserSpace("no listener and relay address here".to_string()));
+        }
         return unavailable("no UDP listener and relay address on an attached interface".to_string());
     }
     for a in &listeners {
