@@ -3,7 +3,7 @@
 //!
 //! - `off`: nothing is loaded.
 //! - `auto`: native XDP, else generic, else user space, each interface's outcome and reason logged
-//!   once. Interfaces `auto` leaves to user space on purpose: loopback (generic XDP only, partial
+//!   once. Interfaces left to user space on purpose: loopback (generic XDP only, partial
 //!   checksums, and shared by every local process), an interface with forwarding off for the
 //!   address's family (`bpf_fib_lookup` would pass every datagram), an interface another live
 //!   process holds an XDP program on (links cannot be replaced; only a stale turnkey program left
@@ -22,15 +22,20 @@ use turnkey_relay::fastpath::KernelPath;
 use turnkey_relay::udp::RelayAddrs;
 
 /// Why an address stays in user space before any attach is tried, or the interface to attach.
-fn interface_for(ip: IpAddr, mode: FastPathMode) -> Result<String, String> {
+fn interface_for(ip: IpAddr) -> Result<String, String> {
     if ip.is_unspecified() {
         return Err(format!("{ip} is a wildcard address: the fast path needs the relay's own address"));
     }
     let Some(iface) = turnkey_fastpath::interface_of(ip) else {
         return Err(format!("no interface carries {ip}"));
     };
-    if iface == "lo" && mode == FastPathMode::Auto {
-        return Err("loopback stays in user space (generic XDP only, shared by every local process)".to_string());
+    if iface == "lo" {
+        // Generic XDP only, partial checksums the program cannot update, and shared by every
+        // local process (the test suite's many turnkeys): never attached, in any mode.
+        return Err(
+            "loopback stays in user space (generic XDP only, partial checksums, shared by every local process)"
+                .to_string(),
+        );
     }
     let f = turnkey_fastpath::forwarding(&iface);
     let on = if ip.is_ipv4() { f.ipv4 } else { f.ipv6 };
@@ -73,7 +78,7 @@ pub fn start(
     // such as the test suite's, never load the program).
     let mut wanted: Vec<(IpAddr, String)> = Vec::new();
     for ip in addrs {
-        match interface_for(ip, mode) {
+        match interface_for(ip) {
             Ok(iface) => wanted.push((ip, iface)),
             Err(why) if mode == FastPathMode::Xdp => anyhow::bail!("fast_path = xdp: {why} (docs/fastpath.md)"),
             Err(why) => {
