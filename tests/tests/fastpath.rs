@@ -261,3 +261,44 @@ fn a_monthly_cap_reached_by_kernel_traffic_stops_kernel_relaying() {
     assert_eq!(relayed_packets(&text, "client_to_peer"), 20, "nothing relayed after the cap:\n{text}");
     assert!(metric_sum(&text, "turnkey_usage_period_bytes", &[&format!("key=\"{id}\"")]) >= 4000.0, "{text}");
 }
+
+/// SIGTERM's drain: a live allocation keeps being relayed by the kernel during the grace period
+/// (today's semantics), and once the drain ends it, nothing is relayed and nothing stays attached.
+#[test]
+fn drain_keeps_live_channels_in_the_kernel_until_it_ends_them() {
+    let Some((pair, _stub)) = setup(true) else { return };
+    let mut tk = serve_xdp(&pair, &["--drain-grace", "3"]);
+    let (username, password) = tk.creds("drain", 600);
+    let server = tk.udp();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (peer, mut tx, mut rx, relayed) = pair.b.enter(|| {
+        rt.block_on(async {
+            let peer = tokio::net::UdpSocket::bind(SocketAddr::new(B_V4, 0)).await.unwrap();
+            let target = Target::new(server, TransportKind::Udp, "", true, None).unwrap();
+            let auth = Auth::new(&Credentials { username, password }, None);
+            let mut c = TurnClient::connect(&target, auth, Duration::from_secs(5)).await.unwrap();
+            let relayed = c.allocate(600).await.unwrap();
+            c.channel_bind(0x4000, peer.local_addr().unwrap()).await.unwrap();
+            let (tx, rx, _) = c.into_parts();
+            (peer, tx, rx, relayed)
+        })
+    });
+    assert_eq!(rt.block_on(round(&mut tx, &mut rx, &peer, relayed)), (10, 10), "relayed before the drain");
+    let text = settled_metrics(&pair, &tk, 10);
+    assert!(kernel_packets(&text, "client_to_peer") >= 9, "in the kernel:\n{text}");
+    turnkey_e2e::signal(&tk.child, "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rt.block_on(round(&mut tx, &mut rx, &peer, relayed)), (10, 10), "live channels relayed while draining");
+    assert!(xdp_attached(&pair), "still attached during the grace period");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match tk.child.try_wait().unwrap() {
+            Some(s) => break s,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("turnkey did not exit after its drain"),
+        }
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!xdp_attached(&pair), "nothing attached after the drain");
+    assert_eq!(rt.block_on(round(&mut tx, &mut rx, &peer, relayed)), (0, 0), "nothing relayed after the drain");
+}
