@@ -23,9 +23,18 @@ one, joined by a veth pair with GRO on both ends (created here, deleted at exit;
 in NAPI as a NIC driver does. The own echo peer then lives in the generator's namespace, across
 the veth.
 
+`--fast-path` (with `--net veth`) adds `turnkey-xdp`: turnkey with `--fast-path xdp`, bound
+channels relayed by its XDP program (docs/fastpath.md). For it the veth is prepared as the
+kernel path needs: forwarding on the server's end, TX checksum offload off and the XDP_PASS stub
+(`turnkey_xdp_pass`, attached with `ip link ... xdpdrv`) on the generator's end, and
+`kernel.bpf_stats_enabled` on during the run. Every server's CPU figures then also carry the
+machine's softirq time (`/proc/stat`, all CPUs: the kernel's receive and transmit work, where
+XDP runs, for the generator's packets too) and the program's own run time (`bpf_us_per_msg`, from
+the server's BPF program file descriptors; already inside the softirq time, not added again).
+
 Usage:
     bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles|udp]
-                     [--coturn-4171 PATH] [--turnkey-before PATH] [--net loopback|veth]
+                     [--coturn-4171 PATH] [--turnkey-before PATH] [--net loopback|veth] [--fast-path]
 
 `--only udp` is the UDP data path only (issue 17): capacity in pair and echo-peer mode at 100 and
 1200 B, the round trip at half load in both modes, and CPU per message for every traffic shape.
@@ -63,15 +72,16 @@ COARSE_STEP = 8000
 CPU_RATE = 20000
 COTURN_FAST = "coturn-4.17.1"
 BEFORE = "turnkey-before"
-TURNKEY_KINDS = ("turnkey", BEFORE)
+FAST = "turnkey-xdp"
+TURNKEY_KINDS = ("turnkey", BEFORE, FAST)
 
 
 class Net:
     """Where servers and the load generator run: both on loopback (default), or each in its own
     network namespace joined by a veth pair (`veth`)."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, fast_path: bool = False):
+        self.kind, self.fast_path = kind, fast_path
         self.server_ip = self.load_ip = "127.0.0.1"
         self.ns_server = self.ns_load = None
         if kind == "veth":
@@ -89,6 +99,15 @@ class Net:
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
                 # GRO on a veth needs its NAPI mode, which this switches on.
                 sh("ip", "netns", "exec", ns, "ethtool", "-K", "veth0", "gro", "on")
+            if fast_path:
+                # What the kernel path needs on a veth (docs/fastpath.md): forwarding where the
+                # program runs, the XDP_PASS stub on the far end (XDP_TX frames are dropped
+                # without it), full checksums from the generator's sockets.
+                sh("ip", "netns", "exec", self.ns_server, "sh", "-c",
+                   "echo 1 > /proc/sys/net/ipv4/conf/veth0/forwarding")
+                sh("ip", "netns", "exec", self.ns_load, "ethtool", "-K", "veth0", "tx", "off")
+                sh("ip", "-n", self.ns_load, "link", "set", "dev", "veth0", "xdpdrv", "object", str(xdp_object()),
+                   "program", "turnkey_xdp_pass")
 
     def in_server_ns(self, cmd: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns_server, *cmd] if self.ns_server else cmd
@@ -113,6 +132,21 @@ PROFILE_LOADS = {
     "audio 160 B": ["--profile", "audio", "--flows", "200"],
     "video 1200 B, 2 Mbit/s": ["--profile", "video", "--bitrate", "2M", "--flows", "48"],
 }
+
+
+def xdp_object() -> Path:
+    """The XDP object of the release build (turnkey-fastpath's build.rs output)."""
+    found = sorted((ROOT / "target" / "release" / "build").glob("turnkey-fastpath-*/out/turnkey_xdp.o"),
+                   key=lambda p: p.stat().st_mtime)
+    if not found:
+        sys.exit("no turnkey_xdp.o in target/release/build: the release build had no clang (docs/fastpath.md)")
+    return found[-1]
+
+
+def softirq_secs() -> float:
+    """Softirq time of all CPUs since boot, in seconds (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[7]) / CLK_TCK
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -167,7 +201,7 @@ class Server:
         else:
             ip = NET.server_ip
             cmd = [
-                str(before if kind == BEFORE else BIN), "serve", "--data-dir", str(self.dir), f"--secret={secret}",
+                str(before if kind == BEFORE else BIN), "serve", *(["--fast-path", "xdp"] if kind == FAST else []), "--data-dir", str(self.dir), f"--secret={secret}",
                 "--udp", f"{ip}:{self.udp}", "--tcp", f"{ip}:{self.tcp}",
                 "--tls", f"{ip}:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
                 "--relay-ip", ip, "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
@@ -208,6 +242,21 @@ class Server:
         """User and system CPU of the server process (all threads), in seconds."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+    def bpf_secs(self) -> float:
+        """Run time of the BPF programs this process holds (fdinfo's run_time_ns; zero unless
+        kernel.bpf_stats_enabled is on)."""
+        total = 0
+        for fd in Path(f"/proc/{self.proc.pid}/fdinfo").iterdir():
+            try:
+                info = fd.read_text()
+            except OSError:
+                continue
+            if "prog_type:" in info:
+                for line in info.splitlines():
+                    if line.startswith("run_time_ns:"):
+                        total += int(line.split()[1])
+        return total / 1e9
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -279,9 +328,11 @@ def spread(values: list[float]) -> dict:
 
 
 class Bench:
-    def __init__(self, reps: int, quick: bool, coturn_fast: Path | None = None, before: Path | None = None):
+    def __init__(self, reps: int, quick: bool, coturn_fast: Path | None = None, before: Path | None = None,
+                 fast_path: bool = False):
         self.reps, self.quick, self.coturn_fast, self.before = reps, quick, coturn_fast, before
-        self.kinds = ["coturn", *([COTURN_FAST] if coturn_fast else []), *([BEFORE] if before else []), "turnkey"]
+        self.kinds = ["coturn", *([COTURN_FAST] if coturn_fast else []), *([BEFORE] if before else []), "turnkey",
+                      *([FAST] if fast_path else [])]
         self.secret = "bench-" + secrets.token_hex(16)
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
@@ -339,12 +390,16 @@ class Bench:
         flows = 10
         rate = msgs_per_s / 2 / flows
         u0, s0 = s.cpu_secs()
+        k0, b0 = softirq_secs(), s.bpf_secs()
         r = load(s, transport, "--flows", str(flows), "--rate", f"{rate:.3f}", "--duration", "8", "--drain-ms", "300",
                  ca=self.tls[0])
         u1, s1 = s.cpu_secs()
+        k1, b1 = softirq_secs(), s.bpf_secs()
         msgs = max(2 * r["traffic"]["delivered"], 1)
         return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
                 "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
+                "softirq_us_per_msg": 1e6 * (k1 - k0) / msgs, "bpf_us_per_msg": 1e6 * (b1 - b0) / msgs,
+                "with_softirq_us_per_msg": 1e6 * (u1 - u0 + s1 - s0 + k1 - k0) / msgs,
                 "loss_pct": r["traffic"]["loss_pct"]}
 
     # CPU per relayed message for one traffic shape, in pair mode or against the own echo peer.
@@ -352,15 +407,19 @@ class Bench:
         extra = ["--echo-peer"] if peer == "echo" else []
         secs = "4" if self.quick else "8"
         u0, s0 = s.cpu_secs()
+        k0, b0 = softirq_secs(), s.bpf_secs()
         r = load(s, "udp", *PROFILE_LOADS[load_name], *extra, "--duration", secs, "--drain-ms", "300",
                  "--concurrency", "32")
         u1, s1 = s.cpu_secs()
+        k1, b1 = softirq_secs(), s.bpf_secs()
         if r["flows_established"] != r["flows_requested"]:
             sys.exit(f"{s.kind} {load_name} {peer}: {r['flows_established']}/{r['flows_requested']} flows: "
                      f"{r.get('first_errors')}")
         msgs = max(2 * r["traffic"]["delivered"], 1)
         return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
                 "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
+                "softirq_us_per_msg": 1e6 * (k1 - k0) / msgs, "bpf_us_per_msg": 1e6 * (b1 - b0) / msgs,
+                "with_softirq_us_per_msg": 1e6 * (u1 - u0 + s1 - s0 + k1 - k0) / msgs,
                 "loss_pct": r["traffic"]["loss_pct"], "offered_pps": r["traffic"]["offered_pps"]}
 
     def profiles(self) -> dict:
@@ -660,6 +719,31 @@ def profile_table(profiles: dict, add) -> None:
         ratios = [f"{totals['turnkey'] / max(totals[k], 1e-9):.2f}×" if k in totals else "" for k in others]
         loss = max(r["loss_pct"] for k in runs for r in runs[k])
         add(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {loss:.2f}% |")
+    if any(FAST in runs for runs in profiles.values()):
+        fast_table(profiles, add)
+
+
+def fast_table(profiles: dict, add) -> None:
+    """With the kernel fast path: CPU per relayed message counting the machine's softirq time (where
+    XDP runs) besides the server process, the program's own run time, and turnkey-xdp's ratio to
+    turnkey in user space."""
+    kinds = [k for k in ("coturn", COTURN_FAST, "turnkey", FAST) if any(k in runs for runs in profiles.values())]
+    add("")
+    add("| load (UDP, µs per relayed message: server process + softirq of all CPUs) | "
+        + " | ".join(f"{k} (min..max)" for k in kinds) + f" | {FAST} BPF run time | {FAST} / turnkey |")
+    add("|---|" + "---|" * (len(kinds) + 2))
+    for key, runs in profiles.items():
+        cells, totals = [], {}
+        for k in kinds:
+            if k not in runs:
+                cells.append("n/a")
+                continue
+            t = med(runs[k], "with_softirq_us_per_msg")
+            totals[k] = t[0]
+            cells.append(f"{t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f})")
+        bpf = f"{med(runs[FAST], 'bpf_us_per_msg')[0]:.3f}" if FAST in runs else ""
+        ratio = f"{totals[FAST] / max(totals['turnkey'], 1e-9):.2f}×" if FAST in totals and "turnkey" in totals else ""
+        add(f"| {key} | " + " | ".join(cells) + f" | {bpf} | {ratio} |")
 
 
 def issuance_table(runs: list[dict], add) -> None:
@@ -698,6 +782,8 @@ def main() -> None:
                          "turnkey-before next to the others (default: $TURNKEY_BEFORE_BIN)")
     ap.add_argument("--net", choices=["loopback", "veth"], default="loopback",
                     help="veth: servers and load generator in two network namespaces joined by a veth pair")
+    ap.add_argument("--fast-path", action="store_true",
+                    help="with --net veth: add turnkey with --fast-path xdp (turnkey-xdp) and count softirq and BPF time")
     ap.add_argument("--coturn-4171", type=Path, default=os.environ.get("COTURN_4171_BIN") or None,
                     help="turnserver of coturn 4.17.1, run in its fastest configuration next to the others "
                          "(default: $COTURN_4171_BIN; without it only coturn 4.6.1 and turnkey run)")
@@ -721,14 +807,22 @@ def main() -> None:
             sys.exit("--net veth needs root, ip and ethtool")
         if a.only not in ("udp", "profiles"):
             sys.exit("--net veth runs the UDP loads only: give --only udp or --only profiles")
-    NET = Net(a.net)
+    if a.fast_path and a.net != "veth":
+        sys.exit("--fast-path needs --net veth (loopback is not a fast path: docs/fastpath.md)")
+    NET = Net(a.net, a.fast_path)
     before = a.turnkey_before.resolve() if a.turnkey_before else None
-    b = Bench(reps, a.quick, a.coturn_4171, before)
+    b = Bench(reps, a.quick, a.coturn_4171, before, a.fast_path)
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    stats_before = stats.read_text().strip() if a.fast_path else None
+    if a.fast_path:
+        stats.write_text("1")
     started = time.time()
     try:
         b.run(a.only)
     finally:
         NET.close()
+        if stats_before is not None:
+            stats.write_text(stats_before)
     a.out.mkdir(parents=True, exist_ok=True)
     b.results["machine"] = machine()
     b.results["net"] = a.net

@@ -8,7 +8,8 @@
 #   (pion/turn's client), firefox-esr and libnss3-tools (Firefox's browser tests); for the operator
 #   paths (tests/tests/ops.rs):
 #   debootstrap, podman, runc, docker-compose and systemd-analyze from Debian, cargo-deb from
-#   crates.io, kubernetes-validate from PyPI.
+#   crates.io, kubernetes-validate from PyPI; for the kernel fast path (crates/turnkey-fastpath):
+#   clang and libbpf-dev (build.rs compiles the XDP program) and bpftool from Debian.
 # Under CI=true a tool that cannot be installed is an error; elsewhere it is reported and the tests
 # that need it skip with a printed reason.
 set -uo pipefail
@@ -41,6 +42,9 @@ command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 [ -f /usr/share/gocode/src/github.com/pion/turn/v2/client.go ] || need_apt+=(golang-github-pion-turn.v2-dev)
 command -v firefox-esr >/dev/null 2>&1 || need_apt+=(firefox-esr)
 command -v certutil >/dev/null 2>&1 || need_apt+=(libnss3-tools)
+command -v clang >/dev/null 2>&1 || need_apt+=(clang)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need_apt+=(libbpf-dev)
+command -v bpftool >/dev/null 2>&1 || need_apt+=(bpftool)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else return 1; fi
@@ -103,10 +107,11 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 cargo fuzz --version >/dev/null 2>&1 || missing+=(cargo-fuzz)
 [ -f /usr/share/gocode/src/github.com/pion/turn/v2/client.go ] || missing+=(golang-github-pion-turn.v2-dev)
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 for t in go firefox-esr certutil; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
-for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb; do
+for t in debootstrap podman runc docker-compose systemd-analyze kubernetes-validate cargo-deb clang bpftool; do
   command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 done
 if [ ${#missing[@]} -gt 0 ]; then

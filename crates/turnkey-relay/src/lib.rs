@@ -15,6 +15,7 @@
 pub use turnkey_batch as batch;
 pub mod clock;
 mod error;
+pub mod fastpath;
 pub mod loopclock;
 pub mod metrics;
 mod outq;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::conn::{ConnLimiter, StreamLimits};
 use crate::engine::{Engine, EngineConfig, Shared};
+use crate::fastpath::KernelPath;
 use crate::metrics::RelayMetrics;
 use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
@@ -34,6 +35,8 @@ pub struct RelayConfig {
     pub stream: StreamLimits,
     /// TLS server configuration (required when there are TLS listeners).
     pub tls: Option<TlsConfigs>,
+    /// The kernel fast path, loaded and attached by the caller (None: everything in user space).
+    pub kernel: Option<Arc<KernelPath>>,
 }
 
 /// Sockets bound for the relay: for each shard, one socket per UDP listening address and one
@@ -126,7 +129,12 @@ pub async fn run(
         let (engine_cfg, shared, metrics, cfg, stop) =
             (engine_cfg.clone(), shared.clone(), metrics.clone(), cfg.clone(), stop_rx.clone());
         let reservations = reservations.clone();
-        let listeners = Listeners { udp, tcp: tcp.next().unwrap_or_default(), tls: tls.next().unwrap_or_default() };
+        let listeners = Listeners {
+            udp,
+            tcp: tcp.next().unwrap_or_default(),
+            tls: tls.next().unwrap_or_default(),
+            kernel: (cfg.kernel.clone(), i),
+        };
         let limiter = limiter.clone();
         let t = std::thread::Builder::new().name(format!("turnkey-shard-{i}")).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -177,6 +185,8 @@ struct Listeners {
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<std::net::TcpListener>,
     tls: Vec<std::net::TcpListener>,
+    /// The kernel fast path serving the UDP listeners, and this shard's index in it.
+    kernel: (Option<Arc<KernelPath>>, usize),
 }
 
 /// What a shard's connections share.
@@ -203,7 +213,9 @@ async fn shard_main(
         metrics: metrics.clone(),
     });
     let engine = Engine::new(cfg, shared, now.mono);
-    let state = Rc::new(RefCell::new(ShardState::new(engine, ports, metrics)));
+    let state = Rc::new(RefCell::new(
+        ShardState::new(engine, ports, metrics).with_kernel(listeners.kernel.0, listeners.kernel.1),
+    ));
     let mut tasks = Vec::new();
     for s in listeners.udp {
         let local = s.local_addr()?;

@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use socket2::{Domain, Socket, Type};
 
 use crate::engine::{Engine, Event, Transmit};
+use crate::fastpath::KernelPath;
 use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
 use crate::stream::StreamConn;
 use crate::types::RelayHandle;
@@ -32,6 +34,8 @@ pub(crate) struct ShardState {
     exporter: StatsExporter,
     /// Relay sockets of allocations created since [`ShardState::start_relays`] last ran.
     created: Vec<RelayHandle>,
+    /// The kernel fast path and this shard's index in it (`fastpath`), when attached.
+    kernel: Option<(Arc<KernelPath>, usize)>,
 }
 
 impl ShardState {
@@ -45,7 +49,14 @@ impl ShardState {
             metrics,
             exporter: StatsExporter::default(),
             created: Vec::new(),
+            kernel: None,
         }
+    }
+
+    /// Mirrors this shard's bound channels into the kernel fast path (shard number `shard`).
+    pub fn with_kernel(mut self, kernel: Option<Arc<KernelPath>>, shard: usize) -> Self {
+        self.kernel = kernel.map(|k| (k, shard));
+        self
     }
 
     /// Hands a datagram or frame from a client to the engine and sends its answer.
@@ -69,8 +80,14 @@ impl ShardState {
 
     /// The engine's timer (expiry, revocations, usage), then every count exported.
     pub fn sweep(&mut self, now: Now) {
+        if let Some((k, shard)) = &self.kernel {
+            k.collect(*shard, &mut self.engine);
+        }
         self.engine.handle_timeout(now, &mut self.ports);
         self.export_all();
+        if let Some((k, shard)) = &self.kernel {
+            k.recheck(*shard, &self.engine);
+        }
     }
 
     /// Ends every allocation (shutdown) and exports the final counts.
@@ -94,8 +111,13 @@ impl ShardState {
 
     fn poll_events(&mut self) {
         while let Some(e) = self.engine.poll_event() {
+            let mut relayed_local = None;
             if let Event::AllocationCreated { alloc, .. } = &e {
                 self.created.push(alloc.relay);
+                relayed_local = self.ports.sock(alloc.relay).and_then(|s| s.socket.local_addr().ok());
+            }
+            if let Some((k, shard)) = &self.kernel {
+                k.on_event(*shard, &mut self.engine, &e, relayed_local);
             }
             log_event(&e);
         }

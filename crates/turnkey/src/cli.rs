@@ -383,6 +383,10 @@ pub struct RelayArgs {
     #[arg(long, env = "TURNKEY_DRAIN_GRACE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_grace: Option<u64>,
+    /// Kernel fast path for bound channels: auto, xdp or off (docs/fastpath.md).
+    #[arg(long, env = "TURNKEY_FAST_PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod datadir;
 mod docgen;
+mod fastpath;
 mod fdlimit;
 mod fleet;
 mod fleet_cmd;

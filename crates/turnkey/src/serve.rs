@@ -79,7 +79,8 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     if let Some(f) = &fleet {
         fleet_relay::ensure_node_id_free(f).await?;
     }
-    let relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
+    let mut relay_cfg = relay_config(&s, ring.clone(), &listening, &obs, tls);
+    relay_cfg.kernel = crate::fastpath::start(s.relay.fast_path, &listening.udp, &relay_cfg.relay, &obs.registry)?;
     let revocations = RevocationSet::new();
     watch_revocations(&s, &revocations)?;
     let relayed = Arc::new(AtomicU64::new(0));
@@ -282,7 +283,7 @@ fn relay_config(
     let mut engine = EngineConfig::from_settings(s.node.realm.as_str(), ring, policy, s.engine.clone());
     engine.relay_v4 = relay.v4.is_some();
     engine.relay_v6 = relay.v6.is_some();
-    RelayConfig { engine, relay, drain_grace: s.relay.drain_grace, stream: s.stream.clone(), tls }
+    RelayConfig { engine, relay, drain_grace: s.relay.drain_grace, stream: s.stream.clone(), tls, kernel: None }
 }
 
 /// The operator's peer rules, this process's own service addresses (never relayed to), and the

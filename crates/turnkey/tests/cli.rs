@@ -85,3 +85,39 @@ fn check_config_reports_unknown_keys_and_bad_values_in_one_run() {
     let out = turnkey(&["check-config", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn fast_path_flag_shows_its_default_and_xdp_refuses_to_start_while_it_cannot_attach() {
+    let out = turnkey(&["serve", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    let text = help_of(&help, "--fast-path");
+    assert!(text.contains(&format!("[default: {}]", turnkey_fastpath::FastPathMode::default())), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = turnkey(&[
+        "serve",
+        "--data-dir",
+        data,
+        "--fast-path",
+        "xdp",
+        "--udp",
+        "127.0.0.1:0",
+        "--tcp",
+        "off",
+        "--tls",
+        "off",
+        "--http",
+        "off",
+        "--metrics",
+        "off",
+        "--relay-ip",
+        "127.0.0.1",
+    ]);
+    assert!(!out.status.success(), "xdp must fail at start when it cannot attach");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fast_path = xdp"), "{err}");
+    let out = turnkey(&["serve", "--data-dir", data, "--fast-path", "sometimes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auto, xdp or off"));
+}

@@ -204,6 +204,18 @@ impl Allocation {
         self.capped = capped;
     }
 
+    /// Whether the key's monthly cap stops relaying.
+    pub fn capped(&self) -> bool {
+        self.capped
+    }
+
+    /// Counts `bytes` another data path (the kernel fast path) relayed for this allocation in
+    /// `dir`, for usage as [`Allocation::admit`] counts its own.
+    pub fn add_offloaded(&mut self, dir: Direction, bytes: u64) {
+        self.bytes_relayed += bytes;
+        self.unreported[dir as usize] += bytes;
+    }
+
     /// Payload bytes relayed over the allocation's life.
     pub fn bytes_relayed(&self) -> u64 {
         self.bytes_relayed

@@ -19,6 +19,7 @@ pub mod event;
 mod handlers;
 mod limiter;
 mod message;
+mod offload;
 mod stats;
 #[cfg(test)]
 #[allow(
@@ -55,6 +56,7 @@ use allocation::Allocation;
 pub(crate) use error::StunError;
 pub use event::{AllocationId, AllocationRef, EndReason, Event};
 use limiter::ReplyLimiter;
+pub use offload::Offloaded;
 pub use stats::{AuthFailure, DeniedPath, Direction, DropReason, EngineStats, TRANSPORTS};
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, usage).

@@ -193,6 +193,13 @@ impl EngineStats {
         self.packets[d][tidx(t)] += 1;
     }
 
+    /// Counts `packets` relayed packets of `bytes` payload bytes in all (another data path's).
+    pub(crate) fn relayed_many(&mut self, dir: Direction, t: Transport, packets: u64, bytes: u64) {
+        let d = dir as usize;
+        self.bytes[d][tidx(t)] += bytes;
+        self.packets[d][tidx(t)] += packets;
+    }
+
     /// Counts `n` dropped packets.
     #[inline]
     pub(crate) fn dropped(&mut self, r: DropReason, n: u64) {

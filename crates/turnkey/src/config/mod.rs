@@ -134,6 +134,9 @@ pub struct RelaySettings {
     /// Seconds live allocations are served after SIGTERM.
     #[serde(with = "turnkey_relay::settings::secs")]
     pub drain_grace: Duration,
+    /// The kernel fast path: `auto`, `xdp` or `off` (docs/fastpath.md).
+    #[serde(with = "text")]
+    pub fast_path: turnkey_fastpath::FastPathMode,
 }
 
 impl Default for RelaySettings {
@@ -150,6 +153,7 @@ impl Default for RelaySettings {
             allow_peer: Vec::new(),
             deny_peer: Vec::new(),
             drain_grace: Duration::from_secs(30),
+            fast_path: turnkey_fastpath::FastPathMode::default(),
         }
     }
 }

@@ -246,3 +246,14 @@ fn fleet_errors_are_reported_with_the_others() {
         assert!(msg.contains(part), "{part} missing in {msg}");
     }
 }
+
+#[test]
+fn fast_path_is_typed_with_its_default_from_the_fastpath_crate() {
+    use turnkey_fastpath::FastPathMode;
+    assert_eq!(parse("").unwrap().relay.fast_path, FastPathMode::default());
+    assert_eq!(parse("[relay]\nfast_path = \"off\"\n").unwrap().relay.fast_path, FastPathMode::Off);
+    assert_eq!(parse("[relay]\nfast_path = \"xdp\"\n").unwrap().relay.fast_path, FastPathMode::Xdp);
+    let msg = errors("[relay]\nfast_path = \"native\"\nrelay_ports = \"9-1\"\n");
+    assert!(msg.contains("relay.fast_path") && msg.contains("auto, xdp or off"), "{msg}");
+    assert!(msg.contains("relay.relay_ports"), "reported together: {msg}");
+}

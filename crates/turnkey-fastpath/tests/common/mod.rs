@@ -1,0 +1,57 @@
+//! What the fast path's tests share: the root/BPF requirement (fail under CI=true, skip with a
+//! printed reason elsewhere, as tests/src/lib.rs does for tools), a private network namespace for
+//! the calling thread, and shell commands run inside it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use turnkey_fastpath::FastPath;
+
+/// The loaded program, or None (skip) when this machine cannot load BPF; under CI=true a missing
+/// capability fails the test instead.
+pub fn load_or_skip() -> Option<FastPath> {
+    let why = if !turnkey_fastpath::AVAILABLE {
+        Some(format!("built without the XDP program: {}", turnkey_fastpath::UNAVAILABLE))
+    } else if !rustix::process::geteuid().is_root() {
+        Some("not running as root (BPF_PROG_TEST_RUN and XDP need CAP_BPF + CAP_NET_ADMIN)".to_string())
+    } else {
+        match FastPath::load() {
+            Ok(fp) => return Some(fp),
+            // A rejected program is a bug, whatever the environment: never a skip.
+            Err(e @ turnkey_fastpath::FastPathError::Rejected { .. }) => panic!("{e}"),
+            Err(e) => Some(format!("loading the program failed: {e}")),
+        }
+    };
+    let why = why.unwrap_or_default();
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the fast path tests need BPF and root: {why} (CI must not skip)");
+    }
+    eprintln!("SKIP: {why}");
+    None
+}
+
+/// Moves the calling thread into a fresh network namespace (it dies with the thread; commands this
+/// thread starts run inside it). Names inside are therefore private to the test.
+pub fn private_netns() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    sh("ip link set lo up");
+}
+
+/// Runs `cmd` with sh in the thread's namespace; panics with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An interface's MAC address.
+pub fn mac(iface: &str) -> [u8; 6] {
+    // (not /sys/class/net: sysfs shows the namespace it was mounted in, not the thread's)
+    let s = sh(&format!("ip -br link show dev {iface} | awk '{{print $3}}'"));
+    let mut out = [0u8; 6];
+    for (i, part) in s.trim().split(':').enumerate() {
+        out[i] = u8::from_str_radix(part, 16).unwrap();
+    }
+    out
+}

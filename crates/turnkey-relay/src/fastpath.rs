@@ -1,0 +1,343 @@
+//! The kernel fast path's driver: mirrors the engine's bound channels into turnkey-fastpath's XDP
+//! maps from the engine's [`Event`]s, and hands what the kernel relayed back to the engine.
+//!
+//! - A channel enters the kernel when it is bound *and* its peer's permission is live, on an
+//!   allocation the engine calls offloadable (UDP, no bandwidth limit configured, not stopped by a
+//!   monthly cap), whose listener and relay addresses the fast path serves. Its kernel deadline is
+//!   the earliest of the channel's, the permission's and the allocation's ends (the program checks
+//!   it against `bpf_ktime_get_ns`); refreshes rewrite it.
+//! - It leaves at `ChannelExpired`, `PermissionExpired`, `AllocationEnded` (expiry, delete,
+//!   revocation, credential expiry, session kill, drain) and when a sweep finds the allocation no
+//!   longer offloadable (monthly cap reached).
+//! - At each shard sweep, before the engine's own timer, the kernel's per-allocation counters
+//!   ([`FastPath::sweep`] deltas) go into the engine ([`Engine::add_offloaded`]): the relayed
+//!   counters, usage accounting and monthly caps then include kernel traffic, and the fleet's
+//!   heartbeat load with them (it counts the usage the engine reports).
+//!
+//! One [`KernelPath`] serves every shard (its lock is taken on the control path only: events and
+//! sweeps, never per datagram). Dropping the last handle drops the [`FastPath`], which detaches
+//! the program.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+#[allow(clippy::disallowed_types, reason = "control path only: engine events and sweeps, never per datagram")]
+use std::sync::Mutex;
+use std::time::Instant;
+
+use turnkey_fastpath::{
+    AllocCounters, AllocKey, AllocationEntry, ChannelBinding, FastPath, FastPathError, FastPathMetrics, KernelClock,
+};
+
+use crate::engine::{AllocationId, AllocationRef, Engine, Event, Offloaded};
+
+/// The loaded, attached fast path shared by every shard.
+pub struct KernelPath {
+    #[allow(clippy::disallowed_types, reason = "control path only: engine events and sweeps")]
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for KernelPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelPath").finish_non_exhaustive()
+    }
+}
+
+impl Drop for KernelPath {
+    fn drop(&mut self) {
+        let g = self.lock();
+        let ifaces: Vec<String> = g.fp.attached().into_iter().map(|(i, _)| i).collect();
+        tracing::info!(interfaces = ?ifaces, "fast path: detaching XDP");
+    }
+}
+
+struct Inner {
+    fp: FastPath,
+    clock: KernelClock,
+    metrics: FastPathMetrics,
+    /// Listening addresses the program serves (added to the fast path's address map).
+    listeners: HashSet<SocketAddr>,
+    /// Relay IPs the program serves.
+    relay_ips: HashSet<IpAddr>,
+    next_key: u32,
+    mirrors: HashMap<(usize, AllocationId), Mirror>,
+    /// Kernel deltas read by one shard's sweep for another shard's allocations, until it takes them.
+    pending: HashMap<AllocKey, AllocCounters>,
+    by_key: HashMap<AllocKey, (usize, AllocationId)>,
+}
+
+/// One allocation as the kernel knows it.
+struct Mirror {
+    key: AllocKey,
+    alloc: AllocationRef,
+    userid: Arc<str>,
+    /// The relay socket's local address (what peers send to; the advertised one may be NATed).
+    relayed: SocketAddr,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    /// Channels now in the kernel.
+    bound: HashSet<u16>,
+    /// Not offloadable for now (monthly cap): everything in user space.
+    held: bool,
+}
+
+impl Mirror {
+    fn binding(&self, number: u16, peer: SocketAddr) -> ChannelBinding {
+        ChannelBinding {
+            client: self.alloc.tuple.client.0,
+            listener: self.alloc.tuple.server,
+            channel: number,
+            relayed: self.relayed,
+            peer,
+            alloc: self.key,
+        }
+    }
+
+    /// The channel's kernel deadline, or None while its peer has no live permission.
+    fn deadline(&self, number: u16) -> Option<(SocketAddr, Instant)> {
+        let (peer, chan) = *self.channels.get(&number)?;
+        let perm = *self.permissions.get(&peer.ip())?;
+        Some((peer, chan.min(perm).min(self.expires)))
+    }
+}
+
+fn to_offloaded(c: &AllocCounters) -> Offloaded {
+    Offloaded {
+        to_peer_packets: c.to_peer_packets,
+        to_peer_bytes: c.to_peer_bytes,
+        to_client_packets: c.to_client_packets,
+        to_client_bytes: c.to_client_bytes,
+    }
+}
+
+fn add(a: &mut AllocCounters, b: &AllocCounters) {
+    a.to_peer_packets += b.to_peer_packets;
+    a.to_peer_bytes += b.to_peer_bytes;
+    a.to_client_packets += b.to_client_packets;
+    a.to_client_bytes += b.to_client_bytes;
+}
+
+impl KernelPath {
+    /// Wraps a loaded and attached fast path serving `listeners` (UDP listening addresses) and
+    /// `relay_ips` (their addresses must be in the fast path's address map already).
+    pub fn new(
+        fp: FastPath,
+        metrics: FastPathMetrics,
+        listeners: impl IntoIterator<Item = SocketAddr>,
+        relay_ips: impl IntoIterator<Item = IpAddr>,
+    ) -> Self {
+        let inner = Inner {
+            fp,
+            clock: KernelClock::new(),
+            metrics,
+            listeners: listeners.into_iter().collect(),
+            relay_ips: relay_ips.into_iter().collect(),
+            next_key: 0,
+            mirrors: HashMap::new(),
+            pending: HashMap::new(),
+            by_key: HashMap::new(),
+        };
+        #[allow(clippy::disallowed_types, reason = "control path only")]
+        let inner = Mutex::new(inner);
+        Self { inner }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Channels in the kernel now.
+    pub fn channel_count(&self) -> usize {
+        self.lock().fp.channel_count()
+    }
+
+    /// Mirrors one engine event of shard `shard` (`relayed_local`: the relay socket's local
+    /// address, for `AllocationCreated`). Traffic the kernel counted for an allocation that ended
+    /// goes into the engine here.
+    pub fn on_event(&self, shard: usize, engine: &mut Engine, e: &Event, relayed_local: Option<SocketAddr>) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let id = (shard, e.alloc().id);
+        match e {
+            Event::AllocationCreated { alloc, expires } => {
+                let Some(relayed) = relayed_local else { return };
+                if !inner.listeners.contains(&alloc.tuple.server)
+                    || !inner.relay_ips.contains(&relayed.ip())
+                    || !engine.offloadable(alloc)
+                {
+                    return;
+                }
+                let Some(userid) = engine.userid(alloc) else { return };
+                inner.next_key = inner.next_key.wrapping_add(1);
+                let key = AllocKey(inner.next_key);
+                let entry = AllocationEntry { deadline: inner.clock.deadline(*expires), budget_bytes: None };
+                if let Err(err) = inner.fp.set_allocation(key, entry) {
+                    tracing::warn!(%err, id = %alloc.id, "fast path: allocation stays in user space");
+                    return;
+                }
+                inner.by_key.insert(key, id);
+                inner.mirrors.insert(
+                    id,
+                    Mirror {
+                        key,
+                        alloc: *alloc,
+                        userid,
+                        relayed,
+                        expires: *expires,
+                        permissions: HashMap::new(),
+                        channels: HashMap::new(),
+                        bound: HashSet::new(),
+                        held: false,
+                    },
+                );
+            }
+            Event::AllocationRefreshed { expires, .. } => {
+                let Some(m) = inner.mirrors.get_mut(&id) else { return };
+                m.expires = *expires;
+                let entry = AllocationEntry { deadline: inner.clock.deadline(*expires), budget_bytes: None };
+                if let Err(err) = inner.fp.set_allocation(m.key, entry) {
+                    tracing::warn!(%err, "fast path: refreshing an allocation");
+                }
+                let all: Vec<u16> = m.channels.keys().copied().collect();
+                inner.sync(id, &all);
+            }
+            Event::AllocationEnded { alloc, .. } => {
+                let Some(m) = inner.mirrors.remove(&id) else { return };
+                inner.by_key.remove(&m.key);
+                for number in &m.bound {
+                    if let Some((peer, _)) = m.channels.get(number) {
+                        let _ = inner.fp.unbind_channel(&m.binding(*number, *peer));
+                    }
+                }
+                // Read by an earlier sweep (already in the fast path's metrics), not yet handed to
+                // this shard's engine; plus what the kernel counted since that sweep.
+                let mut rest = inner.pending.remove(&m.key).unwrap_or_default();
+                match inner.fp.remove_allocation(m.key) {
+                    Ok(c) => {
+                        inner.metrics.add_relayed(&c);
+                        add(&mut rest, &c);
+                    }
+                    Err(err) => tracing::warn!(%err, "fast path: reading an ended allocation's counters"),
+                }
+                if !rest.is_zero() {
+                    engine.add_offloaded(alloc, &m.userid, to_offloaded(&rest));
+                }
+            }
+            Event::PermissionInstalled { peer, expires, .. } | Event::PermissionRefreshed { peer, expires, .. } => {
+                let Some(m) = inner.mirrors.get_mut(&id) else { return };
+                m.permissions.insert(*peer, *expires);
+                let of_peer: Vec<u16> =
+                    m.channels.iter().filter(|(_, (p, _))| p.ip() == *peer).map(|(n, _)| *n).collect();
+                inner.sync(id, &of_peer);
+            }
+            Event::PermissionExpired { peer, .. } => {
+                let Some(m) = inner.mirrors.get_mut(&id) else { return };
+                m.permissions.remove(peer);
+                let of_peer: Vec<u16> =
+                    m.channels.iter().filter(|(_, (p, _))| p.ip() == *peer).map(|(n, _)| *n).collect();
+                inner.sync(id, &of_peer);
+            }
+            Event::ChannelBound { number, peer, expires, .. }
+            | Event::ChannelRefreshed { number, peer, expires, .. } => {
+                let Some(m) = inner.mirrors.get_mut(&id) else { return };
+                m.channels.insert(number.0, (peer.0, *expires));
+                inner.sync(id, &[number.0]);
+            }
+            Event::ChannelExpired { number, peer, .. } => {
+                let Some(m) = inner.mirrors.get_mut(&id) else { return };
+                m.channels.remove(&number.0);
+                if m.bound.remove(&number.0) {
+                    let _ = inner.fp.unbind_channel(&m.binding(number.0, peer.0));
+                }
+            }
+        }
+    }
+
+    /// At a shard's sweep, before the engine's timer: reads the kernel's counters and hands this
+    /// shard's allocations' traffic to the engine (relayed counts, usage, caps).
+    pub fn collect(&self, shard: usize, engine: &mut Engine) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        match inner.fp.sweep() {
+            Ok(deltas) => {
+                for (key, d) in deltas {
+                    inner.metrics.add_relayed(&d);
+                    add(inner.pending.entry(key).or_default(), &d);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "fast path: reading counters"),
+        }
+        if let Ok(c) = inner.fp.counters() {
+            inner.metrics.observe_passes(&c);
+        }
+        let mine: Vec<AllocKey> =
+            inner.pending.keys().filter(|k| inner.by_key.get(k).is_some_and(|(s, _)| *s == shard)).copied().collect();
+        for key in mine {
+            let Some(d) = inner.pending.remove(&key) else { continue };
+            let Some(id) = inner.by_key.get(&key).copied() else { continue };
+            if let Some(m) = inner.mirrors.get(&id) {
+                engine.add_offloaded(&m.alloc, &m.userid, to_offloaded(&d));
+            }
+        }
+    }
+
+    /// After a shard's sweep: allocations the engine no longer lets the kernel relay (a monthly cap
+    /// reached) leave the kernel; those allowed again come back.
+    pub fn recheck(&self, shard: usize, engine: &Engine) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let ids: Vec<(usize, AllocationId)> = inner.mirrors.keys().filter(|(s, _)| *s == shard).copied().collect();
+        for id in ids {
+            let Some(m) = inner.mirrors.get_mut(&id) else { continue };
+            let held = !engine.offloadable(&m.alloc);
+            if held != m.held {
+                m.held = held;
+                tracing::debug!(id = %id.1, held, "fast path: allocation's kernel relaying changes (cap)");
+                let all: Vec<u16> = m.channels.keys().copied().collect();
+                inner.sync(id, &all);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Brings channels `numbers` of mirror `id` in line with its state: in the kernel with their
+    /// deadline when bound, permitted and not held; out of it otherwise.
+    fn sync(&mut self, id: (usize, AllocationId), numbers: &[u16]) {
+        for &number in numbers {
+            let Some(m) = self.mirrors.get_mut(&id) else { return };
+            let want = if m.held { None } else { m.deadline(number) };
+            match want {
+                Some((peer, until)) => {
+                    let binding = m.binding(number, peer);
+                    match self.fp.bind_channel(&binding, self.clock.deadline(until)) {
+                        Ok(()) => {
+                            m.bound.insert(number);
+                        }
+                        Err(err) => {
+                            // Mixed families (RFC 6156), a full map: this channel stays in user space.
+                            tracing::debug!(%err, channel = number, "fast path: channel stays in user space");
+                            m.bound.remove(&number);
+                            let _ = self.fp.unbind_channel(&binding);
+                        }
+                    }
+                }
+                None => {
+                    if m.bound.remove(&number) {
+                        let _ = self.unbind_number(id, number);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes channel `number` of mirror `id` (still in its `channels`) from the kernel.
+    fn unbind_number(&mut self, id: (usize, AllocationId), number: u16) -> Result<(), FastPathError> {
+        let Some(m) = self.mirrors.get(&id) else { return Ok(()) };
+        match m.channels.get(&number) {
+            Some((peer, _)) => self.fp.unbind_channel(&m.binding(number, *peer)),
+            None => Ok(()),
+        }
+    }
+}
