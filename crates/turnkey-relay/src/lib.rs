@@ -19,6 +19,7 @@ pub mod loglimit;
 pub mod metrics;
 mod outq;
 pub mod policy;
+pub mod sessions;
 pub mod settings;
 pub mod types;
 pub mod usage;

@@ -12,6 +12,8 @@ use crate::types::Transport;
 pub struct RelayMetrics {
     /// Live allocations by transport.
     pub allocations: IntGaugeVec,
+    /// Allocations ended, by reason (see [`crate::engine::EndReason`]).
+    pub allocations_ended: IntCounterVec,
     /// Allocate requests by result (`success` or the error code).
     pub allocation_attempts: IntCounterVec,
     /// Authentication failures by reason.
@@ -124,6 +126,10 @@ impl RelayMetrics {
                 Opts::new("turnkey_relay_allocations", "Live allocations by client transport."),
                 &["transport"],
             )?,
+            allocations_ended: IntCounterVec::new(
+                Opts::new("turnkey_relay_allocations_ended_total", "Allocations ended, by reason."),
+                &["reason"],
+            )?,
             allocation_attempts: IntCounterVec::new(
                 Opts::new("turnkey_relay_allocation_attempts_total", "Allocate requests by result."),
                 &["result"],
@@ -187,6 +193,7 @@ impl RelayMetrics {
         };
         registry.register(Box::new(m.allocations.clone()))?;
         registry.register(Box::new(m.allocation_attempts.clone()))?;
+        registry.register(Box::new(m.allocations_ended.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.permissions.clone()))?;
         registry.register(Box::new(m.channels.clone()))?;
@@ -211,6 +218,9 @@ impl RelayMetrics {
         }
         for r in DropReason::ALL {
             m.dropped_packets.with_label_values(&[r.as_str()]);
+        }
+        for r in crate::engine::EndReason::ALL {
+            m.allocations_ended.with_label_values(&[r.as_str()]);
         }
         for t in [Transport::Tcp, Transport::Tls] {
             m.connections.with_label_values(&[t.as_str()]);

@@ -199,6 +199,8 @@ async fn shard_main(
         tls: streams.tls,
         metrics: metrics.clone(),
     });
+    let sessions = shared.sessions.clone();
+    let slot = sessions.register();
     let engine = Engine::new(cfg, shared, metrics, now.mono);
     let state = Rc::new(RefCell::new(ShardState::new(engine, ports)));
     state.borrow_mut().ports.set_shard(Rc::downgrade(&state));
@@ -219,7 +221,9 @@ async fn shard_main(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let st = &mut *state.borrow_mut();
-                st.engine.handle_timeout(Now::system(), &mut st.ports);
+                let now = Now::system();
+                st.engine.handle_timeout(now, &mut st.ports);
+                sessions.sync(slot, &mut st.engine, &mut st.ports, now);
             }
             _ = stop.changed() => break,
         }
@@ -230,6 +234,7 @@ async fn shard_main(
     crate::stream::close_all(&state, &ctx);
     let st = &mut *state.borrow_mut();
     st.engine.close_all(&mut st.ports);
+    sessions.clear(slot);
     Ok(())
 }
 

@@ -103,6 +103,9 @@ pub enum KeysAction {
         /// Monthly relayed-bandwidth cap in bytes.
         #[arg(long)]
         monthly_bandwidth_bytes: Option<u64>,
+        /// An operator key: its token lists and ends every key's live sessions.
+        #[arg(long)]
+        admin: bool,
     },
     /// List keys (never tokens), one JSON object per line.
     List,

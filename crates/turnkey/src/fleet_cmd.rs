@@ -18,9 +18,9 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<()> {
         let fleet = connect(&args.redis).await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         match args.action {
-            KeysAction::Create { max_ttl, monthly_bandwidth_bytes } => {
+            KeysAction::Create { max_ttl, monthly_bandwidth_bytes, admin } => {
                 let (new, rec) =
-                    crate::issuer_fleet::new_key_record(KeyOptions { max_ttl, monthly_bandwidth_bytes }, now);
+                    crate::issuer_fleet::new_key_record(KeyOptions { max_ttl, monthly_bandwidth_bytes, admin }, now);
                 anyhow::ensure!(fleet.create_key(&rec).await?, "key id collision; run it again");
                 println!("{}", serde_json::json!({ "id": new.id, "token": new.token }));
             }

@@ -15,6 +15,7 @@ mod issuer_fleet;
 mod obs;
 mod process;
 mod serve;
+mod sessions;
 
 use clap::FromArgMatches as _;
 
@@ -79,9 +80,9 @@ fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {
     use cli::KeysAction;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     match args.action {
-        KeysAction::Create { max_ttl, monthly_bandwidth_bytes } => {
+        KeysAction::Create { max_ttl, monthly_bandwidth_bytes, admin } => {
             datadir::ensure(&args.data_dir)?;
-            let opts = turnkey_issuer::KeyOptions { max_ttl, monthly_bandwidth_bytes };
+            let opts = turnkey_issuer::KeyOptions { max_ttl, monthly_bandwidth_bytes, admin };
             println!("{}", turnkey_issuer::keys_create(&args.data_dir, opts, now)?.trim_end());
         }
         KeysAction::List => print!("{}", turnkey_issuer::keys_list(&args.data_dir)?),

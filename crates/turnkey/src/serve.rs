@@ -12,6 +12,7 @@ use turnkey_fleet::Fleet;
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
 use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
+use turnkey_relay::sessions::SessionTable;
 use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
@@ -31,6 +32,7 @@ use crate::obs;
 use crate::process::{
     bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup, HttpRun,
 };
+use crate::sessions::LocalSessions;
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -77,7 +79,11 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let revocations = RevocationSet::new();
     watch_revocations(&s, &revocations)?;
     let relayed = Arc::new(AtomicU64::new(0));
-    let mut shared = Shared::new(revocations.clone()).with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed));
+    // A random id prefix per process: session ids of two relays of a fleet do not collide.
+    let sessions = Arc::new(SessionTable::new(rand::random()));
+    let mut shared = Shared::new(revocations.clone())
+        .with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed))
+        .with_sessions(sessions.clone());
     if let Some(f) = &fleet {
         shared = shared.with_fleet(fleet_relay::view(f, s.engine.max_allocations_per_user));
     }
@@ -97,6 +103,7 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
         ring,
         revocations,
         status,
+        Some(Arc::new(LocalSessions { table: sessions, node: s.fleet.node_id.as_str().to_owned() })),
         fleet.clone(),
         &obs.registry,
         HttpRun::new(&http, &stop_http_rx),
@@ -159,9 +166,10 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http, &stop_rx))));
     let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
     let http_run = HttpRun::new(&http, &stop_rx);
-    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, fleet, &registry, http_run)
-        .await?
-        .context("`turnkey issuer` needs an HTTP listener (--http)")?;
+    let issuer =
+        start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, None, fleet, &registry, http_run)
+            .await?
+            .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     let metrics_addr = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!("turnkey issuer listening http={} metrics={metrics_addr}", issuer.addr);
     let host = banner::usable_host(&s.issuer.public_host, None, Some(detect_ipv4()));

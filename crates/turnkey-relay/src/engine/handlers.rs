@@ -338,7 +338,7 @@ impl Engine {
             Ok(Some(_)) | Err(_) => return Err(StunError::PeerAddressFamilyMismatch),
         }
         let lifetime = if requested == Some(Duration::ZERO) {
-            self.remove(idx, ports);
+            self.remove(idx, ports, super::EndReason::Deallocated);
             Duration::ZERO
         } else {
             let l = self.granted_lifetime(requested);

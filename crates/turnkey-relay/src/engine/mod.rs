@@ -12,6 +12,7 @@ mod error;
 mod handlers;
 mod limiter;
 mod message;
+mod sessions;
 #[cfg(test)]
 #[allow(
     clippy::disallowed_methods,
@@ -38,6 +39,7 @@ use crate::fleet::FleetView;
 use crate::loglimit::LogLimiter;
 use crate::metrics::{Direction, DropReason, RelayMetrics, ShardStats};
 use crate::policy::PeerPolicy;
+use crate::sessions::SessionTable;
 pub use crate::settings::EngineSettings;
 use crate::types::{ChannelNumber, FiveTuple, Now, PeerAddr, RelayHandle};
 use crate::usage::{UsageDelta, UsageSink};
@@ -45,6 +47,7 @@ use crate::usage::{UsageDelta, UsageSink};
 use allocation::Allocation;
 pub(crate) use error::StunError;
 use limiter::ReplyLimiter;
+pub use sessions::{EndReason, SessionId, SessionSnapshot};
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, metrics flush).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -172,6 +175,8 @@ pub struct Shared {
     pub usage: Option<Arc<dyn UsageSink>>,
     /// Fleet mode: fleet-wide quota marks, the ALTERNATE-SERVER, allocation reports.
     pub fleet: Option<Arc<FleetView>>,
+    /// The node-wide live session listing (allocation ids come from it).
+    pub sessions: Arc<SessionTable>,
 }
 
 impl Shared {
@@ -183,6 +188,12 @@ impl Shared {
     /// Reports usage to `sink` (builder style).
     pub fn with_usage(mut self, sink: Arc<dyn UsageSink>) -> Self {
         self.usage = Some(sink);
+        self
+    }
+
+    /// Uses `table` for the session listing (builder style).
+    pub fn with_sessions(mut self, table: Arc<SessionTable>) -> Self {
+        self.sessions = table;
         self
     }
 
@@ -411,7 +422,7 @@ impl Engine {
     /// A stream client's connection closed: its allocation ends at once.
     pub fn client_closed(&mut self, tuple: FiveTuple, ports: &mut dyn RelayPorts) {
         if let Some(&idx) = self.by_tuple.get(&tuple) {
-            self.remove(idx, ports);
+            self.remove(idx, ports, EndReason::Closed);
         }
     }
 
@@ -442,10 +453,15 @@ impl Engine {
         let (mut perms, mut chans) = (0i64, 0i64);
         for idx in 0..self.allocs.len() {
             let Some(a) = self.allocs[idx].as_mut() else { continue };
-            let ended =
-                a.ended(now.mono, unix) || (check_revoked && self.shared.revocations.is_revoked(&a.owner().username));
-            if ended {
-                self.remove(idx, ports);
+            let ended = if a.ended(now.mono, unix) {
+                Some(EndReason::Expired)
+            } else if check_revoked && self.shared.revocations.is_revoked(&a.owner().username) {
+                Some(EndReason::Revoked)
+            } else {
+                None
+            };
+            if let Some(reason) = ended {
+                self.remove(idx, ports, reason);
                 continue;
             }
             if check_usage {
@@ -499,7 +515,7 @@ impl Engine {
     pub fn close_all(&mut self, ports: &mut dyn RelayPorts) {
         for idx in 0..self.allocs.len() {
             if self.allocs[idx].is_some() {
-                self.remove(idx, ports);
+                self.remove(idx, ports, EndReason::Shutdown);
             }
         }
         self.stats.flush(&self.metrics);
@@ -571,7 +587,8 @@ impl Engine {
         }
     }
 
-    fn insert(&mut self, a: Allocation) -> usize {
+    fn insert(&mut self, mut a: Allocation) -> usize {
+        a.set_session_id(self.shared.sessions.next_id());
         let (tuple, relay) = (a.tuple(), a.relay());
         self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).inc();
         let idx = match self.free.pop() {
@@ -589,7 +606,7 @@ impl Engine {
         idx
     }
 
-    fn remove(&mut self, idx: usize, ports: &mut dyn RelayPorts) {
+    fn remove(&mut self, idx: usize, ports: &mut dyn RelayPorts, reason: EndReason) {
         let Some(mut a) = self.allocs[idx].take() else { return };
         let tuple = a.tuple();
         self.by_tuple.remove(&tuple);
@@ -600,7 +617,8 @@ impl Engine {
             self.usage_batch.push((a.owner().userid.clone(), d));
         }
         self.metrics.allocations.with_label_values(&[tuple.transport.as_str()]).dec();
+        self.metrics.allocations_ended.with_label_values(&[reason.as_str()]).inc();
         self.free.push(idx);
-        tracing::debug!(client = %tuple.client, relay = %a.relay_addr(), "allocation ended");
+        tracing::debug!(client = %tuple.client, relay = %a.relay_addr(), reason = reason.as_str(), "allocation ended");
     }
 }
