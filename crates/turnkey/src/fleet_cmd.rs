@@ -62,7 +62,7 @@ pub fn fleet(args: FleetCmdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(r: &RedisArgs) -> anyhow::Result<Fleet> {
+pub(crate) async fn connect(r: &RedisArgs) -> anyhow::Result<Fleet> {
     let url = r.redis.clone().context("--redis is required")?;
     let mut cfg = FleetConfig::new(url, NodeId::new("turnkey-cli")?);
     cfg.prefix.clone_from(&r.redis_prefix);

@@ -10,12 +10,14 @@ mod fdlimit;
 mod fleet;
 mod fleet_cmd;
 mod fleet_relay;
+mod fleet_sessions;
 mod issuer;
 mod issuer_fleet;
 mod obs;
 mod process;
 mod serve;
 mod sessions;
+mod sessions_cmd;
 
 use clap::FromArgMatches as _;
 
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Issuer(args) => serve::issuer(*args),
         Command::Keys(args) if args.redis.redis.is_some() => fleet_cmd::keys(args),
         Command::Keys(args) => keys(args),
+        Command::Sessions(args) => sessions_cmd::sessions(args),
         Command::Fleet(args) => fleet_cmd::fleet(args),
     };
     match result {

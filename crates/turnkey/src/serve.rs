@@ -17,7 +17,7 @@ use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
 
-use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus};
+use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus, SessionSource};
 
 use crate::banner;
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
@@ -27,6 +27,7 @@ use crate::datadir;
 use crate::fdlimit;
 use crate::fleet;
 use crate::fleet_relay::{self, FleetRelay, FleetUsage};
+use crate::fleet_sessions::FleetSessions;
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
 use crate::process::{
@@ -103,7 +104,7 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
         ring,
         revocations,
         status,
-        Some(Arc::new(LocalSessions { table: sessions, node: s.fleet.node_id.as_str().to_owned() })),
+        session_source(&s, fleet.as_ref(), &sessions),
         fleet.clone(),
         &obs.registry,
         HttpRun::new(&http, &stop_http_rx),
@@ -126,6 +127,19 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     relayed?;
     stop_http_services(stop_http, metrics_task, issuer).await;
     Ok(())
+}
+
+/// `/v1/sessions` of `turnkey serve`: this relay's sessions, or in fleet mode the whole fleet's
+/// (this relay then also writes its session index to Redis and takes the ends queued for it).
+fn session_source(s: &Settings, fleet: Option<&Fleet>, table: &Arc<SessionTable>) -> Option<Arc<dyn SessionSource>> {
+    let node = s.fleet.node_id.as_str().to_owned();
+    Some(match fleet {
+        None => Arc::new(LocalSessions { table: table.clone(), node }),
+        Some(f) => {
+            tokio::spawn(crate::fleet_sessions::run_relay_index(f.clone(), table.clone(), node));
+            Arc::new(FleetSessions(f.clone()))
+        }
+    })
 }
 
 /// The relay's usage sink: the local ledger, and in fleet mode the fleet's totals too.
@@ -166,8 +180,10 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http, &stop_rx))));
     let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
     let http_run = HttpRun::new(&http, &stop_rx);
+    let sessions: Option<Arc<dyn SessionSource>> =
+        fleet.as_ref().map(|f| Arc::new(FleetSessions(f.clone())) as Arc<dyn SessionSource>);
     let issuer =
-        start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, None, fleet, &registry, http_run)
+        start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, sessions, fleet, &registry, http_run)
             .await?
             .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     let metrics_addr = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
