@@ -8,11 +8,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use turnkey_e2e::{bin, http, require, root, run_with_timeout, Turnkey};
+use turnkey_e2e::fleet::{self, wait_until};
+use turnkey_e2e::redis::{RedisOptions, RedisServer};
+use turnkey_e2e::{bin, http, require, root, run_with_timeout, signal, Turnkey};
 
 /// An aioice client in `session` mode: allocated, relaying to its own echo peer, waiting for
 /// commands.
@@ -31,7 +35,10 @@ impl Client {
             "tcp" => tk.tcp(),
             _ => tk.tls(),
         };
-        let cert = tk.tls_cert();
+        Self::start_at(server, tk.tls_cert(), transport, user, pass)
+    }
+
+    fn start_at(server: SocketAddr, cert: PathBuf, transport: &str, user: &str, pass: &str) -> Self {
         let mut child = Command::new("python3")
             .arg(root().join("tests/py/turn_client.py"))
             .args(["session", "--server", &server.to_string(), "--user", user, "--password", pass])
@@ -86,6 +93,15 @@ fn bearer(token: &str) -> String {
 fn get(tk: &Turnkey, path: &str, token: &str) -> (u16, Value) {
     let (status, body) = http(tk.addr("http"), "GET", path, &[("Authorization", &bearer(token))], None);
     (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{status} {body}: {e}")))
+}
+
+/// The sessions `token` sees on `tk` now (every page of at most 1000).
+fn list_now(tk: &Turnkey, token: &str) -> Vec<Value> {
+    let (status, body) =
+        http(tk.addr("http"), "GET", "/v1/sessions?limit=1000", &[("Authorization", &bearer(token))], None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["sessions"].as_array().unwrap().clone()
 }
 
 fn delete(tk: &Turnkey, id: &str, token: &str) -> (u16, String) {
@@ -289,4 +305,82 @@ fn uclient_allocations_are_listed_for_the_operator_and_the_cli() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v.as_array().unwrap().is_empty(), "{v}");
+}
+
+/// A TURN REST credential of `key` for `user` minted with the fleet's shared secret (what any
+/// issuer of the fleet would hand out for that key and `customIdentifier`).
+fn fleet_creds(key: &str, user: &str) -> (String, String) {
+    let out = Command::new(bin())
+        .args(["creds", "--secret", fleet::SECRET, "--user", &format!("{key}:{user}"), "--ttl", "600"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["username"].as_str().unwrap().to_owned(), v["credential"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn fleet_sessions_are_listed_and_ended_by_either_issuer_and_leave_with_a_killed_relay() {
+    if !require("aioice") {
+        return;
+    }
+    let Some(redis) = RedisServer::start(RedisOptions::default()) else { return };
+    let url = redis.url();
+    let r1 = fleet::relay(&url, "r1", None, &[]);
+    let mut r2 = fleet::relay(&url, "r2", None, &[]);
+    let a = fleet::issuer(&url, "issuer-a", None, &[]);
+    let b = fleet::issuer(&url, "issuer-b", None, &[]);
+    let (key, token) = fleet::create_key(&url, &[]);
+    let (_, other_token) = fleet::create_key(&url, &[]);
+    let (_, admin) = fleet::create_key(&url, &["--admin"]);
+    let no_cert = PathBuf::new();
+    let (u1, p1) = fleet_creds(&key, "on-r1");
+    let mut c1 = Client::start_at(r1.udp(), no_cert.clone(), "udp", &u1, &p1);
+    let (u2, p2) = fleet_creds(&key, "on-r2");
+    let _c2 = Client::start_at(r2.udp(), no_cert, "udp", &u2, &p2);
+
+    // Both issuers list both sessions with their nodes (keys reach issuers within 2 s).
+    for iss in [&a, &b] {
+        let both = wait_until(Duration::from_secs(15), || {
+            let (status, v) = get(iss, "/v1/sessions", &token);
+            status == 200 && v["sessions"].as_array().unwrap().len() == 2
+        });
+        assert!(both.is_some(), "{:?}", get(iss, "/v1/sessions", &token));
+        let list = list_now(iss, &token);
+        assert_eq!(find(&list, "on-r1")["node"], "r1");
+        assert_eq!(find(&list, "on-r2")["node"], "r2");
+        assert_eq!(find(&list, "on-r1")["relayed"], serde_json::json!([c1.relayed()]));
+        assert!(list_now(iss, &other_token).is_empty(), "another key sees nothing");
+        assert_eq!(list_now(iss, &admin).len(), 2);
+    }
+    // The CLI reads the same index straight from Redis.
+    let mut cmd = Command::new(bin());
+    cmd.args(["sessions", "--redis", &url, "--json", "--node", "r2"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["user"], "on-r2");
+
+    // Issuer B ends the session on r1: the relay applies it, the client gets 437.
+    let id = find(&list_now(&b, &token), "on-r1")["id"].as_str().unwrap().to_owned();
+    let other = list_now(&b, &other_token);
+    assert!(other.is_empty());
+    assert_eq!(delete(&b, &id, &other_token).0, 404, "another key cannot end it");
+    let (status, body) = delete(&b, &id, &token);
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(c1.command("refresh")["refresh"], 437);
+    assert_eq!(list_now(&a, &token).len(), 1);
+    let killed = r1.metric("turnkey_relay_allocations_ended_total", &["reason=\"killed\""]);
+    assert_eq!(killed, 1.0);
+
+    // SIGKILL r2: its sessions leave both listings with its registry record (3 beats, 6 s).
+    let t = Instant::now();
+    signal(&r2.child, "KILL");
+    let gone =
+        wait_until(Duration::from_secs(15), || list_now(&a, &admin).is_empty() && list_now(&b, &admin).is_empty());
+    let gone = gone.unwrap_or_else(|| panic!("r2's session still listed: {:?}", list_now(&a, &admin)));
+    eprintln!("a SIGKILLed relay's sessions left the listing after {:?}", t.elapsed());
+    assert!(gone <= Duration::from_millis(6500), "{gone:?}");
+    let _ = r2.child.wait();
 }
