@@ -220,9 +220,14 @@ pub struct SessionPage {
 /// The page of `all` that `scope` may see and `q` selects (ascending id order).
 pub fn select(mut all: Vec<Session>, scope: &Scope, q: &SessionQuery) -> SessionPage {
     all.retain(|s| scope.allows(s) && q.matches(s));
+    let more = all.len() > q.limit;
+    if more {
+        // Only the page is sorted: the `limit` smallest ids first (linear), then those.
+        all.select_nth_unstable_by(q.limit, |a, b| a.id.cmp(&b.id));
+        all.truncate(q.limit);
+    }
     all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    let next_cursor = (all.len() > q.limit).then(|| all[q.limit - 1].id.clone());
-    all.truncate(q.limit);
+    let next_cursor = more.then(|| all[q.limit - 1].id.clone());
     SessionPage { sessions: all, next_cursor }
 }
 
