@@ -44,6 +44,7 @@ impl Default for SessionTable {
 impl SessionTable {
     /// A table whose ids are `prefix` (the high 32 bits; random per process in the binary, so
     /// two relays of a fleet do not hand out the same id) followed by a counter.
+    #[allow(clippy::disallowed_types, reason = "see the import")]
     pub fn new(prefix: u32) -> Self {
         Self { prefix: u64::from(prefix) << 32, next: AtomicU64::new(1), slots: Mutex::default() }
     }
