@@ -384,3 +384,27 @@ fn fleet_sessions_are_listed_and_ended_by_either_issuer_and_leave_with_a_killed_
     assert!(gone <= Duration::from_millis(6500), "{gone:?}");
     let _ = r2.child.wait();
 }
+
+#[test]
+fn the_admin_token_file_sees_sessions_no_key_owns() {
+    if !require("aioice") {
+        return;
+    }
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_path = token_dir.path().join("admin-token");
+    std::fs::write(&token_path, "operator-token-for-the-sessions-test\n").unwrap();
+    let conf = format!("[issuer]\nadmin_token_file = {:?}\n", token_path.to_str().unwrap());
+    let (_conf_dir, conf) = turnkey_e2e::config_file(&conf);
+    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--config", conf.to_str().unwrap()]);
+    // A `turnkey creds` credential: its username names no key, so only an operator sees it.
+    let (u, p) = tk.creds("carol", 600);
+    let _carol = Client::start(&tk, "udp", &u, &p);
+    let list = sessions(&tk, "", "operator-token-for-the-sessions-test", 1);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((&list[0]["user"], &list[0]["key"]), (&Value::from("carol"), &Value::Null));
+    let (_, key_token) = tk.default_key();
+    assert!(sessions(&tk, "", &key_token, 0).is_empty(), "a key sees no session it did not issue");
+    let id = list[0]["id"].as_str().unwrap();
+    assert_eq!(delete(&tk, id, &key_token).0, 404);
+    assert_eq!(delete(&tk, id, "operator-token-for-the-sessions-test").0, 204);
+}

@@ -450,6 +450,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn admin_tokens_are_read_trimmed_and_short_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        fs::write(&p, "  a-long-enough-operator-token \n").unwrap();
+        let t = AdminToken::read(&p).unwrap();
+        assert!(t.matches("a-long-enough-operator-token"));
+        assert!(!t.matches("a-long-enough-operator-toke"));
+        assert!(!format!("{t:?}").contains("operator"));
+        fs::write(&p, "short").unwrap();
+        assert!(matches!(AdminToken::read(&p), Err(Error::Config(_))));
+        assert!(matches!(AdminToken::read(&dir.path().join("missing")), Err(Error::Io { .. })));
+    }
+
+    #[test]
     fn create_check_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
