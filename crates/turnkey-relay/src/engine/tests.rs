@@ -1199,3 +1199,27 @@ fn sessions_snapshot_counts_each_direction_and_an_ended_session_gets_437() {
     assert_eq!(out.iter().map(|s| s.id).collect::<Vec<_>>(), vec![b]);
     assert_eq!(h.metrics.allocations_ended.with_label_values(&["killed"]).get(), 1);
 }
+
+#[test]
+fn the_session_table_lists_at_each_sweep_and_ends_a_queued_session_at_the_next() {
+    let table = Arc::new(crate::sessions::SessionTable::new(0xAB));
+    let mut h = Harness::with_shared(|_| {}, Shared::new(RevocationSet::new()).with_sessions(table.clone()));
+    let slot = table.register();
+    let t = tuple("203.0.113.5:5555");
+    let (r, _) = h.allocate(t, "alice");
+    assert!(r.typ.class == CLASS_SUCCESS_RESPONSE, "{r}");
+    assert!(table.is_empty(), "nothing is listed before a sweep");
+    table.sync(slot, &mut h.engine, &mut h.ports, h.now);
+    let listed = table.list();
+    assert_eq!(listed.len(), 1);
+    let id = listed[0].id;
+    assert_eq!(id.0 >> 32, 0xAB);
+    assert_eq!(table.get(id).map(|s| s.tuple), Some(t));
+    assert!(table.request_end(id));
+    assert!(table.is_listed(id), "ended at the shard's next sweep, not before");
+    assert!(h.engine.has_allocation(&t));
+    table.sync(slot, &mut h.engine, &mut h.ports, h.now);
+    assert!(!table.is_listed(id) && !h.engine.has_allocation(&t));
+    assert!(!table.request_end(id), "an id no shard lists is not queued");
+    assert_eq!(h.metrics.allocations_ended.with_label_values(&["killed"]).get(), 1);
+}
