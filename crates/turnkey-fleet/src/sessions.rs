@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use redis::Script;
 
+use crate::registry::millis;
 use crate::{Fleet, FleetError, NodeId};
 
 /// Takes every queued id at once (the list is emptied in the same step).
@@ -18,10 +19,6 @@ return ids
 ";
 
 static TAKE: OnceLock<Script> = OnceLock::new();
-
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 impl Fleet {
     /// Replaces this relay's session index with `index`; it expires with the relay's registry

@@ -174,14 +174,7 @@ fn table(sessions: &[Session], now: u64) -> String {
             s.bytes_peer_to_client.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..head.len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::fleet_cmd::aligned(&rows)
 }
 
 #[cfg(test)]
