@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::conn::{ConnLimiter, StreamLimits};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::metrics::RelayMetrics;
+use crate::sessions::SessionTable;
 use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
@@ -34,6 +35,9 @@ pub struct RelayConfig {
     pub stream: StreamLimits,
     /// TLS server configuration (required when there are TLS listeners).
     pub tls: Option<TlsConfigs>,
+    /// The node-wide live session listing: each shard publishes to it at its sweep and ends the
+    /// allocations an operator asked to end.
+    pub sessions: Arc<SessionTable>,
 }
 
 /// Sockets bound for the relay: for each shard, one socket per UDP listening address and one
@@ -134,8 +138,7 @@ pub async fn run(
             local.block_on(
                 &rt,
                 shard_main(
-                    engine_cfg,
-                    shared,
+                    ShardEngine { cfg: engine_cfg, shared, sessions: cfg.sessions.clone() },
                     metrics,
                     Ports::new(cfg.relay.clone(), reservations),
                     listeners,
@@ -185,9 +188,15 @@ struct StreamSettings {
     tls: Option<TlsConfigs>,
 }
 
-async fn shard_main(
+/// What a shard's engine is built from, and the node-wide session listing it publishes to.
+struct ShardEngine {
     cfg: Arc<EngineConfig>,
     shared: Arc<Shared>,
+    sessions: Arc<SessionTable>,
+}
+
+async fn shard_main(
+    engine: ShardEngine,
     metrics: RelayMetrics,
     ports: Ports,
     listeners: Listeners,
@@ -201,8 +210,10 @@ async fn shard_main(
         tls: streams.tls,
         metrics: metrics.clone(),
     });
+    let ShardEngine { cfg, shared, sessions } = engine;
+    let slot = sessions.register();
     let engine = Engine::new(cfg, shared, now.mono);
-    let state = Rc::new(RefCell::new(ShardState::new(engine, ports, metrics)));
+    let state = Rc::new(RefCell::new(ShardState::new(engine, ports, metrics, (sessions, slot))));
     let mut tasks = Vec::new();
     for s in listeners.udp {
         let local = s.local_addr()?;

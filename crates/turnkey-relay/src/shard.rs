@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use socket2::{Domain, Socket, Type};
 
 use crate::engine::{Engine, Event, Transmit};
 use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
+use crate::sessions::{SessionTable, ShardSlot};
 use crate::stream::StreamConn;
 use crate::types::RelayHandle;
 use crate::types::{FiveTuple, Now, Transport};
@@ -32,11 +34,13 @@ pub(crate) struct ShardState {
     exporter: StatsExporter,
     /// Relay sockets of allocations created since [`ShardState::start_relays`] last ran.
     created: Vec<RelayHandle>,
+    /// The node-wide session listing and this shard's place in it.
+    sessions: (Arc<SessionTable>, ShardSlot),
 }
 
 impl ShardState {
     /// A shard state with no client sockets yet, exporting its engine's counts into `metrics`.
-    pub fn new(engine: Engine, ports: Ports, metrics: RelayMetrics) -> Self {
+    pub fn new(engine: Engine, ports: Ports, metrics: RelayMetrics, sessions: (Arc<SessionTable>, ShardSlot)) -> Self {
         Self {
             engine,
             ports,
@@ -45,6 +49,7 @@ impl ShardState {
             metrics,
             exporter: StatsExporter::default(),
             created: Vec::new(),
+            sessions,
         }
     }
 
@@ -67,15 +72,20 @@ impl ShardState {
         }
     }
 
-    /// The engine's timer (expiry, revocations, usage), then every count exported.
+    /// The engine's timer (expiry, revocations, usage), the operator's kills and this shard's
+    /// session snapshot, then every count exported.
     pub fn sweep(&mut self, now: Now) {
         self.engine.handle_timeout(now, &mut self.ports);
+        let (table, slot) = &self.sessions;
+        table.sync(*slot, &mut self.engine, &mut self.ports, now);
         self.export_all();
     }
 
-    /// Ends every allocation (shutdown) and exports the final counts.
+    /// Ends every allocation (shutdown), leaves the session listing and exports the final counts.
     pub fn close_all(&mut self) {
         self.engine.close_all(&mut self.ports);
+        let (table, slot) = &self.sessions;
+        table.clear(*slot);
         self.export_all();
     }
 
