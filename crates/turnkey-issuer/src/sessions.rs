@@ -366,7 +366,9 @@ mod tests {
     fn userids_split_into_key_and_user() {
         assert_eq!(split_userid(&format!("{KA}:alice")), (Some(KA.to_owned()), "alice".to_owned()));
         assert_eq!(split_userid("alice"), (None, "alice".to_owned()));
-        assert_eq!(split_userid("nothex:alice"), (None, "nothex:alice".to_owned()));
+        // The one key-id rule (turnkey_types::KeyId): any 1-64 of [A-Za-z0-9._-] is a key id.
+        assert_eq!(split_userid("nothex:alice"), (Some("nothex".to_owned()), "alice".to_owned()));
+        assert_eq!(split_userid("not/a key:alice"), (None, "not/a key:alice".to_owned()));
     }
 
     #[test]
