@@ -174,6 +174,86 @@ mod tests {
     }
 
     #[test]
+    fn a_kill_through_the_table_ends_one_allocation_with_one_event_and_the_killed_label() {
+        use std::net::SocketAddr;
+        use std::time::{Duration, Instant};
+
+        use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_USERNAME};
+        use stun::integrity::MessageIntegrity;
+        use stun::message::{Message, MessageType, Setter, CLASS_REQUEST, METHOD_ALLOCATE};
+        use stun::textattrs::TextAttribute;
+        use turnkey_auth::{RevocationSet, Secret, SecretRing};
+
+        use crate::engine::{EndReason, EngineConfig, Event, PortRequest, RelayBinding, Shared};
+        use crate::metrics::{RelayMetrics, StatsExporter};
+        use crate::policy::PeerPolicy;
+        use crate::types::RelayHandle;
+
+        #[derive(Default)]
+        struct NumberedPorts(u32, Vec<RelayHandle>);
+        impl RelayPorts for NumberedPorts {
+            fn bind(&mut self, _: Instant, _: bool, _: PortRequest) -> Option<RelayBinding> {
+                self.0 += 1;
+                let advertised = SocketAddr::from(([192, 0, 2, 10], 50_000 + self.0 as u16));
+                Some(RelayBinding { handle: RelayHandle(self.0), advertised, reservation: None })
+            }
+            fn release(&mut self, h: RelayHandle) {
+                self.1.push(h);
+            }
+        }
+        let ring = SecretRing::new(vec![Secret::new("sessions-test-secret")]).unwrap();
+        let mut cfg = EngineConfig::new("r", ring.clone(), PeerPolicy::new(vec![], vec![], vec![]));
+        cfg.unauth_replies_per_sec = 0;
+        let nonce_key = cfg.nonce_key.clone();
+        #[allow(clippy::disallowed_methods, reason = "a test's arbitrary start")]
+        let now = Now::new(Instant::now(), Duration::from_secs(1_800_000_000));
+        let shared = Arc::new(Shared::new(RevocationSet::new()).with_id_prefix(0xAB));
+        let mut engine = Engine::new(Arc::new(cfg), shared, now.mono);
+        let mut ports = NumberedPorts::default();
+        for port in [5555, 6666] {
+            let client = SocketAddr::from(([203, 0, 113, 5], port));
+            let c = ring.mint("k:alice", now.unix(), 600).unwrap();
+            let mut m = Message::new();
+            m.set_type(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST));
+            m.new_transaction_id().unwrap();
+            m.write_header();
+            m.add(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            TextAttribute::new(ATTR_USERNAME, c.username.clone()).add_to(&mut m).unwrap();
+            TextAttribute::new(ATTR_REALM, "r".to_owned()).add_to(&mut m).unwrap();
+            TextAttribute::new(ATTR_NONCE, nonce_key.issue(now.unix(), client)).add_to(&mut m).unwrap();
+            MessageIntegrity::new_long_term_integrity(c.username, "r".to_owned(), c.password).add_to(&mut m).unwrap();
+            let tuple = FiveTuple { client: ClientAddr(client), ..session(0).tuple };
+            assert!(engine.handle_client(now, tuple, &m.raw, &mut ports).is_some());
+            assert!(engine.has_allocation(&tuple));
+        }
+        while engine.poll_event().is_some() {}
+        let table = SessionTable::default();
+        let slot = table.register();
+        table.sync(slot, &mut engine, &mut ports, now);
+        let listed = table.list();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|s| s.id.0 >> 32 == 0xAB && &*s.userid == "k:alice"), "{listed:?}");
+        let id = listed[0].id;
+        assert!(table.request_end(id));
+        assert_eq!(engine.allocation_count(), 2, "ended at the shard's next sweep, not before");
+        table.sync(slot, &mut engine, &mut ports, now);
+        assert_eq!(engine.allocation_count(), 1);
+        assert_eq!(ports.1.len(), 1, "its relay socket was released");
+        let ended: Vec<_> = std::iter::from_fn(|| engine.poll_event())
+            .filter_map(|e| match e {
+                Event::AllocationEnded { alloc, reason } => Some((alloc.id, reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ended, [(id, EndReason::Killed)], "exactly one AllocationEnded");
+        assert!(!table.is_listed(id) && table.len() == 1);
+        let m = RelayMetrics::unregistered();
+        StatsExporter::default().export(engine.stats(), &m);
+        assert_eq!(m.allocations_ended.with_label_values(&["killed"]).get(), 1);
+        assert_eq!(m.allocations_ended.with_label_values(&["expired"]).get(), 0);
+    }
+
+    #[test]
     fn unknown_ids_are_not_queued() {
         let t = SessionTable::default();
         t.register();
