@@ -39,6 +39,7 @@ fn fixture() -> &'static Fixture {
             clock: Arc::new(move || UnixTime(now)),
             app_key: Some(key.id.clone()),
             fleet: None,
+            sessions: None,
         })
         .expect("issuer state");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

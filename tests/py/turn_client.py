@@ -12,6 +12,10 @@ Prints one JSON object on stdout. Modes:
            stopped relaying and that a new allocation is refused
   abandon  allocate, print the relayed address, wait --hold seconds, then exit without
            deallocating or closing anything (the OS closes the connection)
+  session  allocate, relay --count messages, print one JSON line (relayed and client
+           addresses), then obey commands read from stdin, one JSON line per command:
+           `relay N` (relay N more; the echoes received), `refresh` (a Refresh; "ok" or the
+           STUN error code), `quit`
 """
 import argparse
 import asyncio
@@ -110,9 +114,32 @@ async def exchange(transport, protocol, echo_addr, count, size, timeout=3.0, int
     return received, payload_bytes, missing
 
 
+async def session_commands(transport, protocol, inner, echo_addr, size):
+    """The `session` mode's command loop (see the module doc)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+        if not line or line == "quit":
+            os._exit(0)
+        if line.startswith("relay "):
+            n = int(line.split()[1])
+            received, payload_bytes, _ = await exchange(transport, protocol, echo_addr, n, size, timeout=1.0)
+            print(json.dumps({"received": received, "payload_bytes": payload_bytes}), flush=True)
+        elif line == "refresh":
+            request = aioice.stun.Message(
+                message_method=aioice.stun.Method.REFRESH, message_class=aioice.stun.Class.REQUEST
+            )
+            request.attributes["LIFETIME"] = 600
+            try:
+                await inner.request_with_retry(request)
+                print(json.dumps({"refresh": "ok"}), flush=True)
+            except aioice.stun.TransactionFailed as e:
+                print(json.dumps({"refresh": e.response.attributes.get("ERROR-CODE", (0, ""))[0]}), flush=True)
+
+
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["relay", "authfail", "revoke", "abandon"])
+    p.add_argument("mode", choices=["relay", "authfail", "revoke", "abandon", "session"])
     p.add_argument("--server", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
@@ -174,6 +201,13 @@ async def main():
         "missing": missing,
         "task_errors": task_errors,
     }
+    if args.mode == "session":
+        inner = transport._TurnTransport__inner_protocol
+        local = inner.transport.get_extra_info("sockname")
+        result["client"] = f"{local[0]}:{local[1]}"
+        print(json.dumps(result), flush=True)
+        await session_commands(transport, protocol, inner, echo_addr, args.size)
+        return
     if args.mode == "revoke":
         await asyncio.sleep(args.revoke_after)
         req = urllib.request.Request(args.revoke_url, method="POST", headers={"Authorization": f"Bearer {args.token}"})

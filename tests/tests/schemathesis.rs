@@ -58,6 +58,8 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
         ("/api/turn-credentials", "200"),
         ("/api/turn/credentials", "200"),
         ("/api/bandwidth-status", "200"),
+        ("/v1/sessions", "200"),
+        ("/v1/sessions/{id}", "404"),
         ("/test", "200"),
         ("/test", "400"),
     ] {

@@ -14,7 +14,9 @@
 //!   a relay's counts leave with its heartbeat;
 //! - usage deltas per key, buffered and flushed exactly once ([`Fleet::add_usage`],
 //!   [`Fleet::flush_usage`]);
-//! - the app endpoints' rate limit across issuers ([`Fleet::rate_limit`]).
+//! - the app endpoints' rate limit across issuers ([`Fleet::rate_limit`]);
+//! - the live session index ([`Fleet::put_sessions`], [`Fleet::session_indexes`]) and session
+//!   ends routed to the owning relay ([`Fleet::request_session_end`], [`Fleet::take_session_ends`]).
 //!
 //! When Redis cannot be reached every call fails fast with [`FleetError::Unavailable`]; the caller
 //! keeps its local state, and a background health check reconnects ([`Fleet::is_up`],
@@ -39,6 +41,7 @@ mod quota;
 mod ratelimit;
 mod registry;
 mod revocation;
+mod sessions;
 mod target;
 mod tenants;
 mod usage;

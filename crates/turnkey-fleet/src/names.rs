@@ -103,6 +103,16 @@ impl Names {
         format!("{}alloc:{}", self.prefix, node)
     }
 
+    /// `<p>sessions:<node>`: that relay's live session index (JSON), expiring with its record.
+    pub(crate) fn sessions(&self, node: &NodeId) -> String {
+        format!("{}sessions:{}", self.prefix, node)
+    }
+
+    /// `<p>session-ends:<node>`: list of session ids operators asked that relay to end.
+    pub(crate) fn session_ends(&self, node: &NodeId) -> String {
+        format!("{}session-ends:{}", self.prefix, node)
+    }
+
     /// `<p>quota`: hash userid -> live allocations on all relays.
     pub(crate) fn quota(&self) -> String {
         format!("{}quota", self.prefix)

@@ -29,6 +29,9 @@ pub struct KeyRecord {
     /// Creation time, Unix seconds.
     #[serde(default)]
     pub created: u64,
+    /// An operator key (sees every key's live sessions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 impl KeyRecord {
@@ -233,6 +236,7 @@ mod tests {
             max_ttl: None,
             monthly_bandwidth_bytes: Some(10),
             created: 1,
+            admin: false,
         };
         k.validate().unwrap();
         k.token_sha256 = "A".repeat(64);

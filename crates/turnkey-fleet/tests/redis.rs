@@ -258,6 +258,7 @@ async fn keys_are_shared_and_deleting_one_revokes_it() {
         max_ttl: Some(3600),
         monthly_bandwidth_bytes: Some(1 << 30),
         created: 1_700_000_000,
+        admin: false,
     };
     assert!(a.create_key(&key).await.unwrap());
     assert!(!a.create_key(&key).await.unwrap(), "ids are unique");
@@ -543,6 +544,7 @@ async fn background_loops_keep_issuers_current() {
         max_ttl: None,
         monthly_bandwidth_bytes: None,
         created: 1,
+        admin: false,
     };
     let t = Instant::now();
     assert!(a.create_key(&key).await.unwrap());

@@ -150,7 +150,7 @@ pub(crate) fn authenticate(state: &IssuerState, id: &str, headers: &HeaderMap) -
 }
 
 /// The token of an `Authorization: Bearer` header (401 when missing or malformed).
-fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(ApiError::MissingToken)?

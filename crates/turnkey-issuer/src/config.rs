@@ -70,6 +70,10 @@ pub struct IssuerConfig {
     pub app: AppConfig,
     /// Cloudflare as upstream; absent means no upstream.
     pub upstream: Option<UpstreamConfig>,
+    /// File holding the operator token (at least 16 characters): its bearer sees and ends every
+    /// key's live sessions (`/v1/sessions`). Absent: only `turnkey keys create --admin` keys do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for IssuerConfig {
@@ -85,6 +89,7 @@ impl Default for IssuerConfig {
             listing_max_stale_secs: 30,
             app: AppConfig::default(),
             upstream: None,
+            admin_token_file: None,
         }
     }
 }

@@ -118,6 +118,10 @@ pub enum ApiError {
     /// Fleet mode: a revocation could not be published to the fleet (Redis unreachable); it
     /// holds on this issuer's process only (503, retry).
     FleetUnavailable,
+    /// No session with that id, or one the token may not see (404, the same either way).
+    SessionNotFound,
+    /// The session listing cannot be read or the end not confirmed (503, the message says why).
+    SessionsUnavailable(&'static str),
     /// An unknown path (404).
     NotFound,
     /// A known path with another method (405).
@@ -141,13 +145,14 @@ impl ApiError {
             | Self::RevocationsFull
             | Self::RevocationUnreachable
             | Self::UsageUnavailable
-            | Self::FleetUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::FleetUnavailable
+            | Self::SessionsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(UpstreamFailure::BadGateway) => StatusCode::BAD_GATEWAY,
             Self::Upstream(UpstreamFailure::CircuitOpen | UpstreamFailure::NotConfigured) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::SessionNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -178,6 +183,8 @@ impl ApiError {
                 "no relay watches the revocation list: start the relays with this issuer's data directory"
             }
             Self::FleetUnavailable => "fleet state unavailable, retry",
+            Self::SessionNotFound => "no such session",
+            Self::SessionsUnavailable(m) => m,
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::Internal => "internal error",

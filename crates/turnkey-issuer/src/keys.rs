@@ -42,6 +42,9 @@ pub struct KeyInfo {
     /// Creation time, Unix seconds.
     #[serde(default)]
     pub created: u64,
+    /// An operator key: its token sees every key's live sessions (`GET /v1/sessions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// A freshly created key: the only moment its token is visible.
@@ -77,6 +80,8 @@ pub struct KeyOptions {
     pub max_ttl: Option<u64>,
     /// See [`KeyInfo::monthly_bandwidth_bytes`].
     pub monthly_bandwidth_bytes: Option<u64>,
+    /// See [`KeyInfo::admin`].
+    pub admin: bool,
 }
 
 /// Outcome of checking a bearer token against a key id.
@@ -209,6 +214,7 @@ impl KeyStore {
             max_ttl: opts.max_ttl,
             monthly_bandwidth_bytes: opts.monthly_bandwidth_bytes,
             created: now_unix,
+            admin: opts.admin,
         };
         let shared = SharedKey { info, token_sha256: hex(&token_hash(&token)) };
         (NewKey { id, token }, shared)
@@ -406,9 +412,57 @@ fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The operator token of `[issuer] admin_token_file`: only its SHA-256 is held.
+#[derive(Clone)]
+pub struct AdminToken([u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    /// The shortest operator token accepted (a guessable token would open every tenant's data).
+    pub const MIN_LEN: usize = 16;
+
+    /// Reads the token from `path` (surrounding whitespace trimmed).
+    pub fn read(path: &Path) -> Result<Self, Error> {
+        let text = fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let token = text.trim();
+        if token.len() < Self::MIN_LEN || token.contains(char::is_whitespace) {
+            return Err(Error::Config(format!(
+                "admin_token_file {}: the token must be at least {} characters without spaces",
+                path.display(),
+                Self::MIN_LEN
+            )));
+        }
+        Ok(Self(token_hash(token)))
+    }
+
+    /// Whether `token` is the operator token (constant time).
+    pub fn matches(&self, token: &str) -> bool {
+        bool::from(self.0.ct_eq(&token_hash(token)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_are_read_trimmed_and_short_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        fs::write(&p, "  a-long-enough-operator-token \n").unwrap();
+        let t = AdminToken::read(&p).unwrap();
+        assert!(t.matches("a-long-enough-operator-token"));
+        assert!(!t.matches("a-long-enough-operator-toke"));
+        assert!(!format!("{t:?}").contains("operator"));
+        fs::write(&p, "short").unwrap();
+        assert!(matches!(AdminToken::read(&p), Err(Error::Config(_))));
+        assert!(matches!(AdminToken::read(&dir.path().join("missing")), Err(Error::Io { .. })));
+    }
 
     #[test]
     fn create_check_delete() {

@@ -14,6 +14,8 @@
 //! - fleet mode ([`RelayDirectory`], [`FleetState`], shared [`KeyStore`]): the handout of
 //!   healthy relays from a registry the binary keeps, `GET /v1/fleet`, the shared rate limit
 //!   and fleet-wide revocations;
+//! - live sessions (`GET /v1/sessions`, `DELETE /v1/sessions/{id}`) from a [`SessionSource`]
+//!   the binary provides, scoped per key (operator tokens see all);
 //! - `/test`, the browser self-test page ([`SELFTEST_HTML`], served with [`selftest_csp`]);
 //! - [`serve`], the bounded HTTP server (header and idle timeouts, total and per-IP connection
 //!   caps: [`HttpLimits`]) the binary also runs `/metrics` on.
@@ -46,6 +48,7 @@ mod ratelimit;
 mod revocations;
 mod router;
 mod selftest;
+mod sessions;
 mod state;
 mod upstream;
 
@@ -63,7 +66,8 @@ pub use ice::{
     sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, Shape, MAX_CUSTOM_ID_LEN,
 };
 pub use keys::{
-    ensure_default_key, is_valid_key_id, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, SharedKey, TokenCheck,
+    ensure_default_key, is_valid_key_id, AdminToken, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, SharedKey,
+    TokenCheck,
 };
 pub use metrics::IssuerMetrics;
 pub use origin::check_allowed_origin;
@@ -71,6 +75,10 @@ pub use ratelimit::{client_ip, RateLimiter, Verdict};
 pub use revocations::{relay_watches, RevocationStore, RevocationWatch, Revoked, REVOCATIONS_FILE, WATCH_INTERVAL};
 pub use router::{router, run_maintenance, OPENAPI_YAML};
 pub use selftest::{selftest_csp, SELFTEST_HTML};
+pub use sessions::{
+    is_session_id, select, split_userid, Scope, Session, SessionPage, SessionQuery, SessionSource, SessionTransport,
+    SessionsFailure, DEFAULT_LIMIT, MAX_LIMIT,
+};
 pub use state::{
     system_clock, BandwidthUsage, Clock, FixedRelayStatus, FleetDeps, IssuerDeps, IssuerState, RelayStatus,
 };

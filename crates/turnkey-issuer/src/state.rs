@@ -12,10 +12,11 @@ use crate::config::IssuerConfig;
 use crate::error::Error;
 use crate::fleet::{FleetState, RelayDirectory};
 use crate::ice::Advertised;
-use crate::keys::KeyStore;
+use crate::keys::{AdminToken, KeyStore};
 use crate::metrics::IssuerMetrics;
 use crate::ratelimit::RateLimiter;
 use crate::revocations::RevocationStore;
+use crate::sessions::SessionSource;
 use crate::upstream::UpstreamClient;
 
 /// Whether the local relays can serve new allocations. The binary implements it over its relay;
@@ -90,6 +91,8 @@ pub struct IssuerDeps {
     pub app_key: Option<String>,
     /// Fleet mode: the relay directory, shared state and shared keys (`None`: one process).
     pub fleet: Option<FleetDeps>,
+    /// Where `/v1/sessions` reads live sessions (`None`: no relay reports here, 503).
+    pub sessions: Option<Arc<dyn SessionSource>>,
 }
 
 /// What fleet mode adds (see [`crate::fleet`]).
@@ -145,6 +148,8 @@ pub(crate) struct Inner {
     pub app_key: Option<String>,
     pub directory: Option<Arc<dyn RelayDirectory>>,
     pub fleet: Option<Arc<dyn FleetState>>,
+    pub sessions: Option<Arc<dyn SessionSource>>,
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Inner {
@@ -177,6 +182,7 @@ impl IssuerState {
             None => None,
         };
         let app_key = deps.config.app.key.clone().or(deps.app_key);
+        let admin_token = deps.config.admin_token_file.as_deref().map(AdminToken::read).transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 advertised: Advertised::new(&deps.config.public_host, &deps.config.advertise),
@@ -192,6 +198,8 @@ impl IssuerState {
                 app_key,
                 directory: deps.fleet.as_ref().map(|f| f.directory.clone()),
                 fleet: deps.fleet.map(|f| f.state),
+                sessions: deps.sessions,
+                admin_token,
             }),
         })
     }

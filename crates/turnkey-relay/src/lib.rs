@@ -21,6 +21,7 @@ pub mod metrics;
 mod outq;
 // The sans-IO parts live in turnkey-proto; re-exported under their old paths.
 pub use turnkey_proto::{conn, engine, fleet, framing, loglimit, policy, settings, types, usage};
+pub mod sessions;
 
 pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};

@@ -8,7 +8,7 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 pub use crate::engine::{AuthFailure, DeniedPath, Direction, DropReason};
-use crate::engine::{EngineStats, TRANSPORTS};
+use crate::engine::{EndReason, EngineStats, TRANSPORTS};
 use crate::types::Transport;
 
 /// Every metric the relay exports.
@@ -16,6 +16,8 @@ use crate::types::Transport;
 pub struct RelayMetrics {
     /// Live allocations by transport.
     pub allocations: IntGaugeVec,
+    /// Allocations ended, by reason (the labels of [`ended_label`]).
+    pub allocations_ended: IntCounterVec,
     /// Allocate requests by result (`success` or the error code).
     pub allocation_attempts: IntCounterVec,
     /// Authentication failures by reason.
@@ -67,6 +69,10 @@ impl RelayMetrics {
             allocations: IntGaugeVec::new(
                 Opts::new("turnkey_relay_allocations", "Live allocations by client transport."),
                 &["transport"],
+            )?,
+            allocations_ended: IntCounterVec::new(
+                Opts::new("turnkey_relay_allocations_ended_total", "Allocations ended, by reason."),
+                &["reason"],
             )?,
             allocation_attempts: IntCounterVec::new(
                 Opts::new("turnkey_relay_allocation_attempts_total", "Allocate requests by result."),
@@ -132,6 +138,7 @@ impl RelayMetrics {
         };
         registry.register(Box::new(m.allocations.clone()))?;
         registry.register(Box::new(m.allocation_attempts.clone()))?;
+        registry.register(Box::new(m.allocations_ended.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;
         registry.register(Box::new(m.permissions.clone()))?;
         registry.register(Box::new(m.channels.clone()))?;
@@ -156,6 +163,9 @@ impl RelayMetrics {
         }
         for r in DropReason::ALL {
             m.dropped_packets.with_label_values(&[r.as_str()]);
+        }
+        for label in ENDED_LABELS {
+            m.allocations_ended.with_label_values(&[label]);
         }
         for t in [Transport::Tcp, Transport::Tls] {
             m.connections.with_label_values(&[t.as_str()]);
@@ -205,6 +215,23 @@ impl UdpBatchCounts {
         m.gro_datagrams.inc_by(self.gro_datagrams);
         m.recv_calls.inc_by(self.recv_calls);
         *self = Self::default();
+    }
+}
+
+/// The `reason` labels of `turnkey_relay_allocations_ended_total`, in order.
+pub const ENDED_LABELS: [&str; 6] = ["expired", "deallocated", "revoked", "closed", "killed", "shutdown"];
+
+/// The `reason` label of `turnkey_relay_allocations_ended_total` for an engine's [`EndReason`]:
+/// the operator's vocabulary, coarser than the engine's (a lifetime and a credential running out
+/// are both `expired`).
+pub fn ended_label(r: EndReason) -> &'static str {
+    match r {
+        EndReason::Expired | EndReason::CredentialExpired => "expired",
+        EndReason::Deleted => "deallocated",
+        EndReason::Revoked => "revoked",
+        EndReason::ConnectionClosed => "closed",
+        EndReason::Killed => "killed",
+        EndReason::Drained => "shutdown",
     }
 }
 
@@ -271,6 +298,11 @@ impl StatsExporter {
                     add_counter(&c, s.peer_denials(p), last.peer_denials(p));
                 }
             }
+            for r in EndReason::ALL {
+                if s.ended(r) != last.ended(r) {
+                    add_counter(&m.allocations_ended.with_label_values(&[ended_label(r)]), s.ended(r), last.ended(r));
+                }
+            }
             for t in TRANSPORTS {
                 if s.allocations(t) != last.allocations(t) {
                     add_gauge(&m.allocations.with_label_values(&[t.as_str()]), s.allocations(t), last.allocations(t));
@@ -303,6 +335,13 @@ mod tests {
         expected.sort();
         assert_eq!(results, expected);
         assert_eq!(expected.len(), 14, "success and the 13 error codes");
+    }
+
+    #[test]
+    fn every_end_reason_has_one_of_the_ended_labels_and_each_label_is_used() {
+        let used: std::collections::BTreeSet<_> = EndReason::ALL.iter().map(|r| ended_label(*r)).collect();
+        let listed: std::collections::BTreeSet<_> = ENDED_LABELS.into_iter().collect();
+        assert_eq!(used, listed);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::conn::{ConnLimiter, StreamLimits};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::fastpath::KernelPath;
 use crate::metrics::RelayMetrics;
+use crate::sessions::SessionTable;
 use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
@@ -37,6 +38,9 @@ pub struct RelayConfig {
     pub tls: Option<TlsConfigs>,
     /// The kernel fast path, loaded and attached by the caller (None: everything in user space).
     pub kernel: Option<Arc<KernelPath>>,
+    /// The node-wide live session listing: each shard publishes to it at its sweep and ends the
+    /// allocations an operator asked to end.
+    pub sessions: Arc<SessionTable>,
 }
 
 /// Sockets bound for the relay: for each shard, one socket per UDP listening address and one
@@ -143,8 +147,7 @@ pub async fn run(
             local.block_on(
                 &rt,
                 shard_main(
-                    engine_cfg,
-                    shared,
+                    ShardEngine { cfg: engine_cfg, shared, sessions: cfg.sessions.clone() },
                     metrics,
                     Ports::new(cfg.relay.clone(), reservations),
                     listeners,
@@ -196,9 +199,15 @@ struct StreamSettings {
     tls: Option<TlsConfigs>,
 }
 
-async fn shard_main(
+/// What a shard's engine is built from, and the node-wide session listing it publishes to.
+struct ShardEngine {
     cfg: Arc<EngineConfig>,
     shared: Arc<Shared>,
+    sessions: Arc<SessionTable>,
+}
+
+async fn shard_main(
+    engine: ShardEngine,
     metrics: RelayMetrics,
     ports: Ports,
     listeners: Listeners,
@@ -212,9 +221,11 @@ async fn shard_main(
         tls: streams.tls,
         metrics: metrics.clone(),
     });
+    let ShardEngine { cfg, shared, sessions } = engine;
+    let slot = sessions.register();
     let engine = Engine::new(cfg, shared, now.mono);
     let state = Rc::new(RefCell::new(
-        ShardState::new(engine, ports, metrics).with_kernel(listeners.kernel.0, listeners.kernel.1),
+        ShardState::new(engine, ports, metrics, (sessions, slot)).with_kernel(listeners.kernel.0, listeners.kernel.1),
     ));
     let mut tasks = Vec::new();
     for s in listeners.udp {

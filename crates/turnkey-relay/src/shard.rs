@@ -18,6 +18,7 @@ use socket2::{Domain, Socket, Type};
 use crate::engine::{Engine, Event, Transmit};
 use crate::fastpath::KernelPath;
 use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
+use crate::sessions::{SessionTable, ShardSlot};
 use crate::stream::StreamConn;
 use crate::types::RelayHandle;
 use crate::types::{FiveTuple, Now, Transport};
@@ -36,11 +37,13 @@ pub(crate) struct ShardState {
     created: Vec<RelayHandle>,
     /// The kernel fast path and this shard's index in it (`fastpath`), when attached.
     kernel: Option<(Arc<KernelPath>, usize)>,
+    /// The node-wide session listing and this shard's place in it.
+    sessions: (Arc<SessionTable>, ShardSlot),
 }
 
 impl ShardState {
     /// A shard state with no client sockets yet, exporting its engine's counts into `metrics`.
-    pub fn new(engine: Engine, ports: Ports, metrics: RelayMetrics) -> Self {
+    pub fn new(engine: Engine, ports: Ports, metrics: RelayMetrics, sessions: (Arc<SessionTable>, ShardSlot)) -> Self {
         Self {
             engine,
             ports,
@@ -50,6 +53,7 @@ impl ShardState {
             exporter: StatsExporter::default(),
             created: Vec::new(),
             kernel: None,
+            sessions,
         }
     }
 
@@ -78,21 +82,26 @@ impl ShardState {
         }
     }
 
-    /// The engine's timer (expiry, revocations, usage), then every count exported.
+    /// The engine's timer (expiry, revocations, usage), the operator's kills and this shard's
+    /// session snapshot, then every count exported.
     pub fn sweep(&mut self, now: Now) {
         if let Some((k, shard)) = &self.kernel {
             k.collect(*shard, &mut self.engine);
         }
         self.engine.handle_timeout(now, &mut self.ports);
+        let (table, slot) = &self.sessions;
+        table.sync(*slot, &mut self.engine, &mut self.ports, now);
         self.export_all();
         if let Some((k, shard)) = &self.kernel {
             k.recheck(*shard, &self.engine);
         }
     }
 
-    /// Ends every allocation (shutdown) and exports the final counts.
+    /// Ends every allocation (shutdown), leaves the session listing and exports the final counts.
     pub fn close_all(&mut self) {
         self.engine.close_all(&mut self.ports);
+        let (table, slot) = &self.sessions;
+        table.clear(*slot);
         self.export_all();
     }
 

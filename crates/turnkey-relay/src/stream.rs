@@ -376,7 +376,9 @@ mod tests {
         let engine = Engine::new(Arc::new(cfg), Arc::new(Shared::default()), Instant::now());
         let addrs = RelayAddrs { v4: None, v6: None, external_v4: None, external_v6: None, ports: 49152..=65535 };
         let ports = Ports::new(addrs, Reservations::default());
-        Rc::new(RefCell::new(ShardState::new(engine, ports, metrics.clone())))
+        let sessions = Arc::new(crate::sessions::SessionTable::default());
+        let slot = sessions.register();
+        Rc::new(RefCell::new(ShardState::new(engine, ports, metrics.clone(), (sessions, slot))))
     }
 
     /// A shard serving plain TCP on a loopback port with `limits` (call inside a `LocalSet`).

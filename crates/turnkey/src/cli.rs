@@ -35,6 +35,9 @@ pub enum Command {
     Keys(KeysArgs),
     /// Print the fleet's relays with health and load (from Redis, or an issuer's `/v1/fleet`).
     Fleet(FleetCmdArgs),
+    /// Print live sessions (allocations), or end one with `kill ID` (from an issuer's
+    /// `/v1/sessions`, or from the fleet's Redis).
+    Sessions(SessionsArgs),
     /// Load-test any TURN server (turnkey, coturn, Cloudflare). Exit 0: the run passed its gates
     /// (`--max-loss`, `--max-p99`); 1: it did not; 2: it could not run.
     Load(Box<turnkey_load::LoadArgs>),
@@ -96,6 +99,60 @@ pub struct FleetCmdArgs {
     pub json: bool,
 }
 
+/// `turnkey sessions [kill ID]`: from an issuer (`--issuer URL --token T`) or Redis (`--redis`).
+#[derive(Debug, Args, Clone)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// An issuer's base URL (`http://host:8080`): use its `/v1/sessions`.
+    #[arg(long, conflicts_with = "redis", global = true)]
+    pub issuer: Option<String>,
+    /// A key's API token (its sessions only), or an operator token (every key's), for `--issuer`.
+    #[arg(long, env = "TURNKEY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub filters: SessionFilters,
+    /// Print at most this many sessions (default: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print JSON (an array of sessions) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// `kill ID` ends one session.
+    #[command(subcommand)]
+    pub action: Option<SessionsAction>,
+}
+
+/// The filters of `turnkey sessions` (the API's query parameters).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SessionFilters {
+    /// Only this user (the `customIdentifier`, or the user part of the username).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only this TURN key's sessions.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only clients at this IP address.
+    #[arg(long)]
+    pub client_ip: Option<String>,
+    /// Only this relay node.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only this transport (`udp`, `tcp`, `tls`).
+    #[arg(long)]
+    pub transport: Option<String>,
+}
+
+/// `turnkey sessions kill ID`.
+#[derive(Debug, Subcommand, Clone)]
+pub enum SessionsAction {
+    /// End one session now (its client's next request gets 437).
+    Kill {
+        /// The session id (16 hex digits, from the listing).
+        id: String,
+    },
+}
+
 /// `turnkey keys create|list|delete`.
 #[derive(Debug, Subcommand, Clone)]
 pub enum KeysAction {
@@ -107,6 +164,9 @@ pub enum KeysAction {
         /// Monthly relayed-bandwidth cap in bytes.
         #[arg(long)]
         monthly_bandwidth_bytes: Option<u64>,
+        /// An operator key: its token lists and ends every key's live sessions.
+        #[arg(long)]
+        admin: bool,
     },
     /// List keys (never tokens), one JSON object per line.
     List,

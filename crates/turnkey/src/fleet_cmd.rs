@@ -18,9 +18,9 @@ pub fn keys(args: KeysArgs) -> anyhow::Result<()> {
         let fleet = connect(&args.redis).await?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         match args.action {
-            KeysAction::Create { max_ttl, monthly_bandwidth_bytes } => {
+            KeysAction::Create { max_ttl, monthly_bandwidth_bytes, admin } => {
                 let (new, rec) =
-                    crate::issuer_fleet::new_key_record(KeyOptions { max_ttl, monthly_bandwidth_bytes }, now);
+                    crate::issuer_fleet::new_key_record(KeyOptions { max_ttl, monthly_bandwidth_bytes, admin }, now);
                 anyhow::ensure!(fleet.create_key(&rec).await?, "key id collision; run it again");
                 println!("{}", serde_json::json!({ "id": new.id, "token": new.token }));
             }
@@ -62,7 +62,7 @@ pub fn fleet(args: FleetCmdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(r: &RedisArgs) -> anyhow::Result<Fleet> {
+pub(crate) async fn connect(r: &RedisArgs) -> anyhow::Result<Fleet> {
     let url = r.redis.clone().context("--redis is required")?;
     let mut cfg = FleetConfig::new(url, NodeId::new("turnkey-cli")?);
     cfg.prefix.clone_from(&r.redis_prefix);
@@ -126,7 +126,13 @@ fn table(listing: &Value) -> String {
             urls.join(","),
         ]);
     }
-    let widths: Vec<usize> = (0..head.len()).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    aligned(&rows)
+}
+
+/// Rows (the first is the header) as left-aligned columns two spaces apart, one line each.
+pub(crate) fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use prometheus::Registry;
 use turnkey_auth::{RevocationSet, SecretRing};
 use turnkey_fleet::Fleet;
-use turnkey_issuer::{IssuerConfig, IssuerDeps, IssuerState, RelayStatus};
+use turnkey_issuer::{IssuerConfig, IssuerDeps, IssuerState, RelayStatus, SessionSource};
 use turnkey_relay::engine::Shared;
 use turnkey_relay::udp::RelayAddrs;
 
@@ -93,6 +93,7 @@ pub(crate) async fn start_issuer(
     secrets: SecretRing,
     revocations: RevocationSet,
     relay: Arc<dyn RelayStatus>,
+    sessions: Option<Arc<dyn SessionSource>>,
     fleet: Option<Fleet>,
     registry: &Registry,
     http: HttpRun,
@@ -124,6 +125,7 @@ pub(crate) async fn start_issuer(
         // Fleet mode: the configured app key, else the fleet's oldest key.
         app_key: default_key.as_ref().filter(|_| fleet.is_none()).map(|k| k.id.clone()),
         fleet,
+        sessions,
     })?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind issuer {addr}"))?;
     let addr = listener.local_addr()?;

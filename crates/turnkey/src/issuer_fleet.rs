@@ -274,6 +274,7 @@ fn shared_keys(snap: &KeysSnapshot) -> Vec<SharedKey> {
                 max_ttl: k.max_ttl,
                 monthly_bandwidth_bytes: k.monthly_bandwidth_bytes,
                 created: k.created,
+                admin: k.admin,
             },
             token_sha256: k.token_sha256.clone(),
         })
@@ -289,6 +290,7 @@ pub(crate) fn new_key_record(opts: KeyOptions, now: u64) -> (turnkey_issuer::New
         max_ttl: shared.info.max_ttl,
         monthly_bandwidth_bytes: shared.info.monthly_bandwidth_bytes,
         created: shared.info.created,
+        admin: shared.info.admin,
     };
     (new, rec)
 }
@@ -380,7 +382,7 @@ pub(crate) async fn ensure_default_key(
     turnkey_files::create_private_dir(&data_dir.join("keys"))?;
     turnkey_files::write_private(&p, format!("{}\n", new.token).as_bytes())?;
     keys.replace_all(vec![SharedKey {
-        info: KeyInfo { id: rec.id.clone(), max_ttl: None, monthly_bandwidth_bytes: None, created: now },
+        info: KeyInfo { id: rec.id.clone(), max_ttl: None, monthly_bandwidth_bytes: None, created: now, admin: false },
         token_sha256: rec.token_sha256,
     }]);
     tracing::info!(key_id = %new.id, "created the fleet's first TURN key");

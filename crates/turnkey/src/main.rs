@@ -12,6 +12,7 @@ mod fdlimit;
 mod fleet;
 mod fleet_cmd;
 mod fleet_relay;
+mod fleet_sessions;
 mod issuer;
 mod issuer_fleet;
 mod obs;
@@ -19,6 +20,8 @@ mod preflight;
 mod process;
 mod secret;
 mod serve;
+mod sessions;
+mod sessions_cmd;
 mod turns;
 
 use clap::FromArgMatches as _;
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Issuer(args) => serve::issuer(*args),
         Command::Keys(args) if args.redis.redis.is_some() => fleet_cmd::keys(args),
         Command::Keys(args) => keys(args),
+        Command::Sessions(args) => sessions_cmd::sessions(args),
         Command::Fleet(args) => fleet_cmd::fleet(args),
     };
     match result {
@@ -73,9 +77,9 @@ fn keys(args: cli::KeysArgs) -> anyhow::Result<()> {
     use cli::KeysAction;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     match args.action {
-        KeysAction::Create { max_ttl, monthly_bandwidth_bytes } => {
+        KeysAction::Create { max_ttl, monthly_bandwidth_bytes, admin } => {
             datadir::ensure(&args.data_dir)?;
-            let opts = turnkey_issuer::KeyOptions { max_ttl, monthly_bandwidth_bytes };
+            let opts = turnkey_issuer::KeyOptions { max_ttl, monthly_bandwidth_bytes, admin };
             println!("{}", turnkey_issuer::keys_create(&args.data_dir, opts, now)?.trim_end());
         }
         KeysAction::List => print!("{}", turnkey_issuer::keys_list(&args.data_dir)?),

@@ -12,11 +12,12 @@ use turnkey_fleet::Fleet;
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
 use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
+use turnkey_relay::sessions::SessionTable;
 use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::{BoundSockets, RelayConfig};
 
-use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus};
+use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus, SessionSource};
 
 use crate::advertise::Reach;
 use crate::banner;
@@ -27,6 +28,7 @@ use crate::datadir;
 use crate::fdlimit;
 use crate::fleet;
 use crate::fleet_relay::{self, FleetRelay, FleetUsage};
+use crate::fleet_sessions::FleetSessions;
 use crate::issuer::{advertised, start_issuer, LocalRelay, RunningIssuer};
 use crate::obs;
 use crate::preflight::{self, Role};
@@ -34,6 +36,7 @@ use crate::process::{
     bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup, HttpRun,
 };
 use crate::secret;
+use crate::sessions::LocalSessions;
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -84,7 +87,12 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let revocations = RevocationSet::new();
     watch_revocations(&s, &revocations)?;
     let relayed = Arc::new(AtomicU64::new(0));
-    let mut shared = Shared::new(revocations.clone()).with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed));
+    // A random allocation id prefix per process: session ids of two relays of a fleet do not
+    // collide.
+    let sessions = relay_cfg.sessions.clone();
+    let mut shared = Shared::new(revocations.clone())
+        .with_usage(usage_sink(&s, &obs, fleet.as_ref(), &relayed))
+        .with_id_prefix(rand::random());
     if let Some(f) = &fleet {
         shared = shared.with_fleet(fleet_relay::view(f, s.engine.max_allocations_per_user));
     }
@@ -104,6 +112,7 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
         ring,
         revocations,
         status,
+        session_source(&s, fleet.as_ref(), &sessions),
         fleet.clone(),
         &obs.registry,
         HttpRun::new(&http, &stop_http_rx),
@@ -126,6 +135,19 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     relayed?;
     stop_http_services(stop_http, metrics_task, issuer).await;
     Ok(())
+}
+
+/// `/v1/sessions` of `turnkey serve`: this relay's sessions, or in fleet mode the whole fleet's
+/// (this relay then also writes its session index to Redis and takes the ends queued for it).
+fn session_source(s: &Settings, fleet: Option<&Fleet>, table: &Arc<SessionTable>) -> Option<Arc<dyn SessionSource>> {
+    let node = s.fleet.node_id.as_str().to_owned();
+    Some(match fleet {
+        None => Arc::new(LocalSessions { table: table.clone(), node }),
+        Some(f) => {
+            tokio::spawn(crate::fleet_sessions::run_relay_index(f.clone(), table.clone(), node));
+            Arc::new(FleetSessions(f.clone()))
+        }
+    })
 }
 
 /// The relay's usage sink: the local ledger, and in fleet mode the fleet's totals too.
@@ -167,9 +189,12 @@ async fn run_issuer(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
     let metrics_task = metrics.map(|l| tokio::spawn(serve_metrics(l, registry.clone(), HttpRun::new(&http, &stop_rx))));
     let status: Arc<dyn RelayStatus> = Arc::new(FixedRelayStatus(true));
     let http_run = HttpRun::new(&http, &stop_rx);
-    let issuer = start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, fleet, &registry, http_run)
-        .await?
-        .context("`turnkey issuer` needs an HTTP listener (--http)")?;
+    let sessions: Option<Arc<dyn SessionSource>> =
+        fleet.as_ref().map(|f| Arc::new(FleetSessions(f.clone())) as Arc<dyn SessionSource>);
+    let issuer =
+        start_issuer(&s, s.issuer.clone(), ring, RevocationSet::new(), status, sessions, fleet, &registry, http_run)
+            .await?
+            .context("`turnkey issuer` needs an HTTP listener (--http)")?;
     let metrics_addr = metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
     println!("turnkey issuer listening http={} metrics={metrics_addr}", issuer.addr);
     let here = RelayAddrs { v4: Some(detect_ipv4()), v6: None, external_v4: None, external_v6: None, ports: 0..=0 };
@@ -283,7 +308,15 @@ fn relay_config(
     let mut engine = EngineConfig::from_settings(s.node.realm.as_str(), ring, policy, s.engine.clone());
     engine.relay_v4 = relay.v4.is_some();
     engine.relay_v6 = relay.v6.is_some();
-    RelayConfig { engine, relay, drain_grace: s.relay.drain_grace, stream: s.stream.clone(), tls, kernel: None }
+    RelayConfig {
+        engine,
+        relay,
+        drain_grace: s.relay.drain_grace,
+        stream: s.stream.clone(),
+        tls,
+        kernel: None,
+        sessions: Arc::new(SessionTable::default()),
+    }
 }
 
 /// The operator's peer rules, this process's own service addresses (never relayed to), and the

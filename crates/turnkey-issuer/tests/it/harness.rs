@@ -157,6 +157,7 @@ impl Issuer {
         let registry = prometheus::Registry::new();
         let c = clock.clone();
         let state = IssuerState::new(IssuerDeps {
+            sessions: None,
             config,
             data_dir: dir.path().to_owned(),
             secrets: ring.clone(),

@@ -24,7 +24,7 @@ pub(crate) const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub(crate) struct Owner {
     /// The USERNAME, `<expiry>:<userid>`.
-    pub username: Box<str>,
+    pub username: Arc<str>,
     /// The user part (quotas and usage are counted against it).
     pub userid: Arc<str>,
     /// The long-term key (MESSAGE-INTEGRITY of every request and response).
@@ -94,6 +94,11 @@ pub(crate) struct Allocation {
     unreported: [u64; 2],
     /// The usage sink said to stop relaying for this userid (monthly cap reached).
     capped: bool,
+    /// When it was created.
+    created: Instant,
+    /// Payload bytes and packets relayed over its life, by [`Direction`] (session listing).
+    bytes: [u64; 2],
+    packets: [u64; 2],
 }
 
 impl Allocation {
@@ -125,6 +130,9 @@ impl Allocation {
             bytes_relayed: 0,
             unreported: [0, 0],
             capped: false,
+            created: now,
+            bytes: [0, 0],
+            packets: [0, 0],
         }
     }
 
@@ -144,6 +152,8 @@ impl Allocation {
         }
         self.bytes_relayed += len as u64;
         self.unreported[dir as usize] += len as u64;
+        self.bytes[dir as usize] += len as u64;
+        self.packets[dir as usize] += 1;
         Ok(())
     }
 
@@ -192,6 +202,21 @@ impl Allocation {
     /// Whether the lifetime or the credential ran out.
     pub fn ended(&self, now: Instant, unix: UnixTime) -> bool {
         self.expires <= now || self.owner.expiry <= unix
+    }
+
+    /// When it was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// Payload bytes and packets relayed over its life, each indexed by [`Direction`].
+    pub fn counters(&self) -> ([u64; 2], [u64; 2]) {
+        (self.bytes, self.packets)
+    }
+
+    /// Live (permissions, channels) at `now`, without pruning.
+    pub fn live_counts(&self, now: Instant) -> (usize, usize) {
+        (self.permissions.iter().filter(|p| p.expires > now).count(), self.live_channels(now))
     }
 
     /// Sets a new end of life (Refresh).

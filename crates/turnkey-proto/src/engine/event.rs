@@ -31,14 +31,26 @@ use std::time::Instant;
 
 use crate::types::{ChannelNumber, FiveTuple, PeerAddr, RelayHandle};
 
-/// A stable name of one allocation for the life of its engine: never reused, unlike its slot or
-/// its relay handle.
+/// A stable name of one allocation: never reused, unlike its slot or its relay handle. Ids come
+/// from the [`Shared`](super::Shared) state of all shards of one relay, so they are unique across
+/// its shards; their high 32 bits are the relay's prefix
+/// ([`Shared::with_id_prefix`](super::Shared::with_id_prefix), random per process), so two relays
+/// of a fleet do not hand out the same id. The operator's session listing names allocations by
+/// it (`GET /v1/sessions`, `DELETE /v1/sessions/{id}`), written as 16 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocationId(pub u64);
 
 impl std::fmt::Display for AllocationId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a{}", self.0)
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl AllocationId {
+    /// Parses the 16 lowercase hex digits `Display` writes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        hex.then(|| u64::from_str_radix(s, 16).ok().map(AllocationId)).flatten()
     }
 }
 
@@ -62,6 +74,17 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, in declaration order (the index of [`EngineStats::ended`](super::EngineStats::ended)).
+    pub const ALL: [EndReason; 7] = [
+        Self::Expired,
+        Self::Deleted,
+        Self::Revoked,
+        Self::CredentialExpired,
+        Self::Killed,
+        Self::Drained,
+        Self::ConnectionClosed,
+    ];
+
     /// A stable lower-case name (logs).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -20,6 +20,7 @@ mod handlers;
 mod limiter;
 mod message;
 mod offload;
+mod sessions;
 mod stats;
 #[cfg(test)]
 #[allow(
@@ -32,7 +33,7 @@ mod tests;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 #[allow(
     clippy::disallowed_types,
@@ -57,6 +58,7 @@ pub(crate) use error::StunError;
 pub use event::{AllocationId, AllocationRef, EndReason, Event};
 use limiter::ReplyLimiter;
 pub use offload::Offloaded;
+pub use sessions::SessionSnapshot;
 pub use stats::{AuthFailure, DeniedPath, Direction, DropReason, EngineStats, TRANSPORTS};
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, usage).
@@ -180,7 +182,7 @@ impl EngineConfig {
     }
 }
 
-/// State shared by every shard of one relay: quotas, the drain flag, revocations.
+/// State shared by every shard of one relay: quotas, the drain flag, revocations, allocation ids.
 #[derive(Debug, Default)]
 #[allow(
     clippy::disallowed_types,
@@ -190,6 +192,8 @@ pub struct Shared {
     users: Mutex<HashMap<Box<str>, u32>>,
     total: AtomicU32,
     draining: AtomicBool,
+    id_prefix: u64,
+    ids: AtomicU64,
     /// Usernames the issuer revoked.
     pub revocations: RevocationSet,
     /// Where relayed bytes are reported (usage accounting, monthly caps).
@@ -208,6 +212,18 @@ impl Shared {
     pub fn with_usage(mut self, sink: Arc<dyn UsageSink>) -> Self {
         self.usage = Some(sink);
         self
+    }
+
+    /// Hands out [`AllocationId`]s whose high 32 bits are `prefix` (builder style): random per
+    /// process in the binary, so two relays of a fleet do not name two allocations alike.
+    pub fn with_id_prefix(mut self, prefix: u32) -> Self {
+        self.id_prefix = u64::from(prefix) << 32;
+        self
+    }
+
+    /// A fresh [`AllocationId`], unique across this relay's shards: the prefix, then a counter.
+    fn next_id(&self) -> AllocationId {
+        AllocationId(self.id_prefix | ((self.ids.fetch_add(1, Ordering::Relaxed) + 1) & 0xFFFF_FFFF))
     }
 
     /// Joins a fleet (builder style).
@@ -337,7 +353,6 @@ pub struct Engine {
     shared: Arc<Shared>,
     stats: EngineStats,
     events: VecDeque<Event>,
-    next_id: u64,
     rng: StdRng,
     allocs: Vec<Option<Allocation>>,
     free: Vec<usize>,
@@ -384,7 +399,6 @@ impl Engine {
             shared,
             stats: EngineStats::default(),
             events: VecDeque::new(),
-            next_id: 0,
             rng,
             allocs: Vec::new(),
             free: Vec::new(),
@@ -650,10 +664,9 @@ impl Engine {
         }
     }
 
-    /// A fresh [`AllocationId`].
-    fn next_id(&mut self) -> AllocationId {
-        self.next_id += 1;
-        AllocationId(self.next_id)
+    /// A fresh [`AllocationId`] (from [`Shared`]: unique across the relay's shards).
+    fn next_id(&self) -> AllocationId {
+        self.shared.next_id()
     }
 
     fn insert(&mut self, a: Allocation) -> usize {
@@ -686,6 +699,7 @@ impl Engine {
             self.usage_batch.push((a.owner().userid.clone(), d));
         }
         self.stats.allocation(tuple.transport, false);
+        self.stats.end(reason);
         self.events.push_back(Event::AllocationEnded { alloc: a.aref(), reason });
         self.free.push(idx);
     }

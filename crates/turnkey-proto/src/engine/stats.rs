@@ -4,6 +4,7 @@
 //! handle and the labels below are the one list of their values.
 
 use super::error::StunError;
+use super::event::EndReason;
 use crate::types::Transport;
 
 /// Direction of relayed traffic.
@@ -179,6 +180,7 @@ pub struct EngineStats {
     auth_failures: [u64; 9],
     peer_denied: [u64; 3],
     allocations: [u64; 3],
+    ended: [u64; EndReason::ALL.len()],
     permissions: u64,
     channels: u64,
     control: u64,
@@ -232,6 +234,11 @@ impl EngineStats {
         self.control += 1;
     }
 
+    /// Counts one allocation ended for `why`.
+    pub(crate) fn end(&mut self, why: EndReason) {
+        self.ended[why as usize] += 1;
+    }
+
     /// The live permissions and channels (counted at each sweep).
     pub(crate) fn set_bindings(&mut self, permissions: u64, channels: u64) {
         self.permissions = permissions;
@@ -273,6 +280,11 @@ impl EngineStats {
         self.allocations[tidx(t)]
     }
 
+    /// Allocations ended for `why`.
+    pub fn ended(&self, why: EndReason) -> u64 {
+        self.ended[why as usize]
+    }
+
     /// Live permissions as of the last sweep.
     pub fn permissions(&self) -> u64 {
         self.permissions
@@ -305,6 +317,9 @@ mod tests {
         }
         for (i, p) in DeniedPath::ALL.iter().enumerate() {
             assert_eq!(*p as usize, i);
+        }
+        for (i, r) in EndReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
         }
         let mut s = EngineStats::default();
         s.attempt(Some(StunError::InsufficientCapacity));

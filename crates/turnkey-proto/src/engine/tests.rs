@@ -1303,4 +1303,74 @@ fn usage_is_reported_at_each_sweep_and_caps_stop_relaying() {
     assert_eq!(sink.recorded.lock().unwrap()["alice"], (17, 5));
 }
 
+#[test]
+fn sessions_snapshot_counts_each_direction_and_an_ended_session_gets_437() {
+    let mut h = Harness::new();
+    let t = tuple("203.0.113.5:5555");
+    let a = with_permission(&mut h, t);
+    assert_eq!(bind_channel(&mut h, t, &a, 0x4001, PEER), None);
+    let other = tuple("203.0.113.6:6666");
+    let (r, other_auth) = h.allocate(other, "bob");
+    assert!(r.typ.class == CLASS_SUCCESS_RESPONSE, "{r}");
+    for _ in 0..3 {
+        assert!(h.engine.handle_client(h.now, t, &channel_data(0x4001, b"ping"), &mut h.ports).is_some());
+    }
+    let relay = h.relay_handle(t);
+    assert!(from_peer(&mut h, relay, PEER, b"pong!").is_some());
+    h.advance(10);
+    let mut out = Vec::new();
+    h.engine.snapshot_sessions(h.now, &mut out);
+    assert_eq!(out.len(), 2);
+    let s = out.iter().find(|s| s.tuple == t).unwrap().clone();
+    assert!(s.username.ends_with(":alice") && &*s.userid == "alice", "{s:?}");
+    assert_eq!((s.permissions, s.channels), (1, 1));
+    assert_eq!((s.bytes_client_to_peer, s.packets_client_to_peer), (12, 3));
+    assert_eq!((s.bytes_peer_to_client, s.packets_peer_to_client), (5, 1));
+    assert_eq!(s.created, T0_UNIX);
+    assert_eq!(s.expires, T0_UNIX + 600);
+    assert_eq!(s.relayed, h.ports.live[&relay.0]);
+    let b = out.iter().find(|s| s.tuple == other).unwrap().id;
+    assert_ne!(s.id, b);
+
+    // Ending one session: only it goes, its relay socket closes, its next request gets 437.
+    assert!(h.engine.kill(s.id, &mut h.ports));
+    assert!(!h.engine.kill(s.id, &mut h.ports));
+    assert!(h.ports.released.contains(&relay.0));
+    assert!(from_peer(&mut h, relay, PEER, b"late").is_none());
+    let a = h.renew(t, a);
+    let r = h.send(t, &request(METHOD_REFRESH, &[Attr::Lifetime(600)], Some(&a))).unwrap();
+    assert_eq!(code(&r), Some(437));
+    let other_auth = h.renew(other, other_auth);
+    let r = h.send(other, &request(METHOD_REFRESH, &[Attr::Lifetime(600)], Some(&other_auth))).unwrap();
+    assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE);
+    h.engine.snapshot_sessions(h.now, &mut out);
+    assert_eq!(out.iter().map(|s| s.id).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(h.engine.stats().ended(EndReason::Killed), 1);
+    assert_eq!(EndReason::ALL.iter().map(|r| h.engine.stats().ended(*r)).sum::<u64>(), 1);
+}
+
+#[test]
+fn allocation_ids_are_unique_across_the_shards_of_one_shared_and_carry_its_prefix() {
+    let mut h = Harness::with_shared(|_| {}, Shared::new(RevocationSet::new()).with_id_prefix(0xABCD_0001));
+    let (r, _) = h.allocate(tuple("203.0.113.5:5555"), "alice");
+    assert!(r.typ.class == CLASS_SUCCESS_RESPONSE, "{r}");
+    let mut second = Engine::new(Arc::new(cfg_with(|_| {})), h.shared.clone(), h.now.mono);
+    let mut out = Vec::new();
+    h.engine.snapshot_sessions(h.now, &mut out);
+    let first = out[0].id;
+    assert_eq!(first.0 >> 32, 0xABCD_0001);
+    assert_eq!(first.to_string().len(), 16);
+    assert_eq!(AllocationId::parse(&first.to_string()), Some(first));
+    assert_eq!(AllocationId::parse("ABCD000100000001"), None, "lowercase only");
+    assert_eq!(AllocationId::parse("abcd00010000001"), None, "16 digits");
+    // Another shard's engine on the same Shared never hands out the same id.
+    std::mem::swap(&mut h.engine, &mut second);
+    let (r, _) = h.allocate(tuple("203.0.113.6:5555"), "bob");
+    assert!(r.typ.class == CLASS_SUCCESS_RESPONSE, "{r}");
+    h.engine.snapshot_sessions(h.now, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_ne!(out[0].id, first);
+    assert_eq!(out[0].id.0 >> 32, 0xABCD_0001);
+}
+
 mod events;

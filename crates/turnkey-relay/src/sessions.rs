@@ -1,0 +1,263 @@
+//! The node-wide live session table: each shard publishes a snapshot of its allocations at its
+//! sweep (every [`crate::engine::SWEEP_INTERVAL`], never per packet) and applies the operator's
+//! kill requests queued for it. Listing reads the last snapshots (one lock, then a clone of an
+//! `Arc` per shard); nothing here is on the data path.
+
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "session table: locked by each shard once per sweep and by an operator's listing, never per packet"
+)]
+use std::sync::Mutex;
+
+use crate::engine::{AllocationId, Engine, RelayPorts, SessionSnapshot};
+use crate::types::Now;
+
+/// One shard's place in the table (from [`SessionTable::register`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSlot(usize);
+
+#[derive(Debug, Default)]
+struct Slot {
+    sessions: Arc<Vec<SessionSnapshot>>,
+    kills: Vec<AllocationId>,
+    /// The snapshot before the current one: its buffer is reused once no listing holds it.
+    spare: Arc<Vec<SessionSnapshot>>,
+}
+
+/// Every shard's last snapshot and its pending kills. (Allocation ids come from the engine's
+/// [`Shared`](crate::engine::Shared) state, random-prefixed per process.)
+#[derive(Debug, Default)]
+#[allow(clippy::disallowed_types, reason = "see the import")]
+pub struct SessionTable {
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl SessionTable {
+    #[allow(clippy::disallowed_types, reason = "see the import")]
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more shard.
+    pub fn register(&self) -> ShardSlot {
+        let mut slots = self.lock();
+        slots.push(Slot::default());
+        ShardSlot(slots.len() - 1)
+    }
+
+    /// The shard's sweep: ends the allocations an operator asked to end ([`Engine::kill`]: each
+    /// emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of the rest.
+    pub fn sync(&self, slot: ShardSlot, engine: &mut Engine, ports: &mut dyn RelayPorts, now: Now) {
+        for id in self.take_kills(slot) {
+            engine.kill(id, ports);
+        }
+        self.publish(slot, |buf| engine.snapshot_sessions(now, buf));
+    }
+
+    /// The kills queued for the shard since its last sweep.
+    pub fn take_kills(&self, slot: ShardSlot) -> Vec<AllocationId> {
+        std::mem::take(&mut self.lock()[slot.0].kills)
+    }
+
+    /// Publishes the shard's snapshot, written by `fill` into a cleared buffer: the previous
+    /// snapshot's buffer is reused when no listing holds it any more.
+    pub fn publish(&self, slot: ShardSlot, fill: impl FnOnce(&mut Vec<SessionSnapshot>)) {
+        let spare = std::mem::take(&mut self.lock()[slot.0].spare);
+        let mut buf = Arc::try_unwrap(spare).unwrap_or_default();
+        buf.clear();
+        fill(&mut buf);
+        let mut slots = self.lock();
+        let s = &mut slots[slot.0];
+        s.spare = std::mem::replace(&mut s.sessions, Arc::new(buf));
+    }
+
+    /// Empties the shard's snapshot (the shard stopped).
+    pub fn clear(&self, slot: ShardSlot) {
+        self.lock()[slot.0] = Slot::default();
+    }
+
+    /// Every shard's last snapshot (cheap: one `Arc` per shard).
+    pub fn snapshots(&self) -> Vec<Arc<Vec<SessionSnapshot>>> {
+        self.lock().iter().map(|s| s.sessions.clone()).collect()
+    }
+
+    /// Every live session, unordered (a copy of the last snapshots).
+    pub fn list(&self) -> Vec<SessionSnapshot> {
+        self.snapshots().iter().flat_map(|s| s.iter().cloned()).collect()
+    }
+
+    /// The live session `id`, if a shard listed it at its last sweep.
+    pub fn get(&self, id: AllocationId) -> Option<SessionSnapshot> {
+        self.snapshots().iter().find_map(|s| s.iter().find(|x| x.id == id).cloned())
+    }
+
+    /// Queues the end of session `id` for the shard that listed it; it ends at that shard's next
+    /// sweep. False when no shard lists it.
+    pub fn request_end(&self, id: AllocationId) -> bool {
+        let mut slots = self.lock();
+        match slots.iter_mut().find(|s| s.sessions.iter().any(|x| x.id == id)) {
+            Some(s) => {
+                s.kills.push(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether a shard listed `id` at its last sweep.
+    pub fn is_listed(&self, id: AllocationId) -> bool {
+        self.lock().iter().any(|s| s.sessions.iter().any(|x| x.id == id))
+    }
+
+    /// Live sessions at the last sweeps.
+    pub fn len(&self) -> usize {
+        self.lock().iter().map(|s| s.sessions.len()).sum()
+    }
+
+    /// Whether no session is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::types::{ClientAddr, FiveTuple, Transport};
+
+    fn session(id: u64) -> SessionSnapshot {
+        SessionSnapshot {
+            id: AllocationId(id),
+            username: "1800000000:k:alice".into(),
+            userid: "k:alice".into(),
+            tuple: FiveTuple {
+                transport: Transport::Udp,
+                client: ClientAddr("203.0.113.5:5555".parse().unwrap()),
+                server: "192.0.2.10:3478".parse().unwrap(),
+            },
+            relayed: "192.0.2.10:50000".parse().unwrap(),
+            permissions: 1,
+            channels: 0,
+            created: 1_800_000_000,
+            expires: 1_800_000_600,
+            bytes_client_to_peer: 0,
+            bytes_peer_to_client: 0,
+            packets_client_to_peer: 0,
+            packets_peer_to_client: 0,
+        }
+    }
+
+    #[test]
+    fn a_kill_is_queued_for_the_shard_that_listed_it_and_taken_at_its_next_sweep() {
+        let t = SessionTable::default();
+        let (a, b) = (t.register(), t.register());
+        assert!(t.is_empty(), "nothing is listed before a sweep");
+        t.publish(a, |buf| buf.push(session(1)));
+        t.publish(b, |buf| buf.extend([session(2), session(3)]));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.get(AllocationId(2)).map(|s| s.id), Some(AllocationId(2)));
+        assert!(t.request_end(AllocationId(2)));
+        assert!(t.is_listed(AllocationId(2)), "ended at the shard's next sweep, not before");
+        assert_eq!(t.take_kills(a), vec![]);
+        assert_eq!(t.take_kills(b), vec![AllocationId(2)]);
+        assert_eq!(t.take_kills(b), vec![], "taken once");
+        t.publish(b, |buf| buf.push(session(3)));
+        assert!(!t.is_listed(AllocationId(2)));
+        assert!(!t.request_end(AllocationId(2)), "an id no shard lists is not queued");
+        let mut ids: Vec<_> = t.list().iter().map(|s| s.id.0).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 3]);
+        t.clear(a);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_kill_through_the_table_ends_one_allocation_with_one_event_and_the_killed_label() {
+        use std::net::SocketAddr;
+        use std::time::{Duration, Instant};
+
+        use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_REQUESTED_TRANSPORT, ATTR_USERNAME};
+        use stun::integrity::MessageIntegrity;
+        use stun::message::{Message, MessageType, Setter, CLASS_REQUEST, METHOD_ALLOCATE};
+        use stun::textattrs::TextAttribute;
+        use turnkey_auth::{RevocationSet, Secret, SecretRing};
+
+        use crate::engine::{EndReason, EngineConfig, Event, PortRequest, RelayBinding, Shared};
+        use crate::metrics::{RelayMetrics, StatsExporter};
+        use crate::policy::PeerPolicy;
+        use crate::types::RelayHandle;
+
+        #[derive(Default)]
+        struct NumberedPorts(u32, Vec<RelayHandle>);
+        impl RelayPorts for NumberedPorts {
+            fn bind(&mut self, _: Instant, _: bool, _: PortRequest) -> Option<RelayBinding> {
+                self.0 += 1;
+                let advertised = SocketAddr::from(([192, 0, 2, 10], 50_000 + self.0 as u16));
+                Some(RelayBinding { handle: RelayHandle(self.0), advertised, reservation: None })
+            }
+            fn release(&mut self, h: RelayHandle) {
+                self.1.push(h);
+            }
+        }
+        let ring = SecretRing::new(vec![Secret::new("sessions-test-secret")]).unwrap();
+        let mut cfg = EngineConfig::new("r", ring.clone(), PeerPolicy::new(vec![], vec![], vec![]));
+        cfg.unauth_replies_per_sec = 0;
+        let nonce_key = cfg.nonce_key.clone();
+        #[allow(clippy::disallowed_methods, reason = "a test's arbitrary start")]
+        let now = Now::new(Instant::now(), Duration::from_secs(1_800_000_000));
+        let shared = Arc::new(Shared::new(RevocationSet::new()).with_id_prefix(0xAB));
+        let mut engine = Engine::new(Arc::new(cfg), shared, now.mono);
+        let mut ports = NumberedPorts::default();
+        for port in [5555, 6666] {
+            let client = SocketAddr::from(([203, 0, 113, 5], port));
+            let c = ring.mint("k:alice", now.unix(), 600).unwrap();
+            let mut m = Message::new();
+            m.set_type(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST));
+            m.new_transaction_id().unwrap();
+            m.write_header();
+            m.add(ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            TextAttribute::new(ATTR_USERNAME, c.username.clone()).add_to(&mut m).unwrap();
+            TextAttribute::new(ATTR_REALM, "r".to_owned()).add_to(&mut m).unwrap();
+            TextAttribute::new(ATTR_NONCE, nonce_key.issue(now.unix(), client)).add_to(&mut m).unwrap();
+            MessageIntegrity::new_long_term_integrity(c.username, "r".to_owned(), c.password).add_to(&mut m).unwrap();
+            let tuple = FiveTuple { client: ClientAddr(client), ..session(0).tuple };
+            assert!(engine.handle_client(now, tuple, &m.raw, &mut ports).is_some());
+            assert!(engine.has_allocation(&tuple));
+        }
+        while engine.poll_event().is_some() {}
+        let table = SessionTable::default();
+        let slot = table.register();
+        table.sync(slot, &mut engine, &mut ports, now);
+        let listed = table.list();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|s| s.id.0 >> 32 == 0xAB && &*s.userid == "k:alice"), "{listed:?}");
+        let id = listed[0].id;
+        assert!(table.request_end(id));
+        assert_eq!(engine.allocation_count(), 2, "ended at the shard's next sweep, not before");
+        table.sync(slot, &mut engine, &mut ports, now);
+        assert_eq!(engine.allocation_count(), 1);
+        assert_eq!(ports.1.len(), 1, "its relay socket was released");
+        let ended: Vec<_> = std::iter::from_fn(|| engine.poll_event())
+            .filter_map(|e| match e {
+                Event::AllocationEnded { alloc, reason } => Some((alloc.id, reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ended, [(id, EndReason::Killed)], "exactly one AllocationEnded");
+        assert!(!table.is_listed(id) && table.len() == 1);
+        let m = RelayMetrics::unregistered();
+        StatsExporter::default().export(engine.stats(), &m);
+        assert_eq!(m.allocations_ended.with_label_values(&["killed"]).get(), 1);
+        assert_eq!(m.allocations_ended.with_label_values(&["expired"]).get(), 0);
+    }
+
+    #[test]
+    fn unknown_ids_are_not_queued() {
+        let t = SessionTable::default();
+        t.register();
+        assert!(!t.request_end(AllocationId(7)));
+        assert!(t.is_empty());
+    }
+}
