@@ -97,7 +97,7 @@ fn main() {
     let mut list = Vec::new();
     for _ in 0..11 {
         let t = Instant::now();
-        table.sync(slot, &mut engine, &mut ports, turnkey_relay::clock::now());
+        table.sync(slot, &mut engine, &mut ports, turnkey_relay::clock::now(), |_| false);
         publish.push(t.elapsed());
         let t = Instant::now();
         let all = table.list();

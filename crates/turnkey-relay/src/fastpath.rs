@@ -152,6 +152,13 @@ impl KernelPath {
         self.lock().fp.channel_count()
     }
 
+    /// The allocations of shard `shard` with at least one channel in the kernel now (the
+    /// session listing's `fast_path`; read at the shard's sweep).
+    pub fn in_kernel(&self, shard: usize) -> HashSet<AllocationId> {
+        let g = self.lock();
+        g.mirrors.iter().filter(|((s, _), m)| *s == shard && !m.bound.is_empty()).map(|((_, id), _)| *id).collect()
+    }
+
     /// Mirrors one engine event of shard `shard` (`relayed_local`: the relay socket's local
     /// address, for `AllocationCreated`). Traffic the kernel counted for an allocation that ended
     /// goes into the engine here.

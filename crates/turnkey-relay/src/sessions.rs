@@ -47,12 +47,25 @@ impl SessionTable {
     }
 
     /// The shard's sweep: ends the allocations an operator asked to end ([`Engine::kill`]: each
-    /// emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of the rest.
-    pub fn sync(&self, slot: ShardSlot, engine: &mut Engine, ports: &mut dyn RelayPorts, now: Now) {
+    /// emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of the rest,
+    /// each marked with whether the kernel fast path relays a channel of it (`in_kernel`).
+    pub fn sync(
+        &self,
+        slot: ShardSlot,
+        engine: &mut Engine,
+        ports: &mut dyn RelayPorts,
+        now: Now,
+        in_kernel: impl Fn(AllocationId) -> bool,
+    ) {
         for id in self.take_kills(slot) {
             engine.kill(id, ports);
         }
-        self.publish(slot, |buf| engine.snapshot_sessions(now, buf));
+        self.publish(slot, |buf| {
+            engine.snapshot_sessions(now, buf);
+            for s in buf.iter_mut() {
+                s.fast_path = in_kernel(s.id);
+            }
+        });
     }
 
     /// The kills queued for the shard since its last sweep.
@@ -146,6 +159,7 @@ mod tests {
             bytes_peer_to_client: 0,
             packets_client_to_peer: 0,
             packets_peer_to_client: 0,
+            fast_path: false,
         }
     }
 
@@ -229,14 +243,22 @@ mod tests {
         while engine.poll_event().is_some() {}
         let table = SessionTable::default();
         let slot = table.register();
-        table.sync(slot, &mut engine, &mut ports, now);
+        let kernel = std::cell::Cell::new(None);
+        table.sync(slot, &mut engine, &mut ports, now, |_| false);
         let listed = table.list();
         assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|s| !s.fast_path), "nothing in the kernel");
+        // The driver's mark: one allocation's channel relayed by the kernel.
+        kernel.set(Some(listed[1].id));
+        table.sync(slot, &mut engine, &mut ports, now, |id| kernel.get() == Some(id));
+        let listed = table.list();
+        let marked: Vec<bool> = listed.iter().map(|s| s.fast_path).collect();
+        assert_eq!(marked, [false, true], "only the allocation the kernel relays is marked");
         assert!(listed.iter().all(|s| s.id.0 >> 32 == 0xAB && &*s.userid == "k:alice"), "{listed:?}");
         let id = listed[0].id;
         assert!(table.request_end(id));
         assert_eq!(engine.allocation_count(), 2, "ended at the shard's next sweep, not before");
-        table.sync(slot, &mut engine, &mut ports, now);
+        table.sync(slot, &mut engine, &mut ports, now, |_| false);
         assert_eq!(engine.allocation_count(), 1);
         assert_eq!(ports.1.len(), 1, "its relay socket was released");
         let ended: Vec<_> = std::iter::from_fn(|| engine.poll_event())

@@ -90,7 +90,8 @@ impl ShardState {
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
-        table.sync(*slot, &mut self.engine, &mut self.ports, now);
+        let in_kernel = self.kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default();
+        table.sync(*slot, &mut self.engine, &mut self.ports, now, |id| in_kernel.contains(&id));
         self.export_all();
         if let Some((k, shard)) = &self.kernel {
             k.recheck(*shard, &self.engine);

@@ -39,8 +39,7 @@ pub(crate) fn to_session(s: &SessionSnapshot, node: &str) -> Session {
         bytes_peer_to_client: s.bytes_peer_to_client,
         packets_client_to_peer: s.packets_client_to_peer,
         packets_peer_to_client: s.packets_peer_to_client,
-        // The kernel fast path (#22) is not wired yet.
-        fast_path: false,
+        fast_path: s.fast_path,
     }
 }
 

@@ -234,11 +234,14 @@ impl Allocation {
         self.capped
     }
 
-    /// Counts `bytes` another data path (the kernel fast path) relayed for this allocation in
-    /// `dir`, for usage as [`Allocation::admit`] counts its own.
-    pub fn add_offloaded(&mut self, dir: Direction, bytes: u64) {
+    /// Counts `packets` datagrams of `bytes` payload another data path (the kernel fast path)
+    /// relayed for this allocation in `dir`, for usage and the session counters as
+    /// [`Allocation::admit`] counts its own.
+    pub fn add_offloaded(&mut self, dir: Direction, packets: u64, bytes: u64) {
         self.bytes_relayed += bytes;
         self.unreported[dir as usize] += bytes;
+        self.bytes[dir as usize] += bytes;
+        self.packets[dir as usize] += packets;
     }
 
     /// Payload bytes relayed over the allocation's life.

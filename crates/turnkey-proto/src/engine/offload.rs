@@ -58,8 +58,8 @@ impl Engine {
         self.stats.relayed_many(Direction::PeerToClient, t, o.to_client_packets, o.to_client_bytes);
         match self.live_index(alloc).and_then(|i| self.allocs[i].as_mut()) {
             Some(a) => {
-                a.add_offloaded(Direction::ClientToPeer, o.to_peer_bytes);
-                a.add_offloaded(Direction::PeerToClient, o.to_client_bytes);
+                a.add_offloaded(Direction::ClientToPeer, o.to_peer_packets, o.to_peer_bytes);
+                a.add_offloaded(Direction::PeerToClient, o.to_client_packets, o.to_client_bytes);
             }
             None if o.to_peer_bytes + o.to_client_bytes > 0 => {
                 let delta = UsageDelta { client_to_peer: o.to_peer_bytes, peer_to_client: o.to_client_bytes };

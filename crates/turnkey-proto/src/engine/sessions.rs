@@ -41,6 +41,9 @@ pub struct SessionSnapshot {
     pub packets_client_to_peer: u64,
     /// Packets relayed from peers to the client.
     pub packets_peer_to_client: u64,
+    /// Whether a channel of it is relayed by the kernel fast path now (the engine never knows:
+    /// false here, set by the driver that mirrors channels into the kernel).
+    pub fast_path: bool,
 }
 
 /// Unix seconds of the monotonic instant `at`, as seen at `now`.
@@ -72,6 +75,7 @@ impl Engine {
                 bytes_peer_to_client: bytes[1],
                 packets_client_to_peer: packets[0],
                 packets_peer_to_client: packets[1],
+                fast_path: false,
             });
         }
     }
