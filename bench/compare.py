@@ -201,7 +201,7 @@ class Server:
         else:
             ip = NET.server_ip
             cmd = [
-                str(before if kind == BEFORE else BIN), "serve", *(["--fast-path", "xdp"] if kind == FAST else []), "--data-dir", str(self.dir), f"--secret={secret}",
+                str(before if kind == BEFORE else BIN), "serve", *({FAST: ["--fast-path", "xdp"], BEFORE: []}.get(kind, ["--fast-path", "off"])), "--data-dir", str(self.dir), f"--secret={secret}",
                 "--udp", f"{ip}:{self.udp}", "--tcp", f"{ip}:{self.tcp}",
                 "--tls", f"{ip}:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
                 "--relay-ip", ip, "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
