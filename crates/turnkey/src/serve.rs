@@ -333,13 +333,19 @@ fn peer_policy(s: &Settings, listening: &Listening, obs: &Observability, relay: 
 
 /// Where relay sockets bind: the configured addresses, else the primary IPv4.
 fn relay_addrs(s: &Settings) -> RelayAddrs {
+    let mut addrs = configured_relay_addrs(s);
+    if addrs.v4.is_none() && addrs.v6.is_none() {
+        addrs.v4 = Some(detect_ipv4());
+    }
+    addrs
+}
+
+/// The relay addresses as configured, nothing detected (what `check-config` reasons about, on
+/// whatever host it runs).
+pub(crate) fn configured_relay_addrs(s: &Settings) -> RelayAddrs {
     let r = &s.relay;
-    let v4 = match (r.relay_ip.v4, r.relay_ip.v6) {
-        (None, None) => Some(detect_ipv4()),
-        (v4, _) => v4,
-    };
     RelayAddrs {
-        v4,
+        v4: r.relay_ip.v4,
         v6: r.relay_ip.v6,
         external_v4: r.external_ip.v4,
         external_v6: r.external_ip.v6,

@@ -26,17 +26,10 @@ pub fn config_warnings(s: &Settings) -> Vec<String> {
     if s.relay.tls.addrs.is_empty() {
         return Vec::new();
     }
-    let r = &s.relay;
-    let addrs = turnkey_relay::udp::RelayAddrs {
-        v4: r.relay_ip.v4,
-        v6: r.relay_ip.v6,
-        external_v4: r.external_ip.v4,
-        external_v6: r.external_ip.v6,
-        ports: r.relay_ports.range(),
-    };
+    let addrs = crate::serve::configured_relay_addrs(s);
     // The TLS listener the banner names first; with neither a public host nor an address
     // configured the rule finds none here: the address detected at start, an IP address too.
-    let host = r.tls.addrs.first().and_then(|tls| Reach::new(&s.issuer.public_host, &addrs).host(*tls));
+    let host = s.relay.tls.addrs.first().and_then(|tls| Reach::new(&s.issuer.public_host, &addrs).host(*tls));
     warnings(&problems(host.as_deref(), cert_of(s)))
 }
 
