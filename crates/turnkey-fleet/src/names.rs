@@ -1,77 +1,13 @@
 //! Validated names that become part of Redis key names, and the key names themselves.
 //!
 //! Every key lives under one prefix (default `turnkey:`); `docs/fleet.md` lists them as a
-//! contract. Names that end up inside a key (node ids, regions) are restricted to
-//! `[A-Za-z0-9._-]{1,64}` so no name can forge another key.
+//! contract. Names that end up inside a key (node ids, regions: `turnkey_types`, one rule each)
+//! are restricted to `[A-Za-z0-9._-]{1,64}` so no name can forge another key.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-use crate::FleetError;
+pub use turnkey_types::{NodeId, Region};
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "turnkey:";
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            /// Validates `s` (1-64 characters of `A-Z a-z 0-9 . _ -`).
-            pub fn new(s: impl Into<String>) -> Result<Self, FleetError> {
-                let s = s.into();
-                if valid_name(&s) {
-                    Ok(Self(s))
-                } else {
-                    Err(FleetError::InvalidName { what: $what, value: s })
-                }
-            }
-
-            /// The name.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = FleetError;
-            fn try_from(s: String) -> Result<Self, FleetError> {
-                Self::new(s)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(n: $name) -> String {
-                n.0
-            }
-        }
-    };
-}
-
-name_type!(
-    /// A relay's node id (`--node-id`, default the host name).
-    NodeId,
-    "node id"
-);
-name_type!(
-    /// A region label (`--region`).
-    Region,
-    "region"
-);
 
 /// Builds the key and channel names under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,17 +115,6 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_restricted() {
-        assert!(NodeId::new("relay-1.eu_west").is_ok());
-        for bad in ["", "a:b", "a b", "ü", "x*", &"a".repeat(65)] {
-            assert!(NodeId::new(bad).is_err(), "{bad:?}");
-        }
-        assert!(Region::new("eu-west-1").is_ok());
-        let n: Result<NodeId, _> = serde_json::from_str("\"a:b\"");
-        assert!(n.is_err());
-    }
 
     #[test]
     fn key_names_use_the_prefix() {

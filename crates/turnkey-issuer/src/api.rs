@@ -71,7 +71,7 @@ async fn generate(
         Shape::Object => request.custom_identifier.as_deref(),
         Shape::Array => None,
     };
-    let issued = issue(&state, &key, ttl, custom, shape, region.as_deref()).await?;
+    let issued = issue(&state, &key, ttl, custom, shape, region.as_ref()).await?;
     Ok(credential_response(StatusCode::CREATED, issued))
 }
 

@@ -113,7 +113,7 @@ async fn serve(state: &IssuerState, req: Request, with_body: bool, shape: Shape)
     let key_id = s.app_key().ok_or(ApiError::NotConfigured)?;
     let key = s.keys.get(&key_id).ok_or(ApiError::NotConfigured)?;
     let ttl = request.ttl(s.config.default_ttl, max_ttl(state, &key))?;
-    let issued = issue(state, &key, ttl, None, shape, region.as_deref()).await?;
+    let issued = issue(state, &key, ttl, None, shape, region.as_ref()).await?;
     Ok(credential_response(StatusCode::OK, issued))
 }
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::ratelimit::Verdict;
-use turnkey_types::{Transport, TurnUrl, UrlKind};
+use turnkey_types::{NodeId, Region, Transport, TurnUrl, UrlKind};
 
 /// A boxed future, so the traits below stay object safe.
 pub type FleetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -27,7 +27,7 @@ pub type FleetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandoutRelay {
     /// Its node id.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Its advertised `turn:`/`turns:` URLs (UDP first, then TCP, then TLS).
     pub urls: Vec<String>,
 }
@@ -36,9 +36,9 @@ pub struct HandoutRelay {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FleetRelay {
     /// Its node id.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Its region, if any.
-    pub region: Option<String>,
+    pub region: Option<Region>,
     /// Its advertised URLs.
     pub urls: Vec<String>,
     /// Live allocations.
@@ -63,9 +63,9 @@ pub struct FleetRelay {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FleetListing {
     /// This issuer's node id.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// This issuer's region, if any.
-    pub region: Option<String>,
+    pub region: Option<Region>,
     /// Whether the shared store answered the last call.
     pub redis_up: bool,
     /// Whether the listing is the last one read before the shared store became unreachable.
@@ -79,7 +79,7 @@ pub struct FleetListing {
 pub trait RelayDirectory: Send + Sync + 'static {
     /// Up to `count` relays for one answer, best first; `region` is the request's, `None` for
     /// the issuer's own. Empty when no relay is healthy (or the copy is too old).
-    fn choose(&self, region: Option<&str>, count: usize) -> Vec<HandoutRelay>;
+    fn choose(&self, region: Option<&Region>, count: usize) -> Vec<HandoutRelay>;
 
     /// Every relay the registry lists, with health and load.
     fn listing(&self) -> FleetListing;
@@ -98,21 +98,19 @@ pub trait FleetState: Send + Sync + 'static {
 
 /// `?region=` of a credential request: absent, or 1-64 characters of `A-Z a-z 0-9 . _ -`
 /// (given more than once, every value must agree); anything else is a 400.
-pub(crate) fn requested_region(query: Option<&str>) -> Result<Option<String>, ApiError> {
+pub(crate) fn requested_region(query: Option<&str>) -> Result<Option<Region>, ApiError> {
     const MSG: &str = "region must be 1-64 characters of A-Z a-z 0-9 . _ -";
-    let mut region: Option<String> = None;
+    let mut region: Option<Region> = None;
     for pair in query.unwrap_or("").split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "region" {
             continue;
         }
-        let ok = !value.is_empty()
-            && value.len() <= 64
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !ok || region.as_deref().is_some_and(|r| r != value) {
+        let value = Region::new(value).map_err(|_| ApiError::BadRequest(MSG))?;
+        if region.as_ref().is_some_and(|r| *r != value) {
             return Err(ApiError::BadRequest(MSG));
         }
-        region = Some(value.to_owned());
+        region = Some(value);
     }
     Ok(region)
 }
@@ -132,8 +130,8 @@ mod tests {
     fn region_parameter() {
         assert_eq!(requested_region(None).unwrap(), None);
         assert_eq!(requested_region(Some("shape=array")).unwrap(), None);
-        assert_eq!(requested_region(Some("region=eu-west.1")).unwrap().as_deref(), Some("eu-west.1"));
-        assert_eq!(requested_region(Some("region=eu&region=eu")).unwrap().as_deref(), Some("eu"));
+        assert_eq!(requested_region(Some("region=eu-west.1")).unwrap().as_ref().map(Region::as_str), Some("eu-west.1"));
+        assert_eq!(requested_region(Some("region=eu&region=eu")).unwrap().as_ref().map(Region::as_str), Some("eu"));
         for bad in ["region=", "region", "region=e%20u", "region=eu&region=us", "region=a:b"] {
             assert!(requested_region(Some(bad)).is_err(), "{bad}");
         }

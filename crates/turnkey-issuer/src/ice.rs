@@ -209,7 +209,7 @@ mod tests {
     fn fleet_relays_in_one_turn_entry() {
         use crate::fleet::HandoutRelay;
         let r = |id: &str, host: &str| HandoutRelay {
-            node_id: id.into(),
+            node_id: turnkey_types::NodeId::new(id).unwrap(),
             urls: vec![format!("turn:{host}:3478?transport=udp"), format!("turns:{host}:5349?transport=tcp")],
         };
         let a = Advertised::from_relays(&[r("a", "10.0.0.1"), r("b", "10.0.0.2")]);

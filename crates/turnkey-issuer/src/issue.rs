@@ -18,6 +18,7 @@ use crate::error::{ApiError, UpstreamFailure};
 use crate::ice::{self, Advertised, IceServer, Shape};
 use crate::keys::KeyInfo;
 use crate::state::IssuerState;
+use turnkey_types::Region;
 
 /// The servers to answer with, in the requested shape.
 #[derive(Debug)]
@@ -51,7 +52,7 @@ pub(crate) async fn issue(
     ttl: u64,
     custom: Option<&str>,
     shape: Shape,
-    region: Option<&str>,
+    region: Option<&Region>,
 ) -> Result<Issued, ApiError> {
     let s = &state.inner;
     let now = state.now();

@@ -12,4 +12,12 @@ pub enum TypeError {
     /// Not a key id.
     #[error("invalid key id {0:?}: 1-64 characters of A-Z a-z 0-9 . _ -")]
     KeyId(String),
+    /// Not a node id or region.
+    #[error("invalid {what} {value:?}: 1-64 characters of A-Z a-z 0-9 . _ -")]
+    Name {
+        /// `node id` or `region`.
+        what: &'static str,
+        /// The refused text.
+        value: String,
+    },
 }

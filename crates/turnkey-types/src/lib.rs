@@ -1,15 +1,18 @@
 //! # turnkey-types: the vocabulary every turnkey crate shares
 //!
 //! A leaf crate (serde and thiserror only): the client [`Transport`], TURN/STUN URLs
-//! ([`TurnUrl`], with IPv6 bracketing written once) and the TURN key id rule ([`KeyId`]), each
+//! ([`TurnUrl`], with IPv6 bracketing written once) and the TURN key id rule ([`KeyId`]),
+//! fleet member names ([`NodeId`], [`Region`]), each
 //! parsed where it is read (`FromStr`, serde) so no caller validates a second time.
 
 mod error;
 mod key_id;
+mod name;
 mod transport;
 mod url;
 
 pub use error::TypeError;
 pub use key_id::KeyId;
+pub use name::{NodeId, Region, MAX_NAME_LEN};
 pub use transport::Transport;
 pub use url::{bracketed, TurnUrl, UrlKind};

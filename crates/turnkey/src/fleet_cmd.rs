@@ -77,7 +77,7 @@ async fn from_redis(r: &RedisArgs) -> anyhow::Result<Value> {
     let snap = fleet.healthy_relays().await?;
     let stale = u64::try_from(fleet.config().stale_after().as_millis()).unwrap_or(u64::MAX);
     let listing = FleetListing {
-        node_id: "turnkey-cli".to_owned(),
+        node_id: NodeId::new("turnkey-cli")?,
         region: None,
         redis_up: true,
         cached: false,

@@ -160,10 +160,9 @@ fn aged(snap: &RelaySnapshot, elapsed: Duration, stale_after_ms: u64, max_stale_
 }
 
 impl RelayDirectory for Directory {
-    fn choose(&self, region: Option<&str>, count: usize) -> Vec<HandoutRelay> {
+    fn choose(&self, region: Option<&Region>, count: usize) -> Vec<HandoutRelay> {
         let ((relays, stale, _), snap) = self.relays_and_snapshot();
-        let asked = region.and_then(|r| Region::new(r).ok());
-        let region = asked.as_ref().or(self.region.as_ref());
+        let region = region.or(self.region.as_ref());
         let seed = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
         // Every relay named counts as one allocation to come (browsers allocate on each TURN
         // server of an answer) until its next heartbeat shows what really happened.
@@ -181,8 +180,8 @@ impl RelayDirectory for Directory {
         let (relays, stale, cached) = self.relays_now();
         let cfg = self.fleet.config();
         FleetListing {
-            node_id: cfg.node_id.to_string(),
-            region: cfg.region.as_ref().map(ToString::to_string),
+            node_id: cfg.node_id.clone(),
+            region: cfg.region.clone(),
             redis_up: self.fleet.is_up(),
             cached,
             relays: relays.iter().map(|r| fleet_relay(r, stale)).collect(),
@@ -193,14 +192,14 @@ impl RelayDirectory for Directory {
 fn handout_relay(r: &Relay) -> HandoutRelay {
     let mut urls: Vec<_> = r.beat.urls.iter().collect();
     urls.sort_by_key(|u| u.transport);
-    HandoutRelay { node_id: r.node_id.to_string(), urls: urls.into_iter().map(|u| u.url.clone()).collect() }
+    HandoutRelay { node_id: r.node_id.clone(), urls: urls.into_iter().map(|u| u.url.clone()).collect() }
 }
 
 pub(crate) fn fleet_relay(r: &Relay, stale_after_ms: u64) -> FleetRelay {
     let load = r.beat.load();
     FleetRelay {
-        node_id: r.node_id.to_string(),
-        region: r.beat.region.as_ref().map(ToString::to_string),
+        node_id: r.node_id.clone(),
+        region: r.beat.region.clone(),
         urls: handout_relay(r).urls,
         allocations: r.beat.allocations,
         allocation_capacity: r.beat.allocation_capacity,

@@ -12,6 +12,8 @@ use turnkey_issuer::{
     RelayDirectory, Verdict,
 };
 
+use turnkey_types::{NodeId, Region};
+
 use crate::harness::{Issuer, T0};
 
 /// A directory whose relays the test sets; records what it was asked.
@@ -22,8 +24,8 @@ struct Directory {
 }
 
 impl RelayDirectory for Directory {
-    fn choose(&self, region: Option<&str>, count: usize) -> Vec<HandoutRelay> {
-        self.asked.lock().unwrap().push((region.map(str::to_owned), count));
+    fn choose(&self, region: Option<&Region>, count: usize) -> Vec<HandoutRelay> {
+        self.asked.lock().unwrap().push((region.map(ToString::to_string), count));
         self.relays.lock().unwrap().iter().take(count).cloned().collect()
     }
 
@@ -47,7 +49,8 @@ impl RelayDirectory for Directory {
                 healthy: true,
             })
             .collect();
-        FleetListing { node_id: "issuer-a".into(), region: Some("eu".into()), redis_up: true, cached: false, relays }
+        let (node_id, region) = (NodeId::new("issuer-a").unwrap(), Some(Region::new("eu").unwrap()));
+        FleetListing { node_id, region, redis_up: true, cached: false, relays }
     }
 }
 
@@ -84,7 +87,7 @@ impl FleetState for State {
 
 fn relay(id: &str, port: u16) -> HandoutRelay {
     HandoutRelay {
-        node_id: id.into(),
+        node_id: NodeId::new(id).unwrap(),
         urls: vec![format!("turn:10.0.0.{port}:3478?transport=udp"), format!("turn:10.0.0.{port}:3478?transport=tcp")],
     }
 }

@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use turnkey_fleet::{FleetConfig, NodeId, Region, DEFAULT_PREFIX};
+use turnkey_fleet::{FleetConfig, DEFAULT_PREFIX};
+use turnkey_types::{NodeId, Region};
 
 /// `[fleet]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
