@@ -36,6 +36,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use turnkey_types::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 
 use crate::error::Error;
 use crate::ice::Shape;
@@ -43,6 +44,8 @@ use crate::origin::check_allowed_origin;
 
 /// The largest TTL the Cloudflare API accepts (48 h); `max_ttl` may be lower, never higher.
 pub const ABSOLUTE_MAX_TTL: u64 = 172_800;
+/// The TTL of credentials when nothing names one (24 h): `default_ttl`, `turnkey creds --ttl`.
+pub const DEFAULT_TTL: u64 = 86_400;
 
 /// The issuer's configuration (`[issuer]` in the binary's TOML file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,7 +84,7 @@ impl Default for IssuerConfig {
         Self {
             public_host: "localhost".to_owned(),
             advertise: AdvertiseConfig::default(),
-            default_ttl: 86_400,
+            default_ttl: DEFAULT_TTL,
             max_ttl: ABSOLUTE_MAX_TTL,
             max_body_bytes: 16 * 1024,
             max_revocations: 100_000,
@@ -130,10 +133,10 @@ pub struct AdvertiseConfig {
 impl Default for AdvertiseConfig {
     fn default() -> Self {
         Self {
-            stun: vec![Endpoint::port(3478)],
-            turn_udp: vec![Endpoint::port(3478)],
-            turn_tcp: vec![Endpoint::port(3478)],
-            turns_tls: vec![Endpoint::port(5349)],
+            stun: vec![Endpoint::port(DEFAULT_PORT)],
+            turn_udp: vec![Endpoint::port(DEFAULT_PORT)],
+            turn_tcp: vec![Endpoint::port(DEFAULT_PORT)],
+            turns_tls: vec![Endpoint::port(DEFAULT_TLS_PORT)],
         }
     }
 }

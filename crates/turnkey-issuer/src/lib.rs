@@ -57,7 +57,7 @@ pub use body::CredentialRequest;
 pub use cli::{keys_create, keys_delete, keys_list};
 pub use config::{
     AdvertiseConfig, AppConfig, AppShapes, Endpoint, IssuerConfig, RateLimitConfig, UpstreamConfig, UpstreamMode,
-    ABSOLUTE_MAX_TTL,
+    ABSOLUTE_MAX_TTL, DEFAULT_TTL,
 };
 pub use error::{ApiError, Error, UpstreamFailure};
 pub use fleet::{FleetFuture, FleetListing, FleetRelay, FleetState, HandoutRelay, RelayDirectory};

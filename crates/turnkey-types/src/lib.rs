@@ -15,4 +15,4 @@ pub use error::TypeError;
 pub use key_id::KeyId;
 pub use name::{NodeId, Region, MAX_NAME_LEN};
 pub use transport::Transport;
-pub use url::{bracketed, TurnUrl, UrlKind};
+pub use url::{bracketed, TurnUrl, UrlKind, DEFAULT_PORT, DEFAULT_TLS_PORT};

@@ -9,6 +9,11 @@ use std::str::FromStr;
 
 use crate::{Transport, TypeError};
 
+/// The default STUN/TURN port (`stun:`, `turn:`; RFC 8489, RFC 8656).
+pub const DEFAULT_PORT: u16 = 3478;
+/// The default TURN-over-TLS port (`turns:`).
+pub const DEFAULT_TLS_PORT: u16 = 5349;
+
 /// What a URL is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UrlKind {
@@ -110,7 +115,7 @@ impl FromStr for TurnUrl {
             ("turns", None | Some("tcp")) => UrlKind::Turn(Transport::Tls),
             _ => return Err(bad()),
         };
-        let default_port = if kind == UrlKind::Turn(Transport::Tls) { 5349 } else { 3478 };
+        let default_port = if kind == UrlKind::Turn(Transport::Tls) { DEFAULT_TLS_PORT } else { DEFAULT_PORT };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(bad)?;
             host.parse::<Ipv6Addr>().map_err(|_| bad())?;

@@ -42,8 +42,9 @@ pub fn lines(b: &Bound<'_>) -> Vec<String> {
 
 /// The `curl` line that mints ICE servers from the issuer at `base` (`http://host:port`).
 pub fn issuer_hint(base: &str, token: &str, key_id: &str) -> String {
+    let ttl = turnkey_issuer::DEFAULT_TTL;
     format!(
-        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": 86400}}' {base}/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
+        "curl -X POST -H \"Authorization: Bearer {token}\" -H 'Content-Type: application/json' -d '{{\"ttl\": {ttl}}}' {base}/v1/turn/keys/{key_id}/credentials/generate-ice-servers"
     )
 }
 

@@ -58,7 +58,7 @@ pub struct IssuerArgs {
 #[derive(Debug, Args, Clone)]
 pub struct KeysArgs {
     /// Data directory holding `keys/`.
-    #[arg(long, env = "TURNKEY_DATA_DIR", default_value = "./turnkey-data", global = true)]
+    #[arg(long, env = "TURNKEY_DATA_DIR", default_value = crate::datadir::DEFAULT_DATA_DIR, global = true)]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -462,7 +462,7 @@ pub struct CredsArgs {
     #[arg(long)]
     pub user: String,
     /// Validity in seconds.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, default_value_t = turnkey_issuer::DEFAULT_TTL)]
     pub ttl: u64,
 }
 

@@ -22,11 +22,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use turnkey_issuer::IssuerConfig;
+use turnkey_issuer::{HttpLimits, IssuerConfig};
 use turnkey_relay::conn::StreamLimits;
 use turnkey_relay::engine::EngineSettings;
 use turnkey_relay::policy::PeerRule;
 use turnkey_relay::settings::{in_range, nonzero_secs};
+use turnkey_types::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 use turnkey_usage::UsageConfig;
 
 pub use fleet::FleetSettings;
@@ -83,7 +84,7 @@ pub struct Node {
 impl Default for Node {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("./turnkey-data"),
+            data_dir: PathBuf::from(crate::datadir::DEFAULT_DATA_DIR),
             realm: Realm::default(),
             secrets: Secrets::default(),
             secret_file: None,
@@ -142,9 +143,9 @@ pub struct RelaySettings {
 impl Default for RelaySettings {
     fn default() -> Self {
         Self {
-            udp: ListenList::any(3478),
-            tcp: ListenList::any(3478),
-            tls: ListenList::any(5349),
+            udp: ListenList::any(DEFAULT_PORT),
+            tcp: ListenList::any(DEFAULT_PORT),
+            tls: ListenList::any(DEFAULT_TLS_PORT),
             tls_cert: None,
             tls_key: None,
             relay_ip: IpPair::default(),
@@ -193,12 +194,14 @@ pub struct HttpLimitsSettings {
 }
 
 impl Default for HttpLimitsSettings {
+    /// The issuer's [`HttpLimits`] defaults; the connection cap sized from the open-file limit.
     fn default() -> Self {
+        let d = HttpLimits::default();
         Self {
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            header_timeout: d.header_timeout,
+            idle_timeout: d.idle_timeout,
             max_connections: ConnCap::Auto,
-            max_connections_per_ip: 64,
+            max_connections_per_ip: d.max_connections_per_ip,
         }
     }
 }
