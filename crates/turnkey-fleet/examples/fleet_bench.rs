@@ -78,7 +78,7 @@ async fn main() {
     let ops: usize = std::env::args().nth(1).map(|s| s.parse().expect("ops")).unwrap_or(20_000).min(1_000_000);
     let mut redis = RedisServer::start(RedisOptions::default()).expect("redis-server is installed");
     let url = redis.url();
-    let mut cfg = FleetConfig::new(url.clone(), NodeId::new("bench-relay").unwrap());
+    let mut cfg = FleetConfig::new(url.parse().unwrap(), NodeId::new("bench-relay").unwrap());
     cfg.op_timeout = Duration::from_secs(5);
     let fleet = Fleet::connect(cfg, FleetMetrics::unregistered()).await.unwrap();
     assert!(fleet.wait_up(Duration::from_secs(5)).await);

@@ -79,21 +79,20 @@ impl Drop for Inner {
 }
 
 impl Fleet {
-    /// Validates `cfg`, connects to Redis and starts the health check. Must be called within a
+    /// Connects to Redis and starts the health check. Must be called within a
     /// tokio runtime, which then runs the connection and the background tasks.
     ///
     /// A Redis that is down at start is not an error: the handle starts in the down state
     /// (calls fail fast with [`FleetError::Unavailable`]) and connects when Redis appears.
     pub async fn connect(cfg: FleetConfig, metrics: FleetMetrics) -> Result<Fleet, FleetError> {
-        cfg.validate()?;
-        let target = RedisTarget::new(&cfg.url, cfg.ca_file.as_deref())?;
+        let target = RedisTarget::new(cfg.url.as_str(), cfg.ca_file.as_deref())?;
         let mut inc = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut inc);
         let incarnation = inc.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let usage = UsageBuffer::new(cfg.usage_buffer_entries);
         metrics.redis_up.set(0);
         let inner = Arc::new(Inner {
-            names: Names::new(&cfg.prefix),
+            names: Names::new(cfg.prefix.as_str()),
             metrics,
             incarnation,
             target,
@@ -112,7 +111,7 @@ impl Fleet {
         });
         inner.check_health().await;
         if !inner.up.load(Ordering::Acquire) {
-            tracing::warn!(url = %redact_url(&inner.cfg.url), "fleet: redis not reachable at start; retrying in the background");
+            tracing::warn!(url = %redact_url(inner.cfg.url.as_str()), "fleet: redis not reachable at start; retrying in the background");
         }
         let weak = Arc::downgrade(&inner);
         let task = tokio::spawn(health_loop(weak, inner.recheck.clone()));
@@ -356,9 +355,9 @@ impl Inner {
             self.metrics.redis_up.set(1);
             if self.ever_up.swap(true, Ordering::AcqRel) {
                 self.metrics.reconnects.inc();
-                tracing::info!(url = %redact_url(&self.cfg.url), "fleet: redis reachable again");
+                tracing::info!(url = %redact_url(self.cfg.url.as_str()), "fleet: redis reachable again");
             } else {
-                tracing::info!(url = %redact_url(&self.cfg.url), "fleet: connected to redis");
+                tracing::info!(url = %redact_url(self.cfg.url.as_str()), "fleet: connected to redis");
             }
             self.epoch.send_modify(|e| *e += 1);
         }

@@ -1,12 +1,122 @@
-//! [`FleetConfig`]: how to reach Redis and who this process is in the fleet.
+//! [`FleetConfig`]: how to reach Redis and who this process is in the fleet. Its operator-facing
+//! values are types checked when parsed ([`RedisUrl`], [`KeyPrefix`], `NodeId`, `Region`), so a
+//! `FleetConfig` is valid by construction; the timings are set by code (tests shorten them).
 
 use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::names::{NodeId, Region, DEFAULT_PREFIX};
 use crate::target::{is_sentinel_url, SentinelUrl};
 use crate::FleetError;
+
+/// A Redis URL, checked when it is parsed or deserialized: `redis://`, `rediss://` (as redis-rs
+/// reads them), or a Sentinel-monitored primary, `redis+sentinel://` / `rediss+sentinel://`
+/// ([`SentinelUrl`]). Its `Debug` and errors hide the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL (with its password: never log it, log [`redact_url`] of it).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the connection is TLS (`rediss://`, `rediss+sentinel://`).
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("rediss://") || self.0.starts_with("rediss+sentinel://")
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = FleetError;
+
+    fn from_str(url: &str) -> Result<Self, FleetError> {
+        let why = if is_sentinel_url(url) {
+            SentinelUrl::parse(url).err()
+        } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            Some("must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://".to_owned())
+        } else {
+            redis::IntoConnectionInfo::into_connection_info(url).err().map(|e| format!("does not parse: {e}"))
+        };
+        match why {
+            None => Ok(Self(url.to_owned())),
+            Some(why) => Err(FleetError::Config(vec![format!("redis url {:?}: {why}", redact_url(url))])),
+        }
+    }
+}
+
+impl TryFrom<String> for RedisUrl {
+    type Error = FleetError;
+    fn try_from(s: String) -> Result<Self, FleetError> {
+        s.parse()
+    }
+}
+
+impl From<RedisUrl> for String {
+    fn from(u: RedisUrl) -> String {
+        u.0
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+/// The prefix of every Redis key and channel: 1-64 printable characters without spaces or the
+/// glob characters `* ? [ ]` (key scans use it as a pattern); checked when parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// The prefix.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for KeyPrefix {
+    fn default() -> Self {
+        Self(DEFAULT_PREFIX.to_owned())
+    }
+}
+
+impl FromStr for KeyPrefix {
+    type Err = FleetError;
+
+    fn from_str(s: &str) -> Result<Self, FleetError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'*' | b'?' | b'[' | b']'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(FleetError::Config(vec![format!(
+                "redis prefix {s:?} must be 1-64 printable characters without spaces or * ? [ ]"
+            )]))
+        }
+    }
+}
+
+impl TryFrom<String> for KeyPrefix {
+    type Error = FleetError;
+    fn try_from(s: String) -> Result<Self, FleetError> {
+        s.parse()
+    }
+}
+
+impl From<KeyPrefix> for String {
+    fn from(p: KeyPrefix) -> String {
+        p.0
+    }
+}
 
 /// The fleet settings of one process (a relay, an issuer, or both).
 #[derive(Clone)]
@@ -14,9 +124,9 @@ pub struct FleetConfig {
     /// `redis://[:password@]host[:port][/db]` or `rediss://...` (TLS), or a Sentinel-monitored
     /// primary: `redis+sentinel://[:password@]host1:26379,host2:26379/mymaster[/db]`
     /// (`rediss+sentinel://` for TLS). Never logged: its `Debug` hides the password.
-    pub url: String,
+    pub url: RedisUrl,
     /// Every key and channel starts with this (default `turnkey:`).
-    pub prefix: String,
+    pub prefix: KeyPrefix,
     /// This process's node id (relays: the name in the registry; also scopes quota counts and
     /// usage sequence numbers).
     pub node_id: NodeId,
@@ -41,7 +151,7 @@ pub struct FleetConfig {
 impl fmt::Debug for FleetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.url)
             .field("prefix", &self.prefix)
             .field("node_id", &self.node_id)
             .field("region", &self.region)
@@ -64,10 +174,10 @@ pub fn redact_url(url: &str) -> String {
 
 impl FleetConfig {
     /// Defaults around a URL and a node id.
-    pub fn new(url: impl Into<String>, node_id: NodeId) -> Self {
+    pub fn new(url: RedisUrl, node_id: NodeId) -> Self {
         Self {
-            url: url.into(),
-            prefix: DEFAULT_PREFIX.to_owned(),
+            url,
+            prefix: KeyPrefix::default(),
             node_id,
             region: None,
             ca_file: None,
@@ -82,90 +192,46 @@ impl FleetConfig {
     pub fn stale_after(&self) -> Duration {
         self.beat_interval * 3
     }
-
-    /// Checks every setting and reports all problems at once.
-    pub fn validate(&self) -> Result<(), FleetError> {
-        let mut errs = Vec::new();
-        let scheme_ok = self.url.starts_with("redis://") || self.url.starts_with("rediss://");
-        if is_sentinel_url(&self.url) {
-            if let Err(e) = SentinelUrl::parse(&self.url) {
-                errs.push(format!("redis url {:?}: {e}", redact_url(&self.url)));
-            }
-        } else if !scheme_ok {
-            errs.push(format!(
-                "redis url {:?} must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://",
-                redact_url(&self.url)
-            ));
-        } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.url.as_str()) {
-            errs.push(format!("redis url {:?} does not parse: {e}", redact_url(&self.url)));
-        }
-        let tls = self.url.starts_with("rediss://") || self.url.starts_with("rediss+sentinel://");
-        if self.ca_file.is_some() && !tls {
-            errs.push("a redis CA file needs a rediss:// or rediss+sentinel:// url".to_owned());
-        }
-        let prefix_ok = !self.prefix.is_empty()
-            && self.prefix.len() <= 64
-            && self.prefix.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'*' | b'?' | b'[' | b']'));
-        if !prefix_ok {
-            errs.push(format!(
-                "redis prefix {:?} must be 1-64 printable characters without spaces or * ? [ ]",
-                self.prefix
-            ));
-        }
-        if self.beat_interval < Duration::from_millis(100) || self.beat_interval > Duration::from_secs(60) {
-            errs.push(format!("heartbeat interval {:?} must be within 100 ms..60 s", self.beat_interval));
-        }
-        if self.op_timeout < Duration::from_millis(10) || self.op_timeout > Duration::from_secs(30) {
-            errs.push(format!("redis operation timeout {:?} must be within 10 ms..30 s", self.op_timeout));
-        }
-        if self.health_interval < Duration::from_millis(50) || self.health_interval > Duration::from_secs(60) {
-            errs.push(format!("redis health interval {:?} must be within 50 ms..60 s", self.health_interval));
-        }
-        if self.usage_buffer_entries == 0 {
-            errs.push("usage buffer must hold at least one entry".to_owned());
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(FleetError::Config(errs))
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cfg(url: &str) -> FleetConfig {
-        FleetConfig::new(url, NodeId::new("n1").unwrap())
-    }
-
     #[test]
     fn accepts_redis_and_rediss_urls() {
-        cfg("redis://127.0.0.1:6379").validate().unwrap();
-        cfg("redis://:secret@127.0.0.1:6379/2").validate().unwrap();
-        cfg("rediss://user:secret@redis.example:6380").validate().unwrap();
-        cfg("redis+sentinel://host1:26379,host2:26379/mymaster").validate().unwrap();
-        cfg("rediss+sentinel://:secret@host1,[::1]:26380/mymaster/2").validate().unwrap();
-        let bad = cfg("redis+sentinel://:secret@host1:26379").validate().unwrap_err().to_string();
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://:secret@127.0.0.1:6379/2",
+            "rediss://user:secret@redis.example:6380",
+            "redis+sentinel://host1:26379,host2:26379/mymaster",
+            "rediss+sentinel://:secret@host1,[::1]:26380/mymaster/2",
+        ] {
+            assert_eq!(ok.parse::<RedisUrl>().unwrap().as_str(), ok);
+        }
+        let bad = "redis+sentinel://:secret@host1:26379".parse::<RedisUrl>().unwrap_err().to_string();
         assert!(bad.contains("primary") && !bad.contains("secret"), "{bad}");
+        let bad = "http://:secret@x".parse::<RedisUrl>().unwrap_err().to_string();
+        assert!(bad.contains("redis://") && !bad.contains("secret"), "{bad}");
+        assert!(serde_json::from_str::<RedisUrl>("\"redis://\"").is_err(), "deserializing parses");
+        assert!(
+            "rediss://h".parse::<RedisUrl>().unwrap().is_tls() && !"redis://h".parse::<RedisUrl>().unwrap().is_tls()
+        );
     }
 
     #[test]
-    fn reports_every_problem_at_once() {
-        let mut c = cfg("http://x");
-        c.prefix = String::new();
-        c.beat_interval = Duration::from_millis(1);
-        c.usage_buffer_entries = 0;
-        let msg = c.validate().unwrap_err().to_string();
-        for part in ["redis://", "prefix", "heartbeat", "usage buffer"] {
-            assert!(msg.contains(part), "{part} missing from {msg}");
+    fn prefixes_are_checked_when_parsed() {
+        assert_eq!(KeyPrefix::default().as_str(), DEFAULT_PREFIX);
+        assert_eq!("tk:".parse::<KeyPrefix>().unwrap().as_str(), "tk:");
+        for bad in ["", "a b", "a*", "x?", "[y]", &"p".repeat(65)] {
+            assert!(bad.parse::<KeyPrefix>().is_err(), "{bad:?}");
         }
+        assert!(serde_json::from_str::<KeyPrefix>("\"a*\"").is_err());
     }
 
     #[test]
     fn debug_hides_the_password() {
-        let c = cfg("redis://:hunter2@127.0.0.1:6379");
+        let c = FleetConfig::new("redis://:hunter2@127.0.0.1:6379".parse().unwrap(), NodeId::new("n1").unwrap());
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("redis://***@127.0.0.1:6379"), "{s}");

@@ -48,7 +48,7 @@ mod usage;
 
 pub use changes::{Change, RelayChange, RelayChangeEvent};
 pub use client::Fleet;
-pub use config::{redact_url, FleetConfig};
+pub use config::{redact_url, FleetConfig, KeyPrefix, RedisUrl};
 pub use error::FleetError;
 pub use metrics::FleetMetrics;
 pub use names::{NodeId, Region, DEFAULT_PREFIX};

@@ -19,7 +19,7 @@ use turnkey_fleet::{
 const BEAT: Duration = Duration::from_millis(200);
 
 fn cfg(server: &RedisServer, node: &str) -> FleetConfig {
-    let mut c = FleetConfig::new(server.url(), NodeId::new(node).unwrap());
+    let mut c = FleetConfig::new(server.url().parse().unwrap(), NodeId::new(node).unwrap());
     c.beat_interval = BEAT;
     c.op_timeout = Duration::from_millis(300);
     c.health_interval = Duration::from_millis(100);
@@ -491,7 +491,7 @@ async fn password_and_tls() {
     let ok = join(&redis, "r1").await;
     ok.heartbeat(&beat(None, 0, false)).await.unwrap();
     let mut wrong = cfg(&redis, "r2");
-    wrong.url = redis.url().replace("s3cret-pw", "wrong");
+    wrong.url = redis.url().replace("s3cret-pw", "wrong").parse().unwrap();
     let f = Fleet::connect(wrong, FleetMetrics::unregistered()).await.unwrap();
     assert!(!f.is_up(), "a wrong password never counts as up");
     assert!(f.heartbeat(&beat(None, 0, false)).await.unwrap_err().is_unavailable());

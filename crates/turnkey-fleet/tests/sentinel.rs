@@ -23,7 +23,7 @@ const PERIOD: u64 = 1_700_000_000;
 
 /// Default timings (health check 1 s, operation timeout 500 ms): what a deployment runs with.
 async fn join(url: &str, node: &str) -> Fleet {
-    let c = FleetConfig::new(url, NodeId::new(node).unwrap());
+    let c = FleetConfig::new(url.parse().unwrap(), NodeId::new(node).unwrap());
     let f = Fleet::connect(c, FleetMetrics::unregistered()).await.unwrap();
     assert!(f.wait_up(Duration::from_secs(5)).await, "{node} did not reach the primary");
     f
@@ -130,7 +130,10 @@ async fn failover_is_followed_and_an_unreplicated_usage_batch_counts_once() {
 async fn a_sentinel_url_with_no_reachable_sentinel_starts_degraded() {
     let port = turnkey_e2e::fixed_port();
     let f = Fleet::connect(
-        FleetConfig::new(format!("redis+sentinel://127.0.0.1:{port}/mymaster"), NodeId::new("n").unwrap()),
+        FleetConfig::new(
+            format!("redis+sentinel://127.0.0.1:{port}/mymaster").parse().unwrap(),
+            NodeId::new("n").unwrap(),
+        ),
         FleetMetrics::unregistered(),
     )
     .await
@@ -144,9 +147,12 @@ async fn a_primary_without_a_good_replica_refuses_writes_as_an_outage() {
     // `min-replicas-to-write 1` with no replica: Redis answers NOREPLICAS; the handle treats it
     // as "Redis cannot take this now" (the caller keeps its state and retries), not as a bug.
     let Some(redis) = RedisServer::start(RedisOptions::default()) else { return };
-    let f = Fleet::connect(FleetConfig::new(redis.url(), NodeId::new("n").unwrap()), FleetMetrics::unregistered())
-        .await
-        .unwrap();
+    let f = Fleet::connect(
+        FleetConfig::new(redis.url().parse().unwrap(), NodeId::new("n").unwrap()),
+        FleetMetrics::unregistered(),
+    )
+    .await
+    .unwrap();
     assert!(f.wait_up(Duration::from_secs(5)).await);
     redis.cli(&["CONFIG", "SET", "min-replicas-to-write", "1"]).unwrap();
     let e = f.revoke("1:x", 4_000_000_000).await.unwrap_err();
@@ -180,14 +186,16 @@ async fn a_failover_over_tls_is_followed() {
     };
     let url = set.url();
     assert!(url.starts_with("rediss+sentinel://"), "{url}");
-    let mut c = FleetConfig::new(url.clone(), NodeId::new("tls-relay").unwrap());
+    let mut c = FleetConfig::new(url.parse().unwrap(), NodeId::new("tls-relay").unwrap());
     c.ca_file = set.ca_file();
     let f = Fleet::connect(c, FleetMetrics::unregistered()).await.unwrap();
     assert!(f.wait_up(Duration::from_secs(5)).await, "connected over TLS through the sentinels");
     f.revoke("1:before", 4_000_000_000).await.unwrap();
     // Without the CA nothing is trusted.
     let untrusted =
-        Fleet::connect(FleetConfig::new(url, NodeId::new("n").unwrap()), FleetMetrics::unregistered()).await.unwrap();
+        Fleet::connect(FleetConfig::new(url.parse().unwrap(), NodeId::new("n").unwrap()), FleetMetrics::unregistered())
+            .await
+            .unwrap();
     assert!(!untrusted.is_up());
 
     let old = set.primary_port().unwrap();

@@ -2,6 +2,11 @@
 //! in its TOML file; unknown keys are refused at every level, and every field has a default, so an
 //! empty `[issuer]` table is a valid configuration.
 //!
+//! Parsed, not validated: each value is checked while it deserializes (`turnkey_types::parse`),
+//! and the rules that span several keys (`default_ttl <= max_ttl`, an upstream's token source,
+//! ...) run once at the end of the same deserialization and report every broken rule together.
+//! A deserialized `IssuerConfig` is valid; nothing checks it again.
+//!
 //! ```toml
 //! [issuer]
 //! public_host = "turn.example.com"
@@ -35,10 +40,12 @@
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use turnkey_types::parse::{in_range, nonblank};
+use turnkey_types::KeyId;
 use turnkey_types::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 
-use crate::error::Error;
 use crate::ice::Shape;
 use crate::origin::check_allowed_origin;
 
@@ -47,24 +54,31 @@ pub const ABSOLUTE_MAX_TTL: u64 = 172_800;
 /// The TTL of credentials when nothing names one (24 h): `default_ttl`, `turnkey creds --ttl`.
 pub const DEFAULT_TTL: u64 = 86_400;
 
-/// The issuer's configuration (`[issuer]` in the binary's TOML file).
+/// The issuer's configuration (`[issuer]` in the binary's TOML file). Its `Deserialize` checks
+/// the rules across keys after the derived one checked each value (`remote = "Self"`: the derive
+/// writes inherent functions that the trait impls below wrap).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(remote = "Self", deny_unknown_fields, default)]
 pub struct IssuerConfig {
     /// Host name (or IP literal) put in the advertised URLs when an entry names no host.
+    #[serde(deserialize_with = "nonblank")]
     pub public_host: String,
     /// The listeners put in credential responses, per transport.
     pub advertise: AdvertiseConfig,
-    /// TTL in seconds when a request names none (default 86400).
+    /// TTL in seconds when a request names none (default 86400; 1 to `max_ttl`).
+    #[serde(deserialize_with = "in_range::<_, _, 1, ABSOLUTE_MAX_TTL>")]
     pub default_ttl: u64,
     /// Largest TTL a request may ask for (default and upper bound 172800). A key's own
     /// `max_ttl` may lower it further.
+    #[serde(deserialize_with = "in_range::<_, _, 1, ABSOLUTE_MAX_TTL>")]
     pub max_ttl: u64,
     /// Largest accepted request body in bytes (default 16384); larger bodies get 413.
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u32::MAX as u64 }>")]
     pub max_body_bytes: usize,
     /// Most revocations kept at once (default 100000); beyond it revoke answers 503.
     pub max_revocations: usize,
-    /// Fleet mode: relays per answer (default 2, so ICE has a second relay if one fails).
+    /// Fleet mode: relays per answer (default 2, so ICE has a second relay if one fails; 1 to 16).
+    #[serde(deserialize_with = "in_range::<_, _, 1, 16>")]
     pub relays_per_answer: usize,
     /// Fleet mode: seconds the last relay listing is still handed out while Redis is
     /// unreachable (default 30); after that the issuer falls back (upstream, else 503).
@@ -77,6 +91,55 @@ pub struct IssuerConfig {
     /// key's live sessions (`/v1/sessions`). Absent: only `turnkey keys create --admin` keys do.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+impl Serialize for IssuerConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        IssuerConfig::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for IssuerConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let c = IssuerConfig::deserialize(d)?;
+        match c.broken_rules().as_slice() {
+            [] => Ok(c),
+            broken => Err(D::Error::custom(broken.join("; "))),
+        }
+    }
+}
+
+impl IssuerConfig {
+    /// The rules that span several keys, each broken one described (every value on its own
+    /// was checked while it deserialized).
+    fn broken_rules(&self) -> Vec<String> {
+        let mut broken = Vec::new();
+        if self.default_ttl > self.max_ttl {
+            broken.push(format!("default_ttl ({}) must not exceed max_ttl ({})", self.default_ttl, self.max_ttl));
+        }
+        let a = &self.advertise;
+        if a.turn_udp.is_empty() && a.turn_tcp.is_empty() && a.turns_tls.is_empty() {
+            broken.push("advertise must list at least one TURN listener".to_owned());
+        }
+        if self.app.rate_limit.requests > 0 && self.app.rate_limit.window_secs == 0 {
+            broken.push("app.rate_limit.window_secs must be positive while requests is".to_owned());
+        }
+        if let Some(u) = &self.upstream {
+            if u.key_id.is_empty() {
+                broken.push("upstream.key_id is required".to_owned());
+            }
+            if u.token_file.is_none() && u.token_env.is_none() {
+                broken.push("upstream needs token_file or token_env".to_owned());
+            }
+            if u.refresh_threshold_secs >= u.ttl {
+                broken.push(format!(
+                    "upstream.refresh_threshold_secs ({}) must be below upstream.ttl ({})",
+                    u.refresh_threshold_secs, u.ttl
+                ));
+            }
+        }
+        broken
+    }
 }
 
 impl Default for IssuerConfig {
@@ -147,10 +210,11 @@ impl Default for AdvertiseConfig {
 pub struct AppConfig {
     /// The key id these endpoints issue for. When absent the binary passes the default key
     /// (see `IssuerDeps::app_key`); with neither, the endpoints answer 503 with `fallback: true`.
-    pub key: Option<String>,
+    pub key: Option<KeyId>,
     /// Exact origins allowed to call from a browser: `https://host[:port]`, `http://...`,
     /// `chrome-extension://<id>` or `moz-extension://<uuid>` (see [`crate::check_allowed_origin`]).
     /// Requests whose `Origin` is neither listed nor the issuer's own origin are refused with 403.
+    #[serde(deserialize_with = "allowed_origins")]
     pub allowed_origins: Vec<String>,
     /// Send `Access-Control-Allow-Credentials: true` to allowed origins (never with `*`: the
     /// issuer always echoes the one exact origin).
@@ -161,6 +225,24 @@ pub struct AppConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// The `iceServers` shape each endpoint answers when the request names none with `?shape=`.
     pub shape: AppShapes,
+}
+
+/// Every origin of `allowed_origins` checked while parsing (the first bad one is named).
+fn allowed_origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for o in &list {
+        check_allowed_origin(o).map_err(|why| D::Error::custom(format!("`{o}`: {why}")))?;
+    }
+    Ok(list)
+}
+
+/// An `http://` or `https://` URL.
+fn http_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !(s.starts_with("https://") || s.starts_with("http://")) {
+        return Err(D::Error::custom(format!("`{s}` is not an http(s) URL")));
+    }
+    Ok(s)
 }
 
 /// The default answer shape per app endpoint (`[issuer.app.shape]`, keyed by method and path).
@@ -218,6 +300,7 @@ pub struct UpstreamConfig {
     /// `fallback` (default) or `merge`.
     pub mode: UpstreamMode,
     /// Base URL up to `/v1/turn` (default `https://rtc.live.cloudflare.com/v1/turn`).
+    #[serde(deserialize_with = "http_url")]
     pub base_url: String,
     /// The upstream TURN key id.
     pub key_id: String,
@@ -228,10 +311,13 @@ pub struct UpstreamConfig {
     /// TTL asked of the upstream, seconds (default 172800, the most Cloudflare grants, so one
     /// upstream credential outlives many requests' TTLs). A request asking more gets a fetch
     /// with its own TTL.
+    #[serde(deserialize_with = "in_range::<_, _, 1, ABSOLUTE_MAX_TTL>")]
     pub ttl: u64,
     /// Timeout of one upstream try (connect to last body byte), milliseconds (default 1200).
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u64::MAX }>")]
     pub timeout_ms: u64,
     /// Tries per upstream fetch, the first included (default 2).
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u32::MAX as u64 }>")]
     pub retries: u32,
     /// Backoff before the second try, milliseconds; doubled before each further try (default 300).
     /// With the defaults a hanging upstream fails a fetch after 1200 + 300 + 1200 = 2700 ms.
@@ -240,6 +326,7 @@ pub struct UpstreamConfig {
     /// (default 3600), and only for requests whose TTL it outlives.
     pub refresh_threshold_secs: u64,
     /// Consecutive failed fetches that open the circuit (default 5).
+    #[serde(deserialize_with = "in_range::<_, _, 1, { u32::MAX as u64 }>")]
     pub circuit_failure_threshold: u32,
     /// Seconds the circuit stays open, counted from when the failure that opened it was
     /// recorded, before one probe is let through (default 30).
@@ -265,70 +352,6 @@ impl Default for UpstreamConfig {
     }
 }
 
-impl IssuerConfig {
-    /// Checks the settings that serde cannot: TTL bounds, non-empty advertised lists, origins,
-    /// upstream completeness.
-    pub fn validate(&self) -> Result<(), Error> {
-        let bad = |m: &str| Err(Error::Config(m.to_owned()));
-        if self.max_ttl == 0 || self.max_ttl > ABSOLUTE_MAX_TTL {
-            return bad("max_ttl must be between 1 and 172800");
-        }
-        if self.default_ttl == 0 || self.default_ttl > self.max_ttl {
-            return bad("default_ttl must be between 1 and max_ttl");
-        }
-        if self.public_host.trim().is_empty() {
-            return bad("public_host must not be empty");
-        }
-        let a = &self.advertise;
-        if a.turn_udp.is_empty() && a.turn_tcp.is_empty() && a.turns_tls.is_empty() {
-            return bad("advertise must list at least one TURN listener");
-        }
-        if self.max_body_bytes == 0 {
-            return bad("max_body_bytes must be positive");
-        }
-        if !(1..=16).contains(&self.relays_per_answer) {
-            return bad("relays_per_answer must be between 1 and 16");
-        }
-        for o in &self.app.allowed_origins {
-            if let Err(why) = check_allowed_origin(o) {
-                return Err(Error::Config(format!("app.allowed_origins: `{o}`: {why}")));
-            }
-        }
-        if self.app.rate_limit.requests > 0 && self.app.rate_limit.window_secs == 0 {
-            return bad("app.rate_limit.window_secs must be positive");
-        }
-        if let Some(key) = &self.app.key {
-            if !crate::keys::is_valid_key_id(key) {
-                return bad("app.key must be a key id (1-64 characters of A-Z a-z 0-9 . _ -)");
-            }
-        }
-        if let Some(u) = &self.upstream {
-            if u.key_id.is_empty() {
-                return bad("upstream.key_id is required");
-            }
-            if u.token_file.is_none() && u.token_env.is_none() {
-                return bad("upstream needs token_file or token_env");
-            }
-            if !(u.base_url.starts_with("https://") || u.base_url.starts_with("http://")) {
-                return bad("upstream.base_url must be an http(s) URL");
-            }
-            if u.retries == 0 {
-                return bad("upstream.retries must be at least 1");
-            }
-            if u.timeout_ms == 0 {
-                return bad("upstream.timeout_ms must be positive");
-            }
-            if u.ttl == 0 || u.ttl > ABSOLUTE_MAX_TTL || u.refresh_threshold_secs >= u.ttl {
-                return bad("upstream.ttl must be 1..=172800 and above refresh_threshold_secs");
-            }
-            if u.circuit_failure_threshold == 0 {
-                return bad("upstream.circuit_failure_threshold must be at least 1");
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +360,6 @@ mod tests {
     fn empty_table_is_the_default_and_valid() {
         let c: IssuerConfig = toml::from_str("").unwrap();
         assert_eq!(c, IssuerConfig::default());
-        c.validate().unwrap();
         assert_eq!(c.default_ttl, 86_400);
         assert_eq!(c.app.rate_limit.requests, 10);
         assert_eq!(c.app.rate_limit.window_secs, 300);
@@ -365,7 +387,6 @@ mod tests {
             retries = 2
         "#;
         let c: IssuerConfig = toml::from_str(src).unwrap();
-        c.validate().unwrap();
         assert_eq!(c.advertise.turn_udp[1].host.as_deref(), Some("turn2.example.com"));
         assert_eq!(c.app.rate_limit.max_clients, 65_536);
         let u = c.upstream.unwrap();
@@ -392,10 +413,32 @@ mod tests {
             "[upstream]\nkey_id = \"k\"",
             "relays_per_answer = 0",
             "relays_per_answer = 17",
+            "public_host = \" \"",
+            "max_body_bytes = 0",
+            "[app]\nrate_limit = { requests = 1, window_secs = 0 }",
+            "[advertise]\nturn_udp = []\nturn_tcp = []\nturns_tls = []",
+            "[upstream]\nkey_id = \"k\"\ntoken_env = \"T\"\nbase_url = \"ftp://x\"",
+            "[upstream]\nkey_id = \"k\"\ntoken_env = \"T\"\nttl = 3600",
         ] {
-            let c: IssuerConfig = toml::from_str(src).unwrap();
-            assert!(c.validate().is_err(), "{src}");
+            assert!(toml::from_str::<IssuerConfig>(src).is_err(), "{src}");
         }
+    }
+
+    #[test]
+    fn every_broken_rule_across_keys_is_reported_at_once() {
+        let src = "max_ttl = 100\ndefault_ttl = 200\n[advertise]\nturn_udp = []\nturn_tcp = []\nturns_tls = []\n[upstream]\nttl = 60";
+        let e = toml::from_str::<IssuerConfig>(src).unwrap_err().to_string();
+        for part in [
+            "default_ttl (200) must not exceed max_ttl (100)",
+            "at least one TURN listener",
+            "key_id is required",
+            "token_file or token_env",
+            "below upstream.ttl",
+        ] {
+            assert!(e.contains(part), "{part} missing from {e}");
+        }
+        let back: IssuerConfig = toml::from_str(&toml::to_string(&IssuerConfig::default()).unwrap()).unwrap();
+        assert_eq!(back, IssuerConfig::default(), "the defaults serialize and parse back");
     }
 
     #[test]
@@ -409,7 +452,6 @@ mod tests {
             "POST /api/turn/credentials" = "array"
         "#;
         let c: IssuerConfig = toml::from_str(src).unwrap();
-        c.validate().unwrap();
         assert_eq!(c.app.shape.get_turn_credentials, Shape::Object);
         assert_eq!(c.app.shape.post_turn_credentials, Shape::Array);
         assert_eq!(c.app.shape.post_turn_slash_credentials, Shape::Array);

@@ -161,10 +161,9 @@ impl Inner {
 }
 
 impl IssuerState {
-    /// Validates the configuration, opens the key store, loads persisted revocations into the
+    /// Opens the key store, loads persisted revocations into the
     /// shared set, reads the upstream token and registers the metrics.
     pub fn new(deps: IssuerDeps) -> Result<Self, Error> {
-        deps.config.validate()?;
         let now = (deps.clock)();
         let keys = match &deps.fleet {
             Some(f) => f.keys.clone(),
@@ -181,7 +180,7 @@ impl IssuerState {
             Some(u) => Some(UpstreamClient::new(u.clone(), metrics.clone(), deps.clock.clone())?),
             None => None,
         };
-        let app_key = deps.config.app.key.clone().or(deps.app_key);
+        let app_key = deps.config.app.key.clone().map(String::from).or(deps.app_key);
         let admin_token = deps.config.admin_token_file.as_deref().map(AdminToken::read).transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {

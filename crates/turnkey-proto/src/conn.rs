@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{in_range, nonzero_secs};
+use turnkey_types::parse::{in_range, nonzero_secs};
 
 /// Limits and timeouts of stream (TCP/TLS) client connections: `[relay]` keys of the config file,
 /// checked while they are parsed (see [`crate::settings`]).

@@ -2,7 +2,8 @@
 //! [`EngineSettings`] (the engine's limits and lifetimes; [`crate::conn::StreamLimits`] holds the
 //! TCP/TLS ones). Each default is defined once, in the `Default` impl of the type that owns the
 //! setting, and every value is checked while it is parsed (a zero timeout or an out-of-range
-//! frame size never reaches a typed config), so the binary needs no second validation pass.
+//! frame size never reaches a typed config; the helpers are `turnkey_types::parse`), so the
+//! binary needs no second validation pass.
 //!
 //! The types deserialize without `deny_unknown_fields` on purpose: several owners share the flat
 //! `[relay]` table, and the binary's loader reports a key that no owner took.
@@ -58,79 +59,12 @@ impl Default for EngineSettings {
     }
 }
 
-/// A [`Duration`] written as whole seconds (`drain_grace = 30`).
-pub mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize as _, Deserializer, Serializer};
-
-    /// Serializes whole seconds.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_secs())
-    }
-
-    /// Deserializes whole seconds.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_secs)
-    }
-}
-
-/// A [`Duration`] written as whole seconds, at least 1 (timeouts and lifetimes: 0 would close or
-/// expire everything at once).
-pub mod nonzero_secs {
-    use std::time::Duration;
-
-    use serde::{de::Error as _, Deserialize as _, Deserializer, Serializer};
-
-    /// Serializes whole seconds.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        super::secs::serialize(d, s)
-    }
-
-    /// Deserializes whole seconds, refusing 0.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match u64::deserialize(d)? {
-            0 => Err(D::Error::custom("must be at least 1 second")),
-            n => Ok(Duration::from_secs(n)),
-        }
-    }
-}
-
-/// An integer setting within `LO..=HI`, refused otherwise while parsing.
-pub fn in_range<'de, D, T, const LO: u64, const HI: u64>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: TryFrom<u64>,
-{
-    use serde::de::Error as _;
-    let v = u64::deserialize(d)?;
-    if !(LO..=HI).contains(&v) {
-        return Err(D::Error::custom(format!("must be {LO} to {HI}, not {v}")));
-    }
-    T::try_from(v).map_err(|_| D::Error::custom(format!("{v} is out of range")))
-}
+/// The parse helpers (shared with the issuer, the fleet and the binary: `turnkey_types::parse`).
+pub use turnkey_types::parse::{in_range, nonzero_secs, secs};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, Deserialize)]
-    struct T {
-        #[serde(with = "nonzero_secs")]
-        t: Duration,
-        #[serde(deserialize_with = "in_range::<_, _, 1, 10>")]
-        r: u32,
-    }
-
-    #[test]
-    fn values_are_checked_while_parsing() {
-        let ok: T = serde_json::from_str(r#"{"t": 5, "r": 10}"#).unwrap();
-        assert_eq!((ok.t, ok.r), (Duration::from_secs(5), 10));
-        let e = serde_json::from_str::<T>(r#"{"t": 0, "r": 1}"#).unwrap_err().to_string();
-        assert!(e.contains("at least 1"), "{e}");
-        let e = serde_json::from_str::<T>(r#"{"t": 1, "r": 11}"#).unwrap_err().to_string();
-        assert!(e.contains("must be 1 to 10"), "{e}");
-    }
 
     #[test]
     fn an_empty_table_is_the_default() {

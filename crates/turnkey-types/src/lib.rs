@@ -3,11 +3,14 @@
 //! A leaf crate (serde and thiserror only): the client [`Transport`], TURN/STUN URLs
 //! ([`TurnUrl`], with IPv6 bracketing written once) and the TURN key id rule ([`KeyId`]),
 //! fleet member names ([`NodeId`], [`Region`]), each
-//! parsed where it is read (`FromStr`, serde) so no caller validates a second time.
+//! parsed where it is read (`FromStr`, serde) so no caller validates a second time; and the
+//! parse-at-deserialize helpers of every crate's settings ([`parse`]: `nonzero_secs`,
+//! `in_range`, ...).
 
 mod error;
 mod key_id;
 mod name;
+pub mod parse;
 mod transport;
 mod url;
 

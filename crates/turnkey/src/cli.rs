@@ -58,7 +58,7 @@ pub struct IssuerArgs {
 #[derive(Debug, Args, Clone)]
 pub struct KeysArgs {
     /// Data directory holding `keys/`.
-    #[arg(long, env = "TURNKEY_DATA_DIR", default_value = crate::datadir::DEFAULT_DATA_DIR, global = true)]
+    #[arg(long, env = "TURNKEY_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR, global = true)]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub redis: RedisArgs,
@@ -579,7 +579,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(default)]
     struct Throwaway {
-        #[serde(with = "turnkey_relay::settings::nonzero_secs")]
+        #[serde(with = "turnkey_types::parse::nonzero_secs")]
         linger: Duration,
     }
 

@@ -8,9 +8,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use turnkey_files::write_private;
 
-/// The data directory when none is configured (`data_dir`, `--data-dir`).
-pub const DEFAULT_DATA_DIR: &str = "./turnkey-data";
-
 /// File name of the generated secret inside the data directory.
 pub const SECRET_FILE: &str = "secret";
 

@@ -14,7 +14,7 @@ pub async fn connect(s: &Settings, registry: &Registry) -> anyhow::Result<Option
     let Some(cfg) = s.fleet.config() else { return Ok(None) };
     let metrics = FleetMetrics::new(registry).context("cannot register the fleet metrics")?;
     let (node, region) = (cfg.node_id.clone(), cfg.region.clone());
-    let url = turnkey_fleet::redact_url(&cfg.url);
+    let url = turnkey_fleet::redact_url(cfg.url.as_str());
     let fleet = Fleet::connect(cfg, metrics).await.context("cannot join the fleet")?;
     tracing::info!(%url, node_id = %node, region = region.as_ref().map_or("", |r| r.as_str()), up = fleet.is_up(), "fleet mode");
     Ok(Some(fleet))

@@ -64,8 +64,8 @@ pub fn fleet(args: FleetCmdArgs) -> anyhow::Result<()> {
 
 pub(crate) async fn connect(r: &RedisArgs) -> anyhow::Result<Fleet> {
     let url = r.redis.clone().context("--redis is required")?;
-    let mut cfg = FleetConfig::new(url, NodeId::new("turnkey-cli")?);
-    cfg.prefix.clone_from(&r.redis_prefix);
+    let mut cfg = FleetConfig::new(url.parse()?, NodeId::new("turnkey-cli")?);
+    cfg.prefix = r.redis_prefix.parse()?;
     cfg.ca_file.clone_from(&r.redis_ca_file);
     let fleet = Fleet::connect(cfg, FleetMetrics::unregistered()).await?;
     anyhow::ensure!(fleet.wait_up(Duration::from_secs(3)).await, "redis is not reachable");

@@ -44,7 +44,8 @@ pub(crate) async fn start(fleet: &Fleet, s: &Settings) -> FleetIssuer {
     let directory = Arc::new(Directory::start(fleet, stale_after, max_stale));
     let keys = KeyStore::shared();
     start_keys(fleet, keys.clone()).await;
-    let usage = Arc::new(FleetUsage::start(fleet, keys.clone(), s.issuer.app.key.clone(), s.usage.reset_day));
+    let usage =
+        Arc::new(FleetUsage::start(fleet, keys.clone(), s.issuer.app.key.clone().map(String::from), s.usage.reset_day));
     let state = Arc::new(Shared(fleet.clone()));
     FleetIssuer { deps: FleetDeps { directory, state, keys }, status: usage }
 }

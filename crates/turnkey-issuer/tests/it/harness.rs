@@ -126,7 +126,7 @@ impl Issuer {
         let key = keys.create(KeyOptions::default(), T0).unwrap();
         let other = keys.create(KeyOptions::default(), T0).unwrap();
         let mut config = IssuerConfig { public_host: "turn.test.example".into(), ..IssuerConfig::default() };
-        config.app.key = Some(key.id.clone());
+        config.app.key = Some(turnkey_types::KeyId::new(key.id.clone()).unwrap());
         configure(&mut config, dir.path());
         Self::start_with(dir, key, other, config).await
     }

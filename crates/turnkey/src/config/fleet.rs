@@ -1,16 +1,17 @@
 //! `[fleet]`: joining a fleet (many relays and issuers sharing state through Redis). Fleet mode
 //! starts only when `redis` is set; without it these keys are unused and turnkey is one process.
 
-use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-use turnkey_fleet::{FleetConfig, DEFAULT_PREFIX};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use turnkey_fleet::{FleetConfig, KeyPrefix, RedisUrl};
 use turnkey_types::{NodeId, Region};
 
-/// `[fleet]`.
+/// `[fleet]`. Each value is parsed into a type that holds only valid ones; the one rule across
+/// keys (a CA file needs a TLS URL) is checked at the end of the same deserialization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(remote = "Self", default)]
 pub struct FleetSettings {
     /// `redis://[:password@]host[:port][/db]`, `rediss://...`, or
     /// `redis+sentinel://[:password@]h1:26379,h2:26379/mymaster` (`rediss+sentinel://`); absent:
@@ -18,7 +19,7 @@ pub struct FleetSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisUrl>,
     /// Prefix of every Redis key and channel.
-    pub redis_prefix: String,
+    pub redis_prefix: KeyPrefix,
     /// PEM file with the CA certificate(s) of the Redis server (`rediss://`, `rediss+sentinel://`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_ca_file: Option<PathBuf>,
@@ -33,7 +34,7 @@ impl Default for FleetSettings {
     fn default() -> Self {
         Self {
             redis: None,
-            redis_prefix: DEFAULT_PREFIX.to_owned(),
+            redis_prefix: KeyPrefix::default(),
             redis_ca_file: None,
             node_id: host_node_id(),
             region: None,
@@ -41,31 +42,31 @@ impl Default for FleetSettings {
     }
 }
 
+impl Serialize for FleetSettings {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FleetSettings::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FleetSettings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = FleetSettings::deserialize(d)?;
+        if s.redis_ca_file.is_some() && !s.redis.as_ref().is_some_and(RedisUrl::is_tls) {
+            return Err(D::Error::custom("redis_ca_file needs a rediss:// or rediss+sentinel:// redis url"));
+        }
+        Ok(s)
+    }
+}
+
 impl FleetSettings {
     /// The fleet client's configuration, when a Redis URL is given (fleet mode).
     pub fn config(&self) -> Option<FleetConfig> {
         let url = self.redis.as_ref()?;
-        let mut cfg = FleetConfig::new(url.0.clone(), self.node_id.clone());
+        let mut cfg = FleetConfig::new(url.clone(), self.node_id.clone());
         cfg.prefix.clone_from(&self.redis_prefix);
         cfg.region.clone_from(&self.region);
         cfg.ca_file.clone_from(&self.redis_ca_file);
         Some(cfg)
-    }
-
-    /// Every problem of the fleet keys (the URL, the prefix, the CA file), for the config report.
-    pub fn errors(&self) -> Option<String> {
-        self.config()?.validate().err().map(|e| format!("fleet: {e}"))
-    }
-}
-
-/// A Redis URL. Its `Debug` hides the password (settings are logged and printed in errors).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RedisUrl(pub String);
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", turnkey_fleet::redact_url(&self.0))
     }
 }
 
@@ -101,12 +102,11 @@ mod tests {
     #[test]
     fn no_url_means_no_fleet() {
         assert!(FleetSettings::default().config().is_none());
-        assert!(FleetSettings::default().errors().is_none());
     }
 
     #[test]
     fn debug_hides_the_password() {
-        let s = FleetSettings { redis: Some(RedisUrl("redis://:hunter2@127.0.0.1:6379".into())), ..Default::default() };
+        let s = FleetSettings { redis: Some("redis://:hunter2@127.0.0.1:6379".parse().unwrap()), ..Default::default() };
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }

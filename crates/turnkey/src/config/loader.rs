@@ -178,6 +178,9 @@ pub fn merge(base: &mut toml::Table, overlay: toml::Table) {
 }
 
 fn join(section: &str, path: &str) -> String {
+    if section.is_empty() || path.is_empty() {
+        return format!("{section}{path}");
+    }
     if section.is_empty() {
         path.to_owned()
     } else {

@@ -26,13 +26,16 @@ use turnkey_issuer::{HttpLimits, IssuerConfig};
 use turnkey_relay::conn::StreamLimits;
 use turnkey_relay::engine::EngineSettings;
 use turnkey_relay::policy::PeerRule;
-use turnkey_relay::settings::{in_range, nonzero_secs};
+use turnkey_types::parse::{in_range, nonzero_secs};
 use turnkey_types::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 use turnkey_usage::UsageConfig;
 
 pub use fleet::FleetSettings;
 pub use loader::{merge, Loader};
 use values::{text, text_list, ConnCap, IpPair, Listen, ListenList, LogFormat, PortRange, Realm, Secrets};
+
+/// The data directory when none is configured (`data_dir`, `--data-dir`).
+pub const DEFAULT_DATA_DIR: &str = "./turnkey-data";
 
 /// Every setting, in the types that own them.
 #[derive(Debug, Clone, Default)]
@@ -84,7 +87,7 @@ pub struct Node {
 impl Default for Node {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from(crate::datadir::DEFAULT_DATA_DIR),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             realm: Realm::default(),
             secrets: Secrets::default(),
             secret_file: None,
@@ -133,7 +136,7 @@ pub struct RelaySettings {
     #[serde(with = "text_list")]
     pub deny_peer: Vec<PeerRule>,
     /// Seconds live allocations are served after SIGTERM.
-    #[serde(with = "turnkey_relay::settings::secs")]
+    #[serde(with = "turnkey_types::parse::secs")]
     pub drain_grace: Duration,
     /// The kernel fast path: `auto`, `xdp` or `off` (docs/fastpath.md).
     #[serde(with = "text")]
@@ -290,12 +293,6 @@ impl Settings {
     fn check(&self, loader: &mut Loader) {
         if self.relay.tls_cert.is_some() != self.relay.tls_key.is_some() {
             loader.error("relay.tls_cert and relay.tls_key: give both or neither");
-        }
-        if let Err(e) = self.issuer.validate() {
-            loader.error(format!("issuer: {e}"));
-        }
-        if let Some(e) = self.fleet.errors() {
-            loader.error(e);
         }
     }
 }

@@ -69,7 +69,7 @@ fn every_invalid_value_is_reported_with_the_unknown_keys() {
         "relay.max_allocations",
         "usage.reset_day",
         "usage.flush_interval",
-        "issuer: ",
+        "issuer.max_ttl: must be 1 to 172800",
     ] {
         assert!(msg.contains(part), "{part} missing in {msg}");
     }
@@ -230,7 +230,7 @@ fn fleet_keys_reach_their_owner() {
     // Sentinel: the primary is asked of the sentinels named in the URL.
     let url = "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster";
     let s = parse(&format!("[fleet]\nredis = \"{url}\"\n")).unwrap();
-    assert_eq!(s.fleet.config().unwrap().url, url);
+    assert_eq!(s.fleet.config().unwrap().url.as_str(), url);
     let msg = errors("[fleet]\nredis = \"redis+sentinel://:pw@10.0.0.1:26379\"\n");
     assert!(msg.contains("primary") && !msg.contains(":pw@"), "{msg}");
 }
@@ -243,6 +243,39 @@ fn fleet_errors_are_reported_with_the_others() {
     for part in
         ["relay.max_allocations", "unknown key `fleet.redos`", "fleet.node_id", "fleet.region", "redis://", "prefix"]
     {
+        assert!(msg.contains(part), "{part} missing in {msg}");
+    }
+}
+
+#[test]
+fn every_bad_issuer_and_fleet_value_is_reported_at_once() {
+    // Each value on its own, the rules across keys (issuer: default_ttl above max_ttl, an
+    // upstream without token; fleet: a CA file without TLS) and unknown keys: one message.
+    let msg = errors(concat!(
+        "[issuer]\nmax_ttl = 0\nrelays_per_answer = 99\npublic_host = \"\"\ntypo = 1\n",
+        "[issuer.app]\nallowed_origins = [\"*\"]\nkey = \"a:b\"\n",
+        "[issuer.upstream]\nkey_id = \"k\"\nretries = 0\nbase_url = \"ftp://x\"\n",
+        "[fleet]\nredis = \"http://nope\"\nredis_prefix = \"a*\"\n",
+    ));
+    for part in [
+        "issuer.max_ttl: must be 1 to 172800, not 0",
+        "issuer.relays_per_answer: must be 1 to 16, not 99",
+        "issuer.public_host: must not be empty",
+        "unknown key `issuer.typo`",
+        "issuer.app.allowed_origins",
+        "issuer.app.key",
+        "issuer.upstream.retries",
+        "issuer.upstream.base_url",
+        "issuer: upstream needs token_file or token_env",
+        "fleet.redis",
+        "fleet.redis_prefix",
+    ] {
+        assert!(msg.contains(part), "{part} missing in {msg}");
+    }
+    let msg = errors(
+        "[issuer]\nmax_ttl = 100\ndefault_ttl = 200\n[fleet]\nredis = \"redis://h\"\nredis_ca_file = \"/ca.pem\"\n",
+    );
+    for part in ["issuer: default_ttl (200) must not exceed max_ttl (100)", "fleet: redis_ca_file needs a rediss://"] {
         assert!(msg.contains(part), "{part} missing in {msg}");
     }
 }
