@@ -10,14 +10,14 @@
 //!   (IPv6: per /64); a connection past a cap is closed at once, so it holds no descriptor.
 //!
 //! Failing accepts (EMFILE, ENFILE) back off up to one second and are logged at most once per
-//! second with a count of the ones suppressed.
+//! second with a count of the ones suppressed. The caps and the backoff are the relay's stream
+//! listeners' too (`turnkey_types::conn_limit`).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use turnkey_types::conn_limit::{AcceptBackoff, ConnLimiter, ConnSlot};
 
 /// Bounds of every HTTP connection (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +56,6 @@ impl Default for HttpLimits {
 
 /// How long in-flight requests may finish after `shutdown` completes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Longest pause after a failed accept.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes, then lets in-flight
 /// requests finish (at most 5 s). Handlers see the peer as `ConnectInfo<SocketAddr>`.
@@ -65,7 +64,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let caps = ConnCaps::new(limits.max_connections, limits.max_connections_per_ip);
+    let caps = ConnLimiter::new(limits.max_connections_per_ip, limits.max_connections);
     let local = listener.local_addr()?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = AcceptBackoff::default();
@@ -76,17 +75,24 @@ where
         };
         let (tcp, peer) = match accepted {
             Ok(x) => {
-                backoff.reset();
+                backoff.accepted();
                 x
             }
             Err(e) => {
-                backoff.failed(&e, local).await;
+                let pause = backoff.failed(Instant::now());
+                if let Some(suppressed) = pause.log {
+                    tracing::warn!(error = %e, listener = %local, suppressed, retry_in = ?pause.delay, "HTTP accept failed");
+                }
+                tokio::time::sleep(pause.delay).await;
                 continue;
             }
         };
-        let Some(slot) = caps.acquire(peer.ip()) else {
-            tracing::debug!(client = %peer, listener = %local, "HTTP connection over the cap closed");
-            continue;
+        let slot = match caps.acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(cap) => {
+                tracing::debug!(client = %peer, listener = %local, ?cap, "HTTP connection over the cap closed");
+                continue;
+            }
         };
         tokio::spawn(connection(tcp, peer, router.clone(), limits.clone(), stop_rx.clone(), slot));
     }
@@ -106,7 +112,7 @@ async fn connection(
     router: Router,
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
-    _slot: Slot,
+    _slot: ConnSlot,
 ) {
     let _ = tcp.set_nodelay(true);
     let activity = Activity::new();
@@ -200,125 +206,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// The connection caps of one listener: a total and a per-IP count (IPv6 per /64).
-#[derive(Debug, Clone)]
-struct ConnCaps {
-    inner: Arc<CapsInner>,
-}
-
-#[derive(Debug)]
-struct CapsInner {
-    max_total: u32,
-    max_per_ip: u32,
-    counts: Mutex<(u32, HashMap<IpAddr, u32>)>,
-}
-
-/// A held connection slot, released on drop.
-#[derive(Debug)]
-struct Slot {
-    caps: ConnCaps,
-    ip: IpAddr,
-}
-
-impl ConnCaps {
-    fn new(max_total: u32, max_per_ip: u32) -> Self {
-        Self { inner: Arc::new(CapsInner { max_total, max_per_ip, counts: Mutex::new((0, HashMap::new())) }) }
-    }
-
-    fn acquire(&self, ip: IpAddr) -> Option<Slot> {
-        let ip = ip_key(ip);
-        let mut g = self.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_ip) = &mut *g;
-        let n = per_ip.get(&ip).copied().unwrap_or(0);
-        if *total >= self.inner.max_total || n >= self.inner.max_per_ip {
-            return None;
-        }
-        *total += 1;
-        per_ip.insert(ip, n + 1);
-        Some(Slot { caps: self.clone(), ip })
-    }
-
-    fn total(&self) -> u32 {
-        self.inner.counts.lock().unwrap_or_else(|p| p.into_inner()).0
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut g = self.caps.inner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_ip) = &mut *g;
-        *total = total.saturating_sub(1);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// IPv4 (and IPv4-mapped IPv6) as is; IPv6 by its /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let mut s = v6.segments();
-            s[4..].fill(0);
-            IpAddr::V6(s.into())
-        }
-        v4 => v4,
-    }
-}
-
-/// Pauses after failed accepts (10 ms doubling to 1 s) and logs at most once per second.
-#[derive(Debug, Default)]
-struct AcceptBackoff {
-    delay: Option<Duration>,
-    last_log: Option<Instant>,
-    suppressed: u64,
-}
-
-impl AcceptBackoff {
-    fn reset(&mut self) {
-        self.delay = None;
-    }
-
-    async fn failed(&mut self, e: &std::io::Error, listener: SocketAddr) {
-        let delay = self.delay.map_or(Duration::from_millis(10), |d| (d * 2).min(MAX_ACCEPT_BACKOFF));
-        self.delay = Some(delay);
-        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            self.last_log = Some(Instant::now());
-            let suppressed = std::mem::take(&mut self.suppressed);
-            tracing::warn!(error = %e, %listener, suppressed, retry_in = ?delay, "HTTP accept failed");
-        } else {
-            self.suppressed += 1;
-        }
-        tokio::time::sleep(delay).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caps_count_total_and_per_ip_and_release_on_drop() {
-        let caps = ConnCaps::new(3, 2);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "2001:db8::1".parse().unwrap();
-        let b_same64: IpAddr = "2001:db8::ffff".parse().unwrap();
-        let a1 = caps.acquire(a).unwrap();
-        let _a2 = caps.acquire(a).unwrap();
-        assert!(caps.acquire(a).is_none(), "per-IP cap");
-        let _b1 = caps.acquire(b).unwrap();
-        assert!(caps.acquire(b_same64).is_none(), "total cap");
-        drop(a1);
-        let _b2 = caps.acquire(b_same64).unwrap();
-        assert!(caps.acquire(b).is_none(), "IPv6 counted per /64");
-        assert_eq!(caps.total(), 3);
-        // The mapped form of an IPv4 address is the same client.
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        assert_eq!(ip_key(mapped), a);
-    }
 
     #[test]
     fn activity_moves_forward() {

@@ -1,23 +1,18 @@
 //! Sans-IO decisions for TURN-over-TCP/TLS connections: their limits, the timers that close them
 //! ([`ConnTimers`], handed the time by the caller), why they close ([`CloseReason`]), and the
-//! per-IP and total connection caps shared by every shard ([`ConnLimiter`]).
+//! per-IP and total connection caps shared by every shard ([`ConnLimiter`], the one limiter of
+//! every TCP listener: `turnkey_types::conn_limit`, re-exported here; a refusal is a
+//! [`CloseReason`]).
 //!
 //! The driver (turnkey-relay's `stream`) owns sockets and tokio timers; everything it decides about a
 //! connection's life is decided here, so it can be tested with time passed in by hand.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-#[allow(
-    clippy::disallowed_types,
-    reason = "connection counts: locked once per accept and close, never per packet"
-)]
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use turnkey_types::conn_limit::CapRefusal;
+pub use turnkey_types::conn_limit::{AcceptBackoff, ConnLimiter, ConnSlot};
 use turnkey_types::parse::{in_range, nonzero_secs};
 
 /// Limits and timeouts of stream (TCP/TLS) client connections: `[relay]` keys of the config file,
@@ -233,88 +228,12 @@ impl ConnTimers {
     }
 }
 
-/// The key connections are counted under: the IPv4 address, or the IPv6 /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::V6(o.into())
-            }
-        },
-    }
-}
-
-/// Per-IP and total connection counts, shared by every shard (touched once per accept and close).
-#[derive(Debug, Clone)]
-pub struct ConnLimiter {
-    inner: Arc<LimiterInner>,
-}
-
-#[derive(Debug)]
-#[allow(clippy::disallowed_types, reason = "connection counts: locked once per accept and close, never per packet")]
-struct LimiterInner {
-    per_ip: u32,
-    max: u32,
-    total: AtomicU32,
-    by_ip: Mutex<HashMap<IpAddr, u32>>,
-}
-
-/// A connection slot; released when dropped.
-#[derive(Debug)]
-pub struct ConnSlot {
-    limiter: Arc<LimiterInner>,
-    key: IpAddr,
-}
-
-impl ConnLimiter {
-    /// A limiter allowing `per_ip` connections per client IP and `max` in total.
-    #[allow(clippy::disallowed_types, reason = "connection counts: locked once per accept and close, never per packet")]
-    pub fn new(per_ip: u32, max: u32) -> Self {
-        Self {
-            inner: Arc::new(LimiterInner { per_ip, max, total: AtomicU32::new(0), by_ip: Mutex::new(HashMap::new()) }),
+impl From<CapRefusal> for CloseReason {
+    fn from(r: CapRefusal) -> Self {
+        match r {
+            CapRefusal::PerIp => Self::PerIpCap,
+            CapRefusal::Total => Self::TotalCap,
         }
-    }
-
-    /// Takes a slot for a connection from `ip`, or says which cap refused it.
-    pub fn acquire(&self, ip: IpAddr) -> Result<ConnSlot, CloseReason> {
-        let key = ip_key(ip);
-        let mut by_ip = self.inner.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = by_ip.get(&key).copied().unwrap_or(0);
-        if n >= self.inner.per_ip {
-            return Err(CloseReason::PerIpCap);
-        }
-        if self
-            .inner
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t < self.inner.max).then_some(t + 1))
-            .is_err()
-        {
-            return Err(CloseReason::TotalCap);
-        }
-        by_ip.insert(key, n + 1);
-        Ok(ConnSlot { limiter: self.inner.clone(), key })
-    }
-
-    /// Connections held now.
-    pub fn total(&self) -> u32 {
-        self.inner.total.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        let mut by_ip = self.limiter.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = by_ip.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.key);
-            }
-        }
-        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -401,30 +320,5 @@ mod tests {
         t.handshake_done(t0 + Duration::from_secs(2));
         assert_eq!(t.deadline(), t0 + Duration::from_secs(62));
         assert_eq!(t.check(t0 + Duration::from_secs(62)), Some(CloseReason::NeverAllocated));
-    }
-
-    #[test]
-    fn limiter_caps_per_ip_and_total_and_releases_on_drop() {
-        let l = ConnLimiter::new(2, 3);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let s1 = l.acquire(a).unwrap();
-        let _s2 = l.acquire(a).unwrap();
-        assert_eq!(l.acquire(a).unwrap_err(), CloseReason::PerIpCap);
-        let _s3 = l.acquire(b).unwrap();
-        assert_eq!(l.acquire(b).unwrap_err(), CloseReason::TotalCap);
-        drop(s1);
-        assert_eq!(l.total(), 2);
-        let _s4 = l.acquire(a).unwrap();
-    }
-
-    #[test]
-    fn ipv6_is_counted_per_64_and_mapped_v4_as_v4() {
-        let l = ConnLimiter::new(1, 100);
-        let _x = l.acquire("2001:db8:1:2::1".parse().unwrap()).unwrap();
-        assert_eq!(l.acquire("2001:db8:1:2::ffff".parse().unwrap()).unwrap_err(), CloseReason::PerIpCap);
-        let _y = l.acquire("2001:db8:1:3::1".parse().unwrap()).unwrap();
-        let _z = l.acquire("192.0.2.7".parse().unwrap()).unwrap();
-        assert_eq!(l.acquire("::ffff:192.0.2.7".parse().unwrap()).unwrap_err(), CloseReason::PerIpCap);
     }
 }

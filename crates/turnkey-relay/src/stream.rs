@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio::time::Sleep;
 
-use crate::conn::{CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
+use crate::conn::{AcceptBackoff, CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
 use crate::framing::{Frame, FramingError, StreamDecoder};
 use crate::metrics::RelayMetrics;
 use crate::outq::{out_queue, OutReceiver, OutSender};
@@ -117,26 +117,26 @@ pub(crate) async fn accept_loop(
     transport: Transport,
 ) {
     // EMFILE and the like: back off (10 ms doubling to 1 s) and log at most once a second.
-    let mut backoff = Duration::ZERO;
-    let mut log = crate::loglimit::LogLimiter::new(1);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (tcp, from) = match listener.accept().await {
             Ok(x) => {
-                backoff = Duration::ZERO;
+                backoff.accepted();
                 x
             }
             Err(e) => {
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                if let Some(suppressed) = log.allow(mono_now()) {
-                    tracing::warn!(error = %e, transport = transport.as_str(), suppressed, retry_in = ?backoff, "accept failed");
+                let pause = backoff.failed(mono_now());
+                if let Some(suppressed) = pause.log {
+                    tracing::warn!(error = %e, transport = transport.as_str(), suppressed, retry_in = ?pause.delay, "accept failed");
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(pause.delay).await;
                 continue;
             }
         };
         let slot = match ctx.limiter.acquire(from.ip()) {
             Ok(s) => s,
-            Err(reason) => {
+            Err(refusal) => {
+                let reason = CloseReason::from(refusal);
                 tracing::debug!(client = %from, reason = reason.as_str(), "connection refused");
                 ctx.count_close(transport, reason);
                 continue;

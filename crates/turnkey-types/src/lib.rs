@@ -5,8 +5,10 @@
 //! fleet member names ([`NodeId`], [`Region`]), each
 //! parsed where it is read (`FromStr`, serde) so no caller validates a second time; and the
 //! parse-at-deserialize helpers of every crate's settings ([`parse`]: `nonzero_secs`,
-//! `in_range`, ...).
+//! `in_range`, ...); and the one connection limiter and accept backoff of every TCP listener
+//! ([`conn_limit`]: the relay's stream listeners and the issuer's HTTP server).
 
+pub mod conn_limit;
 mod error;
 mod key_id;
 mod name;
