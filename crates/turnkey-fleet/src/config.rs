@@ -13,6 +13,26 @@ use crate::names::{NodeId, Region, DEFAULT_PREFIX};
 use crate::target::{is_sentinel_url, SentinelUrl};
 use crate::FleetError;
 
+/// Serde of a text newtype through its `FromStr` (deserializing parses) and its text.
+macro_rules! serde_as_text {
+    ($($t:ident),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = FleetError;
+            fn try_from(s: String) -> Result<Self, FleetError> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+    )*};
+}
+
+serde_as_text!(RedisUrl, KeyPrefix);
+
 /// A Redis URL, checked when it is parsed or deserialized: `redis://`, `rediss://` (as redis-rs
 /// reads them), or a Sentinel-monitored primary, `redis+sentinel://` / `rediss+sentinel://`
 /// ([`SentinelUrl`]). Its `Debug` and errors hide the password.
@@ -47,19 +67,6 @@ impl FromStr for RedisUrl {
             None => Ok(Self(url.to_owned())),
             Some(why) => Err(FleetError::Config(vec![format!("redis url {:?}: {why}", redact_url(url))])),
         }
-    }
-}
-
-impl TryFrom<String> for RedisUrl {
-    type Error = FleetError;
-    fn try_from(s: String) -> Result<Self, FleetError> {
-        s.parse()
-    }
-}
-
-impl From<RedisUrl> for String {
-    fn from(u: RedisUrl) -> String {
-        u.0
     }
 }
 
@@ -102,19 +109,6 @@ impl FromStr for KeyPrefix {
                 "redis prefix {s:?} must be 1-64 printable characters without spaces or * ? [ ]"
             )]))
         }
-    }
-}
-
-impl TryFrom<String> for KeyPrefix {
-    type Error = FleetError;
-    fn try_from(s: String) -> Result<Self, FleetError> {
-        s.parse()
-    }
-}
-
-impl From<KeyPrefix> for String {
-    fn from(p: KeyPrefix) -> String {
-        p.0
     }
 }
 
