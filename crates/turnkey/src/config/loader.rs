@@ -177,12 +177,10 @@ pub fn merge(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
+/// `section.path`; either alone when the other is empty (an owner's cross-key rule has no path).
 fn join(section: &str, path: &str) -> String {
     if section.is_empty() || path.is_empty() {
-        return format!("{section}{path}");
-    }
-    if section.is_empty() {
-        path.to_owned()
+        format!("{section}{path}")
     } else {
         format!("{section}.{path}")
     }
