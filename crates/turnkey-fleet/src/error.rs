@@ -6,7 +6,8 @@ pub enum FleetError {
     /// The configuration is invalid; every problem is listed.
     #[error("invalid fleet configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    /// A node id, region, key id or other name is not usable in a Redis key name.
+    /// A key id, usage key or other name is not usable in a Redis key name (node ids and regions
+    /// are `turnkey_types` names, refused when parsed).
     #[error("invalid {what}: {value:?} (1-64 characters of A-Z a-z 0-9 . _ -)")]
     InvalidName {
         /// What the name is (node id, region, ...).
