@@ -27,6 +27,7 @@ pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 mod server;
 mod shard;
+mod snapshot_round;
 pub mod stream;
 pub mod tls;
 pub mod udp;
