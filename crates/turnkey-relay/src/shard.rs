@@ -103,8 +103,14 @@ impl ShardState {
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
+        let mut killed = false;
         for id in table.take_kills(*slot) {
-            self.engine.kill(id, &mut self.ports);
+            killed |= self.engine.kill(id, &mut self.ports);
+        }
+        if killed {
+            // The operator waits for the killed session to leave the listing: a fresh snapshot
+            // now rather than at the next interval.
+            self.snapshot.restart(now.mono);
         }
         let kernel = &self.kernel;
         self.snapshot.step(now, &self.engine, (table, *slot), || {

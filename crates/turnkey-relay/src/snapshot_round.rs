@@ -36,6 +36,12 @@ impl SnapshotRound {
         Self { at: None, next: now, building: Vec::new(), in_kernel: HashSet::new() }
     }
 
+    /// Starts a new round at `now` (the one in progress, if any, is dropped): after a kill.
+    pub fn restart(&mut self, now: Instant) {
+        self.at = None;
+        self.next = now;
+    }
+
     /// When the next step is due: at once while a round is in progress.
     pub fn due(&self) -> Instant {
         self.next
