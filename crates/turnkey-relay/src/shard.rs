@@ -43,6 +43,9 @@ pub(crate) struct ShardState {
     sessions: (Arc<SessionTable>, ShardSlot),
     /// This shard's next session snapshot, built a slice per sweep step.
     snapshot: SnapshotRound,
+    /// When the kernel fast path's counters are next read (once per sweep interval, however
+    /// many steps the sweep takes).
+    kernel_due: Instant,
 }
 
 impl ShardState {
@@ -59,6 +62,7 @@ impl ShardState {
             kernel: None,
             sessions,
             snapshot: SnapshotRound::new(crate::clock::now().mono),
+            kernel_due: crate::clock::now().mono,
         }
     }
 
@@ -98,7 +102,11 @@ impl ShardState {
     /// this shard's session snapshot, then every count exported. No step is proportional to
     /// every allocation the shard holds: the driver runs the shard's I/O between two steps.
     pub fn sweep(&mut self, now: Now) {
-        if let Some((k, shard)) = &self.kernel {
+        let kernel_turn = self.kernel.is_some() && now.mono >= self.kernel_due;
+        if kernel_turn {
+            self.kernel_due = now.mono + crate::engine::SWEEP_INTERVAL;
+        }
+        if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
             k.collect(*shard, &mut self.engine);
         }
         self.engine.handle_timeout(now, &mut self.ports);
@@ -117,7 +125,7 @@ impl ShardState {
             kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default()
         });
         self.export_all();
-        if let Some((k, shard)) = &self.kernel {
+        if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
             k.recheck(*shard, &self.engine);
         }
     }
