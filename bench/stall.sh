@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Shard stalls (issue 25): the longest time a relay shard held its own work up
 # (turnkey_relay_shard_stall_seconds, a 10 ms probe per shard) while
-#   1. one revocation ends N allocations at once (default 10,000; the sweep ends at most 256 per
-#      step and lets the shard's I/O run in between), and
+#   1. one revocation ends N allocations at once (default 10,000; each sweep step visits at most
+#      1,024 allocations and ends at most 64, and the shard's I/O runs between steps), and
 #   2. the TLS certificate is reloaded 20 times (SIGHUP, 100 ms apart).
 # A quiet window first gives the noise floor. One relay (1 shard, fleet mode on a throwaway redis-server, UDP and TLS on loopback), `turnkey
 # load --scenario allocations` holding the N allocations with one TURN REST credential, the
@@ -12,7 +12,13 @@
 #   BIN=target/release/turnkey N=10000 bench/stall.sh
 #
 # Run it on an otherwise idle machine with a release build: a busy machine deschedules the
-# shard thread, which the probe counts as a stall too.
+# shard thread, which the probe counts as a stall too. On a machine others load, SHARD_FIFO=1
+# runs the shard thread under SCHED_FIFO (chrt, needs root) so that only the relay's own work
+# can hold it up: that isolates the shard's stalls from the machine's load, but hides the ones
+# the relay's own control threads would cause by taking its core (the idle-machine run shows
+# those).
+#
+#   SHARD_FIFO=1 BIN=target/release/turnkey N=10000 bench/stall.sh
 set -euo pipefail
 BIN=${BIN:-target/release/turnkey}
 N=${N:-10000}
@@ -26,11 +32,18 @@ for _ in $(seq 50); do redis-cli -p "$RP" PING 2>/dev/null | grep -q PONG && bre
 SECRET=stall-bench-secret
 "$BIN" serve --udp 127.0.0.1:0 --tcp off --tls 127.0.0.1:0 --http off --metrics 127.0.0.1:0 \
   --relay-ip 127.0.0.1 --shards 1 --redis "redis://127.0.0.1:$RP" --node-id stall --secret "$SECRET" \
-  --data-dir "$D/data" --allow-peer 127.0.0.1 --max-allocations-per-user "$N" >"$D/out" 2>"$D/err" &
+  --data-dir "$D/data" --allow-peer 127.0.0.1 --max-allocations-per-user "$N" \
+  --unauth-replies-per-sec 0 >"$D/out" 2>"$D/err" &
 TPID=$!
 for _ in $(seq 100); do grep -q "turnkey listening" "$D/out" && break; sleep 0.2; done
 field() { grep "turnkey listening" "$D/out" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
 UDP=$(field udp); MET=$(field metrics)
+if [ "${SHARD_FIFO:-0}" = 1 ]; then
+  for t in /proc/"$TPID"/task/*; do
+    grep -q '^turnkey-shard' "$t/comm" && chrt -f -p 50 "${t##*/}"
+  done
+  echo "shard thread(s) under SCHED_FIFO 50"
+fi
 metrics() { curl -s "http://$MET/metrics"; }
 held() { metrics | awk '/^turnkey_relay_allocations\{/{s+=$2} END{print s+0}'; }
 CREDS=$("$BIN" creds --secret "$SECRET" --user victim --ttl 3600)

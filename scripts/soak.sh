@@ -173,19 +173,51 @@ pids+=($!)
 # Drops by the relay's reason, TCP/TLS connections closed by the write timeout, the longest shard
 # stall so far (turnkey_relay_shard_stall_max_seconds) and the Unix time (to line up with
 # <out>/events: each revocation, the TCP retry with the revoked credential, each reload).
-echo "t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets,dropped_queue_full,dropped_other,write_timeouts,stall_max_ms,unix" >"$OUT/samples.csv"
+# The kernel's own UDP drops (a full socket receive buffer: /proc/net/udp{,6}, "drops") on the
+# sockets each side holds open now: the relay's (kernel_drops_relay) and the three loads'
+# (kernel_drops_load, their client and peer sockets). A packet lost there was never seen by the
+# relay's counters or was lost after the relay sent it; the generator's `lost` counts both.
+kernel_drops() { # pid...: the drops of the UDP sockets these processes hold
+  python3 - "$@" <<'PY'
+import os, sys
+inodes = set()
+for pid in sys.argv[1:]:
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        pass
+total = 0
+for table in ("/proc/net/udp", "/proc/net/udp6"):
+    try:
+        for line in open(table).readlines()[1:]:
+            f = line.split()
+            if f[9] in inodes:
+                total += int(f[-1])
+    except OSError:
+        pass
+print(total)
+PY
+}
+echo "t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets,dropped_queue_full,dropped_other,write_timeouts,stall_max_ms,unix,kernel_drops_relay,kernel_drops_load" >"$OUT/samples.csv"
 start=$SECONDS
 while (( SECONDS - start < DURATION )) && kill -0 "$SERVER" 2>/dev/null; do
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER/status")
   fds=$(ls "/proc/$SERVER/fd" | wc -l)
-  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" -v unix="$(date +%s.%N)" '
+  kd="$(kernel_drops "$SERVER"),$(kernel_drops "$LOAD_udp" "$LOAD_tcp" "$LOAD_tls")"
+  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" -v unix="$(date +%s.%N)" -v kd="$kd" '
     /^turnkey_relay_allocations[ {]/ { a += $NF }
     /^turnkey_relay_connections[ {]/ { c += $NF }
     /^turnkey_relay_relayed_packets_total[ {]/ { p += $NF }
     /^turnkey_relay_dropped_packets_total[ {]/ { d += $NF; if ($0 ~ /reason="queue_full"/) q += $NF }
     /^turnkey_relay_connections_closed_total[ {].*reason="write_timeout"/ { w += $NF }
     /^turnkey_relay_shard_stall_max_seconds[ {]/ { if ($NF * 1000 > s) s = $NF * 1000 }
-    END { printf "%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%s\n", t, rss, fds, a, c, p, d, q, d - q, w, s, unix }' >>"$OUT/samples.csv"
+    END { printf "%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%s,%s\n", t, rss, fds, a, c, p, d, q, d - q, w, s, unix, kd }' >>"$OUT/samples.csv"
   sleep 1
 done
 
@@ -217,10 +249,18 @@ print(f"rss_kib: max {max(int(r['rss_kib']) for r in rows)}; fds: max {max(int(r
 end = rows[-1]
 print(f"relay drops: queue_full {end['dropped_queue_full']}, other {end['dropped_other']}; "
       f"write timeouts {end['write_timeouts']}; longest shard stall {end['stall_max_ms']} ms")
+# (The largest sample: a socket's count goes with it when it closes, the loads' at their end.)
+print(f"kernel UDP drops (full receive buffers) on the relay's sockets: "
+      f"{max(int(r['kernel_drops_relay']) for r in rows)}, "
+      f"on the loads' sockets: {max(int(r['kernel_drops_load']) for r in rows)}")
 for a, b in zip(rows, rows[1:]):
     if int(b["dropped_packets"]) > int(a["dropped_packets"]):
         print(f"drops at t={b['t']} (unix {b['unix']}): +{int(b['dropped_packets']) - int(a['dropped_packets'])}"
               f" (queue_full +{int(b['dropped_queue_full']) - int(a['dropped_queue_full'])})")
+    for side in ("relay", "load"):
+        k = f"kernel_drops_{side}"
+        if int(b[k]) > int(a[k]):
+            print(f"kernel drops on the {side}'s sockets at t={b['t']} (unix {b['unix']}): +{int(b[k]) - int(a[k])}")
 for t in ("udp", "tcp", "tls"):
     try:
         tr = json.load(open(f"{out}/load-{t}.json"))["traffic"]

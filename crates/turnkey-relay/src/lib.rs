@@ -19,6 +19,7 @@ pub mod fastpath;
 pub mod loopclock;
 pub mod metrics;
 mod outq;
+pub mod priority;
 // The sans-IO parts live in turnkey-proto; re-exported under their old paths.
 pub use turnkey_proto::{conn, engine, fleet, framing, loglimit, policy, settings, types, usage};
 pub mod sessions;
@@ -27,6 +28,7 @@ pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 mod server;
 mod shard;
+mod snapshot_round;
 pub mod stream;
 pub mod tls;
 pub mod udp;

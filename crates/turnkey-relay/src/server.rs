@@ -240,12 +240,12 @@ async fn shard_main(
         tasks.push(tokio::task::spawn_local(accept_loop(state.clone(), ctx.clone(), l, transport)));
     }
     loop {
-        let deadline = state.borrow().engine.poll_timeout();
+        let deadline = state.borrow().sweep_due();
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {
                 state.borrow_mut().sweep(crate::clock::now());
-                // A sweep left work for the next one (thousands of allocations ending at once):
-                // let the shard's I/O run before it.
+                // A step of the sweep left work for the next (a round over thousands of
+                // allocations, a mass revocation, a snapshot): let the shard's I/O run first.
                 tokio::task::yield_now().await;
             }
             _ = stop.changed() => break,

@@ -12,6 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use socket2::{Domain, Socket, Type};
 
@@ -19,6 +20,7 @@ use crate::engine::{Engine, Event, Transmit};
 use crate::fastpath::KernelPath;
 use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
 use crate::sessions::{SessionTable, ShardSlot};
+use crate::snapshot_round::SnapshotRound;
 use crate::stream::StreamConn;
 use crate::types::RelayHandle;
 use crate::types::{FiveTuple, Now, Transport};
@@ -39,6 +41,11 @@ pub(crate) struct ShardState {
     kernel: Option<(Arc<KernelPath>, usize)>,
     /// The node-wide session listing and this shard's place in it.
     sessions: (Arc<SessionTable>, ShardSlot),
+    /// This shard's next session snapshot, built a slice per sweep step.
+    snapshot: SnapshotRound,
+    /// When the kernel fast path's counters are next read (once per sweep interval, however
+    /// many steps the sweep takes).
+    kernel_due: Instant,
 }
 
 impl ShardState {
@@ -54,6 +61,8 @@ impl ShardState {
             created: Vec::new(),
             kernel: None,
             sessions,
+            snapshot: SnapshotRound::new(crate::clock::now().mono),
+            kernel_due: crate::clock::now().mono,
         }
     }
 
@@ -82,18 +91,41 @@ impl ShardState {
         }
     }
 
-    /// The engine's timer (expiry, revocations, usage), the operator's kills and this shard's
-    /// session snapshot, then every count exported.
+    /// When [`Self::sweep`] is next due: the engine's timer, or at once while a sweep round or
+    /// a session snapshot is cut into steps.
+    pub fn sweep_due(&self) -> Instant {
+        self.engine.poll_timeout().min(self.snapshot.due())
+    }
+
+    /// One bounded step of the shard's periodic work: the engine's timer (expiry, revocations,
+    /// usage; at most `MAX_VISITED_PER_SWEEP` allocations), the operator's kills, a slice of
+    /// this shard's session snapshot, then every count exported. No step is proportional to
+    /// every allocation the shard holds: the driver runs the shard's I/O between two steps.
     pub fn sweep(&mut self, now: Now) {
-        if let Some((k, shard)) = &self.kernel {
+        let kernel_turn = self.kernel.is_some() && now.mono >= self.kernel_due;
+        if kernel_turn {
+            self.kernel_due = now.mono + crate::engine::SWEEP_INTERVAL;
+        }
+        if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
             k.collect(*shard, &mut self.engine);
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
-        let in_kernel = self.kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default();
-        table.sync(*slot, &mut self.engine, &mut self.ports, now, |id| in_kernel.contains(&id));
+        let mut killed = false;
+        for id in table.take_kills(*slot) {
+            killed |= self.engine.kill(id, &mut self.ports);
+        }
+        if killed {
+            // The operator waits for the killed session to leave the listing: a fresh snapshot
+            // now rather than at the next interval.
+            self.snapshot.restart(now.mono);
+        }
+        let kernel = &self.kernel;
+        self.snapshot.step(now, &self.engine, (table, *slot), || {
+            kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default()
+        });
         self.export_all();
-        if let Some((k, shard)) = &self.kernel {
+        if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
             k.recheck(*shard, &self.engine);
         }
     }

@@ -221,16 +221,23 @@ pub(crate) async fn client_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock
 
 /// Receives from peers on one relay socket, for the life of its allocation (see
 /// [`client_loop`]).
+///
+/// A backlog (the shard was held up: descheduled, or a long step) is drained one full batch per
+/// turn of the shard's loop: the task yields after a batch that filled every buffer, so the
+/// writers of the TCP/TLS connections it fills run in between. Drained in one go, a backlog
+/// larger than a connection's outbound queue (`outbound_queue` frames) would be dropped as
+/// `queue_full` although the client reads at full speed (the soak's drops, docs/benchmarks.md).
 pub(crate) async fn peer_loop(shard: Rc<RefCell<ShardState>>, sock: Rc<UdpSock>, handle: RelayHandle) {
     loop {
         if sock.socket.readable().await.is_err() {
             return;
         }
         let result = shard.borrow_mut().peer_readable(handle, &sock);
-        if let Err(e) = result {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                tracing::trace!(error = %e, "relay recv error");
-            }
+        match result {
+            Ok(true) => tokio::task::yield_now().await,
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::trace!(error = %e, "relay recv error"),
         }
     }
 }

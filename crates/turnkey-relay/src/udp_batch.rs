@@ -109,10 +109,12 @@ impl ShardState {
     }
 
     /// Receives once on relay socket `relay` and handles what came (see
-    /// [`ShardState::client_readable`]).
-    pub fn peer_readable(&mut self, relay: RelayHandle, sock: &UdpSock) -> io::Result<()> {
+    /// [`ShardState::client_readable`]). `Ok(true)`: the receive filled every buffer, so more
+    /// may be queued.
+    pub fn peer_readable(&mut self, relay: RelayHandle, sock: &UdpSock) -> io::Result<bool> {
         let Self { engine, ports, clients, batches, .. } = self;
-        sock.recv(&mut batches.peer)?;
+        let got = sock.recv(&mut batches.peer)?;
+        let full = got >= batches.peer.slots();
         let now = crate::clock::now();
         let UdpBatches { peer: rb, out, counts, .. } = batches;
         let direct = count_receive(counts, rb);
@@ -121,7 +123,7 @@ impl ShardState {
             emit(engine, ports, clients, out, direct, t);
         });
         flush(engine, ports, clients, out, counts);
-        Ok(())
+        Ok(full)
     }
 }
 

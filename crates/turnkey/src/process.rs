@@ -12,8 +12,18 @@ use crate::config::values::LogFormat;
 use crate::config::Settings;
 use crate::obs;
 
+/// The control runtime: its worker and blocking threads run below the relay's shards
+/// (`turnkey_relay::priority`; the shards are started from the thread calling `block_on`).
 pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| {
+            if let Err(e) = turnkey_relay::priority::lower_this_thread() {
+                tracing::debug!(error = %e, "cannot lower a control thread's priority");
+            }
+        })
+        .enable_all()
+        .build()
 }
 
 /// The registry with the process collector and `turnkey_build_info`.

@@ -63,11 +63,15 @@ pub use stats::{AuthFailure, DeniedPath, Direction, DropReason, EngineStats, TRA
 
 /// How often the engine wants [`Engine::handle_timeout`] (expiry, revocations, usage).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// Allocations one sweep ends at most. A sweep that reaches it stops there, and the next one,
-/// due at once, goes on from that allocation (a revocation that ends thousands at once): the
-/// driver runs the shard's other work in between, so no packet waits for the whole teardown
+/// Allocations one sweep step ends at most. A step that reaches it stops there, and the next
+/// one, due at once, goes on from that allocation (a revocation that ends thousands at once):
+/// the driver runs the shard's other work in between, so no packet waits for the whole teardown
 /// (measured: docs/benchmarks.md, "Shard stalls").
-pub const MAX_ENDED_PER_SWEEP: usize = 256;
+pub const MAX_ENDED_PER_SWEEP: usize = 64;
+/// Allocation slots one sweep step visits at most: a round over a shard holding thousands of
+/// allocations (expiry, permissions, usage) is cut into steps like a mass revocation, so no
+/// single step of the shard's loop is proportional to every allocation it holds.
+pub const MAX_VISITED_PER_SWEEP: usize = 1024;
 /// Bytes the driver must leave free before a peer's payload (room for a ChannelData header).
 pub const PEER_HEADROOM: usize = 4;
 /// Bytes the driver must leave free after a peer's payload (room for stream padding).
@@ -503,8 +507,10 @@ impl Engine {
     }
 
     /// Expires allocations, permissions and channels, ends revoked or expired credentials'
-    /// allocations (at most [`MAX_ENDED_PER_SWEEP`]; the next sweep is then due at once), counts
-    /// the live permissions and channels, and hands usage to the sink. Cheap to call early.
+    /// allocations, counts the live permissions and channels, and hands usage to the sink. One
+    /// call is one step of a round over every allocation: it visits at most
+    /// [`MAX_VISITED_PER_SWEEP`] slots and ends at most [`MAX_ENDED_PER_SWEEP`] allocations; an
+    /// unfinished round makes the next step due at once. Cheap to call early.
     pub fn handle_timeout(&mut self, now: Now, ports: &mut dyn RelayPorts) {
         if now.mono < self.next_sweep {
             return;
@@ -524,7 +530,8 @@ impl Engine {
         let unix = now.unix();
         let mut ended_now = 0usize;
         let mut idx = self.sweep.resume_at;
-        while idx < self.allocs.len() && ended_now < MAX_ENDED_PER_SWEEP {
+        let stop = idx.saturating_add(MAX_VISITED_PER_SWEEP).min(self.allocs.len());
+        while idx < stop && ended_now < MAX_ENDED_PER_SWEEP {
             let i = idx;
             idx += 1;
             let Some(a) = self.allocs[i].as_mut() else { continue };

@@ -58,7 +58,23 @@ impl Engine {
     pub fn snapshot_sessions(&self, now: Now, out: &mut Vec<SessionSnapshot>) {
         out.clear();
         out.reserve(self.by_tuple.len());
-        for a in self.allocs.iter().flatten() {
+        self.snapshot_sessions_from(now, 0, usize::MAX, out);
+    }
+
+    /// One step of a snapshot built over several turns of the driver's loop: appends to `out`
+    /// the live allocations among at most `max_slots` allocation slots from slot `from` on, and
+    /// returns the slot the next step starts at, or `None` when the last slot was reached. An
+    /// allocation created or ended between two steps is listed or not depending on its slot; the
+    /// listing is a sweep-time view either way.
+    pub fn snapshot_sessions_from(
+        &self,
+        now: Now,
+        from: usize,
+        max_slots: usize,
+        out: &mut Vec<SessionSnapshot>,
+    ) -> Option<usize> {
+        let end = from.saturating_add(max_slots).min(self.allocs.len());
+        for a in self.allocs.get(from..end).unwrap_or_default().iter().flatten() {
             let (permissions, channels) = a.live_counts(now.mono);
             let (bytes, packets) = a.counters();
             out.push(SessionSnapshot {
@@ -78,5 +94,6 @@ impl Engine {
                 fast_path: false,
             });
         }
+        (end < self.allocs.len()).then_some(end)
     }
 }

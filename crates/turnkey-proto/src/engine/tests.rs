@@ -1374,3 +1374,4 @@ fn allocation_ids_are_unique_across_the_shards_of_one_shared_and_carry_its_prefi
 }
 
 mod events;
+mod sweep_steps;

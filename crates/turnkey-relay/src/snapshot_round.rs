@@ -1,0 +1,83 @@
+//! A shard's session snapshot, built a bounded slice per turn of the shard's loop.
+//!
+//! The node-wide listing (`sessions`) wants every allocation of the shard once per
+//! [`SWEEP_INTERVAL`]. Building it in one go costs time proportional to every allocation the
+//! shard holds (10,000 allocations: milliseconds, every half second), during which the shard
+//! relays nothing. A [`SnapshotRound`] instead appends at most [`SNAPSHOT_SLOTS_PER_STEP`]
+//! allocation slots per call ([`Engine::snapshot_sessions_from`]), asks to be called again at
+//! once until the last slot is reached, and only then publishes the whole snapshot. (The engine's
+//! own sweep is cut into steps the same way: `MAX_VISITED_PER_SWEEP`.)
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use crate::engine::{AllocationId, Engine, SessionSnapshot, SWEEP_INTERVAL};
+use crate::sessions::{SessionTable, ShardSlot};
+use crate::types::Now;
+
+/// Allocation slots one step of the snapshot copies at most.
+pub(crate) const SNAPSHOT_SLOTS_PER_STEP: usize = 1024;
+
+/// One shard's snapshot in progress (or the time the next one starts).
+pub(crate) struct SnapshotRound {
+    /// The slot the next step starts at; `None`: no round in progress.
+    at: Option<usize>,
+    /// When the next round starts (in the past while a round is in progress).
+    next: Instant,
+    /// The snapshot being built; after a publish, the buffer the table handed back.
+    building: Vec<SessionSnapshot>,
+    /// The allocations the kernel fast path relays a channel of, read when the round started.
+    in_kernel: HashSet<AllocationId>,
+}
+
+impl SnapshotRound {
+    /// No round yet; the first starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self { at: None, next: now, building: Vec::new(), in_kernel: HashSet::new() }
+    }
+
+    /// Starts a new round at `now` (the one in progress, if any, is dropped): after a kill.
+    pub fn restart(&mut self, now: Instant) {
+        self.at = None;
+        self.next = now;
+    }
+
+    /// When the next step is due: at once while a round is in progress.
+    pub fn due(&self) -> Instant {
+        self.next
+    }
+
+    /// One step: starts a round if one is due (`in_kernel` is then asked which allocations the
+    /// kernel relays), copies the next slice of slots, and publishes the snapshot into `table`
+    /// when the last slot was copied. Returns whether a round is still in progress.
+    pub fn step(
+        &mut self,
+        now: Now,
+        engine: &Engine,
+        (table, slot): (&SessionTable, ShardSlot),
+        in_kernel: impl FnOnce() -> HashSet<AllocationId>,
+    ) -> bool {
+        let from = match self.at {
+            Some(at) => at,
+            None if now.mono < self.next => return false,
+            None => {
+                self.building.clear();
+                self.in_kernel = in_kernel();
+                0
+            }
+        };
+        let copied = self.building.len();
+        let next = engine.snapshot_sessions_from(now, from, SNAPSHOT_SLOTS_PER_STEP, &mut self.building);
+        if !self.in_kernel.is_empty() {
+            for s in &mut self.building[copied..] {
+                s.fast_path = self.in_kernel.contains(&s.id);
+            }
+        }
+        self.at = next;
+        if next.is_none() {
+            table.publish(slot, |buf| std::mem::swap(buf, &mut self.building));
+            self.next = now.mono + SWEEP_INTERVAL;
+        }
+        self.at.is_some()
+    }
+}
