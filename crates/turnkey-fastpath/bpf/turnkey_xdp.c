@@ -296,6 +296,8 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 			// offset in the checksummed data: its last 4 bytes are two whole checksum words.
 			__u32 l4 = sizeof(struct ethhdr) + sizeof(struct udphdr) +
 				   (family == FAM_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr));
+			// (bpf_xdp_load_bytes, Linux 5.18+: a direct read at this variable offset, its bounds
+			// checked, is compiled by clang into a form the verifier rejects.)
 			__u8 kept[4];
 			if (bpf_xdp_load_bytes(ctx, l4 + plen - 4, kept, 4))
 				return PASS_LENGTH;
