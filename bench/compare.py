@@ -38,6 +38,11 @@ Usage:
 
 `--only udp` is the UDP data path only (issue 17): capacity in pair and echo-peer mode at 100 and
 1200 B, the round trip at half load in both modes, and CPU per message for every traffic shape.
+Each capacity ramp also records what limited it (`limit`, and the table "what limited each
+ramp"): the peak 1 s busy share of the server process, of core 0 and of core 1 (the generator's,
+with the softirq work of the packets it sends: over a veth the receiver's softirq, XDP included,
+runs on the sender's core). A ramp that ended with the generator's core saturated and the
+server's not is *generator-bound*: the server's capacity is at least the figure (shown as "≥").
 
 Needs: coturn's `turnserver`, `taskset`, `openssl`, `wrk` (Debian; for the issuance figure), and `cargo build --release -p turnkey`
 (done by the script). Loopback (or the namespaces it creates) only; every load is bounded in count and time.
@@ -141,6 +146,20 @@ def xdp_object() -> Path:
     if not found:
         sys.exit("no turnkey_xdp.o in target/release/build: the release build had no clang (docs/fastpath.md)")
     return found[-1]
+
+
+def core_busy_secs(core: str) -> float:
+    """Busy time of one CPU since boot (/proc/stat: everything but idle and iowait, softirq
+    included), in seconds."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            f = [int(x) for x in line.split()[1:]]
+            return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK
+    return 0.0
+
+
+# A core at or above this share of its time busy over a 1 s window is called saturated.
+SATURATED_PCT = 90.0
 
 
 def softirq_secs() -> float:
@@ -277,17 +296,41 @@ class Server:
 class CpuPeak:
     """Samples the server's CPU every 0.25 s while a load runs; `peak` is the highest share of one
     core used over any 1 s window. Near 100% the server was the bottleneck; well under it, the
-    load generator (or the network stack outside the server) was."""
+    load generator (or the network stack outside the server) was. `server_core_peak` and
+    `load_core_peak` are the same for the two pinned cores as a whole (every process on them and
+    the kernel's softirq work there: over a veth the receiving side's softirq, XDP included, runs
+    on the sender's core, so the kernel path's work lands on the generator's core 1)."""
 
     def __init__(self, server: Server):
         self.server, self.samples, self.stop = server, [], threading.Event()
+        self.cores: list[tuple[float, float, float]] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
             u, s = self.server.cpu_secs()
-            self.samples.append((time.monotonic(), u + s))
+            t = time.monotonic()
+            self.samples.append((t, u + s))
+            self.cores.append((t, core_busy_secs(SERVER_CORE), core_busy_secs(LOAD_CORE)))
             time.sleep(0.25)
+
+    @staticmethod
+    def _peak(samples: list[tuple[float, float]]) -> float:
+        best = 0.0
+        for i, (t0, c0) in enumerate(samples):
+            for t1, c1 in samples[i + 1:]:
+                if t1 - t0 >= 1.0:
+                    best = max(best, (c1 - c0) / (t1 - t0))
+                    break
+        return min(100 * best, 100.0)
+
+    @property
+    def server_core_peak(self) -> float:
+        return self._peak([(t, a) for t, a, _ in self.cores])
+
+    @property
+    def load_core_peak(self) -> float:
+        return self._peak([(t, b) for t, _, b in self.cores])
 
     def __enter__(self) -> "CpuPeak":
         self.thread.start()
@@ -321,6 +364,23 @@ def load(server: Server, transport: str, *args: str, ca: Path | None = None) -> 
         if p.returncode == 2:
             sys.exit(f"turnkey load could not start: {p.stderr}")
         return json.loads(Path(out.name).read_text())
+
+
+def ramp_limit(server_pct: float, server_core_pct: float, load_core_pct: float, at_ceiling: bool) -> str:
+    """What limited a capacity ramp, from the peaks of its 1 s windows: the server process (its
+    own CPU on core 0), the server's core (core 0 busy, the kernel's work there included), the
+    generator's core (core 1: `turnkey load` and the softirq work of the packets it sends), or
+    none of them (the ramp's ceiling, or loss with no core saturated)."""
+    limits = []
+    if server_pct >= SATURATED_PCT:
+        limits.append("server process")
+    elif server_core_pct >= SATURATED_PCT:
+        limits.append("server core")
+    if load_core_pct >= SATURATED_PCT:
+        limits.append("generator core")
+    if limits:
+        return " + ".join(limits)
+    return "ramp ceiling" if at_ceiling else "no core saturated"
 
 
 def spread(values: list[float]) -> dict:
@@ -382,8 +442,11 @@ class Bench:
         best = max(best, (r2["ramp"] or {}).get("max_loss_free_pps") or 0.0)
         if not best:
             sys.exit(f"{s.kind} {transport}: no loss-free step: {r.get('first_errors')} {r2.get('first_errors')}")
-        return {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "server_cpu_peak_pct": cpu.peak,
-                "at_ceiling": r["ramp"]["first_lossy_step"] is None}
+        at_ceiling = r["ramp"]["first_lossy_step"] is None
+        server, server_core, load_core = cpu.peak, cpu.server_core_peak, cpu.load_core_peak
+        return {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "server_cpu_peak_pct": server,
+                "server_core_peak_pct": server_core, "load_core_peak_pct": load_core, "at_ceiling": at_ceiling,
+                "limit": ramp_limit(server, server_core, load_core, at_ceiling)}
 
     # CPU per relayed message at a fixed rate both servers sustain.
     def cpu_per_msg(self, s: Server, transport: str, msgs_per_s: int) -> dict:
@@ -664,12 +727,14 @@ def udp_tables(res: dict, add) -> None:
     """Capacity and round trips of `--only udp`: one column per server measured (median, min..max),
     then turnkey's ratio to each other server."""
     def table(title: str, rows: dict, field: str, digits: int, scale: float = 1.0) -> None:
-        kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey") if any(k in r for r in rows.values())]
-        others = [k for k in kinds if k != "turnkey"]
+        kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey", FAST) if any(k in r for r in rows.values())]
+        # turnkey against every other server, and turnkey-xdp against every server but itself.
+        pairs = [(n, d) for n in ("turnkey", FAST) if n in kinds for d in kinds if d != n and not (n == "turnkey"
+                 and d == FAST)]
         add("")
         add(f"| {title} | " + " | ".join(f"{k} (min..max)" for k in kinds) + " | "
-            + " | ".join(f"turnkey / {k}" for k in others) + " |")
-        add("|---|" + "---|" * (len(kinds) + len(others)))
+            + " | ".join(f"{n} / {d}" for n, d in pairs) + " |")
+        add("|---|" + "---|" * (len(kinds) + len(pairs)))
         for key, runs in rows.items():
             cells, mids = [], {}
             for k in kinds:
@@ -678,21 +743,51 @@ def udp_tables(res: dict, add) -> None:
                     continue
                 m, lo, hi = (scale * x for x in med(runs[k], field))
                 mids[k] = m
-                extra = ""
+                extra, bound = "", ""
                 if "server_cpu_peak_pct" in runs[k][0]:
                     extra = f"; CPU {med(runs[k], 'server_cpu_peak_pct')[0]:.0f}%"
                     if all(r["at_ceiling"] for r in runs[k]):
                         extra += " (ramp ceiling)"
-                cells.append(f"{fmt(m, digits)} ({fmt(lo, digits)}..{fmt(hi, digits)}){extra}")
-            ratios = [f"{mids['turnkey'] / max(mids[k], 1e-9):.2f}×" if k in mids and "turnkey" in mids else ""
-                      for k in others]
+                        bound = "≥ "
+                    elif all("generator core" in r.get("limit", "") and "server" not in r["limit"] for r in runs[k]):
+                        # The generator ran out first: the server's capacity is at least this.
+                        extra += " (generator-bound)"
+                        bound = "≥ "
+                cells.append(f"{bound}{fmt(m, digits)} ({fmt(lo, digits)}..{fmt(hi, digits)}){extra}")
+            ratios = [f"{mids[n] / max(mids[d], 1e-9):.2f}×" if n in mids and d in mids else "" for n, d in pairs]
             add(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 
     table("UDP capacity, relayed msgs/s at loss ≤ 0.1% (server CPU at peak)", res["udp_capacity"],
           "relayed_msgs_per_s", 0)
+    limits_table(res["udp_capacity"], add)
     lat = res["udp_latency"]
     table("round trip p50 at half of coturn 4.6.1's capacity (µs)", lat, "p50_us", 0)
     table("round trip p99 at half of coturn 4.6.1's capacity (µs)", lat, "p99_us", 0)
+
+
+def limits_table(capacity: dict, add) -> None:
+    """What limited each capacity ramp: peak 1 s busy share of the server process, of core 0 (the
+    server's core) and of core 1 (the generator's, with the softirq work of what it sends), and
+    the verdict of every repetition (`ramp_limit`)."""
+    kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey", FAST) if any(k in r for r in capacity.values())]
+    if not any("limit" in r for runs in capacity.values() for k in runs for r in runs[k]):
+        return
+    add("")
+    add("| what limited each ramp (peak 1 s busy: server process / core 0 / core 1 generator; verdict) | "
+        + " | ".join(kinds) + " |")
+    add("|---|" + "---|" * len(kinds))
+    for key, runs in capacity.items():
+        cells = []
+        for k in kinds:
+            if k not in runs:
+                cells.append("n/a")
+                continue
+            p = med(runs[k], "server_cpu_peak_pct")[0]
+            c0 = med(runs[k], "server_core_peak_pct")[0]
+            c1 = med(runs[k], "load_core_peak_pct")[0]
+            verdicts = sorted({r["limit"] for r in runs[k]})
+            cells.append(f"{p:.0f}% / {c0:.0f}% / {c1:.0f}%; {', '.join(verdicts)}")
+        add(f"| {key} | " + " | ".join(cells) + " |")
 
 
 def profile_table(profiles: dict, add) -> None:

@@ -77,9 +77,9 @@ fn uclient_client_to_client_relays_hairpin_in_the_kernel() {
 }
 
 /// webrtc-rs's `turn::client` in namespace `b`: the first sends go as Send indications while it
-/// binds a channel in the background, the rest as ChannelData, which the kernel relays (the
-/// payloads are a multiple of 4 bytes: webrtc-rs pads ChannelData over UDP, and padded
-/// ChannelData stays in user space).
+/// binds a channel in the background, the rest as ChannelData, which the kernel relays. The
+/// payloads are 102 bytes: webrtc-rs pads ChannelData over UDP to a multiple of 4 (RFC 8656
+/// §12.5), and the program trims the padding (the peer echoes exactly what it received).
 #[test]
 fn webrtc_rs_turn_client_relays_through_the_kernel() {
     use turn::client::{Client, ClientConfig};
@@ -113,15 +113,18 @@ fn webrtc_rs_turn_client_relays_through_the_kernel() {
         let mut buf = vec![0u8; 2048];
         for round in 0..10 {
             for i in 0..20 {
-                // 100 bytes: webrtc-rs pads ChannelData over UDP to a multiple of 4, and the
-                // program leaves padded ChannelData to user space (counted as `padded`).
-                let msg = format!("{round:04}-{i:05}").repeat(10);
+                // 102 bytes, sent as 104 bytes of padded ChannelData.
+                let msg = format!("{}!!", format!("{round:04}-{i:05}").repeat(10));
+                assert_eq!(msg.len(), 102);
                 relay.send_to(msg.as_bytes(), peer.addr).await.unwrap();
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
             for _ in 0..20 {
                 match tokio::time::timeout_at(deadline, relay.recv_from(&mut buf)).await {
-                    Ok(Ok((_, from))) if from == peer.addr => received += 1,
+                    Ok(Ok((n, from))) if from == peer.addr => {
+                        assert_eq!(n, 102, "the echo is the payload without the padding");
+                        received += 1
+                    }
                     _ => break,
                 }
             }

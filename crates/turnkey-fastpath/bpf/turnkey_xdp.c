@@ -40,7 +40,7 @@ enum fp_counter {
 	PASS_STUN,              // a STUN message to a listener (requests, refreshes, ...)
 	PASS_SEND_INDICATION,   // a Send indication
 	PASS_NOT_CHANNEL_DATA,  // neither STUN nor ChannelData (first two bits 10 or 11)
-	PASS_PADDED,            // ChannelData with padding (RFC 8656 §12.5): user space trims it
+	PASS_PADDED,            // trailing bytes that are not padding to a multiple of 4: user space's
 	PASS_NO_CHANNEL,        // ChannelData with no kernel entry for its 5-tuple and channel
 	PASS_NO_PEER,           // UDP to a relayed address from a peer with no kernel entry
 	PASS_EXPIRED,           // the entry's (or its allocation's) deadline has passed
@@ -182,6 +182,10 @@ struct plan {
 	__u16 data_len;         // ChannelData payload length (host order)
 	__u8 strip;
 	__u8 add;
+	__u8 trim;              // padding bytes (1-3) trimmed from the end, when strip (RFC 8656 §12.5)
+	__u8 pad0[3];
+	__be32 tail;            // the packet's last 4 bytes as they arrived, when trim
+	__be32 tail_kept;       // the same with the padding bytes zeroed (what the checksum keeps)
 	__u32 to_peer_alloc;
 	__u32 to_client_alloc;
 	__u8 to_peer;
@@ -281,9 +285,31 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 			return PASS_NOT_CHANNEL_DATA;
 		__u16 dlen = ((__u16)payload[2] << 8) | payload[3];
 		if (plen - CHANNEL_HDR != dlen) {
-			if (plen - CHANNEL_HDR > dlen && plen - CHANNEL_HDR <= (((__u32)dlen + 3) & ~3u))
+			// Over UDP the message may be padded to a multiple of 4 (RFC 8656 §12.5): the padding
+			// is trimmed with the header. Other trailing bytes (1-3 but not to a multiple of 4)
+			// go to user space, which ignores them too.
+			if (plen - CHANNEL_HDR < dlen || plen - CHANNEL_HDR > (((__u32)dlen + 3) & ~3u))
+				return PASS_LENGTH;
+			if (plen - CHANNEL_HDR != (((__u32)dlen + 3) & ~3u))
 				return PASS_PADDED;
-			return PASS_LENGTH;
+			// The padded message ends at a multiple of 4 from the UDP payload's start, an even
+			// offset in the checksummed data: its last 4 bytes are two whole checksum words.
+			__u32 l4 = sizeof(struct ethhdr) + sizeof(struct udphdr) +
+				   (family == FAM_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr));
+			// (bpf_xdp_load_bytes, Linux 5.18+: a direct read at this variable offset, its bounds
+			// checked, is compiled by clang into a form the verifier rejects.)
+			__u8 kept[4];
+			if (bpf_xdp_load_bytes(ctx, l4 + plen - 4, kept, 4))
+				return PASS_LENGTH;
+			__u8 trim = plen - CHANNEL_HDR - dlen;
+			__builtin_memcpy(&p->tail, kept, 4);
+			if (trim >= 3)
+				kept[1] = 0;
+			if (trim >= 2)
+				kept[2] = 0;
+			kept[3] = 0;
+			__builtin_memcpy(&p->tail_kept, kept, 4);
+			p->trim = trim;
 		}
 		struct fp_chan_key ck = {};
 		copy16(ck.client, src);
@@ -409,8 +435,8 @@ static __always_inline __u32 route(struct xdp_md *ctx, __u8 family, const struct
 static __always_inline __u16 udp_csum(__u16 old, const __u8 *osrc, const __u8 *odst, __be16 osport,
 				      __be16 odport, __be16 oulen, const struct plan *p, __be16 nulen)
 {
-	__be32 from[12] = {};
-	__be32 to[12] = {};
+	__be32 from[13] = {};
+	__be32 to[13] = {};
 	__builtin_memcpy(&from[0], osrc, 16);
 	__builtin_memcpy(&from[4], odst, 16);
 	__builtin_memcpy(&to[0], p->src, 16);
@@ -433,6 +459,10 @@ static __always_inline __u16 udp_csum(__u16 old, const __u8 *osrc, const __u8 *o
 	if (p->add) {
 		t16[4] = p->add_chan;
 		t16[5] = len_be;
+	}
+	if (p->trim) {
+		from[12] = p->tail;
+		to[12] = p->tail_kept;
 	}
 	__s64 d = bpf_csum_diff(from, sizeof(from), to, sizeof(to), (__u32)(__u16)~old);
 	__u16 c = csum_fold((__u64)(__u32)d);
@@ -460,7 +490,8 @@ static __always_inline int egress_ok(struct xdp_md *ctx, const struct bpf_fib_lo
 }
 
 // From the addresses and ports to a decided, routed plan: 0 or a pass reason. `ip_len` is the IP
-// packet's length as it arrived (header included); `*delta` is what the rewrite adds (+4, 0, -4).
+// packet's length as it arrived (header included); `*delta` is what the rewrite adds to it (+4, 0,
+// -4, less the padding trimmed).
 static __always_inline __u32 plan_and_route(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
 					    const struct udphdr *udp, const __u8 *payload, __u32 ip_len, struct plan *p,
 					    struct bpf_fib_lookup *fib, int *delta)
@@ -468,7 +499,7 @@ static __always_inline __u32 plan_and_route(struct xdp_md *ctx, __u8 family, con
 	__u32 r = decide(ctx, family, src, dst, udp->source, udp->dest, payload, bpf_ntohs(udp->len) - sizeof(*udp), p);
 	if (r)
 		return r;
-	*delta = (p->add ? CHANNEL_HDR : 0) - (p->strip ? CHANNEL_HDR : 0);
+	*delta = (p->add ? CHANNEL_HDR : 0) - (p->strip ? CHANNEL_HDR : 0) - p->trim;
 	if (ip_len + *delta > 0xffff)
 		return PASS_LENGTH;
 	r = route(ctx, family, p, ip_len + *delta, fib);
@@ -479,13 +510,21 @@ static __always_inline __u32 plan_and_route(struct xdp_md *ctx, __u8 family, con
 	return 0;
 }
 
-// Writes the new headers (moving the head by `delta`) and the ChannelData header when one is
-// added, then counts and sends. `l3` is the new IP header, `l3_len` its (constant) size.
+// Writes the new headers (moving the head by the ChannelData header added or removed, and the tail
+// by the padding trimmed) and the ChannelData header when one is added, then counts and sends. `l3`
+// is the new IP header, `l3_len` its (constant) size.
 static __always_inline int emit(struct xdp_md *ctx, const struct plan *p, const struct bpf_fib_lookup *fib,
-				int delta, __be16 proto, const void *l3, const __u32 l3_len, const struct udphdr *udp)
+				__be16 proto, const void *l3, const __u32 l3_len, const struct udphdr *udp)
 {
-	if (delta && bpf_xdp_adjust_head(ctx, -delta))
+	int head = (p->add ? CHANNEL_HDR : 0) - (p->strip ? CHANNEL_HDR : 0);
+	if (head && bpf_xdp_adjust_head(ctx, -head))
 		return pass(PASS_ADJUST_FAILED);
+	if (p->trim && bpf_xdp_adjust_tail(ctx, -(int)p->trim)) {
+		// Moving the head back restores the packet as it arrived (its bytes were not written).
+		if (head)
+			bpf_xdp_adjust_head(ctx, head);
+		return pass(PASS_ADJUST_FAILED);
+	}
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -507,7 +546,9 @@ static __always_inline int emit(struct xdp_md *ctx, const struct plan *p, const 
 	return finish(ctx, p, fib);
 }
 
-static __always_inline int handle_v4(struct xdp_md *ctx)
+// handle_v4 and handle_v6 are subprograms of their own (not inlined into turnkey_xdp): each one's
+// stack stays under BPF's 512 bytes, where the two inlined together would not.
+static __noinline int handle_v4(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -566,10 +607,10 @@ static __always_inline int handle_v4(struct xdp_md *ctx)
 	nip.check = 0;
 	nip.check = csum_fold((__u64)(__u32)bpf_csum_diff(0, 0, (__be32 *)&nip, sizeof(nip), 0));
 	struct udphdr nudp = { .source = p.sport, .dest = p.dport, .len = nulen, .check = ncheck };
-	return emit(ctx, &p, &fib, delta, bpf_htons(ETH_P_IP), &nip, sizeof(nip), &nudp);
+	return emit(ctx, &p, &fib, bpf_htons(ETH_P_IP), &nip, sizeof(nip), &nudp);
 }
 
-static __always_inline int handle_v6(struct xdp_md *ctx)
+static __noinline int handle_v6(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -619,7 +660,7 @@ static __always_inline int handle_v6(struct xdp_md *ctx)
 	__builtin_memcpy(&nip.saddr, p.src, 16);
 	__builtin_memcpy(&nip.daddr, p.dst, 16);
 	struct udphdr nudp = { .source = p.sport, .dest = p.dport, .len = nulen, .check = ncheck };
-	return emit(ctx, &p, &fib, delta, bpf_htons(ETH_P_IPV6), &nip, sizeof(nip), &nudp);
+	return emit(ctx, &p, &fib, bpf_htons(ETH_P_IPV6), &nip, sizeof(nip), &nudp);
 }
 
 SEC("xdp")

@@ -62,6 +62,13 @@ fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// ChannelData padded with zeros to a multiple of 4 bytes (RFC 8656 §12.5).
+fn padded(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = channel_data(channel, data);
+    v.resize(v.len().next_multiple_of(4), 0);
+    v
+}
+
 fn require(tool: &str) -> bool {
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -177,10 +184,15 @@ fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
     peer.send_to(b"pong", relayed).unwrap();
     let (got, from) = recv(&client).expect("the client receives ChannelData");
     assert_eq!((got, from), (channel_data(0x4001, b"pong"), listener));
-    // User space saw neither.
+    // Padded ChannelData (RFC 8656 §12.5, as webrtc-rs's client sends it): header and padding
+    // trimmed, the peer's kernel accepts the checksum.
+    client.send_to(&padded(0x4001, b"padded"), listener).unwrap();
+    let (got, from) = recv(&peer).expect("the peer receives the trimmed datagram");
+    assert_eq!((got.as_slice(), from), (&b"padded"[..], relayed));
+    // User space saw none of them.
     assert!(recv(&user_listener).is_none() && recv(&user_relayed).is_none(), "user space received a relayed datagram");
     let c = fp.alloc_counters(AllocKey(7)).unwrap();
-    assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (1, 23, 1, 4));
+    assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (2, 29, 1, 4));
     assert!(fp.counters().unwrap().tx >= 2);
 
     // Removing the entry: the next datagram is user space's (XDP_PASS), the peer gets nothing.
@@ -289,9 +301,16 @@ fn veth_relays_ipv6_both_directions() {
         assert_eq!((got, from), (channel_data(0x4fff, data), listener));
         total += data.len() as u64;
     }
+    // Padded ChannelData (RFC 8656 §12.5): the peer's kernel accepts the trimmed datagram.
+    for data in [&b"pad"[..], b"a", b"padded to four!"] {
+        client.send_to(&padded(0x4fff, data), listener).unwrap();
+        let (got, from) = recv(&peer).expect("the peer receives the trimmed datagram over IPv6");
+        assert_eq!((got.as_slice(), from), (data, relayed));
+        total += data.len() as u64;
+    }
     assert!(recv(&user_listener).is_none() && recv(&user_relayed).is_none(), "user space received a relayed datagram");
     let c = p.fp.alloc_counters(AllocKey(8)).unwrap();
-    assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (3, total, 3, total));
+    assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (6, total, 3, total - 19));
 }
 
 /// A peer behind a second interface of the relay (a third namespace): client -> peer leaves r1

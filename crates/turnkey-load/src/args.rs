@@ -119,6 +119,10 @@ pub struct LoadArgs {
     /// Allocation LIFETIME requested, in seconds.
     #[arg(long, default_value_t = 600)]
     pub lifetime: u32,
+    /// Address family of the relayed addresses, sent as REQUESTED-ADDRESS-FAMILY (RFC 8656
+    /// §7.1). Default: no attribute, so the server picks (IPv4 per the RFC).
+    #[arg(long, value_enum, value_name = "FAMILY")]
+    pub family: Option<AddressFamily>,
     /// Time allowed for one request (with retransmissions over UDP), in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -268,6 +272,25 @@ pub enum TransportKind {
     Tcp,
     /// TLS over TCP.
     Tls,
+}
+
+/// The address family an Allocate requests (REQUESTED-ADDRESS-FAMILY, RFC 8656 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AddressFamily {
+    /// An IPv4 relayed address (0x01).
+    Ipv4,
+    /// An IPv6 relayed address (0x02).
+    Ipv6,
+}
+
+impl AddressFamily {
+    /// The attribute's value: the family byte, then 3 reserved zero bytes.
+    pub fn attribute(self) -> u32 {
+        match self {
+            Self::Ipv4 => 0x01 << 24,
+            Self::Ipv6 => 0x02 << 24,
+        }
+    }
 }
 
 /// What to measure.
@@ -567,5 +590,16 @@ mod tests {
         let mut a = parse(&[]);
         a.server = Some("[::1]:5349".into());
         assert_eq!(a.server_host(), Some("::1"));
+    }
+
+    #[test]
+    fn family_is_requested_only_when_given() {
+        assert_eq!(parse(&[]).family, None);
+        assert_eq!(parse(&["--family", "ipv4"]).family, Some(AddressFamily::Ipv4));
+        assert_eq!(parse(&["--family", "ipv6"]).family, Some(AddressFamily::Ipv6));
+        assert!(Cli::try_parse_from(["x", "--server", "h:1", "--family", "inet6"]).is_err());
+        // RFC 8656 §18.6: the family byte (0x01 IPv4, 0x02 IPv6), then 3 reserved bytes.
+        assert_eq!(AddressFamily::Ipv4.attribute().to_be_bytes(), [1, 0, 0, 0]);
+        assert_eq!(AddressFamily::Ipv6.attribute().to_be_bytes(), [2, 0, 0, 0]);
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::proto::{attr, class, method, Incoming, MessageWriter, StunView, TransactionId};
 use crate::transport::{Rx, Target, Tx};
-use crate::LoadError;
+use crate::{AddressFamily, LoadError};
 
 /// A username and password for the long-term credential mechanism.
 #[derive(Clone, PartialEq, Eq)]
@@ -110,9 +110,22 @@ impl TurnClient {
 
     /// Allocates a UDP relay with LIFETIME `lifetime`; returns the relayed address.
     pub async fn allocate(&mut self, lifetime: u32) -> Result<SocketAddr, LoadError> {
+        self.allocate_family(lifetime, None).await
+    }
+
+    /// [`TurnClient::allocate`] asking for a relayed address of `family` (REQUESTED-ADDRESS-FAMILY;
+    /// None sends no attribute).
+    pub async fn allocate_family(
+        &mut self,
+        lifetime: u32,
+        family: Option<AddressFamily>,
+    ) -> Result<SocketAddr, LoadError> {
         let reply = self
             .transact(method::ALLOCATE, "Allocate", |w| {
                 w.attr_u32(attr::REQUESTED_TRANSPORT, 17 << 24).attr_u32(attr::LIFETIME, lifetime);
+                if let Some(f) = family {
+                    w.attr_u32(attr::REQUESTED_ADDRESS_FAMILY, f.attribute());
+                }
             })
             .await?;
         let relayed =

@@ -48,7 +48,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use args::{LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario, TransportKind};
+pub use args::{AddressFamily, LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario, TransportKind};
 pub use error::LoadError;
 pub use report::{Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic, Verdict};
 
@@ -352,7 +352,7 @@ impl Ctx {
         let r = async {
             let auth = Auth::new(&lease.creds, self.args.realm.clone());
             let mut c = TurnClient::connect(target, auth.clone(), self.timeout).await?;
-            match c.allocate(self.args.lifetime).await {
+            match c.allocate_family(self.args.lifetime, self.args.family).await {
                 // 437: the server already holds an allocation on this 5-tuple. Either our own
                 // retransmitted Allocate was granted first (coturn answers the retransmission
                 // with 437), or the kernel handed us the source port of an allocation released a
@@ -363,7 +363,7 @@ impl Ctx {
                         let _ = c.refresh(0).await;
                     }
                     let mut c = TurnClient::connect(target, auth, self.timeout).await?;
-                    c.allocate(self.args.lifetime).await?;
+                    c.allocate_family(self.args.lifetime, self.args.family).await?;
                     Ok(c)
                 }
                 Err(e) => Err(e),

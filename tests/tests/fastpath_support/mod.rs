@@ -6,7 +6,7 @@
 
 #![allow(dead_code, reason = "each test binary uses its own share of these helpers")]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,7 +26,12 @@ pub struct EchoPeer {
 
 impl EchoPeer {
     pub fn start(pair: &VethPair) -> Self {
-        let socket = pair.b.enter(|| UdpSocket::bind(SocketAddr::new(B_V4, 0)).unwrap());
+        Self::start_at(pair, B_V4)
+    }
+
+    /// An echo peer on `ip` (an address of namespace `b`: B_V4 or B_V6).
+    pub fn start_at(pair: &VethPair, ip: IpAddr) -> Self {
+        let socket = pair.b.enter(|| UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap());
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -84,6 +89,11 @@ pub fn sh(cmd: &str) -> String {
 
 /// `turnkey load` in namespace `b` through the relay to `peer`: its exit code and JSON report.
 pub fn load_in(pair: &VethPair, tk: &Turnkey, peer: SocketAddr) -> (i32, serde_json::Value) {
+    load_in_with(pair, tk, peer, &[])
+}
+
+/// [`load_in`] with more `turnkey load` arguments (e.g. `--family ipv6`).
+pub fn load_in_with(pair: &VethPair, tk: &Turnkey, peer: SocketAddr, extra: &[&str]) -> (i32, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let mut cmd = Command::new("ip");
@@ -92,7 +102,8 @@ pub fn load_in(pair: &VethPair, tk: &Turnkey, peer: SocketAddr) -> (i32, serde_j
         .args(["load", "--server", &tk.udp().to_string(), "--secret", &tk.secret(), "--quiet", "--json"])
         .arg(&json)
         .args(["--flows", "4", "--rate", "200", "--duration", "3", "--max-loss", "0"])
-        .args(["--peer-addr", &peer.to_string()]);
+        .args(["--peer-addr", &peer.to_string()])
+        .args(extra);
     let out = run_with_timeout(&mut cmd, Duration::from_secs(90));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("[turnkey load] {text}");
