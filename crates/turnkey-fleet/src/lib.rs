@@ -30,9 +30,11 @@
 //! they derive from the prefix.
 
 mod background;
+pub mod beat;
 mod changes;
 mod client;
 mod config;
+pub mod directory;
 mod error;
 pub mod handout;
 mod metrics;
