@@ -11,7 +11,8 @@ use turnkey_auth::{RevocationSet, SecretRing, UnixTime};
 use turnkey_fleet::Fleet;
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
-use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
+use turnkey_relay::own_peers::relay_peer_policy;
+use turnkey_relay::policy::PeerPolicy;
 use turnkey_relay::sessions::SessionTable;
 use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
@@ -319,16 +320,11 @@ fn relay_config(
     }
 }
 
-/// The operator's peer rules, this process's own service addresses (never relayed to), and the
-/// relay's own relayed addresses (relay and external IPs inside the relay port range) allowed, so
-/// two allocations of this relay can reach each other even on a private network (security.md).
+/// The operator's peer rules with this process's own service addresses (never relayed to) and
+/// the relay's own relayed addresses allowed (the rule: `turnkey_relay::own_peers`).
 fn peer_policy(s: &Settings, listening: &Listening, obs: &Observability, relay: &RelayAddrs) -> PeerPolicy {
-    let mut service: Vec<ServiceAddr> = listening.all().map(|a| ServiceAddr::from(*a)).collect();
-    service.extend(obs.metrics_addr.map(ServiceAddr::from));
-    service.extend(s.node.http.0.map(ServiceAddr::from));
-    let own = [relay.v4, relay.v6, relay.external_v4, relay.external_v6].into_iter().flatten();
-    PeerPolicy::new(s.relay.allow_peer.clone(), s.relay.deny_peer.clone(), service)
-        .with_own_relays(own, relay.ports.clone())
+    let services = listening.all().copied().chain(obs.metrics_addr).chain(s.node.http.0);
+    relay_peer_policy(s.relay.allow_peer.clone(), s.relay.deny_peer.clone(), services, relay)
 }
 
 /// Where relay sockets bind: the configured addresses, else the primary IPv4.
