@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::names::{NodeId, Region, DEFAULT_PREFIX};
-use crate::target::{is_sentinel_url, SentinelUrl};
+use crate::sentinel_url::{is_sentinel_url, SentinelUrl};
 use crate::FleetError;
 
 /// The fleet settings of one process (a relay, an issuer, or both).
