@@ -38,7 +38,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::ice::Shape;
+use crate::ice_shape::Shape;
 use crate::origin::check_allowed_origin;
 
 /// The largest TTL the Cloudflare API accepts (48 h); `max_ttl` may be lower, never higher.
