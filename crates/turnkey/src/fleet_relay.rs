@@ -16,9 +16,9 @@ use turnkey_relay::fleet::{AllocationObserver, FleetView};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::usage::{UsageDelta, UsageSink};
 
+use crate::addrs::Listening;
 use crate::advertise::Reach;
 use crate::config::Settings;
-use crate::serve::Listening;
 
 /// The engine's view of the fleet, fed by two tasks: the quota marks (users at their limit
 /// anywhere, refused with 486 here too, re-read within 250 ms of a change) and the counts
