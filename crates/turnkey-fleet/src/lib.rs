@@ -5,8 +5,9 @@
 //!
 //! - the relay registry: heartbeats ([`Fleet::heartbeat`]) that expire after 3 missed beats,
 //!   the list of healthy relays ([`Fleet::healthy_relays`]) and the handout choice
-//!   ([`handout::choose`], [`handout::alternate`]: pure functions), and relay state changes
-//!   announced at once ([`Fleet::relay_changes`]);
+//!   ([`handout::choose`], [`handout::alternate`]: pure functions; the issuer's directory state
+//!   around it, told the time: [`directory::Directory`]; a heartbeat's arithmetic: [`beat`]), and
+//!   relay state changes announced at once ([`Fleet::relay_changes`]);
 //! - revocations: a persisted set plus pub/sub ([`Fleet::revoke`],
 //!   [`Fleet::subscribe_revocations`], which replays the set on every (re)connect);
 //! - TURN keys (tenants) shared by all issuers ([`Fleet::create_key`], [`Fleet::keys_if_changed`]);
