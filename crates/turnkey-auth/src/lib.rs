@@ -20,13 +20,15 @@ mod nonce;
 mod rest;
 mod revocation;
 mod ring;
+mod secret;
 
 pub use error::AuthError;
 pub use mac::{hmac_sha1, hmac_sha1_verify, HMAC_SHA1_LEN};
 pub use nonce::{NonceKey, NonceStatus};
 pub use rest::{long_term_key, Credential, RestUsername};
 pub use revocation::RevocationSet;
-pub use ring::{Secret, SecretRing};
+pub use ring::SecretRing;
+pub use secret::Secret;
 
 /// Seconds since the Unix epoch, as told by the caller. The crate never reads the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -28,6 +28,11 @@ pub fn hmac_sha1_verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
     tag.len() == HMAC_SHA1_LEN && bool::from(hmac_sha1(key, parts).ct_eq(tag))
 }
 
+/// Constant-time equality of two byte strings (length is not secret).
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

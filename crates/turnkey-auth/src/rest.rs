@@ -6,7 +6,7 @@ use md5::{Digest, Md5};
 
 use crate::error::AuthError;
 use crate::mac::hmac_sha1;
-use crate::ring::Secret;
+use crate::secret::Secret;
 use crate::UnixTime;
 
 /// A minted username/password pair.

@@ -1,28 +1,8 @@
 use crate::error::AuthError;
+use crate::mac::ct_eq;
 use crate::rest::{self, Credential};
+use crate::secret::Secret;
 use crate::UnixTime;
-
-/// A shared secret used to sign TURN REST credentials. Its `Debug` never shows the bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// Wraps secret bytes. Leading and trailing whitespace is kept as given.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
-    }
-
-    /// The raw bytes (used as the HMAC key).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secret(<{} bytes>)", self.0.len())
-    }
-}
 
 /// The configured secrets, newest first: credentials are signed with the newest and accepted if
 /// any configured secret produced them. Removing a secret from the ring stops its credentials.
@@ -34,7 +14,7 @@ pub struct SecretRing {
 impl SecretRing {
     /// Builds a ring from secrets ordered newest first. Empty secrets are refused.
     pub fn new(secrets: Vec<Secret>) -> Result<Self, AuthError> {
-        if secrets.is_empty() || secrets.iter().any(|s| s.0.is_empty()) {
+        if secrets.is_empty() || secrets.iter().any(|s| s.as_bytes().is_empty()) {
             return Err(AuthError::NoSecret);
         }
         Ok(Self { secrets })
@@ -77,7 +57,7 @@ impl SecretRing {
     ) -> Result<rest::RestUsername<'a>, AuthError> {
         let parsed = rest::RestUsername::parse(username)?;
         parsed.check_expiry(now)?;
-        let ok = self.passwords(username).any(|p| crate::nonce::ct_eq(p.as_bytes(), password.as_bytes()));
+        let ok = self.passwords(username).any(|p| ct_eq(p.as_bytes(), password.as_bytes()));
         if ok {
             Ok(parsed)
         } else {

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::XdpMode;
 
+use crate::attached::{AttachedMode, Attachment};
 use crate::error::FastPathError;
 use crate::program::{FastPath, PASS_STUB_NAME, PROGRAM_NAME};
 
@@ -54,36 +55,6 @@ impl FromStr for FastPathMode {
             other => Err(format!("fast_path must be auto, xdp or off, not {other:?}")),
         }
     }
-}
-
-/// How an interface ended up relaying.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttachedMode {
-    /// XDP in the driver.
-    Native,
-    /// XDP in the kernel stack (no driver support): still ahead of sockets, slower than native.
-    Generic,
-    /// Not attached: everything stays in user space, for this reason.
-    UserSpace(String),
-}
-
-impl AttachedMode {
-    /// The metric label (`turnkey_relay_fastpath_mode{mode}`).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Generic => "generic",
-            Self::UserSpace(_) => "off",
-        }
-    }
-}
-
-/// One attached interface.
-#[derive(Debug)]
-pub(crate) struct Attachment {
-    pub ifindex: u32,
-    pub link: XdpLinkId,
-    pub mode: AttachedMode,
 }
 
 /// An interface's index in the calling thread's network namespace.
@@ -148,8 +119,7 @@ impl FastPath {
                         "fast path attached, but forwarding is off on the interface for a family: its datagrams stay in user space (docs/fastpath.md)"
                     );
                 }
-                self.attached
-                    .insert(iface.to_string(), crate::attach::Attachment { ifindex: index, link, mode: how.clone() });
+                self.attached.insert(iface.to_string(), Attachment { ifindex: index, link, mode: how.clone() });
                 Ok(how)
             }
             Err(e) if mode == FastPathMode::Auto => Ok(AttachedMode::UserSpace(e.to_string())),

@@ -9,13 +9,15 @@
 
 mod abi;
 mod attach;
+mod attached;
 mod entry;
 mod error;
 mod metrics;
 mod program;
 mod stats;
 
-pub use attach::{forwarding, ifindex, interface_of, AttachedMode, FastPathMode, Forwarding};
+pub use attach::{forwarding, ifindex, interface_of, FastPathMode, Forwarding};
+pub use attached::AttachedMode;
 pub use entry::{AllocKey, AllocationEntry, ChannelBinding, KernelClock, KernelDeadline};
 pub use error::FastPathError;
 pub use metrics::FastPathMetrics;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use crate::attach::AttachedMode;
+use crate::attached::AttachedMode;
 use crate::stats::{AllocCounters, PassReason, ProgramCounters};
 
 /// The fast path's metrics.

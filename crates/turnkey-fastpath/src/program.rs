@@ -10,7 +10,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 
 use crate::abi::{self, AddrKey, AllocStats, AllocVal, ChanKey, ChanVal, PeerKey, PeerVal};
-use crate::attach::Attachment;
+use crate::attached::Attachment;
 use crate::entry::{AllocKey, AllocationEntry, ChannelBinding, KernelDeadline};
 use crate::error::FastPathError;
 use crate::stats::{AllocCounters, PassReason, ProgramCounters, ACT_REDIRECT, ACT_TX, COUNTERS};

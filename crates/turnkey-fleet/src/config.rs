@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{NodeId, Region, DEFAULT_PREFIX};
-use crate::target::{is_sentinel_url, SentinelUrl};
+use crate::sentinel_url::{is_sentinel_url, SentinelUrl};
 use crate::FleetError;
 
 /// Serde of a text newtype through its `FromStr` (deserializing parses) and its text.

@@ -5,8 +5,9 @@
 //!
 //! - the relay registry: heartbeats ([`Fleet::heartbeat`]) that expire after 3 missed beats,
 //!   the list of healthy relays ([`Fleet::healthy_relays`]) and the handout choice
-//!   ([`handout::choose`], [`handout::alternate`]: pure functions), and relay state changes
-//!   announced at once ([`Fleet::relay_changes`]);
+//!   ([`handout::choose`], [`handout::alternate`]: pure functions; the issuer's directory state
+//!   around it, told the time: [`directory::Directory`]; a heartbeat's arithmetic: [`beat`]), and
+//!   relay state changes announced at once ([`Fleet::relay_changes`]);
 //! - revocations: a persisted set plus pub/sub ([`Fleet::revoke`],
 //!   [`Fleet::subscribe_revocations`], which replays the set on every (re)connect);
 //! - TURN keys (tenants) shared by all issuers ([`Fleet::create_key`], [`Fleet::keys_if_changed`]);
@@ -30,9 +31,11 @@
 //! they derive from the prefix.
 
 mod background;
+pub mod beat;
 mod changes;
 mod client;
 mod config;
+pub mod directory;
 mod error;
 pub mod handout;
 mod metrics;
@@ -41,6 +44,7 @@ mod quota;
 mod ratelimit;
 mod registry;
 mod revocation;
+mod sentinel_url;
 mod sessions;
 mod target;
 mod tenants;
@@ -55,6 +59,7 @@ pub use names::{NodeId, Region, DEFAULT_PREFIX};
 pub use ratelimit::RateVerdict;
 pub use registry::{AdvertisedUrl, RelayBeat, RelaySnapshot, RelayStatus, Transport};
 pub use revocation::{Revocation, RevocationSubscription};
-pub use target::{is_sentinel_url, RedisTarget, SentinelUrl, SENTINEL_PORT};
+pub use sentinel_url::{is_sentinel_url, SentinelUrl, SENTINEL_PORT};
+pub use target::RedisTarget;
 pub use tenants::{KeyRecord, KeysSnapshot};
 pub use usage::{UsageBatch, UsageBytes, UsageEntry, UsageTotals};

@@ -26,12 +26,14 @@ use axum::Json;
 use serde::Serialize;
 use turnkey_auth::RestUsername;
 
+use crate::bearer::bearer_token;
 use crate::body::read_request;
 use crate::config::ABSOLUTE_MAX_TTL;
 use crate::error::ApiError;
 use crate::fleet::requested_region;
-use crate::ice::Shape;
-use crate::ice::{self, IceServer};
+use crate::ice;
+use crate::ice_shape::IceServer;
+use crate::ice_shape::Shape;
 use crate::issue::{issue, Issued, Servers};
 use crate::keys::{is_valid_key_id, KeyInfo, TokenCheck};
 use crate::revocations::Revoked;
@@ -147,24 +149,6 @@ pub(crate) fn authenticate(state: &IssuerState, id: &str, headers: &HeaderMap) -
         TokenCheck::OtherKey => Err(ApiError::WrongKey),
         TokenCheck::Invalid => Err(ApiError::InvalidToken),
     }
-}
-
-/// The token of an `Authorization: Bearer` header (401 when missing or malformed).
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(ApiError::MissingToken)?
-        .to_str()
-        .map_err(|_| ApiError::InvalidToken)?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or(ApiError::MissingToken)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::MissingToken);
-    }
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(ApiError::MissingToken);
-    }
-    Ok(token)
 }
 
 /// The issuer's `max_ttl`, lowered by the key's own.

@@ -32,7 +32,7 @@ use crate::api::{credential_response, max_ttl};
 use crate::body::{read_request, CredentialRequest};
 use crate::error::ApiError;
 use crate::fleet::requested_region;
-use crate::ice::Shape;
+use crate::ice_shape::Shape;
 use crate::issue::issue;
 use crate::origin::same_origin;
 use crate::ratelimit::{client_ip, Verdict};

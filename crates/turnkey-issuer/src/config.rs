@@ -46,7 +46,7 @@ use turnkey_types::parse::{in_range, nonblank};
 use turnkey_types::KeyId;
 use turnkey_types::{DEFAULT_PORT, DEFAULT_TLS_PORT};
 
-use crate::ice::Shape;
+use crate::ice_shape::Shape;
 use crate::origin::check_allowed_origin;
 
 /// The largest TTL the Cloudflare API accepts (48 h); `max_ttl` may be lower, never higher.

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::ice::{IceServer, Shape};
+use crate::ice_shape::{IceServer, Shape};
 
 /// Everything that can fail in the issuer outside an HTTP exchange: configuration, key files,
 /// revocation persistence, the upstream client.

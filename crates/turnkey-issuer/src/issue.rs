@@ -15,7 +15,8 @@
 
 use crate::config::UpstreamMode;
 use crate::error::{ApiError, UpstreamFailure};
-use crate::ice::{self, Advertised, IceServer, Shape};
+use crate::ice::{self, Advertised};
+use crate::ice_shape::{IceServer, Shape};
 use crate::keys::KeyInfo;
 use crate::state::IssuerState;
 use turnkey_types::Region;

@@ -32,14 +32,17 @@
 mod api;
 mod app;
 mod bandwidth;
+mod bearer;
 mod body;
 mod cli;
+mod clock;
 mod config;
 mod error;
 mod files;
 mod fleet;
 mod http;
 mod ice;
+mod ice_shape;
 mod issue;
 mod keys;
 mod metrics;
@@ -49,12 +52,14 @@ mod revocations;
 mod router;
 mod selftest;
 mod sessions;
+mod sessions_api;
 mod state;
 mod upstream;
 
 pub use bandwidth::{bandwidth_status_body, BandwidthStatus, GB, UNLIMITED};
 pub use body::CredentialRequest;
 pub use cli::{keys_create, keys_delete, keys_list};
+pub use clock::{system_clock, Clock};
 pub use config::{
     AdvertiseConfig, AppConfig, AppShapes, Endpoint, IssuerConfig, RateLimitConfig, UpstreamConfig, UpstreamMode,
     ABSOLUTE_MAX_TTL, DEFAULT_TTL,
@@ -62,9 +67,8 @@ pub use config::{
 pub use error::{ApiError, Error, UpstreamFailure};
 pub use fleet::{FleetFuture, FleetListing, FleetRelay, FleetState, HandoutRelay, RelayDirectory};
 pub use http::{serve, HttpLimits};
-pub use ice::{
-    sanitize_custom_id, userid, Advertised, IceServer, IceServersArray, IceServersObject, Shape, MAX_CUSTOM_ID_LEN,
-};
+pub use ice::{sanitize_custom_id, userid, Advertised, MAX_CUSTOM_ID_LEN};
+pub use ice_shape::{IceServer, IceServersArray, IceServersObject, Shape};
 pub use keys::{
     ensure_default_key, is_valid_key_id, AdminToken, DefaultKey, KeyInfo, KeyOptions, KeyStore, NewKey, SharedKey,
     TokenCheck,
@@ -79,7 +83,5 @@ pub use sessions::{
     is_session_id, select, split_userid, Scope, Session, SessionPage, SessionQuery, SessionSource, SessionTransport,
     SessionsFailure, DEFAULT_LIMIT, MAX_LIMIT,
 };
-pub use state::{
-    system_clock, BandwidthUsage, Clock, FixedRelayStatus, FleetDeps, IssuerDeps, IssuerState, RelayStatus,
-};
+pub use state::{BandwidthUsage, FixedRelayStatus, FleetDeps, IssuerDeps, IssuerState, RelayStatus};
 pub use upstream::{Served, UpstreamClient};

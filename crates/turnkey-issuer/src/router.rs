@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::state::IssuerState;
-use crate::{api, app, bandwidth, selftest, sessions};
+use crate::{api, app, bandwidth, selftest, sessions_api};
 
 /// The OpenAPI 3 document of every endpoint (`docs/api/openapi.yaml`).
 pub const OPENAPI_YAML: &str = include_str!("../../../docs/api/openapi.yaml");
@@ -27,8 +27,8 @@ pub fn router(state: IssuerState) -> Router {
         .route("/v1/turn/keys/{id}/credentials/generate", post(api::generate_object))
         .route("/v1/turn/keys/{id}/credentials/{username}/revoke", post(api::revoke))
         .route("/v1/fleet", get(api::fleet))
-        .route("/v1/sessions", get(sessions::list))
-        .route("/v1/sessions/{id}", get(sessions::get).delete(sessions::delete));
+        .route("/v1/sessions", get(sessions_api::list))
+        .route("/v1/sessions/{id}", get(sessions_api::get).delete(sessions_api::delete));
     let app_routes = Router::new()
         .route("/api/turn-credentials", get(app::get_credentials).post(app::post_credentials).options(app::preflight))
         .route("/api/turn/credentials", post(app::post_turn_credentials).options(app::preflight))

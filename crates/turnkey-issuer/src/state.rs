@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use turnkey_auth::{RevocationSet, SecretRing, UnixTime};
 
+use crate::clock::Clock;
 use crate::config::IssuerConfig;
 use crate::error::Error;
 use crate::fleet::{FleetState, RelayDirectory};
@@ -60,14 +60,6 @@ impl RelayStatus for FixedRelayStatus {
     fn ready(&self) -> bool {
         self.0
     }
-}
-
-/// The clock, as a function: handlers read the time only through it.
-pub type Clock = Arc<dyn Fn() -> UnixTime + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| UnixTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())))
 }
 
 /// What the issuer is built from.

@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::config::{UpstreamConfig, ABSOLUTE_MAX_TTL};
 use crate::error::{Error, UpstreamFailure};
-use crate::ice::{IceServer, IceServersArray};
+use crate::ice_shape::{IceServer, IceServersArray};
 use crate::metrics::IssuerMetrics;
-use crate::state::Clock;
 
 /// Largest upstream body read.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024;

@@ -28,6 +28,7 @@ mod error;
 pub mod flow;
 pub mod framing;
 pub mod hints;
+pub mod histogram;
 pub mod ice;
 pub mod issuer;
 pub mod merge;

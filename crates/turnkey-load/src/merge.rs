@@ -7,39 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::Engine as _;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 
-use crate::report::{
-    new_histogram, Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic,
-};
+use crate::histogram::new_histogram;
+pub use crate::histogram::{decode_histogram, encode_histogram};
+use crate::report::{Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic};
 use crate::LoadError;
-
-/// `h` as HdrHistogram V2 (uncompressed) bytes in standard base64; empty for no samples.
-pub fn encode_histogram(h: &Histogram<u64>) -> String {
-    if h.is_empty() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    match V2Serializer::new().serialize(h, &mut buf) {
-        Ok(_) => base64::engine::general_purpose::STANDARD.encode(buf),
-        Err(_) => String::new(),
-    }
-}
-
-/// The histogram [`encode_histogram`] wrote (an empty one for `""`).
-pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, LoadError> {
-    if s.is_empty() {
-        return new_histogram();
-    }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|e| LoadError::Report(format!("histogram is not base64: {e}")))?;
-    Deserializer::new()
-        .deserialize(&mut &bytes[..])
-        .map_err(|e| LoadError::Report(format!("histogram does not decode: {e:?}")))
-}
 
 /// Adds the histogram serialized in `s` to `into`. A report that counted samples but carries no
 /// histogram (written by an older `turnkey load`) cannot be merged exactly: refused.
@@ -257,18 +230,6 @@ mod tests {
             h.record(s).unwrap();
         }
         Traffic::compute(sent, samples.len() as u64, 0, 100, Duration::from_secs_f64(secs), &h)
-    }
-
-    #[test]
-    fn histograms_survive_the_round_trip() {
-        let mut h = new_histogram().unwrap();
-        for v in [1, 7, 900, 12_345, 3_000_000] {
-            h.record(v).unwrap();
-        }
-        let back = decode_histogram(&encode_histogram(&h)).unwrap();
-        assert_eq!(back, h);
-        assert!(decode_histogram("").unwrap().is_empty());
-        assert!(decode_histogram("not base64!").is_err());
     }
 
     /// Percentiles of merged reports equal those of all raw samples in one histogram, which

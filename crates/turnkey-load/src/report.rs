@@ -112,7 +112,7 @@ impl Allocations {
     /// Sets `time_us` and `time_hist` from the histogram of allocation times.
     pub fn set_times(&mut self, h: &Histogram<u64>) {
         self.time_us = Percentiles::from_histogram(h);
-        self.time_hist = crate::merge::encode_histogram(h);
+        self.time_hist = crate::histogram::encode_histogram(h);
     }
 }
 
@@ -140,7 +140,7 @@ impl ServerReport {
     /// Sets the percentiles and `time_hist` from the histogram of allocation times (µs).
     pub fn set_times(&mut self, h: &Histogram<u64>) {
         (self.p50_ms, self.p99_ms) = p50_p99_ms(h);
-        self.time_hist = crate::merge::encode_histogram(h);
+        self.time_hist = crate::histogram::encode_histogram(h);
     }
 }
 
@@ -174,7 +174,7 @@ impl IssuerReport {
     /// Sets the percentiles and `time_hist` from the histogram of fetch times (µs).
     pub fn set_times(&mut self, h: &Histogram<u64>) {
         (self.p50_ms, self.p99_ms) = p50_p99_ms(h);
-        self.time_hist = crate::merge::encode_histogram(h);
+        self.time_hist = crate::histogram::encode_histogram(h);
     }
 }
 
@@ -301,10 +301,7 @@ pub struct Verdict {
     pub violations: Vec<String>,
 }
 
-/// A new histogram of microseconds, 1 µs to 1 h, 3 significant digits.
-pub fn new_histogram() -> Result<Histogram<u64>, crate::LoadError> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).map_err(|e| crate::LoadError::Protocol(format!("histogram: {e}")))
-}
+pub use crate::histogram::new_histogram;
 
 impl Percentiles {
     /// The percentiles of `h` (all zero when empty).
@@ -350,7 +347,7 @@ impl Traffic {
             delivered_pps: per_sec(delivered),
             delivered_bps: per_sec(delivered) * bits,
             rtt_us: Percentiles::from_histogram(rtt),
-            rtt_hist: crate::merge::encode_histogram(rtt),
+            rtt_hist: crate::histogram::encode_histogram(rtt),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod fastpath;
 pub mod loopclock;
 pub mod metrics;
 mod outq;
+pub mod own_peers;
 pub mod priority;
 // The sans-IO parts live in turnkey-proto; re-exported under their old paths.
 pub use turnkey_proto::{conn, engine, fleet, framing, loglimit, policy, settings, types, usage};

@@ -9,15 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use turnkey_auth::{RevocationSet, UnixTime};
+use turnkey_fleet::beat::{near_capacity, RelayedRate};
 use turnkey_fleet::{handout, AdvertisedUrl, Fleet, RelayBeat, Revocation, Transport, UsageBytes};
 use turnkey_relay::engine::Shared;
 use turnkey_relay::fleet::{AllocationObserver, FleetView};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::usage::{UsageDelta, UsageSink};
 
+use crate::addrs::Listening;
 use crate::advertise::Reach;
 use crate::config::Settings;
-use crate::serve::Listening;
 
 /// The engine's view of the fleet, fed by two tasks: the quota marks (users at their limit
 /// anywhere, refused with 486 here too, re-read within 250 ms of a change) and the counts
@@ -141,7 +142,7 @@ impl FleetRelay {
             capacity: u64::from(s.engine.max_allocations),
             shared: shared.clone(),
             relayed,
-            last: Mutex::new((Instant::now(), 0)),
+            rate: Mutex::new(RelayedRate::new(Instant::now(), 0)),
         });
         let source = beat.clone();
         fleet.spawn_heartbeat(move || source.beat());
@@ -179,25 +180,14 @@ struct BeatSource {
     shared: Arc<Shared>,
     /// Payload bytes relayed so far (both directions), from the usage sink.
     relayed: Arc<AtomicU64>,
-    /// When the last beat was taken and `relayed` then.
-    last: Mutex<(Instant, u64)>,
+    /// The relayed bit rate since the last beat.
+    rate: Mutex<RelayedRate>,
 }
 
 impl BeatSource {
     fn beat(&self) -> RelayBeat {
-        let now = Instant::now();
         let total = self.relayed.load(Ordering::Relaxed);
-        let bps = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            let secs = now.duration_since(last.0).as_secs_f64();
-            let bits = total.saturating_sub(last.1).saturating_mul(8);
-            *last = (now, total);
-            if secs > 0.0 {
-                (bits as f64 / secs) as u64
-            } else {
-                0
-            }
-        };
+        let bps = self.rate.lock().unwrap_or_else(|p| p.into_inner()).bps(Instant::now(), total);
         RelayBeat {
             region: self.region.clone(),
             urls: self.urls.clone(),
@@ -221,7 +211,7 @@ async fn find_alternates(fleet: Fleet, beat: Arc<BeatSource>) {
         tokio::time::sleep(every).await;
         let Some(beat) = weak.upgrade() else { return };
         let allocations = u64::from(beat.shared.allocations());
-        if beat.shared.is_draining() || allocations * 10 >= beat.capacity * 9 {
+        if beat.shared.is_draining() || near_capacity(allocations, beat.capacity) {
             set_alternates(&fleet, &beat).await;
         }
     }

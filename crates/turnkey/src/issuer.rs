@@ -13,11 +13,11 @@ use turnkey_issuer::{IssuerConfig, IssuerDeps, IssuerState, RelayStatus, Session
 use turnkey_relay::engine::Shared;
 use turnkey_relay::udp::RelayAddrs;
 
+use crate::addrs::Listening;
 use crate::advertise::Reach;
 use crate::banner;
 use crate::config::Settings;
 use crate::process::HttpRun;
-use crate::serve::Listening;
 
 /// The issuer's configuration; unless `[issuer.advertise]` is set, it advertises exactly the
 /// listeners this process has, on the hosts the banner prints (the one rule, [`Reach`]).

@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use turnkey_fleet::{
-    handout, Fleet, KeyRecord, KeysSnapshot, NodeId, RateVerdict, Region, RelaySnapshot, RelayStatus as Relay,
-};
+use turnkey_fleet::directory::{self, Aged};
+use turnkey_fleet::{handout, Fleet, KeyRecord, KeysSnapshot, RateVerdict, Region, RelayStatus as Relay};
 use turnkey_issuer::{
     BandwidthUsage, FleetDeps, FleetFuture, FleetListing, FleetRelay, FleetState, HandoutRelay, KeyInfo, KeyOptions,
     KeyStore, RelayDirectory, RelayStatus, SharedKey, Verdict,
@@ -50,135 +49,46 @@ pub(crate) async fn start(fleet: &Fleet, s: &Settings) -> FleetIssuer {
     FleetIssuer { deps: FleetDeps { directory, state, keys }, status: usage }
 }
 
-/// The relay listing, as last read, and when.
-struct Listing {
-    at: Instant,
-    snap: Arc<RelaySnapshot>,
-}
-
-/// [`RelayDirectory`] over the fleet registry.
+/// [`RelayDirectory`] over the fleet registry: the listing and handout state
+/// ([`directory::Directory`]), fed by a task and told the time here.
 struct Directory {
     fleet: Fleet,
-    listing: Arc<RwLock<Listing>>,
+    state: Arc<Mutex<directory::Directory>>,
     region: Option<Region>,
-    stale_after_ms: u64,
-    max_stale_ms: u64,
     seed: AtomicU64,
-    handed: Mutex<Handed>,
-}
-
-/// What this issuer handed out since each relay's last heartbeat: relays named in answers whose
-/// allocations the relay's beat cannot show yet. A relay's count starts again at 0 when a newer
-/// beat of it is seen (its `allocations` then include what the count stood for).
-#[derive(Debug, Default)]
-struct Handed {
-    /// Node id -> (Redis time of the beat the count is relative to, handouts since).
-    since_beat: HashMap<NodeId, (u64, u64)>,
-    /// The listing the counts were last lined up with (they are again only when it changes, not
-    /// per request).
-    seen: Option<Arc<RelaySnapshot>>,
-}
-
-impl Handed {
-    /// Lines the counts up with `snap`: a relay whose beat is newer than the one its count is
-    /// relative to starts again at 0; relays no longer listed are forgotten.
-    fn sync(&mut self, snap: &Arc<RelaySnapshot>) {
-        if self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
-            return;
-        }
-        self.since_beat.retain(|node, _| snap.relays.iter().any(|r| &r.node_id == node));
-        for r in &snap.relays {
-            let beat_at = snap.server_time_ms.saturating_sub(r.age_ms);
-            let e = self.since_beat.entry(r.node_id.clone()).or_insert((beat_at, 0));
-            if e.0 != beat_at {
-                *e = (beat_at, 0);
-            }
-        }
-        self.seen = Some(snap.clone());
-    }
-
-    /// Handouts of `node` since its last beat.
-    fn pending(&self, node: &NodeId) -> u64 {
-        self.since_beat.get(node).map_or(0, |e| e.1)
-    }
-
-    /// Counts one handout of `node`.
-    fn handed_out(&mut self, node: &NodeId) {
-        if let Some(e) = self.since_beat.get_mut(node) {
-            e.1 += 1;
-        }
-    }
 }
 
 impl Directory {
     fn start(fleet: &Fleet, stale_after: Duration, max_stale: Duration) -> Self {
         let mut rx = fleet.watch_relays(fleet.config().beat_interval, max_stale);
-        let listing = Arc::new(RwLock::new(Listing { at: Instant::now(), snap: rx.borrow().clone() }));
-        let cell = listing.clone();
+        let first = rx.borrow().clone();
+        let state = Arc::new(Mutex::new(directory::Directory::new(first, Instant::now(), stale_after, max_stale)));
+        let cell = state.clone();
         tokio::spawn(async move {
             // Ends when the fleet handle (and so the listing task) is dropped.
             while rx.changed().await.is_ok() {
                 let snap = rx.borrow_and_update().clone();
-                *cell.write().unwrap_or_else(|p| p.into_inner()) = Listing { at: Instant::now(), snap };
+                cell.lock().unwrap_or_else(|p| p.into_inner()).update(snap, Instant::now());
             }
         });
-        Self {
-            fleet: fleet.clone(),
-            listing,
-            region: fleet.config().region.clone(),
-            stale_after_ms: millis(stale_after),
-            max_stale_ms: millis(max_stale),
-            seed: AtomicU64::new(rand_seed()),
-            handed: Mutex::default(),
-        }
+        Self { fleet: fleet.clone(), state, region: fleet.config().region.clone(), seed: AtomicU64::new(rand_seed()) }
     }
 
-    /// The relays with their heartbeat ages advanced to now (so a relay drops out of answers
-    /// exactly 3 beats after its last one, whenever the listing was read), and the age past
-    /// which one is not handed out (longer for a listing kept while Redis is unreachable).
-    fn relays_now(&self) -> (Vec<Relay>, u64, bool) {
-        self.relays_and_snapshot().0
+    fn state(&self) -> std::sync::MutexGuard<'_, directory::Directory> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    /// [`Directory::relays_now`], and the listing it comes from.
-    fn relays_and_snapshot(&self) -> ((Vec<Relay>, u64, bool), Arc<RelaySnapshot>) {
-        let l = self.listing.read().unwrap_or_else(|p| p.into_inner());
-        let (relays, stale) = aged(&l.snap, l.at.elapsed(), self.stale_after_ms, self.max_stale_ms);
-        ((relays, stale, l.snap.cached), l.snap.clone())
-    }
-}
-
-/// The listing's relays with their ages advanced by `elapsed` (the copy's age), and the age past
-/// which a relay is not handed out: 3 beats, plus `max_stale_ms` for a listing kept while Redis
-/// is unreachable (no relay can beat then).
-fn aged(snap: &RelaySnapshot, elapsed: Duration, stale_after_ms: u64, max_stale_ms: u64) -> (Vec<Relay>, u64) {
-    let extra = millis(elapsed);
-    let mut relays = snap.relays.clone();
-    for r in &mut relays {
-        r.age_ms = r.age_ms.saturating_add(extra);
-    }
-    (relays, if snap.cached { stale_after_ms.saturating_add(max_stale_ms) } else { stale_after_ms })
 }
 
 impl RelayDirectory for Directory {
     fn choose(&self, region: Option<&Region>, count: usize) -> Vec<HandoutRelay> {
-        let ((relays, stale, _), snap) = self.relays_and_snapshot();
         let region = region.or(self.region.as_ref());
         let seed = self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        // Every relay named counts as one allocation to come (browsers allocate on each TURN
-        // server of an answer) until its next heartbeat shows what really happened.
-        let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
-        handed.sync(&snap);
-        let chosen = handout::choose_pending(&relays, region, count, stale, seed, |n| handed.pending(n));
-        for r in &chosen {
-            handed.handed_out(&r.node_id);
-        }
-        drop(handed);
-        chosen.into_iter().map(handout_relay).collect()
+        let chosen = self.state().choose(Instant::now(), region, count, seed);
+        chosen.iter().map(handout_relay).collect()
     }
 
     fn listing(&self) -> FleetListing {
-        let (relays, stale, cached) = self.relays_now();
+        let Aged { relays, stale_after_ms: stale, cached } = self.state().aged(Instant::now());
         let cfg = self.fleet.config();
         FleetListing {
             node_id: cfg.node_id.clone(),
@@ -349,10 +259,6 @@ impl RelayStatus for FleetUsage {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn rand_seed() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id())
 }
@@ -412,52 +318,6 @@ mod tests {
             },
             age_ms,
         }
-    }
-
-    #[test]
-    fn a_relay_leaves_three_beats_after_its_last_beat_whenever_the_copy_was_read() {
-        let snap = RelaySnapshot { server_time_ms: 0, relays: vec![relay("a", 1000), relay("b", 5000)], cached: false };
-        let (now, stale) = aged(&snap, Duration::from_millis(1500), 6000, 30_000);
-        assert_eq!(stale, 6000);
-        let ok: Vec<_> = handout::choose(&now, None, 5, stale, 1).iter().map(|r| r.node_id.to_string()).collect();
-        assert_eq!(ok, ["a"], "b's beat is 6.5 s old by now");
-        // A copy kept while Redis is down: its relays stay eligible up to max_stale longer.
-        let cached = RelaySnapshot { cached: true, ..snap };
-        let (now, stale) = aged(&cached, Duration::from_millis(1500), 6000, 30_000);
-        assert_eq!(handout::choose(&now, None, 5, stale, 1).len(), 2);
-        let (now, stale) = aged(&cached, Duration::from_secs(40), 6000, 30_000);
-        assert!(handout::choose(&now, None, 5, stale, 1).is_empty());
-    }
-
-    #[test]
-    fn handouts_count_until_the_relays_next_beat() {
-        let mut h = Handed::default();
-        let snap = Arc::new(RelaySnapshot {
-            server_time_ms: 10_000,
-            relays: vec![relay("a", 1000), relay("b", 500)],
-            cached: false,
-        });
-        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
-        h.sync(&snap);
-        assert_eq!(h.pending(&a), 0);
-        h.handed_out(&a);
-        h.handed_out(&a);
-        h.handed_out(&b);
-        h.sync(&snap);
-        assert_eq!((h.pending(&a), h.pending(&b)), (2, 1));
-        // A listing read later, same beats: the counts stay. A new beat of a: a's count restarts.
-        let later =
-            RelaySnapshot { server_time_ms: 11_000, relays: vec![relay("a", 2000), relay("b", 1500)], cached: false };
-        h.sync(&Arc::new(later));
-        assert_eq!((h.pending(&a), h.pending(&b)), (2, 1));
-        let beat =
-            RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100), relay("b", 2500)], cached: false };
-        h.sync(&Arc::new(beat));
-        assert_eq!((h.pending(&a), h.pending(&b)), (0, 1));
-        // A relay gone from the listing is forgotten.
-        let gone = RelaySnapshot { server_time_ms: 12_000, relays: vec![relay("a", 100)], cached: false };
-        h.sync(&Arc::new(gone));
-        assert_eq!((h.pending(&b), h.since_beat.len()), (0, 1));
     }
 
     #[test]

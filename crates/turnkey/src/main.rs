@@ -1,6 +1,7 @@
 //! `turnkey`: the binary. Thin by design: config, wiring, the metrics registry, signals and
 //! shutdown. Protocol logic lives in the library crates.
 
+mod addrs;
 mod advertise;
 mod banner;
 mod cli;

@@ -1,6 +1,6 @@
 //! `turnkey serve` and `turnkey creds`: wiring only.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +11,8 @@ use turnkey_auth::{RevocationSet, SecretRing, UnixTime};
 use turnkey_fleet::Fleet;
 use turnkey_relay::engine::{EngineConfig, Shared};
 use turnkey_relay::metrics::RelayMetrics;
-use turnkey_relay::policy::{PeerPolicy, ServiceAddr};
+use turnkey_relay::own_peers::relay_peer_policy;
+use turnkey_relay::policy::PeerPolicy;
 use turnkey_relay::sessions::SessionTable;
 use turnkey_relay::tls::{CertResolver, TlsConfigs};
 use turnkey_relay::udp::RelayAddrs;
@@ -19,6 +20,7 @@ use turnkey_relay::{BoundSockets, RelayConfig};
 
 use turnkey_issuer::{FixedRelayStatus, HttpLimits, RelayStatus, SessionSource};
 
+use crate::addrs::{detect_ipv4, relay_addrs, Listening};
 use crate::advertise::Reach;
 use crate::banner;
 use crate::cli::{CredsArgs, IssuerArgs, ServeArgs};
@@ -241,23 +243,6 @@ fn watch_revocations(s: &Settings, set: &RevocationSet) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The addresses the relay actually listens on (ports resolved).
-pub(crate) struct Listening {
-    pub(crate) udp: Vec<SocketAddr>,
-    pub(crate) tcp: Vec<SocketAddr>,
-    pub(crate) tls: Vec<SocketAddr>,
-}
-
-impl Listening {
-    fn of(sockets: &BoundSockets) -> Self {
-        Self { udp: sockets.udp_addrs(), tcp: sockets.tcp_addrs(), tls: sockets.tls_addrs() }
-    }
-
-    fn all(&self) -> impl Iterator<Item = &SocketAddr> {
-        self.udp.iter().chain(&self.tcp).chain(&self.tls)
-    }
-}
-
 /// With TLS listeners: the certificate, reloaded on SIGHUP and when its files change.
 fn start_tls(s: &Settings, listening: &Listening) -> anyhow::Result<Option<TlsConfigs>> {
     let cert = if listening.tls.is_empty() { None } else { Some(tls_certificate(s)?) };
@@ -319,38 +304,11 @@ fn relay_config(
     }
 }
 
-/// The operator's peer rules, this process's own service addresses (never relayed to), and the
-/// relay's own relayed addresses (relay and external IPs inside the relay port range) allowed, so
-/// two allocations of this relay can reach each other even on a private network (security.md).
+/// The operator's peer rules with this process's own service addresses (never relayed to) and
+/// the relay's own relayed addresses allowed (the rule: `turnkey_relay::own_peers`).
 fn peer_policy(s: &Settings, listening: &Listening, obs: &Observability, relay: &RelayAddrs) -> PeerPolicy {
-    let mut service: Vec<ServiceAddr> = listening.all().map(|a| ServiceAddr::from(*a)).collect();
-    service.extend(obs.metrics_addr.map(ServiceAddr::from));
-    service.extend(s.node.http.0.map(ServiceAddr::from));
-    let own = [relay.v4, relay.v6, relay.external_v4, relay.external_v6].into_iter().flatten();
-    PeerPolicy::new(s.relay.allow_peer.clone(), s.relay.deny_peer.clone(), service)
-        .with_own_relays(own, relay.ports.clone())
-}
-
-/// Where relay sockets bind: the configured addresses, else the primary IPv4.
-fn relay_addrs(s: &Settings) -> RelayAddrs {
-    let mut addrs = configured_relay_addrs(s);
-    if addrs.v4.is_none() && addrs.v6.is_none() {
-        addrs.v4 = Some(detect_ipv4());
-    }
-    addrs
-}
-
-/// The relay addresses as configured, nothing detected (what `check-config` reasons about, on
-/// whatever host it runs).
-pub(crate) fn configured_relay_addrs(s: &Settings) -> RelayAddrs {
-    let r = &s.relay;
-    RelayAddrs {
-        v4: r.relay_ip.v4,
-        v6: r.relay_ip.v6,
-        external_v4: r.external_ip.v4,
-        external_v6: r.external_ip.v6,
-        ports: r.relay_ports.range(),
-    }
+    let services = listening.all().copied().chain(obs.metrics_addr).chain(s.node.http.0);
+    relay_peer_policy(s.relay.allow_peer.clone(), s.relay.deny_peer.clone(), services, relay)
 }
 
 fn print_banner(
@@ -454,17 +412,4 @@ fn tls_certificate(s: &Settings) -> anyhow::Result<Arc<CertResolver>> {
         .with_context(|| format!("cannot load TLS certificate {} / key {}", cert.display(), key.display()))?;
     tracing::info!(cert = %cert.display(), "TLS certificate loaded (reloaded when the files change or on SIGHUP)");
     Ok(resolver)
-}
-
-/// The address the kernel would use to reach the internet (no packet is sent), else loopback.
-fn detect_ipv4() -> IpAddr {
-    let probe = || -> std::io::Result<IpAddr> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect("203.0.113.1:9")?;
-        Ok(s.local_addr()?.ip())
-    };
-    match probe() {
-        Ok(ip) if !ip.is_unspecified() => ip,
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
-    }
 }

@@ -26,7 +26,7 @@ pub fn config_warnings(s: &Settings) -> Vec<String> {
     if s.relay.tls.addrs.is_empty() {
         return Vec::new();
     }
-    let addrs = crate::serve::configured_relay_addrs(s);
+    let addrs = crate::addrs::configured_relay_addrs(s);
     // The TLS listener the banner names first; with neither a public host nor an address
     // configured the rule finds none here: the address detected at start, an IP address too.
     let host = s.relay.tls.addrs.first().and_then(|tls| Reach::new(&s.issuer.public_host, &addrs).host(*tls));
