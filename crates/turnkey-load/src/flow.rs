@@ -377,7 +377,8 @@ pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::TransportKind;
+    use turnkey_types::Transport;
+
     use crate::client::Credentials;
     use crate::transport::Target;
 
@@ -394,7 +395,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let target = Target::new(sink.local_addr().unwrap(), TransportKind::Udp, "x", false, None).unwrap();
+            let target = Target::new(sink.local_addr().unwrap(), Transport::Udp, "x", false, None).unwrap();
             let (mut tx, _rx) = target.connect().await.unwrap();
             let creds = Credentials { username: "u".into(), password: "p".into() };
             let mut ka = Keepalive::new(Auth::new(&creds, None), sink.local_addr().unwrap(), true, 600);

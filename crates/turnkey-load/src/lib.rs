@@ -48,9 +48,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use args::{LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario, TransportKind};
+pub use args::{LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario};
 pub use error::LoadError;
 pub use report::{Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic, Verdict};
+pub use turnkey_types::{Transport, TurnUrl};
 
 use client::{Auth, Credentials, TurnClient};
 use creds::CredentialSource;
@@ -176,7 +177,7 @@ async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) ->
     };
     let mut report = Report {
         scenario: name(args.scenario),
-        transport: name(args.transport),
+        transport: args.transport.as_str().to_owned(),
         mode: name(args.mode),
         server: server.to_string(),
         peer: match peer {

@@ -16,8 +16,8 @@ use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertSt
 use tokio_rustls::TlsConnector;
 
 use turnkey_batch::{Outgoing, RecvBatch, UdpIo, MAX_GSO_BYTES, MAX_GSO_SEGMENT_V4, MAX_GSO_SEGMENT_V6};
+use turnkey_types::Transport;
 
-use crate::args::TransportKind;
 use crate::framing::StreamBuf;
 use crate::LoadError;
 
@@ -28,7 +28,7 @@ pub struct Target {
     /// The server's address.
     pub server: SocketAddr,
     /// The transport.
-    pub kind: TransportKind,
+    pub kind: Transport,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
@@ -43,13 +43,13 @@ impl Target {
     /// roots verify it against `sni`.
     pub fn new(
         server: SocketAddr,
-        kind: TransportKind,
+        kind: Transport,
         sni: &str,
         insecure: bool,
         ca: Option<&Path>,
     ) -> Result<Self, LoadError> {
         let tls = match kind {
-            TransportKind::Tls => Some((tls_connector(insecure, ca)?, server_name(sni)?)),
+            Transport::Tls => Some((tls_connector(insecure, ca)?, server_name(sni)?)),
             _ => None,
         };
         Ok(Self { server, kind, tls })
@@ -72,7 +72,7 @@ impl Target {
             move |source| LoadError::Io { context, source }
         };
         match (self.kind, &self.tls) {
-            (TransportKind::Udp, _) => {
+            (Transport::Udp, _) => {
                 let bind: SocketAddr = if self.server.is_ipv4() {
                     ([0, 0, 0, 0], 0).into()
                 } else {
@@ -85,20 +85,20 @@ impl Target {
                 let tx = Tx::Udp(UdpTx { sock: sock.clone(), io: io.clone(), to: self.server });
                 Ok((tx, Rx::Udp(UdpRx { sock, io, own: RecvBatch::new(1), next: 0 })))
             }
-            (TransportKind::Tcp, _) => {
+            (Transport::Tcp, _) => {
                 let s = TcpStream::connect(self.server).await.map_err(io_err("connect TCP"))?;
                 s.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
                 let (r, w) = s.into_split();
                 Ok((Tx::Stream(Box::new(w)), Rx::Stream(Box::new(r), StreamBuf::new())))
             }
-            (TransportKind::Tls, Some((connector, name))) => {
+            (Transport::Tls, Some((connector, name))) => {
                 let s = TcpStream::connect(self.server).await.map_err(io_err("connect TCP"))?;
                 s.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
                 let tls = connector.connect(name.clone(), s).await.map_err(|e| LoadError::Tls(e.to_string()))?;
                 let (r, w) = tokio::io::split(tls);
                 Ok((Tx::Stream(Box::new(w)), Rx::Stream(Box::new(r), StreamBuf::new())))
             }
-            (TransportKind::Tls, None) => Err(LoadError::Tls("no TLS configuration".into())),
+            (Transport::Tls, None) => Err(LoadError::Tls("no TLS configuration".into())),
         }
     }
 }
