@@ -204,8 +204,11 @@ async fn run_phase(
     let channel = ctx.args.mode == Mode::Channel;
     let start = Instant::now();
     let epoch = ctx.epoch;
-    // One pacer per loop sends for all of that loop's flows; each flow has its own receiver.
+    // One pacer per loop sends for all of that loop's UDP flows; each flow has its own
+    // receiver. A TCP or TLS flow has a pacer of its own: a write that waits for a full stream
+    // must not hold back the other flows.
     let mut groups: Vec<Vec<FlowSend>> = (0..loops.len()).map(|_| Vec::new()).collect();
+    let mut alone = Vec::new();
     let mut receivers = Vec::new();
     for f in flows.iter_mut() {
         let Some((tx, mut rx)) = f.conn.take() else {
@@ -216,7 +219,11 @@ async fn run_phase(
         let nonce = ka.fresh_nonce.clone();
         let ids = (f.id, phase);
         let send = FlowSend::new(tx, f.tpl.clone(), ka, ids, f.counters.clone(), done_tx);
-        groups[f.id as usize % loops.len()].push(send);
+        if send.tx.is_stream() {
+            alone.push((f.id, vec![send]));
+        } else {
+            groups[f.id as usize % loops.len()].push(send);
+        }
         let (counters, h) = (f.counters.clone(), hist.clone());
         let receiver = loops.of(f.id).spawn(async move {
             let out = flow::recv_loop(&mut rx, ids, epoch, done_rx, drain, &counters, h, &nonce).await;
@@ -225,8 +232,9 @@ async fn run_phase(
         receivers.push((f.id, receiver));
     }
     let mut pacers = Vec::new();
-    for (k, mut group) in groups.into_iter().enumerate().filter(|(_, g)| !g.is_empty()) {
-        pacers.push(loops.of(k as u32).spawn(async move {
+    let groups = groups.into_iter().enumerate().map(|(k, g)| (k as u32, g)).chain(alone);
+    for (on, mut group) in groups.filter(|(_, g)| !g.is_empty()) {
+        pacers.push(loops.of(on).spawn(async move {
             pacer::send_group(&mut group, plan, epoch).await;
             group
         }));
