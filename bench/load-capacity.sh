@@ -5,8 +5,9 @@
 # step, default 10: turnkey's process_cpu_seconds_total moves in whole seconds) until loss
 # exceeds LOSS_PCT, scraping the server's CPU counter before and after every step
 # (--server-metrics). Prints every step (offered packets/s, loss, the server's
-# CPU % of one core and its CPU per relayed message) and the capacity: the highest loss-free
-# step, with the server's CPU there. The ramp ended on the server when that CPU is >= 95%.
+# CPU % of one core and its CPU per relayed message), the capacity (the highest loss-free
+# step) with the server's CPU there, and the generator's CPU over the whole run. The ramp
+# ended on the server when the server's CPU there is >= 95%.
 #
 #   bench/load-capacity.sh SERVER_TURNKEY LOAD_BIN [START_PER_FLOW STEP_PER_FLOW STEPS LOSS_PCT]
 #   bench/load-capacity.sh target/release/turnkey target/release/turnkey-load 2000 2000 30 1
@@ -23,7 +24,17 @@ case "$(basename "$LOAD")" in turnkey) LOADCMD=("$LOAD" load);; *) LOADCMD=("$LO
 DIR=$(mktemp -d); SPID=
 trap 'kill $SPID 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 SECRET=bench-$RANDOM$RANDOM
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A port free over both TCP and UDP (the server listens on both).
+port() { python3 -c '
+import socket
+while True:
+    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
+    u = socket.socket(type=socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+'; }
 PORT=$(port) MPORT=$(port)
 TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$SECRET" \
   --udp 127.0.0.1:$PORT --tcp 127.0.0.1:$PORT --tls off --relay-ip 127.0.0.1 \
@@ -32,12 +43,12 @@ TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$
   --max-allocations-per-user 100000 --unauth-replies-per-sec 0 >"$DIR/server.log" 2>&1 &
 SPID=$!
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$MPORT) 2>/dev/null && break; sleep 0.1; done
-taskset -c 1 "${LOADCMD[@]}" --server 127.0.0.1:$PORT --secret "$SECRET" --threads 1 \
+/usr/bin/time -f "%U %S %e" -o "$DIR/time" taskset -c 1 "${LOADCMD[@]}" --server 127.0.0.1:$PORT --secret "$SECRET" --threads 1 \
   --scenario ramp --flows 10 --payload 100 --rate "$START" --ramp-step "$STEP" --ramp-steps "$STEPS" \
   --ramp-loss "$LOSS" --duration "$SECS" --drain-ms 300 --quiet --json "$DIR/ramp.json" \
   --server-metrics "http://127.0.0.1:$MPORT/metrics" >"$DIR/out" 2>&1
 [ -s "$DIR/ramp.json" ] || { cat "$DIR/out" "$DIR/server.log"; exit 1; }
-python3 - "$DIR/ramp.json" <<'EOF'
+python3 - "$DIR/ramp.json" "$DIR/time" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["ramp"]
 print(f"{'per flow':>9} {'offered pkt/s':>14} {'loss %':>8} {'server CPU %':>13} {'server us/msg':>14}")
@@ -57,4 +68,6 @@ if r.get("first_lossy_step") is not None:
     lossy = r["steps"][r["first_lossy_step"]]
     c = (lossy.get("server_cost") or {}).get("cpu_pct", float("nan"))
     print(f"first lossy step: {lossy['traffic']['offered_pps']:.0f} pkt/s offered, {lossy['traffic']['loss_pct']:.2f}% lost, server CPU {c:.1f}%")
+u, s_, e = (float(x) for x in open(sys.argv[2]).read().split()[-3:])
+print(f"generator (core 1) over the whole run: {u:.2f}+{s_:.2f} s CPU in {e:.1f} s, {100 * (u + s_) / e:.0f}% of its core on average")
 EOF

@@ -137,7 +137,8 @@ pub struct LoadArgs {
     /// Never print live progress, even on a terminal.
     #[arg(long)]
     pub quiet: bool,
-    /// Threads generating load, flows spread over them (default: every core of the machine).
+    /// Threads generating load, each a loop pinned to one core, flows spread over them (default:
+    /// every core this process may run on).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Worker mode: coordinate with the other workers of the run through this Redis

@@ -149,6 +149,7 @@ async fn setup_flow_inner(
             let sock = UdpSocket::bind((ip, 0))
                 .await
                 .map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;
+            crate::transport::set_buffers(&sock);
             let addr =
                 sock.local_addr().map_err(|source| LoadError::Io { context: "echo peer address".into(), source })?;
             tokio::spawn(flow::echo_loop(sock, stop.clone()));

@@ -79,6 +79,7 @@ impl Target {
                     (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
                 };
                 let sock = UdpSocket::bind(bind).await.map_err(io_err("bind UDP"))?;
+                set_buffers(&sock);
                 sock.connect(self.server).await.map_err(io_err("connect UDP"))?;
                 let io = Arc::new(UdpIo::new(&sock).map_err(io_err("UDP offload"))?);
                 let sock = Arc::new(sock);
@@ -304,6 +305,18 @@ impl Rx {
             },
         }
     }
+}
+
+/// Socket buffers asked for on every UDP socket of the data path: a relay forwarding a burst
+/// (GRO trains of up to 64 datagrams) must not overflow the generator's default 208 KiB, or the
+/// run measures the generator's buffers instead of the server.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Best effort: the kernel caps both at `net.core.{r,w}mem_max`.
+pub fn set_buffers(sock: &UdpSocket) {
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_SOCKET_BUFFER);
 }
 
 fn unframeable(e: impl std::fmt::Debug) -> io::Error {
