@@ -21,7 +21,17 @@ SPID=
 start_server() {
   [ -n "$SPID" ] && { kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true; }
   rm -rf "$DIR/data"
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # A port free over both TCP and UDP (the server listens on both).
+  PORT=$(python3 -c '
+import socket
+while True:
+    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
+    u = socket.socket(type=socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+')
   TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$SECRET" \
     --udp 127.0.0.1:$PORT --tcp 127.0.0.1:$PORT --tls off --relay-ip 127.0.0.1 \
     --relay-ports 10000-29999 --allow-peer 127.0.0.1 --shards 1 --http off --metrics off \

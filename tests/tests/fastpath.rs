@@ -23,7 +23,7 @@ use turnkey_e2e::netns::{VethPair, A_V4, A_V6, B_V4, B_V6};
 use turnkey_e2e::{bin, metric_sum, run_with_timeout, Turnkey};
 use turnkey_load::client::{Auth, Credentials, TurnClient};
 use turnkey_load::transport::Target;
-use turnkey_load::TransportKind;
+use turnkey_load::Transport;
 
 /// Runs the load through a relay started with `fast_path`; returns (sent, relayed c2p, relayed
 /// p2c, kernel c2p packets, kernel p2c packets).
@@ -216,7 +216,7 @@ fn refresh_extends_and_expiry_stops_kernel_relaying() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let peer = tokio::net::UdpSocket::bind(SocketAddr::new(B_V4, 0)).await.unwrap();
-            let target = Target::new(server, TransportKind::Udp, "", true, None).unwrap();
+            let target = Target::new(server, Transport::Udp, "", true, None).unwrap();
             let auth = Auth::new(&Credentials { username, password }, None);
             let mut c = TurnClient::connect(&target, auth, Duration::from_secs(5)).await.unwrap();
             let relayed = c.allocate(3).await.unwrap();
@@ -272,7 +272,7 @@ fn a_monthly_cap_reached_by_kernel_traffic_stops_kernel_relaying() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let peer = tokio::net::UdpSocket::bind(SocketAddr::new(B_V4, 0)).await.unwrap();
-            let target = Target::new(server, TransportKind::Udp, "", true, None).unwrap();
+            let target = Target::new(server, Transport::Udp, "", true, None).unwrap();
             let auth = Auth::new(&Credentials { username, password }, None);
             let mut c = TurnClient::connect(&target, auth, Duration::from_secs(5)).await.unwrap();
             let relayed = c.allocate(600).await.unwrap();
@@ -309,7 +309,7 @@ fn drain_keeps_live_channels_in_the_kernel_until_it_ends_them() {
     let (peer, mut tx, mut rx, relayed) = pair.b.enter(|| {
         rt.block_on(async {
             let peer = tokio::net::UdpSocket::bind(SocketAddr::new(B_V4, 0)).await.unwrap();
-            let target = Target::new(server, TransportKind::Udp, "", true, None).unwrap();
+            let target = Target::new(server, Transport::Udp, "", true, None).unwrap();
             let auth = Auth::new(&Credentials { username, password }, None);
             let mut c = TurnClient::connect(&target, auth, Duration::from_secs(5)).await.unwrap();
             let relayed = c.allocate(600).await.unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use turnkey_e2e::{aioice, bin, require, Turnkey};
 use turnkey_load::client::{Auth, Credentials, TurnClient};
 use turnkey_load::transport::Target;
-use turnkey_load::TransportKind;
+use turnkey_load::Transport;
 
 /// Never-reading clients per stream transport (the per-IP cap of 64 holds them and the healthy
 /// pair).
@@ -44,7 +44,7 @@ fn tcp_and_tls_clients_that_never_read_are_bounded_then_closed_and_their_memory_
     // Allocate and permit the peer, then never read again (the halves are only held).
     let mut relayed: Vec<SocketAddr> = Vec::new();
     let mut held = Vec::new();
-    for (kind, server) in [(TransportKind::Tcp, tk.tcp()), (TransportKind::Tls, tk.tls())] {
+    for (kind, server) in [(Transport::Tcp, tk.tcp()), (Transport::Tls, tk.tls())] {
         let target = Target::new(server, kind, "localhost", false, Some(&cert)).unwrap();
         for _ in 0..STUCK_PER_TRANSPORT {
             let (addr, parts) = rt.block_on(async {

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, ValueEnum};
+
+use turnkey_types::Transport;
 
 use crate::LoadError;
 
@@ -19,8 +22,8 @@ pub struct LoadArgs {
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "issuer")]
     pub server: Option<String>,
     /// Transport to the server.
-    #[arg(long, value_enum, default_value_t = TransportKind::Udp)]
-    pub transport: TransportKind,
+    #[arg(long, default_value = "udp", value_parser = parse_transport())]
+    pub transport: Transport,
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Scenario::Relay)]
     pub scenario: Scenario,
@@ -138,7 +141,8 @@ pub struct LoadArgs {
     /// Never print live progress, even on a terminal.
     #[arg(long)]
     pub quiet: bool,
-    /// Threads generating load, flows spread over them (default: every core of the machine).
+    /// Threads generating load, each a loop pinned to one core, flows spread over them (default:
+    /// every core this process may run on).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Worker mode: coordinate with the other workers of the run through this Redis
@@ -263,15 +267,17 @@ pub fn parse_bitrate(s: &str) -> Result<u64, String> {
     Ok(bps.round() as u64)
 }
 
-/// The transport to the TURN server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TransportKind {
-    /// UDP.
-    Udp,
-    /// TCP with RFC 8656 §12 framing.
-    Tcp,
-    /// TLS over TCP.
-    Tls,
+/// `--transport`: one of [`Transport`]'s names, each described in `--help`, and listed in the
+/// error for any other value.
+fn parse_transport() -> impl TypedValueParser<Value = Transport> {
+    let values = Transport::ALL.map(|t| {
+        PossibleValue::new(t.as_str()).help(match t {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP with RFC 8656 §12 framing",
+            Transport::Tls => "TLS over TCP",
+        })
+    });
+    PossibleValuesParser::new(values).try_map(|name| name.parse::<Transport>())
 }
 
 /// The address family an Allocate requests (REQUESTED-ADDRESS-FAMILY, RFC 8656 §7.1).

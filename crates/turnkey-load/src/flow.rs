@@ -1,4 +1,5 @@
-//! The data path of one flow: the paced sender, the receiver that measures round trips, the
+//! The data path of one flow (its sender is paced with the other flows of its loop in
+//! [`crate::pacer`]): the receiver that measures round trips, the
 //! reflector (the far allocation of a pair, sending every packet back), the UDP echo peer, and
 //! the keep-alive refreshes of long runs. Nothing is allocated per packet.
 
@@ -20,11 +21,6 @@ use crate::transport::{Rx, Tx};
 
 /// How often permissions, channels and allocations are refreshed during long runs.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-/// Packets sent between yields when flooding (one GSO train over UDP).
-const FLOOD_BATCH: u64 = 32;
-/// Most packets one paced wake-up sends as one train (a sender woken late catches up in trains
-/// of this size instead of one send per packet).
-const MAX_BURST: u64 = 64;
 
 /// Live counters of a flow, read by the progress display.
 #[derive(Debug, Default)]
@@ -117,67 +113,6 @@ impl Keepalive {
 /// Nanoseconds since `epoch`.
 fn since(epoch: std::time::Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
-}
-
-/// Sends stamped packets at the plan's pace: train `k` (of `plan.train` packets, back to back)
-/// is due `k / rate` seconds after the start. Returns the count sent and the error that stopped
-/// it, if any. The counter is updated after every burst.
-pub async fn send_loop(
-    tx: &mut Tx,
-    tpl: &mut PacketTemplate,
-    keepalive: &mut Keepalive,
-    ids: (u32, u32),
-    plan: SendPlan,
-    epoch: std::time::Instant,
-    counters: &FlowCounters,
-) -> (u64, Option<io::Error>) {
-    let (flow, phase) = ids;
-    let start = Instant::now();
-    let end = start + plan.duration;
-    let max = plan.count.unwrap_or(u64::MAX);
-    let train = plan.train.max(1);
-    let mut seq = 0u64;
-    // Every packet due at a wake-up is stamped into this buffer (reused: no allocation per
-    // packet) and leaves as one train: a GSO send over UDP, one write on a stream.
-    let mut burst = Vec::new();
-    loop {
-        let now = Instant::now();
-        if now >= end || seq >= max {
-            break;
-        }
-        let target = match plan.rate {
-            Some(r) => (((now - start).as_secs_f64() * r) as u64 + 1).saturating_mul(train),
-            None => seq + FLOOD_BATCH,
-        }
-        .min(max);
-        while seq < target {
-            burst.clear();
-            let n = (target - seq).min(MAX_BURST);
-            let mut size = 0;
-            for k in 0..n {
-                let frame = tpl.stamp(Stamp { flow, phase, seq: seq + k, sent_ns: since(epoch) });
-                size = frame.len();
-                burst.extend_from_slice(frame);
-            }
-            if let Err(e) = tx.send_train(&burst, size).await {
-                counters.sent.store(seq, Ordering::Relaxed);
-                return (seq, Some(e));
-            }
-            seq += n;
-        }
-        counters.sent.store(seq, Ordering::Relaxed);
-        if let Err(e) = keepalive.tick(tx).await {
-            return (seq, Some(e));
-        }
-        match plan.rate {
-            Some(r) => {
-                let next = start + Duration::from_secs_f64(seq.div_ceil(train) as f64 / r);
-                sleep_until(next.min(end)).await;
-            }
-            None => tokio::task::yield_now().await,
-        }
-    }
-    (seq, None)
 }
 
 /// What the receiver saw in one phase.
@@ -377,88 +312,11 @@ pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::TransportKind;
-    use crate::client::Credentials;
-    use crate::transport::Target;
 
     #[test]
     fn echo_ip_is_the_source_address_towards_the_server() {
         assert_eq!(echo_ip("127.0.0.1:3478".parse().unwrap()).to_string(), "127.0.0.1");
         assert!(echo_ip("127.0.0.9:3478".parse().unwrap()).is_loopback());
         assert!(echo_ip("[::1]:3478".parse().unwrap()).is_loopback());
-    }
-
-    /// Runs `send_loop` over UDP to a plain socket and returns each packet's sequence number and
-    /// arrival time, in seconds since the first one.
-    fn capture(plan: SendPlan, payload: usize) -> Vec<(u64, f64, usize)> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let target = Target::new(sink.local_addr().unwrap(), TransportKind::Udp, "x", false, None).unwrap();
-            let (mut tx, _rx) = target.connect().await.unwrap();
-            let creds = Credentials { username: "u".into(), password: "p".into() };
-            let mut ka = Keepalive::new(Auth::new(&creds, None), sink.local_addr().unwrap(), true, 600);
-            let mut tpl = PacketTemplate::new(Wire::Channel, payload, false);
-            let counters = FlowCounters::default();
-            let epoch = std::time::Instant::now();
-            let recv = async {
-                let mut out = Vec::new();
-                let mut buf = vec![0u8; 2048];
-                let first = std::time::Instant::now();
-                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), sink.recv(&mut buf)).await {
-                    let Received::Data(d) = data_of(&buf[..n]) else { panic!("not ChannelData") };
-                    out.push((Stamp::read(d).unwrap().seq, first.elapsed().as_secs_f64(), d.len()));
-                }
-                out
-            };
-            let (sent, got) = tokio::join!(send_loop(&mut tx, &mut tpl, &mut ka, (1, 1), plan, epoch, &counters), recv);
-            assert!(sent.1.is_none());
-            assert_eq!(sent.0, got.len() as u64, "loopback loses nothing");
-            got
-        })
-    }
-
-    #[test]
-    fn video_sends_trains_back_to_back_thirty_times_a_second() {
-        let plan = SendPlan { rate: Some(30.0), train: 5, duration: Duration::from_millis(1000), count: None };
-        let got = capture(plan, 1200);
-        // 30 trains in one second (the first at once; one more may fall on the boundary).
-        assert!((150..=155).contains(&got.len()), "{} packets", got.len());
-        assert_eq!(got.len() % 5, 0, "only whole trains");
-        assert!(got.iter().all(|&(_, _, len)| len == 1200));
-        for (k, train) in got.chunks(5).enumerate() {
-            let seqs: Vec<u64> = train.iter().map(|p| p.0).collect();
-            assert_eq!(seqs, (5 * k as u64..5 * k as u64 + 5).collect::<Vec<_>>());
-        }
-        // Back to back: a train spreads over far less than the 33 ms between frames, and trains
-        // follow the frame clock (medians: a loaded machine may delay a wake-up now and then).
-        let spreads: Vec<f64> = got.chunks(5).map(|t| t[4].1 - t[0].1).collect();
-        let starts: Vec<f64> = got.chunks(5).map(|t| t[0].1).collect();
-        let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(median(spreads) < 0.005, "trains are sent back to back");
-        let gap = median(gaps);
-        assert!((0.025..0.045).contains(&gap), "median gap between trains {gap} s, want 1/30");
-    }
-
-    fn median(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-
-    #[test]
-    fn smooth_and_audio_pace_one_packet_at_a_time() {
-        let plan = SendPlan { rate: Some(50.0), train: 1, duration: Duration::from_millis(1000), count: None };
-        let got = capture(plan, 160);
-        assert!((50..=51).contains(&got.len()), "{} packets", got.len());
-        assert!(got.iter().all(|&(_, _, len)| len == 160));
-        let gap = median(got.windows(2).map(|w| w[1].1 - w[0].1).collect());
-        assert!((0.015..0.025).contains(&gap), "packets 20 ms apart, median {gap} s");
-    }
-
-    #[test]
-    fn a_count_ends_a_train_early() {
-        let plan = SendPlan { rate: Some(30.0), train: 4, duration: Duration::from_secs(5), count: Some(10) };
-        let got = capture(plan, 100);
-        assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
     }
 }

@@ -4,74 +4,10 @@
 
 use serde::Deserialize;
 
-use crate::args::TransportKind;
+use turnkey_types::{Transport, TurnUrl};
+
 use crate::client::Credentials;
 use crate::LoadError;
-
-/// One `turn:` / `turns:` URL: `turn:host[:port][?transport=udp|tcp]`, `turns:host[:port][?transport=tcp]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TurnUrl {
-    /// The host: a name, an IPv4 literal, or an IPv6 literal (without its brackets).
-    pub host: String,
-    /// The port (default 3478 for `turn:`, 5349 for `turns:`).
-    pub port: u16,
-    /// The transport a client of this URL uses to reach the relay.
-    pub transport: TransportKind,
-}
-
-impl TurnUrl {
-    /// Parses a `turn:` or `turns:` URL; `None` for anything else (a `stun:` URL, an unknown
-    /// transport, `turns:` over UDP, a malformed host or port).
-    pub fn parse(url: &str) -> Option<Self> {
-        let (secure, rest) = match url.split_once(':')? {
-            (s, rest) if s.eq_ignore_ascii_case("turn") => (false, rest),
-            (s, rest) if s.eq_ignore_ascii_case("turns") => (true, rest),
-            _ => return None,
-        };
-        let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let mut transport = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=')?;
-            if k.eq_ignore_ascii_case("transport") {
-                transport = Some(v.to_ascii_lowercase());
-            }
-        }
-        let transport = match (secure, transport.as_deref()) {
-            (false, None | Some("udp")) => TransportKind::Udp,
-            (false, Some("tcp")) => TransportKind::Tcp,
-            (true, None | Some("tcp")) => TransportKind::Tls,
-            _ => return None,
-        };
-        let default_port = if secure { 5349 } else { 3478 };
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']')?;
-            host.parse::<std::net::Ipv6Addr>().ok()?;
-            let port = match after {
-                "" => default_port,
-                p => p.strip_prefix(':')?.parse().ok()?,
-            };
-            (host, port)
-        } else {
-            match hostport.split_once(':') {
-                Some((h, p)) => (h, p.parse().ok()?),
-                None => (hostport, default_port),
-            }
-        };
-        let host_ok = !host.is_empty()
-            && (host.contains(':')
-                || host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
-        (host_ok && port != 0).then(|| Self { host: host.to_owned(), port, transport })
-    }
-
-    /// `host:port` for resolution (IPv6 literals in brackets).
-    pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Where one allocation (or flow) goes, as an issuer's answer says: the first TURN URL of the
 /// wanted transport and the credential of the entry that holds it.
@@ -146,18 +82,19 @@ pub fn pick_turn_credentials(body: &[u8]) -> Result<Credentials, LoadError> {
 
 /// Picks, in answer order, the first `turn:`/`turns:` URL of `transport` in an entry that has a
 /// username and credential.
-pub fn pick(body: &[u8], transport: TransportKind) -> Result<Pick, LoadError> {
+pub fn pick(body: &[u8], transport: Transport) -> Result<Pick, LoadError> {
     for s in entries(body)? {
         let (Some(username), Some(password)) = (&s.username, &s.credential) else { continue };
-        if let Some(url) = s.urls.iter().filter_map(TurnUrl::parse).find(|u| u.transport == transport) {
+        let mut urls = s.urls.iter().filter_map(|u| u.parse::<TurnUrl>().ok());
+        if let Some(url) = urls.find(|u| u.transport() == Some(transport)) {
             let credentials = Credentials { username: username.clone(), password: password.clone() };
             return Ok(Pick { url, credentials });
         }
     }
     let scheme = match transport {
-        TransportKind::Udp => "turn:...?transport=udp",
-        TransportKind::Tcp => "turn:...?transport=tcp",
-        TransportKind::Tls => "turns:...?transport=tcp",
+        Transport::Udp => "turn:...?transport=udp",
+        Transport::Tcp => "turn:...?transport=tcp",
+        Transport::Tls => "turns:...?transport=tcp",
     };
     Err(LoadError::Issuer(format!("no {scheme} URL with a credential in the answer")))
 }
@@ -166,23 +103,23 @@ pub fn pick(body: &[u8], transport: TransportKind) -> Result<Pick, LoadError> {
 mod tests {
     use super::*;
 
-    fn url(host: &str, port: u16, transport: TransportKind) -> Option<TurnUrl> {
-        Some(TurnUrl { host: host.into(), port, transport })
-    }
-
+    /// The URL forms issuers hand out, as the shared `TurnUrl` reads them (`stun:` URLs and
+    /// malformed ones are skipped by [`pick`]).
     #[test]
     fn parses_turn_urls() {
-        use TransportKind::*;
-        assert_eq!(TurnUrl::parse("turn:127.0.0.1:40001?transport=udp"), url("127.0.0.1", 40001, Udp));
-        assert_eq!(TurnUrl::parse("turn:relay.example.org:3478?transport=tcp"), url("relay.example.org", 3478, Tcp));
-        assert_eq!(TurnUrl::parse("turns:relay.example.org:443?transport=tcp"), url("relay.example.org", 443, Tls));
-        assert_eq!(TurnUrl::parse("turn:a.example"), url("a.example", 3478, Udp));
-        assert_eq!(TurnUrl::parse("turns:a.example"), url("a.example", 5349, Tls));
-        assert_eq!(TurnUrl::parse("TURN:h:1?Transport=TCP"), url("h", 1, Tcp));
-        assert_eq!(TurnUrl::parse("turn:[::1]:3478?transport=udp"), url("::1", 3478, Udp));
-        assert_eq!(TurnUrl::parse("turns:[2001:db8::5]?transport=tcp"), url("2001:db8::5", 5349, Tls));
-        assert_eq!(TurnUrl::parse("turn:[::1]:3478").unwrap().host_port(), "[::1]:3478");
-        assert_eq!(TurnUrl::parse("turn:h:9").unwrap().host_port(), "h:9");
+        use Transport::*;
+        let url = |s: &str| s.parse::<TurnUrl>().ok().and_then(|u| Some((u.host.clone(), u.port, u.transport()?)));
+        let want = |h: &str, p: u16, t: Transport| Some((h.to_owned(), p, t));
+        assert_eq!(url("turn:127.0.0.1:40001?transport=udp"), want("127.0.0.1", 40001, Udp));
+        assert_eq!(url("turn:relay.example.org:3478?transport=tcp"), want("relay.example.org", 3478, Tcp));
+        assert_eq!(url("turns:relay.example.org:443?transport=tcp"), want("relay.example.org", 443, Tls));
+        assert_eq!(url("turn:a.example"), want("a.example", 3478, Udp));
+        assert_eq!(url("turns:a.example"), want("a.example", 5349, Tls));
+        assert_eq!(url("TURN:h:1?Transport=TCP"), want("h", 1, Tcp));
+        assert_eq!(url("turn:[::1]:3478?transport=udp"), want("::1", 3478, Udp));
+        assert_eq!(url("turns:[2001:db8::5]?transport=tcp"), want("2001:db8::5", 5349, Tls));
+        assert_eq!("turn:[::1]:3478".parse::<TurnUrl>().unwrap().host_port(), "[::1]:3478");
+        assert_eq!("turn:h:9".parse::<TurnUrl>().unwrap().host_port(), "h:9");
         for bad in [
             "stun:h:3478",
             "turn:",
@@ -198,7 +135,7 @@ mod tests {
             "turn:h:1?transport",
             "http://h:1",
         ] {
-            assert_eq!(TurnUrl::parse(bad), None, "{bad}");
+            assert_eq!(url(bad), None, "{bad}");
         }
     }
 
@@ -211,13 +148,13 @@ mod tests {
 
     #[test]
     fn picks_the_first_url_of_the_transport() {
-        let p = pick(ARRAY, TransportKind::Udp).unwrap();
+        let p = pick(ARRAY, Transport::Udp).unwrap();
         assert_eq!((p.url.host_port().as_str(), p.credentials.username.as_str()), ("10.0.0.1:3478", "u1"));
-        assert_eq!(pick(ARRAY, TransportKind::Tcp).unwrap().url.host_port(), "10.0.0.1:3478");
-        let tls = pick(ARRAY, TransportKind::Tls).unwrap();
+        assert_eq!(pick(ARRAY, Transport::Tcp).unwrap().url.host_port(), "10.0.0.1:3478");
+        let tls = pick(ARRAY, Transport::Tls).unwrap();
         assert_eq!(
-            (tls.url.host.as_str(), tls.url.port, tls.url.transport),
-            ("relay1.example", 5349, TransportKind::Tls)
+            (tls.url.host.as_str(), tls.url.port, tls.url.transport()),
+            ("relay1.example", 5349, Some(Transport::Tls))
         );
         assert_eq!(tls.credentials.password, "c1");
     }
@@ -225,18 +162,18 @@ mod tests {
     #[test]
     fn picks_from_the_object_shape_and_a_single_url_string() {
         let body = br#"{"iceServers":{"urls":"turn:[::1]:40002?transport=tcp","username":"u2","credential":"c2"}}"#;
-        let p = pick(body, TransportKind::Tcp).unwrap();
+        let p = pick(body, Transport::Tcp).unwrap();
         assert_eq!((p.url.host_port().as_str(), p.credentials.username.as_str()), ("[::1]:40002", "u2"));
-        assert!(pick(body, TransportKind::Udp).is_err(), "no UDP URL in that answer");
+        assert!(pick(body, Transport::Udp).is_err(), "no UDP URL in that answer");
     }
 
     #[test]
     fn skips_entries_without_credentials() {
         let body = br#"{"iceServers":[{"urls":["turn:a:1?transport=udp"]},
             {"urls":["turn:b:2?transport=udp"],"username":"u","credential":"c"}]}"#;
-        assert_eq!(pick(body, TransportKind::Udp).unwrap().url.host, "b");
+        assert_eq!(pick(body, Transport::Udp).unwrap().url.host, "b");
         for bad in [&br#"{"iceServers":[{"urls":["stun:a"]}]}"#[..], b"not json", br#"{"iceServers":[]}"#, b"{}"] {
-            let e = pick(bad, TransportKind::Udp).unwrap_err();
+            let e = pick(bad, Transport::Udp).unwrap_err();
             assert_eq!(e.label(), "issuer", "{e}");
         }
     }

@@ -31,7 +31,9 @@ pub mod hints;
 pub mod histogram;
 pub mod ice;
 pub mod issuer;
+pub mod loops;
 pub mod merge;
+pub mod pacer;
 pub mod packet;
 pub mod progress;
 pub mod proto;
@@ -49,9 +51,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use args::{AddressFamily, LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario, TransportKind};
+pub use args::{AddressFamily, LoadAction, LoadArgs, MergeArgs, Mode, Profile, ReportArgs, Scenario};
 pub use error::LoadError;
 pub use report::{Allocations, IssuerReport, Percentiles, Ramp, RampStep, Report, ServerReport, Traffic, Verdict};
+pub use turnkey_types::{Transport, TurnUrl};
 
 use client::{Auth, Credentials, TurnClient};
 use creds::CredentialSource;
@@ -177,7 +180,7 @@ async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) ->
     };
     let mut report = Report {
         scenario: name(args.scenario),
-        transport: name(args.transport),
+        transport: args.transport.as_str().to_owned(),
         mode: name(args.mode),
         server: server.to_string(),
         peer: match peer {

@@ -1,7 +1,9 @@
 //! The `relay` and `ramp` scenarios: set up N flows (an allocation and its peer: a second
 //! allocation that reflects, the tool's own echo socket, or `--peer-addr`), run sending phases
-//! through them, and release every allocation at the end.
+//! through them, and release every allocation at the end. Each flow lives on one of the run's
+//! data-path loops ([`Loops`], `--threads`) from its allocation to its release.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use tokio::time::Instant;
 use crate::args::{Mode, Scenario};
 use crate::client::{Auth, TurnClient};
 use crate::flow::{self, FlowCounters, Keepalive, PacketTemplate, SendPlan, Wire, CHANNEL};
+use crate::loops::Loops;
+use crate::pacer::{self, FlowSend};
 use crate::report::{new_histogram, Ramp, RampStep, Report, Traffic};
 use crate::servercost::{self, ServerCost};
 use crate::transport::{Rx, Tx};
@@ -35,21 +39,24 @@ pub enum PeerKind {
 pub async fn run(ctx: &Ctx, peer: PeerKind, report: &mut Report) -> Result<(), LoadError> {
     let args = &ctx.args;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut flows = setup_flows(ctx, peer, stop_rx, report).await?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let loops =
+        Loops::start(threads).map_err(|source| LoadError::Io { context: "start load threads".into(), source })?;
+    let mut flows = setup_flows(ctx, &loops, peer, stop_rx, report).await?;
     report.flows_established = flows.len() as u32;
     let bound = args.bound()?;
     if !flows.is_empty() {
         if args.scenario == Scenario::Ramp {
-            ramp(ctx, peer, &mut flows, bound.duration, report).await;
+            ramp(ctx, &loops, peer, &mut flows, bound.duration, report).await;
         } else {
             let pace = args.pace();
             let plan =
                 SendPlan { rate: pace.trains_per_sec, train: pace.train, duration: bound.duration, count: bound.count };
-            report.traffic = run_phase(ctx, &mut flows, 1, plan, report).await?;
+            report.traffic = run_phase(ctx, &loops, &mut flows, 1, plan, report).await?;
         }
     }
     let _ = stop_tx.send(true);
-    release(ctx, flows).await;
+    release(ctx, &loops, flows).await;
     Ok(())
 }
 
@@ -66,6 +73,7 @@ struct Flow {
 
 async fn setup_flows(
     ctx: &Ctx,
+    loops: &Loops,
     peer: PeerKind,
     stop: watch::Receiver<bool>,
     report: &mut Report,
@@ -74,10 +82,12 @@ async fn setup_flows(
     let mut set = JoinSet::new();
     for id in 0..ctx.args.flows {
         let (ctx, sem, stop) = (ctx.clone(), sem.clone(), stop.clone());
-        set.spawn(async move {
+        // On the flow's loop: its sockets (and reflector, echo peer) belong to that thread.
+        let setup = async move {
             let _permit = sem.acquire_owned().await;
             setup_flow(&ctx, id, peer, stop).await
-        });
+        };
+        set.spawn_on(setup, loops.of(id));
     }
     let mut flows = Vec::new();
     let mut alloc_times = new_histogram()?;
@@ -139,6 +149,7 @@ async fn setup_flow_inner(
             let sock = UdpSocket::bind((ip, 0))
                 .await
                 .map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;
+            crate::transport::set_buffers(&sock);
             let addr =
                 sock.local_addr().map_err(|source| LoadError::Io { context: "echo peer address".into(), source })?;
             tokio::spawn(flow::echo_loop(sock, stop.clone()));
@@ -182,6 +193,7 @@ async fn bind(c: &mut TurnClient, channel: bool, peer: SocketAddr) -> Result<(),
 /// Runs one sending phase on every flow at once and returns its figures.
 async fn run_phase(
     ctx: &Ctx,
+    loops: &Loops,
     flows: &mut [Flow],
     phase: u32,
     plan: SendPlan,
@@ -191,56 +203,77 @@ async fn run_phase(
     let hist = new_histogram()?;
     let drain = Duration::from_millis(ctx.args.drain_ms);
     let channel = ctx.args.mode == Mode::Channel;
-    let mut tasks = Vec::new();
     let start = Instant::now();
+    let epoch = ctx.epoch;
+    // One pacer per loop sends for all of that loop's UDP flows; each flow has its own
+    // receiver. A TCP or TLS flow has a pacer of its own: a write that waits for a full stream
+    // must not hold back the other flows.
+    let mut groups: Vec<Vec<FlowSend>> = (0..loops.len()).map(|_| Vec::new()).collect();
+    let mut alone = Vec::new();
+    let mut receivers = Vec::new();
     for f in flows.iter_mut() {
-        let Some((mut tx, mut rx)) = f.conn.take() else {
+        let Some((tx, mut rx)) = f.conn.take() else {
             continue;
         };
         let (done_tx, done_rx) = watch::channel(None);
-        let mut ka = Keepalive::new(f.auth.clone(), f.peer, channel, ctx.args.lifetime);
+        let ka = Keepalive::new(f.auth.clone(), f.peer, channel, ctx.args.lifetime);
         let nonce = ka.fresh_nonce.clone();
-        let (mut tpl, counters, epoch) = (f.tpl.clone(), f.counters.clone(), ctx.epoch);
         let ids = (f.id, phase);
-        let sender = tokio::spawn(async move {
-            let r = flow::send_loop(&mut tx, &mut tpl, &mut ka, ids, plan, epoch, &counters).await;
-            let _ = done_tx.send(Some(r.0));
-            (tx, r, Instant::now())
-        });
+        let send = FlowSend::new(tx, f.tpl.clone(), ka, ids, f.counters.clone(), done_tx);
+        if send.tx.is_stream() {
+            alone.push((f.id, vec![send]));
+        } else {
+            groups[f.id as usize % loops.len()].push(send);
+        }
         let (counters, h) = (f.counters.clone(), hist.clone());
-        let receiver = tokio::spawn(async move {
+        let receiver = loops.of(f.id).spawn(async move {
             let out = flow::recv_loop(&mut rx, ids, epoch, done_rx, drain, &counters, h, &nonce).await;
             (rx, out)
         });
-        tasks.push((f.id, sender, receiver));
+        receivers.push((f.id, receiver));
+    }
+    let mut pacers = Vec::new();
+    let groups = groups.into_iter().enumerate().map(|(k, g)| (k as u32, g)).chain(alone);
+    for (on, mut group) in groups.filter(|(_, g)| !g.is_empty()) {
+        pacers.push(loops.of(on).spawn(async move {
+            pacer::send_group(&mut group, plan, epoch).await;
+            group
+        }));
+    }
+    let mut senders = BTreeMap::new();
+    for pacer in pacers {
+        match pacer.await {
+            Ok(group) => senders.extend(group.into_iter().map(|f| (f.ids.0, f))),
+            Err(_) => report.count_error("task"),
+        }
     }
     let (mut sent, mut delivered, mut reordered) = (0u64, 0u64, 0u64);
     let mut rtt = hist;
     let mut last_end = start;
-    for (id, sender, receiver) in tasks {
-        let (Ok((tx, (n, send_err), ended)), Ok((rx, out))) = (sender.await, receiver.await) else {
+    for (id, receiver) in receivers {
+        let (Some(send), Ok((rx, out))) = (senders.remove(&id), receiver.await) else {
             report.count_error("task");
             continue;
         };
-        sent += n;
+        sent += send.sent;
         delivered += out.delivered;
         reordered += out.reordered;
-        last_end = last_end.max(ended);
+        last_end = last_end.max(send.ended.unwrap_or(start));
         let _ = rtt.add(&out.rtt);
         for code in out.error_codes {
             report.count_error(code.to_string());
         }
-        if send_err.is_some() || out.error.is_some() {
+        if send.error.is_some() || out.error.is_some() {
             report.count_error("io");
         }
         if let Some(f) = flows.iter_mut().find(|f| f.id == id) {
-            f.conn = Some((tx, rx));
+            f.conn = Some((send.tx, rx));
         }
     }
     Ok(Traffic::compute(sent, delivered, reordered, ctx.args.payload(), last_end - start, &rtt))
 }
 
-async fn ramp(ctx: &Ctx, peer: PeerKind, flows: &mut [Flow], step_time: Duration, report: &mut Report) {
+async fn ramp(ctx: &Ctx, loops: &Loops, peer: PeerKind, flows: &mut [Flow], step_time: Duration, report: &mut Report) {
     let args = &ctx.args;
     let http = reqwest::Client::new();
     let start = args.rate.unwrap_or(100.0);
@@ -253,7 +286,7 @@ async fn ramp(ctx: &Ctx, peer: PeerKind, flows: &mut [Flow], step_time: Duration
             Some(url) => servercost::scrape(&http, url).await.ok().map(|b| (url, b, Instant::now())),
             None => None,
         };
-        let Ok(traffic) = run_phase(ctx, flows, i + 1, plan, report).await else {
+        let Ok(traffic) = run_phase(ctx, loops, flows, i + 1, plan, report).await else {
             break;
         };
         let mut server_cost = None;
@@ -286,24 +319,28 @@ async fn ramp(ctx: &Ctx, peer: PeerKind, flows: &mut [Flow], step_time: Duration
 }
 
 /// Stops the reflectors and releases every allocation (Refresh with LIFETIME 0).
-async fn release(ctx: &Ctx, flows: Vec<Flow>) {
+async fn release(ctx: &Ctx, loops: &Loops, flows: Vec<Flow>) {
     let timeout = Duration::from_secs_f64(ctx.args.timeout.min(2.0));
     let mut set = JoinSet::new();
     for f in flows {
+        let on = loops.of(f.id).clone();
         let auth = f.auth;
         let near = f.conn;
         let far = f.far;
-        set.spawn(async move {
-            if let Some((tx, rx)) = near {
-                let _ = TurnClient::from_parts(tx, rx, auth, timeout).refresh(0).await;
-            }
-            if let Some(Ok((tx, rx, ka))) = match far {
-                Some(h) => Some(h.await),
-                None => None,
-            } {
-                let _ = TurnClient::from_parts(tx, rx, ka.into_auth(), timeout).refresh(0).await;
-            }
-        });
+        set.spawn_on(
+            async move {
+                if let Some((tx, rx)) = near {
+                    let _ = TurnClient::from_parts(tx, rx, auth, timeout).refresh(0).await;
+                }
+                if let Some(Ok((tx, rx, ka))) = match far {
+                    Some(h) => Some(h.await),
+                    None => None,
+                } {
+                    let _ = TurnClient::from_parts(tx, rx, ka.into_auth(), timeout).refresh(0).await;
+                }
+            },
+            &on,
+        );
     }
     while set.join_next().await.is_some() {}
 }

@@ -16,8 +16,8 @@ use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertSt
 use tokio_rustls::TlsConnector;
 
 use turnkey_batch::{Outgoing, RecvBatch, UdpIo, MAX_GSO_BYTES, MAX_GSO_SEGMENT_V4, MAX_GSO_SEGMENT_V6};
+use turnkey_types::Transport;
 
-use crate::args::TransportKind;
 use crate::framing::StreamBuf;
 use crate::LoadError;
 
@@ -28,7 +28,7 @@ pub struct Target {
     /// The server's address.
     pub server: SocketAddr,
     /// The transport.
-    pub kind: TransportKind,
+    pub kind: Transport,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
@@ -43,13 +43,13 @@ impl Target {
     /// roots verify it against `sni`.
     pub fn new(
         server: SocketAddr,
-        kind: TransportKind,
+        kind: Transport,
         sni: &str,
         insecure: bool,
         ca: Option<&Path>,
     ) -> Result<Self, LoadError> {
         let tls = match kind {
-            TransportKind::Tls => Some((tls_connector(insecure, ca)?, server_name(sni)?)),
+            Transport::Tls => Some((tls_connector(insecure, ca)?, server_name(sni)?)),
             _ => None,
         };
         Ok(Self { server, kind, tls })
@@ -72,33 +72,34 @@ impl Target {
             move |source| LoadError::Io { context, source }
         };
         match (self.kind, &self.tls) {
-            (TransportKind::Udp, _) => {
+            (Transport::Udp, _) => {
                 let bind: SocketAddr = if self.server.is_ipv4() {
                     ([0, 0, 0, 0], 0).into()
                 } else {
                     (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
                 };
                 let sock = UdpSocket::bind(bind).await.map_err(io_err("bind UDP"))?;
+                set_buffers(&sock);
                 sock.connect(self.server).await.map_err(io_err("connect UDP"))?;
                 let io = Arc::new(UdpIo::new(&sock).map_err(io_err("UDP offload"))?);
                 let sock = Arc::new(sock);
                 let tx = Tx::Udp(UdpTx { sock: sock.clone(), io: io.clone(), to: self.server });
                 Ok((tx, Rx::Udp(UdpRx { sock, io, own: RecvBatch::new(1), next: 0 })))
             }
-            (TransportKind::Tcp, _) => {
+            (Transport::Tcp, _) => {
                 let s = TcpStream::connect(self.server).await.map_err(io_err("connect TCP"))?;
                 s.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
                 let (r, w) = s.into_split();
                 Ok((Tx::Stream(Box::new(w)), Rx::Stream(Box::new(r), StreamBuf::new())))
             }
-            (TransportKind::Tls, Some((connector, name))) => {
+            (Transport::Tls, Some((connector, name))) => {
                 let s = TcpStream::connect(self.server).await.map_err(io_err("connect TCP"))?;
                 s.set_nodelay(true).map_err(io_err("TCP_NODELAY"))?;
                 let tls = connector.connect(name.clone(), s).await.map_err(|e| LoadError::Tls(e.to_string()))?;
                 let (r, w) = tokio::io::split(tls);
                 Ok((Tx::Stream(Box::new(w)), Rx::Stream(Box::new(r), StreamBuf::new())))
             }
-            (TransportKind::Tls, None) => Err(LoadError::Tls("no TLS configuration".into())),
+            (Transport::Tls, None) => Err(LoadError::Tls("no TLS configuration".into())),
         }
     }
 }
@@ -304,6 +305,18 @@ impl Rx {
             },
         }
     }
+}
+
+/// Socket buffers asked for on every UDP socket of the data path: a relay forwarding a burst
+/// (GRO trains of up to 64 datagrams) must not overflow the generator's default 208 KiB, or the
+/// run measures the generator's buffers instead of the server.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Best effort: the kernel caps both at `net.core.{r,w}mem_max`.
+pub fn set_buffers(sock: &UdpSocket) {
+    let s = socket2::SockRef::from(sock);
+    let _ = s.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_SOCKET_BUFFER);
 }
 
 fn unframeable(e: impl std::fmt::Debug) -> io::Error {
