@@ -1,6 +1,6 @@
 //! Live sessions in the binary: the relay's node-wide session table as the issuer's
-//! [`SessionSource`] (`turnkey serve`), and the conversion of the relay's snapshots into the
-//! API's [`Session`] JSON.
+//! [`SessionSource`] (`turnkey serve`), the source of a node whose listing is off, and the
+//! conversion of the relay's snapshots into the API's [`Session`] JSON.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,5 +79,18 @@ impl SessionSource for LocalSessions {
                 None => Ok(false),
             }
         })
+    }
+}
+
+/// A node with `[relay] sessions = false`: every listing and end answers that it is off.
+pub(crate) struct SessionsOff;
+
+impl SessionSource for SessionsOff {
+    fn list(&self) -> FleetFuture<'_, Result<Vec<Session>, SessionsFailure>> {
+        Box::pin(async { Err(SessionsFailure::Disabled) })
+    }
+
+    fn end<'a>(&'a self, _: &'a Session) -> FleetFuture<'a, Result<bool, SessionsFailure>> {
+        Box::pin(async { Err(SessionsFailure::Disabled) })
     }
 }
