@@ -148,7 +148,7 @@ fn session_source(s: &Settings, fleet: Option<&Fleet>, table: &Arc<SessionTable>
     Some(match fleet {
         None => Arc::new(LocalSessions { table: table.clone(), node }),
         Some(f) => {
-            tokio::spawn(crate::fleet_sessions::run_relay_index(f.clone(), table.clone(), node));
+            tokio::spawn(crate::fleet_sessions::run_relay_index(f.clone(), table.clone()));
             Arc::new(FleetSessions(f.clone()))
         }
     })
