@@ -37,6 +37,7 @@ pub struct SessionTable {
 
 impl Default for SessionTable {
     /// A table the shards publish to.
+    #[allow(clippy::disallowed_types, reason = "see the import")]
     fn default() -> Self {
         Self { slots: Mutex::default(), on: true }
     }
