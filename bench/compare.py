@@ -17,6 +17,10 @@ A second turnkey build (`--turnkey-before PATH` or TURNKEY_BEFORE_BIN, e.g. the 
 an earlier commit) runs as `turnkey-before` next to the others, so a change is measured before
 and after in the same run.
 
+`--no-sessions-variant` (or TURNKEY_BENCH_NO_SESSIONS=1) adds `turnkey-nosessions`: the same
+build with `--no-sessions` (no live session listing: shards take no snapshot at their sweep), so
+the listing's cost per relayed message is the `turnkey / turnkey-nosessions` column of one run.
+
 `--net veth` runs every server inside a network namespace and the load generator inside a second
 one, joined by a veth pair with GRO on both ends (created here, deleted at exit; needs root,
 `ip` and `ethtool`): unlike loopback, the veth has a 1500-byte MTU and coalesces received trains
@@ -35,6 +39,7 @@ the server's BPF program file descriptors; already inside the softirq time, not 
 Usage:
     bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles|udp]
                      [--coturn-4171 PATH] [--turnkey-before PATH] [--net loopback|veth] [--fast-path]
+                     [--no-sessions-variant]
 
 `--only udp` is the UDP data path only (issue 17): capacity in pair and echo-peer mode at 100 and
 1200 B, the round trip at half load in both modes, and CPU per message for every traffic shape.
@@ -78,7 +83,8 @@ CPU_RATE = 20000
 COTURN_FAST = "coturn-4.17.1"
 BEFORE = "turnkey-before"
 FAST = "turnkey-xdp"
-TURNKEY_KINDS = ("turnkey", BEFORE, FAST)
+NOSESS = "turnkey-nosessions"
+TURNKEY_KINDS = ("turnkey", BEFORE, FAST, NOSESS)
 
 
 class Net:
@@ -220,7 +226,7 @@ class Server:
         else:
             ip = NET.server_ip
             cmd = [
-                str(before if kind == BEFORE else BIN), "serve", *({FAST: ["--fast-path", "xdp"], BEFORE: []}.get(kind, ["--fast-path", "off"])), "--data-dir", str(self.dir), f"--secret={secret}",
+                str(before if kind == BEFORE else BIN), "serve", *({FAST: ["--fast-path", "xdp"], BEFORE: [], NOSESS: ["--fast-path", "off", "--no-sessions"]}.get(kind, ["--fast-path", "off"])), "--data-dir", str(self.dir), f"--secret={secret}",
                 "--udp", f"{ip}:{self.udp}", "--tcp", f"{ip}:{self.tcp}",
                 "--tls", f"{ip}:{self.tls}", "--tls-cert", str(cert), "--tls-key", str(key),
                 "--relay-ip", ip, "--relay-ports", "10000-29999", "--allow-peer", "127.0.0.1",
@@ -389,10 +395,10 @@ def spread(values: list[float]) -> dict:
 
 class Bench:
     def __init__(self, reps: int, quick: bool, coturn_fast: Path | None = None, before: Path | None = None,
-                 fast_path: bool = False):
+                 fast_path: bool = False, no_sessions: bool = False):
         self.reps, self.quick, self.coturn_fast, self.before = reps, quick, coturn_fast, before
         self.kinds = ["coturn", *([COTURN_FAST] if coturn_fast else []), *([BEFORE] if before else []), "turnkey",
-                      *([FAST] if fast_path else [])]
+                      *([NOSESS] if no_sessions else []), *([FAST] if fast_path else [])]
         self.secret = "bench-" + secrets.token_hex(16)
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-tls-"))
         cert, key = self.tmp / "cert.pem", self.tmp / "key.pem"
@@ -659,6 +665,8 @@ def markdown(res: dict, reps: int) -> str:
         udp_tables(res, lines.append)
     if "capacity" in res:
         relay_tables(res, lines.append)
+    if any(NOSESS in runs for runs in res.get("cpu", {}).values()):
+        sessions_table(res["cpu"], lines.append)
     if res.get("profiles"):
         profile_table(res["profiles"], lines.append)
     if res.get("issuance"):
@@ -666,6 +674,18 @@ def markdown(res: dict, reps: int) -> str:
     lines.append("")
     lines.append(f"Medians over {reps} repetitions, each on a fresh server.")
     return "\n".join(lines)
+
+
+def sessions_table(cpu: dict, add) -> None:
+    """CPU per relayed message of turnkey with the live session listing (the default) and without
+    (`--no-sessions`), per transport, from the same run."""
+    add("")
+    add(f"| CPU per relayed message (µs, user + system) | turnkey (min..max) | {NOSESS} (min..max) | turnkey / {NOSESS} |")
+    add("|---|---|---|---|")
+    for transport, runs in cpu.items():
+        t, n = med(runs["turnkey"], "us_per_msg"), med(runs[NOSESS], "us_per_msg")
+        add(f"| {transport} | {t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f}) | {n[0]:.2f} ({n[1]:.2f}..{n[2]:.2f}) | "
+            f"{t[0] / max(n[0], 1e-9):.2f}× |")
 
 
 def relay_tables(res: dict, add) -> None:
@@ -727,10 +747,11 @@ def udp_tables(res: dict, add) -> None:
     """Capacity and round trips of `--only udp`: one column per server measured (median, min..max),
     then turnkey's ratio to each other server."""
     def table(title: str, rows: dict, field: str, digits: int, scale: float = 1.0) -> None:
-        kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey", FAST) if any(k in r for r in rows.values())]
-        # turnkey against every other server, and turnkey-xdp against every server but itself.
+        kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey", FAST, NOSESS) if any(k in r for r in rows.values())]
+        # turnkey against every other server, and turnkey-xdp against every server but itself and
+        # the listing-off variant.
         pairs = [(n, d) for n in ("turnkey", FAST) if n in kinds for d in kinds if d != n and not (n == "turnkey"
-                 and d == FAST)]
+                 and d == FAST) and not (n == FAST and d == NOSESS)]
         add("")
         add(f"| {title} | " + " | ".join(f"{k} (min..max)" for k in kinds) + " | "
             + " | ".join(f"{n} / {d}" for n, d in pairs) + " |")
@@ -793,7 +814,7 @@ def limits_table(capacity: dict, add) -> None:
 def profile_table(profiles: dict, add) -> None:
     """Server CPU per relayed message (user + system, and the user/system split) per traffic shape,
     with turnkey's ratio to every other server measured."""
-    kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey") if any(k in runs for runs in profiles.values())]
+    kinds = [k for k in ("coturn", COTURN_FAST, BEFORE, "turnkey", NOSESS) if any(k in runs for runs in profiles.values())]
     others = [k for k in kinds if k != "turnkey"]
     add("")
     add("| load (UDP, µs of server CPU per relayed message; user / system) | "
@@ -879,6 +900,10 @@ def main() -> None:
                     help="veth: servers and load generator in two network namespaces joined by a veth pair")
     ap.add_argument("--fast-path", action="store_true",
                     help="with --net veth: add turnkey with --fast-path xdp (turnkey-xdp) and count softirq and BPF time")
+    ap.add_argument("--no-sessions-variant", action="store_true",
+                    default=os.environ.get("TURNKEY_BENCH_NO_SESSIONS", "") not in ("", "0"),
+                    help="add turnkey-nosessions: turnkey with --no-sessions (the session listing's cost "
+                         "per relayed message; default: $TURNKEY_BENCH_NO_SESSIONS)")
     ap.add_argument("--coturn-4171", type=Path, default=os.environ.get("COTURN_4171_BIN") or None,
                     help="turnserver of coturn 4.17.1, run in its fastest configuration next to the others "
                          "(default: $COTURN_4171_BIN; without it only coturn 4.6.1 and turnkey run)")
@@ -906,7 +931,7 @@ def main() -> None:
         sys.exit("--fast-path needs --net veth (loopback is not a fast path: docs/fastpath.md)")
     NET = Net(a.net, a.fast_path)
     before = a.turnkey_before.resolve() if a.turnkey_before else None
-    b = Bench(reps, a.quick, a.coturn_4171, before, a.fast_path)
+    b = Bench(reps, a.quick, a.coturn_4171, before, a.fast_path, a.no_sessions_variant)
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     stats_before = stats.read_text().strip() if a.fast_path else None
     if a.fast_path:

@@ -408,3 +408,63 @@ fn the_admin_token_file_sees_sessions_no_key_owns() {
     assert_eq!(delete(&tk, id, &key_token).0, 404);
     assert_eq!(delete(&tk, id, "operator-token-for-the-sessions-test").0, 204);
 }
+
+/// The JSON error of a 501 from `path` on `tk`, checked to name `why`.
+fn not_served(tk: &Turnkey, method: &str, path: &str, token: &str, why: &str) {
+    let (status, body) = http(tk.addr("http"), method, path, &[("Authorization", &bearer(token))], None);
+    assert_eq!(status, 501, "{method} {path}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+    let msg = v["error"].as_str().unwrap_or_else(|| panic!("no error message: {body}"));
+    assert!(msg.contains(why), "{method} {path}: {msg}");
+}
+
+#[test]
+fn with_the_listing_off_the_relay_relays_lists_nothing_and_writes_no_index() {
+    if !require("aioice") {
+        return;
+    }
+    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--no-sessions"]);
+    let (u, p) = tk.creds("dave", 600);
+    let mut dave = Client::start(&tk, "udp", &u, &p);
+    assert_eq!(dave.command("refresh")["refresh"], "ok", "the relay serves the allocation");
+    let (_, token) = tk.default_key();
+    let why = "turned off on this relay";
+    not_served(&tk, "GET", "/v1/sessions", &token, why);
+    not_served(&tk, "GET", "/v1/sessions/0000000000000001", &token, why);
+    not_served(&tk, "DELETE", "/v1/sessions/0000000000000001", &token, why);
+
+    // In a fleet it writes no index: an issuer lists the relay that keeps one, not this one.
+    let Some(redis) = RedisServer::start(RedisOptions::default()) else { return };
+    let url = redis.url();
+    let off = fleet::relay(&url, "r-off", None, &["--no-sessions"]);
+    let on = fleet::relay(&url, "r-on", None, &[]);
+    let issuer = fleet::issuer(&url, "issuer-a", None, &[]);
+    let (_, admin) = fleet::create_key(&url, &["--admin"]);
+    let no_cert = PathBuf::new();
+    let (u1, p1) = fleet_creds("k", "on-off");
+    let _c1 = Client::start_at(off.udp(), no_cert.clone(), "udp", &u1, &p1);
+    let (u2, p2) = fleet_creds("k", "on-on");
+    let _c2 = Client::start_at(on.udp(), no_cert, "udp", &u2, &p2);
+    let listed = wait_until(Duration::from_secs(15), || list_now(&issuer, &admin).len() == 1);
+    assert!(listed.is_some(), "{:?}", list_now(&issuer, &admin));
+    std::thread::sleep(Duration::from_secs(2));
+    let list = list_now(&issuer, &admin);
+    assert_eq!((list.len(), &list[0]["node"]), (1, &Value::from("r-on")), "{list:?}");
+    let keys = redis.cli(&["--raw", "KEYS", "turnkey:session-index:*"]).unwrap();
+    assert_eq!(keys.trim(), "turnkey:session-index:r-on", "only the relay with the listing writes one");
+}
+
+#[test]
+fn the_issuer_alone_says_it_has_no_relay_to_list() {
+    let issuer = Turnkey::issuer_in(tempfile::tempdir().unwrap(), &[]);
+    let (_, token) = issuer.default_key();
+    let why = "without a relay or fleet";
+    not_served(&issuer, "GET", "/v1/sessions", &token, why);
+    not_served(&issuer, "GET", "/v1/sessions?user=alice", &token, why);
+    not_served(&issuer, "DELETE", "/v1/sessions/0000000000000001", &token, why);
+    // Still 401 without a token, 400 for a bad parameter: who asks and what is asked come first.
+    let (status, _) = http(issuer.addr("http"), "GET", "/v1/sessions", &[], None);
+    assert_eq!(status, 401);
+    let (status, _) = get(&issuer, "/v1/sessions?limit=0", &token);
+    assert_eq!(status, 400);
+}

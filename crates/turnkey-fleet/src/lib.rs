@@ -16,7 +16,8 @@
 //! - usage deltas per key, buffered and flushed exactly once ([`Fleet::add_usage`],
 //!   [`Fleet::flush_usage`]);
 //! - the app endpoints' rate limit across issuers ([`Fleet::rate_limit`]);
-//! - the live session index ([`Fleet::put_sessions`], [`Fleet::session_indexes`]) and session
+//! - the live session index, compact and incremental ([`Fleet::write_session_index`],
+//!   [`Fleet::session_indexes`]) and session
 //!   ends routed to the owning relay ([`Fleet::request_session_end`], [`Fleet::take_session_ends`]).
 //!
 //! When Redis cannot be reached every call fails fast with [`FleetError::Unavailable`]; the caller
@@ -45,6 +46,7 @@ mod ratelimit;
 mod registry;
 mod revocation;
 mod sentinel_url;
+mod session_codec;
 mod sessions;
 mod target;
 mod tenants;
@@ -60,6 +62,8 @@ pub use ratelimit::RateVerdict;
 pub use registry::{AdvertisedUrl, RelayBeat, RelaySnapshot, RelayStatus, Transport};
 pub use revocation::{Revocation, RevocationSubscription};
 pub use sentinel_url::{is_sentinel_url, SentinelUrl, SENTINEL_PORT};
+pub use session_codec::{IndexedSession, LiveCounts, SessionIndexWriter};
+pub use sessions::IndexWrite;
 pub use target::RedisTarget;
 pub use tenants::{KeyRecord, KeysSnapshot};
 pub use usage::{UsageBatch, UsageBytes, UsageEntry, UsageTotals};

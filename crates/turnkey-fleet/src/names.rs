@@ -39,9 +39,10 @@ impl Names {
         format!("{}alloc:{}", self.prefix, node)
     }
 
-    /// `<p>sessions:<node>`: that relay's live session index (JSON), expiring with its record.
-    pub(crate) fn sessions(&self, node: &NodeId) -> String {
-        format!("{}sessions:{}", self.prefix, node)
+    /// `<p>session-index:<node>`: hash of that relay's live sessions (compact fields,
+    /// `session_codec.rs`), expiring with its record.
+    pub(crate) fn session_index(&self, node: &NodeId) -> String {
+        format!("{}session-index:{}", self.prefix, node)
     }
 
     /// `<p>session-ends:<node>`: list of session ids operators asked that relay to end.

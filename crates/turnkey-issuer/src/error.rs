@@ -122,6 +122,9 @@ pub enum ApiError {
     SessionNotFound,
     /// The session listing cannot be read or the end not confirmed (503, the message says why).
     SessionsUnavailable(&'static str),
+    /// This process has no session listing to serve: off by configuration, or `turnkey issuer`
+    /// without a fleet (501, the message says which; retrying does not help).
+    SessionsNotServed(&'static str),
     /// An unknown path (404).
     NotFound,
     /// A known path with another method (405).
@@ -153,6 +156,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::NotFound | Self::SessionNotFound => StatusCode::NOT_FOUND,
+            Self::SessionsNotServed(_) => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -184,7 +188,7 @@ impl ApiError {
             }
             Self::FleetUnavailable => "fleet state unavailable, retry",
             Self::SessionNotFound => "no such session",
-            Self::SessionsUnavailable(m) => m,
+            Self::SessionsUnavailable(m) | Self::SessionsNotServed(m) => m,
             Self::NotFound => "not found",
             Self::MethodNotAllowed => "method not allowed",
             Self::Internal => "internal error",

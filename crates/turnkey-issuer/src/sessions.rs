@@ -227,8 +227,11 @@ pub fn select(mut all: Vec<Session>, scope: &Scope, q: &SessionQuery) -> Session
 /// Why the sessions could not be read or ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionsFailure {
-    /// No relay reports sessions to this process (`turnkey issuer` outside a fleet).
+    /// No relay reports sessions to this process (`turnkey issuer` outside a fleet): it never
+    /// will, so 501, not 503.
     NoRelay,
+    /// The listing is turned off on this node (`[relay] sessions = false`): 501.
+    Disabled,
     /// The shared store is unreachable (fleet mode).
     Unavailable,
     /// The owning relay did not confirm the end in time.
@@ -238,7 +241,13 @@ pub enum SessionsFailure {
 impl From<SessionsFailure> for ApiError {
     fn from(f: SessionsFailure) -> Self {
         match f {
-            SessionsFailure::NoRelay => ApiError::SessionsUnavailable("no relay reports sessions to this issuer"),
+            SessionsFailure::NoRelay => ApiError::SessionsNotServed(
+                "this issuer runs without a relay or fleet, so no relay reports sessions to it: ask the \
+                 relay's own HTTP listener (turnkey serve) or run the issuer in fleet mode (--redis)",
+            ),
+            SessionsFailure::Disabled => ApiError::SessionsNotServed(
+                "the session listing is turned off on this relay ([relay] sessions = false, --no-sessions)",
+            ),
             SessionsFailure::Unavailable => ApiError::SessionsUnavailable("fleet state unavailable, retry"),
             SessionsFailure::NotConfirmed => {
                 ApiError::SessionsUnavailable("the relay did not confirm the end yet, retry")

@@ -83,7 +83,7 @@ pub struct IssuerDeps {
     pub app_key: Option<String>,
     /// Fleet mode: the relay directory, shared state and shared keys (`None`: one process).
     pub fleet: Option<FleetDeps>,
-    /// Where `/v1/sessions` reads live sessions (`None`: no relay reports here, 503).
+    /// Where `/v1/sessions` reads live sessions (`None`: no relay reports here, 501).
     pub sessions: Option<Arc<dyn SessionSource>>,
 }
 

@@ -2,7 +2,8 @@
 //! by default, `--allocations N`) created through the real engine (authenticated Allocates), then
 //! timed: one shard sweep's publish into the node-wide [`SessionTable`] (what every shard does
 //! each 500 ms), and one listing read (every snapshot copied out, as `/v1/sessions` does before
-//! filtering). Run with `cargo run --release -p turnkey-relay --example sessions_publish_bench`.
+//! filtering); and the same sweep with the listing off (`SessionTable::off`, `[relay] sessions =
+//! false`). Run with `cargo run --release -p turnkey-relay --example sessions_publish_bench`.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, reason = "a benchmark: it reads the clock and fails loudly")]
 
@@ -93,7 +94,10 @@ fn main() {
     assert_eq!(engine.allocation_count(), n as usize);
     eprintln!("{n} allocations created in {:?}", started.elapsed());
     let slot = table.register();
+    let off = SessionTable::off();
+    let off_slot = off.register();
     let mut publish = Vec::new();
+    let mut publish_off = Vec::new();
     let mut list = Vec::new();
     for _ in 0..11 {
         let t = Instant::now();
@@ -103,10 +107,16 @@ fn main() {
         let all = table.list();
         list.push(t.elapsed());
         assert_eq!(all.len(), n as usize);
+        let t = Instant::now();
+        off.sync(off_slot, &mut engine, &mut ports, turnkey_relay::clock::now(), |_| false);
+        publish_off.push(t.elapsed());
+        assert!(off.is_empty());
     }
     println!(
-        "{{\"allocations\": {n}, \"sweep_publish_ms\": {:.2}, \"listing_copy_ms\": {:.2}}}",
+        "{{\"allocations\": {n}, \"sweep_publish_ms\": {:.2}, \"listing_copy_ms\": {:.2}, \
+         \"sweep_publish_off_ms\": {:.4}}}",
         median(publish).as_secs_f64() * 1000.0,
-        median(list).as_secs_f64() * 1000.0
+        median(list).as_secs_f64() * 1000.0,
+        median(publish_off).as_secs_f64() * 1000.0
     );
 }

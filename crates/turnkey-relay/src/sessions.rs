@@ -1,7 +1,8 @@
 //! The node-wide live session table: each shard publishes a snapshot of its allocations at its
 //! sweep (every [`crate::engine::SWEEP_INTERVAL`], never per packet) and applies the operator's
 //! kill requests queued for it. Listing reads the last snapshots (one lock, then a clone of an
-//! `Arc` per shard); nothing here is on the data path.
+//! `Arc` per shard); nothing here is on the data path. A table made with [`SessionTable::off`]
+//! (`[relay] sessions = false`) takes no snapshot and lists nothing.
 
 use std::sync::Arc;
 #[allow(
@@ -27,13 +28,32 @@ struct Slot {
 
 /// Every shard's last snapshot and its pending kills. (Allocation ids come from the engine's
 /// [`Shared`](crate::engine::Shared) state, random-prefixed per process.)
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[allow(clippy::disallowed_types, reason = "see the import")]
 pub struct SessionTable {
     slots: Mutex<Vec<Slot>>,
+    on: bool,
+}
+
+impl Default for SessionTable {
+    /// A table the shards publish to.
+    #[allow(clippy::disallowed_types, reason = "see the import")]
+    fn default() -> Self {
+        Self { slots: Mutex::default(), on: true }
+    }
 }
 
 impl SessionTable {
+    /// A table that stays empty: shards skip the snapshot at their sweep (the listing is off).
+    pub fn off() -> Self {
+        Self { on: false, ..Self::default() }
+    }
+
+    /// Whether shards publish their sessions here (false for [`SessionTable::off`]).
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     #[allow(clippy::disallowed_types, reason = "see the import")]
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
@@ -49,6 +69,7 @@ impl SessionTable {
     /// The shard's sweep: ends the allocations an operator asked to end ([`Engine::kill`]: each
     /// emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of the rest,
     /// each marked with whether the kernel fast path relays a channel of it (`in_kernel`).
+    /// Nothing at all when the table is [off](SessionTable::off).
     pub fn sync(
         &self,
         slot: ShardSlot,
@@ -57,6 +78,9 @@ impl SessionTable {
         now: Now,
         in_kernel: impl Fn(AllocationId) -> bool,
     ) {
+        if !self.on {
+            return;
+        }
         for id in self.take_kills(slot) {
             engine.kill(id, ports);
         }
@@ -187,8 +211,31 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
-    #[test]
-    fn a_kill_through_the_table_ends_one_allocation_with_one_event_and_the_killed_label() {
+    #[derive(Default)]
+    struct NumberedPorts(u32, Vec<crate::types::RelayHandle>);
+
+    impl RelayPorts for NumberedPorts {
+        fn bind(
+            &mut self,
+            _: std::time::Instant,
+            _: bool,
+            _: crate::engine::PortRequest,
+        ) -> Option<crate::engine::RelayBinding> {
+            self.0 += 1;
+            let advertised = std::net::SocketAddr::from(([192, 0, 2, 10], 50_000 + self.0 as u16));
+            Some(crate::engine::RelayBinding {
+                handle: crate::types::RelayHandle(self.0),
+                advertised,
+                reservation: None,
+            })
+        }
+        fn release(&mut self, h: crate::types::RelayHandle) {
+            self.1.push(h);
+        }
+    }
+
+    /// An engine holding two allocations of `k:alice` (authenticated Allocates), events drained.
+    fn engine_with_two_allocations() -> (Engine, NumberedPorts, Now) {
         use std::net::SocketAddr;
         use std::time::{Duration, Instant};
 
@@ -198,23 +245,9 @@ mod tests {
         use stun::textattrs::TextAttribute;
         use turnkey_auth::{RevocationSet, Secret, SecretRing};
 
-        use crate::engine::{EndReason, EngineConfig, Event, PortRequest, RelayBinding, Shared};
-        use crate::metrics::{RelayMetrics, StatsExporter};
+        use crate::engine::{EngineConfig, Shared};
         use crate::policy::PeerPolicy;
-        use crate::types::RelayHandle;
 
-        #[derive(Default)]
-        struct NumberedPorts(u32, Vec<RelayHandle>);
-        impl RelayPorts for NumberedPorts {
-            fn bind(&mut self, _: Instant, _: bool, _: PortRequest) -> Option<RelayBinding> {
-                self.0 += 1;
-                let advertised = SocketAddr::from(([192, 0, 2, 10], 50_000 + self.0 as u16));
-                Some(RelayBinding { handle: RelayHandle(self.0), advertised, reservation: None })
-            }
-            fn release(&mut self, h: RelayHandle) {
-                self.1.push(h);
-            }
-        }
         let ring = SecretRing::new(vec![Secret::new("sessions-test-secret")]).unwrap();
         let mut cfg = EngineConfig::new("r", ring.clone(), PeerPolicy::new(vec![], vec![], vec![]));
         cfg.unauth_replies_per_sec = 0;
@@ -241,6 +274,15 @@ mod tests {
             assert!(engine.has_allocation(&tuple));
         }
         while engine.poll_event().is_some() {}
+        (engine, ports, now)
+    }
+
+    #[test]
+    fn a_kill_through_the_table_ends_one_allocation_with_one_event_and_the_killed_label() {
+        use crate::engine::{EndReason, Event};
+        use crate::metrics::{RelayMetrics, StatsExporter};
+
+        let (mut engine, mut ports, now) = engine_with_two_allocations();
         let table = SessionTable::default();
         let slot = table.register();
         let kernel = std::cell::Cell::new(None);
@@ -273,6 +315,34 @@ mod tests {
         StatsExporter::default().export(engine.stats(), &m);
         assert_eq!(m.allocations_ended.with_label_values(&["killed"]).get(), 1);
         assert_eq!(m.allocations_ended.with_label_values(&["expired"]).get(), 0);
+    }
+
+    #[test]
+    fn a_table_that_is_off_takes_no_snapshot_and_queues_no_end() {
+        assert!(SessionTable::default().is_on());
+        let t = SessionTable::off();
+        assert!(!t.is_on());
+        let slot = t.register();
+        let (mut engine, mut ports, now) = engine_with_two_allocations();
+        let marked = std::cell::Cell::new(0);
+        for _ in 0..2 {
+            t.sync(slot, &mut engine, &mut ports, now, |_| {
+                marked.set(marked.get() + 1);
+                false
+            });
+        }
+        assert!(t.is_empty() && t.list().is_empty(), "no snapshot of the two allocations");
+        assert_eq!(marked.get(), 0, "no allocation was looked at");
+        assert_eq!(engine.allocation_count(), 2);
+        let id = {
+            let on = SessionTable::default();
+            let s = on.register();
+            on.sync(s, &mut engine, &mut ports, now, |_| false);
+            on.list()[0].id
+        };
+        assert!(!t.request_end(id), "nothing listed, so nothing can be ended through it");
+        t.sync(slot, &mut engine, &mut ports, now, |_| false);
+        assert_eq!(engine.allocation_count(), 2);
     }
 
     #[test]

@@ -447,10 +447,20 @@ pub struct RelayArgs {
     #[arg(long, env = "TURNKEY_FAST_PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<String>,
+    /// Turn the live session listing off (`[relay] sessions = false`): no snapshot at the
+    /// sweeps, no fleet session index, `/v1/sessions` answers 501.
+    #[arg(long, env = "TURNKEY_NO_SESSIONS")]
+    #[serde(rename = "sessions", skip_serializing_if = "is_false", serialize_with = "negated")]
+    pub no_sessions: bool,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// `--no-sessions` is `sessions = false`.
+fn negated<S: serde::Serializer>(b: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(!*b)
 }
 
 /// `turnkey creds`.
@@ -680,6 +690,18 @@ mod tests {
         // Unset flags leave the defaults.
         assert_eq!(s.engine.max_allocations, turnkey_relay::engine::EngineSettings::default().max_allocations);
         assert_eq!(s.http_limits.idle_timeout, crate::config::HttpLimitsSettings::default().idle_timeout);
+    }
+
+    #[test]
+    fn no_sessions_turns_the_listing_off() {
+        let load = |extra: &[&str]| {
+            let mut argv = vec!["turnkey", "serve", "--realm", "r", "--metrics", "off"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+            args.load().unwrap()
+        };
+        assert!(load(&[]).relay.sessions);
+        assert!(!load(&["--no-sessions"]).relay.sessions);
     }
 
     #[test]

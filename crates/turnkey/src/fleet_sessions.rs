@@ -1,26 +1,27 @@
-//! Live sessions in fleet mode: each relay writes its session index to Redis and takes the ends
-//! queued for it (a loop next to its heartbeat, never per packet); issuers and `turnkey sessions
-//! --redis` read every listed relay's index and route an end to the owning relay.
+//! Live sessions in fleet mode: each relay writes what changed in its session index to Redis and
+//! takes the ends queued for it (a loop next to its heartbeat, never per packet); issuers and
+//! `turnkey sessions --redis` read every listed relay's index and route an end to the owning relay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use turnkey_fleet::{Fleet, NodeId};
+use turnkey_fleet::{Fleet, IndexedSession, NodeId, SessionIndexWriter};
 use turnkey_issuer::{FleetFuture, Session, SessionSource, SessionsFailure};
 use turnkey_relay::engine::AllocationId;
 use turnkey_relay::sessions::SessionTable;
 
-use crate::sessions::to_session;
+use crate::sessions::{from_indexed, to_indexed};
 
-/// How often a relay takes queued ends and rewrites its index.
+/// How often a relay takes queued ends and writes its index's changes.
 pub(crate) const INDEX_PERIOD: Duration = Duration::from_secs(1);
 /// How long an end waits for the owning relay's index to drop the session (its next ends poll,
 /// its shard's sweep, its next index write, and headroom for a loaded host).
 pub(crate) const END_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The relay's loop: every [`INDEX_PERIOD`], queued ends go to the session table (applied at
-/// each shard's next sweep) and the index is rewritten. Runs until aborted.
-pub(crate) async fn run_relay_index(fleet: Fleet, table: Arc<SessionTable>, node: String) {
+/// each shard's next sweep) and the index gets what changed. Runs until aborted.
+pub(crate) async fn run_relay_index(fleet: Fleet, table: Arc<SessionTable>) {
+    let mut writer = SessionIndexWriter::new(rand::random());
     let mut tick = tokio::time::interval(INDEX_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -34,14 +35,10 @@ pub(crate) async fn run_relay_index(fleet: Fleet, table: Arc<SessionTable>, node
             Err(e) => tracing::debug!(error = %e, "taking queued session ends failed"),
         }
         let snaps = table.snapshots();
-        let sessions: Vec<Session> = snaps.iter().flat_map(|v| v.iter()).map(|s| to_session(s, &node)).collect();
-        match serde_json::to_string(&sessions) {
-            Ok(json) => {
-                if let Err(e) = fleet.put_sessions(json).await {
-                    tracing::debug!(error = %e, "writing the session index failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "encoding the session index failed"),
+        let sessions: Vec<IndexedSession> = snaps.iter().flat_map(|v| v.iter()).map(to_indexed).collect();
+        drop(snaps);
+        if let Err(e) = fleet.write_session_index(&mut writer, &sessions).await {
+            tracing::debug!(error = %e, "writing the session index failed");
         }
     }
 }
@@ -49,11 +46,8 @@ pub(crate) async fn run_relay_index(fleet: Fleet, table: Arc<SessionTable>, node
 /// Every listed relay's sessions.
 pub(crate) async fn read_index(fleet: &Fleet) -> Result<Vec<Session>, turnkey_fleet::FleetError> {
     let mut all = Vec::new();
-    for (node, json) in fleet.session_indexes().await? {
-        match serde_json::from_str::<Vec<Session>>(&json) {
-            Ok(v) => all.extend(v),
-            Err(e) => tracing::warn!(node = %node, error = %e, "skipping a malformed session index"),
-        }
+    for (node, sessions) in fleet.session_indexes().await? {
+        all.extend(sessions.into_iter().map(|s| from_indexed(s, node.as_str())));
     }
     Ok(all)
 }

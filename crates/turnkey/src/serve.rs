@@ -38,7 +38,7 @@ use crate::process::{
     bind_metrics, init_logging, new_registry, runtime, serve_metrics, shutdown_signal, spawn_sighup, HttpRun,
 };
 use crate::secret;
-use crate::sessions::LocalSessions;
+use crate::sessions::{LocalSessions, SessionsOff};
 
 /// Runs the relay until SIGTERM/SIGINT, then drains.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -140,13 +140,17 @@ async fn run(s: Settings, http: HttpLimits) -> anyhow::Result<()> {
 }
 
 /// `/v1/sessions` of `turnkey serve`: this relay's sessions, or in fleet mode the whole fleet's
-/// (this relay then also writes its session index to Redis and takes the ends queued for it).
+/// (this relay then also writes its session index to Redis and takes the ends queued for it);
+/// with `[relay] sessions = false`, neither (501, and nothing written to Redis).
 fn session_source(s: &Settings, fleet: Option<&Fleet>, table: &Arc<SessionTable>) -> Option<Arc<dyn SessionSource>> {
     let node = s.fleet.node_id.as_str().to_owned();
+    if !table.is_on() {
+        return Some(Arc::new(SessionsOff));
+    }
     Some(match fleet {
         None => Arc::new(LocalSessions { table: table.clone(), node }),
         Some(f) => {
-            tokio::spawn(crate::fleet_sessions::run_relay_index(f.clone(), table.clone(), node));
+            tokio::spawn(crate::fleet_sessions::run_relay_index(f.clone(), table.clone()));
             Arc::new(FleetSessions(f.clone()))
         }
     })
@@ -300,7 +304,7 @@ fn relay_config(
         stream: s.stream.clone(),
         tls,
         kernel: None,
-        sessions: Arc::new(SessionTable::default()),
+        sessions: Arc::new(if s.relay.sessions { SessionTable::default() } else { SessionTable::off() }),
     }
 }
 

@@ -1,10 +1,11 @@
 //! Live sessions in the binary: the relay's node-wide session table as the issuer's
-//! [`SessionSource`] (`turnkey serve`), and the conversion of the relay's snapshots into the
-//! API's [`Session`] JSON.
+//! [`SessionSource`] (`turnkey serve`), the source of a node whose listing is off, and the
+//! conversion of the relay's snapshots into the API's [`Session`] JSON.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use turnkey_fleet::{IndexedSession, LiveCounts};
 use turnkey_issuer::{FleetFuture, Session, SessionSource, SessionTransport, SessionsFailure};
 use turnkey_relay::engine::{AllocationId, SessionSnapshot};
 use turnkey_relay::sessions::SessionTable;
@@ -23,11 +24,7 @@ pub(crate) fn to_session(s: &SessionSnapshot, node: &str) -> Session {
         key,
         user,
         username: s.username.to_string(),
-        transport: match s.tuple.transport {
-            Transport::Udp => SessionTransport::Udp,
-            Transport::Tcp => SessionTransport::Tcp,
-            Transport::Tls => SessionTransport::Tls,
-        },
+        transport: api_transport(s.tuple.transport),
         client: s.tuple.client.0,
         server: s.tuple.server,
         relayed: vec![s.relayed],
@@ -40,6 +37,65 @@ pub(crate) fn to_session(s: &SessionSnapshot, node: &str) -> Session {
         packets_client_to_peer: s.packets_client_to_peer,
         packets_peer_to_client: s.packets_peer_to_client,
         fast_path: s.fast_path,
+    }
+}
+
+/// A snapshot as the fleet's session index holds it.
+pub(crate) fn to_indexed(s: &SessionSnapshot) -> IndexedSession {
+    IndexedSession {
+        id: s.id.0,
+        transport: s.tuple.transport,
+        client: s.tuple.client.0,
+        server: s.tuple.server,
+        relayed: s.relayed,
+        created: s.created,
+        username: s.username.to_string(),
+        live: LiveCounts {
+            expires: s.expires,
+            permissions: s.permissions,
+            channels: s.channels,
+            bytes_client_to_peer: s.bytes_client_to_peer,
+            bytes_peer_to_client: s.bytes_peer_to_client,
+            packets_client_to_peer: s.packets_client_to_peer,
+            packets_peer_to_client: s.packets_peer_to_client,
+            fast_path: s.fast_path,
+        },
+    }
+}
+
+/// The API's view of a session read from relay `node`'s index (key and user from the username,
+/// `<expiry>:<userid>`).
+pub(crate) fn from_indexed(s: IndexedSession, node: &str) -> Session {
+    let userid = s.username.split_once(':').map_or(s.username.as_str(), |(_, u)| u);
+    let (key, user) = turnkey_issuer::split_userid(userid);
+    let l = s.live;
+    Session {
+        id: AllocationId(s.id).to_string(),
+        node: node.to_owned(),
+        key,
+        user,
+        transport: api_transport(s.transport),
+        client: s.client,
+        server: s.server,
+        relayed: vec![s.relayed],
+        permissions: l.permissions,
+        channels: l.channels,
+        created: s.created,
+        expires: l.expires,
+        bytes_client_to_peer: l.bytes_client_to_peer,
+        bytes_peer_to_client: l.bytes_peer_to_client,
+        packets_client_to_peer: l.packets_client_to_peer,
+        packets_peer_to_client: l.packets_peer_to_client,
+        fast_path: l.fast_path,
+        username: s.username,
+    }
+}
+
+fn api_transport(t: Transport) -> SessionTransport {
+    match t {
+        Transport::Udp => SessionTransport::Udp,
+        Transport::Tcp => SessionTransport::Tcp,
+        Transport::Tls => SessionTransport::Tls,
     }
 }
 
@@ -79,5 +135,59 @@ impl SessionSource for LocalSessions {
                 None => Ok(false),
             }
         })
+    }
+}
+
+/// A node with `[relay] sessions = false`: every listing and end answers that it is off.
+pub(crate) struct SessionsOff;
+
+impl SessionSource for SessionsOff {
+    fn list(&self) -> FleetFuture<'_, Result<Vec<Session>, SessionsFailure>> {
+        Box::pin(async { Err(SessionsFailure::Disabled) })
+    }
+
+    fn end<'a>(&'a self, _: &'a Session) -> FleetFuture<'a, Result<bool, SessionsFailure>> {
+        Box::pin(async { Err(SessionsFailure::Disabled) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use turnkey_relay::{ClientAddr, FiveTuple};
+
+    use super::*;
+
+    #[test]
+    fn a_session_read_from_the_fleet_index_is_the_one_listed_locally() {
+        let key = "0123456789abcdef0123456789abcdef";
+        for (username, userid) in [
+            (format!("1767312000:{key}:alice"), format!("{key}:alice")),
+            ("1767312000:carol:x y".to_owned(), "carol:x y".to_owned()),
+            ("1767312000:bob".to_owned(), "bob".to_owned()),
+        ] {
+            let s = SessionSnapshot {
+                id: AllocationId(0x8d1f_2c3a_0000_0007),
+                username: Arc::from(username.as_str()),
+                userid: Arc::from(userid.as_str()),
+                tuple: FiveTuple {
+                    transport: Transport::Tcp,
+                    client: ClientAddr("198.51.100.7:53122".parse().unwrap()),
+                    server: "203.0.113.5:3478".parse().unwrap(),
+                },
+                relayed: "203.0.113.5:50342".parse().unwrap(),
+                permissions: 1,
+                channels: 2,
+                created: 1_767_225_600,
+                expires: 1_767_226_200,
+                bytes_client_to_peer: 1_843_200,
+                bytes_peer_to_client: 2_210_400,
+                packets_client_to_peer: 1536,
+                packets_peer_to_client: 1842,
+                fast_path: true,
+            };
+            assert_eq!(from_indexed(to_indexed(&s), "relay-1"), to_session(&s, "relay-1"), "{username}");
+        }
     }
 }

@@ -141,6 +141,9 @@ pub struct RelaySettings {
     /// The kernel fast path: `auto`, `xdp` or `off` (docs/fastpath.md).
     #[serde(with = "text")]
     pub fast_path: turnkey_fastpath::FastPathMode,
+    /// The live session listing (`/v1/sessions`, the fleet's session index): `false` turns it
+    /// off (shards take no snapshot at their sweep; docs/observability.md).
+    pub sessions: bool,
 }
 
 impl Default for RelaySettings {
@@ -158,6 +161,7 @@ impl Default for RelaySettings {
             deny_peer: Vec::new(),
             drain_grace: Duration::from_secs(30),
             fast_path: turnkey_fastpath::FastPathMode::default(),
+            sessions: true,
         }
     }
 }

@@ -290,3 +290,12 @@ fn fast_path_is_typed_with_its_default_from_the_fastpath_crate() {
     assert!(msg.contains("relay.fast_path") && msg.contains("auto, xdp or off"), "{msg}");
     assert!(msg.contains("relay.relay_ports"), "reported together: {msg}");
 }
+
+#[test]
+fn the_session_listing_is_on_unless_turned_off() {
+    assert!(parse("").unwrap().relay.sessions);
+    assert!(!parse("[relay]\nsessions = false\n").unwrap().relay.sessions);
+    let msg = errors("[relay]\nsessions = \"no\"\nrelay_ports = \"9-1\"\n");
+    assert!(msg.contains("relay.sessions"), "{msg}");
+    assert!(msg.contains("relay.relay_ports"), "reported together: {msg}");
+}
