@@ -66,10 +66,12 @@ impl SessionTable {
         ShardSlot(slots.len() - 1)
     }
 
-    /// The shard's sweep: ends the allocations an operator asked to end ([`Engine::kill`]: each
-    /// emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of the rest,
-    /// each marked with whether the kernel fast path relays a channel of it (`in_kernel`).
-    /// Nothing at all when the table is [off](SessionTable::off).
+    /// One whole sync at once: ends the allocations an operator asked to end ([`Engine::kill`]:
+    /// each emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of
+    /// the rest, each marked with whether the kernel fast path relays a channel of it
+    /// (`in_kernel`). Nothing at all when the table is [off](SessionTable::off). The shard does
+    /// the same in bounded steps (`Shard::sweep` with `SnapshotRound`, skipped when off); this
+    /// whole form serves the tests and the publish benchmark.
     pub fn sync(
         &self,
         slot: ShardSlot,

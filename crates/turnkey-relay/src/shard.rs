@@ -94,7 +94,13 @@ impl ShardState {
     /// When [`Self::sweep`] is next due: the engine's timer, or at once while a sweep round or
     /// a session snapshot is cut into steps.
     pub fn sweep_due(&self) -> Instant {
-        self.engine.poll_timeout().min(self.snapshot.due())
+        let engine = self.engine.poll_timeout();
+        // With the listing off ([relay] sessions = false) no snapshot step is ever due.
+        if self.sessions.0.is_on() {
+            engine.min(self.snapshot.due())
+        } else {
+            engine
+        }
     }
 
     /// One bounded step of the shard's periodic work: the engine's timer (expiry, revocations,
@@ -111,19 +117,22 @@ impl ShardState {
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
-        let mut killed = false;
-        for id in table.take_kills(*slot) {
-            killed |= self.engine.kill(id, &mut self.ports);
+        // With the listing off the shard takes no kills (none can be queued) and no snapshot.
+        if table.is_on() {
+            let mut killed = false;
+            for id in table.take_kills(*slot) {
+                killed |= self.engine.kill(id, &mut self.ports);
+            }
+            if killed {
+                // The operator waits for the killed session to leave the listing: a fresh
+                // snapshot now rather than at the next interval.
+                self.snapshot.restart(now.mono);
+            }
+            let kernel = &self.kernel;
+            self.snapshot.step(now, &self.engine, (table, *slot), || {
+                kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default()
+            });
         }
-        if killed {
-            // The operator waits for the killed session to leave the listing: a fresh snapshot
-            // now rather than at the next interval.
-            self.snapshot.restart(now.mono);
-        }
-        let kernel = &self.kernel;
-        self.snapshot.step(now, &self.engine, (table, *slot), || {
-            kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default()
-        });
         self.export_all();
         if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
             k.recheck(*shard, &self.engine);
