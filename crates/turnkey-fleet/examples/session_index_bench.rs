@@ -76,7 +76,9 @@ async fn main() {
     }
     let redis = RedisServer::start(RedisOptions::default()).expect("redis-server (apt-get install redis-server)");
     let node = NodeId::new("relay-1").unwrap();
-    let fleet = Fleet::connect(FleetConfig::new(redis.url(), node), FleetMetrics::unregistered()).await.unwrap();
+    let fleet = Fleet::connect(FleetConfig::new(redis.url().parse().unwrap(), node), FleetMetrics::unregistered())
+        .await
+        .unwrap();
     assert!(fleet.wait_up(Duration::from_secs(5)).await);
     let mut c = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let per_k = |bytes: u64| bytes as f64 / seconds as f64 * 1000.0 / n as f64;

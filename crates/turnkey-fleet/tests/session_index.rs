@@ -15,7 +15,7 @@ use turnkey_fleet::{
 const BEAT: Duration = Duration::from_millis(200);
 
 async fn join(server: &RedisServer, node: &str) -> Fleet {
-    let mut c = FleetConfig::new(server.url(), NodeId::new(node).unwrap());
+    let mut c = FleetConfig::new(server.url().parse().unwrap(), NodeId::new(node).unwrap());
     c.beat_interval = BEAT;
     c.op_timeout = Duration::from_secs(2);
     c.health_interval = Duration::from_millis(100);
