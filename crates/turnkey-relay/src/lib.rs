@@ -13,6 +13,8 @@
 /// Batched UDP I/O (GSO/GRO over quinn-udp) lives in its own crate, shared with `turnkey-load`;
 /// re-exported under its old path so the drivers and tests keep `batch::...`.
 pub use turnkey_batch as batch;
+mod bind;
+mod clients;
 pub mod clock;
 mod error;
 pub mod fastpath;
@@ -21,6 +23,7 @@ pub mod metrics;
 mod outq;
 pub mod own_peers;
 pub mod priority;
+mod relay_ports;
 // The sans-IO parts live in turnkey-proto; re-exported under their old paths.
 pub use turnkey_proto::{conn, engine, fleet, framing, loglimit, policy, settings, types, usage};
 pub mod sessions;
@@ -31,8 +34,10 @@ mod server;
 mod shard;
 mod snapshot_round;
 pub mod stream;
+mod stream_conn;
 pub mod tls;
 pub mod udp;
 mod udp_batch;
+mod udp_sock;
 
 pub use server::{run, BoundSockets, RelayConfig};

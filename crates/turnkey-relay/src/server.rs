@@ -14,13 +14,14 @@ use crate::conn::{ConnLimiter, StreamLimits};
 use crate::engine::{Engine, EngineConfig, Shared};
 use crate::fastpath::KernelPath;
 use crate::metrics::RelayMetrics;
+use crate::relay_ports::{Ports, RelayAddrs, Reservations};
 use crate::sessions::SessionTable;
 use crate::shard::ShardState;
 use crate::stream::{accept_loop, StreamCtx};
 use crate::tls::TlsConfigs;
 use crate::types::Transport;
-use crate::udp::{client_loop, Ports, RelayAddrs, Reservations};
-use crate::udp_batch::UdpSock;
+use crate::udp::client_loop;
+use crate::udp_sock::UdpSock;
 use crate::RelayError;
 
 /// Everything `run` needs besides sockets.

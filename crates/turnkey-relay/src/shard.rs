@@ -1,31 +1,27 @@
 //! What one shard's drivers share: its engine, relay ports, client-facing sockets and UDP batch
-//! buffers ([`ShardState`], borrowed between awaits only), the dispatch of the engine's
-//! [`Transmit`]s to UDP sockets and stream connections, and the port-0 resolution every
-//! SO_REUSEPORT bind uses. (The batched UDP receive and send of a readiness event is in
-//! `udp_batch`.)
-//! The UDP driver (`udp`) and the TCP/TLS driver (`stream`) both build on this file and not on
-//! each other.
+//! buffers ([`ShardState`], borrowed between awaits only), what one readiness event on a UDP
+//! socket does (one batched receive through the engine, one flush: `udp_batch`), the sweep, and
+//! the engine's events mirrored into the kernel fast path and the session listing.
+//!
+//! Layering: below this file only leaves (`bind`, `udp_sock`, `relay_ports`, `clients`,
+//! `stream_conn`, `udp_batch`), none of which knows a shard or starts a task; above it the UDP
+//! driver (`udp`) and the TCP/TLS driver (`stream`), which own the tasks. Nothing below points
+//! back up.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use socket2::{Domain, Socket, Type};
-
-use crate::engine::{Engine, Event, Transmit};
+use crate::clients::{dispatch, ClientSockets};
+use crate::engine::{Engine, Event};
 use crate::fastpath::KernelPath;
-use crate::metrics::{DropReason, RelayMetrics, StatsExporter};
+use crate::metrics::{RelayMetrics, StatsExporter};
+use crate::relay_ports::Ports;
 use crate::sessions::{SessionTable, ShardSlot};
 use crate::snapshot_round::SnapshotRound;
-use crate::stream::StreamConn;
-use crate::types::RelayHandle;
-use crate::types::{FiveTuple, Now, Transport};
-use crate::udp::{send_now, Ports};
-use crate::udp_batch::{UdpBatches, UdpSock};
+use crate::types::{ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
+use crate::udp_batch::{count_receive, emit, flush, UdpBatches};
+use crate::udp_sock::UdpSock;
 
 /// One shard's engine and its relay sockets, shared by the shard's tasks.
 pub(crate) struct ShardState {
@@ -35,7 +31,7 @@ pub(crate) struct ShardState {
     pub batches: UdpBatches,
     metrics: RelayMetrics,
     exporter: StatsExporter,
-    /// Relay sockets of allocations created since [`ShardState::start_relays`] last ran.
+    /// Relay sockets of allocations created since [`ShardState::take_created`] last ran.
     created: Vec<RelayHandle>,
     /// The kernel fast path and this shard's index in it (`fastpath`), when attached.
     kernel: Option<(Arc<KernelPath>, usize)>,
@@ -139,6 +135,43 @@ impl ShardState {
         }
     }
 
+    /// Receives once on client-facing socket `idx` (whatever is there) and handles it; returns
+    /// the receive's error (`WouldBlock`: nothing was there).
+    pub fn client_readable(&mut self, idx: usize, sock: &UdpSock) -> io::Result<()> {
+        let Self { engine, ports, clients, batches, .. } = self;
+        sock.recv(&mut batches.client)?;
+        let Some(local) = clients.udp_local(idx) else { return Ok(()) };
+        let now = crate::clock::now();
+        let UdpBatches { client: rb, out, counts, .. } = batches;
+        let direct = count_receive(counts, rb);
+        for d in rb.datagrams() {
+            let tuple = FiveTuple { transport: Transport::Udp, client: ClientAddr(d.from), server: local };
+            let t = engine.handle_client(now, tuple, d.data, ports);
+            emit(engine, ports, clients, out, direct, t);
+        }
+        flush(engine, ports, clients, out, counts);
+        self.settle();
+        Ok(())
+    }
+
+    /// Receives once on relay socket `relay` and handles what came (see
+    /// [`ShardState::client_readable`]). `Ok(true)`: the receive filled every buffer, so more
+    /// may be queued.
+    pub fn peer_readable(&mut self, relay: RelayHandle, sock: &UdpSock) -> io::Result<bool> {
+        let Self { engine, ports, clients, batches, .. } = self;
+        let got = sock.recv(&mut batches.peer)?;
+        let full = got >= batches.peer.slots();
+        let now = crate::clock::now();
+        let UdpBatches { peer: rb, out, counts, .. } = batches;
+        let direct = count_receive(counts, rb);
+        rb.for_each_in_place(|from, _ecn, buf, len| {
+            let t = engine.handle_peer(now, relay, PeerAddr(from), buf, len);
+            emit(engine, ports, clients, out, direct, t);
+        });
+        flush(engine, ports, clients, out, counts);
+        Ok(full)
+    }
+
     /// Ends every allocation (shutdown), leaves the session listing and exports the final counts.
     pub fn close_all(&mut self) {
         self.engine.close_all(&mut self.ports);
@@ -147,17 +180,10 @@ impl ShardState {
         self.export_all();
     }
 
-    /// Starts the receive task of every relay socket whose allocation the engine created since
-    /// the last call (noted from `AllocationCreated` events); a socket whose allocation already
-    /// ended is gone and skipped. Called by the tasks that fed the engine, once their borrow of
-    /// the shard ended.
-    pub fn start_relays(shard: &Rc<RefCell<Self>>) {
-        let created = std::mem::take(&mut shard.borrow_mut().created);
-        for handle in created {
-            let Some(sock) = shard.borrow().ports.sock_rc(handle) else { continue };
-            let task = tokio::task::spawn_local(crate::udp::peer_loop(shard.clone(), sock, handle));
-            shard.borrow_mut().ports.set_task(handle, task);
-        }
+    /// The relay sockets of allocations created since the last call, for the UDP driver to
+    /// start their receive tasks (`udp::start_relays`).
+    pub fn take_created(&mut self) -> Vec<RelayHandle> {
+        std::mem::take(&mut self.created)
     }
 
     fn poll_events(&mut self) {
@@ -192,287 +218,5 @@ fn log_event(e: &Event) {
             tracing::debug!(client = %alloc.tuple.client, relay = %alloc.relayed, id = %alloc.id, reason, "allocation ended");
         }
         _ => tracing::trace!(event = ?e, "engine event"),
-    }
-}
-
-/// Sends what the engine wants sent: to a peer from a relay socket, or to a client over its
-/// transport. What cannot be sent is counted as a drop.
-#[inline]
-pub(crate) fn dispatch(engine: &mut Engine, ports: &Ports, clients: &ClientSockets, out: Option<Transmit<'_>>) {
-    let result = match out {
-        Some(Transmit::Peer { relay, to, data }) => ports.send(relay, to, &data),
-        Some(Transmit::Client { to, data }) => clients.send(to, &data),
-        None => Ok(()),
-    };
-    if let Err(reason) = result {
-        engine.count_drop(reason);
-    }
-}
-
-/// The shard's client-facing UDP sockets, by local address, and its TCP/TLS connections.
-#[derive(Default)]
-pub(crate) struct ClientSockets {
-    udp: Vec<(SocketAddr, Rc<UdpSock>)>,
-    streams: HashMap<FiveTuple, StreamConn>,
-}
-
-impl ClientSockets {
-    /// Adds a client-facing UDP socket; returns its index (see [`ClientSockets::udp_sock`]).
-    pub fn add_udp(&mut self, local: SocketAddr, s: Rc<UdpSock>) -> usize {
-        self.udp.push((local, s));
-        self.udp.len() - 1
-    }
-
-    /// The local address of client-facing socket `idx`.
-    pub fn udp_local(&self, idx: usize) -> Option<SocketAddr> {
-        self.udp.get(idx).map(|(a, _)| *a)
-    }
-
-    /// The index of the client-facing socket bound to `local`.
-    #[inline]
-    pub fn udp_index(&self, local: SocketAddr) -> Option<usize> {
-        self.udp.iter().position(|(a, _)| *a == local)
-    }
-
-    /// Client-facing socket `idx`.
-    #[inline]
-    pub fn udp_sock(&self, idx: usize) -> Option<&UdpSock> {
-        self.udp.get(idx).map(|(_, s)| &**s)
-    }
-
-    pub fn add_stream(&mut self, tuple: FiveTuple, conn: StreamConn) {
-        self.streams.insert(tuple, conn);
-    }
-
-    pub fn remove_stream(&mut self, tuple: &FiveTuple) -> Option<StreamConn> {
-        self.streams.remove(tuple)
-    }
-
-    pub fn stream_tuples(&self) -> impl Iterator<Item = FiveTuple> + '_ {
-        self.streams.keys().copied()
-    }
-
-    pub fn stream_task(&self, tuple: &FiveTuple) -> Option<tokio::task::AbortHandle> {
-        self.streams.get(tuple).map(StreamConn::task)
-    }
-
-    /// Bytes queued towards a stream client.
-    #[cfg(test)]
-    pub fn queued_bytes(&self, tuple: &FiveTuple) -> Option<usize> {
-        self.streams.get(tuple).map(StreamConn::queued_bytes)
-    }
-
-    /// Sends to a client: a UDP datagram (a full socket buffer drops it), or a frame queued on
-    /// the client's connection (a full queue drops it).
-    pub fn send(&self, to: FiveTuple, data: &[u8]) -> Result<(), DropReason> {
-        match to.transport {
-            Transport::Udp => {
-                let Some((_, s)) = self.udp.iter().find(|(a, _)| *a == to.server) else {
-                    return Err(DropReason::NoAllocation);
-                };
-                send_now(&s.socket, data, to.client.0)
-            }
-            Transport::Tcp | Transport::Tls => match self.streams.get(&to) {
-                Some(c) if c.try_send(data) => Ok(()),
-                Some(_) => Err(DropReason::QueueFull),
-                None => Err(DropReason::NoAllocation),
-            },
-        }
-    }
-}
-
-/// Probes `addr` with a bind *without* SO_REUSEPORT before the shards bind it with SO_REUSEPORT,
-/// and resolves port 0 to the port the probe got.
-///
-/// - An explicit port held by any other socket fails here with `AddrInUse`: another process
-///   (a second turnkey, of any data directory) owning the address is refused instead of silently
-///   joining its SO_REUSEPORT group and taking about half of its clients. TCP probes set
-///   SO_REUSEADDR, which does not pass a listening socket but lets a restart pass the previous
-///   run's TIME_WAIT connections.
-/// - Port 0: a SO_REUSEPORT socket bound to port 0 may be given a port another process of the
-///   same user already holds with SO_REUSEPORT; a plain bind never shares.
-pub(crate) fn unshared_port(addr: SocketAddr, ty: Type) -> io::Result<SocketAddr> {
-    let probe = Socket::new(Domain::for_address(addr), ty, None)?;
-    if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
-    }
-    if ty == Type::STREAM && addr.port() != 0 {
-        probe.set_reuse_address(true)?;
-    }
-    probe.bind(&addr.into())?;
-    probe.local_addr()?.as_socket().ok_or_else(|| io::Error::other("not an IP socket"))
-}
-
-/// Probes `addr` ([`unshared_port`]), binds `n` sockets on the address found with `bind`, and
-/// checks that no other process joined in between ([`check_alone`]). For port 0 a collision
-/// (another process that resolved the same ephemeral port at the same instant) is retried with a
-/// fresh port, up to 8 times; for an explicit port it is the error.
-pub(crate) fn bind_alone<S>(
-    addr: SocketAddr,
-    ty: Type,
-    n: usize,
-    bind: impl Fn(SocketAddr) -> io::Result<S>,
-) -> io::Result<Vec<S>> {
-    let mut collisions = 0;
-    loop {
-        let at = unshared_port(addr, ty)?;
-        let socks = (0..n.max(1)).map(|_| bind(at)).collect::<io::Result<Vec<_>>>()?;
-        match check_alone(at, ty, socks.len()) {
-            Err(e) if addr.port() == 0 && collisions < 8 && e.kind() == io::ErrorKind::AddrInUse => {
-                collisions += 1;
-                drop(socks);
-            }
-            checked => return checked.map(|()| socks),
-        }
-    }
-}
-
-/// Checks, after this process bound `ours` SO_REUSEPORT sockets on `addr`, that no other socket
-/// is bound to exactly that address (`/proc/net/{udp,tcp}{,6}`: unconnected UDP sockets, or TCP
-/// listeners). This closes the window the probe of [`unshared_port`] leaves: two processes that
-/// both pass the probe at the same instant and then both bind see each other's sockets here, so
-/// at most one of them keeps running (when both bound before either checked, both stop). Where
-/// the table cannot be read, nothing is checked.
-pub(crate) fn check_alone(addr: SocketAddr, ty: Type, ours: usize) -> io::Result<()> {
-    let (table, state) = match (ty == Type::STREAM, addr.is_ipv6()) {
-        (false, false) => ("/proc/net/udp", "07"),
-        (false, true) => ("/proc/net/udp6", "07"),
-        (true, false) => ("/proc/net/tcp", "0A"),
-        (true, true) => ("/proc/net/tcp6", "0A"),
-    };
-    let Ok(text) = std::fs::read_to_string(table) else { return Ok(()) };
-    let found = bound_to(&text, addr, state);
-    if found > ours {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!("{} other socket(s) joined {addr} while this process bound it", found - ours),
-        ));
-    }
-    Ok(())
-}
-
-/// How many lines of a `/proc/net/{udp,tcp}{,6}` table have local address `addr` and state
-/// `state` (hex: `07` unconnected UDP, `0A` TCP listen).
-fn bound_to(table: &str, addr: SocketAddr, state: &str) -> usize {
-    // The kernel prints each 32-bit word of the address as the hex of its in-memory value.
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
-        std::net::IpAddr::V6(v6) => v6
-            .octets()
-            .chunks_exact(4)
-            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
-            .collect(),
-    };
-    let local = format!("{ip}:{:04X}", addr.port());
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let mut f = line.split_whitespace();
-            let (local_f, st) = (f.nth(1), f.nth(1));
-            local_f.is_some_and(|l| l.eq_ignore_ascii_case(&local)) && st == Some(state)
-        })
-        .count()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use super::*;
-
-    #[test]
-    fn a_foreign_reuseport_socket_that_joined_after_the_probe_is_seen() {
-        for addr in ["127.0.0.1:0", "[::1]:0"] {
-            let addr: SocketAddr = addr.parse().unwrap();
-            let udp = crate::udp::bind_udp_shards(addr, 2).unwrap();
-            let at = udp[0].local_addr().unwrap();
-            check_alone(at, Type::DGRAM, 2).unwrap();
-            // What a second process racing past the probe would do: join the group.
-            let intruder = Socket::new(Domain::for_address(at), Type::DGRAM, None).unwrap();
-            intruder.set_reuse_port(true).unwrap();
-            if at.is_ipv6() {
-                intruder.set_only_v6(true).unwrap();
-            }
-            intruder.bind(&at.into()).unwrap();
-            let e = check_alone(at, Type::DGRAM, 2).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
-
-            let tcp = crate::stream::bind_tcp_shards(addr, 2).unwrap();
-            let at = tcp[0].local_addr().unwrap();
-            check_alone(at, Type::STREAM, 2).unwrap();
-            // An accepted connection on the same local address is not a listener.
-            let _client = std::net::TcpStream::connect(at).unwrap();
-            check_alone(at, Type::STREAM, 2).unwrap();
-            let intruder = Socket::new(Domain::for_address(at), Type::STREAM, None).unwrap();
-            intruder.set_reuse_port(true).unwrap();
-            intruder.set_reuse_address(true).unwrap();
-            if at.is_ipv6() {
-                intruder.set_only_v6(true).unwrap();
-            }
-            intruder.bind(&at.into()).unwrap();
-            intruder.listen(8).unwrap();
-            assert_eq!(check_alone(at, Type::STREAM, 2).unwrap_err().kind(), io::ErrorKind::AddrInUse);
-        }
-    }
-
-    /// Another process resolving the same ephemeral port at the same instant (simulated: the
-    /// first bind also lets an intruder join): port 0 moves to a fresh port; an explicit port is
-    /// refused.
-    #[test]
-    fn a_port_zero_collision_is_retried_on_a_fresh_port() {
-        let intruders = std::cell::RefCell::new(Vec::new());
-        let bind = |at: SocketAddr| {
-            let s = Socket::new(Domain::for_address(at), Type::DGRAM, None)?;
-            s.set_reuse_port(true)?;
-            s.bind(&at.into())?;
-            if intruders.borrow().is_empty() {
-                let other = Socket::new(Domain::for_address(at), Type::DGRAM, None)?;
-                other.set_reuse_port(true)?;
-                other.bind(&at.into())?;
-                intruders.borrow_mut().push((at, other));
-            }
-            Ok(s)
-        };
-        let socks = bind_alone("127.0.0.1:0".parse().unwrap(), Type::DGRAM, 2, bind).unwrap();
-        let got = socks[0].local_addr().unwrap().as_socket().unwrap();
-        let (collided, _) = intruders.borrow()[0];
-        assert_ne!(got.port(), collided.port(), "moved off the port another process joined");
-        assert_eq!(socks.len(), 2);
-        drop(socks);
-
-        intruders.borrow_mut().clear();
-        let explicit = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let e = bind_alone(explicit, Type::DGRAM, 1, bind).expect_err("an explicit port is refused");
-        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
-    }
-
-    #[test]
-    fn proc_net_lines_are_matched_by_exact_address_and_state() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue\n\
-   0: 0100007F:0D96 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0\n\
-   1: 0100007F:0D96 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1 2 0\n\
-   2: 00000000:0D96 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0\n";
-        assert_eq!(
-            bound_to(table, "127.0.0.1:3478".parse().unwrap(), "07"),
-            if cfg!(target_endian = "little") { 1 } else { 0 }
-        );
-        assert_eq!(bound_to(table, "0.0.0.0:3478".parse().unwrap(), "07"), 1);
-        assert_eq!(bound_to(table, "0.0.0.0:3479".parse().unwrap(), "07"), 0);
-    }
-
-    #[test]
-    fn tcp_port_zero_never_joins_another_reuseport_group() {
-        let held: Vec<_> = (0..300)
-            .map(|_| crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0))
-            .collect();
-        let ports: HashSet<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        assert_eq!(ports.len(), held.len(), "every listener got its own port");
-        for _ in 0..200 {
-            let shards = crate::stream::bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 2).unwrap();
-            let p = shards[0].local_addr().unwrap().port();
-            assert!(!ports.contains(&p), "listener joined a foreign group on port {p}");
-            assert_eq!(shards[1].local_addr().unwrap().port(), p);
-        }
     }
 }

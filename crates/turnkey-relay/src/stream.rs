@@ -9,7 +9,7 @@
 //!   (handshake, never-allocated and idle timeouts);
 //! - the writer: drains the connection's outbound queue ([`crate::outq`], bounded in bytes and
 //!   frames). Everything sent to the client (responses, ChannelData, Data indications) goes
-//!   through `shard::ClientSockets::send`, which only copies the frame into that queue if it
+//!   through `clients::ClientSockets::send`, which only copies the frame into that queue if it
 //!   fits: a slow reader loses its own packets (counted as `queue_full`) and never stalls the
 //!   shard. A write that makes no progress for `write_timeout` closes the connection
 //!   (`write_timeout`): a client that stopped reading holds at most one queue of memory, and only
@@ -19,24 +19,23 @@
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future as _};
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 use tokio::time::Sleep;
 
-use crate::conn::{AcceptBackoff, CloseReason, ConnLimiter, ConnSlot, ConnTimers, StreamLimits};
+pub use crate::bind::bind_tcp_shards;
+use crate::conn::{AcceptBackoff, CloseReason, ConnLimiter, ConnTimers, StreamLimits};
 use crate::framing::{Frame, FramingError, StreamDecoder};
 use crate::metrics::RelayMetrics;
-use crate::outq::{out_queue, OutReceiver, OutSender};
+use crate::outq::{out_queue, OutReceiver};
 use crate::shard::ShardState;
+use crate::stream_conn::StreamConn;
 use crate::tls::TlsConfigs;
 use crate::types::{ClientAddr, FiveTuple, Transport};
 
@@ -44,29 +43,6 @@ use crate::types::{ClientAddr, FiveTuple, Transport};
 const READ_BUF: usize = 16 * 1024;
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
-/// Listen backlog of TCP/TLS listeners.
-const BACKLOG: i32 = 1024;
-
-/// Binds `n` TCP listeners on `addr` with SO_REUSEPORT (the kernel spreads connections over
-/// them), after `shard::unshared_port` made sure no other socket owns the address (and resolved
-/// port 0); `shard::bind_alone` then makes sure none joined in between.
-pub fn bind_tcp_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    crate::shard::bind_alone(addr, Type::STREAM, n, bind_listener)
-}
-
-fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(BACKLOG)?;
-    Ok(s.into())
-}
-
 /// What every connection of a shard shares.
 #[derive(Debug)]
 pub(crate) struct StreamCtx {
@@ -79,33 +55,6 @@ pub(crate) struct StreamCtx {
 impl StreamCtx {
     fn count_close(&self, transport: Transport, reason: CloseReason) {
         self.metrics.connections_closed.with_label_values(&[transport.as_str(), reason.as_str()]).inc();
-    }
-}
-
-/// A live connection as the shard sees it.
-#[derive(Debug)]
-pub(crate) struct StreamConn {
-    tx: OutSender,
-    task: AbortHandle,
-    _slot: ConnSlot,
-}
-
-impl StreamConn {
-    /// The connection's task.
-    pub fn task(&self) -> AbortHandle {
-        self.task.clone()
-    }
-
-    /// Bytes queued for the client.
-    #[cfg(test)]
-    pub fn queued_bytes(&self) -> usize {
-        self.tx.queued_bytes()
-    }
-
-    /// Queues a frame for the client (its one copy); `false` if it does not fit.
-    #[inline]
-    pub fn try_send(&self, data: &[u8]) -> bool {
-        self.tx.push(data)
     }
 }
 
@@ -149,7 +98,7 @@ pub(crate) async fn accept_loop(
         let (tx, rx) = out_queue(ctx.limits.outbound_queue_bytes, ctx.limits.outbound_queue);
         // The task runs only once this loop yields, so the entry exists before it does.
         let task = tokio::task::spawn_local(connection(shard.clone(), ctx.clone(), tcp, tuple, rx));
-        shard.borrow_mut().clients.add_stream(tuple, StreamConn { tx, task: task.abort_handle(), _slot: slot });
+        shard.borrow_mut().clients.add_stream(tuple, StreamConn::new(tx, task.abort_handle(), slot));
         ctx.metrics.connections.with_label_values(&[transport.as_str()]).inc();
     }
 }
@@ -294,7 +243,7 @@ fn process(
         }
         Ok(stun)
     })();
-    ShardState::start_relays(shard);
+    crate::udp::start_relays(shard);
     result
 }
 
@@ -368,7 +317,7 @@ mod tests {
     use super::*;
     use crate::engine::{Engine, EngineConfig, Shared};
     use crate::policy::PeerPolicy;
-    use crate::udp::{Ports, RelayAddrs, Reservations};
+    use crate::relay_ports::{Ports, RelayAddrs, Reservations};
 
     fn shard(metrics: &RelayMetrics) -> Rc<RefCell<ShardState>> {
         let ring = SecretRing::new(vec![Secret::new("s")]).unwrap();
