@@ -445,8 +445,12 @@ fn with_the_listing_off_the_relay_relays_lists_nothing_and_writes_no_index() {
     let _c1 = Client::start_at(off.udp(), no_cert.clone(), "udp", &u1, &p1);
     let (u2, p2) = fleet_creds("k", "on-on");
     let _c2 = Client::start_at(on.udp(), no_cert, "udp", &u2, &p2);
-    let listed = wait_until(Duration::from_secs(15), || list_now(&issuer, &admin).len() == 1);
-    assert!(listed.is_some(), "{:?}", list_now(&issuer, &admin));
+    // The admin key reaches the issuer through Redis within about 2 s: until then it is a 401.
+    let listed = wait_until(Duration::from_secs(15), || {
+        let (status, v) = get(&issuer, "/v1/sessions?limit=1000", &admin);
+        status == 200 && v["sessions"].as_array().is_some_and(|l| l.len() == 1)
+    });
+    assert!(listed.is_some(), "{:?}", get(&issuer, "/v1/sessions?limit=1000", &admin));
     std::thread::sleep(Duration::from_secs(2));
     let list = list_now(&issuer, &admin);
     assert_eq!((list.len(), &list[0]["node"]), (1, &Value::from("r-on")), "{list:?}");
