@@ -15,6 +15,7 @@ use turnkey_relay::engine::Shared;
 use turnkey_relay::fleet::{AllocationObserver, FleetView};
 use turnkey_relay::udp::RelayAddrs;
 use turnkey_relay::usage::{UsageDelta, UsageSink};
+use turnkey_types::TurnUrl;
 
 use crate::addrs::Listening;
 use crate::advertise::Reach;
@@ -240,17 +241,14 @@ async fn set_alternates(fleet: &Fleet, beat: &BeatSource) {
     }
 }
 
-/// `turn:HOST:PORT?transport=...` (or `turns:`) to a socket address (the first one it resolves to).
+/// A fleet relay's advertised `turn:`/`turns:` URL to a socket address (the first one its host
+/// resolves to); `None` for a URL that does not parse or a host that does not resolve.
 async fn resolve(url: &str) -> Option<SocketAddr> {
-    let rest = url.split_once(':')?.1;
-    let hostport = rest.split('?').next()?;
-    let host_port = hostport.replace(['[', ']'], "");
-    let (host, port) = host_port.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
+    let url: TurnUrl = url.parse().ok()?;
+    if let Ok(ip) = url.host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, url.port));
     }
-    let found = tokio::net::lookup_host((host, port)).await.ok()?.next();
+    let found = tokio::net::lookup_host((url.host.as_str(), url.port)).await.ok()?.next();
     found
 }
 
@@ -314,4 +312,31 @@ impl UsageSink for FleetUsage {
 /// one rule: `advertise.rs`).
 pub(crate) fn advertised_urls(s: &Settings, listening: &Listening, relay: &RelayAddrs) -> Vec<AdvertisedUrl> {
     Reach::new(&s.issuer.public_host, relay).urls(&listening.udp, &listening.tcp, &listening.tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+    use std::net::SocketAddr;
+
+    #[tokio::test]
+    async fn an_advertised_url_resolves_to_its_address() {
+        let v6: SocketAddr = "[2001:db8::7]:3478".parse().unwrap();
+        assert_eq!(resolve("turn:[2001:db8::7]:3478?transport=udp").await, Some(v6));
+        let tls: SocketAddr = "192.0.2.9:5349".parse().unwrap();
+        assert_eq!(resolve("turns:192.0.2.9:5349?transport=tcp").await, Some(tls));
+        // The port a URL leaves out is its scheme's default, as clients read it.
+        assert_eq!(resolve("turns:192.0.2.9?transport=tcp").await, Some(tls));
+        let named = resolve("turn:localhost:3479?transport=tcp").await.expect("localhost resolves");
+        assert!(named.ip().is_loopback() && named.port() == 3479, "{named}");
+    }
+
+    #[tokio::test]
+    async fn a_url_that_does_not_parse_resolves_to_nothing() {
+        for bad in
+            ["", "3478", "http://192.0.2.9:3478", "turn:192.0.2.9:0", "turn:[::1:3478", "turns:h:1?transport=udp"]
+        {
+            assert_eq!(resolve(bad).await, None, "{bad}");
+        }
+    }
 }
