@@ -568,12 +568,12 @@ class Bench:
         self.tls = (cert, key)
         self.results: dict = {}
 
-    def each(self, fn, *a, pair: bool = False) -> dict:
+    def each(self, fn, *a, pair: bool = False, kinds: list[str] | None = None) -> dict:
         """Runs fn(server, *a) on a fresh server per repetition, the servers taking turns. With
         `pair` (two allocations of the server are each other's peer) coturn 4.17.1 is left out:
         under --multiplex-peer every allocation has the same relayed address, and it refuses a
         ChannelBind to it (400)."""
-        kinds = [k for k in self.kinds if not (pair and k == COTURN_FAST)]
+        kinds = [k for k in (kinds or self.kinds) if not (pair and k == COTURN_FAST)]
         out: dict[str, list] = {kind: [] for kind in kinds}
         for _ in range(self.reps):
             for kind in kinds:
@@ -656,6 +656,19 @@ class Bench:
                 print(f"cpu per message: {key}", file=sys.stderr, flush=True)
                 out[key] = self.each(self.cpu_profile, load_name, peer, pair=peer == "pair")
         return out
+
+    def generator_ceiling(self, s: Server, payload: int = 100) -> dict:
+        """What one generator core offers and gets back: 10 flows flooding (`--flood`, no pacing)
+        through turnkey-xdp against the echo peer for 3 s. The server's side is the kernel path,
+        far from busy, so the generator's core is the limit; the capacity ramps cannot show more
+        than this (every packet sent is two relayed messages in echo mode)."""
+        with CpuPeak(s) as cpu:
+            r = load(s, "udp", "--flows", "10", "--payload", str(payload), "--flood", "--echo-peer", "--duration", "3",
+                     "--drain-ms", "300")
+        t = r["traffic"]
+        return {"offered_pps": t["offered_pps"], "delivered_pps": t["delivered_pps"], "loss_pct": t["loss_pct"],
+                "relayed_msgs_per_s": 2 * t["delivered_pps"], "server_side_peak_pct": cpu.server_side_peak,
+                "load_core_peak_pct": cpu.load_core_peak, "server_core_peak_pct": cpu.server_core_peak}
 
     def latency(self, s: Server, offered_pps: float, peer: str = "pair", payload: int = 100) -> dict:
         flows = 10
@@ -748,6 +761,9 @@ class Bench:
                 print(f"capacity {key}", file=sys.stderr, flush=True)
                 cap[key] = self.each(self.capacity, "udp", 10, payload, peer, pair=peer == "pair")
         self.results["udp_capacity"] = cap
+        if FAST in self.kinds:
+            print("generator ceiling: flood through turnkey-xdp, echo peer", file=sys.stderr, flush=True)
+            self.results["generator_ceiling"] = self.each(self.generator_ceiling, kinds=[FAST])[FAST]
         lat: dict = {}
         for peer in ("pair", "echo"):
             key = "udp 100 B x 10 flows" + (", echo peer" if peer == "echo" else "")
@@ -943,9 +959,32 @@ def udp_tables(res: dict, add) -> None:
     table("UDP capacity, relayed msgs/s at loss ≤ 0.1% (server CPU at peak)", res["udp_capacity"],
           "relayed_msgs_per_s", 0)
     limits_table(res["udp_capacity"], add)
+    if res.get("generator_ceiling"):
+        ceiling_table(res, add)
     lat = res["udp_latency"]
     table("round trip p50 at half of coturn 4.6.1's capacity (µs)", lat, "p50_us", 0)
     table("round trip p99 at half of coturn 4.6.1's capacity (µs)", lat, "p99_us", 0)
+
+
+def ceiling_table(res: dict, add) -> None:
+    """What one generator core offered and got back flooding through turnkey-xdp, against three
+    times coturn 4.17.1's echo-peer capacity at 100 B (the issue's capacity target): below it, no
+    ramp of this run can show the target and turnkey-xdp's capacity figure is a bound."""
+    runs = res["generator_ceiling"]
+    off, got, relayed = (med(runs, f) for f in ("offered_pps", "delivered_pps", "relayed_msgs_per_s"))
+    c1, side = med(runs, "load_core_peak_pct")[0], med(runs, "server_side_peak_pct")[0]
+    echo = res["udp_capacity"].get("udp 100 B x 10 flows, echo peer", {})
+    target = ""
+    if COTURN_FAST in echo:
+        need = 3 * med(echo[COTURN_FAST], "relayed_msgs_per_s")[0]
+        target = f" {fmt(need)}: {'reached' if relayed[0] >= need else 'not reached: turnkey-xdp rows are bounds'} |"
+    add("")
+    add("| generator, one core: 10 flows flooding 100 B through turnkey-xdp, echo peer (median, min..max) | "
+        "offered pkt/s | delivered pkt/s | relayed msgs/s | core 1 / server + NAPI busy |"
+        + (" 3× coturn-4.17.1's echo capacity |" if target else ""))
+    add("|---|---|---|---|---|" + ("---|" if target else ""))
+    add(f"| flood, 3 s | {fmt(off[0])} ({fmt(off[1])}..{fmt(off[2])}) | {fmt(got[0])} ({fmt(got[1])}..{fmt(got[2])}) | "
+        f"{fmt(relayed[0])} ({fmt(relayed[1])}..{fmt(relayed[2])}) | {c1:.0f}% / {side:.0f}% |{target}")
 
 
 def limits_table(capacity: dict, add) -> None:
