@@ -42,9 +42,10 @@ kernel path needs: forwarding on the server's end, TX checksum offload off and t
 (`turnkey_xdp_pass`, attached with `ip link ... xdpdrv`) on the generator's end, and
 `kernel.bpf_stats_enabled` on during the run. Every server's CPU per relayed message is then
 also given on its core (`server_core_us_per_msg`: the process and its end's NAPI threads;
-`core0_busy_us_per_msg`: all of core 0), with the program's own run time (`bpf_us_per_msg`, from the server's BPF program file
-descriptors; inside the NAPI thread's time, not added again); `with_softirq_us_per_msg` (the
-process plus all CPUs' softirq) stays in the JSON.
+`core0_busy_us_per_msg`: all of core 0), with the program's own run time (`bpf_us_per_msg`,
+from the server's BPF program file descriptors; inside the NAPI threads' time, not added again)
+and where it ran (`xdp_runs_by_cpu`); `with_softirq_us_per_msg` (the process plus all CPUs'
+softirq, the method before threaded NAPI) stays in the JSON.
 
 Usage:
     bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles|udp]
@@ -71,6 +72,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import secrets
 import shutil
@@ -244,6 +246,29 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
+# Servers' listening ports come from here: below the kernel's ephemeral range (32768-60999 by
+# default) and above the relay ports (10000-29999). A listener port inside the ephemeral range can
+# be handed, for UDP, to one of `turnkey load`'s echo sockets on loopback; the relay then refuses
+# that peer (403: its own TLS or HTTP port) and a 200-flow load fails now and then.
+SERVICE_PORTS = range(30000, 32768)
+
+
+def service_port(*taken: int | None) -> int:
+    """A port free over both TCP and UDP on loopback, from SERVICE_PORTS, none of `taken`."""
+    for p in random.sample(SERVICE_PORTS, 200):
+        if p in taken:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", p))
+                u.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+    sys.exit(f"no free port in {SERVICE_PORTS.start}-{SERVICE_PORTS.stop - 1}")
+
+
 def free_udp_pair() -> int:
     """A UDP port whose successor is free too (coturn's multiplex-peer binds both)."""
     for _ in range(100):
@@ -269,10 +294,10 @@ class Server:
     def __init__(self, kind: str, secret: str, tls: tuple[Path, Path], http: bool = False,
                  coturn_fast: Path | None = None, before: Path | None = None):
         self.kind, self.secret = kind, secret
-        self.http = free_port(socket.SOCK_STREAM) if http else None
+        self.http = service_port() if http else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-        self.udp = self.tcp = free_port(socket.SOCK_STREAM)
-        self.tls = free_port(socket.SOCK_STREAM)
+        self.udp = self.tcp = service_port(self.http)
+        self.tls = service_port(self.http, self.udp)
         cert, key = tls
         if kind in ("coturn", COTURN_FAST):
             binary = str(coturn_fast) if kind == COTURN_FAST else "turnserver"
