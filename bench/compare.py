@@ -194,6 +194,8 @@ class Net:
         for ns in (self.ns_server, self.ns_load):
             if ns:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if self.echo:
+            shutil.rmtree(self.echo.dir, ignore_errors=True)
 
 
 # Queues of each veth end (bench/vethnet.py): each has its own 256-packet ring and NAPI thread.
