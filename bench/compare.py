@@ -27,27 +27,40 @@ one, joined by a veth pair with GRO on both ends (created here, deleted at exit;
 in NAPI as a NIC driver does. The own echo peer then lives in the generator's namespace, across
 the veth.
 
+Over a veth each end runs threaded NAPI (bench/vethnet.py): the receive work of the server's end
+(XDP, GRO, the stack up to the server's sockets) runs in a kernel thread pinned to core 0 with the
+server, the generator end's in one pinned to core 1, for every server alike; otherwise the
+receiving side's softirq would run on the sending core and every server's receive path would be
+charged to the generator. `--kernel-echo` makes the echo-peer loads' peer answer in the kernel
+(bench/bpf/echo_peer.c, tc on the generator's end) instead of in `turnkey load`'s sockets, so the
+generator's core only sends and receives at the clients; each run checks that it reflected at
+least every datagram the clients got back.
+
 `--fast-path` (with `--net veth`) adds `turnkey-xdp`: turnkey with `--fast-path xdp`, bound
 channels relayed by its XDP program (docs/fastpath.md). For it the veth is prepared as the
 kernel path needs: forwarding on the server's end, TX checksum offload off and the XDP_PASS stub
 (`turnkey_xdp_pass`, attached with `ip link ... xdpdrv`) on the generator's end, and
-`kernel.bpf_stats_enabled` on during the run. Every server's CPU figures then also carry the
-machine's softirq time (`/proc/stat`, all CPUs: the kernel's receive and transmit work, where
-XDP runs, for the generator's packets too) and the program's own run time (`bpf_us_per_msg`, from
-the server's BPF program file descriptors; already inside the softirq time, not added again).
+`kernel.bpf_stats_enabled` on during the run. Every server's CPU per relayed message is then
+also given on its core (`server_core_us_per_msg`: the process and its end's NAPI threads;
+`core0_busy_us_per_msg`: all of core 0), with the program's own run time (`bpf_us_per_msg`,
+from the server's BPF program file descriptors; inside the NAPI threads' time, not added again)
+and where it ran (`xdp_runs_by_cpu`); `with_softirq_us_per_msg` (the process plus all CPUs'
+softirq, the method before threaded NAPI) stays in the JSON.
 
 Usage:
     bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles|udp]
                      [--coturn-4171 PATH] [--turnkey-before PATH] [--net loopback|veth] [--fast-path]
-                     [--no-sessions-variant]
+                     [--kernel-echo] [--no-sessions-variant]
 
 `--only udp` is the UDP data path only (issue 17): capacity in pair and echo-peer mode at 100 and
 1200 B, the round trip at half load in both modes, and CPU per message for every traffic shape.
 Each capacity ramp also records what limited it (`limit`, and the table "what limited each
-ramp"): the peak 1 s busy share of the server process, of core 0 and of core 1 (the generator's,
-with the softirq work of the packets it sends: over a veth the receiver's softirq, XDP included,
-runs on the sender's core). A ramp that ended with the generator's core saturated and the
-server's not is *generator-bound*: the server's capacity is at least the figure (shown as "≥").
+ramp"): the peak 1 s busy share of the server process, of the server with its veth end's NAPI
+thread, of core 0 and of core 1 (the generator's), and the rate the generator offered against the
+rate asked at the ramp's top step. A ramp that ended with the generator's core saturated or the
+generator behind (under 95% of the rate asked) and the server not saturated is *generator-bound*:
+the server's capacity is at least the figure (shown as "≥"). turnkey-xdp's ramp climbs in steps
+four times larger than the others'.
 
 Needs: coturn's `turnserver`, `taskset`, `openssl`, `wrk` (Debian; for the issuance figure), and `cargo build --release -p turnkey`
 (done by the script). Loopback (or the namespaces it creates) only; every load is bounded in count and time.
@@ -59,6 +72,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import resource
 import secrets
 import shutil
@@ -72,12 +86,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import vethnet
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "turnkey"
 SERVER_CORE, LOAD_CORE = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Ramp: offered packets/s (all flows) added per coarse step; 12 steps, then 8 fine steps of 1/8.
 COARSE_STEP = 8000
+# The kernel fast path's capacity ramp climbs in steps this many times COARSE_STEP.
+FAST_STEP_FACTOR = 4
 # Relayed messages per second for the CPU-per-message figure (client to client, both ways).
 CPU_RATE = 20000
 COTURN_FAST = "coturn-4.17.1"
@@ -89,36 +107,82 @@ TURNKEY_KINDS = ("turnkey", BEFORE, FAST, NOSESS)
 
 class Net:
     """Where servers and the load generator run: both on loopback (default), or each in its own
-    network namespace joined by a veth pair (`veth`)."""
+    network namespace joined by a veth pair (`veth`), each end's receive work on its own side's
+    core (threaded NAPI, bench/vethnet.py)."""
 
-    def __init__(self, kind: str, fast_path: bool = False):
+    def __init__(self, kind: str, fast_path: bool = False, kernel_echo: bool = False):
         self.kind, self.fast_path = kind, fast_path
         self.server_ip = self.load_ip = "127.0.0.1"
         self.ns_server = self.ns_load = None
+        self.dev_server = self.dev_load = None
+        self.napi_server: list[int] = []
+        self.napi_load: list[int] = []
+        self.echo: vethnet.KernelEcho | None = None
         if kind == "veth":
             tag = f"tkb{os.getpid()}"
             self.ns_server, self.ns_load = f"{tag}a", f"{tag}b"
+            # Interface names unique to the run: their NAPI threads are found by name.
+            self.dev_server, self.dev_load = f"{tag}s", f"{tag}l"
             self.server_ip, self.load_ip = "10.213.0.1", "10.213.0.2"
             sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
             for ns in (self.ns_server, self.ns_load):
                 sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", "veth0", "netns", self.ns_server, "type", "veth", "peer", "name", "veth0",
+            # VETH_QUEUES queues each way: a veth's receive ring holds 256 packets per queue, and a
+            # generator's burst (one pacer tick of every flow) overflows a single one long before
+            # either core is busy; flows spread over the queues by their hash, as over a NIC's.
+            q = str(VETH_QUEUES)
+            sh("ip", "link", "add", self.dev_server, "numtxqueues", q, "numrxqueues", q, "netns", self.ns_server,
+               "type", "veth", "peer", "name", self.dev_load, "numtxqueues", q, "numrxqueues", q,
                "netns", self.ns_load)
-            for ns, ip in ((self.ns_server, self.server_ip), (self.ns_load, self.load_ip)):
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "veth0")
-                sh("ip", "-n", ns, "link", "set", "veth0", "up")
+            ends = ((self.ns_server, self.dev_server, self.server_ip), (self.ns_load, self.dev_load, self.load_ip))
+            for ns, dev, ip in ends:
+                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+                sh("ip", "-n", ns, "link", "set", dev, "up")
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
-                # GRO on a veth needs its NAPI mode, which this switches on.
-                sh("ip", "netns", "exec", ns, "ethtool", "-K", "veth0", "gro", "on")
+                # GRO on a veth needs its NAPI mode, which this switches on; threaded NAPI then runs
+                # each end's receive work in a kernel thread pinned to that side's core. With TCP
+                # segmentation offload on, a veth hands a socket's datagrams to the other end's
+                # backlog on the sending core instead of its NAPI ring (unless an XDP program or
+                # checksum offload off makes them eligible): off, as it is unused by UDP.
+                sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "tso", "off")
+                vethnet.set_threaded(ns, dev)
             if fast_path:
                 # What the kernel path needs on a veth (docs/fastpath.md): forwarding where the
                 # program runs, the XDP_PASS stub on the far end (XDP_TX frames are dropped
                 # without it), full checksums from the generator's sockets.
                 sh("ip", "netns", "exec", self.ns_server, "sh", "-c",
-                   "echo 1 > /proc/sys/net/ipv4/conf/veth0/forwarding")
-                sh("ip", "netns", "exec", self.ns_load, "ethtool", "-K", "veth0", "tx", "off")
-                sh("ip", "-n", self.ns_load, "link", "set", "dev", "veth0", "xdpdrv", "object", str(xdp_object()),
-                   "program", "turnkey_xdp_pass")
+                   f"echo 1 > /proc/sys/net/ipv4/conf/{self.dev_server}/forwarding")
+                sh("ip", "netns", "exec", self.ns_load, "ethtool", "-K", self.dev_load, "tx", "off")
+                sh("ip", "-n", self.ns_load, "link", "set", "dev", self.dev_load, "xdpdrv", "object",
+                   str(xdp_object()), "program", "turnkey_xdp_pass")
+            if kernel_echo:
+                self.echo = vethnet.KernelEcho(self.ns_load, self.dev_load)
+            self.pin_napi()
+
+    def pin_napi(self) -> None:
+        """Pins the server end's NAPI thread to the server's core and the generator end's to the
+        generator's (again at every server start: a thread the kernel re-created is found anew)."""
+        if not self.dev_server:
+            return
+        self.napi_server = vethnet.napi_threads(self.dev_server)
+        self.napi_load = vethnet.napi_threads(self.dev_load)
+        if not self.napi_server or not self.napi_load:
+            sys.exit(f"no threaded NAPI thread found for {self.dev_server} / {self.dev_load} "
+                     f"(server end {self.napi_server}, generator end {self.napi_load})")
+        vethnet.pin(self.napi_server, SERVER_CORE)
+        vethnet.pin(self.napi_load, LOAD_CORE)
+
+    def drops(self) -> dict:
+        """Packets each veth end dropped so far, received and sent (nothing on loopback)."""
+        if not self.dev_server:
+            return {}
+        return {"server_end": vethnet.drops(self.ns_server, self.dev_server),
+                "generator_end": vethnet.drops(self.ns_load, self.dev_load)}
+
+    def napi_server_secs(self) -> float:
+        """CPU time of the server end's NAPI thread(s): the server's kernel receive work (XDP, GRO,
+        the stack up to its sockets, and XDP_TX)."""
+        return vethnet.thread_secs(self.napi_server)
 
     def in_server_ns(self, cmd: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns_server, *cmd] if self.ns_server else cmd
@@ -130,8 +194,12 @@ class Net:
         for ns in (self.ns_server, self.ns_load):
             if ns:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if self.echo:
+            shutil.rmtree(self.echo.dir, ignore_errors=True)
 
 
+# Queues of each veth end (bench/vethnet.py): each has its own 256-packet ring and NAPI thread.
+VETH_QUEUES = int(os.environ.get("BENCH_VETH_QUEUES", "4"))
 NET = Net("loopback")
 # Traffic shapes for the CPU-per-message comparison, each near CPU_RATE relayed messages/s (every
 # packet crosses the relay twice, in pair and in echo-peer mode): smooth pacing at 100 and 1200 B,
@@ -180,6 +248,29 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
+# Servers' listening ports come from here: below the kernel's ephemeral range (32768-60999 by
+# default) and above the relay ports (10000-29999). A listener port inside the ephemeral range can
+# be handed, for UDP, to one of `turnkey load`'s echo sockets on loopback; the relay then refuses
+# that peer (403: its own TLS or HTTP port) and a 200-flow load fails now and then.
+SERVICE_PORTS = range(30000, 32768)
+
+
+def service_port(*taken: int | None) -> int:
+    """A port free over both TCP and UDP on loopback, from SERVICE_PORTS, none of `taken`."""
+    for p in random.sample(SERVICE_PORTS, 200):
+        if p in taken:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                t.bind(("127.0.0.1", p))
+                u.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+    sys.exit(f"no free port in {SERVICE_PORTS.start}-{SERVICE_PORTS.stop - 1}")
+
+
 def free_udp_pair() -> int:
     """A UDP port whose successor is free too (coturn's multiplex-peer binds both)."""
     for _ in range(100):
@@ -205,10 +296,10 @@ class Server:
     def __init__(self, kind: str, secret: str, tls: tuple[Path, Path], http: bool = False,
                  coturn_fast: Path | None = None, before: Path | None = None):
         self.kind, self.secret = kind, secret
-        self.http = free_port(socket.SOCK_STREAM) if http else None
+        self.http = service_port() if http else None
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-        self.udp = self.tcp = free_port(socket.SOCK_STREAM)
-        self.tls = free_port(socket.SOCK_STREAM)
+        self.udp = self.tcp = service_port(self.http)
+        self.tls = service_port(self.http, self.udp)
         cert, key = tls
         if kind in ("coturn", COTURN_FAST):
             binary = str(coturn_fast) if kind == COTURN_FAST else "turnserver"
@@ -241,6 +332,9 @@ class Server:
             preexec_fn=raise_nofile, env={**os.environ, "TURNKEY_LOG": "warn"},
         )
         self._wait_ready()
+        NET.pin_napi()
+        if NET.echo:
+            NET.echo.serve(NET.server_ip, self.udp)
 
     def _wait_ready(self) -> None:
         deadline = time.time() + 20
@@ -299,17 +393,59 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class CpuCounters:
+    """The CPU counters a figure per relayed message is the difference of: the server process (user,
+    system), its veth end's NAPI threads, core 0's busy and softirq time, all CPUs' softirq, and
+    the run time of the server's BPF programs."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.user, self.sys = server.cpu_secs()
+        self.napi, self.core_softirq = NET.napi_server_secs(), vethnet.core_softirq_secs(SERVER_CORE)
+        self.core_busy = core_busy_secs(SERVER_CORE)
+        self.softirq, self.bpf = softirq_secs(), server.bpf_secs()
+        # Where the XDP program ran: its per-CPU counters (one count per run).
+        self.xdp = (vethnet.xdp_counts_per_cpu(NET.ns_server, NET.dev_server)
+                    if server.kind == FAST and NET.dev_server else {})
+
+    def per_msg(self, msgs: int) -> dict:
+        """Each counter's growth since construction in µs per relayed message. `server_core_us_per_msg`
+        is the server's cost on its core: process + its veth end's NAPI threads (the BPF run time is
+        inside the threads'). Softirq work is inside it too: without IRQ time accounting (this
+        kernel's) a tick that lands in a softirq is charged to the task it interrupted as well as
+        to the CPU's softirq figure, so adding core 0's softirq would count it twice.
+        `core0_busy_us_per_msg` is all of core 0's busy time (on an idle machine the same plus what
+        interrupted the idle task); `with_softirq_us_per_msg` is the older figure: process + the
+        softirq of all CPUs."""
+        now = CpuCounters(self.server)
+        d = {k: getattr(now, k) - getattr(self, k)
+             for k in ("user", "sys", "napi", "core_softirq", "core_busy", "softirq", "bpf")}
+        per = lambda x: 1e6 * x / msgs
+        runs = {cpu: n - self.xdp.get(cpu, 0) for cpu, n in now.xdp.items()}
+        where = {"xdp_runs_by_cpu": runs,
+                 "xdp_runs_on_server_core_pct": 100 * runs.get(int(SERVER_CORE), 0) / max(sum(runs.values()), 1)}
+        return {"user_s": d["user"], "sys_s": d["sys"], "msgs": msgs, "us_per_msg": per(d["user"] + d["sys"]),
+                "user_us_per_msg": per(d["user"]), "sys_us_per_msg": per(d["sys"]),
+                "napi_us_per_msg": per(d["napi"]), "core_softirq_us_per_msg": per(d["core_softirq"]),
+                "server_core_us_per_msg": per(d["user"] + d["sys"] + d["napi"]),
+                "core0_busy_us_per_msg": per(d["core_busy"]),
+                "softirq_us_per_msg": per(d["softirq"]), "bpf_us_per_msg": per(d["bpf"]),
+                "with_softirq_us_per_msg": per(d["user"] + d["sys"] + d["softirq"]), **(where if runs else {})}
+
+
 class CpuPeak:
     """Samples the server's CPU every 0.25 s while a load runs; `peak` is the highest share of one
     core used over any 1 s window. Near 100% the server was the bottleneck; well under it, the
-    load generator (or the network stack outside the server) was. `server_core_peak` and
-    `load_core_peak` are the same for the two pinned cores as a whole (every process on them and
-    the kernel's softirq work there: over a veth the receiving side's softirq, XDP included, runs
-    on the sender's core, so the kernel path's work lands on the generator's core 1)."""
+    load generator (or the network stack outside the server) was. `server_side_peak` adds the
+    server end's NAPI thread (over a veth: the server's kernel receive work, XDP included, pinned
+    to core 0). `server_core_peak` and `load_core_peak` are the same for the two pinned cores as a
+    whole (every process and kernel thread on them, softirq included)."""
 
     def __init__(self, server: Server):
         self.server, self.samples, self.stop = server, [], threading.Event()
         self.cores: list[tuple[float, float, float]] = []
+        # The server process plus its end's NAPI thread (over a veth; the process alone otherwise).
+        self.side: list[tuple[float, float]] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -317,6 +453,7 @@ class CpuPeak:
             u, s = self.server.cpu_secs()
             t = time.monotonic()
             self.samples.append((t, u + s))
+            self.side.append((t, u + s + NET.napi_server_secs()))
             self.cores.append((t, core_busy_secs(SERVER_CORE), core_busy_secs(LOAD_CORE)))
             time.sleep(0.25)
 
@@ -329,6 +466,12 @@ class CpuPeak:
                     best = max(best, (c1 - c0) / (t1 - t0))
                     break
         return min(100 * best, 100.0)
+
+    @property
+    def server_side_peak(self) -> float:
+        """Peak share of a core used by the server process and its veth end's NAPI thread together
+        (the server's whole receive and relay work)."""
+        return self._peak(self.side)
 
     @property
     def server_core_peak(self) -> float:
@@ -372,21 +515,60 @@ def load(server: Server, transport: str, *args: str, ca: Path | None = None) -> 
         return json.loads(Path(out.name).read_text())
 
 
-def ramp_limit(server_pct: float, server_core_pct: float, load_core_pct: float, at_ceiling: bool) -> str:
+def ramp_limit(server_pct: float, side_pct: float, server_core_pct: float, load_core_pct: float,
+               offered_share: float, ring_drops: int, at_ceiling: bool) -> str:
     """What limited a capacity ramp, from the peaks of its 1 s windows: the server process (its
-    own CPU on core 0), the server's core (core 0 busy, the kernel's work there included), the
-    generator's core (core 1: `turnkey load` and the softirq work of the packets it sends), or
-    none of them (the ramp's ceiling, or loss with no core saturated)."""
+    own CPU on core 0), the server with its veth end's NAPI thread (its kernel receive work, XDP
+    included), the server's core (core 0 busy), the generator's core (core 1: `turnkey load`, its
+    end's NAPI thread and its echo peer), the generator falling behind (it offered under 95% of
+    the rate asked at the ramp's top step), or none of them: the veth's rings overflowing (loss
+    with packets dropped at the veth, no core saturated), the ramp's ceiling, or loss with no core
+    saturated."""
     limits = []
     if server_pct >= SATURATED_PCT:
         limits.append("server process")
+    elif side_pct >= SATURATED_PCT:
+        limits.append("server + NAPI thread")
     elif server_core_pct >= SATURATED_PCT:
         limits.append("server core")
     if load_core_pct >= SATURATED_PCT:
         limits.append("generator core")
+    elif offered_share < GENERATOR_BEHIND:
+        limits.append("generator behind")
     if limits:
         return " + ".join(limits)
-    return "ramp ceiling" if at_ceiling else "no core saturated"
+    if at_ceiling:
+        return "ramp ceiling"
+    return "veth ring full" if ring_drops else "no core saturated"
+
+
+# A ramp whose top step was offered under this share of the rate asked ended on the generator.
+GENERATOR_BEHIND = 0.95
+
+
+def top_step(*reports: dict) -> tuple[float, float]:
+    """The rate asked (all flows) and offered at the highest step of the given ramp reports."""
+    best = (0.0, 0.0)
+    for r in reports:
+        flows = r.get("flows_established") or r.get("flows_requested") or 1
+        for step in (r.get("ramp") or {}).get("steps", []):
+            asked = step["rate_per_flow_pps"] * flows
+            if asked > best[0]:
+                best = (asked, step["traffic"]["offered_pps"])
+    return best
+
+
+def echo_check(s: Server, before: dict, reports: tuple[dict, ...]) -> dict:
+    """What the kernel echo peer reflected during a load: at least every datagram the clients got
+    back (otherwise the echoes came from elsewhere and the run is not what it claims)."""
+    after = NET.echo.counts()
+    reflected = after["reflected"] - before["reflected"]
+    delivered = sum(st["traffic"]["delivered"] for r in reports for st in (r.get("ramp") or {}).get("steps", [])) \
+        if any(r.get("ramp") for r in reports) else sum(r["traffic"]["delivered"] for r in reports)
+    if reflected < delivered:
+        sys.exit(f"{s.kind}: the kernel echo peer reflected {reflected} datagrams but the clients got {delivered} "
+                 "back: echoes came from elsewhere")
+    return {"reflected": reflected, "delivered": delivered}
 
 
 def spread(values: list[float]) -> dict:
@@ -413,12 +595,12 @@ class Bench:
         self.tls = (cert, key)
         self.results: dict = {}
 
-    def each(self, fn, *a, pair: bool = False) -> dict:
+    def each(self, fn, *a, pair: bool = False, kinds: list[str] | None = None) -> dict:
         """Runs fn(server, *a) on a fresh server per repetition, the servers taking turns. With
         `pair` (two allocations of the server are each other's peer) coturn 4.17.1 is left out:
         under --multiplex-peer every allocation has the same relayed address, and it refuses a
         ChannelBind to it (400)."""
-        kinds = [k for k in self.kinds if not (pair and k == COTURN_FAST)]
+        kinds = [k for k in (kinds or self.kinds) if not (pair and k == COTURN_FAST)]
         out: dict[str, list] = {kind: [] for kind in kinds}
         for _ in range(self.reps):
             for kind in kinds:
@@ -436,60 +618,62 @@ class Bench:
         common = ["--scenario", "ramp", "--flows", str(flows), "--payload", str(payload),
                   "--ramp-loss", "0.1", "--duration", "1", "--drain-ms", "300",
                   *(["--echo-peer"] if peer == "echo" else [])]
-        coarse_step = COARSE_STEP / flows
+        # The kernel path relays far more than a user-space server on one core: its ramp climbs in
+        # steps FAST_STEP_FACTOR times larger, so it can reach several times coturn's figure.
+        coarse = COARSE_STEP * (FAST_STEP_FACTOR if s.kind == FAST else 1)
+        coarse_step = coarse / flows
+        echo0 = NET.echo.counts() if NET.echo and peer == "echo" else None
+        drops0 = NET.drops()
         with CpuPeak(s) as cpu:
             r = load(s, transport, *common, "--rate", f"{coarse_step:.3f}", "--ramp-step", f"{coarse_step:.3f}",
                      "--ramp-steps", "20", ca=self.tls[0])
             best = (r["ramp"] or {}).get("max_loss_free_pps") or 0.0
             base = max(best, 1000.0) / flows
-            fine = COARSE_STEP / 8 / flows
+            fine = coarse / 8 / flows
             r2 = load(s, transport, *common, "--rate", f"{base:.3f}", "--ramp-step", f"{fine:.3f}",
                       "--ramp-steps", "8", ca=self.tls[0])
         best = max(best, (r2["ramp"] or {}).get("max_loss_free_pps") or 0.0)
         if not best:
             sys.exit(f"{s.kind} {transport}: no loss-free step: {r.get('first_errors')} {r2.get('first_errors')}")
         at_ceiling = r["ramp"]["first_lossy_step"] is None
-        server, server_core, load_core = cpu.peak, cpu.server_core_peak, cpu.load_core_peak
-        return {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "server_cpu_peak_pct": server,
-                "server_core_peak_pct": server_core, "load_core_peak_pct": load_core, "at_ceiling": at_ceiling,
-                "limit": ramp_limit(server, server_core, load_core, at_ceiling)}
+        server, side = cpu.peak, cpu.server_side_peak
+        server_core, load_core = cpu.server_core_peak, cpu.load_core_peak
+        asked, offered = top_step(r, r2)
+        drops = {e: {d: n - drops0[e][d] for d, n in c.items()} for e, c in NET.drops().items()}
+        out = {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "server_cpu_peak_pct": server,
+               "server_side_peak_pct": side, "server_core_peak_pct": server_core, "load_core_peak_pct": load_core,
+               "top_asked_pps": asked, "top_offered_pps": offered, "veth_drops": drops,
+               "at_ceiling": at_ceiling,
+               "limit": ramp_limit(server, side, server_core, load_core, offered / max(asked, 1.0),
+                                   sum(c["tx"] for c in drops.values()), at_ceiling)}
+        if echo0 is not None:
+            out["kernel_echo"] = echo_check(s, echo0, (r, r2))
+        return out
 
     # CPU per relayed message at a fixed rate both servers sustain.
     def cpu_per_msg(self, s: Server, transport: str, msgs_per_s: int) -> dict:
         flows = 10
         rate = msgs_per_s / 2 / flows
-        u0, s0 = s.cpu_secs()
-        k0, b0 = softirq_secs(), s.bpf_secs()
+        before = CpuCounters(s)
         r = load(s, transport, "--flows", str(flows), "--rate", f"{rate:.3f}", "--duration", "8", "--drain-ms", "300",
                  ca=self.tls[0])
-        u1, s1 = s.cpu_secs()
-        k1, b1 = softirq_secs(), s.bpf_secs()
-        msgs = max(2 * r["traffic"]["delivered"], 1)
-        return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
-                "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
-                "softirq_us_per_msg": 1e6 * (k1 - k0) / msgs, "bpf_us_per_msg": 1e6 * (b1 - b0) / msgs,
-                "with_softirq_us_per_msg": 1e6 * (u1 - u0 + s1 - s0 + k1 - k0) / msgs,
-                "loss_pct": r["traffic"]["loss_pct"]}
+        return {**before.per_msg(max(2 * r["traffic"]["delivered"], 1)), "loss_pct": r["traffic"]["loss_pct"]}
 
     # CPU per relayed message for one traffic shape, in pair mode or against the own echo peer.
     def cpu_profile(self, s: Server, load_name: str, peer: str) -> dict:
         extra = ["--echo-peer"] if peer == "echo" else []
         secs = "4" if self.quick else "8"
-        u0, s0 = s.cpu_secs()
-        k0, b0 = softirq_secs(), s.bpf_secs()
+        before = CpuCounters(s)
+        echo0 = NET.echo.counts() if NET.echo and peer == "echo" else None
         r = load(s, "udp", *PROFILE_LOADS[load_name], *extra, "--duration", secs, "--drain-ms", "300",
                  "--concurrency", "32")
-        u1, s1 = s.cpu_secs()
-        k1, b1 = softirq_secs(), s.bpf_secs()
+        figures = before.per_msg(max(2 * r["traffic"]["delivered"], 1))
         if r["flows_established"] != r["flows_requested"]:
             sys.exit(f"{s.kind} {load_name} {peer}: {r['flows_established']}/{r['flows_requested']} flows: "
                      f"{r.get('first_errors')}")
-        msgs = max(2 * r["traffic"]["delivered"], 1)
-        return {"user_s": u1 - u0, "sys_s": s1 - s0, "msgs": msgs, "us_per_msg": 1e6 * (u1 - u0 + s1 - s0) / msgs,
-                "user_us_per_msg": 1e6 * (u1 - u0) / msgs, "sys_us_per_msg": 1e6 * (s1 - s0) / msgs,
-                "softirq_us_per_msg": 1e6 * (k1 - k0) / msgs, "bpf_us_per_msg": 1e6 * (b1 - b0) / msgs,
-                "with_softirq_us_per_msg": 1e6 * (u1 - u0 + s1 - s0 + k1 - k0) / msgs,
-                "loss_pct": r["traffic"]["loss_pct"], "offered_pps": r["traffic"]["offered_pps"]}
+        if echo0 is not None:
+            figures["kernel_echo"] = echo_check(s, echo0, (r,))
+        return {**figures, "loss_pct": r["traffic"]["loss_pct"], "offered_pps": r["traffic"]["offered_pps"]}
 
     def profiles(self) -> dict:
         out: dict = {}
@@ -499,6 +683,19 @@ class Bench:
                 print(f"cpu per message: {key}", file=sys.stderr, flush=True)
                 out[key] = self.each(self.cpu_profile, load_name, peer, pair=peer == "pair")
         return out
+
+    def generator_ceiling(self, s: Server, payload: int = 100) -> dict:
+        """What one generator core offers and gets back: 10 flows flooding (`--flood`, no pacing)
+        through turnkey-xdp against the echo peer for 3 s. The server's side is the kernel path,
+        far from busy, so the generator's core is the limit; the capacity ramps cannot show more
+        than this (every packet sent is two relayed messages in echo mode)."""
+        with CpuPeak(s) as cpu:
+            r = load(s, "udp", "--flows", "10", "--payload", str(payload), "--flood", "--echo-peer", "--duration", "3",
+                     "--drain-ms", "300")
+        t = r["traffic"]
+        return {"offered_pps": t["offered_pps"], "delivered_pps": t["delivered_pps"], "loss_pct": t["loss_pct"],
+                "relayed_msgs_per_s": 2 * t["delivered_pps"], "server_side_peak_pct": cpu.server_side_peak,
+                "load_core_peak_pct": cpu.load_core_peak, "server_core_peak_pct": cpu.server_core_peak}
 
     def latency(self, s: Server, offered_pps: float, peer: str = "pair", payload: int = 100) -> dict:
         flows = 10
@@ -591,6 +788,9 @@ class Bench:
                 print(f"capacity {key}", file=sys.stderr, flush=True)
                 cap[key] = self.each(self.capacity, "udp", 10, payload, peer, pair=peer == "pair")
         self.results["udp_capacity"] = cap
+        if FAST in self.kinds:
+            print("generator ceiling: flood through turnkey-xdp, echo peer", file=sys.stderr, flush=True)
+            self.results["generator_ceiling"] = self.each(self.generator_ceiling, kinds=[FAST])[FAST]
         lat: dict = {}
         for peer in ("pair", "echo"):
             key = "udp 100 B x 10 flows" + (", echo peer" if peer == "echo" else "")
@@ -672,6 +872,11 @@ def markdown(res: dict, reps: int) -> str:
     if res.get("issuance"):
         issuance_table(res["issuance"], lines.append)
     lines.append("")
+    if res.get("veth"):
+        echo = ("the kernel (bench/bpf/echo_peer.c at tc on the generator's end)" if res["veth"]["kernel_echo"]
+                else "turnkey load's sockets")
+        lines.append("Over a veth: each end's kernel receive work runs in its threaded NAPI thread, pinned to its "
+                     f"side's core (server core 0, generator core 1); the echo peer answers in {echo}.")
     lines.append(f"Medians over {reps} repetitions, each on a fresh server.")
     return "\n".join(lines)
 
@@ -770,7 +975,7 @@ def udp_tables(res: dict, add) -> None:
                     if all(r["at_ceiling"] for r in runs[k]):
                         extra += " (ramp ceiling)"
                         bound = "≥ "
-                    elif all("generator core" in r.get("limit", "") and "server" not in r["limit"] for r in runs[k]):
+                    elif all("generator" in r.get("limit", "") and "server" not in r["limit"] for r in runs[k]):
                         # The generator ran out first: the server's capacity is at least this.
                         extra += " (generator-bound)"
                         bound = "≥ "
@@ -781,9 +986,32 @@ def udp_tables(res: dict, add) -> None:
     table("UDP capacity, relayed msgs/s at loss ≤ 0.1% (server CPU at peak)", res["udp_capacity"],
           "relayed_msgs_per_s", 0)
     limits_table(res["udp_capacity"], add)
+    if res.get("generator_ceiling"):
+        ceiling_table(res, add)
     lat = res["udp_latency"]
     table("round trip p50 at half of coturn 4.6.1's capacity (µs)", lat, "p50_us", 0)
     table("round trip p99 at half of coturn 4.6.1's capacity (µs)", lat, "p99_us", 0)
+
+
+def ceiling_table(res: dict, add) -> None:
+    """What one generator core offered and got back flooding through turnkey-xdp, against three
+    times coturn 4.17.1's echo-peer capacity at 100 B (the issue's capacity target): below it, no
+    ramp of this run can show the target and turnkey-xdp's capacity figure is a bound."""
+    runs = res["generator_ceiling"]
+    off, got, relayed = (med(runs, f) for f in ("offered_pps", "delivered_pps", "relayed_msgs_per_s"))
+    c1, side = med(runs, "load_core_peak_pct")[0], med(runs, "server_side_peak_pct")[0]
+    echo = res["udp_capacity"].get("udp 100 B x 10 flows, echo peer", {})
+    target = ""
+    if COTURN_FAST in echo:
+        need = 3 * med(echo[COTURN_FAST], "relayed_msgs_per_s")[0]
+        target = f" {fmt(need)}: {'reached' if relayed[0] >= need else 'not reached: turnkey-xdp rows are bounds'} |"
+    add("")
+    add("| generator, one core: 10 flows flooding 100 B through turnkey-xdp, echo peer (median, min..max) | "
+        "offered pkt/s | delivered pkt/s | relayed msgs/s | core 1 / server + NAPI busy |"
+        + (" 3× coturn-4.17.1's echo capacity |" if target else ""))
+    add("|---|---|---|---|---|" + ("---|" if target else ""))
+    add(f"| flood, 3 s | {fmt(off[0])} ({fmt(off[1])}..{fmt(off[2])}) | {fmt(got[0])} ({fmt(got[1])}..{fmt(got[2])}) | "
+        f"{fmt(relayed[0])} ({fmt(relayed[1])}..{fmt(relayed[2])}) | {c1:.0f}% / {side:.0f}% |{target}")
 
 
 def limits_table(capacity: dict, add) -> None:
@@ -794,7 +1022,8 @@ def limits_table(capacity: dict, add) -> None:
     if not any("limit" in r for runs in capacity.values() for k in runs for r in runs[k]):
         return
     add("")
-    add("| what limited each ramp (peak 1 s busy: server process / core 0 / core 1 generator; verdict) | "
+    add("| what limited each ramp (peak 1 s busy: server process / server + its NAPI threads / core 0 / core 1 "
+        "generator; generator's top step offered / asked; packets the veth dropped; verdict) | "
         + " | ".join(kinds) + " |")
     add("|---|" + "---|" * len(kinds))
     for key, runs in capacity.items():
@@ -804,10 +1033,16 @@ def limits_table(capacity: dict, add) -> None:
                 cells.append("n/a")
                 continue
             p = med(runs[k], "server_cpu_peak_pct")[0]
+            side = med(runs[k], "server_side_peak_pct")[0] if "server_side_peak_pct" in runs[k][0] else p
             c0 = med(runs[k], "server_core_peak_pct")[0]
             c1 = med(runs[k], "load_core_peak_pct")[0]
+            top = (f"; {fmt(med(runs[k], 'top_offered_pps')[0])} / {fmt(med(runs[k], 'top_asked_pps')[0])} pkt/s"
+                   if "top_asked_pps" in runs[k][0] else "")
+            if runs[k][0].get("veth_drops"):
+                dropped = statistics.median(sum(c["tx"] for c in r["veth_drops"].values()) for r in runs[k])
+                top += f"; veth drops {fmt(dropped)}"
             verdicts = sorted({r["limit"] for r in runs[k]})
-            cells.append(f"{p:.0f}% / {c0:.0f}% / {c1:.0f}%; {', '.join(verdicts)}")
+            cells.append(f"{p:.0f}% / {side:.0f}% / {c0:.0f}% / {c1:.0f}%{top}; {', '.join(verdicts)}")
         add(f"| {key} | " + " | ".join(cells) + " |")
 
 
@@ -840,13 +1075,15 @@ def profile_table(profiles: dict, add) -> None:
 
 
 def fast_table(profiles: dict, add) -> None:
-    """With the kernel fast path: CPU per relayed message counting the machine's softirq time (where
-    XDP runs) besides the server process, the program's own run time, and turnkey-xdp's ratio to
-    turnkey in user space."""
+    """With the kernel fast path: CPU per relayed message on the server's core (the server process
+    and its veth end's NAPI threads, where XDP and the kernel's receive path run), the threads'
+    share, core 0's busy time, the program's own run time and the share of its runs on core 0,
+    and turnkey-xdp's ratio to turnkey in user space."""
     kinds = [k for k in ("coturn", COTURN_FAST, "turnkey", FAST) if any(k in runs for runs in profiles.values())]
     add("")
-    add("| load (UDP, µs per relayed message: server process + softirq of all CPUs) | "
-        + " | ".join(f"{k} (min..max)" for k in kinds) + f" | {FAST} BPF run time | {FAST} / turnkey |")
+    add("| load (UDP, µs per relayed message on the server's core: process + its NAPI threads; the threads' "
+        "share; core 0 busy) | " + " | ".join(f"{k} (min..max)" for k in kinds)
+        + f" | {FAST} BPF run time | {FAST} / turnkey |")
     add("|---|" + "---|" * (len(kinds) + 2))
     for key, runs in profiles.items():
         cells, totals = [], {}
@@ -854,10 +1091,14 @@ def fast_table(profiles: dict, add) -> None:
             if k not in runs:
                 cells.append("n/a")
                 continue
-            t = med(runs[k], "with_softirq_us_per_msg")
+            t = med(runs[k], "server_core_us_per_msg")
+            napi = med(runs[k], "napi_us_per_msg")[0]
+            core = med(runs[k], "core0_busy_us_per_msg")[0]
             totals[k] = t[0]
-            cells.append(f"{t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f})")
+            cells.append(f"{t[0]:.2f} ({t[1]:.2f}..{t[2]:.2f}); {napi:.2f}; {core:.2f}")
         bpf = f"{med(runs[FAST], 'bpf_us_per_msg')[0]:.3f}" if FAST in runs else ""
+        if FAST in runs and "xdp_runs_on_server_core_pct" in runs[FAST][0]:
+            bpf += f" ({min(r['xdp_runs_on_server_core_pct'] for r in runs[FAST]):.0f}% of runs on core 0)"
         ratio = f"{totals[FAST] / max(totals['turnkey'], 1e-9):.2f}×" if FAST in totals and "turnkey" in totals else ""
         add(f"| {key} | " + " | ".join(cells) + f" | {bpf} | {ratio} |")
 
@@ -900,6 +1141,9 @@ def main() -> None:
                     help="veth: servers and load generator in two network namespaces joined by a veth pair")
     ap.add_argument("--fast-path", action="store_true",
                     help="with --net veth: add turnkey with --fast-path xdp (turnkey-xdp) and count softirq and BPF time")
+    ap.add_argument("--kernel-echo", action="store_true",
+                    help="with --net veth: the echo-peer loads' peer answers in the kernel (bench/bpf/echo_peer.c "
+                         "at tc on the generator's veth end) instead of turnkey load's sockets, for every server")
     ap.add_argument("--no-sessions-variant", action="store_true",
                     default=os.environ.get("TURNKEY_BENCH_NO_SESSIONS", "") not in ("", "0"),
                     help="add turnkey-nosessions: turnkey with --no-sessions (the session listing's cost "
@@ -929,7 +1173,11 @@ def main() -> None:
             sys.exit("--net veth runs the UDP loads only: give --only udp or --only profiles")
     if a.fast_path and a.net != "veth":
         sys.exit("--fast-path needs --net veth (loopback is not a fast path: docs/fastpath.md)")
-    NET = Net(a.net, a.fast_path)
+    if a.kernel_echo and a.net != "veth":
+        sys.exit("--kernel-echo needs --net veth")
+    if a.kernel_echo and not (shutil.which("clang") and shutil.which("bpftool") and shutil.which("tc")):
+        sys.exit("--kernel-echo needs clang, bpftool and tc (scripts/install-test-tools.sh installs them)")
+    NET = Net(a.net, a.fast_path, a.kernel_echo)
     before = a.turnkey_before.resolve() if a.turnkey_before else None
     b = Bench(reps, a.quick, a.coturn_4171, before, a.fast_path, a.no_sessions_variant)
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -946,6 +1194,8 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     b.results["machine"] = machine()
     b.results["net"] = a.net
+    if a.net == "veth":
+        b.results["veth"] = {"threaded_napi": True, "kernel_echo": a.kernel_echo}
     if before:
         b.results["turnkey_before"] = str(before)
     b.results["minutes"] = round((time.time() - started) / 60, 1)

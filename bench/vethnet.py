@@ -1,0 +1,155 @@
+"""The veth side of bench/compare.py (`--net veth`): where each side's kernel receive work runs,
+and the kernel echo peer (`--kernel-echo`).
+
+**Threaded NAPI.** A veth's receive work (NAPI poll: XDP, GRO, the IP and UDP stack up to the
+socket) normally runs in the softirq the *sender* raises, on the sender's core: every server's
+receive path, turnkey's XDP program included, would be charged to the load generator's core. With
+threaded NAPI (`/sys/class/net/DEV/threaded`) each veth's poll runs in its own kernel thread,
+`napi/DEV-ID`; compare.py pins the server end's thread to the server's core and the generator
+end's to the generator's, for every server alike. A veth has NAPI once GRO is on or an XDP program
+is attached; with GRO on it keeps it (and its thread) across attach and detach.
+
+**Kernel echo peer.** `bench/bpf/echo_peer.c`, a tc ingress program on the generator's end of the
+veth, answers every datagram a server relays to a peer in the generator's namespace in the
+kernel, as `turnkey load --echo-peer`'s sockets would (same addresses and ports), so the
+generator's core only sends and receives at the clients. The server sees the same packets either
+way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ECHO_SRC = Path(__file__).resolve().parent / "bpf" / "echo_peer.c"
+
+
+def sh(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+def set_threaded(ns: str, dev: str) -> None:
+    """Switches the veth end `dev` (in namespace `ns`) to threaded NAPI; GRO must be on already."""
+    sh("ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
+
+
+def napi_threads(dev: str) -> list[int]:
+    """The NAPI kernel threads of `dev` (named `napi/DEV-ID`; interface names are unique to the
+    run, so no other run's thread matches)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm.startswith(f"napi/{dev}-"):
+            found.append(int(p.name))
+    return sorted(found)
+
+
+# NAPI threads' real-time priority: a NIC's NAPI poll runs in softirq, which preempts every task on
+# its core; a SCHED_OTHER thread would wait behind whatever else runs there while the veth's
+# 256-entry ring overflows.
+NAPI_PRIORITY = 50
+
+
+def pin(pids: list[int], core: str) -> None:
+    """Pins NAPI threads to `core` at SCHED_FIFO NAPI_PRIORITY."""
+    for pid in pids:
+        os.sched_setaffinity(pid, {int(core)})
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(NAPI_PRIORITY))
+
+
+def drops(ns: str, dev: str) -> dict:
+    """Packets a veth end dropped: `rx` (what it was handed from the other end and could not take)
+    and `tx` (what it could not hand to the other end: that end's ring full, XDP frames refused)."""
+    link = json.loads(sh("ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev))[0]
+    stats = link.get("stats64") or link.get("stats") or {}
+    return {d: int(stats.get(d, {}).get("dropped", 0)) for d in ("rx", "tx")}
+
+
+def affinity(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
+def thread_secs(pids: list[int]) -> float:
+    """User + system CPU time of the given threads (kernel threads: system), in seconds; a thread
+    that went away counts nothing from then on."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def core_softirq_secs(core: str) -> float:
+    """Softirq time of one CPU since boot, in seconds (/proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            return int(line.split()[7]) / CLK_TCK
+    return 0.0
+
+
+class KernelEcho:
+    """bench/bpf/echo_peer.c compiled with clang and attached at tc ingress of the generator's veth
+    end; `serve(ip, port)` points it at a server, `counts()` reads what it reflected."""
+
+    def __init__(self, ns: str, dev: str):
+        self.ns, self.dev = ns, dev
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-echo-"))
+        obj = self.dir / "echo_peer.o"
+        sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(ECHO_SRC),
+           "-o", str(obj))
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "clsact")
+        sh("ip", "netns", "exec", ns, "tc", "filter", "add", "dev", dev, "ingress", "bpf", "direct-action",
+           "object-file", str(obj), "section", "tc")
+        net = json.loads(sh("ip", "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", dev))
+        progs = [t["id"] for entry in net for t in entry.get("tc", []) if t.get("kind") == "clsact/ingress"]
+        if len(progs) != 1:
+            raise RuntimeError(f"kernel echo: expected one tc ingress program on {dev}, found {net}")
+        maps = json.loads(sh("bpftool", "-j", "prog", "show", "id", str(progs[0])))["map_ids"]
+        names = {json.loads(sh("bpftool", "-j", "map", "show", "id", str(m)))["name"]: m for m in maps}
+        self.cfg_map, self.counters_map = names["echo_cfg"], names["echo_counters"]
+
+    def serve(self, ip: str, port: int) -> None:
+        """Reflect what the server at `ip` sends from any port but its UDP listener `port`."""
+        value = [str(b) for b in socket.inet_aton(ip) + port.to_bytes(2, "big") + b"\0\0"]
+        sh("bpftool", "map", "update", "id", str(self.cfg_map), "key", "0", "0", "0", "0", "value", *value)
+
+    def counts(self) -> dict:
+        """Datagrams reflected, their payload bytes and the packets let through, all CPUs."""
+        dump = json.loads(sh("bpftool", "-j", "map", "dump", "id", str(self.counters_map)))
+        total = {u64(e["key"]): sum(u64(v["value"]) for v in e["values"]) for e in dump}
+        return {"reflected": total.get(0, 0), "bytes": total.get(1, 0), "passed": total.get(2, 0)}
+
+
+def u64(value) -> int:
+    """A map value as bpftool prints it: a number with BTF, raw bytes ("0x01", ...) without."""
+    return value if isinstance(value, int) else int.from_bytes(bytes(int(b, 16) for b in value), "little")
+
+
+def xdp_counts_per_cpu(ns: str, dev: str, counters: str = "fp_counters") -> dict[int, int]:
+    """The per-CPU counters map `counters` of the XDP program attached to `dev`, summed over its
+    keys per CPU: which cores the program ran on ({} when none is attached)."""
+    link = json.loads(sh("ip", "-n", ns, "-j", "-d", "link", "show", "dev", dev))[0]
+    prog = (link.get("xdp") or {}).get("prog", {}).get("id")
+    if not prog:
+        return {}
+    for m in json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog)))["map_ids"]:
+        if json.loads(sh("bpftool", "-j", "map", "show", "id", str(m)))["name"] == counters:
+            per: dict[int, int] = {}
+            for e in json.loads(sh("bpftool", "-j", "map", "dump", "id", str(m))):
+                for v in e["values"]:
+                    per[v["cpu"]] = per.get(v["cpu"], 0) + u64(v["value"])
+            return per
+    return {}
