@@ -24,18 +24,8 @@ case "$(basename "$LOAD")" in turnkey) LOADCMD=("$LOAD" load);; *) LOADCMD=("$LO
 DIR=$(mktemp -d); SPID=
 trap 'kill $SPID 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 SECRET=bench-$RANDOM$RANDOM
-# A port free over both TCP and UDP (the server listens on both).
-port() { python3 -c '
-import socket
-while True:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
-    u = socket.socket(type=socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", p)); print(p); break
-    except OSError:
-        pass
-'; }
-PORT=$(port) MPORT=$(port)
+# Ports free over both TCP and UDP (the server listens on both).
+read -r PORT MPORT < <(python3 "$(dirname "$(realpath "$0")")/freeport.py" 2)
 TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$SECRET" \
   --udp 127.0.0.1:$PORT --tcp 127.0.0.1:$PORT --tls off --relay-ip 127.0.0.1 \
   --relay-ports 10000-29999 --allow-peer 127.0.0.1 --shards 1 --http off \
