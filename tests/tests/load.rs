@@ -83,11 +83,12 @@ fn udp_channel_pairs_match_the_relay_counters() {
 
 #[test]
 fn a_loop_paced_finer_than_the_timer_tick_keeps_its_rate_and_matches_the_relay_counters() {
-    // 4 flows at 9,000 packets/s on one loop: 36 packets per 1 ms tick, above the pacer's
-    // FINE_BURST (32), so the loop paces in sub-millisecond gaps (crates/turnkey-load/src/pacer.rs).
+    // 4 flows at 9,000 packets/s on one loop: 36 packets per 1 ms tick, above --pace-burst 32,
+    // so the loop paces in sub-millisecond gaps (crates/turnkey-load/src/pacer.rs).
     let tk = Turnkey::serve(ALLOW_LOOPBACK);
     let server = tk.udp().to_string();
-    let extra = ["--threads", "1", "--flows", "4", "--rate", "9000", "--count", "2700", "--max-loss", "0"];
+    let extra = ["--threads", "1", "--pace-burst", "32", "--flows", "4", "--rate", "9000", "--count", "2700"];
+    let extra = [&extra[..], &["--max-loss", "0"]].concat();
     let (code, r) = load(&tk, &server, &extra);
     assert_eq!(code, 0, "{r}");
     assert_eq!((u(&r["traffic"]["sent"]), u(&r["traffic"]["delivered"])), (10_800, 10_800), "{r}");

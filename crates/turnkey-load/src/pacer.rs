@@ -2,20 +2,21 @@
 //! packets are stamped into one reused buffer and leave as one train per flow (a GSO send over
 //! UDP, one write on a stream). Nothing is allocated per packet.
 //!
-//! Up to [`FINE_BURST`] packets per 1 ms timer tick on the loop (32,000 packets/s), the pacer
-//! waits on tokio's timer wheel and each tick's due packets leave together: the few wake-ups
-//! that costs are the cheapest pacing there is, and the loop's receivers stay woken by
-//! readiness, so round trips are measured as the packets arrive. Above that a 1 ms tick's
-//! packets would reach the relay as one burst (1,400 at 1.4 M packets/s) and overflow socket
-//! buffers, so the loop's UDP pacer ([`Waiting::Fine`]) paces finer: it wakes every
-//! `FINE_BURST / rate` (at least [`MIN_GAP`]) and sends what is due, about [`FINE_BURST`]
-//! packets; flow `i` of `n` is offset by `i / n` of its period so many flows do not fall due
-//! together; and it sleeps those sub-millisecond gaps on the loop's thread (µs precise, with
-//! the timer slack cut to 1 µs in [`crate::loops`]) after one yield that lets the receivers
-//! read what has arrived. At such rates a gap holds dozens of arrivals: they are read in one
-//! pass per wake-up, and a round trip is measured up to one gap late. A stream flow's pacer
-//! (one per flow, several on a loop) always waits on the timer: a blocking sleep would hold
-//! back the loop's other pacers.
+//! By default the pacer waits on tokio's timer wheel (1 ms ticks) and each tick's due packets
+//! leave together: the few wake-ups that costs are the cheapest pacing there is, the relay gets
+//! long GSO trains (cheap for it too), and the loop's receivers stay woken by readiness, so round
+//! trips are measured as the packets arrive. With `--pace-burst N`, a loop with more than `N`
+//! packets due per tick (where a tick's packets would reach the relay as one burst: 1,400 at
+//! 1.4 M packets/s) paces finer instead ([`Waiting::Fine`]): it wakes every `N / rate` (at least
+//! [`MIN_GAP`]) and sends what is due, about `N` packets; flow `i` of `n` is offset by `i / n` of
+//! its period so many flows do not fall due together; and it sleeps those sub-millisecond gaps
+//! on the loop's thread (µs precise, with the timer slack cut to 1 µs in [`crate::loops`]) after
+//! one yield that lets the receivers read what has arrived. At such rates a gap holds dozens of
+//! arrivals: they are read in one pass per wake-up, and a round trip is measured up to one gap
+//! late. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
+//! blocking sleep would hold back the loop's other pacers. (Measured against turnkey on
+//! loopback, the finer bursts cost the relay more CPU per packet than tick-sized GSO trains and
+//! did not move where the ramp's drops happen: see docs/load.md. Hence the default.)
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -33,9 +34,11 @@ const FLOOD_BATCH: u64 = 32;
 /// Most packets one paced wake-up sends per flow as one train (a pacer woken late catches up in
 /// trains of this size instead of one send per packet).
 const MAX_BURST: u64 = 64;
-/// Packets a fine-paced loop sends per wake-up; a loop above this many per timer tick paces
-/// finer than the tick.
-pub const FINE_BURST: f64 = 32.0;
+/// `--pace-burst`'s default: 0, the 1 ms tick at every rate.
+pub const DEFAULT_PACE_BURST: u32 = 0;
+/// The burst the tests pace finer with (`--pace-burst 32`).
+#[cfg(test)]
+const TEST_BURST: u32 = 32;
 /// The timer wheel's tick.
 const TICK: Duration = Duration::from_millis(1);
 /// Shortest gap between two wake-ups of a fine-paced loop (at most 20,000 wake-ups/s).
@@ -44,8 +47,9 @@ pub const MIN_GAP: Duration = Duration::from_micros(50);
 /// How a pacer waits between its wake-ups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
-    /// Finer than the timer tick when the loop's rate needs it (the loop's UDP pacer).
-    Fine,
+    /// Finer than the timer tick when the loop has more than this many packets due per tick
+    /// (the loop's UDP pacer; `--pace-burst`; 0: never).
+    Fine(u32),
     /// On tokio's timer wheel only (a stream flow's pacer).
     Timer,
 }
@@ -64,8 +68,12 @@ struct Schedule {
 impl Schedule {
     fn new(rate: f64, train: u64, flows: usize, waiting: Waiting) -> Self {
         let pps = rate * train as f64 * flows as f64;
-        let fine = waiting == Waiting::Fine && pps * TICK.as_secs_f64() > FINE_BURST;
-        let gap = if fine { Duration::from_secs_f64(FINE_BURST / pps).max(MIN_GAP) } else { Duration::ZERO };
+        let burst = match waiting {
+            Waiting::Fine(burst) if burst > 0 => f64::from(burst),
+            _ => f64::INFINITY,
+        };
+        let fine = pps * TICK.as_secs_f64() > burst;
+        let gap = if fine { Duration::from_secs_f64(burst / pps).max(MIN_GAP) } else { Duration::ZERO };
         Self { rate, fine, gap }
     }
 
@@ -281,7 +289,7 @@ mod tests {
                 senders.push(FlowSend::new(tx, tpl, ka, (id, 1), Arc::default(), done));
             }
             let epoch = std::time::Instant::now();
-            send_group(&mut senders, plan, epoch, Waiting::Fine).await;
+            send_group(&mut senders, plan, epoch, Waiting::Fine(TEST_BURST)).await;
             senders
         });
         let got = reader.join().unwrap();
@@ -364,30 +372,34 @@ mod tests {
 
     #[test]
     fn fine_pacing_starts_above_a_burst_per_tick_and_offsets_the_flows() {
-        // 10 flows at 2,000/s: 20 packets per tick, paced by the tick, flows aligned.
-        let slow = Schedule::new(2000.0, 1, 10, Waiting::Fine);
+        // --pace-burst 32. 10 flows at 2,000/s: 20 packets per tick, paced by the tick, aligned.
+        let slow = Schedule::new(2000.0, 1, 10, Waiting::Fine(TEST_BURST));
         assert!(!slow.fine && slow.gap.is_zero());
         assert_eq!(slow.trains_due(Duration::ZERO, 9, 10), 1, "every flow's first packet at once");
         // 10 flows at 100,000/s: 1,000 per tick, paced every 32 µs -> the 50 µs floor.
-        let fast = Schedule::new(100_000.0, 1, 10, Waiting::Fine);
+        let fast = Schedule::new(100_000.0, 1, 10, Waiting::Fine(TEST_BURST));
         assert!(fast.fine);
         assert_eq!(fast.gap, MIN_GAP);
         // 4 flows at 20,000/s: 80 per tick; wake-ups 400 µs apart (32 packets each).
-        let mid = Schedule::new(20_000.0, 1, 4, Waiting::Fine);
+        let mid = Schedule::new(20_000.0, 1, 4, Waiting::Fine(TEST_BURST));
         assert!(mid.fine);
         assert!((mid.gap.as_secs_f64() - 400e-6).abs() < 1e-9, "{:?}", mid.gap);
         // Flow 2 of 4 sends its train k half a period after flow 0's.
         assert_eq!(mid.due_at(3, 2, 4), Duration::from_secs_f64(3.5 / 20_000.0));
         assert_eq!(mid.trains_due(Duration::from_secs_f64(0.4 / 20_000.0), 2, 4), 0);
         assert_eq!(mid.trains_due(Duration::from_secs_f64(0.6 / 20_000.0), 2, 4), 1);
-        // A stream flow's pacer never paces finer than the timer.
+        // A stream flow's pacer never paces finer than the timer, nor does `--pace-burst 0`.
         assert!(!Schedule::new(100_000.0, 1, 10, Waiting::Timer).fine);
+        assert!(!Schedule::new(100_000.0, 1, 10, Waiting::Fine(0)).fine);
+        // `--pace-burst 100`: 10 flows at 20,000/s (200 per tick) wake every 500 µs.
+        let b100 = Schedule::new(20_000.0, 1, 10, Waiting::Fine(100));
+        assert!(b100.fine && (b100.gap.as_secs_f64() - 500e-6).abs() < 1e-9, "{b100:?}");
     }
 
     #[test]
     fn a_fast_loop_leaves_in_bursts_of_about_fine_burst_not_a_whole_tick() {
-        // 4 flows at 20,000 packets/s: a 1 ms tick would send 80 at once; the fine pacer sends
-        // 32 every 400 µs. Bursts: runs of packets under 50 µs apart at the sink.
+        // 4 flows at 20,000 packets/s: a 1 ms tick would send 80 at once; the fine pacer
+        // (--pace-burst 32) sends 32 every 400 µs. Bursts: runs of packets under 50 µs apart at the sink.
         let plan = SendPlan { rate: Some(20_000.0), train: 1, duration: Duration::from_millis(250), count: None };
         let got = capture(plan, 100, 4);
         assert!((18_000..=20_100).contains(&got.len()), "{} packets in 0.25 s", got.len());

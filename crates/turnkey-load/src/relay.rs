@@ -237,7 +237,8 @@ async fn run_phase(
     for (on, mut group) in groups.filter(|(_, g)| !g.is_empty()) {
         // The loop's one UDP pacer sleeps short gaps on the loop's thread; a stream flow's
         // pacer shares its loop with others and waits on the timer wheel.
-        let waiting = if group.iter().any(|f| f.tx.is_stream()) { Waiting::Timer } else { Waiting::Fine };
+        let stream = group.iter().any(|f| f.tx.is_stream());
+        let waiting = if stream { Waiting::Timer } else { Waiting::Fine(ctx.args.pace_burst) };
         pacers.push(loops.of(on).spawn(async move {
             pacer::send_group(&mut group, plan, epoch, waiting).await;
             group
