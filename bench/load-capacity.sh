@@ -6,17 +6,19 @@
 # exceeds LOSS_PCT, scraping the server's CPU counter before and after every step
 # (--server-metrics). Prints every step (offered packets/s, loss, the server's
 # CPU % of one core and its CPU per relayed message), the capacity (the highest loss-free
-# step) with the server's CPU there, and the generator's CPU over the whole run. The ramp
-# ended on the server when the server's CPU there is >= 95%.
+# step) with the server's CPU there, the generator's CPU over the whole run, and which side's
+# UDP sockets dropped datagrams at full receive buffers (bench/udpdrops.py). The ramp ended on
+# the server when the server's CPU there is >= 95%.
 #
 #   bench/load-capacity.sh SERVER_TURNKEY LOAD_BIN [START_PER_FLOW STEP_PER_FLOW STEPS LOSS_PCT]
 #   bench/load-capacity.sh target/release/turnkey target/release/turnkey-load 2000 2000 30 1
 #   SECS=3 bench/load-capacity.sh ...   # shorter steps
+#   PACE_BURST=0 bench/load-capacity.sh ...   # --pace-burst 0: the 1 ms tick at every rate
 #
 # LOAD_BIN is a `turnkey-load` (or `turnkey`, called as `turnkey load`). Run it on an otherwise
 # idle machine: other processes on core 0 cap the server below 100% and end the ramp early.
 set -uo pipefail
-[ $# -ge 2 ] || { sed -n 2,17p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,19p "$0"; exit 2; }
 SERVER=$(realpath "$1")
 LOAD=$(realpath "$2")
 START=${3:-2000} STEP=${4:-2000} STEPS=${5:-30} LOSS=${6:-1} SECS=${SECS:-10}
@@ -24,18 +26,8 @@ case "$(basename "$LOAD")" in turnkey) LOADCMD=("$LOAD" load);; *) LOADCMD=("$LO
 DIR=$(mktemp -d); SPID=
 trap 'kill $SPID 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 SECRET=bench-$RANDOM$RANDOM
-# A port free over both TCP and UDP (the server listens on both).
-port() { python3 -c '
-import socket
-while True:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
-    u = socket.socket(type=socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", p)); print(p); break
-    except OSError:
-        pass
-'; }
-PORT=$(port) MPORT=$(port)
+# Ports free over both TCP and UDP (the server listens on both).
+read -r PORT MPORT < <(python3 "$(dirname "$(realpath "$0")")/freeport.py" 2)
 TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$SECRET" \
   --udp 127.0.0.1:$PORT --tcp 127.0.0.1:$PORT --tls off --relay-ip 127.0.0.1 \
   --relay-ports 10000-29999 --allow-peer 127.0.0.1 --shards 1 --http off \
@@ -43,10 +35,20 @@ TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$
   --max-allocations-per-user 100000 --unauth-replies-per-sec 0 >"$DIR/server.log" 2>&1 &
 SPID=$!
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$MPORT) 2>/dev/null && break; sleep 0.1; done
-/usr/bin/time -f "%U %S %e" -o "$DIR/time" taskset -c 1 "${LOADCMD[@]}" --server 127.0.0.1:$PORT --secret "$SECRET" --threads 1 \
+# Where datagrams are dropped: the server's sockets or the generator's (sampled during the run).
+python3 "$(dirname "$(realpath "$0")")/udpdrops.py" "$SPID" "$PORT" >"$DIR/drops" 2>&1 &
+DPID=$!
+nstat -n 2>/dev/null
+# Core 0's busy and idle time (all processes): a server below 95% on a busy core shares it.
+cpu0() { awk '/^cpu0 / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+read -r B0 I0 < <(cpu0)
+EXTRA=(); [ -n "${PACE_BURST:-}" ] && EXTRA=(--pace-burst "$PACE_BURST")
+/usr/bin/time -f "%U %S %e" -o "$DIR/time" taskset -c 1 "${LOADCMD[@]}" --server 127.0.0.1:$PORT --secret "$SECRET" --threads 1 "${EXTRA[@]}" \
   --scenario ramp --flows 10 --payload 100 --rate "$START" --ramp-step "$STEP" --ramp-steps "$STEPS" \
   --ramp-loss "$LOSS" --duration "$SECS" --drain-ms 300 --quiet --json "$DIR/ramp.json" \
   --server-metrics "http://127.0.0.1:$MPORT/metrics" >"$DIR/out" 2>&1
+kill -TERM $DPID 2>/dev/null; wait $DPID 2>/dev/null
+read -r B1 I1 < <(cpu0)
 [ -s "$DIR/ramp.json" ] || { cat "$DIR/out" "$DIR/server.log"; exit 1; }
 python3 - "$DIR/ramp.json" "$DIR/time" <<'EOF'
 import json, sys
@@ -71,3 +73,6 @@ if r.get("first_lossy_step") is not None:
 u, s_, e = (float(x) for x in open(sys.argv[2]).read().split()[-3:])
 print(f"generator (core 1) over the whole run: {u:.2f}+{s_:.2f} s CPU in {e:.1f} s, {100 * (u + s_) / e:.0f}% of its core on average")
 EOF
+cat "$DIR/drops"
+echo "machine-wide UDP counters over the run: $(nstat 2>/dev/null | awk '/^Udp(InErrors|RcvbufErrors|SndbufErrors)/ {printf "%s %s  ", $1, $2}')"
+echo "core 0 (the server's, all processes) over the run: $(( 100 * (B1 - B0) / (B1 - B0 + I1 - I0 + 1) ))% busy"

@@ -14,6 +14,7 @@
 set -uo pipefail
 [ $# -ge 2 ] || { sed -n 2,13p "$0"; exit 2; }
 SERVER=$(realpath "$1"); shift
+HERE=$(dirname "$(realpath "$0")")
 REPS=${REPS:-3}
 DIR=$(mktemp -d); trap 'kill $SPID 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 SECRET=bench-$RANDOM$RANDOM
@@ -22,16 +23,7 @@ start_server() {
   [ -n "$SPID" ] && { kill $SPID 2>/dev/null; wait $SPID 2>/dev/null || true; }
   rm -rf "$DIR/data"
   # A port free over both TCP and UDP (the server listens on both).
-  PORT=$(python3 -c '
-import socket
-while True:
-    t = socket.socket(); t.bind(("127.0.0.1", 0)); p = t.getsockname()[1]
-    u = socket.socket(type=socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", p)); print(p); break
-    except OSError:
-        pass
-')
+  PORT=$(python3 "$HERE/freeport.py")
   TURNKEY_LOG=warn taskset -c 0 "$SERVER" serve --data-dir "$DIR/data" --secret="$SECRET" \
     --udp 127.0.0.1:$PORT --tcp 127.0.0.1:$PORT --tls off --relay-ip 127.0.0.1 \
     --relay-ports 10000-29999 --allow-peer 127.0.0.1 --shards 1 --http off --metrics off \

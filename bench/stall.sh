@@ -23,7 +23,7 @@ set -euo pipefail
 BIN=${BIN:-target/release/turnkey}
 N=${N:-10000}
 D=$(mktemp -d)
-RP=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+RP=$(python3 "$(dirname "$(realpath "$0")")/freeport.py")
 cleanup() { kill "${LPID:-}" "${TPID:-}" "${RPID:-}" 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --daemonize no --dir "$D" >/dev/null 2>&1 &

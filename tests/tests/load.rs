@@ -82,6 +82,25 @@ fn udp_channel_pairs_match_the_relay_counters() {
 }
 
 #[test]
+fn a_loop_paced_finer_than_the_timer_tick_keeps_its_rate_and_matches_the_relay_counters() {
+    // 4 flows at 9,000 packets/s on one loop: 36 packets per 1 ms tick, above --pace-burst 32,
+    // so the loop paces in sub-millisecond gaps (crates/turnkey-load/src/pacer.rs).
+    let tk = Turnkey::serve(ALLOW_LOOPBACK);
+    let server = tk.udp().to_string();
+    let extra = ["--threads", "1", "--pace-burst", "32", "--flows", "4", "--rate", "9000", "--count", "2700"];
+    let extra = [&extra[..], &["--max-loss", "0"]].concat();
+    let (code, r) = load(&tk, &server, &extra);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!((u(&r["traffic"]["sent"]), u(&r["traffic"]["delivered"])), (10_800, 10_800), "{r}");
+    // 2,700 packets at 9,000/s: the last leaves 0.3 s after the first, never earlier.
+    let secs = r["traffic"]["elapsed_secs"].as_f64().unwrap();
+    assert!((0.299..1.5).contains(&secs), "paced at 9,000 packets/s per flow: {secs} s");
+    settle(&tk);
+    assert_eq!(relayed(&tk, "client_to_peer", "udp"), (21_600, 21_600 * 100));
+    assert_eq!(relayed(&tk, "peer_to_client", "udp"), (21_600, 21_600 * 100));
+}
+
+#[test]
 fn audio_profile_sends_fifty_160_byte_packets_a_second_per_flow() {
     let tk = Turnkey::serve(ALLOW_LOOPBACK);
     let server = tk.udp().to_string();

@@ -145,6 +145,11 @@ pub struct LoadArgs {
     /// every core this process may run on).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Most packets a loop's UDP pacer sends at one wake-up: a loop with more than this due per
+    /// 1 ms timer tick paces in sub-millisecond gaps instead (default 0: the 1 ms tick at every
+    /// rate).
+    #[arg(long, value_name = "PACKETS", default_value_t = crate::pacer::DEFAULT_PACE_BURST)]
+    pub pace_burst: u32,
     /// Worker mode: coordinate with the other workers of the run through this Redis
     /// (`redis://` or `rediss://`): a start barrier, disjoint user names, results published.
     #[arg(long, value_name = "URL", requires_all = ["run_id", "workers"])]

@@ -1,7 +1,22 @@
-//! One pacer per data-path loop: a single timer (tokio's wheel, 1 ms granularity) paces every
-//! flow of the loop. At each wake-up every flow's due packets are stamped into one reused buffer
-//! and leave as one train per flow (a GSO send over UDP, one write on a stream), so N flows cost
-//! one timer and one task wake-up per tick instead of N. Nothing is allocated per packet.
+//! One pacer per data-path loop paces every flow of the loop: at each wake-up every flow's due
+//! packets are stamped into one reused buffer and leave as one train per flow (a GSO send over
+//! UDP, one write on a stream). Nothing is allocated per packet.
+//!
+//! By default the pacer waits on tokio's timer wheel (1 ms ticks) and each tick's due packets
+//! leave together: the few wake-ups that costs are the cheapest pacing there is, the relay gets
+//! long GSO trains (cheap for it too), and the loop's receivers stay woken by readiness, so round
+//! trips are measured as the packets arrive. With `--pace-burst N`, a loop with more than `N`
+//! packets due per tick (where a tick's packets would reach the relay as one burst: 1,400 at
+//! 1.4 M packets/s) paces finer instead ([`Waiting::Fine`]): it wakes every `N / rate` (at least
+//! [`MIN_GAP`]) and sends what is due, about `N` packets; flow `i` of `n` is offset by `i / n` of
+//! its period so many flows do not fall due together; and it sleeps those sub-millisecond gaps
+//! on the loop's thread (µs precise, with the timer slack cut to 1 µs in [`crate::loops`]) after
+//! one yield that lets the receivers read what has arrived. At such rates a gap holds dozens of
+//! arrivals: they are read in one pass per wake-up, and a round trip is measured up to one gap
+//! late. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
+//! blocking sleep would hold back the loop's other pacers. (Measured against turnkey on
+//! loopback, the finer bursts cost the relay more CPU per packet than tick-sized GSO trains and
+//! did not move where the ramp's drops happen: see docs/load.md. Hence the default.)
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -19,6 +34,73 @@ const FLOOD_BATCH: u64 = 32;
 /// Most packets one paced wake-up sends per flow as one train (a pacer woken late catches up in
 /// trains of this size instead of one send per packet).
 const MAX_BURST: u64 = 64;
+/// `--pace-burst`'s default: 0, the 1 ms tick at every rate.
+pub const DEFAULT_PACE_BURST: u32 = 0;
+/// The burst the tests pace finer with (`--pace-burst 32`).
+#[cfg(test)]
+const TEST_BURST: u32 = 32;
+/// The timer wheel's tick.
+const TICK: Duration = Duration::from_millis(1);
+/// Shortest gap between two wake-ups of a fine-paced loop (at most 20,000 wake-ups/s).
+pub const MIN_GAP: Duration = Duration::from_micros(50);
+
+/// How a pacer waits between its wake-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Finer than the timer tick when the loop has more than this many packets due per tick
+    /// (the loop's UDP pacer; `--pace-burst`; 0: never).
+    Fine(u32),
+    /// On tokio's timer wheel only (a stream flow's pacer).
+    Timer,
+}
+
+/// A phase's pacing, fixed at its start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Schedule {
+    /// Trains per second per flow.
+    rate: f64,
+    /// Whether flows are offset within their period and gaps slept finer than the tick.
+    fine: bool,
+    /// Shortest time between two wake-ups (fine pacing).
+    gap: Duration,
+}
+
+impl Schedule {
+    fn new(rate: f64, train: u64, flows: usize, waiting: Waiting) -> Self {
+        let pps = rate * train as f64 * flows as f64;
+        let burst = match waiting {
+            Waiting::Fine(burst) if burst > 0 => f64::from(burst),
+            _ => f64::INFINITY,
+        };
+        let fine = pps * TICK.as_secs_f64() > burst;
+        let gap = if fine { Duration::from_secs_f64(burst / pps).max(MIN_GAP) } else { Duration::ZERO };
+        Self { rate, fine, gap }
+    }
+
+    /// Flow `i`'s offset (of `n`), in periods.
+    fn offset(&self, i: usize, n: usize) -> f64 {
+        if self.fine {
+            i as f64 / n as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// When train `k` of flow `i` (of `n`) is due, after the start.
+    fn due_at(&self, k: u64, i: usize, n: usize) -> Duration {
+        Duration::from_secs_f64((k as f64 + self.offset(i, n)) / self.rate)
+    }
+
+    /// Trains of flow `i` (of `n`) due by `elapsed`: those with `due_at(k) <= elapsed`.
+    fn trains_due(&self, elapsed: Duration, i: usize, n: usize) -> u64 {
+        let x = elapsed.as_secs_f64() * self.rate - self.offset(i, n);
+        if x < 0.0 {
+            0
+        } else {
+            x as u64 + 1
+        }
+    }
+}
 
 /// The sending side of one flow in a phase.
 #[derive(Debug)]
@@ -87,30 +169,29 @@ fn since(epoch: std::time::Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
-/// Sends every flow's stamped packets at the plan's pace, all flows on one timer: train `k` (of
-/// `plan.train` packets, back to back) of each flow is due `k / rate` seconds after the start.
-/// A flow stops at the plan's end or count, or at its first send error (kept in
+/// Sends every flow's stamped packets at the plan's pace, all flows on one pacer: train `k`
+/// (of `plan.train` packets, back to back) of flow `i` is due `k / rate` seconds after the start
+/// (`(k + i / n) / rate` when fine-paced). A flow stops at the plan's end or count, or at its first send error (kept in
 /// [`FlowSend::error`]); its final count goes to [`FlowSend::done`] as it stops.
-pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time::Instant) {
+pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time::Instant, waiting: Waiting) {
     let start = Instant::now();
     let end = start + plan.duration;
     let max = plan.count.unwrap_or(u64::MAX);
     let train = plan.train.max(1);
+    let n = flows.len().max(1);
+    let schedule = plan.rate.map(|r| Schedule::new(r, train, n, waiting));
     // Every flow's due packets are stamped into this buffer in turn (reused for the whole phase).
     let mut burst = Vec::new();
     let mut running = flows.len();
-    let mut due = 0u64;
     while running > 0 {
-        let now = Instant::now();
-        if now >= end {
+        let woke = Instant::now();
+        if woke >= end {
             break;
         }
-        if let Some(r) = plan.rate {
-            due = (((now - start).as_secs_f64() * r) as u64 + 1).saturating_mul(train).min(max);
-        }
-        for f in flows.iter_mut().filter(|f| f.ended.is_none()) {
-            let target = match plan.rate {
-                Some(_) => due,
+        let elapsed = woke - start;
+        for (i, f) in flows.iter_mut().enumerate().filter(|(_, f)| f.ended.is_none()) {
+            let target = match schedule {
+                Some(s) => s.trains_due(elapsed, i, n).saturating_mul(train).min(max),
                 None => (f.sent + FLOOD_BATCH).min(max),
             };
             let mut r = f.send_until(target, &mut burst, epoch).await;
@@ -126,12 +207,23 @@ pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time
                 running -= 1;
             }
         }
-        match plan.rate {
-            Some(r) if running > 0 => {
-                let next = start + Duration::from_secs_f64(due.div_ceil(train) as f64 / r);
-                sleep_until(next.min(end)).await;
-            }
-            _ => tokio::task::yield_now().await,
+        let Some(s) = schedule.filter(|_| running > 0) else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        // The next train due on any running flow (fine: no sooner than a gap after this wake-up).
+        let next = flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.ended.is_none())
+            .map(|(i, f)| start + s.due_at(f.sent / train, i, n))
+            .min()
+            .unwrap_or(end);
+        let next = next.max(woke + s.gap).min(end);
+        if s.fine {
+            sleep_fine(next).await;
+        } else {
+            sleep_until(next).await;
         }
     }
     for f in flows.iter_mut().filter(|f| f.ended.is_none()) {
@@ -139,9 +231,21 @@ pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time
     }
 }
 
+/// Waits until `at` (under a tick away): lets the loop's other tasks (its receivers) run once,
+/// then sleeps the rest on this thread.
+async fn sleep_fine(at: Instant) {
+    tokio::task::yield_now().await;
+    let left = at.saturating_duration_since(Instant::now());
+    if left >= TICK {
+        sleep_until(at).await;
+    } else if !left.is_zero() {
+        // Blocking on purpose: the loop's sockets are read when this returns, in one pass.
+        std::thread::sleep(left);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use tokio::net::UdpSocket;
     use turnkey_types::Transport;
 
     use super::*;
@@ -149,13 +253,31 @@ mod tests {
     use crate::flow::{data_of, Received, Wire};
     use crate::transport::Target;
 
-    /// Runs `send_group` over UDP, `flows` flows to one plain socket, and returns each packet's
-    /// flow, sequence number, arrival time (seconds since the first one) and payload length.
+    /// Runs `send_group` over UDP (the fine waiting of a loop's UDP pacer), `flows` flows to one
+    /// plain socket read on a thread of its own (so arrival times are the packets', not those of
+    /// the pacer's thread), and returns each packet's flow, sequence number, arrival time
+    /// (seconds since the first one) and payload length.
     fn capture(plan: SendPlan, payload: usize, flows: u32) -> Vec<(u32, u64, f64, usize)> {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(4 << 20);
+        sink.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let to = sink.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            let mut first = None;
+            while let Ok(n) = sink.recv(&mut buf) {
+                let first = *first.get_or_insert_with(std::time::Instant::now);
+                let Received::Data(d) = data_of(&buf[..n]) else { panic!("not ChannelData") };
+                let s = Stamp::read(d).unwrap();
+                out.push((s.flow, s.seq, first.elapsed().as_secs_f64(), d.len()));
+            }
+            out
+        });
+        // As a data-path loop sets it (loops.rs).
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let to = sink.local_addr().unwrap();
+        let senders = rt.block_on(async {
             let target = Target::new(to, Transport::Udp, "x", false, None).unwrap();
             let mut senders = Vec::new();
             for id in 0..flows {
@@ -167,26 +289,17 @@ mod tests {
                 senders.push(FlowSend::new(tx, tpl, ka, (id, 1), Arc::default(), done));
             }
             let epoch = std::time::Instant::now();
-            let recv = async {
-                let mut out = Vec::new();
-                let mut buf = vec![0u8; 2048];
-                let first = std::time::Instant::now();
-                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), sink.recv(&mut buf)).await {
-                    let Received::Data(d) = data_of(&buf[..n]) else { panic!("not ChannelData") };
-                    let s = Stamp::read(d).unwrap();
-                    out.push((s.flow, s.seq, first.elapsed().as_secs_f64(), d.len()));
-                }
-                out
-            };
-            let ((), got) = tokio::join!(send_group(&mut senders, plan, epoch), recv);
-            for f in &senders {
-                assert!(f.error.is_none() && f.ended.is_some());
-                assert_eq!(*f.done.borrow(), Some(f.sent), "the final count is handed over");
-            }
-            let sent: u64 = senders.iter().map(|f| f.sent).sum();
-            assert_eq!(sent, got.len() as u64, "loopback loses nothing");
-            got
-        })
+            send_group(&mut senders, plan, epoch, Waiting::Fine(TEST_BURST)).await;
+            senders
+        });
+        let got = reader.join().unwrap();
+        for f in &senders {
+            assert!(f.error.is_none() && f.ended.is_some());
+            assert_eq!(*f.done.borrow(), Some(f.sent), "the final count is handed over");
+        }
+        let sent: u64 = senders.iter().map(|f| f.sent).sum();
+        assert_eq!(sent, got.len() as u64, "loopback loses nothing");
+        got
     }
 
     fn median(mut v: Vec<f64>) -> f64 {
@@ -255,5 +368,51 @@ mod tests {
             let seqs: Vec<u64> = got.iter().filter(|p| p.0 == flow).map(|p| p.1).collect();
             assert_eq!(seqs, (0..40).collect::<Vec<_>>(), "flow {flow}");
         }
+    }
+
+    #[test]
+    fn fine_pacing_starts_above_a_burst_per_tick_and_offsets_the_flows() {
+        // --pace-burst 32. 10 flows at 2,000/s: 20 packets per tick, paced by the tick, aligned.
+        let slow = Schedule::new(2000.0, 1, 10, Waiting::Fine(TEST_BURST));
+        assert!(!slow.fine && slow.gap.is_zero());
+        assert_eq!(slow.trains_due(Duration::ZERO, 9, 10), 1, "every flow's first packet at once");
+        // 10 flows at 100,000/s: 1,000 per tick, paced every 32 µs -> the 50 µs floor.
+        let fast = Schedule::new(100_000.0, 1, 10, Waiting::Fine(TEST_BURST));
+        assert!(fast.fine);
+        assert_eq!(fast.gap, MIN_GAP);
+        // 4 flows at 20,000/s: 80 per tick; wake-ups 400 µs apart (32 packets each).
+        let mid = Schedule::new(20_000.0, 1, 4, Waiting::Fine(TEST_BURST));
+        assert!(mid.fine);
+        assert!((mid.gap.as_secs_f64() - 400e-6).abs() < 1e-9, "{:?}", mid.gap);
+        // Flow 2 of 4 sends its train k half a period after flow 0's.
+        assert_eq!(mid.due_at(3, 2, 4), Duration::from_secs_f64(3.5 / 20_000.0));
+        assert_eq!(mid.trains_due(Duration::from_secs_f64(0.4 / 20_000.0), 2, 4), 0);
+        assert_eq!(mid.trains_due(Duration::from_secs_f64(0.6 / 20_000.0), 2, 4), 1);
+        // A stream flow's pacer never paces finer than the timer, nor does `--pace-burst 0`.
+        assert!(!Schedule::new(100_000.0, 1, 10, Waiting::Timer).fine);
+        assert!(!Schedule::new(100_000.0, 1, 10, Waiting::Fine(0)).fine);
+        // `--pace-burst 100`: 10 flows at 20,000/s (200 per tick) wake every 500 µs.
+        let b100 = Schedule::new(20_000.0, 1, 10, Waiting::Fine(100));
+        assert!(b100.fine && (b100.gap.as_secs_f64() - 500e-6).abs() < 1e-9, "{b100:?}");
+    }
+
+    #[test]
+    fn a_fast_loop_leaves_in_bursts_of_about_fine_burst_not_a_whole_tick() {
+        // 4 flows at 20,000 packets/s: a 1 ms tick would send 80 at once; the fine pacer
+        // (--pace-burst 32) sends 32 every 400 µs. Bursts: runs of packets under 50 µs apart at the sink.
+        let plan = SendPlan { rate: Some(20_000.0), train: 1, duration: Duration::from_millis(250), count: None };
+        let got = capture(plan, 100, 4);
+        assert!((18_000..=20_100).contains(&got.len()), "{} packets in 0.25 s", got.len());
+        let mut bursts = vec![1usize];
+        for w in got.windows(2) {
+            if w[1].2 - w[0].2 < 50e-6 {
+                *bursts.last_mut().unwrap() += 1;
+            } else {
+                bursts.push(1);
+            }
+        }
+        let typical = median(bursts.iter().map(|&b| b as f64).collect());
+        assert!(typical <= 48.0, "median burst {typical} packets (want about 32; a 1 ms tick sends 80)");
+        assert!(bursts.len() >= 400, "{} bursts in 0.25 s (want about 600; ticks would give 250)", bursts.len());
     }
 }

@@ -18,7 +18,7 @@ use crate::args::{Mode, Scenario};
 use crate::client::{Auth, TurnClient};
 use crate::flow::{self, FlowCounters, Keepalive, PacketTemplate, SendPlan, Wire, CHANNEL};
 use crate::loops::Loops;
-use crate::pacer::{self, FlowSend};
+use crate::pacer::{self, FlowSend, Waiting};
 use crate::report::{new_histogram, Ramp, RampStep, Report, Traffic};
 use crate::servercost::{self, ServerCost};
 use crate::transport::{Rx, Tx};
@@ -235,8 +235,12 @@ async fn run_phase(
     let mut pacers = Vec::new();
     let groups = groups.into_iter().enumerate().map(|(k, g)| (k as u32, g)).chain(alone);
     for (on, mut group) in groups.filter(|(_, g)| !g.is_empty()) {
+        // The loop's one UDP pacer sleeps short gaps on the loop's thread; a stream flow's
+        // pacer shares its loop with others and waits on the timer wheel.
+        let stream = group.iter().any(|f| f.tx.is_stream());
+        let waiting = if stream { Waiting::Timer } else { Waiting::Fine(ctx.args.pace_burst) };
         pacers.push(loops.of(on).spawn(async move {
-            pacer::send_group(&mut group, plan, epoch).await;
+            pacer::send_group(&mut group, plan, epoch, waiting).await;
             group
         }));
     }
