@@ -124,28 +124,9 @@ class Net:
             # Interface names unique to the run: their NAPI threads are found by name.
             self.dev_server, self.dev_load = f"{tag}s", f"{tag}l"
             self.server_ip, self.load_ip = "10.213.0.1", "10.213.0.2"
+            vethnet.create_pair((self.ns_server, self.dev_server, self.server_ip),
+                                (self.ns_load, self.dev_load, self.load_ip), VETH_QUEUES)
             sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
-            for ns in (self.ns_server, self.ns_load):
-                sh("ip", "netns", "add", ns)
-            # VETH_QUEUES queues each way: a veth's receive ring holds 256 packets per queue, and a
-            # generator's burst (one pacer tick of every flow) overflows a single one long before
-            # either core is busy; flows spread over the queues by their hash, as over a NIC's.
-            q = str(VETH_QUEUES)
-            sh("ip", "link", "add", self.dev_server, "numtxqueues", q, "numrxqueues", q, "netns", self.ns_server,
-               "type", "veth", "peer", "name", self.dev_load, "numtxqueues", q, "numrxqueues", q,
-               "netns", self.ns_load)
-            ends = ((self.ns_server, self.dev_server, self.server_ip), (self.ns_load, self.dev_load, self.load_ip))
-            for ns, dev, ip in ends:
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-                sh("ip", "-n", ns, "link", "set", dev, "up")
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-                # GRO on a veth needs its NAPI mode, which this switches on; threaded NAPI then runs
-                # each end's receive work in a kernel thread pinned to that side's core. With TCP
-                # segmentation offload on, a veth hands a socket's datagrams to the other end's
-                # backlog on the sending core instead of its NAPI ring (unless an XDP program or
-                # checksum offload off makes them eligible): off, as it is unused by UDP.
-                sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "tso", "off")
-                vethnet.set_threaded(ns, dev)
             if fast_path:
                 # What the kernel path needs on a veth (docs/fastpath.md): forwarding where the
                 # program runs, the XDP_PASS stub on the far end (XDP_TX frames are dropped

@@ -38,6 +38,31 @@ def set_threaded(ns: str, dev: str) -> None:
     sh("ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
 
 
+def create_pair(server: tuple[str, str, str], load: tuple[str, str, str], queues: int) -> None:
+    """Two new namespaces joined by a veth pair: `server` and `load` are (namespace, device,
+    IPv4 address in a /24) of each end. Each end gets `queues` queues, GRO on, TSO off and threaded
+    NAPI (pin its threads with `pin`)."""
+    for ns, _, _ in (server, load):
+        sh("ip", "netns", "add", ns)
+    # `queues` queues each way: a veth's receive ring holds 256 packets per queue, and a
+    # generator's burst (one pacer tick of every flow) overflows a single one long before either
+    # core is busy; flows spread over the queues by their hash, as over a NIC's.
+    q = str(queues)
+    sh("ip", "link", "add", server[1], "numtxqueues", q, "numrxqueues", q, "netns", server[0],
+       "type", "veth", "peer", "name", load[1], "numtxqueues", q, "numrxqueues", q, "netns", load[0])
+    for ns, dev, ip in (server, load):
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # GRO on a veth needs its NAPI mode, which this switches on; threaded NAPI then runs each
+        # end's receive work in a kernel thread pinned to that side's core. With TCP segmentation
+        # offload on, a veth hands a socket's datagrams to the other end's backlog on the sending
+        # core instead of its NAPI ring (unless an XDP program or checksum offload off makes them
+        # eligible): off, as it is unused by UDP.
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "tso", "off")
+        set_threaded(ns, dev)
+
+
 def napi_threads(dev: str) -> list[int]:
     """The NAPI kernel threads of `dev` (named `napi/DEV-ID`; interface names are unique to the
     run, so no other run's thread matches)."""
@@ -153,3 +178,32 @@ def xdp_counts_per_cpu(ns: str, dev: str, counters: str = "fp_counters") -> dict
                     per[v["cpu"]] = per.get(v["cpu"], 0) + u64(v["value"])
             return per
     return {}
+
+
+def main(argv: list[str]) -> None:
+    """For shell benchmarks (bench/load-cpu.sh NET=veth):
+    `up TAG SERVER_CORE LOAD_CORE` makes namespaces TAGa (server end TAGs, 10.213.0.1) and TAGb
+    (generator end TAGl, 10.213.0.2) with each end's NAPI threads pinned to its side's core;
+    `napi-secs DEV` prints the CPU seconds of DEV's NAPI threads; `down TAG` removes both."""
+    if len(argv) == 4 and argv[0] == "up":
+        tag, server_core, load_core = argv[1:]
+        server, load = (f"{tag}a", f"{tag}s", "10.213.0.1"), (f"{tag}b", f"{tag}l", "10.213.0.2")
+        create_pair(server, load, int(os.environ.get("BENCH_VETH_QUEUES", "4")))
+        for (_, dev, _), core in ((server, server_core), (load, load_core)):
+            threads = napi_threads(dev)
+            if not threads:
+                raise SystemExit(f"no threaded NAPI thread found for {dev}")
+            pin(threads, core)
+    elif len(argv) == 2 and argv[0] == "napi-secs":
+        print(f"{thread_secs(napi_threads(argv[1])):.3f}")
+    elif len(argv) == 2 and argv[0] == "down":
+        for ns in (f"{argv[1]}a", f"{argv[1]}b"):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    else:
+        raise SystemExit(main.__doc__)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
