@@ -266,8 +266,15 @@ mod tests {
     }
 
     /// Another process's SO_REUSEPORT sockets (same user) on ports the kernel could hand out.
+    /// Each port is found with a plain bind first ([`unshared_port`]), never by a SO_REUSEPORT
+    /// bind to port 0: that one may land in the group of any other process of this user, and
+    /// these sockets would then take a share of its clients. Bound that way, the 600 of them
+    /// joined the UDP listener of a relay another test ran at the same moment in about one run
+    /// in 50 (the 2-minute soak lost UDP packets, docs/benchmarks.md).
     fn foreign_reuseport(n: usize) -> (Vec<std::net::UdpSocket>, HashSet<u16>) {
-        let socks: Vec<_> = (0..n).map(|_| bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+        let socks: Vec<_> = (0..n)
+            .map(|_| bind_reuseport(unshared_port("127.0.0.1:0".parse().unwrap(), Type::DGRAM).unwrap()).unwrap())
+            .collect();
         let ports = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
         (socks, ports)
     }
