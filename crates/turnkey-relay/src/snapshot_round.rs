@@ -11,15 +11,18 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use crate::engine::{AllocationId, Engine, SessionSnapshot, SWEEP_INTERVAL};
+use crate::engine::{AllocationId, Engine, RelayPorts, SessionSnapshot, SWEEP_INTERVAL};
 use crate::sessions::{SessionTable, ShardSlot};
 use crate::types::Now;
 
 /// Allocation slots one step of the snapshot copies at most.
-pub(crate) const SNAPSHOT_SLOTS_PER_STEP: usize = 1024;
+pub const SNAPSHOT_SLOTS_PER_STEP: usize = 1024;
 
-/// One shard's snapshot in progress (or the time the next one starts).
-pub(crate) struct SnapshotRound {
+/// One shard's snapshot in progress (or the time the next one starts). The shard drives it
+/// through [`SnapshotRound::sweep`] and [`SnapshotRound::due`], the one place that knows the
+/// listing can be off.
+#[derive(Debug)]
+pub struct SnapshotRound {
     /// The slot the next step starts at; `None`: no round in progress.
     at: Option<usize>,
     /// When the next round starts (in the past while a round is in progress).
@@ -37,20 +40,48 @@ impl SnapshotRound {
     }
 
     /// Starts a new round at `now` (the one in progress, if any, is dropped): after a kill.
-    pub fn restart(&mut self, now: Instant) {
+    fn restart(&mut self, now: Instant) {
         self.at = None;
         self.next = now;
     }
 
-    /// When the next step is due: at once while a round is in progress.
-    pub fn due(&self) -> Instant {
-        self.next
+    /// When the next step is due: at once while a round is in progress; never when the table is
+    /// [off](SessionTable::off).
+    pub fn due(&self, table: &SessionTable) -> Option<Instant> {
+        table.is_on().then_some(self.next)
+    }
+
+    /// The listing's part of one sweep step of a shard, after the engine's timer: ends the
+    /// allocations the operator asked to end ([`Engine::kill`]: each emits its
+    /// `AllocationEnded` like any other end; a kill restarts the round, so the listing drops
+    /// them at its end rather than an interval later), then one [`SnapshotRound::step`].
+    /// Nothing at all when the table is [off](SessionTable::off): no kill can be queued there
+    /// and no snapshot is taken. Returns whether a round is still in progress.
+    pub fn sweep(
+        &mut self,
+        now: Now,
+        engine: &mut Engine,
+        ports: &mut dyn RelayPorts,
+        (table, slot): (&SessionTable, ShardSlot),
+        in_kernel: impl FnOnce() -> HashSet<AllocationId>,
+    ) -> bool {
+        if !table.is_on() {
+            return false;
+        }
+        let mut killed = false;
+        for id in table.take_kills(slot) {
+            killed |= engine.kill(id, ports);
+        }
+        if killed {
+            self.restart(now.mono);
+        }
+        self.step(now, engine, (table, slot), in_kernel)
     }
 
     /// One step: starts a round if one is due (`in_kernel` is then asked which allocations the
     /// kernel relays), copies the next slice of slots, and publishes the snapshot into `table`
     /// when the last slot was copied. Returns whether a round is still in progress.
-    pub fn step(
+    fn step(
         &mut self,
         now: Now,
         engine: &Engine,
