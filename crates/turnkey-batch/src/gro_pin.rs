@@ -10,7 +10,9 @@
 //! `smp_text_poke_batch_finish`). The relay creates one socket per allocation on a shard's
 //! thread, so an Allocate burst held that shard for tens of milliseconds (docs/benchmarks.md,
 //! "Shard stalls"). With this socket holding the key at one or more, the probes' enable and
-//! disable are plain atomic counts.
+//! disable are plain atomic counts. (While the key is on, the kernel's receive offload looks up
+//! a socket for each IPv6 UDP packet it could coalesce, as it does anyway whenever an IPv6
+//! socket of the machine has GRO on, such as a relay listening on an IPv6 address.)
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::OnceLock;

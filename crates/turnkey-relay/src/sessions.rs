@@ -22,7 +22,8 @@ pub struct ShardSlot(usize);
 struct Slot {
     sessions: Arc<Vec<SessionSnapshot>>,
     kills: Vec<AllocationId>,
-    /// The snapshot before the current one: its buffer is reused once no listing holds it.
+    /// The snapshot before the current one: handed back at the next publish (its buffer reused
+    /// once no listing holds it).
     spare: Arc<Vec<SessionSnapshot>>,
 }
 
@@ -71,16 +72,18 @@ impl SessionTable {
         std::mem::take(&mut self.lock()[slot.0].kills)
     }
 
-    /// Publishes the shard's snapshot, written by `fill` into a cleared buffer: the previous
-    /// snapshot's buffer is reused when no listing holds it any more.
-    pub fn publish(&self, slot: ShardSlot, fill: impl FnOnce(&mut Vec<SessionSnapshot>)) {
-        let spare = std::mem::take(&mut self.lock()[slot.0].spare);
-        let mut buf = Arc::try_unwrap(spare).unwrap_or_default();
-        buf.clear();
-        fill(&mut buf);
-        let mut slots = self.lock();
-        let s = &mut slots[slot.0];
-        s.spare = std::mem::replace(&mut s.sessions, Arc::new(buf));
+    /// Publishes the shard's `snapshot` and hands back the buffer of the snapshot before the
+    /// previous one as it is, still full (the caller empties it a slice at a time and reuses
+    /// it: dropping a whole snapshot at once costs time proportional to the allocations), or an
+    /// empty one while a listing still holds that snapshot (the listing frees it).
+    pub fn publish(&self, slot: ShardSlot, snapshot: Vec<SessionSnapshot>) -> Vec<SessionSnapshot> {
+        let old = {
+            let mut slots = self.lock();
+            let s = &mut slots[slot.0];
+            let previous = std::mem::replace(&mut s.sessions, Arc::new(snapshot));
+            std::mem::replace(&mut s.spare, previous)
+        };
+        Arc::try_unwrap(old).unwrap_or_default()
     }
 
     /// Empties the shard's snapshot (the shard stopped).
@@ -169,8 +172,8 @@ mod tests {
         let t = SessionTable::default();
         let (a, b) = (t.register(), t.register());
         assert!(t.is_empty(), "nothing is listed before a sweep");
-        t.publish(a, |buf| buf.push(session(1)));
-        t.publish(b, |buf| buf.extend([session(2), session(3)]));
+        assert!(t.publish(a, vec![session(1)]).is_empty());
+        assert!(t.publish(b, vec![session(2), session(3)]).is_empty());
         assert_eq!(t.len(), 3);
         assert_eq!(t.get(AllocationId(2)).map(|s| s.id), Some(AllocationId(2)));
         assert!(t.request_end(AllocationId(2)));
@@ -178,7 +181,7 @@ mod tests {
         assert_eq!(t.take_kills(a), vec![]);
         assert_eq!(t.take_kills(b), vec![AllocationId(2)]);
         assert_eq!(t.take_kills(b), vec![], "taken once");
-        t.publish(b, |buf| buf.push(session(3)));
+        assert!(t.publish(b, vec![session(3)]).is_empty(), "the first snapshot is the spare now");
         assert!(!t.is_listed(AllocationId(2)));
         assert!(!t.request_end(AllocationId(2)), "an id no shard lists is not queued");
         let mut ids: Vec<_> = t.list().iter().map(|s| s.id.0).collect();
@@ -340,6 +343,22 @@ mod tests {
         assert!(!t.request_end(id), "nothing listed, so nothing can be ended through it");
         sweep(&mut round, &mut now, &mut engine, &mut ports, (&t, slot), HashSet::new);
         assert_eq!(engine.allocation_count(), 2);
+    }
+
+    #[test]
+    fn a_publish_hands_back_the_snapshot_before_the_previous_one_whole_unless_a_listing_holds_it() {
+        let t = SessionTable::default();
+        let a = t.register();
+        assert!(t.publish(a, vec![session(1)]).is_empty());
+        assert!(t.publish(a, vec![session(2)]).is_empty());
+        let back = t.publish(a, vec![session(3)]);
+        assert_eq!(back, [session(1)], "not cleared: the shard drops it a slice at a time");
+        assert_eq!(t.list(), [session(3)]);
+        // A listing that still holds the snapshot before the previous one keeps it.
+        let held = t.snapshots();
+        assert_eq!(t.publish(a, vec![session(4)]), [session(2)]);
+        assert!(t.publish(a, vec![session(5)]).is_empty(), "session 3's snapshot is held by the listing");
+        assert_eq!(*held[0], [session(3)]);
     }
 
     #[test]

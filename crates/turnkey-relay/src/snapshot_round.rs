@@ -27,8 +27,13 @@ pub struct SnapshotRound {
     at: Option<usize>,
     /// When the next round starts (in the past while a round is in progress).
     next: Instant,
-    /// The snapshot being built; after a publish, the buffer the table handed back.
+    /// The snapshot being built (between rounds: an empty buffer, reused).
     building: Vec<SessionSnapshot>,
+    /// The snapshot the table handed back at the last publish (the one before the previous),
+    /// dropped [`SNAPSHOT_SLOTS_PER_STEP`] entries per step of the next round, whose steps are
+    /// at least as many as its slices; its emptied buffer is the building buffer of the round
+    /// after. (Dropped whole, it cost one step 2.9 ms at 50,000 allocations.)
+    stale: Vec<SessionSnapshot>,
     /// The allocations the kernel fast path relays a channel of, read when the round started.
     in_kernel: HashSet<AllocationId>,
 }
@@ -36,7 +41,7 @@ pub struct SnapshotRound {
 impl SnapshotRound {
     /// No round yet; the first starts at `now`.
     pub fn new(now: Instant) -> Self {
-        Self { at: None, next: now, building: Vec::new(), in_kernel: HashSet::new() }
+        Self { at: None, next: now, building: Vec::new(), stale: Vec::new(), in_kernel: HashSet::new() }
     }
 
     /// Starts a new round at `now` (the one in progress, if any, is dropped): after a kill.
@@ -92,11 +97,18 @@ impl SnapshotRound {
             Some(at) => at,
             None if now.mono < self.next => return false,
             None => {
+                // Empty, unless a kill restarted the round: its partial copy is dropped a slice
+                // at a time with the stale one when that one is gone already, else at once
+                // (rare: an operator's kill).
+                if self.stale.is_empty() {
+                    std::mem::swap(&mut self.stale, &mut self.building);
+                }
                 self.building.clear();
                 self.in_kernel = in_kernel();
                 0
             }
         };
+        self.stale.truncate(self.stale.len().saturating_sub(SNAPSHOT_SLOTS_PER_STEP));
         let copied = self.building.len();
         let next = engine.snapshot_sessions_from(now, from, SNAPSHOT_SLOTS_PER_STEP, &mut self.building);
         if !self.in_kernel.is_empty() {
@@ -106,7 +118,11 @@ impl SnapshotRound {
         }
         self.at = next;
         if next.is_none() {
-            table.publish(slot, |buf| std::mem::swap(buf, &mut self.building));
+            let old = table.publish(slot, std::mem::take(&mut self.building));
+            // Drained by this round's steps (one per 1,024 slots; the stale snapshot listed at
+            // most as many allocations as there are slots): an empty buffer to build into next.
+            self.building = std::mem::replace(&mut self.stale, old);
+            self.building.clear();
             self.next = now.mono + SWEEP_INTERVAL;
         }
         self.at.is_some()
