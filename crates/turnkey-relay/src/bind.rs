@@ -296,10 +296,7 @@ mod tests {
     /// port 0 would land in one of them with a probability of about 99 % (each bind about 1 %
     /// here); bound through the probe, none does.
     fn foreign_sockets_never_join_another_group() {
-        let others: Vec<_> = (0..250)
-            .map(|_| bind_reuseport(unshared_port("127.0.0.1:0".parse().unwrap(), Type::DGRAM).unwrap()).unwrap())
-            .collect();
-        let taken: HashSet<u16> = others.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        let (_others, taken) = foreign_reuseport(250);
         let (_held, ports) = foreign_reuseport(600);
         let joined: Vec<_> = ports.intersection(&taken).collect();
         assert!(joined.is_empty(), "joined the groups on ports {joined:?}");
