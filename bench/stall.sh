@@ -49,16 +49,6 @@ held() { metrics | awk '/^turnkey_relay_allocations\{/{s+=$2} END{print s+0}'; }
 CREDS=$("$BIN" creds --secret "$SECRET" --user victim --ttl 3600)
 U=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["username"])')
 P=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["credential"])')
-"$BIN" load --server "$UDP" --user "$U" --password "$P" --scenario allocations --count "$N" \
-  --concurrency 64 --hold 600 --quiet >"$D/load.json" 2>"$D/load.err" &
-LPID=$!
-PREV=x
-for _ in $(seq 600); do
-  A=$(held); [ "$A" -ge "$N" ] && break
-  [ "$PREV" = "$A" ] && [ "$A" -gt 0 ] && break; PREV=$A; sleep 2
-done
-echo "allocations held: $A"
-sleep 2
 window() { # name, command...: the longest stall while the command runs (and 1 s after)
   local name=$1; shift
   metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/before"
@@ -79,6 +69,19 @@ for le in order:
 print(f"{sys.argv[3]}: {a['+Inf'] - b['+Inf']:.0f} probes, longest stall in ({low_seen}, {longest}] s")
 PY
 }
+create_all() { # the N allocations, held until the end (the creation is a window of its own)
+  "$BIN" load --server "$UDP" --user "$U" --password "$P" --scenario allocations --count "$N" \
+    --concurrency 64 --hold 600 --quiet >"$D/load.json" 2>"$D/load.err" &
+  LPID=$!
+  local prev=x t0 t1
+  t0=$(date +%s.%N)
+  for _ in $(seq 600); do
+    A=$(held); [ "$A" -ge "$N" ] && break
+    [ "$prev" = "$A" ] && [ "$A" -gt 0 ] && break; prev=$A; sleep 2
+  done
+  t1=$(date +%s.%N)
+  echo "allocations held: $A (created in $(python3 -c "print(round($t1 - $t0, 1))") s)"
+}
 revoke_all() {
   local exp=${U%%:*} t0 t1
   t0=$(date +%s.%N)
@@ -89,6 +92,8 @@ revoke_all() {
   echo "revocation: $A allocations ended in $(python3 -c "print(round($t1 - $t0, 3))") s"
 }
 reloads() { for _ in $(seq 20); do kill -HUP "$TPID"; sleep 0.1; done; }
+window "creating $N allocations" create_all
+sleep 2
 window "quiet 2 s (the noise floor: nothing but the held allocations)" sleep 2
 window "revocation of $A allocations" revoke_all
 window "20 certificate reloads" reloads

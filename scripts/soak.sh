@@ -70,10 +70,37 @@ leaf() {
 }
 leaf
 
-"$TURNKEY_BIN" serve --data-dir "$DATA" --udp 127.0.0.1:0 --tcp 127.0.0.1:0 --tls 127.0.0.1:0 \
+# The listening ports: free ones below the kernel's ephemeral range. A SO_REUSEPORT bind to port
+# 0 by any other process of this user (a test of the suite running beside the soak) may be handed
+# a port in that range that a reuseport group already holds and join it: the kernel then spreads
+# the relay's clients over one more socket, and the datagrams hashed to it, or to the relay's other
+# shard, are lost (one second of UDP loss with `no_allocation` drops, seen in the test command).
+# No port-0 bind lands below the range.
+read -r UDP_PORT TCP_PORT TLS_PORT < <(python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+found = []
+while len(found) < 3:
+    port = random.randrange(max(1024, low - 12000), low)
+    try:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", port))
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM); t.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    u.close(); t.close()
+    if port not in found:
+        found.append(port)
+print(*found)
+PY
+)
+# The relay logs every allocation it creates and ends (with the reason) and every stream
+# connection it closes, as JSON lines with their time: the summary lines them up with the drops.
+TURNKEY_LOG=${SOAK_LOG:-info,turnkey_relay::shard=debug,turnkey_relay::stream=debug} \
+"$TURNKEY_BIN" serve --data-dir "$DATA" --udp "127.0.0.1:$UDP_PORT" --tcp "127.0.0.1:$TCP_PORT" \
+  --tls "127.0.0.1:$TLS_PORT" \
   --tls-cert "$TLSDIR/cert.pem" --tls-key "$TLSDIR/key.pem" --http 127.0.0.1:0 --metrics 127.0.0.1:0 \
   --relay-ip 127.0.0.1 --allow-peer 127.0.0.1 --public-host 127.0.0.1 --unauth-replies-per-sec 0 \
-  --max-allocations-per-user 100000 >"$OUT/serve.out" 2>"$OUT/serve.log" &
+  --max-allocations-per-user 100000 --log-format json >"$OUT/serve.out" 2>"$OUT/serve.log" &
 SERVER=$!
 for _ in $(seq 100); do grep -q '^turnkey listening ' "$OUT/serve.out" 2>/dev/null && break; sleep 0.2; done
 line=$(grep '^turnkey listening ' "$OUT/serve.out") || { echo "soak: turnkey did not start" >&2; cat "$OUT/serve.log" >&2; exit 1; }
@@ -102,6 +129,7 @@ done
   while (( SECONDS < end )); do
     t=(udp tcp tls); t=${t[$((i % 3))]}
     case $t in udp) server=$UDP ;; tcp) server=$TCP ;; tls) server=$TLS ;; esac
+    echo "$(date +%s.%N) churn $i $t" >>"$OUT/events"
     "$TURNKEY_BIN" load --server "$server" --transport "$t" --ca "$TLSDIR/ca.pem" --sni localhost \
       --secret "$SECRET" --user "churn-$i" --scenario allocations --count 100 --concurrency 4 --rate 20 \
       --quiet --json "$OUT/churn-last.json" >>"$OUT/churn.txt" 2>&1 || echo "churn $i failed" >>"$OUT/failures"
@@ -123,6 +151,7 @@ issue() {
   n=0
   while (( SECONDS < end )); do
     read -r user pass < <(issue)
+    echo "$(date +%s.%N) revocation-hold $n $user" >>"$OUT/events"
     "$TURNKEY_BIN" load --server "$UDP" --user "$user" --password "$pass" --scenario allocations --count 1 \
       --hold 8 --quiet >/dev/null 2>&1 &
     holder=$!
@@ -177,47 +206,80 @@ pids+=($!)
 # sockets each side holds open now: the relay's (kernel_drops_relay) and the three loads'
 # (kernel_drops_load, their client and peer sockets). A packet lost there was never seen by the
 # relay's counters or was lost after the relay sent it; the generator's `lost` counts both.
-kernel_drops() { # pid...: the drops of the UDP sockets these processes hold
-  python3 - "$@" <<'PY'
+kernel_drops() { # relay-pid load-pid...: "relay drops,load drops,foreign sockets" (below)
+  python3 - "$UDP_PORT" "$TCP_PORT" "$TLS_PORT" "$@" <<'PY'
 import os, sys
-inodes = set()
-for pid in sys.argv[1:]:
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    except OSError:
-        pass
-total = 0
-for table in ("/proc/net/udp", "/proc/net/udp6"):
+def inodes(pids):
+    found = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    found.add(link[8:-1])
+        except OSError:
+            pass
+    return found
+udp_port, tcp_ports = int(sys.argv[1]), {int(sys.argv[2]), int(sys.argv[3])}
+relay, load = inodes(sys.argv[4:5]), inodes(sys.argv[5:])
+drops, foreign = {}, 0
+for table, stream in (("/proc/net/udp", False), ("/proc/net/udp6", False), ("/proc/net/tcp", True), ("/proc/net/tcp6", True)):
     try:
         for line in open(table).readlines()[1:]:
             f = line.split()
-            if f[9] in inodes:
-                total += int(f[-1])
+            port = int(f[1].rsplit(":", 1)[1], 16)
+            if stream:
+                foreign += f[3] == "0A" and port in tcp_ports and f[9] not in relay
+            else:
+                drops[f[9]] = drops.get(f[9], 0) + int(f[-1])
+                foreign += port == udp_port and f[9] not in relay
     except OSError:
         pass
-print(total)
+print(f"{sum(drops.get(i, 0) for i in relay)},{sum(drops.get(i, 0) for i in load)},{foreign}")
 PY
 }
-echo "t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets,dropped_queue_full,dropped_other,write_timeouts,stall_max_ms,unix,kernel_drops_relay,kernel_drops_load" >"$OUT/samples.csv"
+# Every reason label, in these columns' order (turnkey_relay_dropped_packets_total,
+# turnkey_relay_allocations_ended_total, turnkey_relay_auth_failures_total): a second's drops
+# are told apart by reason, next to the allocations that ended and the requests refused in it.
+DROPS="no_permission denied_peer rate_cap queue_full malformed no_allocation reply_limited usage_cap"
+ENDS="expired deallocated revoked closed killed shutdown"
+AUTHS="missing_integrity bad_request stale_nonce wrong_realm wrong_credentials malformed_username expired revoked bad_credential"
+header="t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets,dropped_queue_full,dropped_other"
+header+=",write_timeouts,stall_max_ms,unix,kernel_drops_relay,kernel_drops_load,foreign_sockets"
+header+=",allocations_udp,allocations_tcp,allocations_tls,relayed_udp,relayed_tcp,relayed_tls,allocate_failed"
+for r in $DROPS; do header+=",drop_$r"; done
+for r in $ENDS; do header+=",ended_$r"; done
+for r in $AUTHS; do header+=",auth_$r"; done
+echo "$header" >"$OUT/samples.csv"
 start=$SECONDS
 while (( SECONDS - start < DURATION )) && kill -0 "$SERVER" 2>/dev/null; do
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$SERVER/status")
   fds=$(ls "/proc/$SERVER/fd" | wc -l)
-  kd="$(kernel_drops "$SERVER"),$(kernel_drops "$LOAD_udp" "$LOAD_tcp" "$LOAD_tls")"
-  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" -v unix="$(date +%s.%N)" -v kd="$kd" '
-    /^turnkey_relay_allocations[ {]/ { a += $NF }
+  kd=$(kernel_drops "$SERVER" "$LOAD_udp" "$LOAD_tcp" "$LOAD_tls")
+  curl -s "http://$METRICS/metrics" | awk -v t=$((SECONDS - start)) -v rss="$rss" -v fds="$fds" \
+    -v unix="$(date +%s.%N)" -v kd="$kd" -v drops="$DROPS" -v ends="$ENDS" -v auths="$AUTHS" '
+    function label(name) { return match($0, name "=\"[^\"]*\"") ? substr($0, RSTART + length(name) + 2, RLENGTH - length(name) - 3) : "" }
+    /^turnkey_relay_allocations[ {]/ { a += $NF; at[label("transport")] += $NF }
     /^turnkey_relay_connections[ {]/ { c += $NF }
-    /^turnkey_relay_relayed_packets_total[ {]/ { p += $NF }
-    /^turnkey_relay_dropped_packets_total[ {]/ { d += $NF; if ($0 ~ /reason="queue_full"/) q += $NF }
+    /^turnkey_relay_relayed_packets_total[ {]/ { p += $NF; pt[label("transport")] += $NF }
+    /^turnkey_relay_dropped_packets_total[ {]/ { d += $NF; dr[label("reason")] += $NF }
+    /^turnkey_relay_allocations_ended_total[ {]/ { er[label("reason")] += $NF }
+    /^turnkey_relay_auth_failures_total[ {]/ { ar[label("reason")] += $NF }
+    /^turnkey_relay_allocation_attempts_total[ {]/ { if (label("result") != "success") af += $NF }
     /^turnkey_relay_connections_closed_total[ {].*reason="write_timeout"/ { w += $NF }
     /^turnkey_relay_shard_stall_max_seconds[ {]/ { if ($NF * 1000 > s) s = $NF * 1000 }
-    END { printf "%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%s,%s\n", t, rss, fds, a, c, p, d, q, d - q, w, s, unix, kd }' >>"$OUT/samples.csv"
+    END {
+      q = dr["queue_full"]
+      line = sprintf("%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%s,%s", t, rss, fds, a, c, p, d, q, d - q, w, s, unix, kd)
+      line = line sprintf(",%d,%d,%d,%d,%d,%d,%d", at["udp"], at["tcp"], at["tls"], pt["udp"], pt["tcp"], pt["tls"], af)
+      n = split(drops, x, " "); for (i = 1; i <= n; i++) line = line "," dr[x[i]] + 0
+      n = split(ends, x, " "); for (i = 1; i <= n; i++) line = line "," er[x[i]] + 0
+      n = split(auths, x, " "); for (i = 1; i <= n; i++) line = line "," ar[x[i]] + 0
+      print line
+    }' >>"$OUT/samples.csv"
   sleep 1
 done
 
@@ -247,16 +309,70 @@ for key, bound in (("rss_kib", rss_bound), ("fds", fd_bound)):
         problems.append(f"{key} grew by {b - a:.0f} (bound {bound})")
 print(f"rss_kib: max {max(int(r['rss_kib']) for r in rows)}; fds: max {max(int(r['fds']) for r in rows)}")
 end = rows[-1]
-print(f"relay drops: queue_full {end['dropped_queue_full']}, other {end['dropped_other']}; "
+by_reason = ", ".join(f"{k[5:]} {end[k]}" for k in end if k.startswith("drop_") and end[k] != "0")
+print(f"relay drops: queue_full {end['dropped_queue_full']}, other {end['dropped_other']} ({by_reason or 'none'}); "
       f"write timeouts {end['write_timeouts']}; longest shard stall {end['stall_max_ms']} ms")
 # (The largest sample: a socket's count goes with it when it closes, the loads' at their end.)
 print(f"kernel UDP drops (full receive buffers) on the relay's sockets: "
       f"{max(int(r['kernel_drops_relay']) for r in rows)}, "
       f"on the loads' sockets: {max(int(r['kernel_drops_load']) for r in rows)}")
+def relay_log():
+    # The relay's JSON log: (unix time, level, message, fields) per line.
+    import datetime
+    lines = []
+    try:
+        for raw in open(f"{out}/serve.log"):
+            try:
+                j = json.loads(raw)
+                ts = datetime.datetime.fromisoformat(j["timestamp"].replace("Z", "+00:00")).timestamp()
+            except (ValueError, KeyError):
+                continue
+            f = j.get("fields", {})
+            lines.append((ts, j.get("level", ""), f.pop("message", ""), f))
+    except OSError:
+        pass
+    return lines
+log = relay_log()
+created = {f.get("id"): ts for ts, _, m, f in log if m == "allocation created"}
+events = []
+if os.path.exists(f"{out}/events"):
+    for line in open(f"{out}/events"):
+        ts, _, what = line.strip().partition(" ")
+        events.append((float(ts), what))
+def explain(a, b):
+    # What happened in the second before sample b: events, allocations ended (reason, age) and
+    # the relay's other log lines, so a drop is read next to its cause.
+    lo, hi = float(a["unix"]) - 2, float(b["unix"])
+    for ts, what in events:
+        if lo <= ts <= hi:
+            print(f"    event at unix {ts:.3f}: {what}")
+    ends = {}
+    for ts, level, m, f in log:
+        if not lo <= ts <= hi:
+            continue
+        if m == "allocation ended":
+            age = ts - created[f.get("id")] if f.get("id") in created else None
+            ends[f.get("reason")] = ends.get(f.get("reason"), 0) + 1
+            if age is None or age > 20:
+                print(f"    relay at unix {ts:.3f}: allocation ended after {age if age is None else round(age, 1)} s: {f}")
+        elif m not in ("allocation created", "connection closed"):
+            print(f"    relay at unix {ts:.3f}: {level} {m} {f}")
+    if ends:
+        print(f"    allocations ended in the window: {ends}")
+counters = [k for k in rows[0] if k.startswith(("drop_", "ended_", "auth_"))] + ["allocate_failed"]
 for a, b in zip(rows, rows[1:]):
     if int(b["dropped_packets"]) > int(a["dropped_packets"]):
-        print(f"drops at t={b['t']} (unix {b['unix']}): +{int(b['dropped_packets']) - int(a['dropped_packets'])}"
-              f" (queue_full +{int(b['dropped_queue_full']) - int(a['dropped_queue_full'])})")
+        why = ", ".join(f"{k[5:]} +{int(b[k]) - int(a[k])}" for k in counters
+                        if k.startswith("drop_") and int(b[k]) > int(a[k]))
+        print(f"drops at t={b['t']} (unix {b['unix']}): +{int(b['dropped_packets']) - int(a['dropped_packets'])} ({why})")
+        moved = ", ".join(f"{k} +{int(b[k]) - int(a[k])}" for k in counters
+                          if not k.startswith("drop_") and int(b[k]) > int(a[k]))
+        print(f"    in that second: stall max {b['stall_max_ms']} ms; foreign sockets on the relay's ports "
+              f"{b['foreign_sockets']}; {moved or 'no allocation ended, no refusal'}")
+        explain(a, b)
+    if int(b["foreign_sockets"]) > 0:
+        print(f"foreign sockets on the relay's listening ports at t={b['t']} (unix {b['unix']}): "
+              f"{b['foreign_sockets']} (another process joined its SO_REUSEPORT group)")
     for side in ("relay", "load"):
         k = f"kernel_drops_{side}"
         if int(b[k]) > int(a[k]):

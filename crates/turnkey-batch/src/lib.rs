@@ -19,6 +19,7 @@
 //! turns into one syscall *and* one pass through the network stack; `quinn-udp` sends with
 //! `sendmsg`, one per run.
 
+mod gro_pin;
 mod recv;
 mod send;
 
@@ -85,6 +86,7 @@ impl UdpIo {
         let fd = socket.as_fd();
         let v4 = sockopt::ip_mtu_discover(fd).ok();
         let v6 = sockopt::ipv6_mtu_discover(fd).ok();
+        gro_pin::pin();
         let state = UdpSocketState::new(UdpSockRef::from(socket))?;
         if let Some(mode) = v4 {
             sockopt::set_ip_mtu_discover(fd, mode)?;

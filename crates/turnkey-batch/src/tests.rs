@@ -589,3 +589,20 @@ fn the_sockets_fragmentation_mode_is_left_as_it_was() {
     let _io = UdpIo::new(&v6).unwrap();
     assert_eq!(sockopt::ipv6_mtu_discover(&v6).unwrap(), before);
 }
+
+/// Configuring a socket leaves the process holding one IPv6 UDP socket with GRO on for good
+/// (`gro_pin`): quinn-udp's per-socket GRO probe then only counts the kernel's IPv6 UDP encap
+/// static key instead of patching kernel code on every CPU twice per socket (the relay's
+/// allocation-creation stall, docs/benchmarks.md). The same socket every time, still bound.
+#[test]
+fn configuring_sockets_keeps_one_ipv6_gro_socket_open() {
+    for _ in 0..3 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _io = UdpIo::new(&s).unwrap();
+    }
+    let held = crate::gro_pin::pin().expect("an IPv6 loopback socket (::1) on this host");
+    assert!(held.is_ipv6(), "{held}");
+    assert_eq!(crate::gro_pin::pin(), Some(held), "made once, then kept");
+    let e = UdpSocket::bind(held).expect_err("still bound by the process");
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+}

@@ -1,12 +1,14 @@
 //! What the live session listing costs a relay holding many allocations: N allocations (50,000
 //! by default, `--allocations N`) created through the real engine (authenticated Allocates), then
-//! timed: one shard sweep's publish into the node-wide [`SessionTable`] (what every shard does
-//! each 500 ms), and one listing read (every snapshot copied out, as `/v1/sessions` does before
+//! timed: one shard's snapshot round into the node-wide [`SessionTable`] (what every shard does
+//! each 500 ms: [`SnapshotRound::sweep`] steps of 1,024 slots until published; the whole round
+//! and its longest step), and one listing read (every snapshot copied out, as `/v1/sessions` does before
 //! filtering); and the same sweep with the listing off (`SessionTable::off`, `[relay] sessions =
 //! false`). Run with `cargo run --release -p turnkey-relay --example sessions_publish_bench`.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_methods, reason = "a benchmark: it reads the clock and fails loudly")]
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,9 +18,12 @@ use stun::integrity::MessageIntegrity;
 use stun::message::{Message, MessageType, Setter, CLASS_REQUEST, METHOD_ALLOCATE};
 use stun::textattrs::TextAttribute;
 use turnkey_auth::{RevocationSet, Secret, SecretRing};
-use turnkey_relay::engine::{Engine, EngineConfig, PortRequest, RelayBinding, RelayPorts, Shared, Transmit};
+use turnkey_relay::engine::{
+    Engine, EngineConfig, PortRequest, RelayBinding, RelayPorts, Shared, Transmit, SWEEP_INTERVAL,
+};
 use turnkey_relay::policy::PeerPolicy;
 use turnkey_relay::sessions::SessionTable;
+use turnkey_relay::snapshot_round::SnapshotRound;
 use turnkey_relay::{ClientAddr, FiveTuple, RelayHandle, Transport};
 
 const REALM: &str = "bench.example";
@@ -96,26 +101,39 @@ fn main() {
     let slot = table.register();
     let off = SessionTable::off();
     let off_slot = off.register();
-    let mut publish = Vec::new();
-    let mut publish_off = Vec::new();
-    let mut list = Vec::new();
-    for _ in 0..11 {
-        let t = Instant::now();
-        table.sync(slot, &mut engine, &mut ports, turnkey_relay::clock::now(), |_| false);
+    let base = turnkey_relay::clock::now();
+    let mut round = SnapshotRound::new(base.mono);
+    let mut off_round = SnapshotRound::new(base.mono);
+    let (mut publish, mut longest_step, mut publish_off, mut list) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..11 {
+        // One round as the shard runs it: steps of 1,024 slots until the snapshot is published,
+        // one sweep interval after the previous round (the engine's clock is told, not read).
+        let now = base.advance(SWEEP_INTERVAL * i);
+        let (t, mut longest) = (Instant::now(), Duration::ZERO);
+        loop {
+            let step = Instant::now();
+            let more = round.sweep(now, &mut engine, &mut ports, (&table, slot), HashSet::new);
+            longest = longest.max(step.elapsed());
+            if !more {
+                break;
+            }
+        }
         publish.push(t.elapsed());
+        longest_step.push(longest);
         let t = Instant::now();
         let all = table.list();
         list.push(t.elapsed());
         assert_eq!(all.len(), n as usize);
         let t = Instant::now();
-        off.sync(off_slot, &mut engine, &mut ports, turnkey_relay::clock::now(), |_| false);
+        off_round.sweep(now, &mut engine, &mut ports, (&off, off_slot), HashSet::new);
         publish_off.push(t.elapsed());
         assert!(off.is_empty());
     }
     println!(
-        "{{\"allocations\": {n}, \"sweep_publish_ms\": {:.2}, \"listing_copy_ms\": {:.2}, \
-         \"sweep_publish_off_ms\": {:.4}}}",
+        "{{\"allocations\": {n}, \"sweep_publish_ms\": {:.2}, \"longest_step_ms\": {:.3}, \
+         \"listing_copy_ms\": {:.2}, \"sweep_publish_off_ms\": {:.4}}}",
         median(publish).as_secs_f64() * 1000.0,
+        median(longest_step).as_secs_f64() * 1000.0,
         median(list).as_secs_f64() * 1000.0,
         median(publish_off).as_secs_f64() * 1000.0
     );

@@ -266,8 +266,15 @@ mod tests {
     }
 
     /// Another process's SO_REUSEPORT sockets (same user) on ports the kernel could hand out.
+    /// Each port is found with a plain bind first ([`unshared_port`]), never by a SO_REUSEPORT
+    /// bind to port 0: that one may land in the group of any other process of this user, and
+    /// these sockets would then take a share of its clients. Bound that way, the 600 of them
+    /// joined the UDP listener of a relay another test ran at the same moment in about one run
+    /// in 50 (the 2-minute soak lost UDP packets, docs/benchmarks.md).
     fn foreign_reuseport(n: usize) -> (Vec<std::net::UdpSocket>, HashSet<u16>) {
-        let socks: Vec<_> = (0..n).map(|_| bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+        let socks: Vec<_> = (0..n)
+            .map(|_| bind_reuseport(unshared_port("127.0.0.1:0".parse().unwrap(), Type::DGRAM).unwrap()).unwrap())
+            .collect();
         let ports = socks.iter().map(|s| s.local_addr().unwrap().port()).collect();
         (socks, ports)
     }
@@ -284,7 +291,18 @@ mod tests {
         }
     }
 
-    /// The three checks above read and churn the kernel's SO_REUSEPORT groups and
+    /// The helper above never joins a SO_REUSEPORT group it did not make: with 250 groups of
+    /// "other processes" held (each one socket, as a relay's shard), 600 SO_REUSEPORT binds to
+    /// port 0 would land in one of them with a probability of about 99 % (each bind about 1 %
+    /// here); bound through the probe, none does.
+    fn foreign_sockets_never_join_another_group() {
+        let (_others, taken) = foreign_reuseport(250);
+        let (_held, ports) = foreign_reuseport(600);
+        let joined: Vec<_> = ports.intersection(&taken).collect();
+        assert!(joined.is_empty(), "joined the groups on ports {joined:?}");
+    }
+
+    /// The four checks above read and churn the kernel's SO_REUSEPORT groups and
     /// `/proc/net/{udp,tcp}`: run side by side (one process each), the hundreds of port-0
     /// reuseport binds of one land in the group another has just checked, and a `/proc` read
     /// racing that churn can skip a line. In sequence, each sees only its own sockets.
@@ -293,5 +311,6 @@ mod tests {
         a_foreign_reuseport_socket_that_joined_after_the_probe_is_seen();
         port_zero_never_joins_another_reuseport_group();
         tcp_port_zero_never_joins_another_reuseport_group();
+        foreign_sockets_never_join_another_group();
     }
 }

@@ -32,7 +32,7 @@ pub use error::RelayError;
 pub use types::{ChannelNumber, ClientAddr, FiveTuple, Now, PeerAddr, RelayHandle, Transport};
 mod server;
 mod shard;
-mod snapshot_round;
+pub mod snapshot_round;
 pub mod stream;
 mod stream_conn;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! The node-wide live session table: each shard publishes a snapshot of its allocations at its
-//! sweep (every [`crate::engine::SWEEP_INTERVAL`], never per packet) and applies the operator's
-//! kill requests queued for it. Listing reads the last snapshots (one lock, then a clone of an
+//! sweep (every [`crate::engine::SWEEP_INTERVAL`], never per packet, built in bounded steps by
+//! [`SnapshotRound`](crate::snapshot_round::SnapshotRound)) and applies the operator's kill
+//! requests queued for it. Listing reads the last snapshots (one lock, then a clone of an
 //! `Arc` per shard); nothing here is on the data path. A table made with [`SessionTable::off`]
 //! (`[relay] sessions = false`) takes no snapshot and lists nothing.
 
@@ -11,8 +12,7 @@ use std::sync::Arc;
 )]
 use std::sync::Mutex;
 
-use crate::engine::{AllocationId, Engine, RelayPorts, SessionSnapshot};
-use crate::types::Now;
+use crate::engine::{AllocationId, SessionSnapshot};
 
 /// One shard's place in the table (from [`SessionTable::register`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,8 @@ pub struct ShardSlot(usize);
 struct Slot {
     sessions: Arc<Vec<SessionSnapshot>>,
     kills: Vec<AllocationId>,
-    /// The snapshot before the current one: its buffer is reused once no listing holds it.
+    /// The snapshot before the current one: handed back at the next publish (its buffer reused
+    /// once no listing holds it).
     spare: Arc<Vec<SessionSnapshot>>,
 }
 
@@ -66,49 +67,23 @@ impl SessionTable {
         ShardSlot(slots.len() - 1)
     }
 
-    /// One whole sync at once: ends the allocations an operator asked to end ([`Engine::kill`]:
-    /// each emits its `AllocationEnded` like any other end), then publishes a fresh snapshot of
-    /// the rest, each marked with whether the kernel fast path relays a channel of it
-    /// (`in_kernel`). Nothing at all when the table is [off](SessionTable::off). The shard does
-    /// the same in bounded steps (`Shard::sweep` with `SnapshotRound`, skipped when off); this
-    /// whole form serves the tests and the publish benchmark.
-    pub fn sync(
-        &self,
-        slot: ShardSlot,
-        engine: &mut Engine,
-        ports: &mut dyn RelayPorts,
-        now: Now,
-        in_kernel: impl Fn(AllocationId) -> bool,
-    ) {
-        if !self.on {
-            return;
-        }
-        for id in self.take_kills(slot) {
-            engine.kill(id, ports);
-        }
-        self.publish(slot, |buf| {
-            engine.snapshot_sessions(now, buf);
-            for s in buf.iter_mut() {
-                s.fast_path = in_kernel(s.id);
-            }
-        });
-    }
-
     /// The kills queued for the shard since its last sweep.
     pub fn take_kills(&self, slot: ShardSlot) -> Vec<AllocationId> {
         std::mem::take(&mut self.lock()[slot.0].kills)
     }
 
-    /// Publishes the shard's snapshot, written by `fill` into a cleared buffer: the previous
-    /// snapshot's buffer is reused when no listing holds it any more.
-    pub fn publish(&self, slot: ShardSlot, fill: impl FnOnce(&mut Vec<SessionSnapshot>)) {
-        let spare = std::mem::take(&mut self.lock()[slot.0].spare);
-        let mut buf = Arc::try_unwrap(spare).unwrap_or_default();
-        buf.clear();
-        fill(&mut buf);
-        let mut slots = self.lock();
-        let s = &mut slots[slot.0];
-        s.spare = std::mem::replace(&mut s.sessions, Arc::new(buf));
+    /// Publishes the shard's `snapshot` and hands back the buffer of the snapshot before the
+    /// previous one as it is, still full (the caller empties it a slice at a time and reuses
+    /// it: dropping a whole snapshot at once costs time proportional to the allocations), or an
+    /// empty one while a listing still holds that snapshot (the listing frees it).
+    pub fn publish(&self, slot: ShardSlot, snapshot: Vec<SessionSnapshot>) -> Vec<SessionSnapshot> {
+        let old = {
+            let mut slots = self.lock();
+            let s = &mut slots[slot.0];
+            let previous = std::mem::replace(&mut s.sessions, Arc::new(snapshot));
+            std::mem::replace(&mut s.spare, previous)
+        };
+        Arc::try_unwrap(old).unwrap_or_default()
     }
 
     /// Empties the shard's snapshot (the shard stopped).
@@ -162,9 +137,12 @@ impl SessionTable {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
 
     use super::*;
-    use crate::types::{ClientAddr, FiveTuple, Transport};
+    use crate::engine::{Engine, RelayPorts};
+    use crate::snapshot_round::SnapshotRound;
+    use crate::types::{ClientAddr, FiveTuple, Now, Transport};
 
     fn session(id: u64) -> SessionSnapshot {
         SessionSnapshot {
@@ -194,8 +172,8 @@ mod tests {
         let t = SessionTable::default();
         let (a, b) = (t.register(), t.register());
         assert!(t.is_empty(), "nothing is listed before a sweep");
-        t.publish(a, |buf| buf.push(session(1)));
-        t.publish(b, |buf| buf.extend([session(2), session(3)]));
+        assert!(t.publish(a, vec![session(1)]).is_empty());
+        assert!(t.publish(b, vec![session(2), session(3)]).is_empty());
         assert_eq!(t.len(), 3);
         assert_eq!(t.get(AllocationId(2)).map(|s| s.id), Some(AllocationId(2)));
         assert!(t.request_end(AllocationId(2)));
@@ -203,7 +181,7 @@ mod tests {
         assert_eq!(t.take_kills(a), vec![]);
         assert_eq!(t.take_kills(b), vec![AllocationId(2)]);
         assert_eq!(t.take_kills(b), vec![], "taken once");
-        t.publish(b, |buf| buf.push(session(3)));
+        assert!(t.publish(b, vec![session(3)]).is_empty(), "the first snapshot is the spare now");
         assert!(!t.is_listed(AllocationId(2)));
         assert!(!t.request_end(AllocationId(2)), "an id no shard lists is not queued");
         let mut ids: Vec<_> = t.list().iter().map(|s| s.id.0).collect();
@@ -279,22 +257,37 @@ mod tests {
         (engine, ports, now)
     }
 
+    /// What the shard does with the listing at each sweep step ([`SnapshotRound::sweep`]), steps
+    /// run until the round is published; `now` then moves one sweep interval on, so the next
+    /// call starts a new round.
+    fn sweep(
+        round: &mut SnapshotRound,
+        now: &mut Now,
+        engine: &mut Engine,
+        ports: &mut NumberedPorts,
+        (table, slot): (&SessionTable, ShardSlot),
+        in_kernel: impl Fn() -> HashSet<AllocationId>,
+    ) {
+        while round.sweep(*now, engine, ports, (table, slot), &in_kernel) {}
+        *now = now.advance(crate::engine::SWEEP_INTERVAL);
+    }
+
     #[test]
     fn a_kill_through_the_table_ends_one_allocation_with_one_event_and_the_killed_label() {
         use crate::engine::{EndReason, Event};
         use crate::metrics::{RelayMetrics, StatsExporter};
 
-        let (mut engine, mut ports, now) = engine_with_two_allocations();
+        let (mut engine, mut ports, mut now) = engine_with_two_allocations();
         let table = SessionTable::default();
         let slot = table.register();
-        let kernel = std::cell::Cell::new(None);
-        table.sync(slot, &mut engine, &mut ports, now, |_| false);
+        let mut round = SnapshotRound::new(now.mono);
+        sweep(&mut round, &mut now, &mut engine, &mut ports, (&table, slot), HashSet::new);
         let listed = table.list();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|s| !s.fast_path), "nothing in the kernel");
         // The driver's mark: one allocation's channel relayed by the kernel.
-        kernel.set(Some(listed[1].id));
-        table.sync(slot, &mut engine, &mut ports, now, |id| kernel.get() == Some(id));
+        let kernel = listed[1].id;
+        sweep(&mut round, &mut now, &mut engine, &mut ports, (&table, slot), || HashSet::from([kernel]));
         let listed = table.list();
         let marked: Vec<bool> = listed.iter().map(|s| s.fast_path).collect();
         assert_eq!(marked, [false, true], "only the allocation the kernel relays is marked");
@@ -302,7 +295,8 @@ mod tests {
         let id = listed[0].id;
         assert!(table.request_end(id));
         assert_eq!(engine.allocation_count(), 2, "ended at the shard's next sweep, not before");
-        table.sync(slot, &mut engine, &mut ports, now, |_| false);
+        // One step at the same instant: the kill restarts the round, which drops it at once.
+        assert!(!round.sweep(now, &mut engine, &mut ports, (&table, slot), HashSet::new));
         assert_eq!(engine.allocation_count(), 1);
         assert_eq!(ports.1.len(), 1, "its relay socket was released");
         let ended: Vec<_> = std::iter::from_fn(|| engine.poll_event())
@@ -325,12 +319,14 @@ mod tests {
         let t = SessionTable::off();
         assert!(!t.is_on());
         let slot = t.register();
-        let (mut engine, mut ports, now) = engine_with_two_allocations();
+        let (mut engine, mut ports, mut now) = engine_with_two_allocations();
+        let mut round = SnapshotRound::new(now.mono);
+        assert_eq!(round.due(&t), None, "no snapshot step is ever due");
         let marked = std::cell::Cell::new(0);
         for _ in 0..2 {
-            t.sync(slot, &mut engine, &mut ports, now, |_| {
+            sweep(&mut round, &mut now, &mut engine, &mut ports, (&t, slot), || {
                 marked.set(marked.get() + 1);
-                false
+                HashSet::new()
             });
         }
         assert!(t.is_empty() && t.list().is_empty(), "no snapshot of the two allocations");
@@ -339,12 +335,30 @@ mod tests {
         let id = {
             let on = SessionTable::default();
             let s = on.register();
-            on.sync(s, &mut engine, &mut ports, now, |_| false);
+            let mut on_round = SnapshotRound::new(now.mono);
+            assert_eq!(on_round.due(&on), Some(now.mono));
+            sweep(&mut on_round, &mut now, &mut engine, &mut ports, (&on, s), HashSet::new);
             on.list()[0].id
         };
         assert!(!t.request_end(id), "nothing listed, so nothing can be ended through it");
-        t.sync(slot, &mut engine, &mut ports, now, |_| false);
+        sweep(&mut round, &mut now, &mut engine, &mut ports, (&t, slot), HashSet::new);
         assert_eq!(engine.allocation_count(), 2);
+    }
+
+    #[test]
+    fn a_publish_hands_back_the_snapshot_before_the_previous_one_whole_unless_a_listing_holds_it() {
+        let t = SessionTable::default();
+        let a = t.register();
+        assert!(t.publish(a, vec![session(1)]).is_empty());
+        assert!(t.publish(a, vec![session(2)]).is_empty());
+        let back = t.publish(a, vec![session(3)]);
+        assert_eq!(back, [session(1)], "not cleared: the shard drops it a slice at a time");
+        assert_eq!(t.list(), [session(3)]);
+        // A listing that still holds the snapshot before the previous one keeps it.
+        let held = t.snapshots();
+        assert_eq!(t.publish(a, vec![session(4)]), [session(2)]);
+        assert!(t.publish(a, vec![session(5)]).is_empty(), "session 3's snapshot is held by the listing");
+        assert_eq!(*held[0], [session(3)]);
     }
 
     #[test]

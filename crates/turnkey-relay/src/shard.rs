@@ -91,12 +91,7 @@ impl ShardState {
     /// a session snapshot is cut into steps.
     pub fn sweep_due(&self) -> Instant {
         let engine = self.engine.poll_timeout();
-        // With the listing off ([relay] sessions = false) no snapshot step is ever due.
-        if self.sessions.0.is_on() {
-            engine.min(self.snapshot.due())
-        } else {
-            engine
-        }
+        self.snapshot.due(&self.sessions.0).map_or(engine, |due| engine.min(due))
     }
 
     /// One bounded step of the shard's periodic work: the engine's timer (expiry, revocations,
@@ -113,22 +108,10 @@ impl ShardState {
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
-        // With the listing off the shard takes no kills (none can be queued) and no snapshot.
-        if table.is_on() {
-            let mut killed = false;
-            for id in table.take_kills(*slot) {
-                killed |= self.engine.kill(id, &mut self.ports);
-            }
-            if killed {
-                // The operator waits for the killed session to leave the listing: a fresh
-                // snapshot now rather than at the next interval.
-                self.snapshot.restart(now.mono);
-            }
-            let kernel = &self.kernel;
-            self.snapshot.step(now, &self.engine, (table, *slot), || {
-                kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default()
-            });
-        }
+        let kernel = &self.kernel;
+        self.snapshot.sweep(now, &mut self.engine, &mut self.ports, (table, *slot), || {
+            kernel.as_ref().map(|(k, shard)| k.in_kernel(*shard)).unwrap_or_default()
+        });
         self.export_all();
         if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
             k.recheck(*shard, &self.engine);

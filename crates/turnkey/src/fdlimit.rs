@@ -76,6 +76,34 @@ fn lowered(setting: &str, configured: u32, default: u32, in_force: u32, nofile: 
     }
 }
 
+/// Grows the process's descriptor table once, at start, to hold the descriptors the relay may
+/// use (`caps`' sockets and connections, plus the reserve; at most `nofile`). The kernel grows
+/// the table by doubling as descriptors are opened, and in a multithreaded process each growth
+/// waits for an RCU grace period (`expand_files` -> `synchronize_rcu`) inside the `socket()` or
+/// `accept()` that needed it, on the thread that called it: a shard creating 10,000 allocations
+/// was blocked 10 to 50 ms at each doubling (docs/benchmarks.md, "Shard stalls"). A table never
+/// shrinks, so one descriptor opened at the top and closed again leaves it grown (about 8 bytes
+/// per slot: 560 KiB at the default caps). Returns the slots the table then holds, as
+/// `/proc/self/status` tells (`None` if unreadable).
+pub fn presize_fd_table(caps: RelayCaps, nofile: u64) -> Option<u64> {
+    let want = u64::from(caps.max_allocations) + u64::from(caps.max_connections) + 2 * RESERVE;
+    if let Ok(top) = i32::try_from(want.min(nofile.saturating_sub(1))) {
+        let grown = std::fs::File::open("/dev/null").map(|f| rustix::io::fcntl_dupfd_cloexec(&f, top));
+        match grown {
+            Ok(Ok(high)) => drop(high),
+            Ok(Err(e)) => tracing::debug!(error = %e, top, "cannot grow the descriptor table"),
+            Err(e) => tracing::debug!(error = %e, "cannot grow the descriptor table"),
+        }
+    }
+    fd_table_size()
+}
+
+/// The slots of this process's descriptor table (`FDSize` in `/proc/self/status`).
+fn fd_table_size() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("FDSize:")).and_then(|v| v.trim().parse().ok())
+}
+
 /// Raises the soft open-file limit to the hard one; returns the soft limit now in force.
 pub fn raise_nofile() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
@@ -155,6 +183,19 @@ mod tests {
         let (mut e, mut st) = (EngineSettings::default(), StreamLimits::default());
         let caps = relay_limits(&mut e, &mut st, 16);
         assert_eq!((caps.max_allocations, caps.max_connections), (24, 8));
+    }
+
+    #[test]
+    fn the_descriptor_table_is_grown_once_for_the_relays_caps() {
+        let nofile = raise_nofile();
+        let before = fd_table_size().expect("FDSize in /proc/self/status");
+        let caps = RelayCaps { max_allocations: 3000, max_connections: 1000 };
+        let after = presize_fd_table(caps, nofile).unwrap();
+        let want = (4000 + 2 * RESERVE).min(nofile - 1);
+        assert!(after > want && after >= before, "{before} -> {after} slots, wanted {want}");
+        // Nothing stays open: the next descriptor is a low one again.
+        let f = std::fs::File::open("/dev/null").unwrap();
+        assert!(std::os::fd::AsRawFd::as_raw_fd(&f) < 1000);
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(settings.node.log_format);
     let nofile = fdlimit::raise_nofile();
     let http = fdlimit::http_limits(&settings.http_limits, nofile);
-    fdlimit::relay_limits(&mut settings.engine, &mut settings.stream, nofile);
+    let caps = fdlimit::relay_limits(&mut settings.engine, &mut settings.stream, nofile);
+    fdlimit::presize_fd_table(caps, nofile);
     runtime()?.block_on(run(settings, http))
 }
 
