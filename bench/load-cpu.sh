@@ -3,7 +3,8 @@
 # same load against the same turnkey server, server on core 0 and generator on core 1, loopback.
 # Pair mode, 10 flows (uclient: 20 clients in pairs) of 100-byte packets, 160,000 packets sent by
 # the near sides; flooding, and paced at 20,000 packets/s (10 flows x 2,000/s; uclient: 20 clients
-# x one message per ms). CPU (user + system, from /usr/bin/time) is divided by the 160,000
+# x one message per ms). CPU (user + system, from /usr/bin/time, + the generator's NAPI thread
+# over a veth, printed as cpu U+S+N) is divided by the 160,000
 # packets sent (each is also received back, so per packet sent *and* received, halve it).
 #
 # NET=veth runs the server and the generator each in its own network namespace joined by a veth
@@ -60,8 +61,8 @@ run() {
   "${GNS[@]}" /usr/bin/time -f "%U %S" -o "$DIR/time" taskset -c 1 "${args[@]}" >"$DIR/out" 2>&1
   [ -n "${VERBOSE:-}" ] && cat "$DIR/out"
   read -r u s < <(tail -1 "$DIR/time")
-  # The generator end's kernel receive work (veth): counted as the generator's system time.
-  s=$(python3 -c 'import sys; print(float(sys.argv[1]) + float(sys.argv[3]) - float(sys.argv[2]))' "$s" "$napi0" "$(napi_secs)")
+  # The generator end's kernel receive work (veth's NAPI thread; 0 on loopback), counted in.
+  local n; n=$(python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' "$napi0" "$(napi_secs)")
   local extra=""
   if [ -s "$DIR/report.json" ]; then
     extra=$(python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["traffic"]; print("sent %d delivered %d loss %.3f%% in %.2f s, %.0f pkt/s" % (t["sent"], t["delivered"], t["loss_pct"], t["elapsed_secs"], t["offered_pps"]))' "$DIR/report.json")
@@ -69,7 +70,7 @@ run() {
   else
     extra=$(grep -E "Total transmit time|Total lost packets" "$DIR/out" | sed 's/^[0-9]*: *: *//' | tr '\n' ' ' | cut -c1-160)
   fi
-  python3 -c 'import sys; u,s=float(sys.argv[2]),float(sys.argv[3]); print(f"{sys.argv[1]:<40} cpu {u:.2f}+{s:.2f} s  {1e6*(u+s)/160000:.2f} us/packet sent  {sys.argv[4]}")' "$name" "$u" "$s" "$extra"
+  python3 -c 'import sys; u,s,n=map(float,sys.argv[2:5]); print(f"{sys.argv[1]:<40} cpu {u:.2f}+{s:.2f}+{n:.2f} s  {1e6*(u+s+n)/160000:.2f} us/packet sent  {sys.argv[5]}")' "$name" "$u" "$s" "$n" "$extra"
 }
 loadcmd() { case "$(basename "$1")" in turnkey) echo "$1 load";; *) echo "$1";; esac; }
 for rep in $(seq "$REPS"); do
