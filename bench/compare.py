@@ -181,6 +181,8 @@ class Net:
 
 # Queues of each veth end (bench/vethnet.py): each has its own 256-packet ring and NAPI thread.
 VETH_QUEUES = int(os.environ.get("BENCH_VETH_QUEUES", "4"))
+# Ramps paced in bursts of about this many packets (`turnkey load --pace-burst`); unset: the tick.
+PACE_BURST = os.environ.get("BENCH_PACE_BURST") or None
 NET = Net("loopback")
 # Traffic shapes for the CPU-per-message comparison, each near CPU_RATE relayed messages/s (every
 # packet crosses the relay twice, in pair and in echo-peer mode): smooth pacing at 100 and 1200 B,
@@ -598,7 +600,11 @@ class Bench:
     def capacity(self, s: Server, transport: str, flows: int, payload: int, peer: str = "pair") -> dict:
         common = ["--scenario", "ramp", "--flows", str(flows), "--payload", str(payload),
                   "--ramp-loss", "0.1", "--duration", "1", "--drain-ms", "300",
-                  *(["--echo-peer"] if peer == "echo" else [])]
+                  *(["--echo-peer"] if peer == "echo" else []),
+                  # BENCH_PACE_BURST=N: the generator paces its ramps in bursts of about N packets
+                  # instead of a whole 1 ms tick per flow (`turnkey load --pace-burst`), for every
+                  # server alike: a tick's burst can overflow a veth's 256-packet rings.
+                  *(["--pace-burst", PACE_BURST] if PACE_BURST else [])]
         # The kernel path relays far more than a user-space server on one core: its ramp climbs in
         # steps FAST_STEP_FACTOR times larger, so it can reach several times coturn's figure.
         coarse = COARSE_STEP * (FAST_STEP_FACTOR if s.kind == FAST else 1)
@@ -1174,6 +1180,7 @@ def main() -> None:
             stats.write_text(stats_before)
     a.out.mkdir(parents=True, exist_ok=True)
     b.results["machine"] = machine()
+    b.results["pace_burst"] = PACE_BURST
     b.results["net"] = a.net
     if a.net == "veth":
         b.results["veth"] = {"threaded_napi": True, "kernel_echo": a.kernel_echo}
