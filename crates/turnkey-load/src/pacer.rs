@@ -15,8 +15,10 @@
 //! arrivals: they are read in one pass per wake-up, and a round trip is measured up to one gap
 //! late. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
 //! blocking sleep would hold back the loop's other pacers. (Measured against turnkey on
-//! loopback, the finer bursts cost the relay more CPU per packet than tick-sized GSO trains and
-//! did not move where the ramp's drops happen: see docs/load.md. Hence the default.)
+//! loopback, the finer bursts cost the relay more CPU per packet than tick-sized GSO trains; on
+//! a loaded machine they did not move where the ramp's drops happen, on the idle one they made
+//! the ramp end on the relay's core instead of its socket buffers: see docs/load.md. The
+//! default stays the tick; a capacity test says which it used.)
 
 use std::io;
 use std::sync::atomic::Ordering;
