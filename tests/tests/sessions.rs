@@ -249,6 +249,14 @@ fn sessions_list_each_transport_scope_per_key_and_kill_exactly_one() {
     assert_eq!(sessions(&tk, "", &admin, 4).len(), 4);
     assert_eq!(get(&tk, "/v1/sessions", "not-a-token").0, 401);
     assert_eq!(http(tk.addr("http"), "GET", "/v1/sessions", &[], None).0, 401);
+    // For one session too, and before the id is looked at: an existing id and a malformed one
+    // answer alike, so a caller without a token learns nothing about which sessions exist.
+    for id in [udp_id.as_str(), "not-an-id"] {
+        let path = format!("/v1/sessions/{id}");
+        assert_eq!(get(&tk, &path, "not-a-token").0, 401, "GET {path}");
+        assert_eq!(http(tk.addr("http"), "GET", &path, &[], None).0, 401, "GET {path}");
+        assert_eq!(delete(&tk, id, "not-a-token").0, 401, "DELETE {path}");
+    }
     assert_eq!(get(&tk, "/v1/sessions?limit=0", &a_token).0, 400);
     assert_eq!(get(&tk, "/v1/sessions?transport=sctp", &a_token).0, 400);
 

@@ -2,8 +2,9 @@
 //! `DELETE /v1/sessions/{id}`, scoped by the bearer token (the model, the scoping rule and the
 //! [`SessionSource`] port are in [`crate::sessions`]).
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -34,13 +35,23 @@ fn no_store(body: impl Serialize, status: StatusCode) -> Response {
     resp
 }
 
-/// The session `id` if `scope` may see it (else the same 404 as an unknown id).
-async fn find(state: &IssuerState, scope: &Scope, id: &str) -> Result<Session, ApiError> {
-    if !is_session_id(id) {
-        return Err(ApiError::SessionNotFound);
+/// The session a `/v1/sessions/{id}` path names, if the bearer token may see it: 401 for a
+/// missing or unknown token first, then the same 404 for an id that is malformed, unknown or
+/// another key's (a key cannot learn which sessions exist beyond its own).
+pub(crate) struct ScopedSession(Session);
+
+impl FromRequestParts<IssuerState> for ScopedSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &IssuerState) -> Result<Self, ApiError> {
+        let scope = scope(state, &parts.headers)?;
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(|_| ApiError::SessionNotFound)?;
+        if !is_session_id(&id) {
+            return Err(ApiError::SessionNotFound);
+        }
+        let all = source(state)?.list().await?;
+        all.into_iter().find(|s| s.id == id && scope.allows(s)).map(Self).ok_or(ApiError::SessionNotFound)
     }
-    let all = source(state)?.list().await?;
-    all.into_iter().find(|s| s.id == id && scope.allows(s)).ok_or(ApiError::SessionNotFound)
 }
 
 /// `GET /v1/sessions` → 200 [`SessionPage`].
@@ -57,25 +68,15 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/sessions/{id}` → 200 [`Session`].
-pub(crate) async fn get(
-    State(state): State<IssuerState>,
-    headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let scope = scope(&state, &headers)?;
-    let Path(id) = path.map_err(|_| ApiError::SessionNotFound)?;
-    Ok(no_store(find(&state, &scope, &id).await?, StatusCode::OK))
+pub(crate) async fn get(ScopedSession(session): ScopedSession) -> Response {
+    no_store(session, StatusCode::OK)
 }
 
 /// `DELETE /v1/sessions/{id}` → 204 once the owning relay ended it.
 pub(crate) async fn delete(
     State(state): State<IssuerState>,
-    headers: HeaderMap,
-    path: Result<Path<String>, PathRejection>,
+    ScopedSession(session): ScopedSession,
 ) -> Result<Response, ApiError> {
-    let scope = scope(&state, &headers)?;
-    let Path(id) = path.map_err(|_| ApiError::SessionNotFound)?;
-    let session = find(&state, &scope, &id).await?;
     if !source(&state)?.end(&session).await? {
         return Err(ApiError::SessionNotFound);
     }
