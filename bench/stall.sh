@@ -19,12 +19,22 @@
 # those).
 #
 #   SHARD_FIFO=1 BIN=target/release/turnkey N=10000 bench/stall.sh
+#
+# TRACE=1 (root, perf) also records the scheduler around the quiet, revocation and reload windows
+# (`perf record -a`: context switches and wake-ups with kernel stacks, the shard's epoll_wait
+# calls, cpu-clock samples every 250 us) and prints, from bench/stalltrace.py, what the shard's
+# longest loop turns were made of: running (sampled: syscalls, page faults, interrupt work, user
+# code), waiting for a CPU (and what ran on each CPU meanwhile) and blocked (where in the
+# kernel). perf itself takes CPU time too (it shows among what ran meanwhile). TRACE_OVER (s,
+# default 0.003) and TRACE_TOP (default 5) choose the turns listed.
+#
+#   TRACE=1 BIN=target/release/turnkey N=10000 bench/stall.sh
 set -euo pipefail
 BIN=${BIN:-target/release/turnkey}
 N=${N:-10000}
 D=$(mktemp -d)
 RP=$(python3 "$(dirname "$(realpath "$0")")/freeport.py")
-cleanup() { kill "${LPID:-}" "${TPID:-}" "${RPID:-}" 2>/dev/null || true; rm -rf "$D"; }
+cleanup() { kill "${PPID_PERF:-}" "${LPID:-}" "${TPID:-}" "${RPID:-}" 2>/dev/null || true; wait "${PPID_PERF:-}" 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --daemonize no --dir "$D" >/dev/null 2>&1 &
 RPID=$!
@@ -38,6 +48,7 @@ TPID=$!
 for _ in $(seq 100); do grep -q "turnkey listening" "$D/out" && break; sleep 0.2; done
 field() { grep "turnkey listening" "$D/out" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
 UDP=$(field udp); MET=$(field metrics)
+SHARD=$(grep -l "^turnkey-shard" /proc/"$TPID"/task/*/comm | head -1 | cut -d/ -f5)
 if [ "${SHARD_FIFO:-0}" = 1 ]; then
   for t in /proc/"$TPID"/task/*; do
     grep -q '^turnkey-shard' "$t/comm" && chrt -f -p 50 "${t##*/}"
@@ -49,8 +60,29 @@ held() { metrics | awk '/^turnkey_relay_allocations\{/{s+=$2} END{print s+0}'; }
 CREDS=$("$BIN" creds --secret "$SECRET" --user victim --ttl 3600)
 U=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["username"])')
 P=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["credential"])')
+trace_start() { # the scheduler around one window (TRACE=1)
+  [ "${TRACE:-0}" = 1 ] || return 0
+  local ep=() e
+  for e in sys_enter_epoll_wait sys_exit_epoll_wait sys_enter_epoll_pwait sys_exit_epoll_pwait; do
+    ep+=(-e "syscalls:$e" --filter "common_pid == $SHARD")
+  done
+  perf record -q -a -g -m 1024 -o "$D/trace.data" -e sched:sched_switch -e sched:sched_wakeup \
+    -e 'cpu-clock/period=250000/' "${ep[@]}" 2>"$D/perf.err" &
+  PPID_PERF=$!
+  sleep 1.5
+}
+trace_stop() {
+  [ -n "${PPID_PERF:-}" ] || return 0
+  kill -INT "$PPID_PERF"; wait "$PPID_PERF" 2>/dev/null || true; PPID_PERF=
+  perf script -i "$D/trace.data" -F comm,pid,tid,cpu,time,event,trace,ip,sym --ns 2>/dev/null |
+    python3 "$(dirname "$(realpath "$0")")/stalltrace.py" --tid "$SHARD" --pid "$TPID" --label "$RPID=redis" --label "${LPID:-0}=load" \
+      --over "${TRACE_OVER:-0.003}" --top "${TRACE_TOP:-5}"
+  grep -i lost "$D/perf.err" || true
+  rm -f "$D/trace.data"
+}
 window() { # name, command...: the longest stall while the command runs (and 1 s after)
   local name=$1; shift
+  case $name in creating*) ;; *) trace_start ;; esac
   metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/before"
   "$@"; sleep 1
   metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/after"
@@ -66,8 +98,10 @@ for le in order:
     if n > prev:
         longest, low_seen = le, low
     prev, low = n, le
-print(f"{sys.argv[3]}: {a['+Inf'] - b['+Inf']:.0f} probes, longest stall in ({low_seen}, {longest}] s")
+over5 = (a['+Inf'] - b['+Inf']) - (a['0.005'] - b.get('0.005', 0))
+print(f"{sys.argv[3]}: {a['+Inf'] - b['+Inf']:.0f} probes, {over5:.0f} over 5 ms, longest stall in ({low_seen}, {longest}] s")
 PY
+  trace_stop
 }
 create_all() { # the N allocations, held until the end (the creation is a window of its own)
   "$BIN" load --server "$UDP" --user "$U" --password "$P" --scenario allocations --count "$N" \
