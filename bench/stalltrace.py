@@ -4,8 +4,9 @@
 runnable-but-waiting-for-a-CPU (and who ran instead) and blocked (and where in the kernel).
 
 Recorded events (stall.sh): sched:sched_switch and sched:sched_wakeup with kernel call chains,
-syscalls:sys_enter/sys_exit_epoll_wait(+pwait) of the shard thread, and cpu-clock samples every
-250 us on every CPU.
+syscalls:sys_enter/sys_exit_epoll_wait(+pwait) of the shard thread, cpu-clock samples every
+250 us on every CPU, and ipi:ipi_send_cpu/ipi_send_cpumask (a static key flip patches kernel text
+and synchronises every CPU with an IPI: the cause of the allocation-creation stall).
 
 A *loop turn* of the shard is the time from one return of its driver poll (epoll_wait) to the
 next call of it: the tasks polled in between keep every other task of the shard waiting (the
@@ -38,13 +39,16 @@ SCHED_FRAMES = {
 
 
 def read_events(stream):
-    """Yields (comm, pid, tid, cpu, t, event, trace, [kernel and user frame symbols])."""
+    """Yields (comm, pid, tid, cpu, t, event, trace, [kernel and user frame symbols], leaf in kernel)."""
     cur = None
     for line in stream:
         if line.startswith("\t") or (line.startswith(" ") and cur and not HEAD.match(line)):
             parts = line.split(None, 1)
             if cur is not None and len(parts) == 2:
-                cur[7].append(parts[1].strip().split("+")[0])
+                sym = parts[1].strip().split("+")[0]
+                cur[7].append(sym)
+                if len(cur[7]) == 1:  # where the leaf ran, from its address
+                    cur = cur[:7] + (cur[7], parts[0].startswith("ffffffff"))
             continue
         m = HEAD.match(line)
         if not m:
@@ -52,7 +56,7 @@ def read_events(stream):
         if cur is not None:
             yield cur
         comm, pid, tid, cpu, t, ev, trace = m.groups()
-        cur = (comm, int(pid), int(tid), int(cpu), float(t), ev.strip(), trace, [])
+        cur = (comm, int(pid), int(tid), int(cpu), float(t), ev.strip(), trace, [], False)
     if cur is not None:
         yield cur
 
@@ -79,7 +83,7 @@ def block_reason(frames):
     return f"{first} ({syscall})" if syscall else first
 
 
-def run_reason(frames):
+def run_reason(frames, kernel_leaf):
     """What a running sample of the shard was doing."""
     fs = set(frames)
     if fs & {"text_poke_bp_batch", "smp_text_poke_batch_finish", "arch_jump_label_transform_apply",
@@ -87,6 +91,11 @@ def run_reason(frames):
         return "kernel: static key flip (text patching, IPIs)"
     if "synchronize_rcu" in fs or "synchronize_rcu_normal" in fs:
         return "kernel: synchronize_rcu"
+    if frames and frames[0] in ("irqentry_exit_to_user_mode", "finish_task_switch.isra.0", "finish_task_switch") \
+            and kernel_leaf and not any(f.startswith("__x64_sys_") for f in frames):
+        # A sample taken as interrupts are re-enabled: the time went to the interrupt (or to a
+        # switch) just before; the guest cannot see further (host steal time included).
+        return f"kernel: interrupt or switch return ({frames[0]})"
     if fs & {"asm_exc_page_fault", "exc_page_fault", "handle_mm_fault"}:
         return "kernel: page fault"
     if fs & {"handle_softirqs", "__do_softirq", "irq_exit_rcu", "sysvec_apic_timer_interrupt",
@@ -94,10 +103,11 @@ def run_reason(frames):
             f.startswith("__x64_sys_") for f in frames):
         return "kernel: interrupt/softirq"
     sysc = next((f for f in frames if f.startswith("__x64_sys_")), None)
+    leaf = f" < {frames[0]}" if frames and kernel_leaf else ""
     if sysc:
         if "task_work_run" in fs or "__fput" in fs:
-            return f"kernel: {sysc[10:]} (final fput: socket release)"
-        return f"kernel: {sysc[10:]}"
+            return f"kernel: {sysc[10:]} (final fput: socket release){leaf}"
+        return f"kernel: {sysc[10:]}{leaf}"
     if "task_work_run" in fs or "__fput" in fs:
         return "kernel: final fput (socket release, task_work)"
     leaf = frames[0] if frames else "?"
@@ -105,8 +115,7 @@ def run_reason(frames):
         return "user: [unknown]"
     if frames and re.match(r"^[0-9a-f]{8,}$", leaf):
         return "user: ?"
-    return ("kernel: " if leaf.islower() and "::" not in leaf and not leaf.startswith("_Z") and not leaf.startswith("_R")
-            else "user: ") + leaf[:90]
+    return ("kernel: " if kernel_leaf else "user: ") + leaf[:90]
 
 
 def main():
@@ -131,9 +140,10 @@ def main():
 
     cpu_segs = collections.defaultdict(list)  # cpu -> [(start, group)] of what ran from then on
     samples = []  # (t, reason) of the shard
+    ipis = collections.Counter()  # (relay thread, callback) -> IPIs sent
     shard = []  # (t, kind, detail): 'in' cpu, 'out' (state, reason), 'wake', 'enter', 'exit'
     first = last = None
-    for comm, pid, tid, cpu, t, ev, trace, frames in read_events(sys.stdin):
+    for comm, pid, tid, cpu, t, ev, trace, frames, kleaf in read_events(sys.stdin):
         first = t if first is None else first
         last = t
         if ev == "sched:sched_switch":
@@ -158,7 +168,12 @@ def main():
         elif ev.startswith("syscalls:sys_exit_epoll") and tid == S:
             shard.append((t, "exit", None))
         elif ev.startswith("cpu-clock") and tid == S:
-            samples.append((t, run_reason(frames)))
+            samples.append((t, run_reason(frames, kleaf)))
+        elif ev.startswith("ipi:ipi_send_cpu") and tid in relay_tids and not relay_tids[tid].startswith(("redis", "load")):
+            # Cross-CPU calls the relay asked for: text patching (a static key flipped:
+            # callback text_poke_sync_each_cpu / do_sync_core), TLB shootdowns (flush_tlb_func), ...
+            m = re.search(r"callback=(\S+)", trace)
+            ipis[(relay_tids[tid], m.group(1).split("+")[0] if m else "?")] += 1
     if first is None or not shard:
         print("  trace: no events of the shard thread (was perf recording?)")
         return
@@ -242,7 +257,7 @@ def main():
         print(f"{indent}running {run * 1e3:.2f} ms, runnable {wait * 1e3:.2f} ms, blocked {blk * 1e3:.2f} ms")
         lo, hi = bisect.bisect_left(sample_times, a), bisect.bisect_right(sample_times, b)
         reasons = collections.Counter(r for _, r in samples[lo:hi])
-        for r, n in reasons.most_common(6):
+        for r, n in reasons.most_common(8):
             print(f"{indent}  running: {r}: {n} samples (~{n * args.sample * 1e3:.2f} ms)")
         for (st, det), v in sorted(acc.items(), key=lambda x: -x[1]):
             if st == "runnable":
@@ -261,11 +276,20 @@ def main():
     dur = last - first
     print(f"  trace: {dur:.2f} s, {len(turns)} loop turns, {len(samples)} samples of the shard")
     describe(first, last, indent="  whole window: ")
+    blocks = [(e - s, det) for s, e, st, det in spans if st == "blocked"]
+    if blocks:
+        b, det = max(blocks)
+        print(f"  longest single block: {b * 1e3:.2f} ms, {det} ({len(blocks)} blocks)")
     wake_lat = [(e - s, s, e) for s, e, st, det in spans if st == "runnable" and det and det.startswith("woken")]
     if wake_lat:
         lat, s, e = max(wake_lat)
         print(f"  longest wait for a CPU after a wake-up: {lat * 1e3:.2f} ms; ran meanwhile (ms): "
               + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in who_ran(s, e).most_common(4)))
+    names = {"0x0": "reschedule", "generic_smp_call_function_single_interrupt": "queued wake-up/call",
+             "flush_tlb_func": "TLB shootdown"}
+    poke = sum(n for (_, cb), n in ipis.items() if "sync_core" in cb or "text_poke" in cb)
+    print(f"  text-patching IPIs from the relay (a static key flipped): {poke}; all its IPIs: "
+          + (", ".join(f"{th} {names.get(cb, cb)} {n}" for (th, cb), n in ipis.most_common(6)) or "none"))
     long_turns = sorted((t for t in turns if t[1] - t[0] >= args.over), key=lambda t: t[0] - t[1])
     hist = collections.Counter(min(int((b - a) * 1e3), 10) for a, b in turns)
     print("  loop turns by length (ms: count): " + ", ".join(
