@@ -697,26 +697,23 @@ mod tests {
         assert_eq!(s.http_limits.idle_timeout, crate::config::HttpLimitsSettings::default().idle_timeout);
     }
 
+    /// The settings `turnkey serve --realm r --metrics off EXTRA...` runs with.
+    fn serve_settings(extra: &[&str]) -> anyhow::Result<crate::config::Settings> {
+        let mut argv = vec!["turnkey", "serve", "--realm", "r", "--metrics", "off"];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+        args.load()
+    }
+
     #[test]
     fn no_sessions_turns_the_listing_off() {
-        let load = |extra: &[&str]| {
-            let mut argv = vec!["turnkey", "serve", "--realm", "r", "--metrics", "off"];
-            argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
-            args.load().unwrap()
-        };
-        assert!(load(&[]).relay.sessions);
-        assert!(!load(&["--no-sessions"]).relay.sessions);
+        assert!(serve_settings(&[]).unwrap().relay.sessions);
+        assert!(!serve_settings(&["--no-sessions"]).unwrap().relay.sessions);
     }
 
     #[test]
     fn shard_rt_priority_flag_reaches_the_relay_settings_and_is_checked_there() {
-        let load = |extra: &[&str]| {
-            let mut argv = vec!["turnkey", "serve", "--realm", "r", "--metrics", "off"];
-            argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
-            args.load()
-        };
+        let load = serve_settings;
         assert_eq!(load(&[]).unwrap().relay.shard_rt_priority, 0);
         assert_eq!(load(&["--shard-rt-priority", "50"]).unwrap().relay.shard_rt_priority, 50);
         let msg = format!("{:#}", load(&["--shard-rt-priority", "100"]).unwrap_err());
