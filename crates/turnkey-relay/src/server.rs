@@ -129,6 +129,16 @@ pub async fn run(
     let engine_cfg = Arc::new(cfg.engine.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     metrics.shards.set(sockets.udp.len() as i64);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cfg.shard_rt_priority.is_some() && sockets.udp.len() >= cores {
+        tracing::warn!(
+            shards = sockets.udp.len(),
+            cores,
+            "shard_rt_priority with a real-time shard on every core: busy shards leave ordinary threads \
+             (this relay's control runtime included) only the kernel's real-time throttling share; \
+             run fewer shards than cores (docs/relay.md)"
+        );
+    }
     let mut threads = Vec::new();
     let reservations = Reservations::default();
     let mut tcp = sockets.tcp.into_iter();
