@@ -10,6 +10,16 @@
 //! the control work takes what is left. The shards keep the process's priority: they are started
 //! by the thread that runs `turnkey_relay::run`, never by a lowered one (a thread inherits its
 //! creator's nice value).
+//!
+//! That leaves the machine's other processes: on a machine where they keep every core busy, the
+//! fair scheduler still makes a woken shard wait its turn for milliseconds (docs/benchmarks.md,
+//! "Shard stalls": every long loop turn traced there was the shard waiting for a CPU, not
+//! working). An operator who wants the shards served first can opt in to a real-time priority
+//! (`[relay] shard_rt_priority`, [`realtime_this_thread`]): SCHED_FIFO, so a shard that has work
+//! preempts every ordinary thread at once. The risk is the other side of that: a shard busy
+//! without pause keeps ordinary threads off its core (the control runtime, sshd, the kernel's
+//! own workers) except for the kernel's real-time throttling share (`sched_rt_runtime_us`, 5 %
+//! by default); docs/relay.md says when to use it.
 
 use std::io;
 
@@ -23,6 +33,37 @@ pub fn lower_this_thread() -> io::Result<()> {
     let target = (this_thread_nice()? + CONTROL_NICE).min(19);
     rustix::process::setpriority_process(Some(rustix::thread::gettid()), target)?;
     Ok(())
+}
+
+/// Runs the calling thread under SCHED_FIFO at `priority` (1 to 99), with SCHED_RESET_ON_FORK so
+/// that a thread it starts is an ordinary one again. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at
+/// least `priority`; a failure leaves the thread as it was.
+#[allow(unsafe_code, reason = "sched_setscheduler has no safe wrapper in rustix or std")]
+pub fn realtime_this_thread(priority: u8) -> io::Result<()> {
+    if !(1..=99).contains(&priority) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a real-time priority is 1 to 99"));
+    }
+    let param = libc::sched_param { sched_priority: i32::from(priority) };
+    // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is this thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's scheduling policy (`libc::SCHED_OTHER`, `libc::SCHED_FIFO`, ...), without
+/// the reset-on-fork flag.
+#[allow(unsafe_code, reason = "sched_getscheduler has no safe wrapper in rustix or std")]
+pub fn this_thread_policy() -> io::Result<i32> {
+    // SAFETY: no pointer is passed; pid 0 is this thread.
+    let r = unsafe { libc::sched_getscheduler(0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r & !libc::SCHED_RESET_ON_FORK)
+    }
 }
 
 /// The calling thread's nice value.
@@ -48,5 +89,23 @@ mod tests {
         assert_eq!(lowered, (before + CONTROL_NICE).min(19));
         assert_eq!(child, lowered, "a thread started by a lowered one is lowered too");
         assert_eq!(this_thread_nice().unwrap(), before, "the caller's thread keeps its priority");
+    }
+
+    /// Needs root (CAP_SYS_NICE), as the test command runs; fails, never skips, without it.
+    #[test]
+    fn a_realtime_thread_runs_fifo_and_the_threads_it_starts_do_not() {
+        let (policy, child) = std::thread::spawn(|| {
+            realtime_this_thread(7).unwrap();
+            let policy = this_thread_policy().unwrap();
+            let child = std::thread::spawn(|| this_thread_policy().unwrap()).join().unwrap();
+            (policy, child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_FIFO);
+        assert_eq!(child, libc::SCHED_OTHER, "SCHED_RESET_ON_FORK: a started thread is ordinary");
+        assert_eq!(this_thread_policy().unwrap(), libc::SCHED_OTHER, "the caller's thread is unchanged");
+        assert!(realtime_this_thread(0).is_err());
+        assert!(realtime_this_thread(100).is_err());
     }
 }

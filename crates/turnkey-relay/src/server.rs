@@ -42,6 +42,9 @@ pub struct RelayConfig {
     /// The node-wide live session listing: each shard publishes to it at its sweep and ends the
     /// allocations an operator asked to end.
     pub sessions: Arc<SessionTable>,
+    /// SCHED_FIFO priority of the shard threads (1 to 99), or None: ordinary threads
+    /// (`crate::priority::realtime_this_thread`).
+    pub shard_rt_priority: Option<u8>,
 }
 
 /// Sockets bound for the relay: for each shard, one socket per UDP listening address and one
@@ -126,6 +129,16 @@ pub async fn run(
     let engine_cfg = Arc::new(cfg.engine.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     metrics.shards.set(sockets.udp.len() as i64);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cfg.shard_rt_priority.is_some() && sockets.udp.len() >= cores {
+        tracing::warn!(
+            shards = sockets.udp.len(),
+            cores,
+            "shard_rt_priority with a real-time shard on every core: busy shards leave ordinary threads \
+             (this relay's control runtime included) only the kernel's real-time throttling share; \
+             run fewer shards than cores (docs/relay.md)"
+        );
+    }
     let mut threads = Vec::new();
     let reservations = Reservations::default();
     let mut tcp = sockets.tcp.into_iter();
@@ -142,6 +155,17 @@ pub async fn run(
         };
         let limiter = limiter.clone();
         let t = std::thread::Builder::new().name(format!("turnkey-shard-{i}")).spawn(move || {
+            if let Some(priority) = cfg.shard_rt_priority {
+                match crate::priority::realtime_this_thread(priority) {
+                    Ok(()) => tracing::debug!(shard = i, priority, "shard thread under SCHED_FIFO"),
+                    Err(e) => tracing::warn!(
+                        shard = i,
+                        priority,
+                        "shard_rt_priority not applied, the shard runs as an ordinary thread \
+                         (needs CAP_SYS_NICE or LimitRTPRIO): {e}"
+                    ),
+                }
+            }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let local = tokio::task::LocalSet::new();
             local.spawn_local(metrics.shard_loop.clone().probe(i));

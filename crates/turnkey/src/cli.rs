@@ -452,6 +452,11 @@ pub struct RelayArgs {
     #[arg(long, env = "TURNKEY_NO_SESSIONS")]
     #[serde(rename = "sessions", skip_serializing_if = "is_false", serialize_with = "negated")]
     pub no_sessions: bool,
+    /// SCHED_FIFO priority of the shard threads, 1 to 99 (0: ordinary threads; needs
+    /// CAP_SYS_NICE; docs/relay.md).
+    #[arg(long, env = "TURNKEY_SHARD_RT_PRIORITY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_rt_priority: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -692,16 +697,27 @@ mod tests {
         assert_eq!(s.http_limits.idle_timeout, crate::config::HttpLimitsSettings::default().idle_timeout);
     }
 
+    /// The settings `turnkey serve --realm r --metrics off EXTRA...` runs with.
+    fn serve_settings(extra: &[&str]) -> anyhow::Result<crate::config::Settings> {
+        let mut argv = vec!["turnkey", "serve", "--realm", "r", "--metrics", "off"];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+        args.load()
+    }
+
     #[test]
     fn no_sessions_turns_the_listing_off() {
-        let load = |extra: &[&str]| {
-            let mut argv = vec!["turnkey", "serve", "--realm", "r", "--metrics", "off"];
-            argv.extend_from_slice(extra);
-            let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
-            args.load().unwrap()
-        };
-        assert!(load(&[]).relay.sessions);
-        assert!(!load(&["--no-sessions"]).relay.sessions);
+        assert!(serve_settings(&[]).unwrap().relay.sessions);
+        assert!(!serve_settings(&["--no-sessions"]).unwrap().relay.sessions);
+    }
+
+    #[test]
+    fn shard_rt_priority_flag_reaches_the_relay_settings_and_is_checked_there() {
+        let load = serve_settings;
+        assert_eq!(load(&[]).unwrap().relay.shard_rt_priority, 0);
+        assert_eq!(load(&["--shard-rt-priority", "50"]).unwrap().relay.shard_rt_priority, 50);
+        let msg = format!("{:#}", load(&["--shard-rt-priority", "100"]).unwrap_err());
+        assert!(msg.contains("relay.shard_rt_priority") && msg.contains("0 to 99"), "{msg}");
     }
 
     #[test]

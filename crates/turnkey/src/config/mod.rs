@@ -144,6 +144,10 @@ pub struct RelaySettings {
     /// The live session listing (`/v1/sessions`, the fleet's session index): `false` turns it
     /// off (shards take no snapshot at their sweep; docs/observability.md).
     pub sessions: bool,
+    /// SCHED_FIFO priority of the shard threads, 1 to 99; 0: ordinary threads (docs/relay.md:
+    /// what it buys on a busy machine and what it risks).
+    #[serde(deserialize_with = "in_range::<_, _, 0, 99>")]
+    pub shard_rt_priority: u8,
 }
 
 impl Default for RelaySettings {
@@ -162,6 +166,7 @@ impl Default for RelaySettings {
             drain_grace: Duration::from_secs(30),
             fast_path: turnkey_fastpath::FastPathMode::default(),
             sessions: true,
+            shard_rt_priority: 0,
         }
     }
 }
