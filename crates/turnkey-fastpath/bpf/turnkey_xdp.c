@@ -270,128 +270,126 @@ static __always_inline int is_addr(const __u8 *addr, __be16 port, __u8 family)
 	return bpf_map_lookup_elem(&fp_addrs, &k) != NULL;
 }
 
-// The decision: 0 and a filled plan, or a pass reason. `payload` is the UDP payload in the packet,
-// `plen` its length (already checked against the IP and UDP lengths).
-static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
-				    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen, struct plan *p)
+static __always_inline struct fp_chan_val *chan_lookup(__u8 family, const __u8 *src, const __u8 *dst, __be16 sport,
+							__be16 dport, const __u8 *payload)
+{
+	struct fp_chan_key ck = {};
+	copy16(ck.client, src);
+	copy16(ck.listener, dst);
+	ck.client_port = sport;
+	ck.listener_port = dport;
+	__builtin_memcpy(&ck.channel, payload, 2);
+	ck.family = family;
+	return bpf_map_lookup_elem(&fp_channels, &ck);
+}
+
+// client -> listener. `cv` is the channel's entry when decide's probe found it; `probed`: the probe
+// looked its key up (a miss then needs no second lookup).
+static __always_inline __u32 client_to_peer(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
+					    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen,
+					    struct fp_chan_val *cv, int probed, struct plan *p)
 {
 	void *end = (void *)(long)ctx->data_end;
-	__u64 now;
-
-	if (is_addr(dst, dport, family)) {
-		// client -> listener
-		if (plen < CHANNEL_HDR)
+	if (plen < CHANNEL_HDR)
+		return PASS_LENGTH;
+	if ((void *)(payload + CHANNEL_HDR) > end)
+		return PASS_LENGTH;
+	__u8 b0 = payload[0];
+	if ((b0 & 0xc0) == 0) {
+		if (payload[0] == 0x00 && payload[1] == 0x16)
+			return PASS_SEND_INDICATION;
+		return PASS_STUN;
+	}
+	// 0x4000-0x4FFF (RFC 8656), 0x5000-0x7FFF for RFC 5766 clients when the relay allows
+	// them: only channels user space bound have entries.
+	if ((b0 & 0xc0) != 0x40)
+		return PASS_NOT_CHANNEL_DATA;
+	__u16 dlen = ((__u16)payload[2] << 8) | payload[3];
+	if (plen - CHANNEL_HDR != dlen) {
+		// Over UDP the message may be padded to a multiple of 4 (RFC 8656 §12.5): the padding
+		// is trimmed with the header. Other trailing bytes (1-3 but not to a multiple of 4)
+		// go to user space, which ignores them too.
+		if (plen - CHANNEL_HDR < dlen || plen - CHANNEL_HDR > (((__u32)dlen + 3) & ~3u))
 			return PASS_LENGTH;
-		if ((void *)(payload + CHANNEL_HDR) > end)
+		if (plen - CHANNEL_HDR != (((__u32)dlen + 3) & ~3u))
+			return PASS_PADDED;
+		// The padded message ends at a multiple of 4 from the UDP payload's start, an even
+		// offset in the checksummed data: its last 4 bytes are two whole checksum words.
+		__u32 l4 = sizeof(struct ethhdr) + sizeof(struct udphdr) +
+			   (family == FAM_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr));
+		// (bpf_xdp_load_bytes, Linux 5.18+: a direct read at this variable offset, its bounds
+		// checked, is compiled by clang into a form the verifier rejects.)
+		__u8 kept[4];
+		if (bpf_xdp_load_bytes(ctx, l4 + plen - 4, kept, 4))
 			return PASS_LENGTH;
-		__u8 b0 = payload[0];
-		if ((b0 & 0xc0) == 0) {
-			if (payload[0] == 0x00 && payload[1] == 0x16)
-				return PASS_SEND_INDICATION;
-			return PASS_STUN;
-		}
-		// 0x4000-0x4FFF (RFC 8656), 0x5000-0x7FFF for RFC 5766 clients when the relay allows
-		// them: only channels user space bound have entries.
-		if ((b0 & 0xc0) != 0x40)
-			return PASS_NOT_CHANNEL_DATA;
-		__u16 dlen = ((__u16)payload[2] << 8) | payload[3];
-		if (plen - CHANNEL_HDR != dlen) {
-			// Over UDP the message may be padded to a multiple of 4 (RFC 8656 §12.5): the padding
-			// is trimmed with the header. Other trailing bytes (1-3 but not to a multiple of 4)
-			// go to user space, which ignores them too.
-			if (plen - CHANNEL_HDR < dlen || plen - CHANNEL_HDR > (((__u32)dlen + 3) & ~3u))
-				return PASS_LENGTH;
-			if (plen - CHANNEL_HDR != (((__u32)dlen + 3) & ~3u))
-				return PASS_PADDED;
-			// The padded message ends at a multiple of 4 from the UDP payload's start, an even
-			// offset in the checksummed data: its last 4 bytes are two whole checksum words.
-			__u32 l4 = sizeof(struct ethhdr) + sizeof(struct udphdr) +
-				   (family == FAM_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr));
-			// (bpf_xdp_load_bytes, Linux 5.18+: a direct read at this variable offset, its bounds
-			// checked, is compiled by clang into a form the verifier rejects.)
-			__u8 kept[4];
-			if (bpf_xdp_load_bytes(ctx, l4 + plen - 4, kept, 4))
-				return PASS_LENGTH;
-			__u8 trim = plen - CHANNEL_HDR - dlen;
-			__builtin_memcpy(&p->tail, kept, 4);
-			if (trim >= 3)
-				kept[1] = 0;
-			if (trim >= 2)
-				kept[2] = 0;
-			kept[3] = 0;
-			__builtin_memcpy(&p->tail_kept, kept, 4);
-			p->trim = trim;
-		}
-		struct fp_chan_key ck = {};
-		copy16(ck.client, src);
-		copy16(ck.listener, dst);
-		ck.client_port = sport;
-		ck.listener_port = dport;
-		__builtin_memcpy(&ck.channel, payload, 2);
-		ck.family = family;
-		struct fp_chan_val *cv = bpf_map_lookup_elem(&fp_channels, &ck);
+		__u8 trim = plen - CHANNEL_HDR - dlen;
+		__builtin_memcpy(&p->tail, kept, 4);
+		if (trim >= 3)
+			kept[1] = 0;
+		if (trim >= 2)
+			kept[2] = 0;
+		kept[3] = 0;
+		__builtin_memcpy(&p->tail_kept, kept, 4);
+		p->trim = trim;
+	}
+	if (!cv) {
+		if (probed)
+			return PASS_NO_CHANNEL;
+		cv = chan_lookup(family, src, dst, sport, dport, payload);
 		if (!cv)
 			return PASS_NO_CHANNEL;
-		now = bpf_ktime_get_ns(); // (read only for packets with an entry)
-		if (now >= cv->deadline_ns)
+	}
+	__u64 now = bpf_ktime_get_ns(); // (read only for packets with an entry)
+	if (now >= cv->deadline_ns)
+		return PASS_EXPIRED;
+	__u32 r = alloc_check(cv->alloc, now, dlen, &p->to_peer_a);
+	if (r)
+		return r;
+	p->strip = 1;
+	__builtin_memcpy(&p->strip_chan, payload, 2);
+	p->data_len = dlen;
+	p->to_peer = 1;
+	p->to_peer_alloc = cv->alloc;
+
+	// Hairpin: the peer is another allocation's relayed address here. User space marks the
+	// channels whose peer is on one of this relay's relayed IPs, so the common case looks
+	// nothing more up.
+	if (cv->flags & FP_CHAN_HAIRPIN) {
+		struct fp_peer_key hk = {};
+		copy16(hk.peer, cv->relayed);
+		copy16(hk.relayed, cv->peer);
+		hk.peer_port = cv->relayed_port;
+		hk.relayed_port = cv->peer_port;
+		hk.family = family;
+		struct fp_peer_val *hv = bpf_map_lookup_elem(&fp_peers, &hk);
+		if (!hv)
+			return PASS_HAIRPIN_UNBOUND;
+		if (now >= hv->deadline_ns)
 			return PASS_EXPIRED;
-		__u32 r = alloc_check(cv->alloc, now, dlen, &p->to_peer_a);
+		r = alloc_check(hv->alloc, now, dlen, &p->to_client_a);
 		if (r)
 			return r;
-		p->strip = 1;
-		p->strip_chan = ck.channel;
-		p->data_len = dlen;
-		p->to_peer = 1;
-		p->to_peer_alloc = cv->alloc;
-
-		// Hairpin: the peer is another allocation's relayed address here. User space marks the
-		// channels whose peer is on one of this relay's relayed IPs, so the common case looks
-		// nothing more up.
-		if (cv->flags & FP_CHAN_HAIRPIN) {
-			struct fp_peer_key hk = {};
-			copy16(hk.peer, cv->relayed);
-			copy16(hk.relayed, cv->peer);
-			hk.peer_port = cv->relayed_port;
-			hk.relayed_port = cv->peer_port;
-			hk.family = family;
-			struct fp_peer_val *hv = bpf_map_lookup_elem(&fp_peers, &hk);
-			if (!hv)
-				return PASS_HAIRPIN_UNBOUND;
-			if (now >= hv->deadline_ns)
-				return PASS_EXPIRED;
-			r = alloc_check(hv->alloc, now, dlen, &p->to_client_a);
-			if (r)
-				return r;
-			copy16(p->src, hv->listener);
-			copy16(p->dst, hv->client);
-			p->sport = hv->listener_port;
-			p->dport = hv->client_port;
-			p->add = 1;
-			p->add_chan = hv->channel;
-			p->to_client = 1;
-			p->to_client_alloc = hv->alloc;
-			return 0;
-		}
-		copy16(p->src, cv->relayed);
-		copy16(p->dst, cv->peer);
-		p->sport = cv->relayed_port;
-		p->dport = cv->peer_port;
+		copy16(p->src, hv->listener);
+		copy16(p->dst, hv->client);
+		p->sport = hv->listener_port;
+		p->dport = hv->client_port;
+		p->add = 1;
+		p->add_chan = hv->channel;
+		p->to_client = 1;
+		p->to_client_alloc = hv->alloc;
 		return 0;
 	}
+	copy16(p->src, cv->relayed);
+	copy16(p->dst, cv->peer);
+	p->sport = cv->relayed_port;
+	p->dport = cv->peer_port;
+	return 0;
+}
 
-	if (!is_addr(dst, 0, family))
-		return PASS_NOT_RELAY_ADDR;
-	// peer -> relayed address
-	struct fp_peer_key pk = {};
-	copy16(pk.peer, src);
-	copy16(pk.relayed, dst);
-	pk.peer_port = sport;
-	pk.relayed_port = dport;
-	pk.family = family;
-	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
-	if (!pv)
-		return PASS_NO_PEER;
-	now = bpf_ktime_get_ns();
+// peer -> relayed address, the peer's entry found.
+static __always_inline __u32 peer_to_client(struct fp_peer_val *pv, __u32 plen, struct plan *p)
+{
+	__u64 now = bpf_ktime_get_ns();
 	if (now >= pv->deadline_ns)
 		return PASS_EXPIRED;
 	if (plen > 0xffff)
@@ -409,6 +407,49 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 	p->to_client = 1;
 	p->to_client_alloc = pv->alloc;
 	return 0;
+}
+
+// The decision: 0 and a filled plan, or a pass reason. `payload` is the UDP payload in the packet,
+// `plen` its length (already checked against the IP and UDP lengths).
+//
+// The two relayed cases are found by their own entries first: a channel's key names a listener and
+// a peer entry's key a relayed address (user space writes no other), so a hit needs no address
+// lookup. ChannelData on a bound channel costs one lookup, a peer's datagram two (its relay IP,
+// then its entry: other traffic to other addresses costs what it did, two address lookups). Only
+// when neither is found are the addresses looked up for the reason, in the order the table in
+// docs/fastpath.md gives.
+static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
+				    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen, struct plan *p)
+{
+	void *end = (void *)(long)ctx->data_end;
+	struct fp_chan_val *cv = NULL;
+	int probed = 0;
+
+	if (plen >= CHANNEL_HDR && (void *)(payload + CHANNEL_HDR) <= end && (payload[0] & 0xc0) == 0x40) {
+		__u32 dlen = ((__u32)payload[2] << 8) | payload[3];
+		// (A peer's datagram rarely looks like ChannelData of its own length.)
+		if (plen - CHANNEL_HDR == dlen || plen - CHANNEL_HDR == ((dlen + 3) & ~3u)) {
+			probed = 1;
+			cv = chan_lookup(family, src, dst, sport, dport, payload);
+		}
+	}
+	if (!cv) {
+		int relay_ip = is_addr(dst, 0, family);
+		if (relay_ip) {
+			struct fp_peer_key pk = {};
+			copy16(pk.peer, src);
+			copy16(pk.relayed, dst);
+			pk.peer_port = sport;
+			pk.relayed_port = dport;
+			pk.family = family;
+			struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
+			if (pv)
+				return peer_to_client(pv, plen, p);
+		}
+		if (!is_addr(dst, dport, family))
+			return relay_ip ? PASS_NO_PEER : PASS_NOT_RELAY_ADDR;
+	}
+	return client_to_peer(ctx, family, src, dst, sport, dport, payload, plen, cv, probed, p);
 }
 
 // Next hop for what leaves; 0 or a pass reason. The kernel answers only when forwarding is on for

@@ -272,6 +272,66 @@ fn hairpin_between_two_allocations_is_relayed_in_one_step() {
 }
 
 #[test]
+fn a_peer_datagram_that_looks_like_channel_data_is_relayed_as_data() {
+    // The program looks a ChannelData-shaped datagram up as a channel first: a peer's payload of
+    // that shape misses there and is relayed to the client as any other data.
+    let Some(mut net) = setup() else { return };
+    let b = binding4();
+    alive(&mut net.fp, 1, None);
+    bind(&mut net.fp, &b);
+    let lookalike = channel_data(0x4001, b"not a channel here");
+    let frame = udp_frame(PEER_MAC, net.relay_mac, b.peer, b.relayed, &lookalike);
+    let out = run(&mut net, &frame, action::TX);
+    expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4001, &lookalike));
+}
+
+#[test]
+fn hairpin_is_marked_by_the_relay_ips_user_space_declared() {
+    let Some(mut net) = setup() else { return };
+    // The other allocation's relayed address is on 10.2.0.1 (tkc), not yet declared a relay IP:
+    // the program takes the channel for a direct one (the local destination goes to user space).
+    let a = ChannelBinding { peer: sa("10.2.0.1:50001"), ..binding4() };
+    let b = ChannelBinding {
+        client: sa("10.1.0.2:5001"),
+        listener: sa("10.1.0.1:3478"),
+        channel: 0x4002,
+        relayed: sa("10.2.0.1:50001"),
+        peer: sa("10.1.0.1:50000"),
+        alloc: AllocKey(3),
+    };
+    alive(&mut net.fp, 1, None);
+    alive(&mut net.fp, 3, None);
+    bind(&mut net.fp, &a);
+    bind(&mut net.fp, &b);
+    let frame = udp_frame(CLIENT_MAC, net.relay_mac, a.client, a.listener, &channel_data(0x4001, b"hairpin"));
+    expect_pass(&mut net, &frame, PassReason::NoRoute);
+    // Declared afterwards: the channels already bound to it are marked hairpin.
+    net.fp.add_relay_ip("10.2.0.1".parse().unwrap()).unwrap();
+    let out = run(&mut net, &frame, action::TX);
+    expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4002, b"hairpin"));
+}
+
+#[test]
+fn allocation_slots_stop_at_the_kernel_arrays_size() {
+    let Some(mut net) = setup() else { return };
+    let last = turnkey_fastpath::MAX_ALLOCATIONS - 1;
+    alive(&mut net.fp, last, None);
+    let b = ChannelBinding { alloc: AllocKey(last), ..binding4() };
+    bind(&mut net.fp, &b);
+    let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"last"));
+    run(&mut net, &frame, action::TX);
+    assert_eq!(net.fp.sweep().unwrap().len(), 1);
+    let deadline = KernelClock::new().deadline(Instant::now() + Duration::from_secs(600));
+    let over = AllocationEntry { deadline, budget_bytes: None };
+    assert!(net.fp.set_allocation(AllocKey(turnkey_fastpath::MAX_ALLOCATIONS), over).is_err());
+    // A reused slot starts from zero.
+    run(&mut net, &frame, action::TX);
+    assert_eq!(net.fp.remove_allocation(AllocKey(last)).unwrap().to_peer_packets, 1);
+    alive(&mut net.fp, last, None);
+    assert_eq!(net.fp.alloc_counters(AllocKey(last)).unwrap(), Default::default());
+}
+
+#[test]
 fn another_egress_interface_is_redirected_when_forwarding_else_passed() {
     let Some(mut net) = setup() else { return };
     let b = ChannelBinding { peer: sa("10.2.0.3:6000"), ..binding4() };
