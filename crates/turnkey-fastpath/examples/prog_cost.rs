@@ -17,10 +17,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use common::{channel_data, udp_frame};
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use etherparse::PacketBuilder;
 use turnkey_fastpath::{
     action, ifindex, AllocKey, AllocationEntry, ChannelBinding, FastPath, KernelClock, PASS_STUB_NAME, PROGRAM_NAME,
 };
@@ -30,28 +31,6 @@ const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac);
-    let mut out = Vec::new();
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            b.ipv4(s.octets(), d.octets(), 61).udp(src.port(), dst.port()).write(&mut out, payload).unwrap()
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            b.ipv6(s.octets(), d.octets(), 61).udp(src.port(), dst.port()).write(&mut out, payload).unwrap()
-        }
-        _ => unreachable!(),
-    }
-    out
-}
-
-fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
-    let mut v = channel.to_be_bytes().to_vec();
-    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    v.extend_from_slice(data);
-    v
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
