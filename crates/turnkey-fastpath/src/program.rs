@@ -167,9 +167,13 @@ impl FastPath {
         let ip = ip.to_canonical();
         if self.relay_ips.insert(ip) {
             // Channels bound earlier to a peer on this IP are hairpin from now on.
-            let (addr, _) = abi::addr_bytes(ip);
-            let marked: Vec<(ChanKey, ChanVal)> =
-                self.channels.iter().filter_map(Result::ok).filter(|(_, v)| v.peer == addr).collect();
+            let (addr, family) = abi::addr_bytes(ip);
+            let marked: Vec<(ChanKey, ChanVal)> = self
+                .channels
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| k.family == family && v.peer == addr)
+                .collect();
             for (k, mut v) in marked {
                 v.flags |= abi::CHAN_HAIRPIN;
                 self.channels.insert(k, v, 0).map_err(|e| op_err("insert", "fp_channels", e))?;
