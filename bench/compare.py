@@ -36,6 +36,12 @@ charged to the generator. `--kernel-echo` makes the echo-peer loads' peer answer
 generator's core only sends and receives at the clients; each run checks that it reflected at
 least every datagram the clients got back.
 
+`--wire xdp` (or BENCH_VETH_WIRE=xdp; with `--net veth`) joins the two namespaces through a third
+whose two veth ends redirect every frame to each other in XDP (bench/bpf/wire.c): frames reach
+the server's end as xdp_frames, as a NIC's driver hands them to XDP, instead of socket buffers the
+veth copies into a page before the server end's XDP program. The middle's work runs in its NAPI
+threads on the generator's core; both outer ends send full checksums; every server alike.
+
 `--fast-path` (with `--net veth`) adds `turnkey-xdp`: turnkey with `--fast-path xdp`, bound
 channels relayed by its XDP program (docs/fastpath.md). For it the veth is prepared as the
 kernel path needs: forwarding on the server's end, TX checksum offload off and the XDP_PASS stub
@@ -50,7 +56,7 @@ softirq, the method before threaded NAPI) stays in the JSON.
 Usage:
     bench/compare.py [--quick] [--reps N] [--out DIR] [--only issuance|profiles|udp]
                      [--coturn-4171 PATH] [--turnkey-before PATH] [--net loopback|veth] [--fast-path]
-                     [--kernel-echo] [--no-sessions-variant]
+                     [--kernel-echo] [--wire veth|xdp] [--no-sessions-variant]
 
 `--only udp` is the UDP data path only (issue 17): capacity in pair and echo-peer mode at 100 and
 1200 B, the round trip at half load in both modes, and CPU per message for every traffic shape.
@@ -110,13 +116,17 @@ class Net:
     network namespace joined by a veth pair (`veth`), each end's receive work on its own side's
     core (threaded NAPI, bench/vethnet.py)."""
 
-    def __init__(self, kind: str, fast_path: bool = False, kernel_echo: bool = False):
-        self.kind, self.fast_path = kind, fast_path
+    def __init__(self, kind: str, fast_path: bool = False, kernel_echo: bool = False, wire: str = "veth"):
+        self.kind, self.fast_path, self.wire = kind, fast_path, wire
         self.server_ip = self.load_ip = "127.0.0.1"
         self.ns_server = self.ns_load = None
         self.dev_server = self.dev_load = None
         self.napi_server: list[int] = []
         self.napi_load: list[int] = []
+        self.napi_mid: list[int] = []
+        self.ns_mid: str | None = None
+        self.devs_mid: tuple[str, str] | None = None
+        self.wire_dir: Path | None = None
         self.echo: vethnet.KernelEcho | None = None
         if kind == "veth":
             tag = f"tkb{os.getpid()}"
@@ -124,8 +134,14 @@ class Net:
             # Interface names unique to the run: their NAPI threads are found by name.
             self.dev_server, self.dev_load = f"{tag}s", f"{tag}l"
             self.server_ip, self.load_ip = "10.213.0.1", "10.213.0.2"
-            vethnet.create_pair((self.ns_server, self.dev_server, self.server_ip),
-                                (self.ns_load, self.dev_load, self.load_ip), VETH_QUEUES)
+            ends = ((self.ns_server, self.dev_server, self.server_ip), (self.ns_load, self.dev_load, self.load_ip))
+            if wire == "xdp":
+                # The XDP wire (bench/vethnet.py): frames reach the server's end as from a NIC's
+                # driver, for every server; the middle's work runs on the generator's core.
+                self.ns_mid, self.devs_mid = f"{tag}m", (f"{tag}x", f"{tag}y")
+                self.wire_dir = vethnet.create_wire(*ends, (self.ns_mid, *self.devs_mid), VETH_QUEUES)
+            else:
+                vethnet.create_pair(*ends, VETH_QUEUES)
             sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
             if fast_path:
                 # What the kernel path needs on a veth (docs/fastpath.md): forwarding where the
@@ -152,13 +168,22 @@ class Net:
                      f"(server end {self.napi_server}, generator end {self.napi_load})")
         vethnet.pin(self.napi_server, SERVER_CORE)
         vethnet.pin(self.napi_load, LOAD_CORE)
+        if self.devs_mid:
+            self.napi_mid = [t for d in self.devs_mid for t in vethnet.napi_threads(d)]
+            if not self.napi_mid:
+                sys.exit(f"no threaded NAPI thread found for the wire's ends {self.devs_mid}")
+            vethnet.pin(self.napi_mid, LOAD_CORE)
 
     def drops(self) -> dict:
         """Packets each veth end dropped so far, received and sent (nothing on loopback)."""
         if not self.dev_server:
             return {}
-        return {"server_end": vethnet.drops(self.ns_server, self.dev_server),
-                "generator_end": vethnet.drops(self.ns_load, self.dev_load)}
+        out = {"server_end": vethnet.drops(self.ns_server, self.dev_server),
+               "generator_end": vethnet.drops(self.ns_load, self.dev_load)}
+        if self.devs_mid:
+            out["wire_server_side"] = vethnet.drops(self.ns_mid, self.devs_mid[0])
+            out["wire_generator_side"] = vethnet.drops(self.ns_mid, self.devs_mid[1])
+        return out
 
     def napi_server_secs(self) -> float:
         """CPU time of the server end's NAPI thread(s): the server's kernel receive work (XDP, GRO,
@@ -172,9 +197,11 @@ class Net:
         return ["ip", "netns", "exec", self.ns_load, *cmd] if self.ns_load else cmd
 
     def close(self) -> None:
-        for ns in (self.ns_server, self.ns_load):
+        for ns in (self.ns_server, self.ns_load, self.ns_mid):
             if ns:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if self.wire_dir:
+            shutil.rmtree(self.wire_dir, ignore_errors=True)
         if self.echo:
             shutil.rmtree(self.echo.dir, ignore_errors=True)
 
@@ -864,6 +891,9 @@ def markdown(res: dict, reps: int) -> str:
                 else "turnkey load's sockets")
         lines.append("Over a veth: each end's kernel receive work runs in its threaded NAPI thread, pinned to its "
                      f"side's core (server core 0, generator core 1); the echo peer answers in {echo}.")
+        if res["veth"].get("wire") == "xdp":
+            lines.append("Through the XDP wire (--wire xdp): frames reach the server's end as xdp_frames, as from a "
+                         "NIC's driver; the middle namespace's redirects and copies run on the generator's core.")
     lines.append(f"Medians over {reps} repetitions, each on a fresh server.")
     return "\n".join(lines)
 
@@ -1131,6 +1161,10 @@ def main() -> None:
     ap.add_argument("--kernel-echo", action="store_true",
                     help="with --net veth: the echo-peer loads' peer answers in the kernel (bench/bpf/echo_peer.c "
                          "at tc on the generator's veth end) instead of turnkey load's sockets, for every server")
+    ap.add_argument("--wire", choices=["veth", "xdp"], default=os.environ.get("BENCH_VETH_WIRE", "veth"),
+                    help="with --net veth: xdp joins generator and servers through a middle namespace whose "
+                         "XDP program redirects every frame, so frames reach the server's end as from a NIC "
+                         "(bench/vethnet.py; default: $BENCH_VETH_WIRE or veth)")
     ap.add_argument("--no-sessions-variant", action="store_true",
                     default=os.environ.get("TURNKEY_BENCH_NO_SESSIONS", "") not in ("", "0"),
                     help="add turnkey-nosessions: turnkey with --no-sessions (the session listing's cost "
@@ -1164,7 +1198,9 @@ def main() -> None:
         sys.exit("--kernel-echo needs --net veth")
     if a.kernel_echo and not (shutil.which("clang") and shutil.which("bpftool") and shutil.which("tc")):
         sys.exit("--kernel-echo needs clang, bpftool and tc (scripts/install-test-tools.sh installs them)")
-    NET = Net(a.net, a.fast_path, a.kernel_echo)
+    if a.wire == "xdp" and (a.net != "veth" or not shutil.which("clang")):
+        sys.exit("--wire xdp needs --net veth and clang")
+    NET = Net(a.net, a.fast_path, a.kernel_echo, a.wire)
     before = a.turnkey_before.resolve() if a.turnkey_before else None
     b = Bench(reps, a.quick, a.coturn_4171, before, a.fast_path, a.no_sessions_variant)
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -1183,7 +1219,7 @@ def main() -> None:
     b.results["pace_burst"] = PACE_BURST
     b.results["net"] = a.net
     if a.net == "veth":
-        b.results["veth"] = {"threaded_napi": True, "kernel_echo": a.kernel_echo}
+        b.results["veth"] = {"threaded_napi": True, "kernel_echo": a.kernel_echo, "wire": a.wire}
     if before:
         b.results["turnkey_before"] = str(before)
     b.results["minutes"] = round((time.time() - started) / 60, 1)

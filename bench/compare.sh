@@ -6,7 +6,8 @@
 #   bench/compare.sh --only profiles   CPU per message for the smooth/audio/video traffic shapes
 #   bench/compare.sh --only udp --net veth --fast-path --kernel-echo   the kernel fast path: two
 #     namespaces on a veth, each end's NAPI threads on its side's core, the echo peer in the kernel
-#     (root, clang, bpftool, tc; docs/benchmarks.md "The kernel fast path")
+#     (root, clang, bpftool, tc; docs/benchmarks.md "The kernel fast path"); add --wire xdp to have
+#     frames reach the server's end as from a NIC (a middle namespace redirecting them in XDP)
 # With COTURN_4171_BIN=/path/to/turnserver (coturn 4.17.1, built from its upstream tag outside this
 # repository) every run adds that coturn in its fastest configuration (--udp-gso --multiplex-peer).
 # Nothing here fetches or builds coturn. The build used for docs/benchmarks.md (Debian 12):

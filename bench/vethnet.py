@@ -9,6 +9,13 @@ threaded NAPI (`/sys/class/net/DEV/threaded`) each veth's poll runs in its own k
 end's to the generator's, for every server alike. A veth has NAPI once GRO is on or an XDP program
 is attached; with GRO on it keeps it (and its thread) across attach and detach.
 
+**XDP wire** (`BENCH_VETH_WIRE=xdp`, `compare.py --wire xdp`, `create_wire`). A veth copies
+every socket-sent buffer into a page before the receiving end's XDP program runs (a socket's
+buffer head is no page fragment), a cost native XDP on a NIC does not have. The wire puts a third
+namespace between the two ends whose two veth ends redirect every frame to each other in XDP
+(`bench/bpf/wire.c`): frames then reach the server's end as xdp_frames, as from a NIC's driver,
+and the copy happens in the middle, on the generator's core, for every server alike.
+
 **Kernel echo peer.** `bench/bpf/echo_peer.c`, a tc ingress program on the generator's end of the
 veth, answers every datagram a server relays to a peer in the generator's namespace in the
 kernel, as `turnkey load --echo-peer`'s sockets would (same addresses and ports), so the
@@ -20,12 +27,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# How the generator's frames reach the server's end: `veth` (one veth pair) or `xdp` (the XDP wire).
+WIRE = os.environ.get("BENCH_VETH_WIRE", "veth")
 ECHO_SRC = Path(__file__).resolve().parent / "bpf" / "echo_peer.c"
 
 
@@ -61,6 +71,56 @@ def create_pair(server: tuple[str, str, str], load: tuple[str, str, str], queues
         # eligible): off, as it is unused by UDP.
         sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "tso", "off")
         set_threaded(ns, dev)
+
+
+WIRE_SRC = Path(__file__).resolve().parent / "bpf" / "wire.c"
+
+
+def mac(ns: str, dev: str) -> str:
+    return json.loads(sh("ip", "-n", ns, "-j", "link", "show", "dev", dev))[0]["address"]
+
+
+def create_wire(server: tuple[str, str, str], load: tuple[str, str, str], middle: tuple[str, str, str],
+                queues: int) -> Path:
+    """`BENCH_VETH_WIRE=xdp` / `compare.py --wire xdp`: the `server` and `load` ends (namespace,
+    device, IPv4 address in a /24) as in create_pair, joined through a third namespace `middle`
+    (namespace, the device facing the server, the one facing the generator) by two veth pairs.
+    bench/bpf/wire.c on both middle ends redirects every frame to the other middle end, so frames
+    reach the server's end as xdp_frames, as a NIC's driver hands them to XDP: no copy of the
+    generator's socket buffers on the server's side (a veth copies each one into a page before its
+    XDP program), and none of the server's sends copied on its core either (they are copied by the
+    middle end, on the generator's core). The outer ends keep GRO, threaded NAPI and their queues;
+    static neighbour entries make the middle transparent at layer 2. Both outer ends send full
+    checksums (`tx off`): a partial checksum does not survive a redirect, for any server.
+    Returns the build directory of the wire's objects (remove it when done)."""
+    for ns in (server[0], load[0], middle[0]):
+        sh("ip", "netns", "add", ns)
+    q = str(queues)
+    mid_ns, mid_s, mid_l = middle
+    for (ns, dev, _), mid in ((server, mid_s), (load, mid_l)):
+        sh("ip", "link", "add", dev, "numtxqueues", q, "numrxqueues", q, "netns", ns,
+           "type", "veth", "peer", "name", mid, "numtxqueues", q, "numrxqueues", q, "netns", mid_ns)
+    sh("ip", "-n", mid_ns, "link", "set", "lo", "up")
+    for ns, dev, ip in (server, load):
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "tso", "off", "tx", "off")
+        set_threaded(ns, dev)
+    build = Path(tempfile.mkdtemp(prefix="bench-wire-"))
+    index = {d: json.loads(sh("ip", "-n", mid_ns, "-j", "link", "show", "dev", d))[0]["ifindex"]
+             for d in (mid_s, mid_l)}
+    for dev, other in ((mid_s, mid_l), (mid_l, mid_s)):
+        obj = build / f"wire-{dev}.o"
+        sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", f"-DWIRE_TO={index[other]}",
+           "-c", str(WIRE_SRC), "-o", str(obj))
+        sh("ip", "-n", mid_ns, "link", "set", "dev", dev, "xdpdrv", "object", str(obj), "section", "xdp")
+        sh("ip", "-n", mid_ns, "link", "set", dev, "up")
+        # (XDP gave the middle end its NAPI; threaded, its thread is pinned to the generator's core.)
+        set_threaded(mid_ns, dev)
+    for (ns, dev, _), (far_ns, far_dev, far_ip) in ((server, load), (load, server)):
+        sh("ip", "-n", ns, "neigh", "replace", far_ip, "lladdr", mac(far_ns, far_dev), "dev", dev, "nud", "permanent")
+    return build
 
 
 def napi_threads(dev: str) -> list[int]:
@@ -184,12 +244,21 @@ def main(argv: list[str]) -> None:
     """For shell benchmarks (bench/load-cpu.sh NET=veth):
     `up TAG SERVER_CORE LOAD_CORE` makes namespaces TAGa (server end TAGs, 10.213.0.1) and TAGb
     (generator end TAGl, 10.213.0.2) with each end's NAPI threads pinned to its side's core;
-    `napi-secs DEV` prints the CPU seconds of DEV's NAPI threads; `down TAG` removes both."""
+    `napi-secs DEV` prints the CPU seconds of DEV's NAPI threads; `down TAG` removes both.
+    With BENCH_VETH_WIRE=xdp, `up` joins them through the XDP wire (namespace TAGm, middle ends
+    TAGx and TAGy, their NAPI threads on the generator's core)."""
     if len(argv) == 4 and argv[0] == "up":
         tag, server_core, load_core = argv[1:]
         server, load = (f"{tag}a", f"{tag}s", "10.213.0.1"), (f"{tag}b", f"{tag}l", "10.213.0.2")
-        create_pair(server, load, int(os.environ.get("BENCH_VETH_QUEUES", "4")))
-        for (_, dev, _), core in ((server, server_core), (load, load_core)):
+        queues = int(os.environ.get("BENCH_VETH_QUEUES", "4"))
+        devs = [(server[1], server_core), (load[1], load_core)]
+        if WIRE == "xdp":
+            middle = (f"{tag}m", f"{tag}x", f"{tag}y")
+            shutil.rmtree(create_wire(server, load, middle, queues), ignore_errors=True)
+            devs += [(middle[1], load_core), (middle[2], load_core)]
+        else:
+            create_pair(server, load, queues)
+        for dev, core in devs:
             threads = napi_threads(dev)
             if not threads:
                 raise SystemExit(f"no threaded NAPI thread found for {dev}")
@@ -197,7 +266,7 @@ def main(argv: list[str]) -> None:
     elif len(argv) == 2 and argv[0] == "napi-secs":
         print(f"{thread_secs(napi_threads(argv[1])):.3f}")
     elif len(argv) == 2 and argv[0] == "down":
-        for ns in (f"{argv[1]}a", f"{argv[1]}b"):
+        for ns in (f"{argv[1]}a", f"{argv[1]}b", f"{argv[1]}m"):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     else:
         raise SystemExit(main.__doc__)

@@ -27,6 +27,7 @@
 #define FAM_V6 6
 #define RELAY_TTL 64
 #define MAX_ENTRIES 65536
+#define MAX_ALLOCS 65536        // allocation slots: fp_allocs / fp_alloc_stats are arrays indexed by slot
 #define CHANNEL_HDR 4
 
 // Pass reasons and actions: the index into `fp_counters` (mirrored by PassReason in src/maps.rs).
@@ -69,13 +70,17 @@ struct fp_chan_key {            // client -> listener, one bound channel
 	__u8 pad;
 };
 
+#define FP_CHAN_HAIRPIN 1       // the peer's IP is one of this relay's relayed IPs (user space knows)
+
 struct fp_chan_val {            // where its data leaves to
 	__u8 relayed[16];
 	__u8 peer[16];
 	__be16 relayed_port;
 	__be16 peer_port;
-	__u32 alloc;
+	__u32 alloc;            // the allocation's slot
 	__u64 deadline_ns;
+	__u32 flags;            // FP_CHAN_HAIRPIN
+	__u32 pad;
 };
 
 struct fp_peer_key {            // peer -> relayed address, the peer has a bound channel
@@ -100,6 +105,7 @@ struct fp_peer_val {
 };
 
 #define FP_ALLOC_LIMITED 1
+#define FP_ALLOC_LIVE 2         // the slot holds a live allocation (a removed one is all zeros)
 
 struct fp_alloc_val {
 	__u64 deadline_ns;
@@ -136,16 +142,18 @@ struct {
 	__type(value, struct fp_peer_val);
 } fp_peers SEC(".maps");
 
+// Arrays indexed by the allocation's slot (user space hands out dense slots): their lookups are
+// inlined by the JIT, where a hash lookup hashes and compares the key.
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_ENTRIES);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_ALLOCS);
 	__type(key, __u32);
 	__type(value, struct fp_alloc_val);
 } fp_allocs SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, MAX_ENTRIES);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_ALLOCS);
 	__type(key, __u32);
 	__type(value, struct fp_alloc_stats);
 } fp_alloc_stats SEC(".maps");
@@ -191,6 +199,8 @@ struct plan {
 	__u8 to_peer;
 	__u8 to_client;
 	__u8 pad[2];
+	struct fp_alloc_val *to_peer_a;   // the allocations as alloc_check found them (charged in finish)
+	struct fp_alloc_val *to_client_a;
 };
 
 static __always_inline void count(__u32 idx)
@@ -220,23 +230,24 @@ static __always_inline void copy16(__u8 *dst, const __u8 *src)
 	__builtin_memcpy(dst, src, 16);
 }
 
-// The allocation may carry `len` more bytes: it exists, is not past its deadline, has budget.
-static __always_inline __u32 alloc_check(__u32 alloc, __u64 now, __u32 len)
+// The allocation may carry `len` more bytes: it exists, is not past its deadline, has budget. `*out`
+// is its entry, charged by alloc_charge when the packet leaves (one lookup for both).
+static __always_inline __u32 alloc_check(__u32 alloc, __u64 now, __u32 len, struct fp_alloc_val **out)
 {
 	struct fp_alloc_val *a = bpf_map_lookup_elem(&fp_allocs, &alloc);
-	if (!a)
+	if (!a || !(a->flags & FP_ALLOC_LIVE))
 		return PASS_NO_ALLOCATION;
 	if (now >= a->deadline_ns)
 		return PASS_EXPIRED;
 	if ((a->flags & FP_ALLOC_LIMITED) && a->budget < (__s64)len)
 		return PASS_OVER_BUDGET;
+	*out = a;
 	return 0;
 }
 
-static __always_inline void alloc_charge(__u32 alloc, __u32 len, int to_peer)
+static __always_inline void alloc_charge(struct fp_alloc_val *a, __u32 alloc, __u32 len, int to_peer)
 {
-	struct fp_alloc_val *a = bpf_map_lookup_elem(&fp_allocs, &alloc);
-	if (a && (a->flags & FP_ALLOC_LIMITED))
+	if (a->flags & FP_ALLOC_LIMITED)
 		__sync_fetch_and_add(&a->budget, -(__s64)len);
 	struct fp_alloc_stats *s = bpf_map_lookup_elem(&fp_alloc_stats, &alloc);
 	if (!s)
@@ -259,81 +270,91 @@ static __always_inline int is_addr(const __u8 *addr, __be16 port, __u8 family)
 	return bpf_map_lookup_elem(&fp_addrs, &k) != NULL;
 }
 
-// The decision: 0 and a filled plan, or a pass reason. `payload` is the UDP payload in the packet,
-// `plen` its length (already checked against the IP and UDP lengths).
-static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
-				    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen, struct plan *p)
+static __always_inline struct fp_chan_val *chan_lookup(__u8 family, const __u8 *src, const __u8 *dst, __be16 sport,
+							__be16 dport, const __u8 *payload)
+{
+	struct fp_chan_key ck = {};
+	copy16(ck.client, src);
+	copy16(ck.listener, dst);
+	ck.client_port = sport;
+	ck.listener_port = dport;
+	__builtin_memcpy(&ck.channel, payload, 2);
+	ck.family = family;
+	return bpf_map_lookup_elem(&fp_channels, &ck);
+}
+
+// client -> listener. `cv` is the channel's entry when decide's probe found it; `probed`: the probe
+// looked its key up (a miss then needs no second lookup).
+static __always_inline __u32 client_to_peer(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
+					    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen,
+					    struct fp_chan_val *cv, int probed, struct plan *p)
 {
 	void *end = (void *)(long)ctx->data_end;
-	__u64 now;
-
-	if (is_addr(dst, dport, family)) {
-		// client -> listener
-		if (plen < CHANNEL_HDR)
+	if (plen < CHANNEL_HDR)
+		return PASS_LENGTH;
+	if ((void *)(payload + CHANNEL_HDR) > end)
+		return PASS_LENGTH;
+	__u8 b0 = payload[0];
+	if ((b0 & 0xc0) == 0) {
+		if (payload[0] == 0x00 && payload[1] == 0x16)
+			return PASS_SEND_INDICATION;
+		return PASS_STUN;
+	}
+	// 0x4000-0x4FFF (RFC 8656), 0x5000-0x7FFF for RFC 5766 clients when the relay allows
+	// them: only channels user space bound have entries.
+	if ((b0 & 0xc0) != 0x40)
+		return PASS_NOT_CHANNEL_DATA;
+	__u16 dlen = ((__u16)payload[2] << 8) | payload[3];
+	if (plen - CHANNEL_HDR != dlen) {
+		// Over UDP the message may be padded to a multiple of 4 (RFC 8656 §12.5): the padding
+		// is trimmed with the header. Other trailing bytes (1-3 but not to a multiple of 4)
+		// go to user space, which ignores them too.
+		if (plen - CHANNEL_HDR < dlen || plen - CHANNEL_HDR > (((__u32)dlen + 3) & ~3u))
 			return PASS_LENGTH;
-		if ((void *)(payload + CHANNEL_HDR) > end)
+		if (plen - CHANNEL_HDR != (((__u32)dlen + 3) & ~3u))
+			return PASS_PADDED;
+		// The padded message ends at a multiple of 4 from the UDP payload's start, an even
+		// offset in the checksummed data: its last 4 bytes are two whole checksum words.
+		__u32 l4 = sizeof(struct ethhdr) + sizeof(struct udphdr) +
+			   (family == FAM_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr));
+		// (bpf_xdp_load_bytes, Linux 5.18+: a direct read at this variable offset, its bounds
+		// checked, is compiled by clang into a form the verifier rejects.)
+		__u8 kept[4];
+		if (bpf_xdp_load_bytes(ctx, l4 + plen - 4, kept, 4))
 			return PASS_LENGTH;
-		__u8 b0 = payload[0];
-		if ((b0 & 0xc0) == 0) {
-			if (payload[0] == 0x00 && payload[1] == 0x16)
-				return PASS_SEND_INDICATION;
-			return PASS_STUN;
-		}
-		// 0x4000-0x4FFF (RFC 8656), 0x5000-0x7FFF for RFC 5766 clients when the relay allows
-		// them: only channels user space bound have entries.
-		if ((b0 & 0xc0) != 0x40)
-			return PASS_NOT_CHANNEL_DATA;
-		__u16 dlen = ((__u16)payload[2] << 8) | payload[3];
-		if (plen - CHANNEL_HDR != dlen) {
-			// Over UDP the message may be padded to a multiple of 4 (RFC 8656 §12.5): the padding
-			// is trimmed with the header. Other trailing bytes (1-3 but not to a multiple of 4)
-			// go to user space, which ignores them too.
-			if (plen - CHANNEL_HDR < dlen || plen - CHANNEL_HDR > (((__u32)dlen + 3) & ~3u))
-				return PASS_LENGTH;
-			if (plen - CHANNEL_HDR != (((__u32)dlen + 3) & ~3u))
-				return PASS_PADDED;
-			// The padded message ends at a multiple of 4 from the UDP payload's start, an even
-			// offset in the checksummed data: its last 4 bytes are two whole checksum words.
-			__u32 l4 = sizeof(struct ethhdr) + sizeof(struct udphdr) +
-				   (family == FAM_V4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr));
-			// (bpf_xdp_load_bytes, Linux 5.18+: a direct read at this variable offset, its bounds
-			// checked, is compiled by clang into a form the verifier rejects.)
-			__u8 kept[4];
-			if (bpf_xdp_load_bytes(ctx, l4 + plen - 4, kept, 4))
-				return PASS_LENGTH;
-			__u8 trim = plen - CHANNEL_HDR - dlen;
-			__builtin_memcpy(&p->tail, kept, 4);
-			if (trim >= 3)
-				kept[1] = 0;
-			if (trim >= 2)
-				kept[2] = 0;
-			kept[3] = 0;
-			__builtin_memcpy(&p->tail_kept, kept, 4);
-			p->trim = trim;
-		}
-		struct fp_chan_key ck = {};
-		copy16(ck.client, src);
-		copy16(ck.listener, dst);
-		ck.client_port = sport;
-		ck.listener_port = dport;
-		__builtin_memcpy(&ck.channel, payload, 2);
-		ck.family = family;
-		struct fp_chan_val *cv = bpf_map_lookup_elem(&fp_channels, &ck);
+		__u8 trim = plen - CHANNEL_HDR - dlen;
+		__builtin_memcpy(&p->tail, kept, 4);
+		if (trim >= 3)
+			kept[1] = 0;
+		if (trim >= 2)
+			kept[2] = 0;
+		kept[3] = 0;
+		__builtin_memcpy(&p->tail_kept, kept, 4);
+		p->trim = trim;
+	}
+	if (!cv) {
+		if (probed)
+			return PASS_NO_CHANNEL;
+		cv = chan_lookup(family, src, dst, sport, dport, payload);
 		if (!cv)
 			return PASS_NO_CHANNEL;
-		now = bpf_ktime_get_ns(); // (read only for packets with an entry)
-		if (now >= cv->deadline_ns)
-			return PASS_EXPIRED;
-		__u32 r = alloc_check(cv->alloc, now, dlen);
-		if (r)
-			return r;
-		p->strip = 1;
-		p->strip_chan = ck.channel;
-		p->data_len = dlen;
-		p->to_peer = 1;
-		p->to_peer_alloc = cv->alloc;
+	}
+	__u64 now = bpf_ktime_get_ns(); // (read only for packets with an entry)
+	if (now >= cv->deadline_ns)
+		return PASS_EXPIRED;
+	__u32 r = alloc_check(cv->alloc, now, dlen, &p->to_peer_a);
+	if (r)
+		return r;
+	p->strip = 1;
+	__builtin_memcpy(&p->strip_chan, payload, 2);
+	p->data_len = dlen;
+	p->to_peer = 1;
+	p->to_peer_alloc = cv->alloc;
 
-		// Hairpin: the peer is another allocation's relayed address here.
+	// Hairpin: the peer is another allocation's relayed address here. User space marks the
+	// channels whose peer is on one of this relay's relayed IPs, so the common case looks
+	// nothing more up.
+	if (cv->flags & FP_CHAN_HAIRPIN) {
 		struct fp_peer_key hk = {};
 		copy16(hk.peer, cv->relayed);
 		copy16(hk.relayed, cv->peer);
@@ -341,49 +362,39 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 		hk.relayed_port = cv->peer_port;
 		hk.family = family;
 		struct fp_peer_val *hv = bpf_map_lookup_elem(&fp_peers, &hk);
-		if (hv) {
-			if (now >= hv->deadline_ns)
-				return PASS_EXPIRED;
-			r = alloc_check(hv->alloc, now, dlen);
-			if (r)
-				return r;
-			copy16(p->src, hv->listener);
-			copy16(p->dst, hv->client);
-			p->sport = hv->listener_port;
-			p->dport = hv->client_port;
-			p->add = 1;
-			p->add_chan = hv->channel;
-			p->to_client = 1;
-			p->to_client_alloc = hv->alloc;
-			return 0;
-		}
-		if (is_addr(cv->peer, 0, family))
+		if (!hv)
 			return PASS_HAIRPIN_UNBOUND;
-		copy16(p->src, cv->relayed);
-		copy16(p->dst, cv->peer);
-		p->sport = cv->relayed_port;
-		p->dport = cv->peer_port;
+		if (now >= hv->deadline_ns)
+			return PASS_EXPIRED;
+		r = alloc_check(hv->alloc, now, dlen, &p->to_client_a);
+		if (r)
+			return r;
+		copy16(p->src, hv->listener);
+		copy16(p->dst, hv->client);
+		p->sport = hv->listener_port;
+		p->dport = hv->client_port;
+		p->add = 1;
+		p->add_chan = hv->channel;
+		p->to_client = 1;
+		p->to_client_alloc = hv->alloc;
 		return 0;
 	}
+	copy16(p->src, cv->relayed);
+	copy16(p->dst, cv->peer);
+	p->sport = cv->relayed_port;
+	p->dport = cv->peer_port;
+	return 0;
+}
 
-	if (!is_addr(dst, 0, family))
-		return PASS_NOT_RELAY_ADDR;
-	// peer -> relayed address
-	struct fp_peer_key pk = {};
-	copy16(pk.peer, src);
-	copy16(pk.relayed, dst);
-	pk.peer_port = sport;
-	pk.relayed_port = dport;
-	pk.family = family;
-	struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
-	if (!pv)
-		return PASS_NO_PEER;
-	now = bpf_ktime_get_ns();
+// peer -> relayed address, the peer's entry found.
+static __always_inline __u32 peer_to_client(struct fp_peer_val *pv, __u32 plen, struct plan *p)
+{
+	__u64 now = bpf_ktime_get_ns();
 	if (now >= pv->deadline_ns)
 		return PASS_EXPIRED;
 	if (plen > 0xffff)
 		return PASS_LENGTH;
-	__u32 r = alloc_check(pv->alloc, now, plen);
+	__u32 r = alloc_check(pv->alloc, now, plen, &p->to_client_a);
 	if (r)
 		return r;
 	copy16(p->src, pv->listener);
@@ -396,6 +407,49 @@ static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 
 	p->to_client = 1;
 	p->to_client_alloc = pv->alloc;
 	return 0;
+}
+
+// The decision: 0 and a filled plan, or a pass reason. `payload` is the UDP payload in the packet,
+// `plen` its length (already checked against the IP and UDP lengths).
+//
+// The two relayed cases are found by their own entries first: a channel's key names a listener and
+// a peer entry's key a relayed address (user space writes no other), so a hit needs no address
+// lookup. ChannelData on a bound channel costs one lookup, a peer's datagram two (its relay IP,
+// then its entry: other traffic to other addresses costs what it did, two address lookups). Only
+// when neither is found are the addresses looked up for the reason, in the order the table in
+// docs/fastpath.md gives.
+static __always_inline __u32 decide(struct xdp_md *ctx, __u8 family, const __u8 *src, const __u8 *dst,
+				    __be16 sport, __be16 dport, const __u8 *payload, __u32 plen, struct plan *p)
+{
+	void *end = (void *)(long)ctx->data_end;
+	struct fp_chan_val *cv = NULL;
+	int probed = 0;
+
+	if (plen >= CHANNEL_HDR && (void *)(payload + CHANNEL_HDR) <= end && (payload[0] & 0xc0) == 0x40) {
+		__u32 dlen = ((__u32)payload[2] << 8) | payload[3];
+		// (A peer's datagram rarely looks like ChannelData of its own length.)
+		if (plen - CHANNEL_HDR == dlen || plen - CHANNEL_HDR == ((dlen + 3) & ~3u)) {
+			probed = 1;
+			cv = chan_lookup(family, src, dst, sport, dport, payload);
+		}
+	}
+	if (!cv) {
+		int relay_ip = is_addr(dst, 0, family);
+		if (relay_ip) {
+			struct fp_peer_key pk = {};
+			copy16(pk.peer, src);
+			copy16(pk.relayed, dst);
+			pk.peer_port = sport;
+			pk.relayed_port = dport;
+			pk.family = family;
+			struct fp_peer_val *pv = bpf_map_lookup_elem(&fp_peers, &pk);
+			if (pv)
+				return peer_to_client(pv, plen, p);
+		}
+		if (!is_addr(dst, dport, family))
+			return relay_ip ? PASS_NO_PEER : PASS_NOT_RELAY_ADDR;
+	}
+	return client_to_peer(ctx, family, src, dst, sport, dport, payload, plen, cv, probed, p);
 }
 
 // Next hop for what leaves; 0 or a pass reason. The kernel answers only when forwarding is on for
@@ -430,51 +484,78 @@ static __always_inline __u32 route(struct xdp_md *ctx, __u8 family, const struct
 	return PASS_NO_ROUTE;
 }
 
+// One's-complement sums, inlined (a bpf_csum_diff call walks its buffers word by word): 32-bit
+// words and 16-bit halves summed into 64 bits in memory byte order, folded by csum_fold. Removing a
+// word adds its complement (RFC 1624).
+static __always_inline __u64 csum_replace32(__u64 sum, const __u8 *from, const __u8 *to, const int words)
+{
+#pragma unroll
+	for (int i = 0; i < words; i++) {
+		__u32 f, t;
+		__builtin_memcpy(&f, from + 4 * i, 4);
+		__builtin_memcpy(&t, to + 4 * i, 4);
+		sum += (__u32)~f;
+		sum += t;
+	}
+	return sum;
+}
+
+static __always_inline __u64 csum_replace16(__u64 sum, __be16 from, __be16 to)
+{
+	return sum + (__u16)~from + (__u16)to;
+}
+
 // The UDP checksum after the rewrite, updated from the old one: pseudo-header addresses and
-// length, ports, UDP length, and the ChannelData header words removed and/or added.
-static __always_inline __u16 udp_csum(__u16 old, const __u8 *osrc, const __u8 *odst, __be16 osport,
+// length, ports, UDP length, and the ChannelData header words removed and/or added. `family` is a
+// constant at each call, so only the address words of that family are summed.
+static __always_inline __u16 udp_csum(__u8 family, __u16 old, const __u8 *osrc, const __u8 *odst, __be16 osport,
 				      __be16 odport, __be16 oulen, const struct plan *p, __be16 nulen)
 {
-	__be32 from[13] = {};
-	__be32 to[13] = {};
-	__builtin_memcpy(&from[0], osrc, 16);
-	__builtin_memcpy(&from[4], odst, 16);
-	__builtin_memcpy(&to[0], p->src, 16);
-	__builtin_memcpy(&to[4], p->dst, 16);
-	__be16 *f16 = (__be16 *)&from[8];
-	__be16 *t16 = (__be16 *)&to[8];
-	f16[0] = osport;
-	f16[1] = odport;
-	f16[2] = oulen;
-	f16[3] = oulen;
-	t16[0] = p->sport;
-	t16[1] = p->dport;
-	t16[2] = nulen;
-	t16[3] = nulen;
+	const int words = family == FAM_V4 ? 1 : 4;
+	__u64 sum = (__u16)~old;
+	sum = csum_replace32(sum, osrc, p->src, words);
+	sum = csum_replace32(sum, odst, p->dst, words);
+	sum = csum_replace16(sum, osport, p->sport);
+	sum = csum_replace16(sum, odport, p->dport);
+	sum = csum_replace16(sum, oulen, nulen); // the pseudo-header's length
+	sum = csum_replace16(sum, oulen, nulen); // the UDP header's
 	__be16 len_be = bpf_htons(p->data_len);
 	if (p->strip) {
-		f16[4] = p->strip_chan;
-		f16[5] = len_be;
+		sum += (__u16)~p->strip_chan;
+		sum += (__u16)~len_be;
 	}
 	if (p->add) {
-		t16[4] = p->add_chan;
-		t16[5] = len_be;
+		sum += p->add_chan;
+		sum += len_be;
 	}
 	if (p->trim) {
-		from[12] = p->tail;
-		to[12] = p->tail_kept;
+		sum += (__u32)~p->tail;
+		sum += p->tail_kept;
 	}
-	__s64 d = bpf_csum_diff(from, sizeof(from), to, sizeof(to), (__u32)(__u16)~old);
-	__u16 c = csum_fold((__u64)(__u32)d);
+	__u16 c = csum_fold(sum);
 	return c ? c : 0xffff;
+}
+
+// An IPv4 header's checksum (its check field zero), from scratch: five words.
+static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
+{
+	const __u8 *b = (const __u8 *)ip;
+	__u64 sum = 0;
+#pragma unroll
+	for (int i = 0; i < 5; i++) {
+		__u32 w;
+		__builtin_memcpy(&w, b + 4 * i, 4);
+		sum += w;
+	}
+	return csum_fold(sum);
 }
 
 static __always_inline int finish(struct xdp_md *ctx, const struct plan *p, const struct bpf_fib_lookup *fib)
 {
-	if (p->to_peer)
-		alloc_charge(p->to_peer_alloc, p->data_len, 1);
-	if (p->to_client)
-		alloc_charge(p->to_client_alloc, p->data_len, 0);
+	if (p->to_peer && p->to_peer_a)
+		alloc_charge(p->to_peer_a, p->to_peer_alloc, p->data_len, 1);
+	if (p->to_client && p->to_client_a)
+		alloc_charge(p->to_client_a, p->to_client_alloc, p->data_len, 0);
 	if (fib->ifindex == ctx->ingress_ifindex) {
 		count(ACT_TX);
 		return XDP_TX;
@@ -598,14 +679,15 @@ static __noinline int handle_v4(struct xdp_md *ctx)
 		return pass(r);
 
 	__be16 nulen = bpf_htons(ulen + delta);
-	__u16 ncheck = oudp.check ? udp_csum(oudp.check, src, dst, oudp.source, oudp.dest, oudp.len, &p, nulen) : 0;
+	__u16 ncheck =
+		oudp.check ? udp_csum(FAM_V4, oudp.check, src, dst, oudp.source, oudp.dest, oudp.len, &p, nulen) : 0;
 	struct iphdr nip = oip;
 	nip.tot_len = bpf_htons(tot + delta);
 	nip.ttl = RELAY_TTL;
 	__builtin_memcpy(&nip.saddr, p.src, 4);
 	__builtin_memcpy(&nip.daddr, p.dst, 4);
 	nip.check = 0;
-	nip.check = csum_fold((__u64)(__u32)bpf_csum_diff(0, 0, (__be32 *)&nip, sizeof(nip), 0));
+	nip.check = ipv4_csum(&nip);
 	struct udphdr nudp = { .source = p.sport, .dest = p.dport, .len = nulen, .check = ncheck };
 	return emit(ctx, &p, &fib, bpf_htons(ETH_P_IP), &nip, sizeof(nip), &nudp);
 }
@@ -653,7 +735,7 @@ static __noinline int handle_v6(struct xdp_md *ctx)
 		return pass(r);
 
 	__be16 nulen = bpf_htons(ulen + delta);
-	__u16 ncheck = udp_csum(oudp.check, src, dst, oudp.source, oudp.dest, oudp.len, &p, nulen);
+	__u16 ncheck = udp_csum(FAM_V6, oudp.check, src, dst, oudp.source, oudp.dest, oudp.len, &p, nulen);
 	struct ipv6hdr nip = oip;
 	nip.payload_len = nulen;
 	nip.hop_limit = RELAY_TTL;

@@ -14,6 +14,8 @@ use std::net::IpAddr;
 pub(crate) const FAM_V4: u8 = 4;
 pub(crate) const FAM_V6: u8 = 6;
 pub(crate) const ALLOC_LIMITED: u32 = 1;
+pub(crate) const ALLOC_LIVE: u32 = 2;
+pub(crate) const CHAN_HAIRPIN: u32 = 1;
 
 /// client -> listener, one bound channel.
 #[repr(C)]
@@ -37,6 +39,9 @@ pub(crate) struct ChanVal {
     pub peer_port: u16,
     pub alloc: u32,
     pub deadline_ns: u64,
+    /// CHAN_HAIRPIN when the peer's IP is one of the relay's relayed IPs.
+    pub flags: u32,
+    pub pad: u32,
 }
 
 /// peer -> relayed address, the peer has a bound channel.
@@ -104,7 +109,7 @@ unsafe impl aya::Pod for AddrKey {}
 
 const _: () = {
     assert!(size_of::<ChanKey>() == 40);
-    assert!(size_of::<ChanVal>() == 48);
+    assert!(size_of::<ChanVal>() == 56);
     assert!(size_of::<PeerKey>() == 40);
     assert!(size_of::<PeerVal>() == 56);
     assert!(size_of::<AllocVal>() == 24);

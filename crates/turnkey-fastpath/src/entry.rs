@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 use crate::abi::{self, AllocVal, ChanKey, ChanVal, PeerKey, PeerVal};
 use crate::error::FastPathError;
 
-/// The kernel's key for one allocation's counters and budget (the driver's own allocation
-/// number; unique among live allocations of this relay).
+/// The kernel's slot for one allocation's counters and budget: below [`MAX_ALLOCATIONS`], unique
+/// among live allocations of this relay (the driver hands slots out and reuses those of ended
+/// allocations). The program indexes arrays with it, which costs less per packet than a hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllocKey(pub u32);
+
+/// How many allocation slots the kernel has (`MAX_ALLOCS` in `bpf/turnkey_xdp.c`).
+pub const MAX_ALLOCATIONS: u32 = 65_536;
 
 /// A deadline as `bpf_ktime_get_ns()` reads it (CLOCK_MONOTONIC, nanoseconds). The entry stops
 /// being relayed in the kernel at this instant, whenever user space next sweeps.
@@ -117,6 +121,8 @@ impl ChannelBinding {
             peer_port: self.peer.port().to_be(),
             alloc: self.alloc.0,
             deadline_ns: deadline.0,
+            flags: 0, // (CHAN_HAIRPIN: FastPath::bind_channel knows the relay's IPs)
+            pad: 0,
         };
         let peer_key = PeerKey {
             peer,
@@ -154,7 +160,7 @@ impl AllocationEntry {
         AllocVal {
             deadline_ns: self.deadline.0,
             budget: self.budget_bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-            flags: if self.budget_bytes.is_some() { abi::ALLOC_LIMITED } else { 0 },
+            flags: abi::ALLOC_LIVE | if self.budget_bytes.is_some() { abi::ALLOC_LIMITED } else { 0 },
             pad: 0,
         }
     }

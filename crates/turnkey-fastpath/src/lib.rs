@@ -18,7 +18,7 @@ mod stats;
 
 pub use attach::{forwarding, ifindex, interface_of, FastPathMode, Forwarding};
 pub use attached::AttachedMode;
-pub use entry::{AllocKey, AllocationEntry, ChannelBinding, KernelClock, KernelDeadline};
+pub use entry::{AllocKey, AllocationEntry, ChannelBinding, KernelClock, KernelDeadline, MAX_ALLOCATIONS};
 pub use error::FastPathError;
 pub use metrics::FastPathMetrics;
 pub use program::{action, FastPath, RunStats, TestRunOutcome, PASS_STUB_NAME, PROGRAM_NAME};

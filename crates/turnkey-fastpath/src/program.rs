@@ -2,16 +2,16 @@
 //! relay's addresses through it, reads counters from it, and attaches it to interfaces
 //! (`attach.rs`). Dropping it detaches every attachment and frees the maps.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
-use aya::maps::{DevMapHash, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya::Ebpf;
 
 use crate::abi::{self, AddrKey, AllocStats, AllocVal, ChanKey, ChanVal, PeerKey, PeerVal};
 use crate::attached::Attachment;
-use crate::entry::{AllocKey, AllocationEntry, ChannelBinding, KernelDeadline};
+use crate::entry::{AllocKey, AllocationEntry, ChannelBinding, KernelDeadline, MAX_ALLOCATIONS};
 use crate::error::FastPathError;
 use crate::stats::{AllocCounters, PassReason, ProgramCounters, ACT_REDIRECT, ACT_TX, COUNTERS};
 
@@ -25,8 +25,13 @@ pub struct FastPath {
     pub(crate) ebpf: Ebpf,
     channels: HashMap<MapData, ChanKey, ChanVal>,
     peers: HashMap<MapData, PeerKey, PeerVal>,
-    allocs: HashMap<MapData, u32, AllocVal>,
-    alloc_stats: PerCpuHashMap<MapData, u32, AllocStats>,
+    /// Indexed by allocation slot ([`AllocKey`]): a free slot holds zeros.
+    allocs: Array<MapData, AllocVal>,
+    alloc_stats: PerCpuArray<MapData, AllocStats>,
+    /// The slots holding a live allocation.
+    live: BTreeSet<u32>,
+    /// The relay IPs added (a channel to a peer on one of them is marked hairpin for the program).
+    relay_ips: HashSet<IpAddr>,
     addrs: HashMap<MapData, AddrKey, u32>,
     counters: PerCpuArray<MapData, u64>,
     pub(crate) tx_ports: DevMapHash<MapData>,
@@ -59,6 +64,9 @@ pub struct TestRunOutcome {
     pub action: u32,
     /// The frame as the program left it.
     pub frame: Vec<u8>,
+    /// The kernel's timing of the run (one run, plus one clock read: compare with the XDP_PASS
+    /// stub's, [`PASS_STUB_NAME`], to get the program's own cost).
+    pub duration: std::time::Duration,
 }
 
 /// XDP actions as the kernel numbers them.
@@ -128,6 +136,8 @@ impl FastPath {
             addrs: take(&mut ebpf, "fp_addrs")?,
             counters: take(&mut ebpf, "fp_counters")?,
             tx_ports: take(&mut ebpf, "fp_tx_ports")?,
+            live: BTreeSet::new(),
+            relay_ips: HashSet::new(),
             ebpf,
             attached: BTreeMap::new(),
             cpus,
@@ -153,35 +163,72 @@ impl FastPath {
     /// An IP the relay allocates relayed addresses on: UDP arriving there from a peer with a bound
     /// channel is relayed; hairpin to it is recognised.
     pub fn add_relay_ip(&mut self, ip: IpAddr) -> Result<(), FastPathError> {
-        self.addrs.insert(addr_key(ip, 0), 1, 0).map_err(|e| op_err("insert", "fp_addrs", e))
+        self.addrs.insert(addr_key(ip, 0), 1, 0).map_err(|e| op_err("insert", "fp_addrs", e))?;
+        let ip = ip.to_canonical();
+        if self.relay_ips.insert(ip) {
+            // Channels bound earlier to a peer on this IP are hairpin from now on.
+            let (addr, family) = abi::addr_bytes(ip);
+            let marked: Vec<(ChanKey, ChanVal)> = self
+                .channels
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(k, v)| k.family == family && v.peer == addr)
+                .collect();
+            for (k, mut v) in marked {
+                v.flags |= abi::CHAN_HAIRPIN;
+                self.channels.insert(k, v, 0).map_err(|e| op_err("insert", "fp_channels", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Creates or updates an allocation (deadline, budget). Its counters start at zero when it is
     /// new and are kept when it is updated.
+    /// `alloc` must be below [`MAX_ALLOCATIONS`].
     pub fn set_allocation(&mut self, alloc: AllocKey, entry: AllocationEntry) -> Result<(), FastPathError> {
-        if self.alloc_stats.get(&alloc.0, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![AllocStats::default(); self.cpus])
-                .map_err(|e| op_err("insert", "fp_alloc_stats", e))?;
-            self.alloc_stats.insert(alloc.0, zero, 0).map_err(|e| op_err("insert", "fp_alloc_stats", e))?;
+        if alloc.0 >= MAX_ALLOCATIONS {
+            return Err(FastPathError::MapOp {
+                op: "insert",
+                name: "fp_allocs",
+                reason: format!("slot {} is not below {MAX_ALLOCATIONS}", alloc.0),
+            });
         }
-        self.allocs.insert(alloc.0, entry.value(), 0).map_err(|e| op_err("insert", "fp_allocs", e))
+        if !self.live.contains(&alloc.0) {
+            self.zero_stats(alloc)?;
+        }
+        self.allocs.set(alloc.0, entry.value(), 0).map_err(|e| op_err("insert", "fp_allocs", e))?;
+        self.live.insert(alloc.0);
+        Ok(())
+    }
+
+    fn zero_stats(&mut self, alloc: AllocKey) -> Result<(), FastPathError> {
+        let zero = PerCpuValues::try_from(vec![AllocStats::default(); self.cpus])
+            .map_err(|e| op_err("insert", "fp_alloc_stats", e))?;
+        self.alloc_stats.set(alloc.0, zero, 0).map_err(|e| op_err("insert", "fp_alloc_stats", e))
     }
 
     /// Sets a limited allocation's remaining byte budget (the sweep's refill); the deadline stays.
     pub fn refill_budget(&mut self, alloc: AllocKey, budget_bytes: u64) -> Result<(), FastPathError> {
+        if !self.live.contains(&alloc.0) {
+            return Err(op_err("get", "fp_allocs", aya::maps::MapError::KeyNotFound));
+        }
         let mut v = self.allocs.get(&alloc.0, 0).map_err(|e| op_err("get", "fp_allocs", e))?;
         v.budget = i64::try_from(budget_bytes).unwrap_or(i64::MAX);
         v.flags |= abi::ALLOC_LIMITED;
-        self.allocs.insert(alloc.0, v, 0).map_err(|e| op_err("insert", "fp_allocs", e))
+        self.allocs.set(alloc.0, v, 0).map_err(|e| op_err("insert", "fp_allocs", e))
     }
 
     /// Removes an allocation and returns what it relayed since the last [`FastPath::sweep`] (so
     /// that sweeps plus removals count every byte once). The channels that name it stop being
     /// relayed at once: the program passes them as `no_allocation`.
     pub fn remove_allocation(&mut self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
-        let _ = self.allocs.remove(&alloc.0);
+        if !self.live.contains(&alloc.0) {
+            return Ok(AllocCounters::default());
+        }
+        self.allocs.set(alloc.0, AllocVal::default(), 0).map_err(|e| op_err("insert", "fp_allocs", e))?;
         let counters = self.alloc_counters(alloc)?;
-        let _ = self.alloc_stats.remove(&alloc.0);
+        self.zero_stats(alloc)?;
+        self.live.remove(&alloc.0);
         let earlier = self.swept.remove(&alloc.0).unwrap_or_default();
         Ok(counters.since(&earlier))
     }
@@ -190,7 +237,7 @@ impl FastPath {
     /// nothing new are left out): the driver adds these to usage accounting, caps and the
     /// `turnkey_relay_relayed_*` counters, so totals are the same with the fast path on or off.
     pub fn sweep(&mut self) -> Result<Vec<(AllocKey, AllocCounters)>, FastPathError> {
-        let keys: Vec<u32> = self.alloc_stats.keys().filter_map(Result::ok).collect();
+        let keys: Vec<u32> = self.live.iter().copied().collect();
         let mut out = Vec::new();
         for key in keys {
             let now = self.alloc_counters(AllocKey(key))?;
@@ -205,7 +252,10 @@ impl FastPath {
 
     /// Binds (or refreshes, with a new deadline) a channel in both directions.
     pub fn bind_channel(&mut self, binding: &ChannelBinding, deadline: KernelDeadline) -> Result<(), FastPathError> {
-        let (ck, cv, pk, pv) = binding.entries(deadline)?;
+        let (ck, mut cv, pk, pv) = binding.entries(deadline)?;
+        if self.relay_ips.contains(&binding.peer.ip().to_canonical()) {
+            cv.flags |= abi::CHAN_HAIRPIN;
+        }
         self.peers.insert(pk, pv, 0).map_err(|e| op_err("insert", "fp_peers", e))?;
         if let Err(e) = self.channels.insert(ck, cv, 0) {
             let _ = self.peers.remove(&pk);
@@ -230,11 +280,10 @@ impl FastPath {
 
     /// One allocation's counters, summed over CPUs.
     pub fn alloc_counters(&self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
-        let per_cpu = match self.alloc_stats.get(&alloc.0, 0) {
-            Ok(v) => v,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(AllocCounters::default()),
-            Err(e) => return Err(op_err("get", "fp_alloc_stats", e)),
-        };
+        if !self.live.contains(&alloc.0) {
+            return Ok(AllocCounters::default());
+        }
+        let per_cpu = self.alloc_stats.get(&alloc.0, 0).map_err(|e| op_err("get", "fp_alloc_stats", e))?;
         Ok(per_cpu.iter().fold(AllocCounters::default(), |acc, s| AllocCounters {
             to_peer_packets: acc.to_peer_packets + s.to_peer_packets,
             to_peer_bytes: acc.to_peer_bytes + s.to_peer_bytes,
@@ -285,11 +334,22 @@ impl FastPath {
     /// `ingress_ifindex` (0: the loopback device of the caller's network namespace). The tests'
     /// entry point; nothing is sent.
     pub fn test_run(&mut self, frame: &[u8], ingress_ifindex: u32) -> Result<TestRunOutcome, FastPathError> {
+        self.test_run_program(PROGRAM_NAME, frame, ingress_ifindex)
+    }
+
+    /// [`FastPath::test_run`] of either program in the object ([`PROGRAM_NAME`] or
+    /// [`PASS_STUB_NAME`]): the cost measurement times both (`examples/prog_cost.rs`).
+    pub fn test_run_program(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<TestRunOutcome, FastPathError> {
         let mut out = vec![0u8; frame.len() + 256];
         let mut ctx = [0u8; 24]; // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        let prog = self.program(PROGRAM_NAME)?;
+        let prog = self.program(name)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -299,7 +359,7 @@ impl FastPath {
         };
         let r = prog.test_run(opts).map_err(|e| FastPathError::TestRun(format!("{e:?}")))?;
         out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutcome { action: r.return_value, frame: out })
+        Ok(TestRunOutcome { action: r.return_value, frame: out, duration: r.duration })
     }
 }
 

@@ -12,12 +12,12 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use etherparse::{Ipv4Header, Ipv6Header, PacketBuilder, UdpHeader};
+use etherparse::{Ipv4Header, Ipv6Header, UdpHeader};
 use turnkey_fastpath::{
     action, ifindex, AllocKey, AllocationEntry, ChannelBinding, FastPath, KernelClock, KernelDeadline, PassReason,
 };
 
-use common::{load_or_skip, mac, private_netns, sh};
+use common::{channel_data, load_or_skip, mac, private_netns, sh, udp_frame};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
@@ -92,29 +92,6 @@ fn binding6() -> ChannelBinding {
         peer: sa("[fd00:1::3]:6000"),
         alloc: AllocKey(2),
     }
-}
-
-/// A UDP frame with valid checksums, built by etherparse.
-fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac);
-    let mut out = Vec::new();
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            b.ipv4(s.octets(), d.octets(), 61).udp(src.port(), dst.port()).write(&mut out, payload).unwrap()
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            b.ipv6(s.octets(), d.octets(), 61).udp(src.port(), dst.port()).write(&mut out, payload).unwrap()
-        }
-        _ => unreachable!(),
-    }
-    out
-}
-
-fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
-    let mut v = channel.to_be_bytes().to_vec();
-    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    v.extend_from_slice(data);
-    v
 }
 
 /// Parses a frame independently and checks everything: MACs, addresses, ports, TTL, payload, and
@@ -242,22 +219,29 @@ fn ipv6_both_directions_rewrite_with_valid_checksums() {
     assert_eq!(net.fp.alloc_counters(AllocKey(2)).unwrap().to_peer_packets, 4);
 }
 
-#[test]
-fn hairpin_between_two_allocations_is_relayed_in_one_step() {
-    let Some(mut net) = setup() else { return };
-    // Allocation 1 (client :5000) and allocation 3 (client :5001) on the same relay, each with a
-    // channel to the other's relayed address.
-    let a = ChannelBinding { peer: sa("10.1.0.1:50001"), ..binding4() };
+/// Allocation 1 (client :5000, relayed 10.1.0.1:50000) and allocation 3 (client :5001, relayed
+/// `b_ip`:50001) on the same relay, both alive, each binding (not yet bound) a channel to the
+/// other's relayed address.
+fn hairpin_pair(net: &mut Net, b_ip: &str) -> (ChannelBinding, ChannelBinding) {
+    let b_relayed = sa(&format!("{b_ip}:50001"));
+    let a = ChannelBinding { peer: b_relayed, ..binding4() };
     let b = ChannelBinding {
         client: sa("10.1.0.2:5001"),
         listener: sa("10.1.0.1:3478"),
         channel: 0x4002,
-        relayed: sa("10.1.0.1:50001"),
+        relayed: b_relayed,
         peer: sa("10.1.0.1:50000"),
         alloc: AllocKey(3),
     };
     alive(&mut net.fp, 1, None);
     alive(&mut net.fp, 3, None);
+    (a, b)
+}
+
+#[test]
+fn hairpin_between_two_allocations_is_relayed_in_one_step() {
+    let Some(mut net) = setup() else { return };
+    let (a, b) = hairpin_pair(&mut net, "10.1.0.1");
     bind(&mut net.fp, &a);
 
     // Only one side bound: the other allocation's relayed address is ours, user space relays it.
@@ -269,6 +253,56 @@ fn hairpin_between_two_allocations_is_relayed_in_one_step() {
     expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4002, b"hairpin"));
     assert_eq!(net.fp.alloc_counters(AllocKey(1)).unwrap().to_peer_bytes, 7);
     assert_eq!(net.fp.alloc_counters(AllocKey(3)).unwrap().to_client_bytes, 7);
+}
+
+#[test]
+fn a_peer_datagram_that_looks_like_channel_data_is_relayed_as_data() {
+    // The program looks a ChannelData-shaped datagram up as a channel first: a peer's payload of
+    // that shape misses there and is relayed to the client as any other data.
+    let Some(mut net) = setup() else { return };
+    let b = binding4();
+    alive(&mut net.fp, 1, None);
+    bind(&mut net.fp, &b);
+    let lookalike = channel_data(0x4001, b"not a channel here");
+    let frame = udp_frame(PEER_MAC, net.relay_mac, b.peer, b.relayed, &lookalike);
+    let out = run(&mut net, &frame, action::TX);
+    expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4001, &lookalike));
+}
+
+#[test]
+fn hairpin_is_marked_by_the_relay_ips_user_space_declared() {
+    let Some(mut net) = setup() else { return };
+    // The other allocation's relayed address is on 10.2.0.1 (tkc), not yet declared a relay IP:
+    // the program takes the channel for a direct one (the local destination goes to user space).
+    let (a, b) = hairpin_pair(&mut net, "10.2.0.1");
+    bind(&mut net.fp, &a);
+    bind(&mut net.fp, &b);
+    let frame = udp_frame(CLIENT_MAC, net.relay_mac, a.client, a.listener, &channel_data(0x4001, b"hairpin"));
+    expect_pass(&mut net, &frame, PassReason::NoRoute);
+    // Declared afterwards: the channels already bound to it are marked hairpin.
+    net.fp.add_relay_ip("10.2.0.1".parse().unwrap()).unwrap();
+    let out = run(&mut net, &frame, action::TX);
+    expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4002, b"hairpin"));
+}
+
+#[test]
+fn allocation_slots_stop_at_the_kernel_arrays_size() {
+    let Some(mut net) = setup() else { return };
+    let last = turnkey_fastpath::MAX_ALLOCATIONS - 1;
+    alive(&mut net.fp, last, None);
+    let b = ChannelBinding { alloc: AllocKey(last), ..binding4() };
+    bind(&mut net.fp, &b);
+    let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"last"));
+    run(&mut net, &frame, action::TX);
+    assert_eq!(net.fp.sweep().unwrap().len(), 1);
+    let deadline = KernelClock::new().deadline(Instant::now() + Duration::from_secs(600));
+    let over = AllocationEntry { deadline, budget_bytes: None };
+    assert!(net.fp.set_allocation(AllocKey(turnkey_fastpath::MAX_ALLOCATIONS), over).is_err());
+    // A reused slot starts from zero.
+    run(&mut net, &frame, action::TX);
+    assert_eq!(net.fp.remove_allocation(AllocKey(last)).unwrap().to_peer_packets, 1);
+    alive(&mut net.fp, last, None);
+    assert_eq!(net.fp.alloc_counters(AllocKey(last)).unwrap(), Default::default());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use turnkey_fastpath::{AllocKey, AllocationEntry, AttachedMode, ChannelBinding, FastPath, FastPathMode, KernelClock};
 
-use common::{load_or_skip, sh};
+use common::{channel_data, load_or_skip, sh};
 
 /// Two named namespaces, deleted on drop.
 struct Namespaces {
@@ -53,13 +53,6 @@ fn socket(addr: &str) -> UdpSocket {
 fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
     let mut buf = [0u8; 2048];
     s.recv_from(&mut buf).ok().map(|(n, from)| (buf[..n].to_vec(), from))
-}
-
-fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
-    let mut v = channel.to_be_bytes().to_vec();
-    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    v.extend_from_slice(data);
-    v
 }
 
 /// ChannelData padded with zeros to a multiple of 4 bytes (RFC 8656 §12.5).

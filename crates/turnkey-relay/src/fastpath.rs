@@ -18,7 +18,7 @@
 //! sweeps, never per datagram). Dropping the last handle drops the [`FastPath`], which detaches
 //! the program.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 #[allow(clippy::disallowed_types, reason = "control path only: engine events and sweeps, never per datagram")]
@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use turnkey_fastpath::{
     AllocCounters, AllocKey, AllocationEntry, ChannelBinding, FastPath, FastPathError, FastPathMetrics, KernelClock,
+    MAX_ALLOCATIONS,
 };
 
 use crate::engine::{AllocationId, AllocationRef, Engine, Event, Offloaded};
@@ -59,11 +60,34 @@ struct Inner {
     listeners: HashSet<SocketAddr>,
     /// Relay IPs the program serves.
     relay_ips: HashSet<IpAddr>,
-    next_key: u32,
+    slots: Slots,
     mirrors: HashMap<(usize, AllocationId), Mirror>,
     /// Kernel deltas read by one shard's sweep for another shard's allocations, until it takes them.
     pending: HashMap<AllocKey, AllocCounters>,
     by_key: HashMap<AllocKey, (usize, AllocationId)>,
+}
+
+/// The kernel's allocation slots (array indexes in the program's maps, below
+/// [`MAX_ALLOCATIONS`]): never-used ones first, then those of ended allocations, the earliest freed
+/// first, so that a slot is reused as late as possible.
+#[derive(Default)]
+struct Slots {
+    next: u32,
+    free: VecDeque<u32>,
+}
+
+impl Slots {
+    fn take(&mut self) -> Option<AllocKey> {
+        if self.next < MAX_ALLOCATIONS {
+            self.next += 1;
+            return Some(AllocKey(self.next - 1));
+        }
+        self.free.pop_front().map(AllocKey)
+    }
+
+    fn give(&mut self, key: AllocKey) {
+        self.free.push_back(key.0);
+    }
 }
 
 /// One allocation as the kernel knows it.
@@ -133,7 +157,7 @@ impl KernelPath {
             metrics,
             listeners: listeners.into_iter().collect(),
             relay_ips: relay_ips.into_iter().collect(),
-            next_key: 0,
+            slots: Slots::default(),
             mirrors: HashMap::new(),
             pending: HashMap::new(),
             by_key: HashMap::new(),
@@ -176,11 +200,14 @@ impl KernelPath {
                     return;
                 }
                 let Some(userid) = engine.userid(alloc) else { return };
-                inner.next_key = inner.next_key.wrapping_add(1);
-                let key = AllocKey(inner.next_key);
+                let Some(key) = inner.slots.take() else {
+                    tracing::debug!(id = %alloc.id, "fast path: every kernel slot in use, allocation stays in user space");
+                    return;
+                };
                 let entry = AllocationEntry { deadline: inner.clock.deadline(*expires), budget_bytes: None };
                 if let Err(err) = inner.fp.set_allocation(key, entry) {
                     tracing::warn!(%err, id = %alloc.id, "fast path: allocation stays in user space");
+                    inner.slots.give(key);
                     return;
                 }
                 inner.by_key.insert(key, id);
@@ -227,6 +254,7 @@ impl KernelPath {
                     }
                     Err(err) => tracing::warn!(%err, "fast path: reading an ended allocation's counters"),
                 }
+                inner.slots.give(m.key);
                 if !rest.is_zero() {
                     engine.add_offloaded(alloc, &m.userid, to_offloaded(&rest));
                 }
@@ -346,5 +374,25 @@ impl Inner {
             Some((peer, _)) => self.fp.unbind_channel(&m.binding(number, *peer)),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_and_reused_as_late_as_possible() {
+        let mut slots = Slots::default();
+        assert_eq!(slots.take(), Some(AllocKey(0)));
+        assert_eq!(slots.take(), Some(AllocKey(1)));
+        slots.give(AllocKey(0));
+        // Fresh slots first, while any is left.
+        assert_eq!(slots.take(), Some(AllocKey(2)));
+        slots.next = MAX_ALLOCATIONS;
+        slots.give(AllocKey(1));
+        assert_eq!(slots.take(), Some(AllocKey(0)), "the earliest freed");
+        assert_eq!(slots.take(), Some(AllocKey(1)));
+        assert_eq!(slots.take(), None, "all in use: the allocation stays in user space");
     }
 }

@@ -1,10 +1,14 @@
 //! What the fast path's tests share: the root/BPF requirement (fail under CI=true, skip with a
 //! printed reason elsewhere, as tests/src/lib.rs does for tools), a private network namespace for
-//! the calling thread, and shell commands run inside it.
+//! the calling thread, shell commands run inside it, and the frames and ChannelData the tests
+//! (and `examples/prog_cost.rs`) send.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
+
+use etherparse::PacketBuilder;
 
 use turnkey_fastpath::FastPath;
 
@@ -54,4 +58,27 @@ pub fn mac(iface: &str) -> [u8; 6] {
         out[i] = u8::from_str_radix(part, 16).unwrap();
     }
     out
+}
+
+/// A UDP frame with valid checksums, built by etherparse.
+pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac);
+    let mut out = Vec::new();
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            b.ipv4(s.octets(), d.octets(), 61).udp(src.port(), dst.port()).write(&mut out, payload).unwrap()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            b.ipv6(s.octets(), d.octets(), 61).udp(src.port(), dst.port()).write(&mut out, payload).unwrap()
+        }
+        _ => unreachable!(),
+    }
+    out
+}
+
+pub fn channel_data(channel: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = channel.to_be_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
 }
