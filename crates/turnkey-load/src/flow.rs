@@ -152,7 +152,7 @@ pub async fn recv_loop(
     loop {
         tokio::select! {
             biased;
-            r = rx.recv_each(|frame| {
+            r = rx.recv_each(epoch, |frame, arrived_ns| {
                 let data = match data_of(frame) {
                     Received::Data(d) | Received::Indication(d, _) => d,
                     Received::Error(code, nonce) => {
@@ -174,7 +174,8 @@ pub async fn recv_loop(
                 } else {
                     next_seq = s.seq + 1;
                 }
-                let us = since(epoch).saturating_sub(s.sent_ns) / 1000;
+                // Up to the kernel's arrival stamp (UDP), not to when this task got to read it.
+                let us = arrived_ns.saturating_sub(s.sent_ns) / 1000;
                 out.rtt.saturating_record(us.max(1));
             }) => {
                 if let Err(e) = r {
@@ -220,19 +221,23 @@ pub async fn reflect_loop(
     let stream = tx.is_stream();
     let tick = sleep_until(keepalive.next());
     tokio::pin!(tick);
+    let epoch = std::time::Instant::now();
     loop {
+        // When this receive's packets leave again (read once per receive, at the first packet).
+        let mut now = None;
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = rx.recv_each(|frame| {
-                let bytes = match data_of(frame) {
-                    Received::Data(_) => frame,
+            r = rx.recv_each(epoch, |frame, arrived_ns| {
+                let (bytes, data_at) = match data_of(frame) {
+                    Received::Data(d) => (frame, d.as_ptr() as usize - frame.as_ptr() as usize),
                     Received::Indication(data, peer) => {
                         let tid = [9u8; 12];
                         MessageWriter::new(&mut indication, method::SEND | class::INDICATION, tid)
                             .xor_addr(attr::XOR_PEER_ADDRESS, peer)
                             .attr(attr::DATA, data);
-                        &indication[..]
+                        // DATA is the last attribute: its value, then its padding.
+                        (&indication[..], indication.len() - data.len() - (4 - data.len() % 4) % 4)
                     }
                     Received::Error(438, Some(n)) => {
                         if let Ok(mut slot) = keepalive.fresh_nonce.lock() {
@@ -247,7 +252,17 @@ pub async fn reflect_loop(
                     Some((size, count)) if stream || *size == bytes.len() => *count += 1,
                     _ => runs.push((bytes.len(), 1)),
                 }
+                let at = out.len() + data_at;
                 out.extend_from_slice(bytes);
+                // The time this packet waited here (from the kernel's arrival stamp to its
+                // reflection) moves its send stamp later: the round trip the near side measures
+                // is the relay's two legs, not how long this loop took to read and reflect.
+                let held = now.get_or_insert_with(|| since(epoch)).saturating_sub(arrived_ns);
+                if let Some(stamp) = out.get_mut(at..).and_then(|p| Stamp::read(p).map(|s| (s, p))) {
+                    let (mut s, p) = stamp;
+                    s.sent_ns = s.sent_ns.saturating_add(held);
+                    s.write(p);
+                }
             }) => {
                 if r.is_err() {
                     break;

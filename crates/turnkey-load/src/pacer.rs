@@ -50,8 +50,14 @@ pub const MIN_GAP: Duration = Duration::from_micros(50);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
     /// Finer than the timer tick when the loop has more than this many packets due per tick
-    /// (the loop's UDP pacer; `--pace-burst`; 0: never).
+    /// (the loop's UDP pacer with `--recv-readiness`; `--pace-burst`; 0: never); gaps of a tick
+    /// or more wait on the timer wheel, so arrivals wake the loop as they come.
     Fine(u32),
+    /// As `Fine`, but every wait is slept on the loop's thread, at least a tick apart when not
+    /// finer: the loop's receivers and reflectors read their sockets only at the pacer's
+    /// wake-ups, everything that arrived meanwhile in one pass (the loop's UDP pacer by
+    /// default; round trips stay honest through the kernel's receive stamps, `rxstamp`).
+    Wakeups(u32),
     /// On tokio's timer wheel only (a stream flow's pacer).
     Timer,
 }
@@ -71,7 +77,7 @@ impl Schedule {
     fn new(rate: f64, train: u64, flows: usize, waiting: Waiting) -> Self {
         let pps = rate * train as f64 * flows as f64;
         let burst = match waiting {
-            Waiting::Fine(burst) if burst > 0 => f64::from(burst),
+            Waiting::Fine(burst) | Waiting::Wakeups(burst) if burst > 0 => f64::from(burst),
             _ => f64::INFINITY,
         };
         let fine = pps * TICK.as_secs_f64() > burst;
@@ -221,6 +227,11 @@ pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time
             .map(|(i, f)| start + s.due_at(f.sent / train, i, n))
             .min()
             .unwrap_or(end);
+        if let Waiting::Wakeups(_) = waiting {
+            let next = next.max(woke + if s.fine { s.gap } else { TICK }).min(end);
+            sleep_on_thread(next).await;
+            continue;
+        }
         let next = next.max(woke + s.gap).min(end);
         if s.fine {
             sleep_fine(next).await;
@@ -241,6 +252,18 @@ async fn sleep_fine(at: Instant) {
     if left >= TICK {
         sleep_until(at).await;
     } else if !left.is_zero() {
+        // Blocking on purpose: the loop's sockets are read when this returns, in one pass.
+        std::thread::sleep(left);
+    }
+}
+
+/// Waits until `at`: lets the loop's other tasks (its receivers and reflectors) run once, then
+/// sleeps the rest on this thread, whatever its length, so nothing that arrives meanwhile wakes
+/// the loop.
+async fn sleep_on_thread(at: Instant) {
+    tokio::task::yield_now().await;
+    let left = at.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
         // Blocking on purpose: the loop's sockets are read when this returns, in one pass.
         std::thread::sleep(left);
     }

@@ -238,7 +238,11 @@ async fn run_phase(
         // The loop's one UDP pacer sleeps short gaps on the loop's thread; a stream flow's
         // pacer shares its loop with others and waits on the timer wheel.
         let stream = group.iter().any(|f| f.tx.is_stream());
-        let waiting = if stream { Waiting::Timer } else { Waiting::Fine(ctx.args.pace_burst) };
+        let waiting = match (stream, ctx.args.recv_readiness) {
+            (true, _) => Waiting::Timer,
+            (false, true) => Waiting::Fine(ctx.args.pace_burst),
+            (false, false) => Waiting::Wakeups(ctx.args.pace_burst),
+        };
         pacers.push(loops.of(on).spawn(async move {
             pacer::send_group(&mut group, plan, epoch, waiting).await;
             group
