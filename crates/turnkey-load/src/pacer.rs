@@ -444,4 +444,72 @@ mod tests {
         assert!(typical <= 48.0, "median burst {typical} packets (want about 32; a 1 ms tick sends 80)");
         assert!(bursts.len() >= 400, "{} bursts in 0.25 s (want about 600; ticks would give 250)", bursts.len());
     }
+
+    #[test]
+    fn reading_at_wake_ups_defers_reads_but_not_the_measured_arrival() {
+        // 4 flows at 2,000 packets/s each to an echo on a thread of its own; the loop reads the
+        // echoes only at its pacer's wake-ups (a tick apart). Each echo's arrival is the
+        // kernel's stamp: the reads wait for the next wake-up, the arrival times do not.
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        echo.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let to = echo.local_addr().unwrap();
+        let echoer = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (sent, waits, trips) = rt.block_on(async {
+            let target = Target::new(to, Transport::Udp, "x", false, None).unwrap();
+            let epoch = std::time::Instant::now();
+            let mut senders = Vec::new();
+            let mut readers = Vec::new();
+            for id in 0..4 {
+                let (tx, mut rx) = target.connect().await.unwrap();
+                let creds = Credentials { username: "u".into(), password: "p".into() };
+                let ka = Keepalive::new(Auth::new(&creds, None), to, true, 600);
+                let tpl = PacketTemplate::new(Wire::Channel, 100, false);
+                let (done, _) = watch::channel(None);
+                senders.push(FlowSend::new(tx, tpl, ka, (id, 1), Arc::default(), done));
+                // (read - arrival, arrival - send) of every echo, in ns.
+                readers.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let until = Instant::now() + Duration::from_millis(700);
+                    while let Ok(Ok(())) = tokio::time::timeout_at(
+                        until,
+                        rx.recv_each(epoch, |frame, at| {
+                            let read = since(epoch);
+                            if let Received::Data(d) = data_of(frame) {
+                                let s = Stamp::read(d).unwrap();
+                                got.push((read.saturating_sub(at), at.saturating_sub(s.sent_ns)));
+                            }
+                        }),
+                    )
+                    .await
+                    {}
+                    got
+                }));
+            }
+            let plan = SendPlan { rate: Some(2000.0), train: 1, duration: Duration::from_millis(400), count: None };
+            send_group(&mut senders, plan, epoch, Waiting::Wakeups(0)).await;
+            let mut all = Vec::new();
+            for r in readers {
+                all.extend(r.await.unwrap());
+            }
+            let sent: u64 = senders.iter().map(|f| f.sent).sum();
+            let (waits, trips): (Vec<f64>, Vec<f64>) = all.into_iter().map(|(w, t)| (w as f64, t as f64)).unzip();
+            (sent, waits, trips)
+        });
+        echoer.join().unwrap();
+        assert!(sent >= 3_000, "{sent} packets sent in 0.4 s");
+        assert!(waits.len() as u64 >= sent * 9 / 10, "{} of {sent} echoes read", waits.len());
+        let (wait, trip) = (median(waits), median(trips));
+        // Read at wake-ups a tick apart: an echo waits a good part of a tick to be read...
+        assert!(wait >= 150_000.0, "median wait to be read {wait} ns: not read at wake-ups");
+        // ...and its round trip is measured to its arrival, not lengthened by that wait (with
+        // the readiness path, or the read time taken as the arrival, the wait is near 0).
+        assert!(trip < 1_000_000.0, "median round trip {trip} ns to an echo on loopback");
+    }
 }
