@@ -228,7 +228,15 @@ pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time
             .min()
             .unwrap_or(end);
         if let Waiting::Wakeups(_) = waiting {
-            let next = next.max(woke + if s.fine { s.gap } else { TICK }).min(end);
+            // Not finer than the tick: the next tick boundary after this wake-up (as tokio's
+            // timer wheel would wake it; a gap counted from the wake-up would stretch with
+            // every wake-up's own latency and work, and the trains with it).
+            let floor = if s.fine {
+                woke + s.gap
+            } else {
+                start + TICK * ((woke - start).as_nanos() / TICK.as_nanos() + 1) as u32
+            };
+            let next = next.max(floor).min(end);
             sleep_on_thread(next).await;
             continue;
         }
