@@ -2,18 +2,22 @@
 //! packets are stamped into one reused buffer and leave as one train per flow (a GSO send over
 //! UDP, one write on a stream). Nothing is allocated per packet.
 //!
-//! By default the pacer waits on tokio's timer wheel (1 ms ticks) and each tick's due packets
-//! leave together: the few wake-ups that costs are the cheapest pacing there is, the relay gets
-//! long GSO trains (cheap for it too), and the loop's receivers stay woken by readiness, so round
-//! trips are measured as the packets arrive. With `--pace-burst N`, a loop with more than `N`
+//! By default the pacer wakes on 1 ms tick boundaries and each tick's due packets leave
+//! together: the few wake-ups that costs are the cheapest pacing there is, and the relay gets
+//! long GSO trains (cheap for it too). A UDP loop's pacer sleeps every gap on the loop's thread
+//! ([`Waiting::Wakeups`]), so nothing that arrives meanwhile wakes the loop: after each wake-up's
+//! sends it yields once and the loop's receivers and reflectors read everything that arrived,
+//! round trips measured to the kernel's arrival stamps ([`crate::rxstamp`]), not to the read.
+//! (`--recv-readiness`: [`Waiting::Fine`], gaps of a tick or more on tokio's timer wheel, and
+//! the loop woken for every arrival.) With `--pace-burst N`, a loop with more than `N`
 //! packets due per tick (where a tick's packets would reach the relay as one burst: 1,400 at
-//! 1.4 M packets/s) paces finer instead ([`Waiting::Fine`]): it wakes every `N / rate` (at least
+//! 1.4 M packets/s) paces finer instead (either waiting): it wakes every `N / rate` (at least
 //! [`MIN_GAP`]) and sends what is due, about `N` packets; flow `i` of `n` is offset by `i / n` of
 //! its period so many flows do not fall due together; and it sleeps those sub-millisecond gaps
 //! on the loop's thread (µs precise, with the timer slack cut to 1 µs in [`crate::loops`]) after
 //! one yield that lets the receivers read what has arrived. At such rates a gap holds dozens of
-//! arrivals: they are read in one pass per wake-up, and a round trip is measured up to one gap
-//! late. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
+//! arrivals: they are read in one pass per wake-up, each with its arrival stamp, so the gap
+//! does not lengthen a round trip. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
 //! blocking sleep would hold back the loop's other pacers. (Measured against turnkey on
 //! loopback, the finer bursts cost the relay more CPU per packet than tick-sized GSO trains; on
 //! a loaded machine they did not move where the ramp's drops happen, on the idle one they made

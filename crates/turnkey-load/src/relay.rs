@@ -235,8 +235,9 @@ async fn run_phase(
     let mut pacers = Vec::new();
     let groups = groups.into_iter().enumerate().map(|(k, g)| (k as u32, g)).chain(alone);
     for (on, mut group) in groups.filter(|(_, g)| !g.is_empty()) {
-        // The loop's one UDP pacer sleeps short gaps on the loop's thread; a stream flow's
-        // pacer shares its loop with others and waits on the timer wheel.
+        // The loop's one UDP pacer sleeps its gaps on the loop's thread (all of them by default,
+        // so arrivals are read at its wake-ups; only sub-tick ones with --recv-readiness); a
+        // stream flow's pacer shares its loop with others and waits on the timer wheel.
         let stream = group.iter().any(|f| f.tx.is_stream());
         let waiting = match (stream, ctx.args.recv_readiness) {
             (true, _) => Waiting::Timer,
