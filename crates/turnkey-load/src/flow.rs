@@ -205,12 +205,14 @@ pub async fn recv_loop(
 
 /// The far side of a paired flow: sends every packet back to `back_to` through its own
 /// allocation (ChannelData is returned unchanged; a Data indication becomes a Send indication)
-/// until `stop` changes. Returns the connection for the release.
+/// until `stop` changes, each packet's send stamp moved later by the time it waited here (from
+/// its arrival, in ns since `epoch`, the run's). Returns the connection for the release.
 pub async fn reflect_loop(
     mut tx: Tx,
     mut rx: Rx,
     mut keepalive: Keepalive,
     mut stop: watch::Receiver<bool>,
+    epoch: std::time::Instant,
 ) -> (Tx, Rx, Keepalive) {
     // What one receive brought back is sent as trains: runs of same-size frames (the pair's
     // packets all have one size) go out as one GSO send over UDP, one write on a stream. The
@@ -221,7 +223,6 @@ pub async fn reflect_loop(
     let stream = tx.is_stream();
     let tick = sleep_until(keepalive.next());
     tokio::pin!(tick);
-    let epoch = std::time::Instant::now();
     loop {
         // When this receive's packets leave again (read once per receive, at the first packet).
         let mut now = None;
@@ -327,6 +328,51 @@ pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reflection_moves_the_send_stamp_by_the_time_it_waited_to_be_read() {
+        use crate::client::Credentials;
+        use crate::transport::Target;
+        use turnkey_types::Transport;
+
+        // A stand-in for the relay: it sends one stamped ChannelData packet to the reflector,
+        // which reads it only 30 ms after its arrival, and gets the reflection back.
+        let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        relay.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let target = Target::new(relay.local_addr().unwrap(), Transport::Udp, "x", false, None).unwrap();
+        let (tx, rx) = rt.block_on(target.connect()).unwrap();
+        // The kernel starts stamping arrivals shortly after the first socket asks (a deferred
+        // switch): a run's sockets ask at their set-up, long before data.
+        std::thread::sleep(Duration::from_millis(50));
+        let epoch = std::time::Instant::now();
+        let reflector = tx.local_addr().unwrap();
+        let sent_ns = 1_000_000_000;
+        let mut tpl = PacketTemplate::new(Wire::Channel, 100, false);
+        relay.send_to(tpl.stamp(Stamp { flow: 3, phase: 1, seq: 7, sent_ns }), reflector).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let creds = Credentials { username: "u".into(), password: "p".into() };
+        let ka = Keepalive::new(Auth::new(&creds, None), relay.local_addr().unwrap(), true, 600);
+        let (stop_tx, stop) = watch::channel(false);
+        let task = rt.spawn(reflect_loop(tx, rx, ka, stop, epoch));
+        let mut buf = [0u8; 2048];
+        let back = rt.block_on(async {
+            tokio::task::spawn_blocking(move || {
+                let n = relay.recv(&mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .await
+            .unwrap()
+        });
+        let _ = stop_tx.send(true);
+        let _ = rt.block_on(task);
+        let Received::Data(d) = data_of(&back) else { panic!("not ChannelData") };
+        let s = Stamp::read(d).unwrap();
+        assert_eq!((s.flow, s.phase, s.seq), (3, 1, 7), "the same packet");
+        let moved = s.sent_ns - sent_ns;
+        assert!(moved >= 25_000_000, "send stamp moved {moved} ns: the 30 ms it waited to be read is in it");
+        assert!(moved < 5_000_000_000, "moved {moved} ns");
+    }
 
     #[test]
     fn echo_ip_is_the_source_address_towards_the_server() {

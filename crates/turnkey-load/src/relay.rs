@@ -167,7 +167,7 @@ async fn setup_flow_inner(
     let far = far.map(|far| {
         let (tx, rx, auth) = far.into_parts();
         let ka = Keepalive::new(auth, near_relayed, channel, ctx.args.lifetime);
-        tokio::spawn(flow::reflect_loop(tx, rx, ka, stop))
+        tokio::spawn(flow::reflect_loop(tx, rx, ka, stop, ctx.epoch))
     });
     let (tx, rx, auth) = near.into_parts();
     let wire = if channel { Wire::Channel } else { Wire::Send(peer_addr) };

@@ -25,7 +25,9 @@ const CONTROL: usize = 256;
 /// Most buffers one `recvmmsg` fills.
 pub const MAX_SLOTS: usize = 32;
 
-/// Asks the kernel to stamp every datagram `sock` receives (software receive time), and to
+/// Asks the kernel to stamp every datagram `sock` receives (software receive time; the kernel
+/// switches stamping on shortly after the first socket of the machine asks, so a datagram that
+/// arrives in that instant is stamped when read, as without stamps), and to
 /// stop attaching the TOS / traffic class the batch layer asked for (the generator reads no
 /// ECN).
 pub fn enable(sock: &impl AsFd) -> io::Result<()> {
@@ -190,7 +192,11 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         tx.connect(rx.local_addr().unwrap()).unwrap();
+        // Set up as the data path's sockets are: the batch layer's options first.
+        turnkey_batch::UdpIo::new(&rx).unwrap();
         enable(&rx).unwrap();
+        // The kernel turns stamping on shortly after the first socket asks (a deferred switch).
+        std::thread::sleep(Duration::from_millis(50));
         (rx, tx)
     }
 

@@ -173,6 +173,14 @@ impl Tx {
         }
     }
 
+    /// The local address of a UDP connection (`None` on a stream).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Tx::Udp(u) => u.sock.local_addr().ok(),
+            Tx::Stream(_) => None,
+        }
+    }
+
     /// Whether the transport is a stream (ChannelData must then be padded).
     pub fn is_stream(&self) -> bool {
         matches!(self, Tx::Stream(_))
