@@ -150,6 +150,11 @@ pub struct LoadArgs {
     /// rate).
     #[arg(long, value_name = "PACKETS", default_value_t = crate::pacer::DEFAULT_PACE_BURST)]
     pub pace_burst: u32,
+    /// Wake a loop whenever a datagram arrives (readiness), as before; by default a paced UDP
+    /// loop reads its sockets only at its pacer's wake-ups, round trips measured from the
+    /// kernel's receive stamps (fewer wake-ups per packet).
+    #[arg(long)]
+    pub recv_readiness: bool,
     /// Worker mode: coordinate with the other workers of the run through this Redis
     /// (`redis://` or `rediss://`): a start barrier, disjoint user names, results published.
     #[arg(long, value_name = "URL", requires_all = ["run_id", "workers"])]

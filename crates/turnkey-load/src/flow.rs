@@ -152,7 +152,7 @@ pub async fn recv_loop(
     loop {
         tokio::select! {
             biased;
-            r = rx.recv_each(|frame| {
+            r = rx.recv_each(epoch, |frame, arrived_ns| {
                 let data = match data_of(frame) {
                     Received::Data(d) | Received::Indication(d, _) => d,
                     Received::Error(code, nonce) => {
@@ -174,7 +174,8 @@ pub async fn recv_loop(
                 } else {
                     next_seq = s.seq + 1;
                 }
-                let us = since(epoch).saturating_sub(s.sent_ns) / 1000;
+                // Up to the kernel's arrival stamp (UDP), not to when this task got to read it.
+                let us = arrived_ns.saturating_sub(s.sent_ns) / 1000;
                 out.rtt.saturating_record(us.max(1));
             }) => {
                 if let Err(e) = r {
@@ -204,12 +205,14 @@ pub async fn recv_loop(
 
 /// The far side of a paired flow: sends every packet back to `back_to` through its own
 /// allocation (ChannelData is returned unchanged; a Data indication becomes a Send indication)
-/// until `stop` changes. Returns the connection for the release.
+/// until `stop` changes, each packet's send stamp moved later by the time it waited here (from
+/// its arrival, in ns since `epoch`, the run's). Returns the connection for the release.
 pub async fn reflect_loop(
     mut tx: Tx,
     mut rx: Rx,
     mut keepalive: Keepalive,
     mut stop: watch::Receiver<bool>,
+    epoch: std::time::Instant,
 ) -> (Tx, Rx, Keepalive) {
     // What one receive brought back is sent as trains: runs of same-size frames (the pair's
     // packets all have one size) go out as one GSO send over UDP, one write on a stream. The
@@ -221,18 +224,21 @@ pub async fn reflect_loop(
     let tick = sleep_until(keepalive.next());
     tokio::pin!(tick);
     loop {
+        // When this receive's packets leave again (read once per receive, at the first packet).
+        let mut now = None;
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = rx.recv_each(|frame| {
-                let bytes = match data_of(frame) {
-                    Received::Data(_) => frame,
+            r = rx.recv_each(epoch, |frame, arrived_ns| {
+                let (bytes, data_at) = match data_of(frame) {
+                    Received::Data(d) => (frame, d.as_ptr() as usize - frame.as_ptr() as usize),
                     Received::Indication(data, peer) => {
                         let tid = [9u8; 12];
                         MessageWriter::new(&mut indication, method::SEND | class::INDICATION, tid)
                             .xor_addr(attr::XOR_PEER_ADDRESS, peer)
                             .attr(attr::DATA, data);
-                        &indication[..]
+                        // DATA is the last attribute: its value, then its padding.
+                        (&indication[..], indication.len() - data.len() - (4 - data.len() % 4) % 4)
                     }
                     Received::Error(438, Some(n)) => {
                         if let Ok(mut slot) = keepalive.fresh_nonce.lock() {
@@ -247,7 +253,17 @@ pub async fn reflect_loop(
                     Some((size, count)) if stream || *size == bytes.len() => *count += 1,
                     _ => runs.push((bytes.len(), 1)),
                 }
+                let at = out.len() + data_at;
                 out.extend_from_slice(bytes);
+                // The time this packet waited here (from the kernel's arrival stamp to its
+                // reflection) moves its send stamp later: the round trip the near side measures
+                // is the relay's two legs, not how long this loop took to read and reflect.
+                let held = now.get_or_insert_with(|| since(epoch)).saturating_sub(arrived_ns);
+                if let Some(stamp) = out.get_mut(at..).and_then(|p| Stamp::read(p).map(|s| (s, p))) {
+                    let (mut s, p) = stamp;
+                    s.sent_ns = s.sent_ns.saturating_add(held);
+                    s.write(p);
+                }
             }) => {
                 if r.is_err() {
                     break;
@@ -312,6 +328,51 @@ pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reflection_moves_the_send_stamp_by_the_time_it_waited_to_be_read() {
+        use crate::client::Credentials;
+        use crate::transport::Target;
+        use turnkey_types::Transport;
+
+        // A stand-in for the relay: it sends one stamped ChannelData packet to the reflector,
+        // which reads it only 30 ms after its arrival, and gets the reflection back.
+        let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        relay.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let target = Target::new(relay.local_addr().unwrap(), Transport::Udp, "x", false, None).unwrap();
+        let (tx, rx) = rt.block_on(target.connect()).unwrap();
+        // The kernel starts stamping arrivals shortly after the first socket asks (a deferred
+        // switch): a run's sockets ask at their set-up, long before data.
+        std::thread::sleep(Duration::from_millis(50));
+        let epoch = std::time::Instant::now();
+        let reflector = tx.local_addr().unwrap();
+        let sent_ns = 1_000_000_000;
+        let mut tpl = PacketTemplate::new(Wire::Channel, 100, false);
+        relay.send_to(tpl.stamp(Stamp { flow: 3, phase: 1, seq: 7, sent_ns }), reflector).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let creds = Credentials { username: "u".into(), password: "p".into() };
+        let ka = Keepalive::new(Auth::new(&creds, None), relay.local_addr().unwrap(), true, 600);
+        let (stop_tx, stop) = watch::channel(false);
+        let task = rt.spawn(reflect_loop(tx, rx, ka, stop, epoch));
+        let mut buf = [0u8; 2048];
+        let back = rt.block_on(async {
+            tokio::task::spawn_blocking(move || {
+                let n = relay.recv(&mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .await
+            .unwrap()
+        });
+        let _ = stop_tx.send(true);
+        let _ = rt.block_on(task);
+        let Received::Data(d) = data_of(&back) else { panic!("not ChannelData") };
+        let s = Stamp::read(d).unwrap();
+        assert_eq!((s.flow, s.phase, s.seq), (3, 1, 7), "the same packet");
+        let moved = s.sent_ns - sent_ns;
+        assert!(moved >= 25_000_000, "send stamp moved {moved} ns: the 30 ms it waited to be read is in it");
+        assert!(moved < 5_000_000_000, "moved {moved} ns");
+    }
 
     #[test]
     fn echo_ip_is_the_source_address_towards_the_server() {

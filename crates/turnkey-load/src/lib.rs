@@ -38,6 +38,7 @@ pub mod packet;
 pub mod progress;
 pub mod proto;
 pub mod report;
+pub mod rxstamp;
 pub mod servercost;
 pub mod transport;
 

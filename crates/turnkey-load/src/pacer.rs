@@ -2,18 +2,22 @@
 //! packets are stamped into one reused buffer and leave as one train per flow (a GSO send over
 //! UDP, one write on a stream). Nothing is allocated per packet.
 //!
-//! By default the pacer waits on tokio's timer wheel (1 ms ticks) and each tick's due packets
-//! leave together: the few wake-ups that costs are the cheapest pacing there is, the relay gets
-//! long GSO trains (cheap for it too), and the loop's receivers stay woken by readiness, so round
-//! trips are measured as the packets arrive. With `--pace-burst N`, a loop with more than `N`
+//! By default the pacer wakes on 1 ms tick boundaries and each tick's due packets leave
+//! together: the few wake-ups that costs are the cheapest pacing there is, and the relay gets
+//! long GSO trains (cheap for it too). A UDP loop's pacer sleeps every gap on the loop's thread
+//! ([`Waiting::Wakeups`]), so nothing that arrives meanwhile wakes the loop: after each wake-up's
+//! sends it yields once and the loop's receivers and reflectors read everything that arrived,
+//! round trips measured to the kernel's arrival stamps ([`crate::rxstamp`]), not to the read.
+//! (`--recv-readiness`: [`Waiting::Fine`], gaps of a tick or more on tokio's timer wheel, and
+//! the loop woken for every arrival.) With `--pace-burst N`, a loop with more than `N`
 //! packets due per tick (where a tick's packets would reach the relay as one burst: 1,400 at
-//! 1.4 M packets/s) paces finer instead ([`Waiting::Fine`]): it wakes every `N / rate` (at least
+//! 1.4 M packets/s) paces finer instead (either waiting): it wakes every `N / rate` (at least
 //! [`MIN_GAP`]) and sends what is due, about `N` packets; flow `i` of `n` is offset by `i / n` of
 //! its period so many flows do not fall due together; and it sleeps those sub-millisecond gaps
 //! on the loop's thread (µs precise, with the timer slack cut to 1 µs in [`crate::loops`]) after
 //! one yield that lets the receivers read what has arrived. At such rates a gap holds dozens of
-//! arrivals: they are read in one pass per wake-up, and a round trip is measured up to one gap
-//! late. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
+//! arrivals: they are read in one pass per wake-up, each with its arrival stamp, so the gap
+//! does not lengthen a round trip. A stream flow's pacer (one per flow, several on a loop) always waits on the timer: a
 //! blocking sleep would hold back the loop's other pacers. (Measured against turnkey on
 //! loopback, the finer bursts cost the relay more CPU per packet than tick-sized GSO trains; on
 //! a loaded machine they did not move where the ramp's drops happen, on the idle one they made
@@ -50,8 +54,14 @@ pub const MIN_GAP: Duration = Duration::from_micros(50);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waiting {
     /// Finer than the timer tick when the loop has more than this many packets due per tick
-    /// (the loop's UDP pacer; `--pace-burst`; 0: never).
+    /// (the loop's UDP pacer with `--recv-readiness`; `--pace-burst`; 0: never); gaps of a tick
+    /// or more wait on the timer wheel, so arrivals wake the loop as they come.
     Fine(u32),
+    /// As `Fine`, but every wait is slept on the loop's thread, at least a tick apart when not
+    /// finer: the loop's receivers and reflectors read their sockets only at the pacer's
+    /// wake-ups, everything that arrived meanwhile in one pass (the loop's UDP pacer by
+    /// default; round trips stay honest through the kernel's receive stamps, `rxstamp`).
+    Wakeups(u32),
     /// On tokio's timer wheel only (a stream flow's pacer).
     Timer,
 }
@@ -71,7 +81,7 @@ impl Schedule {
     fn new(rate: f64, train: u64, flows: usize, waiting: Waiting) -> Self {
         let pps = rate * train as f64 * flows as f64;
         let burst = match waiting {
-            Waiting::Fine(burst) if burst > 0 => f64::from(burst),
+            Waiting::Fine(burst) | Waiting::Wakeups(burst) if burst > 0 => f64::from(burst),
             _ => f64::INFINITY,
         };
         let fine = pps * TICK.as_secs_f64() > burst;
@@ -221,6 +231,19 @@ pub async fn send_group(flows: &mut [FlowSend], plan: SendPlan, epoch: std::time
             .map(|(i, f)| start + s.due_at(f.sent / train, i, n))
             .min()
             .unwrap_or(end);
+        if let Waiting::Wakeups(_) = waiting {
+            // Not finer than the tick: the next tick boundary after this wake-up (as tokio's
+            // timer wheel would wake it; a gap counted from the wake-up would stretch with
+            // every wake-up's own latency and work, and the trains with it).
+            let floor = if s.fine {
+                woke + s.gap
+            } else {
+                start + TICK * ((woke - start).as_nanos() / TICK.as_nanos() + 1) as u32
+            };
+            let next = next.max(floor).min(end);
+            sleep_on_thread(next).await;
+            continue;
+        }
         let next = next.max(woke + s.gap).min(end);
         if s.fine {
             sleep_fine(next).await;
@@ -241,6 +264,18 @@ async fn sleep_fine(at: Instant) {
     if left >= TICK {
         sleep_until(at).await;
     } else if !left.is_zero() {
+        // Blocking on purpose: the loop's sockets are read when this returns, in one pass.
+        std::thread::sleep(left);
+    }
+}
+
+/// Waits until `at`: lets the loop's other tasks (its receivers and reflectors) run once, then
+/// sleeps the rest on this thread, whatever its length, so nothing that arrives meanwhile wakes
+/// the loop.
+async fn sleep_on_thread(at: Instant) {
+    tokio::task::yield_now().await;
+    let left = at.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
         // Blocking on purpose: the loop's sockets are read when this returns, in one pass.
         std::thread::sleep(left);
     }
@@ -420,5 +455,73 @@ mod tests {
         let typical = median(bursts.iter().map(|&b| b as f64).collect());
         assert!(typical <= 48.0, "median burst {typical} packets (want about 32; a 1 ms tick sends 80)");
         assert!(bursts.len() >= 400, "{} bursts in 0.25 s (want about 600; ticks would give 250)", bursts.len());
+    }
+
+    #[test]
+    fn reading_at_wake_ups_defers_reads_but_not_the_measured_arrival() {
+        // 4 flows at 2,000 packets/s each to an echo on a thread of its own; the loop reads the
+        // echoes only at its pacer's wake-ups (a tick apart). Each echo's arrival is the
+        // kernel's stamp: the reads wait for the next wake-up, the arrival times do not.
+        let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        echo.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let to = echo.local_addr().unwrap();
+        let echoer = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        });
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (sent, waits, trips) = rt.block_on(async {
+            let target = Target::new(to, Transport::Udp, "x", false, None).unwrap();
+            let epoch = std::time::Instant::now();
+            let mut senders = Vec::new();
+            let mut readers = Vec::new();
+            for id in 0..4 {
+                let (tx, mut rx) = target.connect().await.unwrap();
+                let creds = Credentials { username: "u".into(), password: "p".into() };
+                let ka = Keepalive::new(Auth::new(&creds, None), to, true, 600);
+                let tpl = PacketTemplate::new(Wire::Channel, 100, false);
+                let (done, _) = watch::channel(None);
+                senders.push(FlowSend::new(tx, tpl, ka, (id, 1), Arc::default(), done));
+                // (read - arrival, arrival - send) of every echo, in ns.
+                readers.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let until = Instant::now() + Duration::from_millis(700);
+                    while let Ok(Ok(())) = tokio::time::timeout_at(
+                        until,
+                        rx.recv_each(epoch, |frame, at| {
+                            let read = since(epoch);
+                            if let Received::Data(d) = data_of(frame) {
+                                let s = Stamp::read(d).unwrap();
+                                got.push((read.saturating_sub(at), at.saturating_sub(s.sent_ns)));
+                            }
+                        }),
+                    )
+                    .await
+                    {}
+                    got
+                }));
+            }
+            let plan = SendPlan { rate: Some(2000.0), train: 1, duration: Duration::from_millis(400), count: None };
+            send_group(&mut senders, plan, epoch, Waiting::Wakeups(0)).await;
+            let mut all = Vec::new();
+            for r in readers {
+                all.extend(r.await.unwrap());
+            }
+            let sent: u64 = senders.iter().map(|f| f.sent).sum();
+            let (waits, trips): (Vec<f64>, Vec<f64>) = all.into_iter().map(|(w, t)| (w as f64, t as f64)).unzip();
+            (sent, waits, trips)
+        });
+        echoer.join().unwrap();
+        assert!(sent >= 3_000, "{sent} packets sent in 0.4 s");
+        assert!(waits.len() as u64 >= sent * 9 / 10, "{} of {sent} echoes read", waits.len());
+        let (wait, trip) = (median(waits), median(trips));
+        // Read at wake-ups a tick apart: an echo waits a good part of a tick to be read...
+        assert!(wait >= 150_000.0, "median wait to be read {wait} ns: not read at wake-ups");
+        // ...and its round trip is measured to its arrival, not lengthened by that wait (with
+        // the readiness path, or the read time taken as the arrival, the wait is near 0).
+        assert!(trip < 1_000_000.0, "median round trip {trip} ns to an echo on loopback");
     }
 }

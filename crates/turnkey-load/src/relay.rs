@@ -167,7 +167,7 @@ async fn setup_flow_inner(
     let far = far.map(|far| {
         let (tx, rx, auth) = far.into_parts();
         let ka = Keepalive::new(auth, near_relayed, channel, ctx.args.lifetime);
-        tokio::spawn(flow::reflect_loop(tx, rx, ka, stop))
+        tokio::spawn(flow::reflect_loop(tx, rx, ka, stop, ctx.epoch))
     });
     let (tx, rx, auth) = near.into_parts();
     let wire = if channel { Wire::Channel } else { Wire::Send(peer_addr) };
@@ -235,10 +235,15 @@ async fn run_phase(
     let mut pacers = Vec::new();
     let groups = groups.into_iter().enumerate().map(|(k, g)| (k as u32, g)).chain(alone);
     for (on, mut group) in groups.filter(|(_, g)| !g.is_empty()) {
-        // The loop's one UDP pacer sleeps short gaps on the loop's thread; a stream flow's
-        // pacer shares its loop with others and waits on the timer wheel.
+        // The loop's one UDP pacer sleeps its gaps on the loop's thread (all of them by default,
+        // so arrivals are read at its wake-ups; only sub-tick ones with --recv-readiness); a
+        // stream flow's pacer shares its loop with others and waits on the timer wheel.
         let stream = group.iter().any(|f| f.tx.is_stream());
-        let waiting = if stream { Waiting::Timer } else { Waiting::Fine(ctx.args.pace_burst) };
+        let waiting = match (stream, ctx.args.recv_readiness) {
+            (true, _) => Waiting::Timer,
+            (false, true) => Waiting::Fine(ctx.args.pace_burst),
+            (false, false) => Waiting::Wakeups(ctx.args.pace_burst),
+        };
         pacers.push(loops.of(on).spawn(async move {
             pacer::send_group(&mut group, plan, epoch, waiting).await;
             group

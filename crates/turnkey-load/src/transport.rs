@@ -15,10 +15,11 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{self, ClientConfig, DigitallySignedStruct, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use turnkey_batch::{Outgoing, RecvBatch, UdpIo, MAX_GSO_BYTES, MAX_GSO_SEGMENT_V4, MAX_GSO_SEGMENT_V6};
+use turnkey_batch::{Outgoing, UdpIo, MAX_GSO_BYTES, MAX_GSO_SEGMENT_V4, MAX_GSO_SEGMENT_V6};
 use turnkey_types::Transport;
 
 use crate::framing::StreamBuf;
+use crate::rxstamp::{self, StampedBatch};
 use crate::LoadError;
 
 /// Where and how to connect: the server address, the transport, and for TLS the connector and
@@ -82,9 +83,10 @@ impl Target {
                 set_buffers(&sock);
                 sock.connect(self.server).await.map_err(io_err("connect UDP"))?;
                 let io = Arc::new(UdpIo::new(&sock).map_err(io_err("UDP offload"))?);
+                rxstamp::enable(&sock).map_err(io_err("SO_TIMESTAMPNS"))?;
                 let sock = Arc::new(sock);
-                let tx = Tx::Udp(UdpTx { sock: sock.clone(), io: io.clone(), to: self.server });
-                Ok((tx, Rx::Udp(UdpRx { sock, io, own: RecvBatch::new(1), next: 0 })))
+                let tx = Tx::Udp(UdpTx { sock: sock.clone(), io, to: self.server });
+                Ok((tx, Rx::Udp(UdpRx { sock, own: StampedBatch::new(1), next: 0 })))
             }
             (Transport::Tcp, _) => {
                 let s = TcpStream::connect(self.server).await.map_err(io_err("connect TCP"))?;
@@ -171,6 +173,14 @@ impl Tx {
         }
     }
 
+    /// The local address of a UDP connection (`None` on a stream).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Tx::Udp(u) => u.sock.local_addr().ok(),
+            Tx::Stream(_) => None,
+        }
+    }
+
     /// Whether the transport is a stream (ChannelData must then be padded).
     pub fn is_stream(&self) -> bool {
         matches!(self, Tx::Stream(_))
@@ -185,21 +195,21 @@ pub enum Rx {
     Stream(Box<dyn AsyncRead + Send + Unpin>, StreamBuf),
 }
 
-/// A connected UDP socket's receiving side.
+/// A connected UDP socket's receiving side (GRO on, every datagram stamped by the kernel on
+/// arrival: [`rxstamp`]).
 #[derive(Debug)]
 pub struct UdpRx {
     sock: Arc<UdpSocket>,
-    io: Arc<UdpIo>,
     /// One 64 KiB buffer: a datagram, or a GRO train whose segments [`Rx::recv`] returns one
     /// by one (`next`: how many it returned).
-    own: RecvBatch,
+    own: StampedBatch,
     next: usize,
 }
 
 thread_local! {
     /// The data path's receive buffers, one set per thread (never held across an await): one
     /// `recvmmsg` fills up to 32 of them, each a datagram or a GRO train.
-    static BATCH: std::cell::RefCell<RecvBatch> = std::cell::RefCell::new(RecvBatch::new(32));
+    static BATCH: std::cell::RefCell<StampedBatch> = std::cell::RefCell::new(StampedBatch::new(rxstamp::MAX_SLOTS));
 }
 
 impl std::fmt::Debug for Rx {
@@ -222,13 +232,14 @@ impl Rx {
                     }
                     u.next = 0;
                     u.sock.readable().await?;
-                    match u.sock.try_io(tokio::io::Interest::READABLE, || u.io.recv(&*u.sock, &mut u.own)) {
+                    let epoch = std::time::Instant::now();
+                    match u.sock.try_io(tokio::io::Interest::READABLE, || u.own.recv(&*u.sock, epoch)) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         r => r?,
                     };
                 }
                 u.next += 1;
-                Ok(u.own.datagrams().nth(u.next - 1).map_or(&[][..], |d| d.data))
+                Ok(u.own.datagrams().nth(u.next - 1).map_or(&[][..], |(d, _)| d))
             }
             Rx::Stream(r, sb) => loop {
                 match sb.next_frame() {
@@ -245,14 +256,18 @@ impl Rx {
         }
     }
 
-    /// Waits for data and hands `f` every frame one receive brought: over UDP one `recvmmsg`
-    /// (GRO trains split back into datagrams), on a stream one read (every whole frame in the
-    /// buffer). `f` runs synchronously; no buffer is allocated. Cancel-safe.
-    pub async fn recv_each(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    /// Waits for data and hands `f` every frame one receive brought, with its arrival time in
+    /// nanoseconds since `epoch`: over UDP one `recvmmsg` (GRO trains split back into
+    /// datagrams), each datagram at the time the kernel stamped it on arrival; on a stream one
+    /// read (every whole frame in the buffer), at the time of the read. `f` runs synchronously;
+    /// no buffer is allocated. Cancel-safe.
+    pub async fn recv_each(&mut self, epoch: std::time::Instant, mut f: impl FnMut(&[u8], u64)) -> io::Result<()> {
         match self {
             Rx::Udp(u) => {
-                // Segments left over from `recv` first.
-                let left: usize = u.own.datagrams().skip(u.next).map(|d| f(d.data)).count();
+                // Segments left over from `recv` first (received before this call: their time
+                // is not known against `epoch`, so now).
+                let now = epoch.elapsed().as_nanos() as u64;
+                let left: usize = u.own.datagrams().skip(u.next).map(|(d, _)| f(d, now)).count();
                 u.next += left;
                 if left > 0 {
                     return Ok(());
@@ -267,8 +282,8 @@ impl Rx {
                     let r = u.sock.try_io(tokio::io::Interest::READABLE, || {
                         BATCH.with(|b| {
                             let mut b = b.borrow_mut();
-                            got = u.io.recv(&*u.sock, &mut b)?;
-                            b.datagrams().for_each(|d| f(d.data));
+                            got = b.recv(&*u.sock, epoch)?;
+                            b.datagrams().for_each(|(d, at)| f(d, at));
                             if got < b.slots() {
                                 return Err(io::ErrorKind::WouldBlock.into());
                             }
@@ -284,10 +299,11 @@ impl Rx {
             }
             Rx::Stream(r, sb) => loop {
                 let mut any = false;
+                let now = epoch.elapsed().as_nanos() as u64;
                 loop {
                     match sb.next_frame() {
                         Ok(Some(range)) => {
-                            f(sb.slice(range));
+                            f(sb.slice(range), now);
                             any = true;
                         }
                         Ok(None) => break,
