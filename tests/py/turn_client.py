@@ -20,7 +20,9 @@ Prints one JSON object on stdout. Modes:
 import argparse
 import asyncio
 import json
+import errno
 import os
+import socket
 import ssl
 import sys
 import time
@@ -34,6 +36,35 @@ import aioice.turn
 _ALTERNATE_SERVER = (0x8023, "ALTERNATE-SERVER", aioice.stun.pack_address, aioice.stun.unpack_address)
 aioice.stun.ATTRIBUTES_BY_TYPE.setdefault(0x8023, _ALTERNATE_SERVER)
 aioice.stun.ATTRIBUTES_BY_NAME.setdefault("ALTERNATE-SERVER", _ALTERNATE_SERVER)
+
+
+def echo_socket(host, port):
+    """A UDP socket bound to (host, port) for the echo peer. With port 0 the kernel picks the
+    port, and a port some local TCP listener also holds is picked again: the relay under test
+    refuses its own service ports as peers whatever the protocol (security.md), so an echo peer
+    that drew the number of the relay's TCP or metrics listener would be refused by chance."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    held = []
+    try:
+        for _ in range(64):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.bind((host, port))
+            if port != 0:
+                return udp
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                probe.bind((host, udp.getsockname()[1]))
+                return udp
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+                held.append(udp)  # keep it bound so the next draw differs
+            finally:
+                probe.close()
+        raise RuntimeError("no UDP port without a TCP listener on the same number")
+    finally:
+        for s in held:
+            s.close()
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -184,7 +215,7 @@ async def main():
         print(json.dumps({"allocated": True}))
         return
 
-    echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=(args.echo_host, args.echo_port))
+    echo_transport, echo = await loop.create_datagram_endpoint(Echo, sock=echo_socket(args.echo_host, args.echo_port))
     echo_addr = echo_transport.get_extra_info("sockname")
     transport, protocol = await allocate(args)
     relayed = transport.get_extra_info("sockname")

@@ -91,6 +91,24 @@ pub fn fixed_port() -> u16 {
     panic!("no free port in {lo}..{hi}");
 }
 
+/// A UDP socket on 127.0.0.1 for a test's peer, on a port no local TCP listener holds: the relay
+/// under test refuses its own service ports as peers whatever the protocol (security.md), so a
+/// peer that drew the number of the relay's TCP, issuer or metrics listener would be refused by
+/// chance (turn_client.py's `echo_socket` and the pion client's peer do the same).
+pub fn udp_peer() -> std::net::UdpSocket {
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(_) => return udp,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => held.push(udp),
+            Err(e) => panic!("probing TCP port {port}: {e}"),
+        }
+    }
+    panic!("no UDP port without a TCP listener on the same number");
+}
+
 /// A `turnkey.toml` holding `toml` in a fresh directory, for `--config`; the returned directory
 /// keeps it alive.
 pub fn config_file(toml: &str) -> (tempfile::TempDir, PathBuf) {

@@ -35,7 +35,7 @@ fn tcp_and_tls_clients_that_never_read_are_bounded_then_closed_and_their_memory_
     let write_timeout = WRITE_TIMEOUT.to_string();
     let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1", "--write-timeout", &write_timeout]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = turnkey_e2e::udp_peer();
     let peer_addr = peer.local_addr().unwrap();
     let (user, pass) = tk.creds("stuck", 600);
     let creds = Credentials { username: user, password: pass };

@@ -49,7 +49,9 @@ async fn client(tk: &Turnkey, username: String, password: String) -> Client {
 
 /// A UDP peer on loopback that echoes every datagram and records who sent it.
 async fn echo_peer() -> (SocketAddr, Arc<Mutex<Vec<SocketAddr>>>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let socket = turnkey_e2e::udp_peer();
+    socket.set_nonblocking(true).unwrap();
+    let socket = UdpSocket::from_std(socket).unwrap();
     let addr = socket.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();

@@ -310,6 +310,26 @@ pub fn echo_ip(server: SocketAddr) -> std::net::IpAddr {
         .unwrap_or(lo)
 }
 
+/// Binds the own echo peer on `ip`, on a port no TCP listener on this host holds there: a relay
+/// on the same host may refuse its own service ports as peers whatever the protocol (turnkey
+/// does, security.md), so a peer that drew the number of the relay's TCP or metrics listener
+/// would be refused by chance. A port held by a listener is kept bound while the next is drawn.
+pub fn bind_echo(ip: std::net::IpAddr) -> io::Result<UdpSocket> {
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind((ip, 0))?;
+        let port = udp.local_addr()?.port();
+        match std::net::TcpListener::bind((ip, port)) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => held.push(udp),
+            _ => {
+                udp.set_nonblocking(true)?;
+                return UdpSocket::from_std(udp);
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "every UDP port drawn has a TCP listener on its number"))
+}
+
 /// A UDP echo peer: returns every datagram to its sender until `stop` changes.
 pub async fn echo_loop(sock: UdpSocket, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; 65_536];

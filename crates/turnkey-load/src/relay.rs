@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -146,9 +145,8 @@ async fn setup_flow_inner(
         PeerKind::External(a) => (a, None),
         PeerKind::OwnEcho => {
             let ip = flow::echo_ip(server);
-            let sock = UdpSocket::bind((ip, 0))
-                .await
-                .map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;
+            let sock =
+                flow::bind_echo(ip).map_err(|source| LoadError::Io { context: "bind echo peer".into(), source })?;
             crate::transport::set_buffers(&sock);
             let addr =
                 sock.local_addr().map_err(|source| LoadError::Io { context: "echo peer address".into(), source })?;

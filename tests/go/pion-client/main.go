@@ -127,7 +127,7 @@ func main() {
 	}
 	res.RelayedAddr = relay.LocalAddr().String()
 
-	peer, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	peer, err := listenPeer()
 	if err != nil {
 		fail("peer: %v", err)
 		return
@@ -173,6 +173,31 @@ func main() {
 		_ = again.Close()
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// listenPeer binds the UDP peer on loopback, on a port no local TCP listener holds: the relay
+// under test refuses its own service ports as peers whatever the protocol (security.md), so a
+// peer that drew the number of the relay's TCP or metrics listener would be refused by chance.
+func listenPeer() (net.PacketConn, error) {
+	var held []net.PacketConn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 64; i++ {
+		udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		probe, err := net.Listen("tcp4", udp.LocalAddr().String())
+		if err == nil {
+			probe.Close()
+			return udp, nil
+		}
+		held = append(held, udp)
+	}
+	return nil, fmt.Errorf("no UDP port without a TCP listener on the same number")
 }
 
 func dial(transport, server, caFile, serverName string) (net.PacketConn, error) {
