@@ -6,8 +6,11 @@
 #   2. the TLS certificate is reloaded 20 times (SIGHUP, 100 ms apart).
 # A quiet window first gives the noise floor. One relay (1 shard, fleet mode on a throwaway redis-server, UDP and TLS on loopback), `turnkey
 # load --scenario allocations` holding the N allocations with one TURN REST credential, the
-# revocation published to Redis as an issuer does. Prints the longest stall of each window (the
-# histogram bucket it fell in) and the maximum since start.
+# revocation published to Redis as an issuer does. Prints, for each window, the longest stall (the
+# histogram bucket it fell in), the longest loop turn (turnkey_relay_shard_turn_seconds: the
+# relay's own work, without the time the shard waited for a CPU or to be woken), and how late a
+# reference probe outside the relay woke (a 10 ms sleeper at the shard's priority: the machine's
+# own wake-up lateness, which the stall probe includes), then the maxima since start.
 #
 #   BIN=target/release/turnkey N=10000 bench/stall.sh
 #
@@ -34,7 +37,7 @@ BIN=${BIN:-target/release/turnkey}
 N=${N:-10000}
 D=$(mktemp -d)
 RP=$(python3 "$(dirname "$(realpath "$0")")/freeport.py")
-cleanup() { kill "${PPID_PERF:-}" "${LPID:-}" "${TPID:-}" "${RPID:-}" 2>/dev/null || true; wait "${PPID_PERF:-}" 2>/dev/null || true; rm -rf "$D"; }
+cleanup() { kill "${PPID_PERF:-}" "${LPID:-}" "${TPID:-}" "${RPID:-}" "${REFPID:-}" 2>/dev/null || true; wait "${PPID_PERF:-}" 2>/dev/null || true; rm -rf "$D"; }
 trap cleanup EXIT
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --daemonize no --dir "$D" >/dev/null 2>&1 &
 RPID=$!
@@ -47,6 +50,23 @@ if [ "${SHARD_FIFO:-0}" = 1 ]; then FIFO=(--shard-rt-priority 50); fi
   --data-dir "$D/data" --allow-peer 127.0.0.1 --max-allocations-per-user "$N" \
   --unauth-replies-per-sec 0 "${FIFO[@]}" >"$D/out" 2>"$D/err" &
 TPID=$!
+# The reference probe: a plain process, at the shard's priority, asking to wake every 10 ms as the
+# shard's probe does, and logging how late it woke. What it sees is the machine's own wake-up
+# lateness (other threads on its core, and on a VM the hypervisor waking an idle vCPU), which the
+# shard's probe sees too; the loop turns are the relay's own work.
+RT=()
+if [ "${SHARD_FIFO:-0}" = 1 ]; then RT=(chrt -f 50); fi
+"${RT[@]}" python3 - "$D/refprobe" <<'PY' &
+import sys, time
+out = open(sys.argv[1], "w", buffering=1)
+due = time.monotonic() + 0.01
+while True:
+    time.sleep(max(0.0, due - time.monotonic()))
+    now = time.monotonic()
+    out.write(f"{time.time():.6f} {now - due:.6f}\n")
+    due = max(due + 0.01, now + 0.005)
+PY
+REFPID=$!
 for _ in $(seq 100); do grep -q "turnkey listening" "$D/out" && break; sleep 0.2; done
 field() { grep "turnkey listening" "$D/out" | tr ' ' '\n' | grep "^$1=" | cut -d= -f2; }
 UDP=$(field udp); MET=$(field metrics)
@@ -79,26 +99,40 @@ trace_stop() {
   grep -i lost "$D/perf.err" || true
   rm -f "$D/trace.data"
 }
-window() { # name, command...: the longest stall while the command runs (and 1 s after)
-  local name=$1; shift
+window() { # name, command...: the longest stall and turn while the command runs (and 1 s after)
+  local name=$1 w0 w1; shift
   case $name in creating*) ;; *) trace_start ;; esac
-  metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/before"
+  metrics | grep -E '^turnkey_relay_shard_(stall|turn)_seconds_bucket' >"$D/before"
+  w0=$(date +%s.%N)
   "$@"; sleep 1
-  metrics | grep '^turnkey_relay_shard_stall_seconds_bucket' >"$D/after"
-  python3 - "$D/before" "$D/after" "$name" <<'PY'
+  w1=$(date +%s.%N)
+  metrics | grep -E '^turnkey_relay_shard_(stall|turn)_seconds_bucket' >"$D/after"
+  python3 - "$D/before" "$D/after" "$name" "$D/refprobe" "$w0" "$w1" <<'PY'
 import re, sys
-def read(p):
-    return {re.search(r'le="([^"]+)"', l).group(1): float(l.split()[-1]) for l in open(p)}
-b, a = read(sys.argv[1]), read(sys.argv[2])
-order = sorted(a, key=lambda x: float("inf") if x == "+Inf" else float(x))
-prev, longest, low = 0.0, None, "0"
-for le in order:
-    n = a[le] - b.get(le, 0)
-    if n > prev:
-        longest, low_seen = le, low
-    prev, low = n, le
-over5 = (a['+Inf'] - b['+Inf']) - (a['0.005'] - b.get('0.005', 0))
-print(f"{sys.argv[3]}: {a['+Inf'] - b['+Inf']:.0f} probes, {over5:.0f} over 5 ms, longest stall in ({low_seen}, {longest}] s")
+def read(p, kind):
+    return {re.search(r'le="([^"]+)"', l).group(1): float(l.split()[-1])
+            for l in open(p) if l.startswith(f"turnkey_relay_shard_{kind}_seconds_bucket")}
+def longest(kind):
+    b, a = read(sys.argv[1], kind), read(sys.argv[2], kind)
+    order = sorted(a, key=lambda x: float("inf") if x == "+Inf" else float(x))
+    prev, top, low, low_seen = 0.0, None, "0", "0"
+    for le in order:
+        n = a[le] - b.get(le, 0)
+        if n > prev:
+            top, low_seen = le, low
+        prev, low = n, le
+    total = a['+Inf'] - b.get('+Inf', 0)
+    return total, total - (a['0.005'] - b.get('0.005', 0)), f"({low_seen}, {top}]"
+n, over5, where = longest("stall")
+print(f"{sys.argv[3]}: {n:.0f} probes, {over5:.0f} over 5 ms, longest stall in {where} s")
+n, over5, where = longest("turn")
+print(f"  loop turns (the relay's own work): {n:.0f}, {over5:.0f} over 5 ms, longest in {where} s")
+w0, w1 = float(sys.argv[5]), float(sys.argv[6])
+late = [float(l.split()[1]) for l in open(sys.argv[4]) if w0 <= float(l.split()[0]) <= w1]
+if late:
+    over = sum(1 for x in late if x > 0.005)
+    print(f"  reference probe (a 10 ms sleeper outside the relay, same priority): {len(late)} wake-ups, "
+          f"{over} over 5 ms late, latest {max(late) * 1000:.2f} ms")
 PY
   trace_stop
 }
@@ -135,4 +169,4 @@ sleep 2
 window "quiet 2 s (the noise floor: nothing but the held allocations)" sleep 2
 window "revocation of $A allocations" revoke_all
 window "20 certificate reloads" reloads
-metrics | grep '^turnkey_relay_shard_stall_max_seconds'
+metrics | grep -E '^turnkey_relay_shard_(stall|turn)_max_seconds'

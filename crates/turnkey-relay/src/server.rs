@@ -169,17 +169,16 @@ pub async fn run(
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let local = tokio::task::LocalSet::new();
             local.spawn_local(metrics.shard_loop.clone().probe(i));
-            local.block_on(
-                &rt,
-                shard_main(
-                    ShardEngine { cfg: engine_cfg, shared, sessions: cfg.sessions.clone() },
-                    metrics,
-                    Ports::new(cfg.relay.clone(), reservations),
-                    listeners,
-                    StreamSettings { limits: cfg.stream.clone(), limiter, tls: cfg.tls.clone() },
-                    stop,
-                ),
-            )
+            let turns = metrics.shard_loop.clone();
+            let run = local.run_until(shard_main(
+                ShardEngine { cfg: engine_cfg, shared, sessions: cfg.sessions.clone() },
+                metrics,
+                Ports::new(cfg.relay.clone(), reservations),
+                listeners,
+                StreamSettings { limits: cfg.stream.clone(), limiter, tls: cfg.tls.clone() },
+                stop,
+            ));
+            rt.block_on(turns.turns(i, run))
         })?;
         threads.push(t);
     }
