@@ -186,22 +186,17 @@ impl FastPath {
     /// first, then those of ended allocations, the earliest freed first (`slots.rs`).
     pub fn add_allocation(&mut self, entry: AllocationEntry) -> Result<Option<AllocKey>, FastPathError> {
         let Some(alloc) = self.slots.take() else { return Ok(None) };
-        let written = self
-            .clear_slot(alloc)
-            .and_then(|()| self.allocs.set(alloc.0, entry.value(), 0).map_err(|e| op_err("insert", "fp_allocs", e)));
-        match written {
-            Ok(()) => Ok(Some(alloc)),
-            Err(e) => {
-                self.slots.give(alloc);
-                Err(e)
-            }
+        if let Err(e) = self.clear_slot(alloc).and_then(|()| self.set_alloc(alloc, entry.value())) {
+            self.slots.give(alloc);
+            return Err(e);
         }
+        Ok(Some(alloc))
     }
 
     /// A live allocation's new deadline and budget (a refresh); its counters are kept.
     pub fn update_allocation(&mut self, alloc: AllocKey, entry: AllocationEntry) -> Result<(), FastPathError> {
         self.check_live(alloc)?;
-        self.allocs.set(alloc.0, entry.value(), 0).map_err(|e| op_err("insert", "fp_allocs", e))
+        self.set_alloc(alloc, entry.value())
     }
 
     /// Sets a limited allocation's remaining byte budget (the sweep's refill); the deadline stays.
@@ -210,7 +205,7 @@ impl FastPath {
         let mut v = self.allocs.get(&alloc.0, 0).map_err(|e| op_err("get", "fp_allocs", e))?;
         v.budget = i64::try_from(budget_bytes).unwrap_or(i64::MAX);
         v.flags |= abi::ALLOC_LIMITED;
-        self.allocs.set(alloc.0, v, 0).map_err(|e| op_err("insert", "fp_allocs", e))
+        self.set_alloc(alloc, v)
     }
 
     /// Removes an allocation, frees its slot, and returns what it relayed since its last
@@ -220,7 +215,7 @@ impl FastPath {
     pub fn remove_allocation(&mut self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
         let Some(swept) = self.slots.give(alloc) else { return Ok(AllocCounters::default()) };
         // The slot is free from here whatever fails below: its next allocation clears it again.
-        self.allocs.set(alloc.0, AllocVal::default(), 0).map_err(|e| op_err("insert", "fp_allocs", e))?;
+        self.set_alloc(alloc, AllocVal::default())?;
         let counters = self.read_counters(alloc)?;
         self.clear_slot(alloc)?;
         Ok(counters.since(&swept))
@@ -233,6 +228,10 @@ impl FastPath {
         let zero = PerCpuValues::try_from(vec![AllocStats::default(); self.cpus])
             .map_err(|e| op_err("insert", "fp_alloc_stats", e))?;
         self.alloc_stats.set(alloc.0, zero, 0).map_err(|e| op_err("insert", "fp_alloc_stats", e))
+    }
+
+    fn set_alloc(&mut self, alloc: AllocKey, v: AllocVal) -> Result<(), FastPathError> {
+        self.allocs.set(alloc.0, v, 0).map_err(|e| op_err("insert", "fp_allocs", e))
     }
 
     fn check_live(&self, alloc: AllocKey) -> Result<(), FastPathError> {
