@@ -196,11 +196,8 @@ struct plan {
 	__be32 tail_kept;       // the same with the padding bytes zeroed (what the checksum keeps)
 	__u32 to_peer_alloc;
 	__u32 to_client_alloc;
-	__u8 to_peer;
-	__u8 to_client;
-	__u8 pad[2];
-	struct fp_alloc_val *to_peer_a;   // the allocations as alloc_check found them (charged in finish)
-	struct fp_alloc_val *to_client_a;
+	struct fp_alloc_val *to_peer_a;   // the allocations charged in finish, as alloc_check found
+	struct fp_alloc_val *to_client_a; // them (NULL: that direction's counters do not move)
 };
 
 static __always_inline void count(__u32 idx)
@@ -348,7 +345,6 @@ static __always_inline __u32 client_to_peer(struct xdp_md *ctx, __u8 family, con
 	p->strip = 1;
 	__builtin_memcpy(&p->strip_chan, payload, 2);
 	p->data_len = dlen;
-	p->to_peer = 1;
 	p->to_peer_alloc = cv->alloc;
 
 	// Hairpin: the peer is another allocation's relayed address here. User space marks the
@@ -375,7 +371,6 @@ static __always_inline __u32 client_to_peer(struct xdp_md *ctx, __u8 family, con
 		p->dport = hv->client_port;
 		p->add = 1;
 		p->add_chan = hv->channel;
-		p->to_client = 1;
 		p->to_client_alloc = hv->alloc;
 		return 0;
 	}
@@ -404,7 +399,6 @@ static __always_inline __u32 peer_to_client(struct fp_peer_val *pv, __u32 plen, 
 	p->add = 1;
 	p->add_chan = pv->channel;
 	p->data_len = plen;
-	p->to_client = 1;
 	p->to_client_alloc = pv->alloc;
 	return 0;
 }
@@ -552,9 +546,9 @@ static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
 
 static __always_inline int finish(struct xdp_md *ctx, const struct plan *p, const struct bpf_fib_lookup *fib)
 {
-	if (p->to_peer && p->to_peer_a)
+	if (p->to_peer_a)
 		alloc_charge(p->to_peer_a, p->to_peer_alloc, p->data_len, 1);
-	if (p->to_client && p->to_client_a)
+	if (p->to_client_a)
 		alloc_charge(p->to_client_a, p->to_client_alloc, p->data_len, 0);
 	if (fib->ifindex == ctx->ingress_ifindex) {
 		count(ACT_TX);

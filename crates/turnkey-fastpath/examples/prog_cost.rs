@@ -68,14 +68,14 @@ fn main() {
         fp.add_relay_ip(ip.parse().unwrap()).unwrap();
     }
     let deadline = KernelClock::new().deadline(Instant::now() + Duration::from_secs(3600));
-    for a in 1..=6 {
-        fp.set_allocation(AllocKey(a), AllocationEntry { deadline, budget_bytes: None }).unwrap();
-    }
+    let mut alive = || fp.add_allocation(AllocationEntry { deadline, budget_bytes: None }).unwrap().unwrap();
+    let allocs: Vec<AllocKey> = (0..6).map(|_| alive()).collect();
     let payload = [0x5au8; 100];
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
-    for (fam, ip, client, peer, alloc) in
-        [("v4", "10.1.0.1", "10.1.0.2", "10.1.0.3", 1), ("v6", "fd00:1::1", "fd00:1::2", "fd00:1::3", 4)]
-    {
+    for (fam, ip, client, peer, alloc) in [
+        ("v4", "10.1.0.1", "10.1.0.2", "10.1.0.3", &allocs[..3]),
+        ("v6", "fd00:1::1", "fd00:1::2", "fd00:1::3", &allocs[3..]),
+    ] {
         let at = |addr: &str, port: u16| -> SocketAddr {
             if addr.contains(':') {
                 sa(&format!("[{addr}]:{port}"))
@@ -89,7 +89,7 @@ fn main() {
             channel: 0x4001,
             relayed: at(ip, 50000),
             peer: at(peer, 6000),
-            alloc: AllocKey(alloc),
+            alloc: alloc[0],
         };
         // Hairpin: two allocations of this relay, each with a channel to the other's relayed address.
         let a = ChannelBinding {
@@ -97,7 +97,7 @@ fn main() {
             channel: 0x4002,
             relayed: at(ip, 50001),
             peer: at(ip, 50002),
-            alloc: AllocKey(alloc + 1),
+            alloc: alloc[1],
             ..direct
         };
         let b = ChannelBinding {
@@ -105,7 +105,7 @@ fn main() {
             channel: 0x4003,
             relayed: at(ip, 50002),
             peer: at(ip, 50001),
-            alloc: AllocKey(alloc + 2),
+            alloc: alloc[2],
             ..direct
         };
         for binding in [&direct, &a, &b] {

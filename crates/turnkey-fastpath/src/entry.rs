@@ -9,10 +9,11 @@ use crate::abi::{self, AllocVal, ChanKey, ChanVal, PeerKey, PeerVal};
 use crate::error::FastPathError;
 
 /// The kernel's slot for one allocation's counters and budget: below [`MAX_ALLOCATIONS`], unique
-/// among live allocations of this relay (the driver hands slots out and reuses those of ended
-/// allocations). The program indexes arrays with it, which costs less per packet than a hash.
+/// among live allocations. Only [`crate::FastPath::add_allocation`] makes one (the fast path owns
+/// the slots: `slots.rs`); the program indexes arrays with it, which costs less per packet than a
+/// hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AllocKey(pub u32);
+pub struct AllocKey(pub(crate) u32);
 
 /// How many allocation slots the kernel has (`MAX_ALLOCS` in `bpf/turnkey_xdp.c`).
 pub const MAX_ALLOCATIONS: u32 = 65_536;

@@ -14,6 +14,7 @@ mod entry;
 mod error;
 mod metrics;
 mod program;
+mod slots;
 mod stats;
 
 pub use attach::{forwarding, ifindex, interface_of, FastPathMode, Forwarding};

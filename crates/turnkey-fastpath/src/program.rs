@@ -2,7 +2,7 @@
 //! relay's addresses through it, reads counters from it, and attaches it to interfaces
 //! (`attach.rs`). Dropping it detaches every attachment and frees the maps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, PerCpuValues};
@@ -13,6 +13,7 @@ use crate::abi::{self, AddrKey, AllocStats, AllocVal, ChanKey, ChanVal, PeerKey,
 use crate::attached::Attachment;
 use crate::entry::{AllocKey, AllocationEntry, ChannelBinding, KernelDeadline, MAX_ALLOCATIONS};
 use crate::error::FastPathError;
+use crate::slots::Slots;
 use crate::stats::{AllocCounters, PassReason, ProgramCounters, ACT_REDIRECT, ACT_TX, COUNTERS};
 
 /// The relaying program's name in the object (what `bpftool prog` and `ip link` show).
@@ -28,8 +29,9 @@ pub struct FastPath {
     /// Indexed by allocation slot ([`AllocKey`]): a free slot holds zeros.
     allocs: Array<MapData, AllocVal>,
     alloc_stats: PerCpuArray<MapData, AllocStats>,
-    /// The slots holding a live allocation.
-    live: BTreeSet<u32>,
+    /// Which slots hold a live allocation (the only record of it: the driver holds the keys
+    /// [`FastPath::add_allocation`] hands out) and their counters as last swept.
+    slots: Slots,
     /// The relay IPs added (a channel to a peer on one of them is marked hairpin for the program).
     relay_ips: HashSet<IpAddr>,
     addrs: HashMap<MapData, AddrKey, u32>,
@@ -39,8 +41,6 @@ pub struct FastPath {
     cpus: usize,
     /// Holds BPF_ENABLE_STATS while the fast path wants run-time figures (dropped: off again).
     run_stats: Option<std::os::fd::OwnedFd>,
-    /// Each allocation's counters as the last sweep read them.
-    swept: StdHashMap<u32, AllocCounters>,
 }
 
 /// The program's own cost as the kernel accounts it (BPF_ENABLE_STATS): total run time and runs,
@@ -136,13 +136,12 @@ impl FastPath {
             addrs: take(&mut ebpf, "fp_addrs")?,
             counters: take(&mut ebpf, "fp_counters")?,
             tx_ports: take(&mut ebpf, "fp_tx_ports")?,
-            live: BTreeSet::new(),
+            slots: Slots::new(MAX_ALLOCATIONS),
             relay_ips: HashSet::new(),
             ebpf,
             attached: BTreeMap::new(),
             cpus,
             run_stats: None,
-            swept: StdHashMap::new(),
         })
     }
 
@@ -182,72 +181,73 @@ impl FastPath {
         Ok(())
     }
 
-    /// Creates or updates an allocation (deadline, budget). Its counters start at zero when it is
-    /// new and are kept when it is updated.
-    /// `alloc` must be below [`MAX_ALLOCATIONS`].
-    pub fn set_allocation(&mut self, alloc: AllocKey, entry: AllocationEntry) -> Result<(), FastPathError> {
-        if alloc.0 >= MAX_ALLOCATIONS {
-            return Err(FastPathError::MapOp {
-                op: "insert",
-                name: "fp_allocs",
-                reason: format!("slot {} is not below {MAX_ALLOCATIONS}", alloc.0),
-            });
+    /// A new allocation (deadline, budget) in a slot of its own, its counters at zero; `None` when
+    /// every slot is live (the allocation stays in user space). Slots are dense, never-used ones
+    /// first, then those of ended allocations, the earliest freed first (`slots.rs`).
+    pub fn add_allocation(&mut self, entry: AllocationEntry) -> Result<Option<AllocKey>, FastPathError> {
+        let Some(alloc) = self.slots.take() else { return Ok(None) };
+        if let Err(e) = self.clear_slot(alloc).and_then(|()| self.set_alloc(alloc, entry.value())) {
+            self.slots.give(alloc);
+            return Err(e);
         }
-        if !self.live.contains(&alloc.0) {
-            self.zero_stats(alloc)?;
-        }
-        self.allocs.set(alloc.0, entry.value(), 0).map_err(|e| op_err("insert", "fp_allocs", e))?;
-        self.live.insert(alloc.0);
-        Ok(())
+        Ok(Some(alloc))
     }
 
-    fn zero_stats(&mut self, alloc: AllocKey) -> Result<(), FastPathError> {
+    /// A live allocation's new deadline and budget (a refresh); its counters are kept.
+    pub fn update_allocation(&mut self, alloc: AllocKey, entry: AllocationEntry) -> Result<(), FastPathError> {
+        self.check_live(alloc)?;
+        self.set_alloc(alloc, entry.value())
+    }
+
+    /// Sets a limited allocation's remaining byte budget (the sweep's refill); the deadline stays.
+    pub fn refill_budget(&mut self, alloc: AllocKey, budget_bytes: u64) -> Result<(), FastPathError> {
+        self.check_live(alloc)?;
+        let mut v = self.allocs.get(&alloc.0, 0).map_err(|e| op_err("get", "fp_allocs", e))?;
+        v.budget = i64::try_from(budget_bytes).unwrap_or(i64::MAX);
+        v.flags |= abi::ALLOC_LIMITED;
+        self.set_alloc(alloc, v)
+    }
+
+    /// Removes an allocation, frees its slot, and returns what it relayed since its last
+    /// [`FastPath::sweep`] (so that sweeps plus removals count every byte once). The channels that
+    /// name it stop being relayed at once: the program passes them as `no_allocation`. Removing
+    /// an allocation that is not live returns zeros.
+    pub fn remove_allocation(&mut self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
+        let Some(swept) = self.slots.give(alloc) else { return Ok(AllocCounters::default()) };
+        // The slot is free from here whatever fails below: its next allocation clears it again.
+        self.set_alloc(alloc, AllocVal::default())?;
+        let counters = self.read_counters(alloc)?;
+        self.clear_slot(alloc)?;
+        Ok(counters.since(&swept))
+    }
+
+    /// Zeroes a slot's per-CPU counters: the one place that does, when the slot is freed and again
+    /// when it is handed out (a packet charged on another CPU between the removal's read and its
+    /// zeroing would otherwise reach the next allocation's usage).
+    fn clear_slot(&mut self, alloc: AllocKey) -> Result<(), FastPathError> {
         let zero = PerCpuValues::try_from(vec![AllocStats::default(); self.cpus])
             .map_err(|e| op_err("insert", "fp_alloc_stats", e))?;
         self.alloc_stats.set(alloc.0, zero, 0).map_err(|e| op_err("insert", "fp_alloc_stats", e))
     }
 
-    /// Sets a limited allocation's remaining byte budget (the sweep's refill); the deadline stays.
-    pub fn refill_budget(&mut self, alloc: AllocKey, budget_bytes: u64) -> Result<(), FastPathError> {
-        if !self.live.contains(&alloc.0) {
-            return Err(op_err("get", "fp_allocs", aya::maps::MapError::KeyNotFound));
-        }
-        let mut v = self.allocs.get(&alloc.0, 0).map_err(|e| op_err("get", "fp_allocs", e))?;
-        v.budget = i64::try_from(budget_bytes).unwrap_or(i64::MAX);
-        v.flags |= abi::ALLOC_LIMITED;
+    fn set_alloc(&mut self, alloc: AllocKey, v: AllocVal) -> Result<(), FastPathError> {
         self.allocs.set(alloc.0, v, 0).map_err(|e| op_err("insert", "fp_allocs", e))
     }
 
-    /// Removes an allocation and returns what it relayed since the last [`FastPath::sweep`] (so
-    /// that sweeps plus removals count every byte once). The channels that name it stop being
-    /// relayed at once: the program passes them as `no_allocation`.
-    pub fn remove_allocation(&mut self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
-        if !self.live.contains(&alloc.0) {
-            return Ok(AllocCounters::default());
+    fn check_live(&self, alloc: AllocKey) -> Result<(), FastPathError> {
+        if self.slots.is_live(alloc) {
+            Ok(())
+        } else {
+            Err(op_err("get", "fp_allocs", aya::maps::MapError::KeyNotFound))
         }
-        self.allocs.set(alloc.0, AllocVal::default(), 0).map_err(|e| op_err("insert", "fp_allocs", e))?;
-        let counters = self.alloc_counters(alloc)?;
-        self.zero_stats(alloc)?;
-        self.live.remove(&alloc.0);
-        let earlier = self.swept.remove(&alloc.0).unwrap_or_default();
-        Ok(counters.since(&earlier))
     }
 
-    /// What each allocation relayed in the kernel since the previous sweep (allocations with
-    /// nothing new are left out): the driver adds these to usage accounting, caps and the
+    /// What a live allocation relayed in the kernel since its previous sweep (zeros for one that
+    /// is not live): the driver adds it to usage accounting, caps and the
     /// `turnkey_relay_relayed_*` counters, so totals are the same with the fast path on or off.
-    pub fn sweep(&mut self) -> Result<Vec<(AllocKey, AllocCounters)>, FastPathError> {
-        let keys: Vec<u32> = self.live.iter().copied().collect();
-        let mut out = Vec::new();
-        for key in keys {
-            let now = self.alloc_counters(AllocKey(key))?;
-            let earlier = self.swept.insert(key, now).unwrap_or_default();
-            let delta = now.since(&earlier);
-            if !delta.is_zero() {
-                out.push((AllocKey(key), delta));
-            }
-        }
-        Ok(out)
+    pub fn sweep(&mut self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
+        let now = self.alloc_counters(alloc)?;
+        Ok(self.slots.swept_mut(alloc).map_or_else(AllocCounters::default, |s| now.since(&std::mem::replace(s, now))))
     }
 
     /// Binds (or refreshes, with a new deadline) a channel in both directions.
@@ -278,11 +278,16 @@ impl FastPath {
         self.channels.keys().filter(Result::is_ok).count()
     }
 
-    /// One allocation's counters, summed over CPUs.
+    /// A live allocation's counters since it was added, summed over CPUs (zeros for one that is
+    /// not live).
     pub fn alloc_counters(&self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
-        if !self.live.contains(&alloc.0) {
+        if !self.slots.is_live(alloc) {
             return Ok(AllocCounters::default());
         }
+        self.read_counters(alloc)
+    }
+
+    fn read_counters(&self, alloc: AllocKey) -> Result<AllocCounters, FastPathError> {
         let per_cpu = self.alloc_stats.get(&alloc.0, 0).map_err(|e| op_err("get", "fp_alloc_stats", e))?;
         Ok(per_cpu.iter().fold(AllocCounters::default(), |acc, s| AllocCounters {
             to_peer_packets: acc.to_peer_packets + s.to_peer_packets,

@@ -9,12 +9,14 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use etherparse::{Ipv4Header, Ipv6Header, UdpHeader};
 use turnkey_fastpath::{
     action, ifindex, AllocKey, AllocationEntry, ChannelBinding, FastPath, KernelClock, KernelDeadline, PassReason,
+    MAX_ALLOCATIONS,
 };
 
 use common::{channel_data, load_or_skip, mac, private_netns, sh, udp_frame};
@@ -63,34 +65,39 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn alive(fp: &mut FastPath, alloc: u32, budget: Option<u64>) {
-    let deadline = KernelClock::new().deadline(Instant::now() + Duration::from_secs(600));
-    fp.set_allocation(AllocKey(alloc), AllocationEntry { deadline, budget_bytes: budget }).unwrap();
+/// An allocation entry that ends in 10 minutes.
+fn entry(budget_bytes: Option<u64>) -> AllocationEntry {
+    AllocationEntry { deadline: KernelClock::new().deadline(Instant::now() + Duration::from_secs(600)), budget_bytes }
+}
+
+/// A new allocation, in the slot the fast path hands out.
+fn alive(fp: &mut FastPath, budget: Option<u64>) -> AllocKey {
+    fp.add_allocation(entry(budget)).unwrap().expect("a free slot")
 }
 
 fn bind(fp: &mut FastPath, b: &ChannelBinding) {
     fp.bind_channel(b, KernelClock::new().deadline(Instant::now() + Duration::from_secs(600))).unwrap();
 }
 
-fn binding4() -> ChannelBinding {
+fn binding4(alloc: AllocKey) -> ChannelBinding {
     ChannelBinding {
         client: sa("10.1.0.2:5000"),
         listener: sa("10.1.0.1:3478"),
         channel: 0x4001,
         relayed: sa("10.1.0.1:50000"),
         peer: sa("10.1.0.3:6000"),
-        alloc: AllocKey(1),
+        alloc,
     }
 }
 
-fn binding6() -> ChannelBinding {
+fn binding6(alloc: AllocKey) -> ChannelBinding {
     ChannelBinding {
         client: sa("[fd00:1::2]:5000"),
         listener: sa("[fd00:1::1]:3478"),
         channel: 0x4abc,
         relayed: sa("[fd00:1::1]:50000"),
         peer: sa("[fd00:1::3]:6000"),
-        alloc: AllocKey(2),
+        alloc,
     }
 }
 
@@ -156,8 +163,8 @@ fn expect_pass(net: &mut Net, frame: &[u8], reason: PassReason) {
 #[test]
 fn ipv4_both_directions_rewrite_with_valid_checksums() {
     let Some(mut net) = setup() else { return };
-    let b = binding4();
-    alive(&mut net.fp, 1, None);
+    let a = alive(&mut net.fp, None);
+    let b = binding4(a);
     bind(&mut net.fp, &b);
     let data = b"hello, peer: an odd-length payload";
 
@@ -170,14 +177,14 @@ fn ipv4_both_directions_rewrite_with_valid_checksums() {
     let out = run(&mut net, &frame, action::TX);
     expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4001, reply));
 
-    let c = net.fp.alloc_counters(AllocKey(1)).unwrap();
+    let c = net.fp.alloc_counters(a).unwrap();
     assert_eq!((c.to_peer_packets, c.to_peer_bytes), (1, data.len() as u64));
     assert_eq!((c.to_client_packets, c.to_client_bytes), (1, reply.len() as u64));
     assert_eq!(net.fp.counters().unwrap().tx, 2);
 
     // Sweeps hand out what is new, once; a removal hands out the rest.
-    assert_eq!(net.fp.sweep().unwrap(), vec![(AllocKey(1), c)]);
-    assert_eq!(net.fp.sweep().unwrap(), vec![]);
+    assert_eq!(net.fp.sweep(a).unwrap(), c);
+    assert!(net.fp.sweep(a).unwrap().is_zero());
     let frame = udp_frame(PEER_MAC, net.relay_mac, b.peer, b.relayed, reply);
     run(&mut net, &frame, action::TX);
     let once = turnkey_fastpath::AllocCounters {
@@ -185,15 +192,21 @@ fn ipv4_both_directions_rewrite_with_valid_checksums() {
         to_client_bytes: reply.len() as u64,
         ..Default::default()
     };
-    assert_eq!(net.fp.sweep().unwrap(), vec![(AllocKey(1), once)]);
+    assert_eq!(net.fp.sweep(a).unwrap(), once);
     run(&mut net, &frame, action::TX);
-    assert_eq!(net.fp.remove_allocation(AllocKey(1)).unwrap(), once);
-    assert_eq!(net.fp.sweep().unwrap(), vec![]);
-    alive(&mut net.fp, 1, None);
+    assert_eq!(net.fp.remove_allocation(a).unwrap(), once);
+    assert!(net.fp.sweep(a).unwrap().is_zero());
+    assert!(net.fp.remove_allocation(a).unwrap().is_zero(), "removed once");
 
     // An RFC 5766 client's channel number (0x5000-0x7FFF, when the relay accepts them): relayed
     // once bound, user space's before.
-    let legacy = ChannelBinding { client: sa("10.1.0.2:5002"), channel: 0x7fff, relayed: sa("10.1.0.1:50002"), ..b };
+    let legacy = ChannelBinding {
+        client: sa("10.1.0.2:5002"),
+        channel: 0x7fff,
+        relayed: sa("10.1.0.1:50002"),
+        alloc: alive(&mut net.fp, None),
+        ..b
+    };
     let frame = udp_frame(CLIENT_MAC, net.relay_mac, legacy.client, legacy.listener, &channel_data(0x7fff, data));
     expect_pass(&mut net, &frame, PassReason::NoChannel);
     bind(&mut net.fp, &legacy);
@@ -204,8 +217,7 @@ fn ipv4_both_directions_rewrite_with_valid_checksums() {
 #[test]
 fn ipv6_both_directions_rewrite_with_valid_checksums() {
     let Some(mut net) = setup() else { return };
-    let b = binding6();
-    alive(&mut net.fp, 2, None);
+    let b = binding6(alive(&mut net.fp, None));
     bind(&mut net.fp, &b);
     for data in [&b""[..], b"x", b"sixteen bytes!!!", &[0xa5u8; 1200][..]] {
         let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4abc, data));
@@ -216,25 +228,23 @@ fn ipv6_both_directions_rewrite_with_valid_checksums() {
         let out = run(&mut net, &frame, action::TX);
         expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4abc, data));
     }
-    assert_eq!(net.fp.alloc_counters(AllocKey(2)).unwrap().to_peer_packets, 4);
+    assert_eq!(net.fp.alloc_counters(b.alloc).unwrap().to_peer_packets, 4);
 }
 
-/// Allocation 1 (client :5000, relayed 10.1.0.1:50000) and allocation 3 (client :5001, relayed
+/// Allocation a (client :5000, relayed 10.1.0.1:50000) and allocation b (client :5001, relayed
 /// `b_ip`:50001) on the same relay, both alive, each binding (not yet bound) a channel to the
 /// other's relayed address.
 fn hairpin_pair(net: &mut Net, b_ip: &str) -> (ChannelBinding, ChannelBinding) {
     let b_relayed = sa(&format!("{b_ip}:50001"));
-    let a = ChannelBinding { peer: b_relayed, ..binding4() };
+    let a = ChannelBinding { peer: b_relayed, ..binding4(alive(&mut net.fp, None)) };
     let b = ChannelBinding {
         client: sa("10.1.0.2:5001"),
         listener: sa("10.1.0.1:3478"),
         channel: 0x4002,
         relayed: b_relayed,
         peer: sa("10.1.0.1:50000"),
-        alloc: AllocKey(3),
+        alloc: alive(&mut net.fp, None),
     };
-    alive(&mut net.fp, 1, None);
-    alive(&mut net.fp, 3, None);
     (a, b)
 }
 
@@ -251,8 +261,8 @@ fn hairpin_between_two_allocations_is_relayed_in_one_step() {
     bind(&mut net.fp, &b);
     let out = run(&mut net, &frame, action::TX);
     expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4002, b"hairpin"));
-    assert_eq!(net.fp.alloc_counters(AllocKey(1)).unwrap().to_peer_bytes, 7);
-    assert_eq!(net.fp.alloc_counters(AllocKey(3)).unwrap().to_client_bytes, 7);
+    assert_eq!(net.fp.alloc_counters(a.alloc).unwrap().to_peer_bytes, 7);
+    assert_eq!(net.fp.alloc_counters(b.alloc).unwrap().to_client_bytes, 7);
 }
 
 #[test]
@@ -260,8 +270,7 @@ fn a_peer_datagram_that_looks_like_channel_data_is_relayed_as_data() {
     // The program looks a ChannelData-shaped datagram up as a channel first: a peer's payload of
     // that shape misses there and is relayed to the client as any other data.
     let Some(mut net) = setup() else { return };
-    let b = binding4();
-    alive(&mut net.fp, 1, None);
+    let b = binding4(alive(&mut net.fp, None));
     bind(&mut net.fp, &b);
     let lookalike = channel_data(0x4001, b"not a channel here");
     let frame = udp_frame(PEER_MAC, net.relay_mac, b.peer, b.relayed, &lookalike);
@@ -285,31 +294,39 @@ fn hairpin_is_marked_by_the_relay_ips_user_space_declared() {
     expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(0x4002, b"hairpin"));
 }
 
+/// The fast path hands out every slot once, then none (the allocation stays in user space); the
+/// last slot relays; freed slots come back the earliest freed first, their counters from zero.
 #[test]
 fn allocation_slots_stop_at_the_kernel_arrays_size() {
     let Some(mut net) = setup() else { return };
-    let last = turnkey_fastpath::MAX_ALLOCATIONS - 1;
-    alive(&mut net.fp, last, None);
-    let b = ChannelBinding { alloc: AllocKey(last), ..binding4() };
+    let keys: Vec<AllocKey> = (0..MAX_ALLOCATIONS).map(|_| alive(&mut net.fp, None)).collect();
+    assert_eq!(net.fp.add_allocation(entry(None)).unwrap(), None, "every slot in use");
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), keys.len(), "each slot handed out once");
+    let last = keys[keys.len() - 1];
+    let b = binding4(last);
     bind(&mut net.fp, &b);
     let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"last"));
     run(&mut net, &frame, action::TX);
-    assert_eq!(net.fp.sweep().unwrap().len(), 1);
-    let deadline = KernelClock::new().deadline(Instant::now() + Duration::from_secs(600));
-    let over = AllocationEntry { deadline, budget_bytes: None };
-    assert!(net.fp.set_allocation(AllocKey(turnkey_fastpath::MAX_ALLOCATIONS), over).is_err());
-    // A reused slot starts from zero.
+    assert_eq!(net.fp.sweep(last).unwrap().to_peer_packets, 1);
     run(&mut net, &frame, action::TX);
-    assert_eq!(net.fp.remove_allocation(AllocKey(last)).unwrap().to_peer_packets, 1);
-    alive(&mut net.fp, last, None);
-    assert_eq!(net.fp.alloc_counters(AllocKey(last)).unwrap(), Default::default());
+    assert!(net.fp.remove_allocation(keys[5]).unwrap().is_zero());
+    assert_eq!(net.fp.remove_allocation(last).unwrap().to_peer_packets, 1);
+    // Freed: the channel that still names the slot is user space's.
+    expect_pass(&mut net, &frame, PassReason::NoAllocation);
+    assert_eq!(net.fp.add_allocation(entry(None)).unwrap(), Some(keys[5]), "the earliest freed first");
+    assert_eq!(net.fp.add_allocation(entry(None)).unwrap(), Some(last));
+    assert_eq!(net.fp.add_allocation(entry(None)).unwrap(), None);
+    // A reused slot starts from zero.
+    assert_eq!(net.fp.alloc_counters(last).unwrap(), Default::default());
+    assert!(net.fp.sweep(last).unwrap().is_zero());
+    run(&mut net, &frame, action::TX);
+    assert_eq!(net.fp.sweep(last).unwrap().to_peer_packets, 1);
 }
 
 #[test]
 fn another_egress_interface_is_redirected_when_forwarding_else_passed() {
     let Some(mut net) = setup() else { return };
-    let b = ChannelBinding { peer: sa("10.2.0.3:6000"), ..binding4() };
-    alive(&mut net.fp, 1, None);
+    let b = ChannelBinding { peer: sa("10.2.0.3:6000"), ..binding4(alive(&mut net.fp, None)) };
     bind(&mut net.fp, &b);
     let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"far"));
 
@@ -328,8 +345,7 @@ fn another_egress_interface_is_redirected_when_forwarding_else_passed() {
 #[test]
 fn strict_expiry_in_the_kernel() {
     let Some(mut net) = setup() else { return };
-    let b = binding4();
-    alive(&mut net.fp, 1, None);
+    let b = binding4(alive(&mut net.fp, None));
     let clock = KernelClock::new();
     net.fp.bind_channel(&b, clock.deadline(Instant::now() + Duration::from_millis(300))).unwrap();
     let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"soon"));
@@ -345,11 +361,11 @@ fn strict_expiry_in_the_kernel() {
     bind(&mut net.fp, &b);
     run(&mut net, &frame, action::TX);
     let past = KernelDeadline(KernelClock::now().0 - 1);
-    net.fp.set_allocation(AllocKey(1), AllocationEntry { deadline: past, budget_bytes: None }).unwrap();
+    net.fp.update_allocation(b.alloc, AllocationEntry { deadline: past, budget_bytes: None }).unwrap();
     expect_pass(&mut net, &frame, PassReason::Expired);
 
     // Removal is immediate.
-    alive(&mut net.fp, 1, None);
+    net.fp.update_allocation(b.alloc, entry(None)).unwrap();
     run(&mut net, &frame, action::TX);
     net.fp.unbind_channel(&b).unwrap();
     expect_pass(&mut net, &frame, PassReason::NoChannel);
@@ -359,24 +375,24 @@ fn strict_expiry_in_the_kernel() {
 #[test]
 fn byte_budget_is_spent_then_user_space_takes_over() {
     let Some(mut net) = setup() else { return };
-    let b = binding4();
-    alive(&mut net.fp, 1, Some(10));
+    let b = binding4(alive(&mut net.fp, Some(10)));
     bind(&mut net.fp, &b);
     let frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"sixbyt"));
     run(&mut net, &frame, action::TX);
     expect_pass(&mut net, &frame, PassReason::OverBudget); // 4 bytes left, 6 asked
-    net.fp.refill_budget(AllocKey(1), 6).unwrap();
+    net.fp.refill_budget(b.alloc, 6).unwrap();
     run(&mut net, &frame, action::TX);
-    let removed = net.fp.remove_allocation(AllocKey(1)).unwrap();
+    let removed = net.fp.remove_allocation(b.alloc).unwrap();
     assert_eq!((removed.to_peer_packets, removed.to_peer_bytes), (2, 12));
     expect_pass(&mut net, &frame, PassReason::NoAllocation);
+    assert!(net.fp.refill_budget(b.alloc, 6).is_err(), "not live");
+    assert!(net.fp.update_allocation(b.alloc, entry(None)).is_err(), "not live");
 }
 
 #[test]
 fn every_unsure_packet_goes_to_user_space() {
     let Some(mut net) = setup() else { return };
-    let b = binding4();
-    alive(&mut net.fp, 1, None);
+    let b = binding4(alive(&mut net.fp, None));
     bind(&mut net.fp, &b);
     let rm = net.relay_mac;
     let good = udp_frame(CLIENT_MAC, rm, b.client, b.listener, &channel_data(0x4001, b"payload!"));
@@ -392,7 +408,7 @@ fn every_unsure_packet_goes_to_user_space() {
     let mut opts = good.clone();
     opts[14] = 0x46;
     expect_pass(&mut net, &opts, PassReason::IpOptions);
-    let b6 = binding6();
+    let b6 = binding6(b.alloc);
     let mut frag6 = udp_frame(CLIENT_MAC, rm, b6.client, b6.listener, &channel_data(0x4abc, b"x"));
     frag6[14 + 6] = 44;
     expect_pass(&mut net, &frag6, PassReason::Fragment);
@@ -446,9 +462,10 @@ fn every_unsure_packet_goes_to_user_space() {
         &udp_frame(CLIENT_MAC, rm, sa("10.1.0.2:5999"), b.listener, &channel_data(0x4001, b"x")),
         PassReason::NoChannel,
     );
-    // A channel whose allocation has no entry.
-    let orphan =
-        ChannelBinding { client: sa("10.1.0.2:6001"), relayed: sa("10.1.0.1:50010"), alloc: AllocKey(99), ..b };
+    // A channel whose allocation has no entry (it ended: its slot is free).
+    let ended = alive(&mut net.fp, None);
+    net.fp.remove_allocation(ended).unwrap();
+    let orphan = ChannelBinding { client: sa("10.1.0.2:6001"), relayed: sa("10.1.0.1:50010"), alloc: ended, ..b };
     bind(&mut net.fp, &orphan);
     expect_pass(
         &mut net,
@@ -472,15 +489,14 @@ fn every_unsure_packet_goes_to_user_space() {
     run(&mut net, &udp_frame(PEER_MAC, rm, b.peer, b.relayed, &fits), action::TX);
 
     // Nothing above was relayed.
-    let c = net.fp.alloc_counters(AllocKey(1)).unwrap();
+    let c = net.fp.alloc_counters(b.alloc).unwrap();
     assert_eq!((c.to_peer_packets, c.to_client_packets), (0, 1));
 }
 
 #[test]
 fn ethernet_padding_is_trimmed_before_relaying() {
     let Some(mut net) = setup() else { return };
-    let b = binding4();
-    alive(&mut net.fp, 1, None);
+    let b = binding4(alive(&mut net.fp, None));
     bind(&mut net.fp, &b);
     // 14 + 20 + 8 + 4 + 2 = 48 bytes: a NIC pads it to 60.
     let mut frame = udp_frame(CLIENT_MAC, net.relay_mac, b.client, b.listener, &channel_data(0x4001, b"hi"));
@@ -503,9 +519,7 @@ fn padded_channel_data(channel: u16, data: &[u8], fill: u8) -> Vec<u8> {
 #[test]
 fn padded_channel_data_is_trimmed_in_the_kernel() {
     let Some(mut net) = setup() else { return };
-    let (b4, b6) = (binding4(), binding6());
-    alive(&mut net.fp, 1, None);
-    alive(&mut net.fp, 2, None);
+    let (b4, b6) = (binding4(alive(&mut net.fp, None)), binding6(alive(&mut net.fp, None)));
     bind(&mut net.fp, &b4);
     bind(&mut net.fp, &b6);
     let mut sent = [0u64; 2];
@@ -527,8 +541,8 @@ fn padded_channel_data_is_trimmed_in_the_kernel() {
         expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(b.channel, data));
     }
     // Bytes counted are the payload's, without the padding (as user space counts them).
-    for (i, alloc) in [1, 2].into_iter().enumerate() {
-        let c = net.fp.alloc_counters(AllocKey(alloc)).unwrap();
+    for (i, b) in [b4, b6].iter().enumerate() {
+        let c = net.fp.alloc_counters(b.alloc).unwrap();
         assert_eq!((c.to_peer_packets, c.to_peer_bytes), (30, sent[i]));
     }
     assert_eq!(net.fp.counters().unwrap().passed(PassReason::Padded), 0);
@@ -545,36 +559,33 @@ fn padded_channel_data_is_trimmed_in_the_kernel() {
 #[test]
 fn padded_channel_data_hairpin() {
     let Some(mut net) = setup() else { return };
-    for (a, b, ka, kb) in [
-        (
-            ChannelBinding { peer: sa("10.1.0.1:50001"), ..binding4() },
-            ChannelBinding {
-                client: sa("10.1.0.2:5001"),
-                listener: sa("10.1.0.1:3478"),
-                channel: 0x4002,
-                relayed: sa("10.1.0.1:50001"),
-                peer: sa("10.1.0.1:50000"),
-                alloc: AllocKey(3),
-            },
-            1,
-            3,
-        ),
-        (
-            ChannelBinding { peer: sa("[fd00:1::1]:50001"), ..binding6() },
-            ChannelBinding {
-                client: sa("[fd00:1::2]:5001"),
-                listener: sa("[fd00:1::1]:3478"),
-                channel: 0x4003,
-                relayed: sa("[fd00:1::1]:50001"),
-                peer: sa("[fd00:1::1]:50000"),
-                alloc: AllocKey(4),
-            },
-            2,
-            4,
-        ),
-    ] {
-        alive(&mut net.fp, ka, None);
-        alive(&mut net.fp, kb, None);
+    for v6 in [false, true] {
+        let (ka, kb) = (alive(&mut net.fp, None), alive(&mut net.fp, None));
+        let (a, b) = if v6 {
+            (
+                ChannelBinding { peer: sa("[fd00:1::1]:50001"), ..binding6(ka) },
+                ChannelBinding {
+                    client: sa("[fd00:1::2]:5001"),
+                    listener: sa("[fd00:1::1]:3478"),
+                    channel: 0x4003,
+                    relayed: sa("[fd00:1::1]:50001"),
+                    peer: sa("[fd00:1::1]:50000"),
+                    alloc: kb,
+                },
+            )
+        } else {
+            (
+                ChannelBinding { peer: sa("10.1.0.1:50001"), ..binding4(ka) },
+                ChannelBinding {
+                    client: sa("10.1.0.2:5001"),
+                    listener: sa("10.1.0.1:3478"),
+                    channel: 0x4002,
+                    relayed: sa("10.1.0.1:50001"),
+                    peer: sa("10.1.0.1:50000"),
+                    alloc: kb,
+                },
+            )
+        };
         bind(&mut net.fp, &a);
         bind(&mut net.fp, &b);
         let data = b"hairpin, padded";
@@ -582,7 +593,7 @@ fn padded_channel_data_hairpin() {
         let frame = udp_frame(CLIENT_MAC, net.relay_mac, a.client, a.listener, &msg);
         let out = run(&mut net, &frame, action::TX);
         expect_frame(&out, net.relay_mac, CLIENT_MAC, b.listener, b.client, &channel_data(b.channel, data));
-        assert_eq!(net.fp.alloc_counters(AllocKey(ka)).unwrap().to_peer_bytes, data.len() as u64);
-        assert_eq!(net.fp.alloc_counters(AllocKey(kb)).unwrap().to_client_bytes, data.len() as u64);
+        assert_eq!(net.fp.alloc_counters(ka).unwrap().to_peer_bytes, data.len() as u64);
+        assert_eq!(net.fp.alloc_counters(kb).unwrap().to_client_bytes, data.len() as u64);
     }
 }

@@ -15,7 +15,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
-use turnkey_fastpath::{AllocKey, AllocationEntry, AttachedMode, ChannelBinding, FastPath, FastPathMode, KernelClock};
+use turnkey_fastpath::{AllocationEntry, AttachedMode, ChannelBinding, FastPath, FastPathMode, KernelClock};
 
 use common::{channel_data, load_or_skip, sh};
 
@@ -145,17 +145,16 @@ fn pair() -> Option<Pair> {
     let shown = sh(&format!("ip -n {r} -d link show r0"));
     assert!(shown.contains("xdp"), "ip link shows the program: {shown}");
 
+    let clock = KernelClock::new();
+    let far = clock.deadline(Instant::now() + Duration::from_secs(120));
     let binding = ChannelBinding {
         client: client.local_addr().unwrap(),
         listener,
         channel: 0x4001,
         relayed,
         peer: peer.local_addr().unwrap(),
-        alloc: AllocKey(7),
+        alloc: fp.add_allocation(AllocationEntry { deadline: far, budget_bytes: None }).unwrap().unwrap(),
     };
-    let clock = KernelClock::new();
-    let far = clock.deadline(Instant::now() + Duration::from_secs(120));
-    fp.set_allocation(AllocKey(7), AllocationEntry { deadline: far, budget_bytes: None }).unwrap();
     fp.bind_channel(&binding, far).unwrap();
 
     Some(Pair { fp, _stub: stub, client, peer, user_listener, user_relayed, listener, relayed, binding, clock, ns })
@@ -184,7 +183,7 @@ fn veth_relays_both_directions_in_the_kernel_and_hands_back_to_user_space() {
     assert_eq!((got.as_slice(), from), (&b"padded"[..], relayed));
     // User space saw none of them.
     assert!(recv(&user_listener).is_none() && recv(&user_relayed).is_none(), "user space received a relayed datagram");
-    let c = fp.alloc_counters(AllocKey(7)).unwrap();
+    let c = fp.alloc_counters(binding.alloc).unwrap();
     assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (2, 29, 1, 4));
     assert!(fp.counters().unwrap().tx >= 2);
 
@@ -272,16 +271,15 @@ fn veth_relays_ipv6_both_directions() {
     user_listener.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
     p.fp.add_listener(listener).unwrap();
     p.fp.add_relay_ip(relayed.ip()).unwrap();
+    let far = p.clock.deadline(Instant::now() + Duration::from_secs(120));
     let binding = ChannelBinding {
         client: client.local_addr().unwrap(),
         listener,
         channel: 0x4fff,
         relayed,
         peer: peer.local_addr().unwrap(),
-        alloc: AllocKey(8),
+        alloc: p.fp.add_allocation(AllocationEntry { deadline: far, budget_bytes: None }).unwrap().unwrap(),
     };
-    let far = p.clock.deadline(Instant::now() + Duration::from_secs(120));
-    p.fp.set_allocation(AllocKey(8), AllocationEntry { deadline: far, budget_bytes: None }).unwrap();
     p.fp.bind_channel(&binding, far).unwrap();
 
     let mut total = 0;
@@ -302,7 +300,7 @@ fn veth_relays_ipv6_both_directions() {
         total += data.len() as u64;
     }
     assert!(recv(&user_listener).is_none() && recv(&user_relayed).is_none(), "user space received a relayed datagram");
-    let c = p.fp.alloc_counters(AllocKey(8)).unwrap();
+    let c = p.fp.alloc_counters(binding.alloc).unwrap();
     assert_eq!((c.to_peer_packets, c.to_peer_bytes, c.to_client_packets, c.to_client_bytes), (6, total, 3, total - 19));
 }
 
@@ -334,16 +332,15 @@ fn veth_redirects_between_two_relay_interfaces() {
     let user_relayed = socket("10.78.0.1:50001");
     p.fp.add_relay_ip(relayed.ip()).unwrap();
     assert_eq!(p.fp.attach("r1", FastPathMode::Xdp).unwrap(), AttachedMode::Native);
+    let deadline = p.clock.deadline(Instant::now() + Duration::from_secs(120));
     let binding = ChannelBinding {
         client: p.client.local_addr().unwrap(),
         listener: p.listener,
         channel: 0x4002,
         relayed,
         peer: far_peer.local_addr().unwrap(),
-        alloc: AllocKey(9),
+        alloc: p.fp.add_allocation(AllocationEntry { deadline, budget_bytes: None }).unwrap().unwrap(),
     };
-    let deadline = p.clock.deadline(Instant::now() + Duration::from_secs(120));
-    p.fp.set_allocation(AllocKey(9), AllocationEntry { deadline, budget_bytes: None }).unwrap();
     p.fp.bind_channel(&binding, deadline).unwrap();
 
     let before = p.fp.counters().unwrap().redirected;

@@ -18,7 +18,7 @@
 //! sweeps, never per datagram). Dropping the last handle drops the [`FastPath`], which detaches
 //! the program.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 #[allow(clippy::disallowed_types, reason = "control path only: engine events and sweeps, never per datagram")]
@@ -27,7 +27,6 @@ use std::time::Instant;
 
 use turnkey_fastpath::{
     AllocCounters, AllocKey, AllocationEntry, ChannelBinding, FastPath, FastPathError, FastPathMetrics, KernelClock,
-    MAX_ALLOCATIONS,
 };
 
 use crate::engine::{AllocationId, AllocationRef, Engine, Event, Offloaded};
@@ -60,38 +59,12 @@ struct Inner {
     listeners: HashSet<SocketAddr>,
     /// Relay IPs the program serves.
     relay_ips: HashSet<IpAddr>,
-    slots: Slots,
     mirrors: HashMap<(usize, AllocationId), Mirror>,
-    /// Kernel deltas read by one shard's sweep for another shard's allocations, until it takes them.
-    pending: HashMap<AllocKey, AllocCounters>,
-    by_key: HashMap<AllocKey, (usize, AllocationId)>,
-}
-
-/// The kernel's allocation slots (array indexes in the program's maps, below
-/// [`MAX_ALLOCATIONS`]): never-used ones first, then those of ended allocations, the earliest freed
-/// first, so that a slot is reused as late as possible.
-#[derive(Default)]
-struct Slots {
-    next: u32,
-    free: VecDeque<u32>,
-}
-
-impl Slots {
-    fn take(&mut self) -> Option<AllocKey> {
-        if self.next < MAX_ALLOCATIONS {
-            self.next += 1;
-            return Some(AllocKey(self.next - 1));
-        }
-        self.free.pop_front().map(AllocKey)
-    }
-
-    fn give(&mut self, key: AllocKey) {
-        self.free.push_back(key.0);
-    }
 }
 
 /// One allocation as the kernel knows it.
 struct Mirror {
+    /// Its kernel slot, from [`FastPath::add_allocation`] (which owns the slots).
     key: AllocKey,
     alloc: AllocationRef,
     userid: Arc<str>,
@@ -135,13 +108,6 @@ fn to_offloaded(c: &AllocCounters) -> Offloaded {
     }
 }
 
-fn add(a: &mut AllocCounters, b: &AllocCounters) {
-    a.to_peer_packets += b.to_peer_packets;
-    a.to_peer_bytes += b.to_peer_bytes;
-    a.to_client_packets += b.to_client_packets;
-    a.to_client_bytes += b.to_client_bytes;
-}
-
 impl KernelPath {
     /// Wraps a loaded and attached fast path serving `listeners` (UDP listening addresses) and
     /// `relay_ips` (their addresses must be in the fast path's address map already).
@@ -157,10 +123,7 @@ impl KernelPath {
             metrics,
             listeners: listeners.into_iter().collect(),
             relay_ips: relay_ips.into_iter().collect(),
-            slots: Slots::default(),
             mirrors: HashMap::new(),
-            pending: HashMap::new(),
-            by_key: HashMap::new(),
         };
         #[allow(clippy::disallowed_types, reason = "control path only")]
         let inner = Mutex::new(inner);
@@ -200,17 +163,18 @@ impl KernelPath {
                     return;
                 }
                 let Some(userid) = engine.userid(alloc) else { return };
-                let Some(key) = inner.slots.take() else {
-                    tracing::debug!(id = %alloc.id, "fast path: every kernel slot in use, allocation stays in user space");
-                    return;
-                };
                 let entry = AllocationEntry { deadline: inner.clock.deadline(*expires), budget_bytes: None };
-                if let Err(err) = inner.fp.set_allocation(key, entry) {
-                    tracing::warn!(%err, id = %alloc.id, "fast path: allocation stays in user space");
-                    inner.slots.give(key);
-                    return;
-                }
-                inner.by_key.insert(key, id);
+                let key = match inner.fp.add_allocation(entry) {
+                    Ok(Some(key)) => key,
+                    Ok(None) => {
+                        tracing::debug!(id = %alloc.id, "fast path: every kernel slot in use, allocation stays in user space");
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, id = %alloc.id, "fast path: allocation stays in user space");
+                        return;
+                    }
+                };
                 inner.mirrors.insert(
                     id,
                     Mirror {
@@ -230,7 +194,7 @@ impl KernelPath {
                 let Some(m) = inner.mirrors.get_mut(&id) else { return };
                 m.expires = *expires;
                 let entry = AllocationEntry { deadline: inner.clock.deadline(*expires), budget_bytes: None };
-                if let Err(err) = inner.fp.set_allocation(m.key, entry) {
+                if let Err(err) = inner.fp.update_allocation(m.key, entry) {
                     tracing::warn!(%err, "fast path: refreshing an allocation");
                 }
                 let all: Vec<u16> = m.channels.keys().copied().collect();
@@ -238,25 +202,19 @@ impl KernelPath {
             }
             Event::AllocationEnded { alloc, .. } => {
                 let Some(m) = inner.mirrors.remove(&id) else { return };
-                inner.by_key.remove(&m.key);
                 for number in &m.bound {
                     if let Some((peer, _)) = m.channels.get(number) {
                         let _ = inner.fp.unbind_channel(&m.binding(*number, *peer));
                     }
                 }
-                // Read by an earlier sweep (already in the fast path's metrics), not yet handed to
-                // this shard's engine; plus what the kernel counted since that sweep.
-                let mut rest = inner.pending.remove(&m.key).unwrap_or_default();
+                // What the kernel counted since this shard's last sweep; the slot is freed.
                 match inner.fp.remove_allocation(m.key) {
-                    Ok(c) => {
-                        inner.metrics.add_relayed(&c);
-                        add(&mut rest, &c);
+                    Ok(rest) if !rest.is_zero() => {
+                        inner.metrics.add_relayed(&rest);
+                        engine.add_offloaded(alloc, &m.userid, to_offloaded(&rest));
                     }
+                    Ok(_) => {}
                     Err(err) => tracing::warn!(%err, "fast path: reading an ended allocation's counters"),
-                }
-                inner.slots.give(m.key);
-                if !rest.is_zero() {
-                    engine.add_offloaded(alloc, &m.userid, to_offloaded(&rest));
                 }
             }
             Event::PermissionInstalled { peer, expires, .. } | Event::PermissionRefreshed { peer, expires, .. } => {
@@ -289,31 +247,23 @@ impl KernelPath {
         }
     }
 
-    /// At a shard's sweep, before the engine's timer: reads the kernel's counters and hands this
-    /// shard's allocations' traffic to the engine (relayed counts, usage, caps).
+    /// At a shard's sweep, before the engine's timer: reads the kernel's counters of this shard's
+    /// allocations and hands their traffic to the engine (relayed counts, usage, caps).
     pub fn collect(&self, shard: usize, engine: &mut Engine) {
         let mut g = self.lock();
         let inner = &mut *g;
-        match inner.fp.sweep() {
-            Ok(deltas) => {
-                for (key, d) in deltas {
+        for m in inner.mirrors.iter().filter(|((s, _), _)| *s == shard).map(|(_, m)| m) {
+            match inner.fp.sweep(m.key) {
+                Ok(d) if !d.is_zero() => {
                     inner.metrics.add_relayed(&d);
-                    add(inner.pending.entry(key).or_default(), &d);
+                    engine.add_offloaded(&m.alloc, &m.userid, to_offloaded(&d));
                 }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "fast path: reading counters"),
             }
-            Err(err) => tracing::warn!(%err, "fast path: reading counters"),
         }
         if let Ok(c) = inner.fp.counters() {
             inner.metrics.observe_passes(&c);
-        }
-        let mine: Vec<AllocKey> =
-            inner.pending.keys().filter(|k| inner.by_key.get(k).is_some_and(|(s, _)| *s == shard)).copied().collect();
-        for key in mine {
-            let Some(d) = inner.pending.remove(&key) else { continue };
-            let Some(id) = inner.by_key.get(&key).copied() else { continue };
-            if let Some(m) = inner.mirrors.get(&id) {
-                engine.add_offloaded(&m.alloc, &m.userid, to_offloaded(&d));
-            }
         }
     }
 
@@ -374,25 +324,5 @@ impl Inner {
             Some((peer, _)) => self.fp.unbind_channel(&m.binding(number, *peer)),
             None => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_dense_and_reused_as_late_as_possible() {
-        let mut slots = Slots::default();
-        assert_eq!(slots.take(), Some(AllocKey(0)));
-        assert_eq!(slots.take(), Some(AllocKey(1)));
-        slots.give(AllocKey(0));
-        // Fresh slots first, while any is left.
-        assert_eq!(slots.take(), Some(AllocKey(2)));
-        slots.next = MAX_ALLOCATIONS;
-        slots.give(AllocKey(1));
-        assert_eq!(slots.take(), Some(AllocKey(0)), "the earliest freed");
-        assert_eq!(slots.take(), Some(AllocKey(1)));
-        assert_eq!(slots.take(), None, "all in use: the allocation stays in user space");
     }
 }
