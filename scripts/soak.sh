@@ -200,7 +200,9 @@ pids+=($!)
 
 # Samples: one line per second.
 # Drops by the relay's reason, TCP/TLS connections closed by the write timeout, the longest shard
-# stall so far (turnkey_relay_shard_stall_max_seconds) and the Unix time (to line up with
+# stall so far (turnkey_relay_shard_stall_max_seconds: what a packet waited, scheduling included)
+# and the longest shard loop turn so far (turnkey_relay_shard_turn_max_seconds: the relay's own
+# work), and the Unix time (to line up with
 # <out>/events: each revocation, the TCP retry with the revoked credential, each reload).
 # The kernel's own UDP drops (a full socket receive buffer: /proc/net/udp{,6}, "drops") on the
 # sockets each side holds open now: the relay's (kernel_drops_relay) and the three loads'
@@ -248,7 +250,7 @@ DROPS="no_permission denied_peer rate_cap queue_full malformed no_allocation rep
 ENDS="expired deallocated revoked closed killed shutdown"
 AUTHS="missing_integrity bad_request stale_nonce wrong_realm wrong_credentials malformed_username expired revoked bad_credential"
 header="t,rss_kib,fds,allocations,connections,relayed_packets,dropped_packets,dropped_queue_full,dropped_other"
-header+=",write_timeouts,stall_max_ms,unix,kernel_drops_relay,kernel_drops_load,foreign_sockets"
+header+=",write_timeouts,stall_max_ms,turn_max_ms,unix,kernel_drops_relay,kernel_drops_load,foreign_sockets"
 header+=",allocations_udp,allocations_tcp,allocations_tls,relayed_udp,relayed_tcp,relayed_tls,allocate_failed"
 for r in $DROPS; do header+=",drop_$r"; done
 for r in $ENDS; do header+=",ended_$r"; done
@@ -271,9 +273,10 @@ while (( SECONDS - start < DURATION )) && kill -0 "$SERVER" 2>/dev/null; do
     /^turnkey_relay_allocation_attempts_total[ {]/ { if (label("result") != "success") af += $NF }
     /^turnkey_relay_connections_closed_total[ {].*reason="write_timeout"/ { w += $NF }
     /^turnkey_relay_shard_stall_max_seconds[ {]/ { if ($NF * 1000 > s) s = $NF * 1000 }
+    /^turnkey_relay_shard_turn_max_seconds[ {]/ { if ($NF * 1000 > tm) tm = $NF * 1000 }
     END {
       q = dr["queue_full"]
-      line = sprintf("%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%s,%s", t, rss, fds, a, c, p, d, q, d - q, w, s, unix, kd)
+      line = sprintf("%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%.1f,%.1f,%s,%s", t, rss, fds, a, c, p, d, q, d - q, w, s, tm, unix, kd)
       line = line sprintf(",%d,%d,%d,%d,%d,%d,%d", at["udp"], at["tcp"], at["tls"], pt["udp"], pt["tcp"], pt["tls"], af)
       n = split(drops, x, " "); for (i = 1; i <= n; i++) line = line "," dr[x[i]] + 0
       n = split(ends, x, " "); for (i = 1; i <= n; i++) line = line "," er[x[i]] + 0
@@ -289,6 +292,10 @@ for t in udp tcp tls; do
   if ! wait "$p"; then echo "load over $t failed (exit status)" >>"$OUT/failures"; fi
 done
 kill -0 "$SERVER" 2>/dev/null || echo "turnkey exited during the run" >>"$OUT/failures"
+# The shards' loop turns over the whole run (the histogram, summed over shards) for the summary.
+curl -s "http://$METRICS/metrics" | awk '/^turnkey_relay_shard_turn_seconds_bucket/ {
+    match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n[le] += $NF; if (!(le in seen)) { seen[le] = 1; order[++k] = le } }
+  END { for (i = 1; i <= k; i++) print order[i], n[order[i]] }' >"$OUT/turns.txt" || true
 sleep 2
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 
@@ -311,7 +318,18 @@ print(f"rss_kib: max {max(int(r['rss_kib']) for r in rows)}; fds: max {max(int(r
 end = rows[-1]
 by_reason = ", ".join(f"{k[5:]} {end[k]}" for k in end if k.startswith("drop_") and end[k] != "0")
 print(f"relay drops: queue_full {end['dropped_queue_full']}, other {end['dropped_other']} ({by_reason or 'none'}); "
-      f"write timeouts {end['write_timeouts']}; longest shard stall {end['stall_max_ms']} ms")
+      f"write timeouts {end['write_timeouts']}; longest shard stall {end['stall_max_ms']} ms, "
+      f"longest loop turn {end['turn_max_ms']} ms")
+turns = [l.split() for l in open(f"{out}/turns.txt")] if os.path.exists(f"{out}/turns.txt") else []
+if turns:
+    # Cumulative buckets to counts per bucket: the whole run's loop turns by length.
+    prev, parts = 0.0, []
+    for le, n in turns:
+        n = float(n)
+        if n > prev:
+            parts.append(f"<={le}s: {n - prev:.0f}")
+        prev = n
+    print(f"shard loop turns ({prev:.0f}): " + ", ".join(parts))
 # (The largest sample: a socket's count goes with it when it closes, the loads' at their end.)
 print(f"kernel UDP drops (full receive buffers) on the relay's sockets: "
       f"{max(int(r['kernel_drops_relay']) for r in rows)}, "
@@ -367,7 +385,7 @@ for a, b in zip(rows, rows[1:]):
         print(f"drops at t={b['t']} (unix {b['unix']}): +{int(b['dropped_packets']) - int(a['dropped_packets'])} ({why})")
         moved = ", ".join(f"{k} +{int(b[k]) - int(a[k])}" for k in counters
                           if not k.startswith("drop_") and int(b[k]) > int(a[k]))
-        print(f"    in that second: stall max {b['stall_max_ms']} ms; foreign sockets on the relay's ports "
+        print(f"    in that second: stall max {b['stall_max_ms']} ms, turn max {b['turn_max_ms']} ms; foreign sockets on the relay's ports "
               f"{b['foreign_sockets']}; {moved or 'no allocation ended, no refusal'}")
         explain(a, b)
     if int(b["foreign_sockets"]) > 0:
