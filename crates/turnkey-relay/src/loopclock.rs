@@ -65,7 +65,7 @@ impl LoopMetrics {
             stalls: HistogramVec::new(
                 HistogramOpts::new(
                     "turnkey_relay_shard_stall_seconds",
-                    "How late a shard ran a task that was due (10 ms probe): how long its loop held its own work up.",
+                    "How late a shard ran a task that was due (10 ms probe): its loop turns before it plus any wait for a CPU.",
                 )
                 .buckets(BUCKETS.to_vec()),
                 &["shard"],

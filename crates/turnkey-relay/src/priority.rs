@@ -22,6 +22,7 @@
 //! by default); docs/relay.md says when to use it.
 
 use std::io;
+use std::num::NonZeroU8;
 
 /// The nice value the control threads add to the process's (0 to 19; 10: about a tenth of a
 /// shard's share of a contended core).
@@ -35,14 +36,50 @@ pub fn lower_this_thread() -> io::Result<()> {
     Ok(())
 }
 
-/// Runs the calling thread under SCHED_FIFO at `priority` (1 to 99), with SCHED_RESET_ON_FORK so
-/// that a thread it starts is an ordinary one again. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at
-/// least `priority`; a failure leaves the thread as it was.
-#[allow(unsafe_code, reason = "sched_setscheduler has no safe wrapper in rustix or std")]
-pub fn realtime_this_thread(priority: u8) -> io::Result<()> {
-    if !(1..=99).contains(&priority) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a real-time priority is 1 to 99"));
+/// How the shard threads are scheduled: as ordinary threads (the default), or under SCHED_FIFO at
+/// a real-time priority from 1 to 99 (`[relay] shard_rt_priority`; 0 in the setting is
+/// ordinary). Valid by construction: [`realtime_this_thread`] takes it unchecked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct ShardPriority(Option<NonZeroU8>);
+
+impl ShardPriority {
+    /// Ordinary threads.
+    pub const ORDINARY: Self = Self(None);
+
+    /// The SCHED_FIFO priority, `None` for ordinary threads.
+    #[must_use]
+    pub fn realtime(self) -> Option<u8> {
+        self.0.map(NonZeroU8::get)
     }
+}
+
+impl TryFrom<u64> for ShardPriority {
+    type Error = String;
+
+    /// 0: ordinary threads; 1 to 99: that SCHED_FIFO priority.
+    fn try_from(v: u64) -> Result<Self, String> {
+        match v {
+            0 => Ok(Self::ORDINARY),
+            1..=99 => Ok(Self(NonZeroU8::new(v as u8))),
+            _ => Err(format!("must be 0 to 99, not {v}")),
+        }
+    }
+}
+
+impl From<ShardPriority> for u64 {
+    fn from(p: ShardPriority) -> u64 {
+        p.realtime().map_or(0, u64::from)
+    }
+}
+
+/// Runs the calling thread under SCHED_FIFO at `priority`'s real-time priority, with
+/// SCHED_RESET_ON_FORK so that a thread it starts is an ordinary one again; nothing for
+/// [`ShardPriority::ORDINARY`]. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least the priority;
+/// a failure leaves the thread as it was.
+#[allow(unsafe_code, reason = "sched_setscheduler has no safe wrapper in rustix or std")]
+pub fn realtime_this_thread(priority: ShardPriority) -> io::Result<()> {
+    let Some(priority) = priority.realtime() else { return Ok(()) };
     let param = libc::sched_param { sched_priority: i32::from(priority) };
     // SAFETY: `param` is a valid sched_param for the duration of the call; pid 0 is this thread.
     let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param) };
@@ -95,7 +132,7 @@ mod tests {
     #[test]
     fn a_realtime_thread_runs_fifo_and_the_threads_it_starts_do_not() {
         let (policy, child) = std::thread::spawn(|| {
-            realtime_this_thread(7).unwrap();
+            realtime_this_thread(ShardPriority::try_from(7).unwrap()).unwrap();
             let policy = this_thread_policy().unwrap();
             let child = std::thread::spawn(|| this_thread_policy().unwrap()).join().unwrap();
             (policy, child)
@@ -105,7 +142,14 @@ mod tests {
         assert_eq!(policy, libc::SCHED_FIFO);
         assert_eq!(child, libc::SCHED_OTHER, "SCHED_RESET_ON_FORK: a started thread is ordinary");
         assert_eq!(this_thread_policy().unwrap(), libc::SCHED_OTHER, "the caller's thread is unchanged");
-        assert!(realtime_this_thread(0).is_err());
-        assert!(realtime_this_thread(100).is_err());
+        assert_eq!(ShardPriority::try_from(0), Ok(ShardPriority::ORDINARY));
+        assert_eq!(ShardPriority::try_from(99).unwrap().realtime(), Some(99));
+        assert!(ShardPriority::try_from(100).is_err());
+        std::thread::spawn(|| {
+            realtime_this_thread(ShardPriority::ORDINARY).unwrap();
+            assert_eq!(this_thread_policy().unwrap(), libc::SCHED_OTHER, "ordinary stays ordinary");
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -42,9 +42,9 @@ pub struct RelayConfig {
     /// The node-wide live session listing: each shard publishes to it at its sweep and ends the
     /// allocations an operator asked to end.
     pub sessions: Arc<SessionTable>,
-    /// SCHED_FIFO priority of the shard threads (1 to 99), or None: ordinary threads
+    /// How the shard threads are scheduled: ordinary, or SCHED_FIFO at a priority
     /// (`crate::priority::realtime_this_thread`).
-    pub shard_rt_priority: Option<u8>,
+    pub shard_rt_priority: crate::priority::ShardPriority,
 }
 
 /// Sockets bound for the relay: for each shard, one socket per UDP listening address and one
@@ -130,7 +130,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     metrics.shards.set(sockets.udp.len() as i64);
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    if cfg.shard_rt_priority.is_some() && sockets.udp.len() >= cores {
+    if cfg.shard_rt_priority.realtime().is_some() && sockets.udp.len() >= cores {
         tracing::warn!(
             shards = sockets.udp.len(),
             cores,
@@ -155,8 +155,8 @@ pub async fn run(
         };
         let limiter = limiter.clone();
         let t = std::thread::Builder::new().name(format!("turnkey-shard-{i}")).spawn(move || {
-            if let Some(priority) = cfg.shard_rt_priority {
-                match crate::priority::realtime_this_thread(priority) {
+            if let Some(priority) = cfg.shard_rt_priority.realtime() {
+                match crate::priority::realtime_this_thread(cfg.shard_rt_priority) {
                     Ok(()) => tracing::debug!(shard = i, priority, "shard thread under SCHED_FIFO"),
                     Err(e) => tracing::warn!(
                         shard = i,

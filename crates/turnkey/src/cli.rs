@@ -714,8 +714,8 @@ mod tests {
     #[test]
     fn shard_rt_priority_flag_reaches_the_relay_settings_and_is_checked_there() {
         let load = serve_settings;
-        assert_eq!(load(&[]).unwrap().relay.shard_rt_priority, 0);
-        assert_eq!(load(&["--shard-rt-priority", "50"]).unwrap().relay.shard_rt_priority, 50);
+        assert_eq!(load(&[]).unwrap().relay.shard_rt_priority.realtime(), None);
+        assert_eq!(load(&["--shard-rt-priority", "50"]).unwrap().relay.shard_rt_priority.realtime(), Some(50));
         let msg = format!("{:#}", load(&["--shard-rt-priority", "100"]).unwrap_err());
         assert!(msg.contains("relay.shard_rt_priority") && msg.contains("0 to 99"), "{msg}");
     }

@@ -306,7 +306,7 @@ fn relay_config(
         tls,
         kernel: None,
         sessions: Arc::new(if s.relay.sessions { SessionTable::default() } else { SessionTable::off() }),
-        shard_rt_priority: (s.relay.shard_rt_priority > 0).then_some(s.relay.shard_rt_priority),
+        shard_rt_priority: s.relay.shard_rt_priority,
     }
 }
 

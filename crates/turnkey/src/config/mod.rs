@@ -147,7 +147,7 @@ pub struct RelaySettings {
     /// SCHED_FIFO priority of the shard threads, 1 to 99; 0: ordinary threads (docs/relay.md:
     /// what it buys on a busy machine and what it risks).
     #[serde(deserialize_with = "in_range::<_, _, 0, 99>")]
-    pub shard_rt_priority: u8,
+    pub shard_rt_priority: turnkey_relay::priority::ShardPriority,
 }
 
 impl Default for RelaySettings {
@@ -166,7 +166,7 @@ impl Default for RelaySettings {
             drain_grace: Duration::from_secs(30),
             fast_path: turnkey_fastpath::FastPathMode::default(),
             sessions: true,
-            shard_rt_priority: 0,
+            shard_rt_priority: turnkey_relay::priority::ShardPriority::ORDINARY,
         }
     }
 }

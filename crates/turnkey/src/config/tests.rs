@@ -293,8 +293,8 @@ fn fast_path_is_typed_with_its_default_from_the_fastpath_crate() {
 
 #[test]
 fn shard_rt_priority_is_off_unless_set_and_at_most_99() {
-    assert_eq!(parse("").unwrap().relay.shard_rt_priority, 0);
-    assert_eq!(parse("[relay]\nshard_rt_priority = 40\n").unwrap().relay.shard_rt_priority, 40);
+    assert_eq!(parse("").unwrap().relay.shard_rt_priority.realtime(), None);
+    assert_eq!(parse("[relay]\nshard_rt_priority = 40\n").unwrap().relay.shard_rt_priority.realtime(), Some(40));
     let msg = errors("[relay]\nshard_rt_priority = 100\nrelay_ports = \"9-1\"\n");
     assert!(msg.contains("relay.shard_rt_priority") && msg.contains("0 to 99"), "{msg}");
     assert!(msg.contains("relay.relay_ports"), "reported together: {msg}");
