@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use turnkey_e2e::redis::{RedisOptions, RedisServer};
+use turnkey_e2e::sentinel::SentinelSet;
 use turnkey_e2e::{bin, http, metric_sum, require, run_with_timeout, Turnkey};
 use turnkey_load::merge::decode_histogram;
 
@@ -439,6 +440,68 @@ fn a_worker_dying_during_the_run_is_reported_and_the_others_kept() {
     let context = format!("merged {} from {kept_traffic:?}", merged["traffic"]);
     assert_same_percentiles(&merged["traffic"]["rtt_us"], &pooled_rtt(&refs), &context);
     assert!(text.contains("missing: worker"), "{text}");
+}
+
+/// `--coordinate redis+sentinel://…`: two workers and `report` find the primary through the
+/// sentinels; the primary is SIGKILLed while the workers run, the sentinels promote the replica,
+/// and the workers' heartbeats and results follow it: both results are on the new primary and
+/// `report` merges them, nobody counted as dead.
+#[test]
+fn workers_coordinated_through_sentinel_keep_their_results_across_a_failover() {
+    let Some(mut set) = SentinelSet::start(Some("load-pw")) else { return };
+    let url = set.url();
+    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1"]);
+    let (server, secret) = (tk.udp().to_string(), tk.secret());
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("w{i}.json"))).collect();
+    let procs: Vec<Proc> = files
+        .iter()
+        .map(|f| {
+            let mut args = vec!["--server", &server, "--secret", &secret, "--quiet", "--coordinate", &url];
+            args.extend(["--run-id", "failover", "--workers", "2", "--flows", "1", "--rate", "50", "--duration", "10"]);
+            args.extend(["--json", f.to_str().unwrap()]);
+            spawn_load(None, &args)
+        })
+        .collect();
+    let started = Instant::now();
+    while set.primary().and_then(|p| p.cli(&["GET", "turnkey-load:failover:start"])).map(|v| v.trim().to_owned())
+        != Some("go".to_owned())
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "the run never started:\n{}", set.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let old = set.primary_port().unwrap();
+    set.servers.iter_mut().find(|s| s.port() == old).unwrap().kill();
+    let promoted = set.wait_failover(old, Duration::from_secs(30));
+    eprintln!("promoted {:?} after the start", promoted - started);
+
+    let mut reports = Vec::new();
+    for (i, p) in procs.into_iter().enumerate() {
+        let out = finish(p, Duration::from_secs(120));
+        assert_eq!(out.status.code(), Some(0), "worker {i}: {}", String::from_utf8_lossy(&out.stderr));
+        reports.push(read_json(&files[i]));
+    }
+    let primary = set.primary().unwrap();
+    for i in 0..2 {
+        let r = primary.cli(&["GET", &format!("turnkey-load:failover:result:{i}")]).unwrap_or_default();
+        assert!(r.trim().starts_with('{'), "worker {i}'s result is on the new primary: {r:?}");
+    }
+    let merged_json = dir.path().join("report.json");
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["load", "report", "--coordinate", &url, "--run-id", "failover", "--wait", "30", "--json"])
+            .arg(&merged_json),
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let merged = read_json(&merged_json);
+    assert_eq!(merged["workers"], 2, "{merged}");
+    assert!(merged["missing_workers"].as_array().is_none_or(|m| m.is_empty()), "{merged}");
+    let sent: u64 = reports.iter().map(|r| u(&r["traffic"]["sent"])).sum();
+    assert!(sent > 0);
+    assert_eq!(u(&merged["traffic"]["sent"]), sent, "{merged}");
 }
 
 /// `deploy/kubernetes/load/` renders (render.py) into a Job that passes `kubernetes-validate

@@ -23,6 +23,16 @@
 //!
 //! Disjoint user names: with `--secret`, worker `i` mints user ids `{user}-w{i}-{n}`; an issuer
 //! hands out its own per request. (`--user/--password` is one user for every worker.)
+//!
+//! The Redis is any URL the fleet takes ([`turnkey_fleet::RedisTarget`]): `redis://`,
+//! `rediss://`, or a Sentinel-monitored primary (`redis+sentinel://h1:26379,h2:26379/mymaster`,
+//! `rediss+sentinel://`). A command that fails for want of the primary (connection lost or
+//! refused, timed out, or `READONLY` from a demoted one) asks the sentinels again, reconnects and
+//! is sent again, for up to [`FAILOVER_WAIT`]: a failover during a run delays the workers'
+//! heartbeats and results, it does not end the run. Every command is safe to send twice (joining
+//! carries the worker's token, so a join the old primary took is not counted again), and over
+//! Sentinel a published result waits for a replica's acknowledgement (`WAIT`) before the worker
+//! exits, so a failover right after it does not lose it.
 
 use std::time::Duration;
 
@@ -30,6 +40,7 @@ use std::sync::Arc;
 
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
+use turnkey_fleet::RedisTarget;
 
 use crate::progress::Progress;
 use crate::report::Report;
@@ -44,9 +55,15 @@ const KEEP_SECS: u64 = 86_400;
 const POLL: Duration = Duration::from_millis(100);
 
 /// Joining: the counter's next value is the worker's index + 1; its `alive` key is set with it.
+/// The worker's token (ARGV[4]) maps to its number (KEYS[2]), so a join sent again after a lost
+/// reply returns the same number instead of counting the worker twice.
 const JOIN: &str = r"
+local known = redis.call('HGET', KEYS[2], ARGV[4])
+if known then return tonumber(known) end
 local n = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[4], n)
+redis.call('EXPIRE', KEYS[2], ARGV[1])
 redis.call('SET', ARGV[2] .. (n - 1), '1', 'PX', ARGV[3])
 return n
 ";
@@ -55,10 +72,76 @@ fn redis_err(what: &str) -> impl Fn(redis::RedisError) -> LoadError + '_ {
     move |e| LoadError::Coordinate(format!("{what}: {e}"))
 }
 
+/// How long a command waits for the primary to come back (a Sentinel failover takes a few
+/// seconds: `down-after-milliseconds` plus the election).
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(30);
+/// How long one command or connection attempt may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a lost primary is looked for again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(250);
+
+/// The primary and a connection to it, renewed when it is lost.
+struct Primary {
+    target: RedisTarget,
+    con: tokio::sync::Mutex<MultiplexedConnection>,
+}
+
+impl Primary {
+    async fn connect(target: &RedisTarget) -> Result<MultiplexedConnection, LoadError> {
+        let client = target.primary_client(COMMAND_TIMEOUT).await.map_err(|e| LoadError::Coordinate(e.to_string()))?;
+        tokio::time::timeout(COMMAND_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| LoadError::Coordinate("connecting to Redis timed out".into()))?
+            .map_err(redis_err("connecting to Redis"))
+    }
+
+    /// Runs `op` on the current connection; when the primary is lost, finds it again (asking the
+    /// sentinels), reconnects and runs `op` again, for up to [`FAILOVER_WAIT`].
+    async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, LoadError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = Instant::now() + FAILOVER_WAIT;
+        loop {
+            let con = self.con.lock().await.clone();
+            let err = match tokio::time::timeout(COMMAND_TIMEOUT, op(con)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if !primary_lost(&e) => return Err(redis_err(what)(e)),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            // Reconnect (the sentinels may name a new primary), then send again.
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(LoadError::Coordinate(format!(
+                        "{what}: no Redis primary within {} s ({err})",
+                        FAILOVER_WAIT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(RECONNECT_EVERY).await;
+                if let Ok(con) = Self::connect(&self.target).await {
+                    *self.con.lock().await = con;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `e` says the primary is gone (or no longer the primary), not that the command failed.
+fn primary_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.kind() == redis::ErrorKind::ReadOnly
+}
+
 /// One run's keys in one Redis.
 #[derive(Clone)]
 pub struct RunKeys {
-    con: MultiplexedConnection,
+    primary: Arc<Primary>,
     prefix: String,
 }
 
@@ -69,14 +152,22 @@ impl std::fmt::Debug for RunKeys {
 }
 
 impl RunKeys {
-    /// Connects to `url` (never printed: it may hold a password) for run `run_id`.
+    /// Connects to `url` (never printed whole: it may hold a password) for run `run_id`.
     pub async fn connect(url: &str, run_id: &str) -> Result<Self, LoadError> {
-        let client = redis::Client::open(url).map_err(|e| LoadError::Coordinate(format!("Redis URL: {e}")))?;
-        let con = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection())
+        let target = RedisTarget::new(url, None).map_err(|e| LoadError::Coordinate(format!("Redis URL: {e}")))?;
+        let con = Primary::connect(&target).await?;
+        let primary = Arc::new(Primary { target, con: tokio::sync::Mutex::new(con) });
+        Ok(Self { primary, prefix: format!("turnkey-load:{run_id}:") })
+    }
+
+    /// Sends `cmd`, following the primary through a failover.
+    async fn query<T: redis::FromRedisValue>(&self, what: &str, cmd: redis::Cmd) -> Result<T, LoadError> {
+        self.primary
+            .run(what, |mut con| {
+                let cmd = cmd.clone();
+                async move { cmd.query_async(&mut con).await }
+            })
             .await
-            .map_err(|_| LoadError::Coordinate("connecting to Redis timed out".into()))?
-            .map_err(redis_err("connecting to Redis"))?;
-        Ok(Self { con, prefix: format!("turnkey-load:{run_id}:") })
     }
 
     fn key(&self, name: &str) -> String {
@@ -84,36 +175,21 @@ impl RunKeys {
     }
 
     async fn get(&self, name: &str) -> Result<Option<String>, LoadError> {
-        redis::cmd("GET").arg(self.key(name)).query_async(&mut self.con.clone()).await.map_err(redis_err("GET"))
+        self.query("GET", redis::cmd("GET").arg(self.key(name)).clone()).await
     }
 
     async fn exists(&self, name: &str) -> Result<bool, LoadError> {
-        redis::cmd("EXISTS").arg(self.key(name)).query_async(&mut self.con.clone()).await.map_err(redis_err("EXISTS"))
+        self.query("EXISTS", redis::cmd("EXISTS").arg(self.key(name)).clone()).await
     }
 
     /// `SET NX` with the run's expiry; whether this call wrote it.
     async fn set_nx(&self, name: &str, value: &str) -> Result<bool, LoadError> {
-        let r: Option<String> = redis::cmd("SET")
-            .arg(self.key(name))
-            .arg(value)
-            .arg("NX")
-            .arg("EX")
-            .arg(KEEP_SECS)
-            .query_async(&mut self.con.clone())
-            .await
-            .map_err(redis_err("SET"))?;
-        Ok(r.is_some())
+        let cmd = redis::cmd("SET").arg(self.key(name)).arg(value).arg("NX").arg("EX").arg(KEEP_SECS).clone();
+        Ok(self.query::<Option<String>>("SET", cmd).await?.is_some())
     }
 
     async fn set_px(&self, name: &str, value: &str, ms: u64) -> Result<(), LoadError> {
-        redis::cmd("SET")
-            .arg(self.key(name))
-            .arg(value)
-            .arg("PX")
-            .arg(ms)
-            .query_async::<()>(&mut self.con.clone())
-            .await
-            .map_err(redis_err("SET"))
+        self.query("SET", redis::cmd("SET").arg(self.key(name)).arg(value).arg("PX").arg(ms).clone()).await
     }
 
     /// The number of workers the run was started with (`None`: nobody joined yet).
@@ -171,14 +247,21 @@ impl Worker {
         keys.started().await?;
         // The index and the `alive` key in one step: a worker looking at the barrier never sees
         // a joined worker without its heartbeat (it would take it for dead).
-        let joined: i64 = redis::Script::new(JOIN)
-            .key(keys.key("joined"))
-            .arg(KEEP_SECS)
-            .arg(keys.key("alive:"))
-            .arg(ALIVE_TTL_MS)
-            .invoke_async(&mut keys.con.clone())
-            .await
-            .map_err(redis_err("join"))?;
+        let token = format!("{:016x}", rand::random::<u64>());
+        let (joined_key, tokens_key, alive_prefix) = (keys.key("joined"), keys.key("tokens"), keys.key("alive:"));
+        let script = redis::Script::new(JOIN);
+        let joined: i64 = keys
+            .primary
+            .run("join", |mut con| {
+                let (script, joined_key, tokens_key, alive_prefix, token) =
+                    (&script, &joined_key, &tokens_key, &alive_prefix, &token);
+                async move {
+                    let mut join = script.key(joined_key);
+                    join.key(tokens_key).arg(KEEP_SECS).arg(alive_prefix).arg(ALIVE_TTL_MS).arg(token);
+                    join.invoke_async(&mut con).await
+                }
+            })
+            .await?;
         if joined < 1 || joined > i64::from(workers) {
             return Err(LoadError::Coordinate(format!(
                 "run {run_id} already has its {workers} workers (this would be number {joined}); use a new --run-id"
@@ -201,7 +284,7 @@ impl Worker {
                         continue;
                     }
                     let got: Result<Vec<Option<String>>, _> =
-                        redis::cmd("MGET").arg(&theirs).query_async(&mut keys.con.clone()).await;
+                        keys.query("MGET", redis::cmd("MGET").arg(&theirs).clone()).await;
                     if let Ok(got) = got {
                         let mut sum = [0u64; 4];
                         for v in got.iter().flatten() {
@@ -260,11 +343,14 @@ impl Worker {
     pub async fn publish(self, report: &Report) -> Result<RunKeys, LoadError> {
         let json = serde_json::to_string(report).map_err(|e| LoadError::Report(e.to_string()))?;
         self.keys.set_nx(&format!("result:{}", self.index), &json).await?;
+        if self.keys.primary.target.is_sentinel() {
+            // A replica holds the result before the worker goes (none within 2 s: a lone
+            // primary; the result stands as written).
+            let _: Result<i64, _> = self.keys.query("WAIT", redis::cmd("WAIT").arg(1).arg(2000).clone()).await;
+        }
         self.heartbeat.abort();
-        let _: Result<(), _> = redis::cmd("DEL")
-            .arg(self.keys.key(&format!("alive:{}", self.index)))
-            .query_async(&mut self.keys.con.clone())
-            .await;
+        let alive = self.keys.key(&format!("alive:{}", self.index));
+        let _: Result<(), _> = self.keys.query("DEL", redis::cmd("DEL").arg(alive).clone()).await;
         Ok(self.keys)
     }
 }

@@ -15,7 +15,8 @@
 //! It must not import the relay's or the issuer's internals (`turnkey-relay`,
 //! `turnkey-issuer`): it talks to servers only over the wire, as any client would. It uses
 //! `turnkey-auth` only to mint TURN REST credentials, derive long-term keys and compute
-//! MESSAGE-INTEGRITY (its HMAC-SHA1).
+//! MESSAGE-INTEGRITY (its HMAC-SHA1), and `turnkey-fleet` only for `RedisTarget` (the worker
+//! mode's Redis URL, in every form the fleet takes: Sentinel too).
 //!
 //! Entry points: [`LoadArgs`] (a `clap::Args`, embedded by the binary as `turnkey load ...`),
 //! [`run`] (returns the [`Report`]) and [`run_cli`] (prints it and says whether it passed).
