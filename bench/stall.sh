@@ -23,6 +23,11 @@
 #
 #   SHARD_FIFO=1 BIN=target/release/turnkey N=10000 bench/stall.sh
 #
+# REVOKE=key holds the N allocations as N users of one key and ends them with one key revocation
+# (deleting a key), instead of one user's N allocations with one username revocation:
+#
+#   REVOKE=key BIN=target/release/turnkey N=10000 bench/stall.sh
+#
 # TRACE=1 (root, perf) also records the scheduler around the quiet, revocation and reload windows
 # (`perf record -a`: context switches and wake-ups with kernel stacks, the shard's epoll_wait
 # calls, cpu-clock samples every 250 us, IPIs) and prints, from bench/stalltrace.py, what the shard's
@@ -79,6 +84,11 @@ held() { metrics | awk '/^turnkey_relay_allocations\{/{s+=$2} END{print s+0}'; }
 CREDS=$("$BIN" creds --secret "$SECRET" --user victim --ttl 3600)
 U=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["username"])')
 P=$(echo "$CREDS" | python3 -c 'import json,sys;print(json.load(sys.stdin)["credential"])')
+# REVOKE=user (default): one credential holds the N allocations, one username revocation ends
+# them. REVOKE=key: N users of one key (`stallkey:victim-<n>`, a TURN REST credential minted per
+# allocation), one key revocation (as deleting a key does) ends them all.
+REVOKE=${REVOKE:-user}
+case $REVOKE in user|key) ;; *) echo "REVOKE must be user or key" >&2; exit 2 ;; esac
 trace_start() { # the scheduler around one window (TRACE=1)
   [ "${TRACE:-0}" = 1 ] || return 0
   local ep=() e
@@ -137,7 +147,9 @@ PY
   trace_stop
 }
 create_all() { # the N allocations, held until the end (the creation is a window of its own)
-  "$BIN" load --server "$UDP" --user "$U" --password "$P" --scenario allocations --count "$N" \
+  local who=(--user "$U" --password "$P")
+  if [ "$REVOKE" = key ]; then who=(--secret "$SECRET" --user stallkey:victim); fi
+  "$BIN" load --server "$UDP" "${who[@]}" --scenario allocations --count "$N" \
     --concurrency 64 --hold 600 --quiet >"$D/load.json" 2>"$D/load.err" &
   LPID=$!
   # From here the bench's own polling (this shell, curl, awk, redis-cli, perf) runs at nice +10,
@@ -157,8 +169,13 @@ create_all() { # the N allocations, held until the end (the creation is a window
 revoke_all() {
   local exp=${U%%:*} t0 t1
   t0=$(date +%s.%N)
-  redis-cli -p "$RP" ZADD turnkey:revoked "$exp" "$U" >/dev/null
-  redis-cli -p "$RP" PUBLISH turnkey:revocations "{\"kind\":\"username\",\"username\":\"$U\",\"expiry\":$exp}" >/dev/null
+  if [ "$REVOKE" = key ]; then
+    redis-cli -p "$RP" ZADD turnkey:revoked-keys "$exp" stallkey >/dev/null
+    redis-cli -p "$RP" PUBLISH turnkey:revocations "{\"kind\":\"key\",\"id\":\"stallkey\",\"until\":$exp}" >/dev/null
+  else
+    redis-cli -p "$RP" ZADD turnkey:revoked "$exp" "$U" >/dev/null
+    redis-cli -p "$RP" PUBLISH turnkey:revocations "{\"kind\":\"username\",\"username\":\"$U\",\"expiry\":$exp}" >/dev/null
+  fi
   for _ in $(seq 300); do [ "$(held)" -eq 0 ] && break; sleep 0.05; done
   t1=$(date +%s.%N)
   echo "revocation: $A allocations ended in $(awk "BEGIN{printf \"%.3f\", $t1 - $t0}") s"
@@ -167,6 +184,6 @@ reloads() { for _ in $(seq 20); do kill -HUP "$TPID"; sleep 0.1; done; }
 window "creating $N allocations" create_all
 sleep 2
 window "quiet 2 s (the noise floor: nothing but the held allocations)" sleep 2
-window "revocation of $A allocations" revoke_all
+window "revocation of $A allocations (REVOKE=$REVOKE)" revoke_all
 window "20 certificate reloads" reloads
 metrics | grep -E '^turnkey_relay_shard_(stall|turn)_max_seconds'
