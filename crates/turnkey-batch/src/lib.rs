@@ -21,6 +21,7 @@
 
 mod gro_pin;
 mod recv;
+mod restore;
 mod send;
 
 use std::io;
@@ -42,8 +43,8 @@ pub struct Offload {
     pub gro: bool,
 }
 
-/// Detects GSO and GRO support on first call (a probe socket on loopback) and logs the result
-/// once; later calls return the same answer.
+/// Detects GSO and GRO support on first call (one probe socket on loopback, once per process)
+/// and logs the result once; later calls return the same answer.
 pub fn offload() -> Offload {
     static OFFLOAD: OnceLock<Offload> = OnceLock::new();
     *OFFLOAD.get_or_init(|| {
@@ -61,19 +62,18 @@ pub fn offload() -> Offload {
 
 fn probe() -> io::Result<Offload> {
     let s = std::net::UdpSocket::bind(("127.0.0.1", 0)).or_else(|_| std::net::UdpSocket::bind(("::1", 0)))?;
-    let state = UdpSocketState::new(UdpSockRef::from(&s))?;
-    Ok(Offload { gso_segments: state.max_gso_segments(), gro: state.gro_segments() > 1 })
+    let io = UdpIo::new(&s)?;
+    Ok(Offload { gso_segments: io.max_gso_segments(), gro: io.gro() })
 }
 
 /// One UDP socket's batching state: configures the socket once (GRO, ECN and destination
 /// address reporting) and performs its batched syscalls. Keep one per socket, next to it.
 ///
-/// `quinn-udp` also turns path-MTU probing on (`IP_PMTUDISC_PROBE`: the DF bit, no local
-/// fragmentation) and `IPV6_DONTFRAG`, which suit QUIC but not a relay that forwards whatever its
-/// clients send: `new` puts the socket's previous path-MTU mode back and clears `IPV6_DONTFRAG`
-/// (through `nix`, which has the safe setter rustix and socket2 lack), so a datagram larger than
-/// the route's MTU still leaves in fragments as before, over IPv4 and IPv6. GSO trains are not
-/// affected: their segments always fit the MTU.
+/// `quinn-udp` (0.6) configures and probes the socket it is given: no other socket is opened.
+/// It also sets options that suit QUIC but not a relay (path-MTU probing, `IPV6_DONTFRAG`,
+/// receive timestamps); `new` puts each back as it was (`restore.rs`), so a datagram larger than
+/// the route's MTU still leaves in fragments, over IPv4 and IPv6, and the control data of a GRO
+/// train keeps its ECN bits.
 #[derive(Debug)]
 pub struct UdpIo {
     state: UdpSocketState,
@@ -82,21 +82,11 @@ pub struct UdpIo {
 impl UdpIo {
     /// Configures `socket` (which must be a bound UDP socket; it is made non-blocking).
     pub fn new(socket: &impl AsFd) -> io::Result<Self> {
-        use rustix::net::sockopt;
         let fd = socket.as_fd();
-        let v4 = sockopt::ip_mtu_discover(fd).ok();
-        let v6 = sockopt::ipv6_mtu_discover(fd).ok();
+        let saved = restore::Saved::read(fd);
         gro_pin::pin();
         let state = UdpSocketState::new(UdpSockRef::from(socket))?;
-        if let Some(mode) = v4 {
-            sockopt::set_ip_mtu_discover(fd, mode)?;
-        }
-        if let Some(mode) = v6 {
-            sockopt::set_ipv6_mtu_discover(fd, mode)?;
-            use std::os::fd::AsRawFd as _;
-            nix::sys::socket::setsockopt(fd.as_raw_fd(), nix::sys::socket::sockopt::Ipv6DontFrag, &false)
-                .map_err(io::Error::from)?;
-        }
+        saved.restore(fd)?;
         Ok(Self { state })
     }
 

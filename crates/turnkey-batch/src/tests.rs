@@ -273,13 +273,12 @@ fn fill(batch: &mut RecvBatch, buffers: &[(usize, usize, usize)]) -> Vec<(Socket
                     at += len;
                     want.push((from, d));
                 }
-                meta[i] = quinn_udp::RecvMeta {
-                    addr: from,
-                    len: at,
-                    stride: if count > 0 { segment } else { at },
-                    ecn: None,
-                    dst_ip: None,
-                };
+                // (RecvMeta is non-exhaustive: filled field by field.)
+                let mut m = quinn_udp::RecvMeta::default();
+                m.addr = from;
+                m.len = at;
+                m.stride = if count > 0 { segment } else { at };
+                meta[i] = m;
             }
             Ok(buffers.len())
         })
@@ -469,6 +468,54 @@ fn a_gso_train_to_a_gro_socket_arrives_as_one_buffer_split_at_its_segments() {
     }
 }
 
+/// A GRO train's control data carries its segment size, the destination address and the ECN
+/// bits together; every segment comes out with the sender's ECN value and the address it was
+/// sent to. (With quinn-udp 0.6's receive timestamps left on, the kernel had no room left for
+/// the TOS / traffic class message of a train: `restore.rs`.)
+fn gro_train_keeps_ecn(local: &str) {
+    let off = offload();
+    let (tx_io, tx) = bound(local);
+    let (rx_io, rx) = bound(local);
+    let to = rx.local_addr().unwrap();
+    let want: Vec<Vec<u8>> = (0..6).map(|i| payload(i, 300)).collect();
+    let mut batch = SendBatch::new(off.gso_segments);
+    for d in &want {
+        batch.push(0u8, to, Some(Ecn::Ect0), d);
+    }
+    let socks = [(tx_io, tx)];
+    let stats = batch.flush(&mut Sockets::new(|k: u8| socks.get(usize::from(k)).map(|(i, s)| (i, s))));
+    assert_eq!(stats.sent, want.len(), "{stats:?}");
+    let mut recv = RecvBatch::new(8);
+    let (mut got, mut buffers) = (Vec::new(), Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while got.len() < want.len() && std::time::Instant::now() < deadline {
+        match rx_io.recv(&rx, &mut recv) {
+            Ok(k) => {
+                buffers.push(k);
+                got.extend(recv.datagrams().map(|d| (d.data.to_vec(), d.ecn, d.local_ip)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    assert_eq!(got.iter().map(|g| &g.0).collect::<Vec<_>>(), want.iter().collect::<Vec<_>>());
+    let meta: Vec<_> = got.iter().map(|g| (g.1, g.2)).collect();
+    assert_eq!(meta, vec![(Some(Ecn::Ect0), Some(to.ip())); want.len()], "ECN and destination per datagram");
+    if off.gso_segments > 1 && off.gro {
+        assert_eq!(buffers, [1], "the train arrived as one GRO buffer");
+    }
+}
+
+#[test]
+fn a_gro_train_keeps_its_ecn_and_destination_address_ipv4() {
+    gro_train_keeps_ecn("127.0.0.1:0");
+}
+
+#[test]
+fn a_gro_train_keeps_its_ecn_and_destination_address_ipv6() {
+    gro_train_keeps_ecn("[::1]:0");
+}
+
 #[test]
 fn in_place_handling_gets_room_around_every_datagram_including_gro_segments() {
     let (tx_io, tx) = bound("127.0.0.1:0");
@@ -577,23 +624,37 @@ fn recv_ready_returns_what_one_readiness_event_delivers() {
     });
 }
 
+/// What quinn-udp sets for QUIC is put back as it was: path-MTU mode, `IPV6_DONTFRAG`, receive
+/// timestamps (`restore.rs`), whichever value the socket had.
 #[test]
-fn the_sockets_fragmentation_mode_is_left_as_it_was() {
+fn the_sockets_fragmentation_and_timestamp_modes_are_left_as_they_were() {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt as nopt};
     use rustix::net::sockopt;
-    let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let before = sockopt::ip_mtu_discover(&v4).unwrap();
-    let _io = UdpIo::new(&v4).unwrap();
-    assert_eq!(sockopt::ip_mtu_discover(&v4).unwrap(), before);
-    let v6 = UdpSocket::bind("[::1]:0").unwrap();
-    let before = sockopt::ipv6_mtu_discover(&v6).unwrap();
-    let _io = UdpIo::new(&v6).unwrap();
-    assert_eq!(sockopt::ipv6_mtu_discover(&v6).unwrap(), before);
+    use std::os::fd::AsRawFd;
+    for stamps in [false, true] {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        setsockopt(v4.as_raw_fd(), nopt::ReceiveTimestampns, &stamps).unwrap();
+        let before = sockopt::ip_mtu_discover(&v4).unwrap();
+        let _io = UdpIo::new(&v4).unwrap();
+        assert_eq!(sockopt::ip_mtu_discover(&v4).unwrap(), before);
+        assert_eq!(getsockopt(v4.as_raw_fd(), nopt::ReceiveTimestampns).unwrap(), stamps);
+
+        let v6 = UdpSocket::bind("[::1]:0").unwrap();
+        setsockopt(v6.as_raw_fd(), nopt::ReceiveTimestampns, &stamps).unwrap();
+        let before = (sockopt::ipv6_mtu_discover(&v6).unwrap(), sockopt::ip_mtu_discover(&v6).unwrap());
+        let dontfrag = getsockopt(v6.as_raw_fd(), nopt::Ipv6DontFrag).unwrap();
+        let _io = UdpIo::new(&v6).unwrap();
+        assert_eq!((sockopt::ipv6_mtu_discover(&v6).unwrap(), sockopt::ip_mtu_discover(&v6).unwrap()), before);
+        assert_eq!(getsockopt(v6.as_raw_fd(), nopt::Ipv6DontFrag).unwrap(), dontfrag);
+        assert_eq!(getsockopt(v6.as_raw_fd(), nopt::ReceiveTimestampns).unwrap(), stamps);
+    }
 }
 
-/// Configuring a socket leaves the process holding one IPv6 UDP socket with GRO on for good
-/// (`gro_pin`): quinn-udp's per-socket GRO probe then only counts the kernel's IPv6 UDP encap
-/// static key instead of patching kernel code on every CPU twice per socket (the relay's
-/// allocation-creation stall, docs/benchmarks.md). The same socket every time, still bound.
+/// Configuring a socket leaves the process holding one IPv6 UDP socket with GRO and receive
+/// timestamps on for good (`gro_pin`): the relay's own sockets turning them on and closing then
+/// only count the kernel's static keys instead of patching kernel code on every CPU when the
+/// first is made or the last closed (docs/benchmarks.md). The same socket every time, still
+/// bound.
 #[test]
 fn configuring_sockets_keeps_one_ipv6_gro_socket_open() {
     for _ in 0..3 {

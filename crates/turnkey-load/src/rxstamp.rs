@@ -3,14 +3,15 @@
 //! arrival (`SO_TIMESTAMPNS`), converted to nanoseconds since the run's epoch. A round trip is then
 //! measured up to the packet's arrival, not up to the moment a receiver got round to reading it:
 //! the loop may read its sockets only at its pacer's wake-ups without lengthening the round trips
-//! it reports. (quinn-udp, under `turnkey-batch`, reads no timestamp; this is the generator's own
-//! small receive path. Sending still goes through `turnkey-batch`.)
+//! it reports. (`turnkey-batch` turns quinn-udp's timestamps off again: its control buffer has no
+//! room for one beside a GRO train's other messages; this is the generator's own small receive
+//! path. Sending still goes through `turnkey-batch`.)
 
 // `unsafe` here, and only here in this crate: `recvmmsg` with control messages through libc.
-// quinn-udp (under turnkey-batch) reads no timestamp, rustix has no `recvmmsg`, and nix 0.26's
-// `recvmmsg` reuses headers the kernel rewrote (the name and control lengths it returns), which
-// fails (EFAULT) or truncates the control data from the second call on. Each block states why it
-// is sound; the tests below run every path.
+// turnkey-batch reads no timestamp (it turns quinn-udp's off), rustix has no `recvmmsg`, and nix
+// 0.26's `recvmmsg` reuses headers the kernel rewrote (the name and control lengths it returns),
+// which fails (EFAULT) or truncates the control data from the second call on. Each block states
+// why it is sound; the tests below run every path.
 #![allow(unsafe_code)]
 
 use std::io;
