@@ -4,7 +4,7 @@
 //! allocation, never shared). Nothing here knows a shard, an engine or a task.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -61,16 +61,17 @@ fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// A relay socket: not shared (no SO_REUSEPORT), non-blocking, with the relay buffer size.
-pub(crate) fn bind_relay(addr: SocketAddr) -> Option<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).ok()?;
-    if addr.is_ipv6() {
+/// An unbound relay socket for `ip`'s family: not shared (no SO_REUSEPORT), non-blocking, with
+/// the relay buffer size. A bind that fails (the port is taken) leaves it unbound, so the caller
+/// tries the next port with the same socket instead of making and closing one per taken port.
+pub(crate) fn relay_socket(ip: IpAddr) -> Option<Socket> {
+    let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    if ip.is_ipv6() {
         s.set_only_v6(true).ok()?;
     }
     set_buffers(&s, RELAY_SOCKET_BUFFER);
     s.set_nonblocking(true).ok()?;
-    s.bind(&addr.into()).ok()?;
-    Some(s.into())
+    Some(s)
 }
 
 /// Probes `addr` with a bind *without* SO_REUSEPORT before the shards bind it with SO_REUSEPORT,

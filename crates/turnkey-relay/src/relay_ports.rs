@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use tokio::task::JoinHandle;
 use turnkey_proto::ports::candidates;
 
-use crate::bind::bind_relay;
+use crate::bind::relay_socket;
 use crate::engine::{PortRequest, RelayBinding, RelayPorts};
 use crate::metrics::DropReason;
 use crate::types::{PeerAddr, RelayHandle};
@@ -81,14 +81,26 @@ impl Ports {
         ip: IpAddr,
         request: PortRequest,
     ) -> Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
+        // One socket tries the candidates in turn (a failed bind leaves it unbound); only a
+        // candidate bound without its reserved next port uses a socket up.
+        let mut socket = relay_socket(ip)?;
+        let mut next = None;
         for c in candidates(request, self.addrs.ports.clone(), &mut self.rng)? {
-            let Some(s) = bind_relay(SocketAddr::new(ip, c.port)) else { continue };
+            if socket.bind(&SocketAddr::new(ip, c.port).into()).is_err() {
+                continue;
+            }
             if !c.reserve_next {
-                return Some((s, None));
+                return Some((socket.into(), None));
             }
-            if let Some(next) = bind_relay(SocketAddr::new(ip, c.port + 1)) {
-                return Some((s, Some(next)));
+            let second = match next.take() {
+                Some(s) => s,
+                None => relay_socket(ip)?,
+            };
+            if second.bind(&SocketAddr::new(ip, c.port + 1).into()).is_ok() {
+                return Some((socket.into(), Some(second.into())));
             }
+            next = Some(second);
+            socket = relay_socket(ip)?;
         }
         None
     }
@@ -144,6 +156,44 @@ impl Ports {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A loopback range of 8 free UDP ports below the kernel's ephemeral range (no port-0 bind
+    /// lands there), with every port but `free` held by a socket of this test.
+    fn crowded_range(free: &[u16]) -> (RangeInclusive<u16>, Vec<std::net::UdpSocket>) {
+        for base in (20_000..30_000u16).step_by(16) {
+            let all: Vec<_> =
+                (base..base + 8).filter_map(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).ok()).collect();
+            if all.len() == 8 {
+                let held =
+                    all.into_iter().filter(|s| !free.contains(&(s.local_addr().unwrap().port() - base))).collect();
+                return (base..=base + 7, held);
+            }
+        }
+        panic!("no 8 free ports");
+    }
+
+    #[test]
+    fn taken_ports_are_skipped_and_a_pair_is_found_among_them() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            // Free: offsets 4 and 5 (an even port and the next) and 7 (odd).
+            let (range, _held) = crowded_range(&[4, 5, 7]);
+            let base = *range.start();
+            let v4 = Some("127.0.0.1".parse().unwrap());
+            let addrs = RelayAddrs { v4, v6: None, external_v4: None, external_v6: None, ports: range };
+            let mut ports = Ports::new(addrs, Reservations::default());
+            #[allow(clippy::disallowed_methods, reason = "any instant: the reservation is not redeemed")]
+            let now = Instant::now();
+            let pair = ports.bind(now, false, PortRequest::EvenReserveNext).expect("the one free pair");
+            assert_eq!(pair.advertised.port(), base + 4);
+            assert!(pair.reservation.is_some(), "the next port is held for the token");
+            // Left: offset 7 only; every other draw is a taken port.
+            let odd = ports.bind(now, false, PortRequest::Any).expect("the last free port");
+            assert_eq!(odd.advertised.port(), base + 7);
+            assert!(ports.bind(now, false, PortRequest::Any).is_none(), "all 8 taken now");
+        });
+    }
 
     #[test]
     fn a_fresh_relay_socket_sends_before_the_reactor_has_polled_it() {
