@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use turnkey_e2e::redis::{RedisOptions, RedisServer};
+use turnkey_e2e::redis::{RedisOptions, RedisServer, RedisTls};
 use turnkey_e2e::sentinel::SentinelSet;
 use turnkey_e2e::{bin, http, metric_sum, require, run_with_timeout, Turnkey};
 use turnkey_load::merge::decode_histogram;
@@ -502,6 +502,58 @@ fn workers_coordinated_through_sentinel_keep_their_results_across_a_failover() {
     let sent: u64 = reports.iter().map(|r| u(&r["traffic"]["sent"])).sum();
     assert!(sent > 0);
     assert_eq!(u(&merged["traffic"]["sent"]), sent, "{merged}");
+}
+
+/// `rediss+sentinel://` with a private CA: the worker and `report` trust the servers through
+/// `--coordinate-ca-file`; without it the same `report` is refused (nothing is trusted).
+#[test]
+fn a_private_ca_is_trusted_for_rediss_sentinel_coordination() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey load test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "redis load test server");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let tls = RedisTls { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), ca_pem: ca.pem() };
+    let Some(set) = SentinelSet::start_with(Some("tls-pw"), Some(tls)) else { return };
+    let (url, ca_file) = (set.url(), set.ca_file().unwrap());
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let ca_file = ca_file.to_str().unwrap();
+    let tk = Turnkey::serve(&["--allow-peer", "127.0.0.1"]);
+    let (server, secret) = (tk.udp().to_string(), tk.secret());
+    let mut args = vec!["--server", &server, "--secret", &secret, "--quiet", "--coordinate", &url];
+    args.extend([
+        "--coordinate-ca-file",
+        ca_file,
+        "--run-id",
+        "tls",
+        "--workers",
+        "1",
+        "--flows",
+        "1",
+        "--count",
+        "20",
+    ]);
+    let out = finish(spawn_load(None, &args), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = |ca: Option<&str>| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["load", "report", "--coordinate", &url, "--run-id", "tls", "--wait", "10"]);
+        if let Some(ca) = ca {
+            cmd.args(["--coordinate-ca-file", ca]);
+        }
+        run_with_timeout(&mut cmd, Duration::from_secs(60))
+    };
+    let trusted = report(Some(ca_file));
+    let text = String::from_utf8_lossy(&trusted.stdout);
+    assert_eq!(trusted.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(text.contains("20"), "{text}");
+    let untrusted = report(None);
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(untrusted.status.code(), Some(2), "without the CA nothing is trusted: {err}");
 }
 
 /// `deploy/kubernetes/load/` renders (render.py) into a Job that passes `kubernetes-validate

@@ -156,9 +156,15 @@ pub struct LoadArgs {
     #[arg(long)]
     pub recv_readiness: bool,
     /// Worker mode: coordinate with the other workers of the run through this Redis
-    /// (`redis://` or `rediss://`): a start barrier, disjoint user names, results published.
+    /// (`redis://`, `rediss://`, or a Sentinel-monitored primary:
+    /// `redis+sentinel://h1:26379,h2:26379/mymaster`, `rediss+sentinel://`): a start barrier,
+    /// disjoint user names, results published.
     #[arg(long, value_name = "URL", requires_all = ["run_id", "workers"])]
     pub coordinate: Option<String>,
+    /// Worker mode: CA certificate(s) (PEM) of the coordinating Redis servers, for `rediss://` and
+    /// `rediss+sentinel://` with a private CA (default: the system's roots).
+    #[arg(long, value_name = "FILE", requires = "coordinate")]
+    pub coordinate_ca_file: Option<PathBuf>,
     /// Worker mode: the run's name, shared by its workers (letters, digits, `-`, `_`, `.`).
     #[arg(long, value_name = "ID", requires = "coordinate")]
     pub run_id: Option<String>,
@@ -204,9 +210,13 @@ pub struct MergeArgs {
 /// `turnkey load report`.
 #[derive(Debug, Clone, Args)]
 pub struct ReportArgs {
-    /// The Redis the workers coordinated through.
+    /// The Redis the workers coordinated through (every form `--coordinate` takes).
     #[arg(long, value_name = "URL")]
     pub coordinate: String,
+    /// CA certificate(s) (PEM) of the coordinating Redis servers (`rediss://`,
+    /// `rediss+sentinel://`; default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub coordinate_ca_file: Option<PathBuf>,
     /// The run's name.
     #[arg(long, value_name = "ID")]
     pub run_id: String,

@@ -34,6 +34,7 @@
 //! Sentinel a published result waits for a replica's acknowledgement (`WAIT`) before the worker
 //! exits, so a failover right after it does not lose it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -152,9 +153,10 @@ impl std::fmt::Debug for RunKeys {
 }
 
 impl RunKeys {
-    /// Connects to `url` (never printed whole: it may hold a password) for run `run_id`.
-    pub async fn connect(url: &str, run_id: &str) -> Result<Self, LoadError> {
-        let target = RedisTarget::new(url, None).map_err(|e| LoadError::Coordinate(format!("Redis URL: {e}")))?;
+    /// Connects to `url` (never printed whole: it may hold a password) for run `run_id`,
+    /// trusting the servers' certificates from `ca_file` (TLS; `None`: the system's roots).
+    pub async fn connect(url: &str, ca_file: Option<&Path>, run_id: &str) -> Result<Self, LoadError> {
+        let target = RedisTarget::new(url, ca_file).map_err(|e| LoadError::Coordinate(format!("Redis URL: {e}")))?;
         let con = Primary::connect(&target).await?;
         let primary = Arc::new(Primary { target, con: tokio::sync::Mutex::new(con) });
         Ok(Self { primary, prefix: format!("turnkey-load:{run_id}:") })
@@ -232,12 +234,13 @@ impl Worker {
     /// expiring with `alive`) and reads the others', so its progress line shows the whole run.
     pub async fn join(
         url: &str,
+        ca_file: Option<&Path>,
         run_id: &str,
         workers: u32,
         barrier: Duration,
         progress: Arc<Progress>,
     ) -> Result<Self, LoadError> {
-        let keys = RunKeys::connect(url, run_id).await?;
+        let keys = RunKeys::connect(url, ca_file, run_id).await?;
         keys.set_nx("workers", &workers.to_string()).await?;
         if let Some(n) = keys.workers().await? {
             if n != workers {

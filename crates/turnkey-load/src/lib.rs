@@ -105,7 +105,9 @@ pub async fn run_worker(args: LoadArgs) -> Result<Report, LoadError> {
     };
     let barrier = Duration::from_secs_f64(args.barrier_timeout);
     let progress = Arc::new(Progress::default());
-    let worker = coordinate::Worker::join(&url, &run_id, workers, barrier, progress.clone()).await?;
+    let ca_file = args.coordinate_ca_file.clone();
+    let worker =
+        coordinate::Worker::join(&url, ca_file.as_deref(), &run_id, workers, barrier, progress.clone()).await?;
     let index = worker.index;
     let merge = args.merge_report && index == 0;
     let json = args.json.clone();
@@ -252,7 +254,7 @@ pub async fn run_cli(args: LoadArgs) -> Result<bool, LoadError> {
             if !(a.wait.is_finite() && a.wait >= 0.0) {
                 return Err(LoadError::Args("--wait must be a number of seconds".into()));
             }
-            let keys = coordinate::RunKeys::connect(&a.coordinate, &a.run_id).await?;
+            let keys = coordinate::RunKeys::connect(&a.coordinate, a.coordinate_ca_file.as_deref(), &a.run_id).await?;
             let r = coordinate::collect(&keys, Duration::from_secs_f64(a.wait)).await?;
             write_json(&r, a.json.as_deref())?;
             r
