@@ -272,6 +272,19 @@ fn with_permission(h: &mut Harness, t: FiveTuple) -> Auth {
     a
 }
 
+/// Allocates `n` allocations for one credential (user `crowd`), from distinct client addresses;
+/// returns the username.
+fn crowd(h: &mut Harness, n: usize) -> String {
+    let (u, p) = h.creds("crowd", 3600);
+    for i in 0..n {
+        let t = tuple(&format!("203.0.{}.{}:5555", 1 + i / 250, 1 + i % 250));
+        let a = Auth { user: u.clone(), pass: p.clone(), nonce: h.nonce(t) };
+        let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a))).unwrap();
+        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{i}");
+    }
+    u
+}
+
 fn bind_channel(h: &mut Harness, t: FiveTuple, a: &Auth, ch: u16, peer: &str) -> Option<u16> {
     let r = h.send(t, &request(METHOD_CHANNEL_BIND, &[Attr::Channel(ch), Attr::Peer(addr(peer))], Some(a))).unwrap();
     code(&r)

@@ -61,13 +61,7 @@ fn credential_expiry_and_revocation_tear_down_allocations() {
 fn a_mass_revocation_is_ended_in_bounded_sweeps() {
     let mut h = Harness::with(|c| c.max_allocations_per_user = 10_000);
     let n = MAX_ENDED_PER_SWEEP * 2 + 10;
-    let (u, p) = h.creds("crowd", 3600);
-    for i in 0..n {
-        let t = tuple(&format!("203.0.{}.{}:5555", 1 + i / 250, 1 + i % 250));
-        let a = Auth { user: u.clone(), pass: p.clone(), nonce: h.nonce(t) };
-        let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a))).unwrap();
-        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{i}");
-    }
+    let u = crowd(&mut h, n);
     let (bob, _) = {
         let t = tuple("198.51.100.9:5555");
         h.allocate(t, "bob")

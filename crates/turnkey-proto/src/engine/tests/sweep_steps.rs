@@ -6,18 +6,6 @@
 
 use super::*;
 
-/// Allocates `n` allocations for one credential, from distinct client addresses.
-fn crowd(h: &mut Harness, n: usize) -> String {
-    let (u, p) = h.creds("crowd", 3600);
-    for i in 0..n {
-        let t = tuple(&format!("203.0.{}.{}:5555", 1 + i / 250, 1 + i % 250));
-        let a = Auth { user: u.clone(), pass: p.clone(), nonce: h.nonce(t) };
-        let r = h.send(t, &request(METHOD_ALLOCATE, &[Attr::Transport(17)], Some(&a))).unwrap();
-        assert_eq!(r.typ.class, CLASS_SUCCESS_RESPONSE, "{i}");
-    }
-    u
-}
-
 /// Steps of the round started by the sweep now due (the first step included).
 fn steps_of_round(h: &mut Harness) -> usize {
     let due = h.engine.poll_timeout().saturating_duration_since(h.now.mono);
