@@ -73,18 +73,30 @@ pub fn require(tool: &str) -> bool {
 /// tool's own bind nothing else in the suite can take it, and a tool that binds with SO_REUSEPORT
 /// (coturn does) cannot join the group of a turnkey started on port 0.
 pub fn fixed_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    // Ports handed out by this process: the probe below only sees ports already bound, and a tool
+    // binds its port some time after it was chosen, so two calls before the first tool is up
+    // (three sentinels in a row) must not draw the same number.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
         .unwrap_or(32768);
     let (lo, hi) = (low.saturating_sub(12_000).max(1024), low.saturating_sub(1));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64
-        ^ u64::from(std::process::id()) << 20;
-    for i in 0..1000u64 {
-        let port = lo + ((seed.wrapping_mul(6364136223846793005).wrapping_add(i * 7919)) % u64::from(hi - lo)) as u16;
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1000 {
+        // A fresh random draw each time (RandomState is seeded per instance), so concurrent test
+        // processes do not walk the same sequence.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = lo + (h.finish() % u64::from(hi - lo)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
         let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
         let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
         if udp.is_ok() && tcp.is_ok() {
+            given.push(port);
             return port;
         }
     }
