@@ -643,9 +643,10 @@ fn server_metrics_report_the_relays_cpu_per_relayed_message() {
     // Pairs: each packet crosses both allocations each way (the drain outlasts the relay's
     // 500 ms counter flush, so the second scrape sees every packet).
     assert_eq!(u(&c["relayed_messages"]), 4 * u(&r["traffic"]["delivered"]), "{r}");
-    // (turnkey's process_cpu_seconds_total counts whole seconds: a 1 s run may show 0 or 1.)
+    // turnkey's process_cpu_seconds_total is the process's CPU clock, not whole seconds (the
+    // prometheus crate's own collector read 0 for a run like this one).
     let cpu = c["cpu_seconds"].as_f64().unwrap();
-    assert!((0.0..=2.0).contains(&cpu), "{r}");
+    assert!(cpu > 0.0 && cpu < 2.0, "{r}");
     let per = c["cpu_us_per_message"].as_f64().unwrap();
     assert!((per - cpu * 1e6 / 1600.0).abs() < 1e-6, "{r}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("messages relayed (counted by the server)"));

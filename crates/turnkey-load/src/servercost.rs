@@ -48,9 +48,8 @@ pub struct ServerCost {
     /// Average server CPU use over the scrapes' window, percent of one core.
     pub cpu_pct: f64,
     /// The run's window in seconds (from the first scrape to the end of the run; the second
-    /// scrape comes [`SETTLE`] later). Note the counter's resolution: turnkey's (the
-    /// `prometheus` crate's process collector) counts whole seconds, so runs of a few seconds
-    /// give coarse figures; measure for 30 s or more.
+    /// scrape comes [`SETTLE`] later). turnkey's counter is its CPU clock (fractional); other
+    /// exporters may count in clock ticks (10 ms), coarse for runs under a few seconds.
     pub window_secs: f64,
 }
 

@@ -18,6 +18,7 @@ mod issuer;
 mod issuer_fleet;
 mod obs;
 mod preflight;
+mod proc_cpu;
 mod process;
 mod secret;
 mod serve;

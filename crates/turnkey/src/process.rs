@@ -26,10 +26,10 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// The registry with the process collector and `turnkey_build_info`.
+/// The registry with the process metrics ([`crate::proc_cpu`]) and `turnkey_build_info`.
 pub(crate) fn new_registry() -> anyhow::Result<Registry> {
     let registry = Registry::new();
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    registry.register(Box::new(crate::proc_cpu::ProcessMetrics::for_self()?))?;
     obs::register_build_info(&registry)?;
     Ok(registry)
 }
