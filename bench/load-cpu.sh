@@ -6,6 +6,9 @@
 # x one message per ms). CPU (user + system, from /usr/bin/time, + the generator's NAPI thread
 # over a veth, printed as cpu U+S+N) is divided by the 160,000
 # packets sent (each is also received back, so per packet sent *and* received, halve it).
+# A LOAD_BIN that has `--one-way` also runs one way ("one-way" rows): the far allocation only
+# receives and measures, so each packet crosses the relay once, as uclient's do, and the
+# generator sends and receives each packet once: the like-for-like row against uclient.
 #
 # NET=veth runs the server and the generator each in its own network namespace joined by a veth
 # (bench/vethnet.py: threaded NAPI, each end's receive thread pinned to its side's core). On
@@ -18,6 +21,7 @@
 #   bench/load-cpu.sh SERVER_TURNKEY LOAD_BIN [LOAD_BIN ...]
 #   bench/load-cpu.sh target/release/turnkey /tmp/base/turnkey-load target/release/turnkey-load
 #
+# FLOOD=0 skips the flooding runs, UCLIENT=0 uclient's, PAIR=0 the pair-mode (round-trip) ones.
 # Each LOAD_BIN is a `turnkey-load` (or `turnkey`, called as `turnkey load`) binary. A fresh
 # server per run. Run it on an otherwise idle machine; REPS (default 3) repetitions each.
 set -uo pipefail
@@ -73,15 +77,19 @@ run() {
   python3 -c 'import sys; u,s,n=map(float,sys.argv[2:5]); print(f"{sys.argv[1]:<40} cpu {u:.2f}+{s:.2f}+{n:.2f} s  {1e6*(u+s+n)/160000:.2f} us/packet sent  {sys.argv[5]}")' "$name" "$u" "$s" "$n" "$extra"
 }
 loadcmd() { case "$(basename "$1")" in turnkey) echo "$1 load";; *) echo "$1";; esac; }
+has_one_way() { $1 --help 2>/dev/null | grep -q -- --one-way; }
 for rep in $(seq "$REPS"); do
   for bin in "$@"; do
     L=$(loadcmd "$(realpath "$bin")")
-    run "$bin flood #$rep" $L --server $SIP:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --flood --quiet --json "$DIR/report.json" --drain-ms 500
+    [ "${FLOOD:-1}" = 0 ] && continue
+    [ "${PAIR:-1}" != 0 ] && run "$bin flood #$rep" $L --server $SIP:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --flood --quiet --json "$DIR/report.json" --drain-ms 500
+    has_one_way "$L" && run "$bin flood one-way #$rep" $L --one-way --server $SIP:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --flood --quiet --json "$DIR/report.json" --drain-ms 500
   done
-  run "uclient flood #$rep" turnutils_uclient -y -c -m 20 -n 8000 -l 100 -z 0 -W "$SECRET" -u bench -p @PORT@ $SIP
+  [ "${FLOOD:-1}" != 0 ] && [ "${UCLIENT:-1}" != 0 ] && run "uclient flood #$rep" turnutils_uclient -y -c -m 20 -n 8000 -l 100 -z 0 -W "$SECRET" -u bench -p @PORT@ $SIP
   for bin in "$@"; do
     L=$(loadcmd "$(realpath "$bin")")
-    run "$bin 20k/s #$rep" $L --server $SIP:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --rate 2000 --quiet --json "$DIR/report.json" --drain-ms 500
+    [ "${PAIR:-1}" != 0 ] && run "$bin 20k/s #$rep" $L --server $SIP:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --rate 2000 --quiet --json "$DIR/report.json" --drain-ms 500
+    has_one_way "$L" && run "$bin 20k/s one-way #$rep" $L --one-way --server $SIP:@PORT@ --secret "$SECRET" --flows 10 --count 16000 --rate 2000 --quiet --json "$DIR/report.json" --drain-ms 500
   done
-  run "uclient 20k/s #$rep" turnutils_uclient -y -c -m 20 -n 8000 -l 100 -z 1 -W "$SECRET" -u bench -p @PORT@ $SIP
+  [ "${UCLIENT:-1}" != 0 ] && run "uclient 20k/s #$rep" turnutils_uclient -y -c -m 20 -n 8000 -l 100 -z 1 -W "$SECRET" -u bench -p @PORT@ $SIP
 done

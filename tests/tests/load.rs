@@ -82,6 +82,36 @@ fn udp_channel_pairs_match_the_relay_counters() {
 }
 
 #[test]
+fn one_way_pairs_cross_the_relay_once_and_measure_every_packet_at_the_far_side() {
+    let tk = Turnkey::serve(ALLOW_LOOPBACK);
+    let server = tk.udp().to_string();
+    let (code, r) =
+        load(&tk, &server, &["--one-way", "--flows", "4", "--rate", "200", "--count", "200", "--max-loss", "0"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["peer"], "one-way", "{r}");
+    assert_eq!((u(&r["traffic"]["sent"]), u(&r["traffic"]["delivered"])), (800, 800), "{r}");
+    // Every packet's one-way delay, read at the far allocation's socket.
+    let d = &r["traffic"]["rtt_us"];
+    assert_eq!(u(&d["count"]), 800, "{r}");
+    assert!(u(&d["min"]) >= 1 && u(&d["p50"]) < 1_000_000, "{r}");
+    settle(&tk);
+    // One crossing per packet: the near allocation's client → peer, the far one's peer → client.
+    assert_eq!(relayed(&tk, "client_to_peer", "udp"), (800, 80_000));
+    assert_eq!(relayed(&tk, "peer_to_client", "udp"), (800, 80_000));
+    assert_eq!(tk.metric("turnkey_relay_allocation_attempts_total", &["result=\"success\""]), 8.0);
+
+    // Over TCP with Send indications: the far side reads Data indications off the stream.
+    let tcp = tk.tcp().to_string();
+    let extra =
+        ["--one-way", "--transport", "tcp", "--mode", "send", "--flows", "2", "--rate", "100", "--count", "100"];
+    let (code, r) = load(&tk, &tcp, &[&extra[..], &["--max-loss", "0"]].concat());
+    assert_eq!(code, 0, "{r}");
+    assert_eq!((u(&r["traffic"]["sent"]), u(&r["traffic"]["delivered"])), (200, 200), "{r}");
+    settle(&tk);
+    assert_eq!(relayed(&tk, "client_to_peer", "tcp").0, 200);
+}
+
+#[test]
 fn a_loop_paced_finer_than_the_timer_tick_keeps_its_rate_and_matches_the_relay_counters() {
     // 4 flows at 9,000 packets/s on one loop: 36 packets per 1 ms tick, above --pace-burst 32,
     // so the loop paces in sub-millisecond gaps (crates/turnkey-load/src/pacer.rs).

@@ -92,6 +92,12 @@ pub struct LoadArgs {
     /// address this host sends from towards --server (loopback for a server on this machine).
     #[arg(long)]
     pub echo_peer: bool,
+    /// Pair mode, one way: the far allocation of each flow only receives, and each packet's
+    /// one-way delay is measured (both ends are in this process, on one clock), instead of being
+    /// sent back for a round trip. One relay crossing per packet sent, as `turnutils_uclient -y`
+    /// measures: half the relay's and the generator's work per packet.
+    #[arg(long, conflicts_with_all = ["echo_peer", "peer_addr"])]
+    pub one_way: bool,
     /// TLS: accept any server certificate.
     #[arg(long, conflicts_with = "ca")]
     pub insecure: bool,

@@ -142,8 +142,13 @@ pub async fn recv_loop(
     counters: &FlowCounters,
     rtt: Histogram<u64>,
     fresh_nonce: &Mutex<Option<Vec<u8>>>,
+    mut keep: Option<(&mut Tx, &mut Keepalive)>,
 ) -> RecvOutcome {
     let (flow, phase) = ids;
+    // A one-way flow's far side has no other task: its keep-alives are sent from here.
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+    let tick = sleep_until(keep.as_ref().map_or(far_future, |(_, ka)| ka.next()));
+    tokio::pin!(tick);
     let mut out = RecvOutcome { delivered: 0, reordered: 0, rtt, error_codes: Vec::new(), error: None };
     let mut next_seq = 0u64;
     let mut total: Option<u64> = None;
@@ -195,12 +200,52 @@ pub async fn recv_loop(
                 }
             }
             () = &mut deadline, if total.is_some() => break,
+            () = &mut tick, if keep.is_some() => {
+                if let Some((tx, ka)) = keep.as_mut() {
+                    if let Err(e) = ka.tick(tx).await {
+                        out.error = Some(e);
+                        break;
+                    }
+                    tick.as_mut().reset(ka.next());
+                }
+            }
         }
         if total.is_some_and(|t| out.delivered >= t) {
             break;
         }
     }
     out
+}
+
+/// Reads what a one-way flow's near allocation gets (answers to its keep-alives: its packets
+/// arrive at the far side) until `stop` changes; returns the answers' error codes, and hands a
+/// 438's NONCE to the keep-alive through `fresh_nonce`.
+pub async fn control_loop(
+    rx: &mut Rx,
+    epoch: std::time::Instant,
+    mut stop: watch::Receiver<bool>,
+    fresh_nonce: &Mutex<Option<Vec<u8>>>,
+) -> Vec<u16> {
+    let mut codes = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            r = rx.recv_each(epoch, |frame, _| {
+                if let Received::Error(code, nonce) = data_of(frame) {
+                    codes.push(code);
+                    if let (438, Some(n), Ok(mut slot)) = (code, nonce, fresh_nonce.lock()) {
+                        *slot = Some(n.to_vec());
+                    }
+                }
+            }) => {
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    codes
 }
 
 /// The far side of a paired flow: sends every packet back to `back_to` through its own

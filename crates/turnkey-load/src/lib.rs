@@ -164,6 +164,7 @@ async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) ->
     let peer = match (&args.peer_addr, args.echo_peer) {
         (Some(p), _) => PeerKind::External(resolve(p).await?),
         (None, true) => PeerKind::OwnEcho,
+        (None, false) if args.one_way => PeerKind::OneWay,
         (None, false) => PeerKind::Pair,
     };
     let mut creds = match route {
@@ -189,6 +190,7 @@ async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) ->
         server: server.to_string(),
         peer: match peer {
             PeerKind::Pair => "pair".into(),
+            PeerKind::OneWay => "one-way".into(),
             PeerKind::OwnEcho => "echo".into(),
             PeerKind::External(a) => a.to_string(),
         },
@@ -230,8 +232,7 @@ async fn run_as(args: LoadArgs, worker: Option<u32>, progress: Arc<Progress>) ->
         tokio::time::sleep(servercost::SETTLE).await;
         let after = servercost::scrape(&client, &url).await?;
         let t = &report.traffic;
-        let per_trip = if peer == PeerKind::Pair { 2 } else { 1 };
-        let load_messages = (t.sent + t.delivered) * per_trip;
+        let load_messages = peer.relayed_messages(t.sent, t.delivered);
         report.server_cost = Some(servercost::ServerCost::between(&url, before, after, window, load_messages));
     }
     report.judge(ctx.args.max_loss, ctx.args.max_p99, ctx.args.unauthenticated);

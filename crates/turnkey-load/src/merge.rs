@@ -50,21 +50,24 @@ pub fn merge(reports: &[Report], missing: Vec<String>) -> Result<Report, LoadErr
         return Err(LoadError::Report("no report to merge".into()));
     };
     for r in &reports[1..] {
-        let same = (&r.scenario, &r.transport, &r.mode, r.payload_bytes, &r.profile)
-            == (&first.scenario, &first.transport, &first.mode, first.payload_bytes, &first.profile);
+        // One-way delays and round trips are not one histogram.
+        let same = (&r.scenario, &r.transport, &r.mode, r.payload_bytes, &r.profile, r.one_way())
+            == (&first.scenario, &first.transport, &first.mode, first.payload_bytes, &first.profile, first.one_way());
         if !same {
             return Err(LoadError::Report(format!(
-                "reports of different runs: {} over {} ({}, {} B, {}) and {} over {} ({}, {} B, {})",
+                "reports of different runs: {} over {} ({}, {} B, {}, peer {}) and {} over {} ({}, {} B, {}, peer {})",
                 first.scenario,
                 first.transport,
                 first.mode,
                 first.payload_bytes,
                 first.profile,
+                first.peer,
                 r.scenario,
                 r.transport,
                 r.mode,
                 r.payload_bytes,
-                r.profile
+                r.profile,
+                r.peer
             )));
         }
     }
@@ -301,6 +304,13 @@ mod tests {
         let a = Report { scenario: "relay".into(), payload_bytes: 100, ..Report::default() };
         let b = Report { payload_bytes: 200, ..a.clone() };
         assert!(merge(&[a.clone(), b], Vec::new()).is_err());
+        // One-way delays do not merge with round trips.
+        let pair = Report { peer: "pair".into(), ..a.clone() };
+        let one_way = Report { peer: "one-way".into(), ..a.clone() };
+        let e = merge(&[pair.clone(), one_way.clone()], Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("peer pair") && e.contains("peer one-way"), "{e}");
+        assert!(merge(&[one_way.clone(), one_way], Vec::new()).is_ok());
+        assert!(merge(&[pair.clone(), Report { peer: "echo".into(), ..a.clone() }], Vec::new()).is_ok());
         let mut old = Report { traffic: traffic(&[10, 20], 2, 1.0), ..a.clone() };
         old.traffic.rtt_hist.clear();
         let e = merge(&[a, old], Vec::new()).unwrap_err().to_string();

@@ -28,11 +28,30 @@ use crate::{Ctx, LoadError};
 pub enum PeerKind {
     /// A second allocation of the tool, reflecting through the relay.
     Pair,
+    /// A second allocation of the tool that only receives (`--one-way`): each packet crosses
+    /// the relay once and its one-way delay is measured.
+    OneWay,
     /// The tool's own UDP echo socket on loopback.
     OwnEcho,
     /// An external UDP echo peer.
     External(SocketAddr),
 }
+
+impl PeerKind {
+    /// Messages the relay relayed for `sent` packets of which `delivered` came back (or, one
+    /// way, arrived): each crossing of the relay is a client → peer and a peer → client
+    /// message, and a pair's round trip crosses it twice, an echo peer's once.
+    pub fn relayed_messages(self, sent: u64, delivered: u64) -> u64 {
+        match self {
+            PeerKind::Pair => (sent + delivered) * 2,
+            PeerKind::OneWay | PeerKind::OwnEcho | PeerKind::External(_) => sent + delivered,
+        }
+    }
+}
+
+/// A one-way flow's far allocation, kept between phases: its receiver reads the flow's packets
+/// and sends its keep-alives.
+type Far = (Tx, Rx, Keepalive);
 
 /// Runs the `relay` or `ramp` scenario into `report`.
 pub async fn run(ctx: &Ctx, peer: PeerKind, report: &mut Report) -> Result<(), LoadError> {
@@ -67,7 +86,9 @@ struct Flow {
     peer: SocketAddr,
     tpl: PacketTemplate,
     counters: Arc<FlowCounters>,
-    far: Option<tokio::task::JoinHandle<(Tx, Rx, Keepalive)>>,
+    far: Option<tokio::task::JoinHandle<Far>>,
+    /// One way: the far allocation, whose receiver measures the flow.
+    far_conn: Option<Far>,
 }
 
 async fn setup_flows(
@@ -153,7 +174,7 @@ async fn setup_flow_inner(
             tokio::spawn(flow::echo_loop(sock, stop.clone()));
             (addr, None)
         }
-        PeerKind::Pair => {
+        PeerKind::Pair | PeerKind::OneWay => {
             let far_lease = ctx.pair_lease(&lease, u64::from(id) * 2 + 1)?;
             let mut far = ctx.allocate_at(&far_lease, times).await?;
             let far_relayed = far.relayed().unwrap_or(server);
@@ -164,9 +185,13 @@ async fn setup_flow_inner(
     bind(&mut near, channel, peer_addr).await?;
     let far = far.map(|far| {
         let (tx, rx, auth) = far.into_parts();
-        let ka = Keepalive::new(auth, near_relayed, channel, ctx.args.lifetime);
-        tokio::spawn(flow::reflect_loop(tx, rx, ka, stop, ctx.epoch))
+        (tx, rx, Keepalive::new(auth, near_relayed, channel, ctx.args.lifetime))
     });
+    let (far, far_conn) = match far {
+        Some(far) if peer == PeerKind::OneWay => (None, Some(far)),
+        Some((tx, rx, ka)) => (Some(tokio::spawn(flow::reflect_loop(tx, rx, ka, stop, ctx.epoch))), None),
+        None => (None, None),
+    };
     let (tx, rx, auth) = near.into_parts();
     let wire = if channel { Wire::Channel } else { Wire::Send(peer_addr) };
     Ok(Flow {
@@ -177,6 +202,7 @@ async fn setup_flow_inner(
         peer: peer_addr,
         counters: Arc::default(),
         far,
+        far_conn,
     })
 }
 
@@ -210,9 +236,10 @@ async fn run_phase(
     let mut alone = Vec::new();
     let mut receivers = Vec::new();
     for f in flows.iter_mut() {
-        let Some((tx, mut rx)) = f.conn.take() else {
+        let Some((tx, rx)) = f.conn.take() else {
             continue;
         };
+        let far = f.far_conn.take();
         let (done_tx, done_rx) = watch::channel(None);
         let ka = Keepalive::new(f.auth.clone(), f.peer, channel, ctx.args.lifetime);
         let nonce = ka.fresh_nonce.clone();
@@ -225,8 +252,27 @@ async fn run_phase(
         }
         let (counters, h) = (f.counters.clone(), hist.clone());
         let receiver = loops.of(f.id).spawn(async move {
-            let out = flow::recv_loop(&mut rx, ids, epoch, done_rx, drain, &counters, h, &nonce).await;
-            (rx, out)
+            let Some((mut far_tx, mut far_rx, mut far_ka)) = far else {
+                let mut rx = rx;
+                let out = flow::recv_loop(&mut rx, ids, epoch, done_rx, drain, &counters, h, &nonce, None).await;
+                return (rx, None, out);
+            };
+            // One way: the far allocation's receiver measures the flow (and sends the far
+            // side's keep-alives); the near side only gets answers to its own keep-alives.
+            let mut near_rx = rx;
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let far_nonce = far_ka.fresh_nonce.clone();
+            let data = async {
+                let keep = Some((&mut far_tx, &mut far_ka));
+                let out =
+                    flow::recv_loop(&mut far_rx, ids, epoch, done_rx, drain, &counters, h, &far_nonce, keep).await;
+                let _ = stop_tx.send(true);
+                out
+            };
+            let control = flow::control_loop(&mut near_rx, epoch, stop_rx, &nonce);
+            let (mut out, codes) = tokio::join!(data, control);
+            out.error_codes.extend(codes);
+            (near_rx, Some((far_tx, far_rx, far_ka)), out)
         });
         receivers.push((f.id, receiver));
     }
@@ -258,7 +304,7 @@ async fn run_phase(
     let mut rtt = hist;
     let mut last_end = start;
     for (id, receiver) in receivers {
-        let (Some(send), Ok((rx, out))) = (senders.remove(&id), receiver.await) else {
+        let (Some(send), Ok((rx, far, out))) = (senders.remove(&id), receiver.await) else {
             report.count_error("task");
             continue;
         };
@@ -275,6 +321,7 @@ async fn run_phase(
         }
         if let Some(f) = flows.iter_mut().find(|f| f.id == id) {
             f.conn = Some((send.tx, rx));
+            f.far_conn = far;
         }
     }
     Ok(Traffic::compute(sent, delivered, reordered, ctx.args.payload(), last_end - start, &rtt))
@@ -299,8 +346,7 @@ async fn ramp(ctx: &Ctx, loops: &Loops, peer: PeerKind, flows: &mut [Flow], step
         let mut server_cost = None;
         if let Some((url, b, t0)) = before {
             if let Ok(a) = servercost::scrape(&http, url).await {
-                let per_trip = if peer == PeerKind::Pair { 2 } else { 1 };
-                let load = (traffic.sent + traffic.delivered) * per_trip;
+                let load = peer.relayed_messages(traffic.sent, traffic.delivered);
                 server_cost = Some(ServerCost::between(url, b, a, t0.elapsed(), load));
             }
         }
@@ -334,15 +380,17 @@ async fn release(ctx: &Ctx, loops: &Loops, flows: Vec<Flow>) {
         let auth = f.auth;
         let near = f.conn;
         let far = f.far;
+        let far_conn = f.far_conn;
         set.spawn_on(
             async move {
                 if let Some((tx, rx)) = near {
                     let _ = TurnClient::from_parts(tx, rx, auth, timeout).refresh(0).await;
                 }
-                if let Some(Ok((tx, rx, ka))) = match far {
-                    Some(h) => Some(h.await),
-                    None => None,
-                } {
+                let far = match (far, far_conn) {
+                    (Some(h), _) => h.await.ok(),
+                    (None, far) => far,
+                };
+                if let Some((tx, rx, ka)) = far {
                     let _ = TurnClient::from_parts(tx, rx, ka.into_auth(), timeout).refresh(0).await;
                 }
             },

@@ -21,7 +21,9 @@ pub struct Report {
     /// The server address used (`--server`, resolved); with `--issuer` and no `--server`, every
     /// server the issuer handed out, comma-separated (see `servers`).
     pub server: String,
-    /// `pair` (two allocations per flow), `echo` (own echo peer) or the `--peer-addr`.
+    /// `pair` (two allocations per flow), `one-way` (two allocations per flow, the far one only
+    /// receiving: `traffic.rtt_us` holds one-way delays), `echo` (own echo peer) or the
+    /// `--peer-addr`.
     pub peer: String,
     /// Flows asked for.
     pub flows_requested: u32,
@@ -83,7 +85,8 @@ pub struct Traffic {
     pub delivered_pps: f64,
     /// Payload bits per second delivered.
     pub delivered_bps: f64,
-    /// Round-trip time (client → relay → peer → relay → client), microseconds.
+    /// Round-trip time (client → relay → peer → relay → client), microseconds; with `peer`
+    /// `one-way` (`--one-way`), the one-way delay (client → relay → the far allocation's client).
     pub rtt_us: Percentiles,
     /// The round trips' HDR histogram: V2 serialization, base64 (empty: no samples); what
     /// `turnkey load merge` adds up.
@@ -353,6 +356,11 @@ impl Traffic {
 }
 
 impl Report {
+    /// Whether `traffic.rtt_us` holds one-way delays (`--one-way`) rather than round trips.
+    pub fn one_way(&self) -> bool {
+        self.peer == "one-way"
+    }
+
     /// Counts one failure under `label`.
     pub fn count_error(&mut self, label: impl Into<String>) {
         *self.errors.entry(label.into()).or_insert(0) += 1;
@@ -395,7 +403,8 @@ impl Report {
         if let Some(max) = max_p99_ms {
             let p99_ms = t.rtt_us.p99 as f64 / 1000.0;
             if p99_ms > max {
-                v.violations.push(format!("p99 round trip {p99_ms:.3} ms exceeds --max-p99 {max} ms"));
+                let what = if self.one_way() { "one-way delay" } else { "round trip" };
+                v.violations.push(format!("p99 {what} {p99_ms:.3} ms exceeds --max-p99 {max} ms"));
             }
         }
         for w in &self.missing_workers {
@@ -418,7 +427,7 @@ fn rate(x: f64) -> String {
     }
 }
 
-fn write_traffic(f: &mut fmt::Formatter<'_>, t: &Traffic) -> fmt::Result {
+fn write_traffic(f: &mut fmt::Formatter<'_>, t: &Traffic, one_way: bool) -> fmt::Result {
     writeln!(
         f,
         "  sent {} delivered {} lost {} ({:.3}%) reordered {} in {:.2} s",
@@ -429,7 +438,8 @@ fn write_traffic(f: &mut fmt::Formatter<'_>, t: &Traffic) -> fmt::Result {
     let r = &t.rtt_us;
     writeln!(
         f,
-        "  rtt ms    min {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        "  {} min {:.3} p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        if one_way { "delay ms" } else { "rtt ms  " },
         r.min as f64 / 1e3,
         r.p50 as f64 / 1e3,
         r.p90 as f64 / 1e3,
@@ -457,7 +467,7 @@ impl fmt::Display for Report {
                 "  flows {}/{} established, payload {} B, rate per flow {}{}",
                 self.flows_established, self.flows_requested, self.payload_bytes, rate, shape
             )?;
-            write_traffic(f, &self.traffic)?;
+            write_traffic(f, &self.traffic, self.one_way())?;
         }
         let a = &self.allocations;
         writeln!(
