@@ -39,9 +39,13 @@ pub(crate) struct ShardState {
     sessions: (Arc<SessionTable>, ShardSlot),
     /// This shard's next session snapshot, built a slice per sweep step.
     snapshot: SnapshotRound,
-    /// When the kernel fast path's counters are next read (once per sweep interval, however
-    /// many steps the sweep takes).
+    /// When the kernel fast path's next collect round starts (once per sweep interval, however
+    /// many steps the sweep or the round takes).
     kernel_due: Instant,
+    /// A collect round is under way: its next step runs at the next sweep step.
+    kernel_round: bool,
+    /// The allocations the current step's collect visited (their caps rechecked after it).
+    kernel_visited: Vec<crate::engine::AllocationId>,
 }
 
 impl ShardState {
@@ -59,6 +63,8 @@ impl ShardState {
             sessions,
             snapshot: SnapshotRound::new(crate::clock::now().mono),
             kernel_due: crate::clock::now().mono,
+            kernel_round: false,
+            kernel_visited: Vec::new(),
         }
     }
 
@@ -91,20 +97,26 @@ impl ShardState {
     /// a session snapshot is cut into steps.
     pub fn sweep_due(&self) -> Instant {
         let engine = self.engine.poll_timeout();
+        // A collect round under way: its next step is due now (the round's start has passed).
+        let round = self.kernel_due.checked_sub(crate::engine::SWEEP_INTERVAL).unwrap_or(self.kernel_due);
+        let engine = if self.kernel_round { engine.min(round) } else { engine };
         self.snapshot.due(&self.sessions.0).map_or(engine, |due| engine.min(due))
     }
 
-    /// One bounded step of the shard's periodic work: the engine's timer (expiry, revocations,
-    /// usage; at most `MAX_VISITED_PER_SWEEP` allocations), the operator's kills, a slice of
-    /// this shard's session snapshot, then every count exported. No step is proportional to
-    /// every allocation the shard holds: the driver runs the shard's I/O between two steps.
+    /// One bounded step of the shard's periodic work: a step of the kernel fast path's collect
+    /// round (at most `fastpath::MAX_READS_PER_STEP` counter reads), the engine's timer (expiry,
+    /// revocations, usage; at most `MAX_VISITED_PER_SWEEP` allocations), the operator's kills, a
+    /// slice of this shard's session snapshot, then every count exported. No step is
+    /// proportional to every allocation the shard holds: the driver runs the shard's I/O between
+    /// two steps.
     pub fn sweep(&mut self, now: Now) {
-        let kernel_turn = self.kernel.is_some() && now.mono >= self.kernel_due;
-        if kernel_turn {
+        let kernel_turn = self.kernel.is_some() && (self.kernel_round || now.mono >= self.kernel_due);
+        if kernel_turn && !self.kernel_round {
             self.kernel_due = now.mono + crate::engine::SWEEP_INTERVAL;
         }
+        self.kernel_visited.clear();
         if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
-            k.collect(*shard, &mut self.engine);
+            self.kernel_round = !k.collect(*shard, &mut self.engine, &mut self.kernel_visited);
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
@@ -114,7 +126,7 @@ impl ShardState {
         });
         self.export_all();
         if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
-            k.recheck(*shard, &self.engine);
+            k.recheck(*shard, &self.engine, &self.kernel_visited);
         }
     }
 
