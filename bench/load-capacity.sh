@@ -2,7 +2,7 @@
 # Capacity ramp against turnkey user space (issue 23): does the ramp end on the server's core?
 # The server (one shard, --fast-path off) runs on core 0 with its Prometheus endpoint on; the
 # generator on core 1 raises the rate of 10 pair flows of 100-byte packets step by step (SECS a
-# step, default 10: turnkey's process_cpu_seconds_total moves in whole seconds) until loss
+# step, default 10) until loss
 # exceeds LOSS_PCT, scraping the server's CPU counter before and after every step
 # (--server-metrics). Prints every step (offered packets/s, loss, the server's
 # CPU % of one core and its CPU per relayed message), the capacity (the highest loss-free
