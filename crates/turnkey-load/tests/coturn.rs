@@ -97,6 +97,26 @@ async fn udp_channel_pairs_match_coturn_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_one_way_pairs_match_coturn_counts() {
+    let Some(c) = Coturn::start(false) else {
+        return;
+    };
+    let extra = ["--secret", &c.secret, "--one-way", "--flows", "3", "--rate", "200", "--count", "200"];
+    let r = load(&c.addr(), &extra).await;
+    assert_consistent(&r);
+    assert_eq!((r.peer.as_str(), r.allocations.succeeded), ("one-way", 6), "{r}");
+    assert_eq!((r.traffic.sent, r.traffic.delivered), (600, 600), "{r}");
+    // coturn's own counts: the near allocations (even ids) sent every packet to their peers and
+    // got nothing back; the far ones received every packet from their peers and sent nothing.
+    let usage = c.peer_usage(6);
+    let sum = |far: bool, f: fn(&(u64, u64)) -> u64| -> u64 {
+        usage.iter().filter(|(id, _)| (*id % 2 == 1) == far).map(|(_, u)| f(u)).sum()
+    };
+    assert_eq!((sum(false, |u| u.1), sum(false, |u| u.0)), (600, 0), "near sp, rp: {usage:?}");
+    assert_eq!((sum(true, |u| u.0), sum(true, |u| u.1)), (600, 0), "far rp, sp: {usage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_send_mode_with_json_report() {
     let Some(c) = Coturn::start(false) else {
         return;
