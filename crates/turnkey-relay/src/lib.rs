@@ -18,6 +18,7 @@ mod clients;
 pub mod clock;
 mod error;
 pub mod fastpath;
+mod handshake;
 pub mod loopclock;
 pub mod metrics;
 mod outq;

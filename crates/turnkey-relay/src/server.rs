@@ -154,6 +154,7 @@ pub async fn run(
             kernel: (cfg.kernel.clone(), i),
         };
         let limiter = limiter.clone();
+        let handshakes = tokio::runtime::Handle::current();
         let t = std::thread::Builder::new().name(format!("turnkey-shard-{i}")).spawn(move || {
             if let Some(priority) = cfg.shard_rt_priority.realtime() {
                 match crate::priority::realtime_this_thread(cfg.shard_rt_priority) {
@@ -175,7 +176,7 @@ pub async fn run(
                 metrics,
                 Ports::new(cfg.relay.clone(), reservations),
                 listeners,
-                StreamSettings { limits: cfg.stream.clone(), limiter, tls: cfg.tls.clone() },
+                StreamSettings { limits: cfg.stream.clone(), limiter, tls: cfg.tls.clone(), handshakes },
                 stop,
             ));
             rt.block_on(turns.turns(i, run))
@@ -221,6 +222,8 @@ struct StreamSettings {
     limits: StreamLimits,
     limiter: ConnLimiter,
     tls: Option<TlsConfigs>,
+    /// The control runtime, where TLS handshakes run (`crate::handshake`).
+    handshakes: tokio::runtime::Handle,
 }
 
 /// What a shard's engine is built from, and the node-wide session listing it publishes to.
@@ -243,6 +246,7 @@ async fn shard_main(
         limits: streams.limits,
         limiter: streams.limiter,
         tls: streams.tls,
+        handshakes: Some(streams.handshakes),
         metrics: metrics.clone(),
     });
     let ShardEngine { cfg, shared, sessions } = engine;

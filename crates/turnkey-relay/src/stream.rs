@@ -49,6 +49,9 @@ pub(crate) struct StreamCtx {
     pub limits: StreamLimits,
     pub limiter: ConnLimiter,
     pub tls: Option<TlsConfigs>,
+    /// Where TLS handshakes run ([`crate::handshake`]): the relay's control runtime (`None`:
+    /// the shard's own, as in tests that build a context by hand).
+    pub handshakes: Option<tokio::runtime::Handle>,
     pub metrics: RelayMetrics,
 }
 
@@ -121,12 +124,10 @@ async fn connection(
     let (reason, writer) = match (tuple.transport, &ctx.tls) {
         (Transport::Tls, Some(configs)) => {
             let deadline = tokio::time::Instant::from_std(timers.deadline());
-            let handshake = async {
-                let acceptor = tokio_rustls::LazyConfigAcceptor::new(Default::default(), tcp);
-                let start = acceptor.await?;
-                let config = configs.choose(&start.client_hello());
-                start.into_stream(config).await
-            };
+            // Off the shard's thread: the handshake's crypto would hold every socket of the
+            // shard unread meanwhile.
+            let on = ctx.handshakes.clone().unwrap_or_else(tokio::runtime::Handle::current);
+            let handshake = crate::handshake::accept_tls(&on, tcp, configs);
             match tokio::time::timeout_at(deadline, handshake).await {
                 Err(_) => (CloseReason::HandshakeTimeout, None),
                 Ok(Err(e)) => {
@@ -332,8 +333,13 @@ mod tests {
 
     /// A shard serving plain TCP on a loopback port with `limits` (call inside a `LocalSet`).
     fn serve_tcp(metrics: &RelayMetrics, limits: StreamLimits) -> (SocketAddr, Rc<RefCell<ShardState>>, Rc<StreamCtx>) {
-        let ctx =
-            Rc::new(StreamCtx { limits, limiter: ConnLimiter::new(64, 100), tls: None, metrics: metrics.clone() });
+        let ctx = Rc::new(StreamCtx {
+            limits,
+            limiter: ConnLimiter::new(64, 100),
+            tls: None,
+            handshakes: None,
+            metrics: metrics.clone(),
+        });
         let std_listener = bind_tcp_shards("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
         let addr = std_listener.local_addr().unwrap();
         let listener = TcpListener::from_std(std_listener).unwrap();
