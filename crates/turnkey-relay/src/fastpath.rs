@@ -165,7 +165,7 @@ impl KernelPath {
     /// session listing's `fast_path`; read at the shard's sweep).
     pub fn in_kernel(&self, shard: usize) -> HashSet<AllocationId> {
         let g = self.lock();
-        g.mirrors.range(shard_range(shard)).filter(|(_, m)| !m.bound.is_empty()).map(|((_, id), _)| *id).collect()
+        g.mirrors.range(after_range(shard, None)).filter(|(_, m)| !m.bound.is_empty()).map(|((_, id), _)| *id).collect()
     }
 
     /// Mirrors one engine event of shard `shard` (`relayed_local`: the relay socket's local
@@ -335,11 +335,6 @@ impl KernelPath {
 
 /// A mirror key: shard, then allocation.
 type MirrorKey = (usize, AllocationId);
-
-/// Every mirror key of shard `shard`.
-fn shard_range(shard: usize) -> std::ops::RangeInclusive<MirrorKey> {
-    (shard, AllocationId(0))..=(shard, AllocationId(u64::MAX))
-}
 
 /// The mirror keys of shard `shard` after allocation `after` (all of them for `None`).
 fn after_range(shard: usize, after: Option<AllocationId>) -> (Bound<MirrorKey>, Bound<MirrorKey>) {

@@ -42,8 +42,8 @@ pub(crate) struct ShardState {
     /// When the kernel fast path's next collect round starts (once per sweep interval, however
     /// many steps the sweep or the round takes).
     kernel_due: Instant,
-    /// A collect round is under way: its next step runs at the next sweep step.
-    kernel_round: bool,
+    /// When the collect round under way started: its next step is due (at the next sweep step).
+    kernel_round: Option<Instant>,
     /// The allocations the current step's collect visited (their caps rechecked after it).
     kernel_visited: Vec<crate::engine::AllocationId>,
 }
@@ -63,7 +63,7 @@ impl ShardState {
             sessions,
             snapshot: SnapshotRound::new(crate::clock::now().mono),
             kernel_due: crate::clock::now().mono,
-            kernel_round: false,
+            kernel_round: None,
             kernel_visited: Vec::new(),
         }
     }
@@ -98,8 +98,7 @@ impl ShardState {
     pub fn sweep_due(&self) -> Instant {
         let engine = self.engine.poll_timeout();
         // A collect round under way: its next step is due now (the round's start has passed).
-        let round = self.kernel_due.checked_sub(crate::engine::SWEEP_INTERVAL).unwrap_or(self.kernel_due);
-        let engine = if self.kernel_round { engine.min(round) } else { engine };
+        let engine = self.kernel_round.map_or(engine, |started| engine.min(started));
         self.snapshot.due(&self.sessions.0).map_or(engine, |due| engine.min(due))
     }
 
@@ -110,13 +109,15 @@ impl ShardState {
     /// proportional to every allocation the shard holds: the driver runs the shard's I/O between
     /// two steps.
     pub fn sweep(&mut self, now: Now) {
-        let kernel_turn = self.kernel.is_some() && (self.kernel_round || now.mono >= self.kernel_due);
-        if kernel_turn && !self.kernel_round {
+        let kernel_turn = self.kernel.is_some() && (self.kernel_round.is_some() || now.mono >= self.kernel_due);
+        if kernel_turn && self.kernel_round.is_none() {
             self.kernel_due = now.mono + crate::engine::SWEEP_INTERVAL;
         }
         self.kernel_visited.clear();
         if let Some((k, shard)) = self.kernel.as_ref().filter(|_| kernel_turn) {
-            self.kernel_round = !k.collect(*shard, &mut self.engine, &mut self.kernel_visited);
+            let started = self.kernel_round.unwrap_or(now.mono);
+            let done = k.collect(*shard, &mut self.engine, &mut self.kernel_visited);
+            self.kernel_round = (!done).then_some(started);
         }
         self.engine.handle_timeout(now, &mut self.ports);
         let (table, slot) = &self.sessions;
