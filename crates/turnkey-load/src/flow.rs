@@ -162,9 +162,7 @@ pub async fn recv_loop(
                     Received::Data(d) | Received::Indication(d, _) => d,
                     Received::Error(code, nonce) => {
                         out.error_codes.push(code);
-                        if let (438, Some(n), Ok(mut slot)) = (code, nonce, fresh_nonce.lock()) {
-                            *slot = Some(n.to_vec());
-                        }
+                        learn_stale_nonce(code, nonce, fresh_nonce);
                         return;
                     }
                     Received::Other => return,
@@ -217,6 +215,14 @@ pub async fn recv_loop(
     out
 }
 
+/// Hands the NONCE of a 438 (stale nonce) answer to the keep-alive that reads `slot`, so its next
+/// refreshes are signed with it; any other answer leaves the slot alone.
+fn learn_stale_nonce(code: u16, nonce: Option<&[u8]>, slot: &Mutex<Option<Vec<u8>>>) {
+    if let (438, Some(n), Ok(mut s)) = (code, nonce, slot.lock()) {
+        *s = Some(n.to_vec());
+    }
+}
+
 /// Reads what a one-way flow's near allocation gets (answers to its keep-alives: its packets
 /// arrive at the far side) until `stop` changes; returns the answers' error codes, and hands a
 /// 438's NONCE to the keep-alive through `fresh_nonce`.
@@ -234,9 +240,7 @@ pub async fn control_loop(
             r = rx.recv_each(epoch, |frame, _| {
                 if let Received::Error(code, nonce) = data_of(frame) {
                     codes.push(code);
-                    if let (438, Some(n), Ok(mut slot)) = (code, nonce, fresh_nonce.lock()) {
-                        *slot = Some(n.to_vec());
-                    }
+                    learn_stale_nonce(code, nonce, fresh_nonce);
                 }
             }) => {
                 if r.is_err() {
@@ -285,13 +289,11 @@ pub async fn reflect_loop(
                         // DATA is the last attribute: its value, then its padding.
                         (&indication[..], indication.len() - data.len() - (4 - data.len() % 4) % 4)
                     }
-                    Received::Error(438, Some(n)) => {
-                        if let Ok(mut slot) = keepalive.fresh_nonce.lock() {
-                            *slot = Some(n.to_vec());
-                        }
+                    Received::Error(code, nonce) => {
+                        learn_stale_nonce(code, nonce, &keepalive.fresh_nonce);
                         return;
                     }
-                    _ => return,
+                    Received::Other => return,
                 };
                 // (size, count) runs; a stream needs no runs (one write of everything).
                 match runs.last_mut() {
