@@ -125,6 +125,21 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio_rustls::rustls;
 
+    /// A relay's side of a test: the handshake runtime (`control`), a shard's runtime, and a
+    /// listener on the shard.
+    struct Sides {
+        control: tokio::runtime::Runtime,
+        shard: tokio::runtime::Runtime,
+        listener: tokio::net::TcpListener,
+    }
+
+    fn sides() -> Sides {
+        let control = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let shard = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let listener = shard.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        Sides { control, shard, listener }
+    }
+
     fn configs_and_roots() -> (TlsConfigs, rustls::RootCertStore) {
         let dir = tempfile::tempdir().unwrap();
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
@@ -143,9 +158,7 @@ mod tests {
     #[test]
     fn the_handshake_runs_elsewhere_and_the_connection_comes_back_whole() {
         let (configs, roots) = configs_and_roots();
-        let control = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let shard = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let listener = shard.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let Sides { control, shard, listener } = sides();
         let addr = listener.local_addr().unwrap();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         // The client, on a runtime of its own: handshakes, says so, then sends at once.
@@ -192,9 +205,7 @@ mod tests {
     #[test]
     fn a_dropped_handshake_closes_the_socket() {
         let (configs, _) = configs_and_roots();
-        let control = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let shard = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let listener = shard.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let Sides { control, shard, listener } = sides();
         let addr = listener.local_addr().unwrap();
         let mut silent = std::net::TcpStream::connect(addr).unwrap();
         let (tcp, _) = shard.block_on(listener.accept()).unwrap();
