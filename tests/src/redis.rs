@@ -27,6 +27,23 @@ pub struct RedisTls {
     pub ca_pem: String,
 }
 
+impl RedisTls {
+    /// A certificate for 127.0.0.1 signed by a fresh private CA (`ca_pem`: what clients must be
+    /// given to trust it).
+    pub fn private_ca() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "redis test server");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        Self { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), ca_pem: ca.pem() }
+    }
+}
+
 /// A running (or stopped, restartable) redis-server.
 #[derive(Debug)]
 pub struct RedisServer {

@@ -182,6 +182,17 @@ fn assert_same_percentiles(a: &serde_json::Value, b: &serde_json::Value, context
 }
 
 /// Waits until every allocation is released and the shards flushed their counters.
+/// `turnkey load report` of run `run_id` through `url`, waiting up to 30 s for the workers, the
+/// merged report written to `json`.
+fn merged_report(url: &str, run_id: &str, json: &Path) -> Output {
+    run_with_timeout(
+        Command::new(bin())
+            .args(["load", "report", "--coordinate", url, "--run-id", run_id, "--wait", "30", "--json"])
+            .arg(json),
+        Duration::from_secs(60),
+    )
+}
+
 fn settle(metrics: impl Fn() -> String) {
     for _ in 0..100 {
         if metric_sum(&metrics(), "turnkey_relay_allocations", &[]) == 0.0 {
@@ -420,12 +431,7 @@ fn a_worker_dying_during_the_run_is_reported_and_the_others_kept() {
     }
     assert!(!files[2].exists(), "the killed worker wrote nothing");
     let merged_json = dir.path().join("report.json");
-    let out = run_with_timeout(
-        Command::new(bin())
-            .args(["load", "report", "--coordinate", &url, "--run-id", "during", "--wait", "30", "--json"])
-            .arg(&merged_json),
-        Duration::from_secs(60),
-    );
+    let out = merged_report(&url, "during", &merged_json);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "a missing worker fails the verdict: {text}");
     let merged = read_json(&merged_json);
@@ -488,12 +494,7 @@ fn workers_coordinated_through_sentinel_keep_their_results_across_a_failover() {
         assert!(r.trim().starts_with('{'), "worker {i}'s result is on the new primary: {r:?}");
     }
     let merged_json = dir.path().join("report.json");
-    let out = run_with_timeout(
-        Command::new(bin())
-            .args(["load", "report", "--coordinate", &url, "--run-id", "failover", "--wait", "30", "--json"])
-            .arg(&merged_json),
-        Duration::from_secs(60),
-    );
+    let out = merged_report(&url, "failover", &merged_json);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let merged = read_json(&merged_json);
@@ -508,16 +509,7 @@ fn workers_coordinated_through_sentinel_keep_their_results_across_a_failover() {
 /// `--coordinate-ca-file`; without it the same `report` is refused (nothing is trusted).
 #[test]
 fn a_private_ca_is_trusted_for_rediss_sentinel_coordination() {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey load test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "redis load test server");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let tls = RedisTls { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), ca_pem: ca.pem() };
+    let tls = RedisTls::private_ca();
     let Some(set) = SentinelSet::start_with(Some("tls-pw"), Some(tls)) else { return };
     let (url, ca_file) = (set.url(), set.ca_file().unwrap());
     assert!(url.starts_with("rediss+sentinel://"), "{url}");

@@ -502,16 +502,7 @@ async fn password_and_tls() {
     assert!(f.heartbeat(&beat(None, 0, false)).await.unwrap_err().is_unavailable());
 
     // rediss:// with the server's CA.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "redis test server");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let tls = RedisTls { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), ca_pem: ca.pem() };
+    let tls = RedisTls::private_ca();
     let Some(tls_redis) =
         RedisServer::start(RedisOptions { password: Some("tls-pw".into()), tls: Some(tls), ..Default::default() })
     else {

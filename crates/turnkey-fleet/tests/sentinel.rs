@@ -171,16 +171,7 @@ async fn a_primary_without_a_good_replica_refuses_writes_as_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_over_tls_is_followed() {
     // rediss+sentinel://: TLS to the sentinels and the primary, the servers' CA from the CA file.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "turnkey sentinel test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "redis sentinel test server");
-    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-    let tls = RedisTls { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem(), ca_pem: ca.pem() };
+    let tls = RedisTls::private_ca();
     let Some(mut set) = tokio::task::block_in_place(|| SentinelSet::start_with(Some("tls-pw"), Some(tls))) else {
         return;
     };
