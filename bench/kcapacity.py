@@ -170,6 +170,11 @@ class Run:
             sys.exit(f"kgen_inject failed: {p.stderr.strip()}")
         sent = json.loads(p.stdout)
         got, echoed = (a - b for a, b in zip(self.sink.counts(), (got0, echoed0)))
+        if got > echoed or got > sent["sent"]:
+            # Each datagram back at its client was echoed once and injected once: anything else
+            # means the counts are not what this run claims (another sender, a stale sink).
+            sys.exit(f"{server.kind}: {got} injected datagrams came back but {echoed} were echoed and "
+                     f"{sent['sent']} sent")
         drops = {e: {d: n - drops0[e][d] for d, n in c.items()} for e, c in net.drops().items()}
         steal = [steal_ms(c) - s0 for c, s0 in zip((compare.SERVER_CORE, compare.LOAD_CORE), steal0)]
         tried = sent["sent"] + sent["refused"]
