@@ -27,32 +27,9 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-struct echo_cfg {
-	__be32 server_ip;     // the server's address; 0 = reflect nothing
-	__be16 listener_port; // the server's UDP listener: its datagrams go to the clients' sockets
-	__u16 pad;
-};
+#include "bench.h"
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct echo_cfg);
-} echo_cfg SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
-	__type(key, __u32);
-	__type(value, __u64);
-} echo_counters SEC(".maps");
-
-static __always_inline void count(__u32 idx, __u64 n)
-{
-	__u64 *c = bpf_map_lookup_elem(&echo_counters, &idx);
-	if (c)
-		*c += n;
-}
+BENCH_MAPS(echo_cfg, echo_counters, 3)
 
 static __always_inline int pass(void)
 {
@@ -64,7 +41,7 @@ SEC("tc")
 int bench_echo_peer(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
-	struct echo_cfg *cfg = bpf_map_lookup_elem(&echo_cfg, &zero);
+	struct bench_server *cfg = bpf_map_lookup_elem(&echo_cfg, &zero);
 
 	if (!cfg || !cfg->server_ip)
 		return pass();
@@ -86,16 +63,7 @@ int bench_echo_peer(struct __sk_buff *skb)
 	if (ip->saddr != cfg->server_ip || udp->source == cfg->listener_port)
 		return pass();
 
-	unsigned char mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-	__be32 addr = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = addr;
-	__be16 port = udp->source;
-	udp->source = udp->dest;
-	udp->dest = port;
+	bench_swap(eth, ip, udp);
 	// A server's UDP GSO send arrives as one buffer of gso_segs datagrams (its UDP length is the
 	// whole payload's plus one header); it is reflected whole and segmented where it is received.
 	__u16 len = bpf_ntohs(udp->len);

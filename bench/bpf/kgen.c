@@ -26,6 +26,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "bench.h"
+
 // "TKKGEN01": the first 8 bytes of every injected payload.
 #define KGEN_MAGIC 0x31304e45474b4b54ULL
 
@@ -38,32 +40,7 @@ struct frame {
 	__u64 magic;
 } __attribute__((packed));
 
-struct kgen_sink_cfg {
-	__be32 server_ip;     // 0 = count nothing
-	__be16 listener_port; // the server's UDP listener
-	__u16 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct kgen_sink_cfg);
-} kgen_sink_cfg SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
-	__type(key, __u32);
-	__type(value, __u64);
-} kgen_rx_counts SEC(".maps");
-
-static __always_inline void count(__u32 idx, __u64 n)
-{
-	__u64 *c = bpf_map_lookup_elem(&kgen_rx_counts, &idx);
-	if (c)
-		*c += n;
-}
+BENCH_MAPS(kgen_sink_cfg, kgen_rx_counts, 3)
 
 static __always_inline int pass(void)
 {
@@ -75,7 +52,7 @@ SEC("xdp")
 int kgen_sink(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
-	struct kgen_sink_cfg *cfg = bpf_map_lookup_elem(&kgen_sink_cfg, &zero);
+	struct bench_server *cfg = bpf_map_lookup_elem(&kgen_sink_cfg, &zero);
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct frame *f = data;
@@ -88,16 +65,8 @@ int kgen_sink(struct xdp_md *ctx)
 	if (f->ip.frag_off & bpf_htons(0x3fff) || f->ip.saddr != cfg->server_ip)
 		return pass();
 	if (f->udp.source != cfg->listener_port) {
-		unsigned char mac[ETH_ALEN];
-		__builtin_memcpy(mac, f->eth.h_source, ETH_ALEN);
-		__builtin_memcpy(f->eth.h_source, f->eth.h_dest, ETH_ALEN);
-		__builtin_memcpy(f->eth.h_dest, mac, ETH_ALEN);
-		__be32 addr = f->ip.saddr;
-		f->ip.saddr = f->ip.daddr;
-		f->ip.daddr = addr;
-		__be16 port = f->udp.source;
-		f->udp.source = f->udp.dest;
-		f->udp.dest = port;
+		void *ip = data + sizeof(struct ethhdr);
+		bench_swap(data, ip, ip + sizeof(struct iphdr));
 		count(1, 1);
 		return XDP_TX;
 	}
