@@ -6,31 +6,29 @@ that core is the limit long before the server's (docs/benchmarks.md, "The idle-m
 through the XDP wire"): the ramp then only gives a lower bound. Here the generator's core offers
 the traffic from the kernel instead, the same for every server:
 
-- the rig is compare.py's `--net veth --wire xdp --kernel-echo` (server on core 0 in its own
-  namespace with its veth end's NAPI threads, the generator's namespace and the XDP wire's
-  middle on core 1);
+- the rig is compare.py's `--net veth --wire xdp` (server on core 0 in its own namespace with its
+  veth end's NAPI threads, the wire's end facing it threaded on core 1), with the generator's
+  side in softirq NAPI (KNet): no thread woken per burst on the generator's core;
 - `turnkey load --echo-peer` sets up the flows as in compare.py's echo-peer ramps (allocations,
   channels bound to the echo peer in the generator's namespace, refreshed) and keeps sending at
-  a trickle (2 packets/s per flow), which also tells this script each flow's client port and
-  channel number (read off the generator's veth end, bench/kgen_sniff.py);
-- bench/kgen_inject.c offers the ramp's steps: ChannelData frames built from one template
-  (payload starting "TKKGEN01"), flows in turn, `BPF_PROG_TEST_RUN` with live frames running
-  bench/bpf/kgen.c's `kgen_tx` in the middle namespace, which redirects them to the middle end
-  facing the server: they reach the server's veth end as the wire's frames do;
-- the server relays each to the echo peer, bench/bpf/echo_peer.c (tc on the generator's end)
-  sends it back, the server relays it to the client, and `kgen_sink` (XDP on the generator's
-  end) counts and drops it there, before any socket: each datagram received is two relayed
-  messages, and the generator's core does no socket work per packet.
+  a trickle (2 packets/s per flow); bench/kgen_sniff.py reads each flow's client port and
+  channel number off the generator's veth end;
+- bench/kgen_inject.c offers the ramp's steps: one ready-made frame per flow (ChannelData whose
+  payload starts "TKKGEN01"), flows in turn, sendmmsg on a packet socket that bypasses the qdisc;
+- the server relays each to the echo peer, `kgen_sink` (bench/bpf/kgen.c, XDP on the generator's
+  end) sends it back, the server relays it to the client, and `kgen_sink` counts and drops it
+  there, before any socket: each datagram back is two relayed messages.
 
 Each step offers a rate for STEP_SECS and counts what came back after a drain; the ramp grows
-by RAMP_FACTOR until a step loses more than 0.1%, then bisects BISECT times between the last
-loss-free step and the first lossy one. What limited the ramp is compare.py's `ramp_limit` of
-the first lossy step above the result (the server's process and NAPI threads, core 0, core 1,
-or the injector behind its rate).
+by RAMP_FACTOR until a rate is lossy (more than 0.1% lost, or the injector under 95% of the rate)
+in `--trials` trials in a row (default 2: this rig's vCPUs stall now and then, which a server at
+its capacity does not need to lose a trial), then bisects BISECT times between the last
+loss-free rate and the first lossy one. What limited the ramp is compare.py's `ramp_limit` of
+the first lossy rate above the result, naming the veth end whose ring overflowed.
 
-Usage (root, clang, bpftool, tc, libbpf-dev; coturn 4.17.1 built as docs/benchmarks.md says):
+Usage (root, clang, bpftool, cc; coturn 4.17.1 built as docs/benchmarks.md says):
     bench/kcapacity.sh [--reps N] [--coturn-4171 PATH] [--payload B] [--flows N] [--batch N]
-                       [--out DIR] [--kinds coturn,coturn-4.17.1,turnkey,turnkey-xdp]
+                       [--trials N] [--out DIR] [--kinds coturn,coturn-4.17.1,turnkey,turnkey-xdp]
 """
 
 from __future__ import annotations
@@ -72,6 +70,28 @@ def csum(data: bytes) -> int:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
+
+
+class KNet(compare.Net):
+    """compare.py's `--net veth --wire xdp` rig with the generator's side in softirq NAPI: the
+    generator's veth end and the wire's middle end facing it poll in the softirq raised on the
+    core that feeds them (core 1: the injector's sends, the wire's redirects), instead of in
+    NAPI threads woken per burst. The server's side is as in compare.py: its end's threads pinned
+    to core 0, and the wire's end facing it threaded on core 1, so nothing the generator's side
+    does lands on the server's core (each step checks that kgen_sink ran on core 1 only)."""
+
+    def __init__(self) -> None:
+        super().__init__("veth", fast_path=True, kernel_echo=False, wire="xdp")
+        for ns, dev in ((self.ns_load, self.dev_load), (self.ns_mid, self.devs_mid[1])):
+            vethnet.sh("ip", "netns", "exec", ns, "sh", "-c", f"echo 0 > /sys/class/net/{dev}/threaded")
+
+    def pin_napi(self) -> None:
+        self.napi_server = vethnet.napi_threads(self.dev_server)
+        self.napi_mid = vethnet.napi_threads(self.devs_mid[0])
+        if not self.napi_server or not self.napi_mid:
+            sys.exit(f"no threaded NAPI thread for {self.dev_server} / {self.devs_mid[0]}")
+        vethnet.pin(self.napi_server, compare.SERVER_CORE)
+        vethnet.pin(self.napi_mid, compare.LOAD_CORE)
 
 
 class Template:
@@ -117,11 +137,17 @@ class Sink:
         value = [str(b) for b in socket.inet_aton(ip) + port.to_bytes(2, "big") + b"\0\0"]
         vethnet.sh("bpftool", "map", "update", "id", str(self.cfg), "key", "0", "0", "0", "0", "value", *value)
 
-    def counts(self) -> tuple[int, int]:
-        """Injected datagrams back at their client, and datagrams echoed (all CPUs)."""
+    def counts(self) -> tuple[int, int, int]:
+        """Injected datagrams back at their client, datagrams echoed (all CPUs), and how many of
+        those the program handled on the server's core (each step checks that it handled none:
+        the generator's work would be charged to the server)."""
         dump = json.loads(vethnet.sh("bpftool", "-j", "map", "dump", "id", str(self.counts_map)))
         total = {vethnet.u64(e["key"]): sum(vethnet.u64(v["value"]) for v in e["values"]) for e in dump}
-        return total.get(0, 0), total.get(1, 0)
+        # (Frames passed on, key 2, may run there: a middle end's IPv6 housekeeping sent from a
+        # kworker on any core, say. The generator's traffic is keys 0 and 1.)
+        on_server = sum(vethnet.u64(v["value"]) for e in dump for v in e["values"]
+                        if v["cpu"] == int(compare.SERVER_CORE) and vethnet.u64(e["key"]) in (0, 1))
+        return total.get(0, 0), total.get(1, 0), on_server
 
 
 def steal_ms(core: str) -> float:
@@ -141,8 +167,8 @@ def build(tmp: Path) -> tuple[Path, Path]:
 
 
 class Run:
-    def __init__(self, obj: Path, inject: Path, flows: int, payload: int, batch: int):
-        self.inject, self.flows, self.payload, self.batch = inject, flows, payload, batch
+    def __init__(self, obj: Path, inject: Path, flows: int, payload: int, batch: int, trials: int = 2):
+        self.inject, self.flows, self.payload, self.batch, self.trials = inject, flows, payload, batch, trials
         net = compare.NET
         self.sink = Sink(obj)
         self.macs = tuple(bytes.fromhex(vethnet.mac(ns, dev).replace(":", ""))
@@ -159,7 +185,7 @@ class Run:
 
     def step(self, server: compare.Server, frames: str, rate: float) -> dict:
         net = compare.NET
-        got0, echoed0, drops0 = *self.sink.counts(), net.drops()
+        got0, echoed0, core0_runs0, drops0 = *self.sink.counts(), net.drops()
         steal0 = [steal_ms(c) for c in (compare.SERVER_CORE, compare.LOAD_CORE)]
         with compare.CpuPeak(server) as cpu:
             p = subprocess.run(net.in_load_ns(["taskset", "-c", compare.LOAD_CORE, str(self.inject), net.dev_load,
@@ -169,7 +195,9 @@ class Run:
         if p.returncode:
             sys.exit(f"kgen_inject failed: {p.stderr.strip()}")
         sent = json.loads(p.stdout)
-        got, echoed = (a - b for a, b in zip(self.sink.counts(), (got0, echoed0)))
+        got, echoed, core0_runs = (a - b for a, b in zip(self.sink.counts(), (got0, echoed0, core0_runs0)))
+        if core0_runs:
+            sys.exit(f"kgen_sink ran {core0_runs} times on core {compare.SERVER_CORE}, the server's, during a step")
         if got > echoed or got > sent["sent"]:
             # Each datagram back at its client was echoed once and injected once: anything else
             # means the counts are not what this run claims (another sender, a stale sink).
@@ -200,21 +228,34 @@ class Run:
                 flows = self.learn(server)
                 t = Template(self.macs[0], self.macs[1], net.load_ip, net.server_ip, server.udp, self.payload)
                 frames = ",".join(t.frame(port, ch).hex() for port, ch in flows)
-                steps, good, bad, rate = [], None, None, RAMP_START
+                steps: list[dict] = []
+                rescued: list[float] = []
+
+                def trial(rate: float) -> tuple[dict, bool]:
+                    """A step at `rate`, repeated while lossy up to self.trials times: the rate is
+                    lossy only if every trial was (a server at its capacity loses on each; a rare
+                    stall of this rig's vCPUs does not hit twice in a row)."""
+                    for n in range(self.trials):
+                        s = self.step(server, frames, rate)
+                        steps.append(s)
+                        report(server, s)
+                        if not self.lossy(s):
+                            if n:
+                                rescued.append(rate)
+                            return s, False
+                    return s, True
+
+                good, bad, rate = None, None, RAMP_START
                 while rate <= RAMP_TOP:
-                    s = self.step(server, frames, rate)
-                    steps.append(s)
-                    report(server, s)
-                    if self.lossy(s):
+                    s, lossy = trial(rate)
+                    if lossy:
                         bad = s
                         break
                     good = s
                     rate *= RAMP_FACTOR
                 for _ in range(BISECT if good and bad else 0):
-                    s = self.step(server, frames, (good["asked_pps"] + bad["asked_pps"]) / 2)
-                    steps.append(s)
-                    report(server, s)
-                    if self.lossy(s):
+                    s, lossy = trial((good["asked_pps"] + bad["asked_pps"]) / 2)
+                    if lossy:
                         bad = s
                     else:
                         good = s
@@ -223,7 +264,7 @@ class Run:
                 load.wait(timeout=30)
         best = good["offered_pps"] if good else 0.0
         return {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "limit": limit_of(bad), "first_lossy": bad,
-                "best_step": good, "steps": steps, "flows": flows}
+                "best_step": good, "steps": steps, "flows": flows, "rescued_rates": rescued}
 
 
 def limit_of(bad: dict | None) -> str:
@@ -256,13 +297,15 @@ def main() -> None:
     ap.add_argument("--payload", type=int, default=100)
     ap.add_argument("--flows", type=int, default=10)
     ap.add_argument("--batch", type=int, default=32, help="frames per injector call (a burst)")
+    ap.add_argument("--trials", type=int, default=2,
+                    help="a rate counts as lossy only if this many trials at it in a row were (1: the first)")
     ap.add_argument("--kinds", default=None, help="comma-separated servers (default: every one available)")
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "kcapacity")
     ap.add_argument("--coturn-4171", type=Path, default=os.environ.get("COTURN_4171_BIN") or None)
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root")
-    for tool in ("clang", "bpftool", "tc", "cc", "ip", "ethtool", "turnserver", "taskset"):
+    for tool in ("clang", "bpftool", "cc", "ip", "ethtool", "turnserver", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (scripts/install-test-tools.sh installs it)")
     if a.payload < len(MAGIC):
@@ -273,13 +316,13 @@ def main() -> None:
     kinds = ["coturn", *([compare.COTURN_FAST] if a.coturn_4171 else []), "turnkey", compare.FAST]
     if a.kinds:
         kinds = [k for k in a.kinds.split(",") if k]
-    compare.NET = compare.Net("veth", fast_path=True, kernel_echo=False, wire="xdp")
+    compare.NET = KNet()
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     stats_before = stats.read_text().strip()
     results: dict = {kind: [] for kind in kinds}
     started = time.time()
     try:
-        run = Run(obj, inject, a.flows, a.payload, a.batch)
+        run = Run(obj, inject, a.flows, a.payload, a.batch, a.trials)
         bench = compare.Bench(a.reps, False, a.coturn_4171.resolve() if a.coturn_4171 else None, fast_path=True)
         for _ in range(a.reps):
             for kind in kinds:
@@ -294,7 +337,7 @@ def main() -> None:
         stats.write_text(stats_before)
         shutil.rmtree(tmp, ignore_errors=True)
     a.out.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": compare.machine(), "payload": a.payload, "flows": a.flows, "batch": a.batch,
+    doc = {"machine": compare.machine(), "payload": a.payload, "flows": a.flows, "batch": a.batch, "trials": a.trials,
            "step_secs": STEP_SECS, "minutes": round((time.time() - started) / 60, 1), "results": results}
     (a.out / "kcapacity.json").write_text(json.dumps(doc, indent=2))
     md = markdown(doc)
@@ -307,11 +350,12 @@ def markdown(doc: dict) -> str:
     reps = len(next(iter(res.values())))
     lines = [f"Machine: {doc['machine']}.", "",
              f"Capacity at <= {LOSS_PCT}% loss, udp {doc['payload']} B x {doc['flows']} flows, echo peer, offered "
-             f"from the kernel (bench/kcapacity.py; bursts of {doc['batch']}, steps of {doc['step_secs']:g} s), "
+             f"from the kernel (bench/kcapacity.py; bursts of {doc['batch']}, steps of {doc['step_secs']:g} s, a rate "
+             f"lossy after {doc.get('trials', 1)} lossy trial(s) in a row), "
              f"{reps} repetition(s), {doc['minutes']} min. Relayed messages/s = 2 x datagrams back at their "
              "client.", "",
-             "| server | relayed msgs/s, median (min..max) | core 0 / core 1 at the best step | what limited each "
-             "ramp (first lossy step) |", "|---|---|---|---|"]
+             "| server | relayed msgs/s, median (min..max) | core 0 / core 1 at the best step | rates lossy once, "
+             "then not | what limited each ramp (first lossy step) |", "|---|---|---|---|---|"]
     med = {}
     for kind, runs in res.items():
         vals = [r["relayed_msgs_per_s"] for r in runs]
@@ -319,7 +363,8 @@ def markdown(doc: dict) -> str:
         cores = ", ".join(f"{r['best_step']['core0_pct']:.0f}% / {r['best_step']['core1_pct']:.0f}%"
                           if r["best_step"] else "-" for r in runs)
         limits = "; ".join(r["limit"] for r in runs)
-        lines.append(f"| {kind} | {med[kind]:,.0f} ({min(vals):,.0f}..{max(vals):,.0f}) | {cores} | {limits} |")
+        rescued = ", ".join(str(len(r.get("rescued_rates", []))) for r in runs)
+        lines.append(f"| {kind} | {med[kind]:,.0f} ({min(vals):,.0f}..{max(vals):,.0f}) | {cores} | {rescued} | {limits} |")
     lines.append("")
     if compare.FAST in med and med.get(compare.COTURN_FAST):
         lines.append(f"turnkey-xdp / coturn-4.17.1: **{med[compare.FAST] / med[compare.COTURN_FAST]:.2f}x** "

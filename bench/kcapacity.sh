@@ -3,7 +3,7 @@
 # server on core 0 behind the XDP wire, the generator's core offering ChannelData through
 # BPF_PROG_TEST_RUN live frames, so the ramp ends on the server, not on a user-space generator.
 #   COTURN_4171_BIN=/path/to/turnserver bench/kcapacity.sh [--reps N] [--kinds turnkey-xdp,...]
-# Root, clang, bpftool, tc, libbpf-dev (scripts/install-test-tools.sh); docs/benchmarks.md,
+# Root, clang, bpftool, cc (scripts/install-test-tools.sh); docs/benchmarks.md,
 # "Capacity with a kernel generator", has the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
