@@ -185,6 +185,10 @@ class Net:
             out["wire_generator_side"] = vethnet.drops(self.ns_mid, self.devs_mid[1])
         return out
 
+    def drops_since(self, before: dict) -> dict:
+        """What each veth end dropped since `before` (an earlier `drops()`)."""
+        return {e: {d: n - before[e][d] for d, n in c.items()} for e, c in self.drops().items()}
+
     def napi_server_secs(self) -> float:
         """CPU time of the server end's NAPI thread(s): the server's kernel receive work (XDP, GRO,
         the stack up to its sockets, and XDP_TX)."""
@@ -235,11 +239,8 @@ def xdp_object() -> Path:
 def core_busy_secs(core: str) -> float:
     """Busy time of one CPU since boot (/proc/stat: everything but idle and iowait, softirq
     included), in seconds."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            f = [int(x) for x in line.split()[1:]]
-            return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK
-    return 0.0
+    f = vethnet.cpu_stat(core)
+    return (sum(f[:8]) - f[3] - f[4]) / CLK_TCK if f else 0.0
 
 
 # A core at or above this share of its time busy over a 1 s window is called saturated.
@@ -653,7 +654,7 @@ class Bench:
         server, side = cpu.peak, cpu.server_side_peak
         server_core, load_core = cpu.server_core_peak, cpu.load_core_peak
         asked, offered = top_step(r, r2)
-        drops = {e: {d: n - drops0[e][d] for d, n in c.items()} for e, c in NET.drops().items()}
+        drops = NET.drops_since(drops0)
         out = {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "server_cpu_peak_pct": server,
                "server_side_peak_pct": side, "server_core_peak_pct": server_core, "load_core_peak_pct": load_core,
                "top_asked_pps": asked, "top_offered_pps": offered, "veth_drops": drops,

@@ -123,19 +123,15 @@ class Sink:
     """kgen_sink attached to the generator's veth end (replacing the XDP_PASS stub)."""
 
     def __init__(self, obj: Path):
-        net = compare.NET
-        self.ns, self.dev = net.ns_load, net.dev_load
-        subprocess.run(["ip", "-force", "-n", self.ns, "link", "set", "dev", self.dev, "xdpdrv", "object", str(obj),
-                        "section", "xdp", "program", "kgen_sink"], check=True, capture_output=True)
-        link = json.loads(vethnet.sh("ip", "-n", self.ns, "-j", "-d", "link", "show", "dev", self.dev))[0]
-        prog = link["xdp"]["prog"]["id"]
-        maps = json.loads(vethnet.sh("bpftool", "-j", "prog", "show", "id", str(prog)))["map_ids"]
-        names = {json.loads(vethnet.sh("bpftool", "-j", "map", "show", "id", str(m)))["name"]: m for m in maps}
+        ns, dev = compare.NET.ns_load, compare.NET.dev_load
+        vethnet.sh("ip", "-force", "-n", ns, "link", "set", "dev", dev, "xdpdrv", "object", str(obj),
+                   "section", "xdp", "program", "kgen_sink")
+        link = json.loads(vethnet.sh("ip", "-n", ns, "-j", "-d", "link", "show", "dev", dev))[0]
+        names = vethnet.prog_maps(link["xdp"]["prog"]["id"])
         self.cfg, self.counts_map = names["kgen_sink_cfg"], names["kgen_rx_counts"]
 
     def serve(self, ip: str, port: int) -> None:
-        value = [str(b) for b in socket.inet_aton(ip) + port.to_bytes(2, "big") + b"\0\0"]
-        vethnet.sh("bpftool", "map", "update", "id", str(self.cfg), "key", "0", "0", "0", "0", "value", *value)
+        vethnet.serve_server(self.cfg, ip, port)
 
     def counts(self) -> tuple[int, int, int]:
         """Injected datagrams back at their client, datagrams echoed (all CPUs), and how many of
@@ -152,16 +148,13 @@ class Sink:
 
 def steal_ms(core: str) -> float:
     """Time the hypervisor ran something else while this vCPU had work (/proc/stat steal), ms."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            return int(line.split()[8]) * 1000 / compare.CLK_TCK
-    return 0.0
+    fields = vethnet.cpu_stat(core)
+    return fields[7] * 1000 / compare.CLK_TCK if fields else 0.0
 
 
 def build(tmp: Path) -> tuple[Path, Path]:
     obj, inject = tmp / "kgen.o", tmp / "kgen_inject"
-    vethnet.sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(KGEN_SRC),
-               "-o", str(obj))
+    vethnet.compile_bpf(KGEN_SRC, obj)
     vethnet.sh("cc", "-O2", "-Wall", "-o", str(inject), str(INJECT_SRC))
     return obj, inject
 
@@ -203,7 +196,7 @@ class Run:
             # means the counts are not what this run claims (another sender, a stale sink).
             sys.exit(f"{server.kind}: {got} injected datagrams came back but {echoed} were echoed and "
                      f"{sent['sent']} sent")
-        drops = {e: {d: n - drops0[e][d] for d, n in c.items()} for e, c in net.drops().items()}
+        drops = net.drops_since(drops0)
         steal = [steal_ms(c) - s0 for c, s0 in zip((compare.SERVER_CORE, compare.LOAD_CORE), steal0)]
         tried = sent["sent"] + sent["refused"]
         return {"asked_pps": rate, "offered_pps": sent["sent"] / sent["secs"], "sent": sent["sent"],
@@ -218,50 +211,49 @@ class Run:
     def capacity(self, server: compare.Server) -> dict:
         net = compare.NET
         self.sink.serve(net.server_ip, server.udp)
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            load = subprocess.Popen(net.in_load_ns([
-                "taskset", "-c", compare.LOAD_CORE, str(compare.BIN), "load", "--server",
-                f"{net.server_ip}:{server.udp}", f"--secret={server.secret}", "--echo-peer", "--flows", str(self.flows),
-                "--payload", str(self.payload), "--rate", "2", "--duration", "900", "--quiet", "--json", out.name]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                flows = self.learn(server)
-                t = Template(self.macs[0], self.macs[1], net.load_ip, net.server_ip, server.udp, self.payload)
-                frames = ",".join(t.frame(port, ch).hex() for port, ch in flows)
-                steps: list[dict] = []
-                rescued: list[float] = []
+        load = subprocess.Popen(net.in_load_ns([
+            "taskset", "-c", compare.LOAD_CORE, str(compare.BIN), "load", "--server",
+            f"{net.server_ip}:{server.udp}", f"--secret={server.secret}", "--echo-peer", "--flows", str(self.flows),
+            "--payload", str(self.payload), "--rate", "2", "--duration", "900", "--quiet"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            flows = self.learn(server)
+            t = Template(self.macs[0], self.macs[1], net.load_ip, net.server_ip, server.udp, self.payload)
+            frames = ",".join(t.frame(port, ch).hex() for port, ch in flows)
+            steps: list[dict] = []
+            rescued: list[float] = []
 
-                def trial(rate: float) -> tuple[dict, bool]:
-                    """A step at `rate`, repeated while lossy up to self.trials times: the rate is
-                    lossy only if every trial was (a server at its capacity loses on each; a rare
-                    stall of this rig's vCPUs does not hit twice in a row)."""
-                    for n in range(self.trials):
-                        s = self.step(server, frames, rate)
-                        steps.append(s)
-                        report(server, s)
-                        if not self.lossy(s):
-                            if n:
-                                rescued.append(rate)
-                            return s, False
-                    return s, True
+            def trial(rate: float) -> tuple[dict, bool]:
+                """A step at `rate`, repeated while lossy up to self.trials times: the rate is
+                lossy only if every trial was (a server at its capacity loses on each; a rare
+                stall of this rig's vCPUs does not hit twice in a row)."""
+                for n in range(self.trials):
+                    s = self.step(server, frames, rate)
+                    steps.append(s)
+                    report(server, s)
+                    if not self.lossy(s):
+                        if n:
+                            rescued.append(rate)
+                        return s, False
+                return s, True
 
-                good, bad, rate = None, None, RAMP_START
-                while rate <= RAMP_TOP:
-                    s, lossy = trial(rate)
-                    if lossy:
-                        bad = s
-                        break
+            good, bad, rate = None, None, RAMP_START
+            while rate <= RAMP_TOP:
+                s, lossy = trial(rate)
+                if lossy:
+                    bad = s
+                    break
+                good = s
+                rate *= RAMP_FACTOR
+            for _ in range(BISECT if good and bad else 0):
+                s, lossy = trial((good["asked_pps"] + bad["asked_pps"]) / 2)
+                if lossy:
+                    bad = s
+                else:
                     good = s
-                    rate *= RAMP_FACTOR
-                for _ in range(BISECT if good and bad else 0):
-                    s, lossy = trial((good["asked_pps"] + bad["asked_pps"]) / 2)
-                    if lossy:
-                        bad = s
-                    else:
-                        good = s
-            finally:
-                load.terminate()
-                load.wait(timeout=30)
+        finally:
+            load.terminate()
+            load.wait(timeout=30)
         best = good["offered_pps"] if good else 0.0
         return {"offered_pps": best, "relayed_msgs_per_s": 2 * best, "limit": limit_of(bad), "first_lossy": bad,
                 "best_step": good, "steps": steps, "flows": flows, "rescued_rates": rescued}

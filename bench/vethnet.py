@@ -43,6 +43,41 @@ def sh(*args: str) -> str:
     return subprocess.run(args, check=True, capture_output=True, text=True).stdout
 
 
+def compile_bpf(src: Path, obj: Path, *defines: str) -> Path:
+    """Compiles the benchmark's BPF program `src` (bench/bpf/) into `obj` with Debian's clang."""
+    sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", *defines, "-c", str(src),
+       "-o", str(obj))
+    return obj
+
+
+def prog_maps(prog: int) -> dict[str, int]:
+    """The maps of BPF program `prog` by name (their ids)."""
+    ids = json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog)))["map_ids"]
+    return {json.loads(sh("bpftool", "-j", "map", "show", "id", str(m)))["name"]: m for m in ids}
+
+
+def serve_server(cfg_map: int, ip: str, port: int) -> None:
+    """Writes the server under test into a program's one-entry `struct bench_server` map
+    (bench/bpf/bench.h): its IPv4 address and UDP listener port."""
+    value = [str(b) for b in socket.inet_aton(ip) + port.to_bytes(2, "big") + b"\0\0"]
+    sh("bpftool", "map", "update", "id", str(cfg_map), "key", "0", "0", "0", "0", "value", *value)
+
+
+def map_totals(counters_map: int) -> dict[int, int]:
+    """A per-CPU counters map (bench.h's BENCH_MAPS) summed over the CPUs, by key."""
+    dump = json.loads(sh("bpftool", "-j", "map", "dump", "id", str(counters_map)))
+    return {u64(e["key"]): sum(u64(v["value"]) for v in e["values"]) for e in dump}
+
+
+def cpu_stat(core: str) -> list[int]:
+    """The /proc/stat fields of one CPU (user nice system idle iowait irq softirq steal ...), in
+    clock ticks."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            return [int(x) for x in line.split()[1:]]
+    return []
+
+
 def set_threaded(ns: str, dev: str) -> None:
     """Switches the veth end `dev` (in namespace `ns`) to threaded NAPI; GRO must be on already."""
     sh("ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded")
@@ -111,9 +146,7 @@ def create_wire(server: tuple[str, str, str], load: tuple[str, str, str], middle
     index = {d: json.loads(sh("ip", "-n", mid_ns, "-j", "link", "show", "dev", d))[0]["ifindex"]
              for d in (mid_s, mid_l)}
     for dev, other in ((mid_s, mid_l), (mid_l, mid_s)):
-        obj = build / f"wire-{dev}.o"
-        sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", f"-DWIRE_TO={index[other]}",
-           "-c", str(WIRE_SRC), "-o", str(obj))
+        obj = compile_bpf(WIRE_SRC, build / f"wire-{dev}.o", f"-DWIRE_TO={index[other]}")
         sh("ip", "-n", mid_ns, "link", "set", "dev", dev, "xdpdrv", "object", str(obj), "section", "xdp")
         sh("ip", "-n", mid_ns, "link", "set", dev, "up")
         # (XDP gave the middle end its NAPI; threaded, its thread is pinned to the generator's core.)
@@ -179,10 +212,8 @@ def thread_secs(pids: list[int]) -> float:
 
 def core_softirq_secs(core: str) -> float:
     """Softirq time of one CPU since boot, in seconds (/proc/stat)."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            return int(line.split()[7]) / CLK_TCK
-    return 0.0
+    fields = cpu_stat(core)
+    return fields[6] / CLK_TCK if fields else 0.0
 
 
 class KernelEcho:
@@ -192,9 +223,7 @@ class KernelEcho:
     def __init__(self, ns: str, dev: str):
         self.ns, self.dev = ns, dev
         self.dir = Path(tempfile.mkdtemp(prefix="bench-echo-"))
-        obj = self.dir / "echo_peer.o"
-        sh("clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(ECHO_SRC),
-           "-o", str(obj))
+        obj = compile_bpf(ECHO_SRC, self.dir / "echo_peer.o")
         sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "clsact")
         sh("ip", "netns", "exec", ns, "tc", "filter", "add", "dev", dev, "ingress", "bpf", "direct-action",
            "object-file", str(obj), "section", "tc")
@@ -202,19 +231,16 @@ class KernelEcho:
         progs = [t["id"] for entry in net for t in entry.get("tc", []) if t.get("kind") == "clsact/ingress"]
         if len(progs) != 1:
             raise RuntimeError(f"kernel echo: expected one tc ingress program on {dev}, found {net}")
-        maps = json.loads(sh("bpftool", "-j", "prog", "show", "id", str(progs[0])))["map_ids"]
-        names = {json.loads(sh("bpftool", "-j", "map", "show", "id", str(m)))["name"]: m for m in maps}
+        names = prog_maps(progs[0])
         self.cfg_map, self.counters_map = names["echo_cfg"], names["echo_counters"]
 
     def serve(self, ip: str, port: int) -> None:
         """Reflect what the server at `ip` sends from any port but its UDP listener `port`."""
-        value = [str(b) for b in socket.inet_aton(ip) + port.to_bytes(2, "big") + b"\0\0"]
-        sh("bpftool", "map", "update", "id", str(self.cfg_map), "key", "0", "0", "0", "0", "value", *value)
+        serve_server(self.cfg_map, ip, port)
 
     def counts(self) -> dict:
         """Datagrams reflected, their payload bytes and the packets let through, all CPUs."""
-        dump = json.loads(sh("bpftool", "-j", "map", "dump", "id", str(self.counters_map)))
-        total = {u64(e["key"]): sum(u64(v["value"]) for v in e["values"]) for e in dump}
+        total = map_totals(self.counters_map)
         return {"reflected": total.get(0, 0), "bytes": total.get(1, 0), "passed": total.get(2, 0)}
 
 
@@ -230,14 +256,14 @@ def xdp_counts_per_cpu(ns: str, dev: str, counters: str = "fp_counters") -> dict
     prog = (link.get("xdp") or {}).get("prog", {}).get("id")
     if not prog:
         return {}
-    for m in json.loads(sh("bpftool", "-j", "prog", "show", "id", str(prog)))["map_ids"]:
-        if json.loads(sh("bpftool", "-j", "map", "show", "id", str(m)))["name"] == counters:
-            per: dict[int, int] = {}
-            for e in json.loads(sh("bpftool", "-j", "map", "dump", "id", str(m))):
-                for v in e["values"]:
-                    per[v["cpu"]] = per.get(v["cpu"], 0) + u64(v["value"])
-            return per
-    return {}
+    m = prog_maps(prog).get(counters)
+    if m is None:
+        return {}
+    per: dict[int, int] = {}
+    for e in json.loads(sh("bpftool", "-j", "map", "dump", "id", str(m))):
+        for v in e["values"]:
+            per[v["cpu"]] = per.get(v["cpu"], 0) + u64(v["value"])
+    return per
 
 
 def main(argv: list[str]) -> None:
